@@ -1,0 +1,376 @@
+//! The contract between the gateway datapath (kernel) and the agent (userspace).
+//!
+//! Everything that crosses the kernel boundary is defined here exactly once: map names,
+//! map key and value layouts, flag bits, counter indexes, capacities and default timeouts.
+//! All structs are `#[repr(C)]` with explicit padding so both sides (and `bpftool`, which
+//! reads the BTF) agree on every byte.
+//!
+//! Byte order: IPv4 addresses and L4 ports are stored in **network byte order**, exactly as
+//! they appear in the packet, so the datapath compares and rewrites without swapping. The
+//! agent converts with `u32::from_be_bytes(addr.octets())`-style helpers (`user` feature).
+#![no_std]
+
+#[cfg(feature = "user")]
+mod user;
+#[cfg(feature = "user")]
+pub use user::*;
+
+/// Map names, as defined in the eBPF object and used as pin file names under `--bpffs`.
+/// Kept under 16 bytes so `bpftool` shows them whole.
+pub mod map_names {
+    pub const VIPS: &str = "gw_vips";
+    pub const SERVICES: &str = "gw_services";
+    pub const SLOTS: &str = "gw_slots";
+    pub const BACKENDS: &str = "gw_backends";
+    pub const REVNAT: &str = "gw_revnat";
+    pub const CONNTRACK: &str = "gw_ct";
+    pub const AFFINITY: &str = "gw_affinity";
+    pub const L2: &str = "gw_l2";
+    pub const CONFIG: &str = "gw_config";
+    pub const COUNTERS: &str = "gw_counters";
+    pub const SERVICE_STATS: &str = "gw_svc_stats";
+    pub const BACKEND_STATS: &str = "gw_be_stats";
+    /// Every map the agent pins, in the order `teardown` removes them.
+    pub const ALL: [&str; 12] = [
+        VIPS,
+        SERVICES,
+        SLOTS,
+        BACKENDS,
+        REVNAT,
+        CONNTRACK,
+        AFFINITY,
+        L2,
+        CONFIG,
+        COUNTERS,
+        SERVICE_STATS,
+        BACKEND_STATS,
+    ];
+}
+
+/// Program names (the `#[classifier]` functions) and their tcx link pin names.
+pub mod program_names {
+    pub const INGRESS: &str = "gw_ingress";
+    pub const EGRESS: &str = "gw_egress";
+}
+
+/// Capacities. Service and backend ids index per-CPU arrays, so they are bounded by these.
+pub mod capacity {
+    /// Frontends (VIP, port, protocol). Id 0 is never used.
+    pub const SERVICES: u32 = 16384;
+    /// Distinct backends (address, port, protocol). Id 0 is never used.
+    pub const BACKENDS: u32 = 65536;
+    /// Backend slots over all services.
+    pub const SLOTS: u32 = 262144;
+    /// Distinct VIP addresses.
+    pub const VIPS: u32 = 4096;
+    /// Tracked flows (LRU).
+    pub const CONNTRACK: u32 = 262144;
+    /// ClientIP affinity entries (LRU).
+    pub const AFFINITY: u32 = 65536;
+    /// (interface, VIP) announcements.
+    pub const L2: u32 = 4096;
+    /// Backends sharing one (address, port, protocol) across services that reverse NAT can
+    /// tell apart: a reply is matched against each candidate frontend's conntrack entry.
+    pub const REVNAT_FRONTENDS: usize = 4;
+}
+
+/// Default timeouts in seconds, as in the reference (`bpf.ctTcpTimeout`, `bpf.ctAnyTimeout`,
+/// `sessionAffinityTimeoutSeconds`).
+pub mod timeouts {
+    /// Established TCP flows.
+    pub const CT_TCP: u64 = 21600;
+    /// Non-TCP flows (UDP).
+    pub const CT_ANY: u64 = 3600;
+    /// TCP flow that has only ever sent SYN: a half-open connection must not pin an entry.
+    pub const CT_SYN: u64 = 60;
+    /// TCP flow after FIN in both directions or an RST.
+    pub const CT_CLOSE: u64 = 10;
+    /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
+    pub const AFFINITY: u32 = 10800;
+    pub const NS_PER_SEC: u64 = 1_000_000_000;
+}
+
+/// IP protocol numbers as stored in keys.
+pub mod proto {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+}
+
+/// `gw_vips`: every VIP this node serves, keyed by address. A packet to a VIP that matches
+/// no service port is dropped (and counted); a packet to any other address is not ours.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Number of frontends (ports) on this VIP; informational.
+    pub ports: u32,
+}
+
+/// `gw_services` key: one frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub vip: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// `gw_services` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// ClientIP affinity lifetime in nanoseconds; meaningful with [`SERVICE_F_AFFINITY`].
+    pub affinity_timeout_ns: u64,
+    /// Frontend id: indexes `gw_svc_stats` and keys `gw_slots` and `gw_affinity`.
+    pub id: u32,
+    /// Slots 1..=backend_count of `gw_slots` hold this service's backends.
+    pub backend_count: u16,
+    pub flags: u16,
+}
+
+/// The service keeps ClientIP session affinity.
+pub const SERVICE_F_AFFINITY: u16 = 1 << 0;
+
+/// `gw_slots` key: backend slot `slot` (1-based) of frontend `service_id`. Value: backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    pub service_id: u32,
+    pub slot: u32,
+}
+
+/// `gw_backends`: array indexed by backend id. An entry with [`BACKEND_F_ACTIVE`] clear is a
+/// removed backend: flows still pointing at it are dropped, never moved.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+
+pub const BACKEND_F_ACTIVE: u8 = 1 << 0;
+
+/// `gw_revnat` key: a backend as it appears as the source of a reply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RevNatKey {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// A frontend a reply may have to be rewritten to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend {
+    pub vip: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// `gw_revnat` value: the frontends this backend serves (at most
+/// [`capacity::REVNAT_FRONTENDS`]); the conntrack entry decides which one a reply belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevNat {
+    pub count: u32,
+    pub frontends: [Frontend; capacity::REVNAT_FRONTENDS],
+}
+
+/// `gw_ct` key: the flow as the client sent it (client -> VIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKey {
+    pub client_addr: u32,
+    pub vip: u32,
+    pub client_port: u16,
+    pub vip_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `gw_ct` value: one per flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet in either direction.
+    pub last_seen_ns: u64,
+    pub backend_id: u32,
+    pub service_id: u32,
+    /// The backend's address and port when the flow was created: a backend id reused for
+    /// another address must not capture the flow.
+    pub backend_addr: u32,
+    pub backend_port: u16,
+    /// `CT_F_*` bits.
+    pub flags: u16,
+}
+
+/// TCP: a packet other than a bare SYN came from the client (the handshake completed).
+pub const CT_F_ESTABLISHED: u16 = 1 << 0;
+/// TCP: FIN from the client.
+pub const CT_F_FIN_CLIENT: u16 = 1 << 1;
+/// TCP: FIN from the backend.
+pub const CT_F_FIN_BACKEND: u16 = 1 << 2;
+/// TCP: RST in either direction.
+pub const CT_F_RST: u16 = 1 << 3;
+/// The flow is TCP (lifetimes follow the TCP state); otherwise `ct_any`.
+pub const CT_F_TCP: u16 = 1 << 4;
+
+impl CtEntry {
+    /// The lifetime of this entry after its last packet, in nanoseconds, given `config`.
+    #[inline(always)]
+    pub fn lifetime_ns(&self, config: &DatapathConfig) -> u64 {
+        if self.flags & CT_F_TCP == 0 {
+            config.ct_any_ns
+        } else if self.flags & CT_F_RST != 0
+            || self.flags & (CT_F_FIN_CLIENT | CT_F_FIN_BACKEND)
+                == CT_F_FIN_CLIENT | CT_F_FIN_BACKEND
+        {
+            config.ct_close_ns
+        } else if self.flags & CT_F_ESTABLISHED != 0 {
+            config.ct_tcp_ns
+        } else {
+            config.ct_syn_ns
+        }
+    }
+
+    #[inline(always)]
+    pub fn is_alive(&self, now_ns: u64, config: &DatapathConfig) -> bool {
+        now_ns.saturating_sub(self.last_seen_ns) <= self.lifetime_ns(config)
+    }
+}
+
+/// `gw_affinity` key: ClientIP affinity is per frontend, as in kube-proxy and Cilium.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityKey {
+    pub client_addr: u32,
+    pub service_id: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Affinity {
+    /// `bpf_ktime_get_ns` of the last new flow that used this entry.
+    pub last_used_ns: u64,
+    pub backend_id: u32,
+    pub _pad: u32,
+}
+
+/// `gw_l2` key: this node answers ARP for `vip` on interface `ifindex`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct L2Key {
+    pub ifindex: u32,
+    pub vip: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L2Entry {
+    /// ARP replies sent (atomically incremented by the datapath).
+    pub arp_replies: u64,
+    /// The interface's MAC, the sender hardware address of every reply.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// `gw_config`: one-element array written by the agent at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathConfig {
+    pub ct_tcp_ns: u64,
+    pub ct_any_ns: u64,
+    pub ct_syn_ns: u64,
+    pub ct_close_ns: u64,
+}
+
+impl DatapathConfig {
+    pub const fn from_secs(ct_tcp: u64, ct_any: u64) -> Self {
+        Self {
+            ct_tcp_ns: ct_tcp * timeouts::NS_PER_SEC,
+            ct_any_ns: ct_any * timeouts::NS_PER_SEC,
+            ct_syn_ns: timeouts::CT_SYN * timeouts::NS_PER_SEC,
+            ct_close_ns: timeouts::CT_CLOSE * timeouts::NS_PER_SEC,
+        }
+    }
+}
+
+/// `gw_svc_stats` / `gw_be_stats`: per-CPU arrays indexed by service / backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Client -> backend (DNATed) packets and bytes.
+    pub fwd_packets: u64,
+    pub fwd_bytes: u64,
+    /// Backend -> client (reverse NATed) packets and bytes.
+    pub rev_packets: u64,
+    pub rev_bytes: u64,
+}
+
+/// `gw_counters`: per-CPU array of u64 indexed by these. Every drop has a named reason.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// ARP requests for an announced VIP, answered.
+    ArpReply = 0,
+    /// New flows created (a backend was chosen).
+    CtCreated,
+    /// New flows whose backend came from a live affinity entry.
+    AffinityHit,
+    /// Replies rewritten back to the VIP.
+    RevNat,
+    /// Drop: VIP packet to a port/protocol the VIP does not serve.
+    DropUnknownPort,
+    /// Drop: the service has no backends on this node.
+    DropNoBackend,
+    /// Drop: the flow's backend was removed; the flow is not moved mid-connection.
+    DropBackendGone,
+    /// Drop: IPv4 fragment addressed to a VIP (ports unknown, cannot be balanced).
+    DropFragment,
+    /// Drop: VIP packet whose headers are truncated or inconsistent.
+    DropMalformed,
+    /// Drop: a rewrite helper failed.
+    DropNatFailed,
+}
+
+impl Counter {
+    pub const COUNT: u32 = Counter::DropNatFailed as u32 + 1;
+    pub const ALL: [Counter; Counter::COUNT as usize] = [
+        Counter::ArpReply,
+        Counter::CtCreated,
+        Counter::AffinityHit,
+        Counter::RevNat,
+        Counter::DropUnknownPort,
+        Counter::DropNoBackend,
+        Counter::DropBackendGone,
+        Counter::DropFragment,
+        Counter::DropMalformed,
+        Counter::DropNatFailed,
+    ];
+
+    /// Stable, human and JSON name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::ArpReply => "arp_reply",
+            Counter::CtCreated => "ct_created",
+            Counter::AffinityHit => "affinity_hit",
+            Counter::RevNat => "rev_nat",
+            Counter::DropUnknownPort => "drop_unknown_port",
+            Counter::DropNoBackend => "drop_no_backend",
+            Counter::DropBackendGone => "drop_backend_gone",
+            Counter::DropFragment => "drop_fragment",
+            Counter::DropMalformed => "drop_malformed",
+            Counter::DropNatFailed => "drop_nat_failed",
+        }
+    }
+}

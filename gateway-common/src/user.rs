@@ -1,0 +1,110 @@
+//! Userspace side of the contract: `aya::Pod` for every map type, and conversions between
+//! the network-byte-order fields and `std`-style values.
+
+extern crate std;
+
+use core::net::Ipv4Addr;
+
+use crate::*;
+
+macro_rules! pod {
+    ($($t:ty),+ $(,)?) => {
+        // SAFETY: every type is #[repr(C)], made only of integers and integer arrays, with
+        // explicit padding fields, so any bit pattern is valid and there are no holes.
+        $(unsafe impl aya::Pod for $t {})+
+    };
+}
+
+pod!(
+    VipKey,
+    VipInfo,
+    ServiceKey,
+    Service,
+    SlotKey,
+    Backend,
+    RevNatKey,
+    Frontend,
+    RevNat,
+    CtKey,
+    CtEntry,
+    AffinityKey,
+    Affinity,
+    L2Key,
+    L2Entry,
+    DatapathConfig,
+    Traffic,
+);
+
+/// An IPv4 address as stored in map fields (network byte order in memory).
+pub fn addr_to_map(addr: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
+pub fn addr_from_map(raw: u32) -> Ipv4Addr {
+    Ipv4Addr::from(raw.to_ne_bytes())
+}
+
+/// A port as stored in map fields (network byte order in memory).
+pub fn port_to_map(port: u16) -> u16 {
+    port.to_be()
+}
+
+pub fn port_from_map(raw: u16) -> u16 {
+    u16::from_be(raw)
+}
+
+pub fn proto_name(proto: u8) -> &'static str {
+    match proto {
+        proto::TCP => "TCP",
+        proto::UDP => "UDP",
+        _ => "?",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_order_matches_the_wire() {
+        let raw = addr_to_map(Ipv4Addr::new(192, 168, 10, 49));
+        assert_eq!(raw.to_ne_bytes(), [192, 168, 10, 49]);
+        assert_eq!(addr_from_map(raw), Ipv4Addr::new(192, 168, 10, 49));
+        assert_eq!(port_to_map(443).to_ne_bytes(), [0x01, 0xbb]);
+        assert_eq!(port_from_map(port_to_map(443)), 443);
+    }
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<ServiceKey>(), 8);
+        assert_eq!(size_of::<Service>(), 16);
+        assert_eq!(size_of::<Backend>(), 8);
+        assert_eq!(size_of::<CtKey>(), 16);
+        assert_eq!(size_of::<CtEntry>(), 24);
+        assert_eq!(size_of::<AffinityKey>(), 8);
+        assert_eq!(size_of::<Affinity>(), 16);
+        assert_eq!(size_of::<L2Entry>(), 16);
+        assert_eq!(size_of::<RevNat>(), 4 + 8 * capacity::REVNAT_FRONTENDS);
+        assert_eq!(size_of::<Traffic>(), 32);
+    }
+
+    #[test]
+    fn tcp_lifetimes_follow_the_state() {
+        let c = DatapathConfig::from_secs(21600, 3600);
+        let mut e = CtEntry { flags: CT_F_TCP, ..Default::default() };
+        assert_eq!(e.lifetime_ns(&c), c.ct_syn_ns);
+        e.flags |= CT_F_ESTABLISHED;
+        assert_eq!(e.lifetime_ns(&c), 21600 * timeouts::NS_PER_SEC);
+        e.flags |= CT_F_FIN_CLIENT;
+        assert_eq!(e.lifetime_ns(&c), c.ct_tcp_ns, "half-closed stays established");
+        e.flags |= CT_F_FIN_BACKEND;
+        assert_eq!(e.lifetime_ns(&c), c.ct_close_ns);
+        let udp = CtEntry::default();
+        assert_eq!(udp.lifetime_ns(&c), 3600 * timeouts::NS_PER_SEC);
+        let rst = CtEntry { flags: CT_F_TCP | CT_F_ESTABLISHED | CT_F_RST, ..Default::default() };
+        assert_eq!(rst.lifetime_ns(&c), c.ct_close_ns);
+        assert!(rst.is_alive(c.ct_close_ns, &c));
+        assert!(!rst.is_alive(c.ct_close_ns + 1, &c));
+    }
+}
