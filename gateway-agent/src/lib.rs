@@ -6,4 +6,6 @@
 //! `cli` holds the commands and their output.
 
 pub mod config;
+pub mod datapath;
 pub mod model;
+pub mod plan;

@@ -30,8 +30,9 @@ pub mod map_names {
     pub const COUNTERS: &str = "gw_counters";
     pub const SERVICE_STATS: &str = "gw_svc_stats";
     pub const BACKEND_STATS: &str = "gw_be_stats";
-    /// Every map the agent pins, in the order `teardown` removes them.
-    pub const ALL: [&str; 12] = [
+    pub const SERVICE_NAMES: &str = "gw_svc_names";
+    /// Every map the agent pins.
+    pub const ALL: [&str; 13] = [
         VIPS,
         SERVICES,
         SLOTS,
@@ -44,6 +45,7 @@ pub mod map_names {
         COUNTERS,
         SERVICE_STATS,
         BACKEND_STATS,
+        SERVICE_NAMES,
     ];
 }
 
@@ -99,7 +101,7 @@ pub mod proto {
 /// `gw_vips`: every VIP this node serves, keyed by address. A packet to a VIP that matches
 /// no service port is dropped (and counted); a packet to any other address is not ours.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipKey {
     pub addr: u32,
 }
@@ -302,6 +304,20 @@ impl DatapathConfig {
             ct_syn_ns: timeouts::CT_SYN * timeouts::NS_PER_SEC,
             ct_close_ns: timeouts::CT_CLOSE * timeouts::NS_PER_SEC,
         }
+    }
+}
+
+/// `gw_svc_names`: service id -> `namespace/name:port-name`, NUL-padded. Never read by the
+/// datapath; it lets `lb list` and `bpftool` name a frontend from the pinned maps alone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceName {
+    pub name: [u8; 96],
+}
+
+impl Default for ServiceName {
+    fn default() -> Self {
+        Self { name: [0; 96] }
     }
 }
 

@@ -33,6 +33,7 @@ pod!(
     L2Entry,
     DatapathConfig,
     Traffic,
+    ServiceName,
 );
 
 /// An IPv4 address as stored in map fields (network byte order in memory).
@@ -51,6 +52,28 @@ pub fn port_to_map(port: u16) -> u16 {
 
 pub fn port_from_map(raw: u16) -> u16 {
     u16::from_be(raw)
+}
+
+impl ServiceName {
+    /// Truncates to the field size, on a character boundary.
+    pub fn new(text: &str) -> Self {
+        let mut name = [0u8; 96];
+        let mut end = text.len().min(name.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        name[..end].copy_from_slice(&text.as_bytes()[..end]);
+        Self { name }
+    }
+
+    pub fn as_str(&self) -> &str {
+        let end = self
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.name.len());
+        core::str::from_utf8(&self.name[..end]).unwrap_or("?")
+    }
 }
 
 pub fn proto_name(proto: u8) -> &'static str {
@@ -90,19 +113,41 @@ mod tests {
     }
 
     #[test]
+    fn service_names_round_trip_and_truncate() {
+        assert_eq!(
+            ServiceName::new("gateway/gw:http").as_str(),
+            "gateway/gw:http"
+        );
+        let long = "é".repeat(60);
+        let name = ServiceName::new(&long);
+        assert_eq!(name.as_str().len(), 96);
+        assert!(long.starts_with(name.as_str()));
+    }
+
+    #[test]
     fn tcp_lifetimes_follow_the_state() {
         let c = DatapathConfig::from_secs(21600, 3600);
-        let mut e = CtEntry { flags: CT_F_TCP, ..Default::default() };
+        let mut e = CtEntry {
+            flags: CT_F_TCP,
+            ..Default::default()
+        };
         assert_eq!(e.lifetime_ns(&c), c.ct_syn_ns);
         e.flags |= CT_F_ESTABLISHED;
         assert_eq!(e.lifetime_ns(&c), 21600 * timeouts::NS_PER_SEC);
         e.flags |= CT_F_FIN_CLIENT;
-        assert_eq!(e.lifetime_ns(&c), c.ct_tcp_ns, "half-closed stays established");
+        assert_eq!(
+            e.lifetime_ns(&c),
+            c.ct_tcp_ns,
+            "half-closed stays established"
+        );
         e.flags |= CT_F_FIN_BACKEND;
         assert_eq!(e.lifetime_ns(&c), c.ct_close_ns);
         let udp = CtEntry::default();
         assert_eq!(udp.lifetime_ns(&c), 3600 * timeouts::NS_PER_SEC);
-        let rst = CtEntry { flags: CT_F_TCP | CT_F_ESTABLISHED | CT_F_RST, ..Default::default() };
+        let rst = CtEntry {
+            flags: CT_F_TCP | CT_F_ESTABLISHED | CT_F_RST,
+            ..Default::default()
+        };
         assert_eq!(rst.lifetime_ns(&c), c.ct_close_ns);
         assert!(rst.is_alive(c.ct_close_ns, &c));
         assert!(!rst.is_alive(c.ct_close_ns + 1, &c));

@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::config::{Config, ConfigErrors, ObjectRef};
+use crate::config::ObjectRef;
 
 /// L4 protocol of a service port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]

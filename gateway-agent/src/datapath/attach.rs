@@ -1,0 +1,131 @@
+//! Attaching the programs with tcx links, pinned under `<bpffs>/links/` so that the
+//! datapath outlives the agent, a restarted agent can swap programs in place (atomically,
+//! with no moment without a program), and `teardown` can find them.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use aya::programs::{
+    SchedClassifier, TcAttachType,
+    links::{FdLink, PinnedLink},
+    tc::SchedClassifierLink,
+};
+use gateway_common::program_names;
+use log::{info, warn};
+
+use crate::{datapath::Datapath, plan::Interface};
+
+pub const DIRECTIONS: [(TcAttachType, &str, &str); 2] = [
+    (TcAttachType::Ingress, program_names::INGRESS, "ingress"),
+    (TcAttachType::Egress, program_names::EGRESS, "egress"),
+];
+
+fn links_dir(bpffs: &Path) -> PathBuf {
+    bpffs.join("links")
+}
+
+/// `<bpffs>/links/<interface>.<ifindex>.<direction>`: the index tells a re-created interface
+/// of the same name from the one the link was made for.
+pub fn link_pin(bpffs: &Path, iface: &Interface, direction: &str) -> PathBuf {
+    links_dir(bpffs).join(format!("{}.{}.{direction}", iface.name, iface.index))
+}
+
+/// Attaches ingress and egress programs to every interface, replacing the programs of
+/// links pinned by a previous run in place, and detaches pinned links of interfaces that
+/// are no longer selected.
+pub fn attach_all(datapath: &mut Datapath, bpffs: &Path, interfaces: &[Interface]) -> Result<()> {
+    fs::create_dir_all(links_dir(bpffs)).context("creating the links directory")?;
+    let mut wanted = BTreeSet::new();
+    for (attach_type, program_name, direction) in DIRECTIONS {
+        let program = datapath.program(program_name)?;
+        for iface in interfaces {
+            let pin = link_pin(bpffs, iface, direction);
+            wanted.insert(pin.clone());
+            if pin.exists() {
+                match replace(program, &pin) {
+                    Ok(()) => {
+                        info!("{direction} program replaced in place on {}", iface.name);
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(
+                            "pinned link {} is unusable ({e:#}); attaching afresh",
+                            pin.display()
+                        );
+                        let _ = fs::remove_file(&pin);
+                    }
+                }
+            }
+            let id = program
+                .attach(&iface.name, attach_type)
+                .with_context(|| format!("attaching {direction} program to {}", iface.name))?;
+            let link: FdLink = program.take_link(id)?.try_into().context("tcx link")?;
+            link.pin(&pin)
+                .with_context(|| format!("pinning link {}", pin.display()))?;
+            info!("{direction} program attached to {}", iface.name);
+        }
+    }
+    for stale in pinned_links(bpffs)?
+        .into_iter()
+        .filter(|p| !wanted.contains(p))
+    {
+        detach(&stale)?;
+        info!(
+            "detached {} (interface no longer selected)",
+            stale.display()
+        );
+    }
+    Ok(())
+}
+
+/// Swaps the program behind a pinned link (BPF_LINK_UPDATE): atomic for the packets.
+fn replace(program: &mut SchedClassifier, pin: &Path) -> Result<()> {
+    let link = FdLink::from(PinnedLink::from_pin(pin)?);
+    program.attach_to_link(SchedClassifierLink::try_from(link)?)?;
+    Ok(())
+}
+
+/// Every pinned link file.
+pub fn pinned_links(bpffs: &Path) -> Result<Vec<PathBuf>> {
+    let dir = links_dir(bpffs);
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut links = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        links.push(entry?.path());
+    }
+    links.sort();
+    Ok(links)
+}
+
+/// Unpins a link: the last reference goes and the kernel detaches the program.
+fn detach(pin: &Path) -> Result<()> {
+    match PinnedLink::from_pin(pin) {
+        Ok(link) => drop(
+            link.unpin()
+                .with_context(|| format!("unpinning {}", pin.display()))?,
+        ),
+        Err(_) => fs::remove_file(pin).with_context(|| format!("removing {}", pin.display()))?,
+    }
+    Ok(())
+}
+
+/// Detaches every pinned link under `bpffs`; returns a line per link removed.
+pub fn detach_all(bpffs: &Path) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for pin in pinned_links(bpffs)? {
+        detach(&pin)?;
+        removed.push(format!(
+            "link {}",
+            pin.file_name().unwrap_or_default().to_string_lossy()
+        ));
+    }
+    let dir = links_dir(bpffs);
+    if dir.exists() {
+        fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(removed)
+}

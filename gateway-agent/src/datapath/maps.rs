@@ -1,0 +1,249 @@
+//! Typed handles on every datapath map, whether just loaded or opened from their pins by a
+//! read-only command in another process; reading the agent-managed state back, and writing
+//! plan operations.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    util::nr_cpus,
+};
+use gateway_common::{
+    Affinity, AffinityKey, BACKEND_F_ACTIVE, Backend, Counter, CtEntry, CtKey, DatapathConfig,
+    L2Entry, L2Key, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic, VipInfo,
+    VipKey, map_names,
+};
+
+use crate::plan::{MapState, Op};
+
+pub struct Maps {
+    pub vips: HashMap<MapData, VipKey, VipInfo>,
+    pub services: HashMap<MapData, ServiceKey, Service>,
+    pub names: HashMap<MapData, u32, ServiceName>,
+    pub slots: HashMap<MapData, SlotKey, u32>,
+    pub backends: Array<MapData, Backend>,
+    pub revnat: HashMap<MapData, RevNatKey, RevNat>,
+    pub conntrack: HashMap<MapData, CtKey, CtEntry>,
+    pub affinity: HashMap<MapData, AffinityKey, Affinity>,
+    pub l2: HashMap<MapData, L2Key, L2Entry>,
+    pub config: Array<MapData, DatapathConfig>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub service_stats: PerCpuArray<MapData, Traffic>,
+    pub backend_stats: PerCpuArray<MapData, Traffic>,
+}
+
+/// Converts a generic map into its typed handle, naming the map on failure.
+fn typed<T: TryFrom<Map, Error = MapError>>(name: &str, map: Map) -> Result<T> {
+    T::try_from(map).with_context(|| format!("map {name} does not have the expected type"))
+}
+
+impl Maps {
+    /// Takes the maps out of a freshly loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Self::build(|name| {
+            ebpf.take_map(name)
+                .with_context(|| format!("the eBPF object has no map {name}"))
+        })
+    }
+
+    /// Opens the maps a running (or stopped) agent pinned under `dir`.
+    pub fn open_pinned(dir: &Path) -> Result<Self> {
+        if !dir.join(map_names::SERVICES).exists() {
+            bail!(
+                "no gateway datapath is pinned under {} (is the agent running, and is --bpffs right?)",
+                dir.display()
+            );
+        }
+        Self::build(|name| {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("opening pinned map {}", path.display()))?;
+            Map::from_map_data(data).with_context(|| format!("pinned map {}", path.display()))
+        })
+    }
+
+    fn build(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
+        let mut next = |name: &'static str| get(name).map(|m| (name, m));
+        macro_rules! field {
+            ($name:expr) => {{
+                let (name, map) = next($name)?;
+                typed(name, map)?
+            }};
+        }
+        Ok(Self {
+            vips: field!(map_names::VIPS),
+            services: field!(map_names::SERVICES),
+            names: field!(map_names::SERVICE_NAMES),
+            slots: field!(map_names::SLOTS),
+            backends: field!(map_names::BACKENDS),
+            revnat: field!(map_names::REVNAT),
+            conntrack: field!(map_names::CONNTRACK),
+            affinity: field!(map_names::AFFINITY),
+            l2: field!(map_names::L2),
+            config: field!(map_names::CONFIG),
+            counters: field!(map_names::COUNTERS),
+            service_stats: field!(map_names::SERVICE_STATS),
+            backend_stats: field!(map_names::BACKEND_STATS),
+        })
+    }
+
+    /// The agent-managed content, as a previous run of the agent left it.
+    pub fn read_state(&self) -> Result<MapState> {
+        let mut state = MapState::default();
+        for entry in self.vips.iter() {
+            let (k, v) = entry.context("reading gw_vips")?;
+            state.vips.insert(k, v);
+        }
+        for entry in self.services.iter() {
+            let (k, v) = entry.context("reading gw_services")?;
+            state.services.insert(k, v);
+        }
+        for entry in self.names.iter() {
+            let (k, v) = entry.context("reading gw_svc_names")?;
+            state.names.insert(k, v.as_str().to_owned());
+        }
+        for entry in self.slots.iter() {
+            let (k, v) = entry.context("reading gw_slots")?;
+            state.slots.insert(k, v);
+        }
+        for (id, entry) in self.backends.iter().enumerate() {
+            let b = entry.context("reading gw_backends")?;
+            if b.flags & BACKEND_F_ACTIVE != 0 {
+                state.backends.insert(id as u32, b);
+            }
+        }
+        for entry in self.revnat.iter() {
+            let (k, v) = entry.context("reading gw_revnat")?;
+            state.revnat.insert(k, v);
+        }
+        for entry in self.l2.iter() {
+            let (k, v) = entry.context("reading gw_l2")?;
+            state.l2.insert(k, v.mac);
+        }
+        Ok(state)
+    }
+
+    /// Writes one plan operation.
+    pub fn apply(&mut self, op: &Op) -> Result<()> {
+        match op {
+            Op::PutBackend(id, b) => self
+                .backends
+                .set(*id, b, 0)
+                .context("writing gw_backends")?,
+            Op::DeactivateBackend(id) => self
+                .backends
+                .set(*id, Backend::default(), 0)
+                .context("writing gw_backends")?,
+            Op::ResetBackendStats(id) => zero(&mut self.backend_stats, *id)?,
+            Op::ResetServiceStats(id) => zero(&mut self.service_stats, *id)?,
+            Op::PutSlot(k, v) => self.slots.insert(k, v, 0).context("writing gw_slots")?,
+            Op::DeleteSlot(k) => remove(&mut self.slots, k, "gw_slots")?,
+            Op::PutService(k, v) => self
+                .services
+                .insert(k, v, 0)
+                .context("writing gw_services")?,
+            Op::DeleteService(k) => remove(&mut self.services, k, "gw_services")?,
+            Op::PutName(k, v) => self
+                .names
+                .insert(k, ServiceName::new(v), 0)
+                .context("writing gw_svc_names")?,
+            Op::DeleteName(k) => remove(&mut self.names, k, "gw_svc_names")?,
+            Op::PutRevNat(k, v) => self.revnat.insert(k, v, 0).context("writing gw_revnat")?,
+            Op::DeleteRevNat(k) => remove(&mut self.revnat, k, "gw_revnat")?,
+            Op::PutVip(k, v) => self.vips.insert(k, v, 0).context("writing gw_vips")?,
+            Op::DeleteVip(k) => remove(&mut self.vips, k, "gw_vips")?,
+            Op::PutL2(k, mac) => {
+                // Keep the reply counter of an entry that only changes MAC.
+                let arp_replies = self.l2.get(k, 0).map_or(0, |e| e.arp_replies);
+                let entry = L2Entry {
+                    arp_replies,
+                    mac: *mac,
+                    _pad: [0; 2],
+                };
+                self.l2.insert(k, entry, 0).context("writing gw_l2")?
+            }
+            Op::DeleteL2(k) => remove(&mut self.l2, k, "gw_l2")?,
+            Op::ClearAffinity(pairs) => self.clear_affinity(pairs)?,
+        }
+        Ok(())
+    }
+
+    fn clear_affinity(&mut self, pairs: &BTreeSet<(u32, u32)>) -> Result<()> {
+        let stale: Vec<AffinityKey> = self
+            .affinity
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(k, v)| pairs.contains(&(k.service_id, v.backend_id)))
+            .map(|(k, _)| k)
+            .collect();
+        for k in stale {
+            remove(&mut self.affinity, &k, "gw_affinity")?;
+        }
+        Ok(())
+    }
+
+    pub fn write_config(&mut self, config: DatapathConfig) -> Result<()> {
+        self.config.set(0, config, 0).context("writing gw_config")
+    }
+
+    pub fn read_config(&self) -> Result<DatapathConfig> {
+        self.config.get(&0, 0).context("reading gw_config")
+    }
+
+    /// The datapath counters summed over CPUs, in `Counter::ALL` order.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
+        Counter::ALL
+            .iter()
+            .map(|&c| {
+                let per_cpu = self
+                    .counters
+                    .get(&(c as u32), 0)
+                    .context("reading gw_counters")?;
+                Ok((c, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    pub fn service_traffic(&self, id: u32) -> Result<Traffic> {
+        sum_traffic(&self.service_stats, id)
+    }
+
+    pub fn backend_traffic(&self, id: u32) -> Result<Traffic> {
+        sum_traffic(&self.backend_stats, id)
+    }
+}
+
+fn sum_traffic(map: &PerCpuArray<MapData, Traffic>, id: u32) -> Result<Traffic> {
+    let per_cpu = map.get(&id, 0).context("reading traffic counters")?;
+    Ok(per_cpu.iter().fold(Traffic::default(), |a, t| Traffic {
+        fwd_packets: a.fwd_packets + t.fwd_packets,
+        fwd_bytes: a.fwd_bytes + t.fwd_bytes,
+        rev_packets: a.rev_packets + t.rev_packets,
+        rev_bytes: a.rev_bytes + t.rev_bytes,
+    }))
+}
+
+fn zero(map: &mut PerCpuArray<MapData, Traffic>, id: u32) -> Result<()> {
+    let cpus = nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+    let values =
+        PerCpuValues::try_from(vec![Traffic::default(); cpus]).context("building per-CPU zeros")?;
+    map.set(id, values, 0).context("resetting traffic counters")
+}
+
+/// Removes `key`; a key that is already gone is not an error (the state converges).
+fn remove<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+    name: &str,
+) -> Result<()> {
+    match map.remove(key) {
+        Ok(()) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("deleting from {name}")),
+    }
+}

@@ -1,0 +1,178 @@
+//! The thin layer that touches the kernel: load the embedded object with its maps pinned
+//! under `--bpffs` (adopting maps a previous run left there), attach the programs with tcx
+//! links that are pinned too, and remove all of it on `teardown`.
+
+pub mod attach;
+pub mod bpffs;
+pub mod interfaces;
+pub mod maps;
+mod object;
+
+use std::mem::size_of;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use aya::{Ebpf, EbpfLoader, maps::MapInfo, programs::SchedClassifier};
+use aya_log::EbpfLogger;
+use gateway_common::{
+    Affinity, AffinityKey, Backend, CtEntry, CtKey, DatapathConfig, L2Entry, L2Key, RevNat,
+    RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic, VipInfo, VipKey, map_names,
+    program_names,
+};
+
+pub use maps::Maps;
+
+/// Key and value sizes of every map: a pinned map from an agent with another layout must
+/// be refused, never reinterpreted.
+const LAYOUTS: [(&str, usize, usize); 13] = [
+    (map_names::VIPS, size_of::<VipKey>(), size_of::<VipInfo>()),
+    (
+        map_names::SERVICES,
+        size_of::<ServiceKey>(),
+        size_of::<Service>(),
+    ),
+    (
+        map_names::SERVICE_NAMES,
+        size_of::<u32>(),
+        size_of::<ServiceName>(),
+    ),
+    (map_names::SLOTS, size_of::<SlotKey>(), size_of::<u32>()),
+    (map_names::BACKENDS, size_of::<u32>(), size_of::<Backend>()),
+    (
+        map_names::REVNAT,
+        size_of::<RevNatKey>(),
+        size_of::<RevNat>(),
+    ),
+    (
+        map_names::CONNTRACK,
+        size_of::<CtKey>(),
+        size_of::<CtEntry>(),
+    ),
+    (
+        map_names::AFFINITY,
+        size_of::<AffinityKey>(),
+        size_of::<Affinity>(),
+    ),
+    (map_names::L2, size_of::<L2Key>(), size_of::<L2Entry>()),
+    (
+        map_names::CONFIG,
+        size_of::<u32>(),
+        size_of::<DatapathConfig>(),
+    ),
+    (map_names::COUNTERS, size_of::<u32>(), size_of::<u64>()),
+    (
+        map_names::SERVICE_STATS,
+        size_of::<u32>(),
+        size_of::<Traffic>(),
+    ),
+    (
+        map_names::BACKEND_STATS,
+        size_of::<u32>(),
+        size_of::<Traffic>(),
+    ),
+];
+
+pub struct LoadOptions<'a> {
+    /// Pin every map under this directory, adopting the maps already pinned there. `None`
+    /// creates private maps (datapath tests).
+    pub pin_dir: Option<&'a Path>,
+    /// Level of the datapath's own log events. Below `Debug` the verifier removes the
+    /// logging code entirely (the level is a read-only global), so it costs nothing.
+    pub log_level: log::LevelFilter,
+}
+
+/// The loaded object: programs (loaded, not yet attached) and typed maps.
+pub struct Datapath {
+    pub ebpf: Ebpf,
+    pub maps: Maps,
+    /// Owns aya-log's ring buffer reader; must live as long as the programs.
+    pub logger: Option<EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl Datapath {
+    pub fn load(options: &LoadOptions) -> Result<Self> {
+        if let Some(dir) = options.pin_dir {
+            check_pinned_layouts(dir)?;
+        }
+        let mut loader = EbpfLoader::new();
+        let pins: Vec<(&str, std::path::PathBuf)> = match options.pin_dir {
+            Some(dir) => map_names::ALL.iter().map(|&n| (n, dir.join(n))).collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let level = options.log_level as u8;
+        loader.override_global(aya_log::LEVEL, &level, false);
+        let mut ebpf = loader
+            .load(object::OBJECT)
+            .context("loading the eBPF object")?;
+        let logger = if options.log_level >= log::LevelFilter::Debug {
+            Some(EbpfLogger::init(&mut ebpf).context("setting up datapath logging")?)
+        } else {
+            None
+        };
+        for name in [program_names::INGRESS, program_names::EGRESS] {
+            program(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("loading program {name} (verifier)"))?;
+        }
+        let maps = Maps::take(&mut ebpf)?;
+        Ok(Self { ebpf, maps, logger })
+    }
+
+    pub fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        program(&mut self.ebpf, name)
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("the eBPF object has no program {name}"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a TC classifier"))
+}
+
+fn check_pinned_layouts(dir: &Path) -> Result<()> {
+    for (name, key, value) in LAYOUTS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path)
+            .with_context(|| format!("inspecting pinned map {}", path.display()))?;
+        if info.key_size() as usize != key || info.value_size() as usize != value {
+            bail!(
+                "pinned map {} has key/value sizes {}/{} but this agent uses {key}/{value}: it \
+                 was left by an incompatible version; run `gateway-agent teardown --bpffs {}` \
+                 (this drops tracked connections) and start again",
+                path.display(),
+                info.key_size(),
+                info.value_size(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Detaches every pinned link and removes every pin under `dir`; returns what it removed.
+pub fn teardown(dir: &Path) -> Result<Vec<String>> {
+    let mut removed = attach::detach_all(dir)?;
+    for name in map_names::ALL {
+        let path = dir.join(name);
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed.push(format!("map {name}"));
+        }
+    }
+    if dir.exists() {
+        std::fs::remove_dir(dir).with_context(|| {
+            format!(
+                "removing {} (it holds pins that are not ours?)",
+                dir.display()
+            )
+        })?;
+    }
+    Ok(removed)
+}

@@ -1,0 +1,708 @@
+//! From the desired state to map contents, and from current map contents to the ordered
+//! list of writes that gets there make-before-break. Pure: no kernel, no clock.
+//!
+//! Ids are the long-lived part: conntrack and affinity entries refer to service and backend
+//! ids, so a service or backend that survives a plan keeps its id, and a new one takes the
+//! lowest id free in both the current and the target state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use gateway_common::{
+    BACKEND_F_ACTIVE, Backend, Frontend as RevNatFrontend, L2Key, RevNat, RevNatKey,
+    SERVICE_F_AFFINITY, Service, ServiceKey, SlotKey, VipInfo, VipKey, addr_from_map, addr_to_map,
+    capacity, port_from_map, port_to_map, proto, timeouts,
+};
+
+use crate::model::{DesiredState, Protocol};
+
+/// A network interface of this node, as the datapath sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+    pub mac: [u8; 6],
+}
+
+/// The agent-managed content of the maps. Conntrack, affinity and counters belong to the
+/// datapath and are not part of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapState {
+    pub vips: BTreeMap<VipKey, VipInfo>,
+    pub services: BTreeMap<ServiceKey, Service>,
+    pub names: BTreeMap<u32, String>,
+    pub slots: BTreeMap<SlotKey, u32>,
+    /// Active backends by id.
+    pub backends: BTreeMap<u32, Backend>,
+    pub revnat: BTreeMap<RevNatKey, RevNat>,
+    /// Announcements: (interface, VIP) -> the interface's MAC.
+    pub l2: BTreeMap<L2Key, [u8; 6]>,
+}
+
+/// One write to the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    PutBackend(u32, Backend),
+    /// A newly assigned backend id starts with zeroed counters.
+    ResetBackendStats(u32),
+    PutSlot(SlotKey, u32),
+    PutService(ServiceKey, Service),
+    PutName(u32, String),
+    ResetServiceStats(u32),
+    PutRevNat(RevNatKey, RevNat),
+    PutVip(VipKey, VipInfo),
+    PutL2(L2Key, [u8; 6]),
+    DeleteL2(L2Key),
+    DeleteVip(VipKey),
+    DeleteService(ServiceKey),
+    DeleteName(u32),
+    DeleteSlot(SlotKey),
+    DeleteRevNat(RevNatKey),
+    /// Marks the backend removed: flows still pointing at it are dropped, not moved.
+    DeactivateBackend(u32),
+    /// Affinity entries of these (service id, backend id) pairs point at a backend that no
+    /// longer serves the service.
+    ClearAffinity(BTreeSet<(u32, u32)>),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum PlanError {
+    /// One backend address serves more frontends than reverse NAT can tell apart.
+    TooManyFrontends {
+        backend: String,
+        frontends: Vec<String>,
+    },
+    /// More services or backends than the maps hold.
+    Capacity {
+        what: &'static str,
+        needed: usize,
+        max: u32,
+    },
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlanError::TooManyFrontends { backend, frontends } => write!(
+                f,
+                "backend {backend} serves {} frontends ({}); at most {} per backend address",
+                frontends.len(),
+                frontends.join(", "),
+                capacity::REVNAT_FRONTENDS
+            ),
+            PlanError::Capacity { what, needed, max } => {
+                write!(
+                    f,
+                    "{needed} {what} needed but the datapath holds at most {max}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+fn proto_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => proto::TCP,
+        Protocol::Udp => proto::UDP,
+    }
+}
+
+/// Lowest ids in `1..max` not in `used`, handed out in order.
+struct IdAllocator {
+    used: BTreeSet<u32>,
+    next: u32,
+    max: u32,
+    what: &'static str,
+}
+
+impl IdAllocator {
+    fn new(used: BTreeSet<u32>, max: u32, what: &'static str) -> Self {
+        Self {
+            used,
+            next: 1,
+            max,
+            what,
+        }
+    }
+
+    fn take(&mut self, needed: usize) -> Result<u32, PlanError> {
+        while self.used.contains(&self.next) {
+            self.next += 1;
+        }
+        if self.next >= self.max {
+            return Err(PlanError::Capacity {
+                what: self.what,
+                needed,
+                max: self.max - 1,
+            });
+        }
+        self.used.insert(self.next);
+        Ok(self.next)
+    }
+}
+
+/// The map contents that serve `desired` on `interfaces`, keeping `current`'s ids.
+pub fn target(
+    desired: &DesiredState,
+    interfaces: &[Interface],
+    current: &MapState,
+) -> Result<MapState, PlanError> {
+    let mut next = MapState::default();
+
+    // Backends: one id per distinct (address, port, protocol).
+    let current_backend_ids: BTreeMap<(u32, u16, u8), u32> = current
+        .backends
+        .iter()
+        .map(|(&id, b)| ((b.addr, b.port, b.proto), id))
+        .collect();
+    let wanted: BTreeSet<(u32, u16, u8)> = desired
+        .frontends
+        .iter()
+        .flat_map(|f| {
+            f.backends.iter().map(move |b| {
+                (
+                    addr_to_map(b.addr),
+                    port_to_map(b.port),
+                    proto_number(f.protocol),
+                )
+            })
+        })
+        .collect();
+    let mut backend_ids = IdAllocator::new(
+        wanted
+            .iter()
+            .filter_map(|k| current_backend_ids.get(k).copied())
+            .collect(),
+        capacity::BACKENDS,
+        "backends",
+    );
+    let mut backend_id_of = BTreeMap::new();
+    for &key in &wanted {
+        let id = match current_backend_ids.get(&key) {
+            Some(&id) => id,
+            None => backend_ids.take(wanted.len())?,
+        };
+        backend_id_of.insert(key, id);
+        let (addr, port, proto) = key;
+        next.backends.insert(
+            id,
+            Backend {
+                addr,
+                port,
+                proto,
+                flags: BACKEND_F_ACTIVE,
+            },
+        );
+    }
+
+    // Services (frontends).
+    let service_key = |f: &crate::model::Frontend| ServiceKey {
+        vip: addr_to_map(f.vip),
+        port: port_to_map(f.port),
+        proto: proto_number(f.protocol),
+        _pad: 0,
+    };
+    let mut service_ids = IdAllocator::new(
+        desired
+            .frontends
+            .iter()
+            .filter_map(|f| current.services.get(&service_key(f)).map(|s| s.id))
+            .collect(),
+        capacity::SERVICES,
+        "services",
+    );
+    let mut frontends_of_backend: BTreeMap<RevNatKey, BTreeSet<RevNatFrontend>> = BTreeMap::new();
+    for f in &desired.frontends {
+        let key = service_key(f);
+        let id = match current.services.get(&key) {
+            Some(s) => s.id,
+            None => service_ids.take(desired.frontends.len())?,
+        };
+        let affinity = f.affinity_timeout_secs;
+        next.services.insert(
+            key,
+            Service {
+                affinity_timeout_ns: affinity.map_or(0, |s| u64::from(s) * timeouts::NS_PER_SEC),
+                id,
+                backend_count: u16::try_from(f.backends.len()).map_err(|_| {
+                    PlanError::Capacity {
+                        what: "backends in one service",
+                        needed: f.backends.len(),
+                        max: u16::MAX.into(),
+                    }
+                })?,
+                flags: if affinity.is_some() {
+                    SERVICE_F_AFFINITY
+                } else {
+                    0
+                },
+            },
+        );
+        let name = if f.port_name.is_empty() {
+            format!("{}/{}:{}", f.service.namespace, f.service.name, f.port)
+        } else {
+            format!("{}/{}:{}", f.service.namespace, f.service.name, f.port_name)
+        };
+        next.names.insert(id, name);
+        for (slot, b) in f.backends.iter().enumerate() {
+            let bkey = (addr_to_map(b.addr), port_to_map(b.port), key.proto);
+            next.slots.insert(
+                SlotKey {
+                    service_id: id,
+                    slot: slot as u32 + 1,
+                },
+                backend_id_of[&bkey],
+            );
+            frontends_of_backend
+                .entry(RevNatKey {
+                    addr: bkey.0,
+                    port: bkey.1,
+                    proto: bkey.2,
+                    _pad: 0,
+                })
+                .or_default()
+                .insert(RevNatFrontend {
+                    vip: key.vip,
+                    port: key.port,
+                    _pad: 0,
+                });
+        }
+        next.vips.entry(VipKey { addr: key.vip }).or_default().ports += 1;
+    }
+    if next.slots.len() > capacity::SLOTS as usize {
+        return Err(PlanError::Capacity {
+            what: "backend slots",
+            needed: next.slots.len(),
+            max: capacity::SLOTS,
+        });
+    }
+
+    for (key, frontends) in frontends_of_backend {
+        if frontends.len() > capacity::REVNAT_FRONTENDS {
+            return Err(PlanError::TooManyFrontends {
+                backend: format!("{}:{}", addr_from_map(key.addr), port_from_map(key.port)),
+                frontends: frontends
+                    .iter()
+                    .map(|f| format!("{}:{}", addr_from_map(f.vip), port_from_map(f.port)))
+                    .collect(),
+            });
+        }
+        let mut revnat = RevNat {
+            count: frontends.len() as u32,
+            ..Default::default()
+        };
+        for (slot, f) in revnat.frontends.iter_mut().zip(frontends) {
+            *slot = f;
+        }
+        next.revnat.insert(key, revnat);
+    }
+
+    let by_name: BTreeMap<&str, &Interface> =
+        interfaces.iter().map(|i| (i.name.as_str(), i)).collect();
+    for a in &desired.announcements {
+        if let Some(iface) = by_name.get(a.interface.as_str()) {
+            next.l2.insert(
+                L2Key {
+                    ifindex: iface.index,
+                    vip: addr_to_map(a.vip),
+                },
+                iface.mac,
+            );
+        }
+    }
+    Ok(next)
+}
+
+/// The ordered writes that turn `current` into `target` without a moment where a VIP is
+/// announced or a service points at something that does not exist yet: additions bottom-up
+/// (backends, slots, services, reverse NAT, VIPs, announcements), then removals top-down.
+pub fn diff(current: &MapState, target: &MapState) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for (&id, b) in &target.backends {
+        if current.backends.get(&id) != Some(b) {
+            if !current.backends.contains_key(&id) {
+                ops.push(Op::ResetBackendStats(id));
+            }
+            ops.push(Op::PutBackend(id, *b));
+        }
+    }
+    puts(&current.slots, &target.slots, &mut ops, |k, v| {
+        Op::PutSlot(*k, *v)
+    });
+    let current_ids: BTreeSet<u32> = current.services.values().map(|s| s.id).collect();
+    for (k, s) in &target.services {
+        if current.services.get(k) != Some(s) {
+            if !current_ids.contains(&s.id) {
+                ops.push(Op::ResetServiceStats(s.id));
+            }
+            ops.push(Op::PutService(*k, *s));
+        }
+    }
+    puts(&current.names, &target.names, &mut ops, |k, v| {
+        Op::PutName(*k, v.clone())
+    });
+    puts(&current.revnat, &target.revnat, &mut ops, |k, v| {
+        Op::PutRevNat(*k, *v)
+    });
+    puts(&current.vips, &target.vips, &mut ops, |k, v| {
+        Op::PutVip(*k, *v)
+    });
+    puts(&current.l2, &target.l2, &mut ops, |k, v| Op::PutL2(*k, *v));
+
+    deletes(&current.l2, &target.l2, &mut ops, |k| Op::DeleteL2(*k));
+    deletes(&current.vips, &target.vips, &mut ops, |k| Op::DeleteVip(*k));
+    deletes(&current.services, &target.services, &mut ops, |k| {
+        Op::DeleteService(*k)
+    });
+    deletes(&current.names, &target.names, &mut ops, |k| {
+        Op::DeleteName(*k)
+    });
+    deletes(&current.slots, &target.slots, &mut ops, |k| {
+        Op::DeleteSlot(*k)
+    });
+    deletes(&current.revnat, &target.revnat, &mut ops, |k| {
+        Op::DeleteRevNat(*k)
+    });
+    deletes(&current.backends, &target.backends, &mut ops, |k| {
+        Op::DeactivateBackend(*k)
+    });
+
+    let members = |state: &MapState| -> BTreeSet<(u32, u32)> {
+        state
+            .slots
+            .iter()
+            .map(|(k, &backend)| (k.service_id, backend))
+            .collect()
+    };
+    let ended: BTreeSet<(u32, u32)> = members(current)
+        .difference(&members(target))
+        .copied()
+        .collect();
+    if !ended.is_empty() {
+        ops.push(Op::ClearAffinity(ended));
+    }
+    ops
+}
+
+fn puts<K: Ord, V: PartialEq>(
+    current: &BTreeMap<K, V>,
+    target: &BTreeMap<K, V>,
+    ops: &mut Vec<Op>,
+    op: impl Fn(&K, &V) -> Op,
+) {
+    for (k, v) in target {
+        if current.get(k) != Some(v) {
+            ops.push(op(k, v));
+        }
+    }
+}
+
+fn deletes<K: Ord, V>(
+    current: &BTreeMap<K, V>,
+    target: &BTreeMap<K, V>,
+    ops: &mut Vec<Op>,
+    op: impl Fn(&K) -> Op,
+) {
+    for k in current.keys() {
+        if !target.contains_key(k) {
+            ops.push(op(k));
+        }
+    }
+}
+
+/// Applies `ops` to an in-memory state, as the maps would see them (used to keep the
+/// agent's view of the maps current without reading them back).
+pub fn apply(state: &mut MapState, ops: &[Op]) {
+    for op in ops {
+        match op {
+            Op::PutBackend(id, b) => {
+                state.backends.insert(*id, *b);
+            }
+            Op::PutSlot(k, v) => {
+                state.slots.insert(*k, *v);
+            }
+            Op::PutService(k, v) => {
+                state.services.insert(*k, *v);
+            }
+            Op::PutName(k, v) => {
+                state.names.insert(*k, v.clone());
+            }
+            Op::PutRevNat(k, v) => {
+                state.revnat.insert(*k, *v);
+            }
+            Op::PutVip(k, v) => {
+                state.vips.insert(*k, *v);
+            }
+            Op::PutL2(k, v) => {
+                state.l2.insert(*k, *v);
+            }
+            Op::DeleteL2(k) => {
+                state.l2.remove(k);
+            }
+            Op::DeleteVip(k) => {
+                state.vips.remove(k);
+            }
+            Op::DeleteService(k) => {
+                state.services.remove(k);
+            }
+            Op::DeleteName(k) => {
+                state.names.remove(k);
+            }
+            Op::DeleteSlot(k) => {
+                state.slots.remove(k);
+            }
+            Op::DeleteRevNat(k) => {
+                state.revnat.remove(k);
+            }
+            Op::DeactivateBackend(k) => {
+                state.backends.remove(k);
+            }
+            Op::ResetBackendStats(_) | Op::ResetServiceStats(_) | Op::ClearAffinity(_) => {}
+        }
+    }
+}
+
+/// Human name of a frontend key, e.g. `192.168.10.49:443/TCP`.
+pub fn frontend_label(key: &ServiceKey) -> String {
+    format!(
+        "{}:{}/{}",
+        addr_from_map(key.vip),
+        port_from_map(key.port),
+        gateway_common::proto_name(key.proto)
+    )
+}
+
+/// Human name of a backend, e.g. `10.244.1.10:8443`.
+pub fn backend_label(b: &Backend) -> String {
+    format!("{}:{}", addr_from_map(b.addr), port_from_map(b.port))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::config::ObjectRef;
+    use crate::model::{Announcement, BackendAddr, Frontend};
+
+    fn svc(name: &str) -> ObjectRef {
+        ObjectRef {
+            kind: "Service".into(),
+            namespace: "gateway".into(),
+            name: name.into(),
+        }
+    }
+
+    fn frontend(name: &str, vip: [u8; 4], port: u16, backends: &[([u8; 4], u16)]) -> Frontend {
+        Frontend {
+            service: svc(name),
+            port_name: "http".into(),
+            vip: Ipv4Addr::from(vip),
+            port,
+            protocol: Protocol::Tcp,
+            affinity_timeout_secs: Some(10800),
+            backends: backends
+                .iter()
+                .map(|&(a, p)| BackendAddr {
+                    addr: Ipv4Addr::from(a),
+                    port: p,
+                })
+                .collect(),
+        }
+    }
+
+    fn ens18() -> Vec<Interface> {
+        vec![Interface {
+            name: "ens18".into(),
+            index: 2,
+            mac: [2, 0, 0, 0, 0, 0x11],
+        }]
+    }
+
+    fn desired(frontends: Vec<Frontend>) -> DesiredState {
+        let announcements = frontends
+            .iter()
+            .map(|f| Announcement {
+                interface: "ens18".into(),
+                vip: f.vip,
+                service: f.service.clone(),
+                policy: "l2-policy".into(),
+            })
+            .collect();
+        DesiredState {
+            frontends,
+            announcements,
+            ..Default::default()
+        }
+    }
+
+    const POD_A: ([u8; 4], u16) = ([10, 244, 1, 10], 8080);
+    const POD_B: ([u8; 4], u16) = ([10, 244, 1, 11], 8080);
+    const POD_C: ([u8; 4], u16) = ([10, 244, 1, 12], 8080);
+
+    /// Applies a desired state on top of `current` and returns the ops and the new state.
+    fn step(current: &MapState, d: &DesiredState) -> (Vec<Op>, MapState) {
+        let t = target(d, &ens18(), current).unwrap();
+        let ops = diff(current, &t);
+        let mut s = current.clone();
+        apply(&mut s, &ops);
+        assert_eq!(s, t, "applying the diff reaches the target");
+        (ops, t)
+    }
+
+    #[test]
+    fn a_fresh_state_is_built_bottom_up() {
+        let d = desired(vec![frontend(
+            "gw",
+            [192, 168, 10, 49],
+            80,
+            &[POD_A, POD_B],
+        )]);
+        let (ops, state) = step(&MapState::default(), &d);
+        let pos = |pred: &dyn Fn(&Op) -> bool| ops.iter().position(|o| pred(o)).unwrap();
+        let backend = pos(&|o| matches!(o, Op::PutBackend(..)));
+        let slot = pos(&|o| matches!(o, Op::PutSlot(..)));
+        let service = pos(&|o| matches!(o, Op::PutService(..)));
+        let vip = pos(&|o| matches!(o, Op::PutVip(..)));
+        let l2 = pos(&|o| matches!(o, Op::PutL2(..)));
+        assert!(
+            backend < slot && slot < service && service < vip && vip < l2,
+            "{ops:?}"
+        );
+        assert_eq!(state.services.len(), 1);
+        let s = state.services.values().next().unwrap();
+        assert_eq!((s.id, s.backend_count, s.flags), (1, 2, SERVICE_F_AFFINITY));
+        assert_eq!(s.affinity_timeout_ns, 10800 * timeouts::NS_PER_SEC);
+        assert_eq!(
+            state.backends.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(state.l2.len(), 1);
+        assert_eq!(state.names[&1], "gateway/gw:http");
+        let rn = state.revnat.values().next().unwrap();
+        assert_eq!(rn.count, 1);
+        assert_eq!(
+            addr_from_map(rn.frontends[0].vip),
+            Ipv4Addr::new(192, 168, 10, 49)
+        );
+    }
+
+    #[test]
+    fn the_same_desired_state_needs_no_writes() {
+        let d = desired(vec![frontend(
+            "gw",
+            [192, 168, 10, 49],
+            80,
+            &[POD_A, POD_B],
+        )]);
+        let (_, state) = step(&MapState::default(), &d);
+        let (ops, _) = step(&state, &d);
+        assert!(ops.is_empty(), "{ops:?}");
+    }
+
+    #[test]
+    fn surviving_services_and_backends_keep_their_ids() {
+        let d1 = desired(vec![
+            frontend("a", [192, 168, 10, 49], 80, &[POD_A, POD_B]),
+            frontend("b", [192, 168, 10, 50], 80, &[POD_C]),
+        ]);
+        let (_, s1) = step(&MapState::default(), &d1);
+        // Remove service a and backend A; add a new service before b in key order.
+        let d2 = desired(vec![
+            frontend("new", [192, 168, 10, 40], 80, &[POD_C]),
+            frontend("b", [192, 168, 10, 50], 80, &[POD_C, POD_B]),
+        ]);
+        let (ops, s2) = step(&s1, &d2);
+        let id_of = |s: &MapState, vip: [u8; 4]| {
+            s.services
+                .iter()
+                .find(|(k, _)| addr_from_map(k.vip) == Ipv4Addr::from(vip))
+                .unwrap()
+                .1
+                .id
+        };
+        assert_eq!(
+            id_of(&s1, [192, 168, 10, 50]),
+            id_of(&s2, [192, 168, 10, 50])
+        );
+        let backend_id = |s: &MapState, (a, p): ([u8; 4], u16)| {
+            *s.backends
+                .iter()
+                .find(|(_, b)| {
+                    addr_from_map(b.addr) == Ipv4Addr::from(a) && port_from_map(b.port) == p
+                })
+                .unwrap()
+                .0
+        };
+        assert_eq!(backend_id(&s1, POD_B), backend_id(&s2, POD_B));
+        assert_eq!(backend_id(&s1, POD_C), backend_id(&s2, POD_C));
+        // The removed service's id is free again and the new service takes the lowest one.
+        assert_eq!(
+            id_of(&s2, [192, 168, 10, 40]),
+            id_of(&s1, [192, 168, 10, 49])
+        );
+        assert!(ops.contains(&Op::DeactivateBackend(backend_id(&s1, POD_A))));
+        // Affinity of ended memberships is cleared: a's members, and nothing of b's survivors.
+        let Some(Op::ClearAffinity(ended)) = ops.last() else {
+            panic!("{ops:?}")
+        };
+        let a = id_of(&s1, [192, 168, 10, 49]);
+        assert_eq!(
+            ended,
+            &BTreeSet::from([(a, backend_id(&s1, POD_A)), (a, backend_id(&s1, POD_B))])
+        );
+    }
+
+    #[test]
+    fn removals_stop_the_announcement_first_and_free_backends_last() {
+        let d1 = desired(vec![frontend("a", [192, 168, 10, 49], 80, &[POD_A])]);
+        let (_, s1) = step(&MapState::default(), &d1);
+        let (ops, s2) = step(&s1, &desired(vec![]));
+        assert!(matches!(ops.first(), Some(Op::DeleteL2(_))), "{ops:?}");
+        let deactivate = ops
+            .iter()
+            .position(|o| matches!(o, Op::DeactivateBackend(_)))
+            .unwrap();
+        let slot = ops
+            .iter()
+            .position(|o| matches!(o, Op::DeleteSlot(_)))
+            .unwrap();
+        assert!(slot < deactivate);
+        assert_eq!(s2, MapState::default());
+    }
+
+    #[test]
+    fn a_backend_shared_by_two_frontends_reverse_nats_to_both() {
+        let d = desired(vec![
+            frontend("a", [192, 168, 10, 49], 80, &[POD_A]),
+            frontend("b", [192, 168, 10, 50], 80, &[POD_A]),
+        ]);
+        let (_, s) = step(&MapState::default(), &d);
+        assert_eq!(s.backends.len(), 1);
+        let rn = s.revnat.values().next().unwrap();
+        assert_eq!(rn.count, 2);
+    }
+
+    #[test]
+    fn too_many_frontends_on_one_backend_is_refused() {
+        let fronts = (0..5)
+            .map(|i| frontend("x", [192, 168, 10, 40 + i], 80, &[POD_A]))
+            .collect();
+        let err = target(&desired(fronts), &ens18(), &MapState::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("10.244.1.10:8080 serves 5 frontends"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn announcements_only_on_known_interfaces() {
+        let mut d = desired(vec![frontend("a", [192, 168, 10, 49], 80, &[POD_A])]);
+        d.announcements[0].interface = "eno1".into();
+        let t = target(&d, &ens18(), &MapState::default()).unwrap();
+        assert!(t.l2.is_empty());
+    }
+}

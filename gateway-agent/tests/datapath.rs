@@ -1,0 +1,626 @@
+//! Datapath behaviour through BPF_PROG_TEST_RUN: the real programs, loaded into the real
+//! kernel with private (unpinned) maps programmed by the agent's own plan code, fed crafted
+//! frames. Asserts verdicts, exact output bytes, checksums and map contents.
+//! Needs root (CAP_BPF); touches no interface.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use aya::programs::{TestRun, TestRunOptions};
+use etherparse::PacketBuilder;
+use gateway_agent::{
+    config::ObjectRef,
+    datapath::{Datapath, LoadOptions},
+    model::{Announcement, BackendAddr, DesiredState, Frontend, Protocol},
+    plan::{self, Interface, MapState},
+};
+use gateway_common::{
+    Counter, CtKey, DatapathConfig, addr_from_map, addr_to_map, port_to_map, program_names, proto,
+};
+
+const PASS: u32 = -1i32 as u32;
+const OK: u32 = 0;
+const SHOT: u32 = 2;
+const REDIRECT: u32 = 7;
+
+const CLIENT: [u8; 4] = [192, 168, 10, 10];
+const VIP_AFFINITY: [u8; 4] = [192, 168, 10, 49];
+const VIP_RANDOM: [u8; 4] = [192, 168, 10, 50];
+const VIP_EMPTY: [u8; 4] = [192, 168, 10, 51];
+const NODE: [u8; 4] = [192, 168, 10, 111];
+const POD_A: [u8; 4] = [10, 244, 1, 10];
+const POD_B: [u8; 4] = [10, 244, 1, 11];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+/// BPF_PROG_TEST_RUN runs TC programs on the loopback device.
+const TEST_IFINDEX: u32 = 1;
+
+fn svc(name: &str) -> ObjectRef {
+    ObjectRef {
+        kind: "Service".into(),
+        namespace: "gateway".into(),
+        name: name.into(),
+    }
+}
+
+fn frontend(
+    name: &str,
+    vip: [u8; 4],
+    port: u16,
+    protocol: Protocol,
+    affinity: Option<u32>,
+    backends: &[([u8; 4], u16)],
+) -> Frontend {
+    Frontend {
+        service: svc(name),
+        port_name: "http".into(),
+        vip: vip.into(),
+        port,
+        protocol,
+        affinity_timeout_secs: affinity,
+        backends: backends
+            .iter()
+            .map(|&(a, p)| BackendAddr {
+                addr: a.into(),
+                port: p,
+            })
+            .collect(),
+    }
+}
+
+fn reference_state() -> DesiredState {
+    DesiredState {
+        frontends: vec![
+            frontend(
+                "internal",
+                VIP_AFFINITY,
+                80,
+                Protocol::Tcp,
+                Some(10800),
+                &[(POD_A, 8080), (POD_B, 8080)],
+            ),
+            frontend(
+                "internal",
+                VIP_AFFINITY,
+                53,
+                Protocol::Udp,
+                None,
+                &[(POD_A, 5353)],
+            ),
+            frontend(
+                "external",
+                VIP_RANDOM,
+                80,
+                Protocol::Tcp,
+                None,
+                &[(POD_A, 8080), (POD_B, 8080)],
+            ),
+            frontend("empty", VIP_EMPTY, 80, Protocol::Tcp, None, &[]),
+        ],
+        announcements: vec![Announcement {
+            interface: "lo".into(),
+            vip: VIP_AFFINITY.into(),
+            service: svc("internal"),
+            policy: "l2-policy".into(),
+        }],
+        ..Default::default()
+    }
+}
+
+struct Harness {
+    dp: Datapath,
+    state: MapState,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let dp = Datapath::load(&LoadOptions {
+            pin_dir: None,
+            log_level: log::LevelFilter::Off,
+        })
+        .expect("load datapath (run the tests as root)");
+        let mut h = Harness {
+            dp,
+            state: MapState::default(),
+        };
+        h.dp.maps
+            .write_config(DatapathConfig::from_secs(21600, 3600))
+            .unwrap();
+        h.program(&reference_state());
+        h
+    }
+
+    fn program(&mut self, desired: &DesiredState) {
+        let lo = [Interface {
+            name: "lo".into(),
+            index: TEST_IFINDEX,
+            mac: NODE_MAC,
+        }];
+        let target = plan::target(desired, &lo, &self.state).unwrap();
+        for op in plan::diff(&self.state, &target) {
+            self.dp.maps.apply(&op).unwrap();
+        }
+        self.state = target;
+    }
+
+    /// Runs `frame` through a program once; returns the verdict and the output frame.
+    fn run(&mut self, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let prog = self.dp.program(program).unwrap();
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .unwrap();
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    fn ingress(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run(program_names::INGRESS, frame)
+    }
+
+    fn egress(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run(program_names::EGRESS, frame)
+    }
+
+    fn counter(&self, c: Counter) -> u64 {
+        self.dp
+            .maps
+            .counters()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| *k == c)
+            .unwrap()
+            .1
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Tcp {
+    Syn,
+    Ack,
+    Fin,
+}
+
+fn tcp_frame(src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: Tcp, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+        .ipv4(src.0, dst.0, 64)
+        .tcp(src.1, dst.1, 1000, 65535);
+    let b = match flags {
+        Tcp::Syn => b.syn(),
+        Tcp::Ack => b.ack(1),
+        Tcp::Fin => b.ack(1).fin(),
+    };
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+fn udp_frame(src: ([u8; 4], u16), dst: ([u8; 4], u16), payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+        .ipv4(src.0, dst.0, 64)
+        .udp(src.1, dst.1)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+fn arp_request(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut v = vec![0xff; 6];
+    v.extend_from_slice(&CLIENT_MAC);
+    v.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+    v.extend_from_slice(&CLIENT_MAC);
+    v.extend_from_slice(&sender);
+    v.extend_from_slice(&[0; 6]);
+    v.extend_from_slice(&target);
+    v
+}
+
+/// One's complement sum over 16-bit words.
+fn ones_sum(data: &[u8], mut sum: u32) -> u32 {
+    for chunk in data.chunks(2) {
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum
+}
+
+/// Asserts that the IPv4 header checksum and the TCP/UDP checksum of `frame` verify.
+fn assert_checksums(frame: &[u8]) {
+    let ip = &frame[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    assert_eq!(ones_sum(&ip[..ihl], 0), 0xffff, "IPv4 header checksum");
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let l4 = &ip[ihl..total];
+    if ip[9] == proto::UDP && l4[6..8] == [0, 0] {
+        return; // no checksum
+    }
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip[12..20]);
+    pseudo.extend_from_slice(&[0, ip[9]]);
+    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    assert_eq!(ones_sum(l4, ones_sum(&pseudo, 0)), 0xffff, "L4 checksum");
+}
+
+fn ip_dst(frame: &[u8]) -> ([u8; 4], u16) {
+    let l4 = 14 + usize::from(frame[14] & 0x0f) * 4;
+    (
+        frame[30..34].try_into().unwrap(),
+        u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]),
+    )
+}
+
+fn ip_src(frame: &[u8]) -> ([u8; 4], u16) {
+    let l4 = 14 + usize::from(frame[14] & 0x0f) * 4;
+    (
+        frame[26..30].try_into().unwrap(),
+        u16::from_be_bytes([frame[l4], frame[l4 + 1]]),
+    )
+}
+
+#[test]
+fn traffic_to_a_non_vip_address_passes_untouched() {
+    let mut h = Harness::new();
+    let frame = tcp_frame((CLIENT, 40000), (NODE, 22), Tcp::Syn, b"");
+    assert_eq!(h.ingress(&frame), (PASS, frame.clone()));
+    let reply = tcp_frame((NODE, 22), (CLIENT, 40000), Tcp::Ack, b"x");
+    assert_eq!(h.egress(&reply), (PASS, reply.clone()));
+    assert_eq!(h.counter(Counter::CtCreated), 0);
+}
+
+#[test]
+fn arp_request_for_an_announced_vip_gets_an_exact_reply() {
+    let mut h = Harness::new();
+    let (verdict, out) = h.ingress(&arp_request(CLIENT, VIP_AFFINITY));
+    assert_eq!(
+        verdict, REDIRECT,
+        "sent back out of the interface it came in on"
+    );
+    let mut expected = CLIENT_MAC.to_vec(); // to the asker
+    expected.extend_from_slice(&NODE_MAC); // from the interface's MAC
+    expected.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 2]); // ARP reply
+    expected.extend_from_slice(&NODE_MAC);
+    expected.extend_from_slice(&VIP_AFFINITY);
+    expected.extend_from_slice(&CLIENT_MAC);
+    expected.extend_from_slice(&CLIENT);
+    assert_eq!(out, expected);
+    assert_eq!(h.counter(Counter::ArpReply), 1);
+    let entry = h.dp.maps.l2.iter().next().unwrap().unwrap().1;
+    assert_eq!(entry.arp_replies, 1, "per-announcement counter");
+}
+
+#[test]
+fn arp_for_anything_else_goes_to_the_kernel_untouched() {
+    let mut h = Harness::new();
+    for frame in [
+        arp_request(CLIENT, VIP_RANDOM),         // a VIP not announced here
+        arp_request(CLIENT, NODE),               // the node's own address
+        arp_request(VIP_AFFINITY, VIP_AFFINITY), // gratuitous ARP
+    ] {
+        assert_eq!(h.ingress(&frame), (PASS, frame.clone()));
+    }
+    let mut reply = arp_request(CLIENT, VIP_AFFINITY);
+    reply[21] = 2; // an ARP reply, not a request
+    assert_eq!(h.ingress(&reply), (PASS, reply.clone()));
+    assert_eq!(h.counter(Counter::ArpReply), 0);
+}
+
+#[test]
+fn a_new_flow_is_dnated_to_a_backend_with_valid_checksums_and_the_client_address_kept() {
+    let mut h = Harness::new();
+    let frame = tcp_frame((CLIENT, 40000), (VIP_AFFINITY, 80), Tcp::Syn, b"");
+    let (verdict, out) = h.ingress(&frame);
+    assert_eq!(verdict, OK);
+    let (addr, port) = ip_dst(&out);
+    assert!(
+        [POD_A, POD_B].contains(&addr),
+        "DNAT to a backend, got {addr:?}"
+    );
+    assert_eq!(port, 8080);
+    assert_eq!(ip_src(&out), (CLIENT, 40000), "no SNAT");
+    assert_checksums(&out);
+    // Only the destination address, port and the two checksums changed.
+    let changed: Vec<usize> = (0..frame.len()).filter(|&i| frame[i] != out[i]).collect();
+    assert!(
+        changed
+            .iter()
+            .all(|i| [24, 25, 30, 31, 32, 33, 36, 37, 50, 51].contains(i)),
+        "{changed:?}"
+    );
+
+    let key = CtKey {
+        client_addr: addr_to_map(CLIENT.into()),
+        vip: addr_to_map(VIP_AFFINITY.into()),
+        client_port: port_to_map(40000),
+        vip_port: port_to_map(80),
+        proto: proto::TCP,
+        _pad: [0; 3],
+    };
+    let entry = h.dp.maps.conntrack.get(&key, 0).expect("conntrack entry");
+    assert_eq!(addr_from_map(entry.backend_addr), Ipv4Addr::from(addr));
+    assert_eq!(h.counter(Counter::CtCreated), 1);
+
+    // The rest of the flow follows the entry to the same backend.
+    for _ in 0..5 {
+        let (v, out) = h.ingress(&tcp_frame(
+            (CLIENT, 40000),
+            (VIP_AFFINITY, 80),
+            Tcp::Ack,
+            b"GET /",
+        ));
+        assert_eq!(v, OK);
+        assert_eq!(ip_dst(&out), (addr, 8080));
+        assert_checksums(&out);
+    }
+    assert_eq!(h.counter(Counter::CtCreated), 1);
+}
+
+#[test]
+fn replies_from_the_backend_are_rewritten_back_to_the_vip() {
+    let mut h = Harness::new();
+    let (_, out) = h.ingress(&tcp_frame((CLIENT, 40001), (VIP_RANDOM, 80), Tcp::Syn, b""));
+    let backend = ip_dst(&out);
+    let reply = tcp_frame(backend, (CLIENT, 40001), Tcp::Ack, b"HTTP/1.1 200 OK");
+    let (verdict, out) = h.egress(&reply);
+    assert_eq!(verdict, OK);
+    assert_eq!(ip_src(&out), (VIP_RANDOM, 80), "the client sees the VIP");
+    assert_eq!(ip_dst(&out), (CLIENT, 40001));
+    assert_checksums(&out);
+    assert_eq!(h.counter(Counter::RevNat), 1);
+
+    // A packet from the backend that belongs to no tracked flow is not touched.
+    let unrelated = tcp_frame(backend, (CLIENT, 40999), Tcp::Ack, b"x");
+    assert_eq!(h.egress(&unrelated), (PASS, unrelated.clone()));
+}
+
+#[test]
+fn udp_is_balanced_and_a_zero_checksum_stays_zero() {
+    let mut h = Harness::new();
+    let frame = udp_frame((CLIENT, 5000), (VIP_AFFINITY, 53), b"query");
+    let (verdict, out) = h.ingress(&frame);
+    assert_eq!(verdict, OK);
+    assert_eq!(ip_dst(&out), (POD_A, 5353));
+    assert_checksums(&out);
+
+    let mut no_csum = frame.clone();
+    no_csum[40..42].copy_from_slice(&[0, 0]);
+    let (verdict, out) = h.ingress(&no_csum);
+    assert_eq!(verdict, OK);
+    assert_eq!(&out[40..42], &[0, 0], "a UDP checksum of zero means none");
+    assert_checksums(&out);
+
+    let reply = udp_frame((POD_A, 5353), (CLIENT, 5000), b"answer");
+    let (verdict, out) = h.egress(&reply);
+    assert_eq!(verdict, OK);
+    assert_eq!(ip_src(&out), (VIP_AFFINITY, 53));
+    assert_checksums(&out);
+}
+
+/// Opens `flows` new connections (fresh source ports from `first_port`) and returns the
+/// backends they were sent to.
+fn backends_seen(h: &mut Harness, vip: [u8; 4], first_port: u16, flows: u16) -> BTreeSet<[u8; 4]> {
+    (0..flows)
+        .map(|i| {
+            let (v, out) = h.ingress(&tcp_frame(
+                (CLIENT, first_port + i),
+                (vip, 80),
+                Tcp::Syn,
+                b"",
+            ));
+            assert_eq!(v, OK);
+            ip_dst(&out).0
+        })
+        .collect()
+}
+
+#[test]
+fn client_ip_affinity_sends_every_new_flow_of_a_client_to_one_backend() {
+    let mut h = Harness::new();
+    let seen = backends_seen(&mut h, VIP_AFFINITY, 41000, 40);
+    assert_eq!(
+        seen.len(),
+        1,
+        "40 connections of one client, one backend: {seen:?}"
+    );
+    assert_eq!(h.counter(Counter::AffinityHit), 39);
+    // Without affinity the same 40 flows spread over both backends.
+    let spread = backends_seen(&mut h, VIP_RANDOM, 42000, 40);
+    assert_eq!(spread.len(), 2, "random selection uses every backend");
+}
+
+#[test]
+fn affinity_pointing_at_a_removed_backend_is_replaced() {
+    let mut h = Harness::new();
+    let first = *backends_seen(&mut h, VIP_AFFINITY, 41000, 1)
+        .iter()
+        .next()
+        .unwrap();
+    let other = if first == POD_A { POD_B } else { POD_A };
+    let mut desired = reference_state();
+    desired.frontends[0]
+        .backends
+        .retain(|b| b.addr != Ipv4Addr::from(first));
+    h.program(&desired);
+    let seen = backends_seen(&mut h, VIP_AFFINITY, 41100, 10);
+    assert_eq!(seen, BTreeSet::from([other]));
+}
+
+#[test]
+fn a_flow_whose_backend_was_removed_is_dropped_not_moved() {
+    let mut h = Harness::new();
+    let (_, out) = h.ingress(&tcp_frame((CLIENT, 42000), (VIP_RANDOM, 80), Tcp::Syn, b""));
+    let backend = ip_dst(&out).0;
+    let mut desired = reference_state();
+    for f in &mut desired.frontends {
+        f.backends.retain(|b| b.addr != Ipv4Addr::from(backend));
+    }
+    h.program(&desired);
+    let mid_stream = tcp_frame((CLIENT, 42000), (VIP_RANDOM, 80), Tcp::Ack, b"more");
+    assert_eq!(h.ingress(&mid_stream), (SHOT, mid_stream.clone()));
+    assert_eq!(h.counter(Counter::DropBackendGone), 1);
+    // A new connection reusing the tuple is balanced afresh.
+    let (v, out) = h.ingress(&tcp_frame((CLIENT, 42000), (VIP_RANDOM, 80), Tcp::Syn, b""));
+    assert_eq!(v, OK);
+    assert_ne!(ip_dst(&out).0, backend);
+}
+
+#[test]
+fn a_closed_connection_tuple_reused_by_a_new_syn_is_balanced_afresh() {
+    let mut h = Harness::new();
+    h.ingress(&tcp_frame((CLIENT, 42100), (VIP_RANDOM, 80), Tcp::Syn, b""));
+    h.ingress(&tcp_frame((CLIENT, 42100), (VIP_RANDOM, 80), Tcp::Fin, b""));
+    assert_eq!(h.counter(Counter::CtCreated), 1);
+    // Retransmitted SYNs of a live connection keep their backend...
+    h.ingress(&tcp_frame((CLIENT, 42101), (VIP_RANDOM, 80), Tcp::Syn, b""));
+    h.ingress(&tcp_frame((CLIENT, 42101), (VIP_RANDOM, 80), Tcp::Syn, b""));
+    assert_eq!(h.counter(Counter::CtCreated), 2);
+    // ...but once both sides sent FIN the tuple is free for a new connection.
+    let (_, out) = h.ingress(&tcp_frame((CLIENT, 42100), (VIP_RANDOM, 80), Tcp::Syn, b""));
+    h.egress(&tcp_frame(ip_dst(&out), (CLIENT, 42100), Tcp::Fin, b""));
+    h.ingress(&tcp_frame((CLIENT, 42100), (VIP_RANDOM, 80), Tcp::Syn, b""));
+    assert_eq!(
+        h.counter(Counter::CtCreated),
+        3,
+        "the SYN after FIN both ways is a new flow"
+    );
+}
+
+#[test]
+fn a_vip_port_that_is_not_served_is_dropped_and_counted() {
+    let mut h = Harness::new();
+    let frame = tcp_frame((CLIENT, 40000), (VIP_AFFINITY, 8443), Tcp::Syn, b"");
+    assert_eq!(h.ingress(&frame), (SHOT, frame.clone()));
+    let udp = udp_frame((CLIENT, 40000), (VIP_RANDOM, 53), b"q");
+    assert_eq!(h.ingress(&udp), (SHOT, udp.clone()));
+    assert_eq!(h.counter(Counter::DropUnknownPort), 2);
+}
+
+#[test]
+fn a_service_without_backends_drops_with_its_own_reason() {
+    let mut h = Harness::new();
+    let frame = tcp_frame((CLIENT, 40000), (VIP_EMPTY, 80), Tcp::Syn, b"");
+    assert_eq!(h.ingress(&frame), (SHOT, frame.clone()));
+    assert_eq!(h.counter(Counter::DropNoBackend), 1);
+}
+
+#[test]
+fn truncated_and_malformed_frames_are_never_rewritten() {
+    let mut h = Harness::new();
+    let good = tcp_frame((CLIENT, 40000), (VIP_AFFINITY, 80), Tcp::Ack, b"payload");
+    // A truncated ARP request is not answered. (BPF_PROG_TEST_RUN itself refuses IPv4
+    // frames shorter than a bare IPv4 header, so those cannot be fed here.)
+    for len in [14, 20, 41] {
+        let frame = &arp_request(CLIENT, VIP_AFFINITY)[..len];
+        assert_eq!(h.ingress(frame), (PASS, frame.to_vec()), "ARP cut at {len}");
+    }
+    // Addressed to a VIP but cut inside the TCP header or its IP options, or lying about
+    // its lengths.
+    let mut cases = vec![good[..40].to_vec()];
+    let mut options_cut = good[..40].to_vec();
+    options_cut[14] = 0x4f; // IHL 15: 60 bytes of header, the frame holds 26
+    cases.push(options_cut);
+    let mut bad_ihl = good.clone();
+    bad_ihl[14] = 0x44; // IHL 4 (< 20 bytes)
+    cases.push(bad_ihl);
+    let mut long_total = good.clone();
+    long_total[16..18].copy_from_slice(&2000u16.to_be_bytes());
+    cases.push(long_total);
+    let mut short_total = good.clone();
+    short_total[16..18].copy_from_slice(&30u16.to_be_bytes());
+    cases.push(short_total);
+    let mut bad_doff = good.clone();
+    bad_doff[46] = 0x20; // data offset 2 words
+    cases.push(bad_doff);
+    for frame in &cases {
+        assert_eq!(h.ingress(frame), (SHOT, frame.clone()));
+    }
+    assert_eq!(h.counter(Counter::DropMalformed), cases.len() as u64);
+    assert_eq!(h.counter(Counter::CtCreated), 0);
+}
+
+#[test]
+fn fragments_to_a_vip_are_dropped_deliberately() {
+    let mut h = Harness::new();
+    let mut first = tcp_frame((CLIENT, 40000), (VIP_AFFINITY, 80), Tcp::Ack, b"payload");
+    first[20] |= 0x20; // more fragments
+    let mut later = tcp_frame((CLIENT, 40000), (VIP_AFFINITY, 80), Tcp::Ack, b"payload");
+    later[21] = 0x10; // offset
+    for frame in [first, later] {
+        assert_eq!(h.ingress(&frame), (SHOT, frame.clone()));
+    }
+    assert_eq!(h.counter(Counter::DropFragment), 2);
+}
+
+#[test]
+fn ip_options_are_skipped_to_find_the_ports() {
+    let mut h = Harness::new();
+    let plain = tcp_frame((CLIENT, 40000), (VIP_RANDOM, 80), Tcp::Syn, b"");
+    // Insert 4 bytes of options (NOPs + EOL) and fix lengths and the header checksum.
+    let mut frame = plain[..34].to_vec();
+    frame.extend_from_slice(&[1, 1, 1, 0]);
+    frame.extend_from_slice(&plain[34..]);
+    frame[14] = 0x46;
+    let total = u16::from_be_bytes([frame[16], frame[17]]) + 4;
+    frame[16..18].copy_from_slice(&total.to_be_bytes());
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let csum = !(ones_sum(&frame[14..38], 0) as u16);
+    frame[24..26].copy_from_slice(&csum.to_be_bytes());
+    assert_checksums(&frame);
+    let (verdict, out) = h.ingress(&frame);
+    assert_eq!(verdict, OK);
+    assert_eq!(ip_dst(&out).1, 8080);
+    assert_checksums(&out);
+}
+
+#[test]
+fn per_service_and_per_backend_counters_add_up() {
+    let mut h = Harness::new();
+    let frame = tcp_frame((CLIENT, 43000), (VIP_RANDOM, 80), Tcp::Syn, b"");
+    let (_, out) = h.ingress(&frame);
+    h.ingress(&tcp_frame(
+        (CLIENT, 43000),
+        (VIP_RANDOM, 80),
+        Tcp::Ack,
+        b"12345",
+    ));
+    h.egress(&tcp_frame(
+        ip_dst(&out),
+        (CLIENT, 43000),
+        Tcp::Ack,
+        b"reply",
+    ));
+    let (key, service) = h
+        .state
+        .services
+        .iter()
+        .find(|(k, _)| addr_from_map(k.vip) == Ipv4Addr::from(VIP_RANDOM))
+        .unwrap();
+    let t = h.dp.maps.service_traffic(service.id).unwrap();
+    assert_eq!(
+        (t.fwd_packets, t.rev_packets),
+        (2, 1),
+        "{}",
+        plan::frontend_label(key)
+    );
+    assert_eq!(t.fwd_bytes, (frame.len() * 2 + 5) as u64);
+    let backend_id = h
+        .state
+        .backends
+        .iter()
+        .find(|(_, b)| b.addr == addr_to_map(ip_dst(&out).0.into()))
+        .unwrap()
+        .0;
+    let b = h.dp.maps.backend_traffic(*backend_id).unwrap();
+    assert_eq!((b.fwd_packets, b.rev_packets), (2, 1));
+}

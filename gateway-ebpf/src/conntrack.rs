@@ -1,0 +1,67 @@
+//! Connection tracking: one LRU entry per flow, keyed by the flow as the client sent it.
+//! Lifetimes follow the TCP state (see `CtEntry::lifetime_ns`); expired entries are treated
+//! as absent, so no garbage collector is needed for correctness.
+
+use gateway_common::{
+    CT_F_ESTABLISHED, CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_RST, CT_F_TCP, CtEntry, CtKey,
+};
+
+use crate::packet::Flow;
+
+#[inline(always)]
+pub fn key(flow: &Flow) -> CtKey {
+    CtKey {
+        client_addr: flow.saddr,
+        vip: flow.daddr,
+        client_port: flow.sport,
+        vip_port: flow.dport,
+        proto: flow.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// State bits a packet from the client adds to its flow.
+#[inline(always)]
+pub fn client_flags(flow: &Flow) -> u16 {
+    if !flow.is_tcp() {
+        return 0;
+    }
+    let mut flags = CT_F_TCP;
+    if !flow.is_syn() {
+        flags |= CT_F_ESTABLISHED;
+    }
+    if flow.is_fin() {
+        flags |= CT_F_FIN_CLIENT;
+    }
+    if flow.is_rst() {
+        flags |= CT_F_RST;
+    }
+    flags
+}
+
+/// State bits a reply from the backend adds to its flow.
+#[inline(always)]
+pub fn backend_flags(flow: &Flow) -> u16 {
+    let mut flags = 0;
+    if flow.is_fin() {
+        flags |= CT_F_FIN_BACKEND;
+    }
+    if flow.is_rst() {
+        flags |= CT_F_RST;
+    }
+    flags
+}
+
+/// The connection is over (RST, or FIN both ways): a new SYN on the same tuple is a new
+/// connection and may be balanced afresh.
+#[inline(always)]
+pub fn is_closing(entry: &CtEntry) -> bool {
+    entry.flags & CT_F_RST != 0
+        || entry.flags & (CT_F_FIN_CLIENT | CT_F_FIN_BACKEND) == CT_F_FIN_CLIENT | CT_F_FIN_BACKEND
+}
+
+#[inline(always)]
+pub fn touch(entry: &mut CtEntry, now: u64, flags: u16) {
+    entry.last_seen_ns = now;
+    entry.flags |= flags;
+}

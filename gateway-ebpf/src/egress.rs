@@ -1,0 +1,78 @@
+//! TC egress: replies from a backend on a tracked flow are rewritten back to VIP:port, so
+//! the client sees the address it connected to.
+
+use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_ktime_get_ns, programs::TcContext};
+use gateway_common::{Counter, CtKey, RevNatKey, capacity};
+
+use crate::{
+    PASS, conntrack, drop,
+    maps::{CONNTRACK, REVNAT},
+    nat::{self, Side},
+    packet::{self, ETH_P_IP},
+    stats::{Direction, account, count},
+};
+
+#[inline(always)]
+pub fn run(ctx: &TcContext) -> i32 {
+    if packet::ether_type(ctx) != Some(ETH_P_IP) {
+        return PASS;
+    }
+    let Some(ip) = packet::ipv4(ctx) else {
+        return PASS;
+    };
+    // Anything we cannot parse is not a reply we rewrote the request of: leave it alone.
+    let Ok(flow) = packet::flow(ctx, ip) else {
+        return PASS;
+    };
+    let revnat_key = RevNatKey {
+        addr: flow.saddr,
+        port: flow.sport,
+        proto: flow.proto,
+        _pad: 0,
+    };
+    let Some(revnat) = REVNAT.get_ptr(&revnat_key) else {
+        return PASS;
+    };
+    let revnat = unsafe { &*revnat };
+
+    // The backend may serve several frontends; the flow's conntrack entry says which one
+    // this reply belongs to.
+    for i in 0..capacity::REVNAT_FRONTENDS {
+        if i as u32 >= revnat.count {
+            break;
+        }
+        let frontend = revnat.frontends[i];
+        let key = CtKey {
+            client_addr: flow.daddr,
+            vip: frontend.vip,
+            client_port: flow.dport,
+            vip_port: frontend.port,
+            proto: flow.proto,
+            _pad: [0; 3],
+        };
+        let Some(entry) = CONNTRACK.get_ptr_mut(&key) else {
+            continue;
+        };
+        let entry = unsafe { &mut *entry };
+        if entry.backend_addr != flow.saddr || entry.backend_port != flow.sport {
+            continue;
+        }
+        conntrack::touch(
+            entry,
+            unsafe { bpf_ktime_get_ns() },
+            conntrack::backend_flags(&flow),
+        );
+        if nat::rewrite(ctx, &flow, Side::Source, frontend.vip, frontend.port).is_err() {
+            return drop(ctx, Counter::DropNatFailed);
+        }
+        count(Counter::RevNat);
+        account(
+            entry.service_id,
+            entry.backend_id,
+            ctx.len(),
+            Direction::Reverse,
+        );
+        return TC_ACT_OK as i32;
+    }
+    PASS
+}

@@ -1,0 +1,98 @@
+//! Service lookup and backend selection with ClientIP affinity.
+
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use gateway_common::{
+    Affinity, AffinityKey, BACKEND_F_ACTIVE, Backend, Counter, SERVICE_F_AFFINITY, ServiceKey,
+    SlotKey,
+};
+
+use crate::{
+    maps::{AFFINITY, BACKENDS, SERVICES, SLOTS},
+    packet::Flow,
+    stats::count,
+};
+
+/// The backend chosen for a new flow.
+pub struct Selection {
+    pub service_id: u32,
+    pub backend_id: u32,
+    pub backend: Backend,
+}
+
+/// The backend with this id, if it has not been removed.
+#[inline(always)]
+pub fn active_backend(id: u32) -> Option<Backend> {
+    let backend = BACKENDS.get(id)?;
+    (backend.flags & BACKEND_F_ACTIVE != 0).then_some(*backend)
+}
+
+/// Chooses a backend for a new flow to a VIP, or the reason to drop it.
+#[inline(always)]
+pub fn select(flow: &Flow, now: u64) -> Result<Selection, Counter> {
+    let key = ServiceKey {
+        vip: flow.daddr,
+        port: flow.dport,
+        proto: flow.proto,
+        _pad: 0,
+    };
+    let service = unsafe { *SERVICES.get_ptr(&key).ok_or(Counter::DropUnknownPort)? };
+    if service.backend_count == 0 {
+        return Err(Counter::DropNoBackend);
+    }
+    if service.flags & SERVICE_F_AFFINITY == 0 {
+        return pick(service.id, service.backend_count);
+    }
+    let affinity_key = AffinityKey {
+        client_addr: flow.saddr,
+        service_id: service.id,
+    };
+    if let Some(affinity) = AFFINITY.get_ptr(&affinity_key) {
+        let affinity = unsafe { *affinity };
+        // An entry pointing at a removed backend is ignored and replaced below.
+        if now.saturating_sub(affinity.last_used_ns) <= service.affinity_timeout_ns
+            && let Some(backend) = active_backend(affinity.backend_id)
+        {
+            count(Counter::AffinityHit);
+            remember(&affinity_key, affinity.backend_id, now);
+            return Ok(Selection {
+                service_id: service.id,
+                backend_id: affinity.backend_id,
+                backend,
+            });
+        }
+    }
+    let selection = pick(service.id, service.backend_count)?;
+    remember(&affinity_key, selection.backend_id, now);
+    Ok(selection)
+}
+
+/// A uniformly random slot among the service's backends.
+#[inline(always)]
+fn pick(service_id: u32, backend_count: u16) -> Result<Selection, Counter> {
+    let slot = unsafe { bpf_get_prandom_u32() } % backend_count as u32 + 1;
+    let backend_id = unsafe {
+        *SLOTS
+            .get_ptr(&SlotKey { service_id, slot })
+            .ok_or(Counter::DropNoBackend)?
+    };
+    let backend = active_backend(backend_id).ok_or(Counter::DropNoBackend)?;
+    Ok(Selection {
+        service_id,
+        backend_id,
+        backend,
+    })
+}
+
+/// Affinity lives from the client's last new flow, as with kube-proxy's `recent` match.
+#[inline(always)]
+fn remember(key: &AffinityKey, backend_id: u32, now: u64) {
+    let _ = AFFINITY.insert(
+        key,
+        &Affinity {
+            last_used_ns: now,
+            backend_id,
+            _pad: 0,
+        },
+        0,
+    );
+}

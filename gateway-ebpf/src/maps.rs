@@ -1,0 +1,57 @@
+//! Every map of the datapath, as BTF maps so `bpftool map dump` prints field names.
+//! Names and layouts come from `gateway_common`; the agent pins each map under `--bpffs`
+//! by the same name and may resize the capacities at load time.
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use gateway_common::{
+    Affinity, AffinityKey, Backend, Counter, CtEntry, CtKey, DatapathConfig, L2Entry, L2Key,
+    RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic, VipInfo, VipKey,
+    capacity,
+};
+
+#[btf_map(name = "gw_vips")]
+pub static VIPS: HashMap<VipKey, VipInfo, { capacity::VIPS as usize }> = HashMap::new();
+
+#[btf_map(name = "gw_services")]
+pub static SERVICES: HashMap<ServiceKey, Service, { capacity::SERVICES as usize }> = HashMap::new();
+
+#[btf_map(name = "gw_slots")]
+pub static SLOTS: HashMap<SlotKey, u32, { capacity::SLOTS as usize }> = HashMap::new();
+
+#[btf_map(name = "gw_backends")]
+pub static BACKENDS: Array<Backend, { capacity::BACKENDS as usize }> = Array::new();
+
+#[btf_map(name = "gw_revnat")]
+pub static REVNAT: HashMap<RevNatKey, RevNat, { capacity::BACKENDS as usize }> = HashMap::new();
+
+#[btf_map(name = "gw_ct")]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { capacity::CONNTRACK as usize }> =
+    LruHashMap::new();
+
+#[btf_map(name = "gw_affinity")]
+pub static AFFINITY: LruHashMap<AffinityKey, Affinity, { capacity::AFFINITY as usize }> =
+    LruHashMap::new();
+
+#[btf_map(name = "gw_l2")]
+pub static L2: HashMap<L2Key, L2Entry, { capacity::L2 as usize }> = HashMap::new();
+
+#[btf_map(name = "gw_config")]
+pub static CONFIG: Array<DatapathConfig, 1> = Array::new();
+
+#[btf_map(name = "gw_counters")]
+pub static COUNTERS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
+
+#[btf_map(name = "gw_svc_stats")]
+pub static SERVICE_STATS: PerCpuArray<Traffic, { capacity::SERVICES as usize }> =
+    PerCpuArray::new();
+
+#[btf_map(name = "gw_be_stats")]
+pub static BACKEND_STATS: PerCpuArray<Traffic, { capacity::BACKENDS as usize }> =
+    PerCpuArray::new();
+
+#[btf_map(name = "gw_svc_names")]
+pub static SERVICE_NAMES: HashMap<u32, ServiceName, { capacity::SERVICES as usize }> =
+    HashMap::new();
