@@ -5,6 +5,8 @@
 //! node, pure) -> `plan` (diff against the pinned maps, pure) -> `datapath` (apply, attach).
 //! `cli` holds the commands and their output.
 
+pub mod agent;
+pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod model;

@@ -22,6 +22,14 @@ use gateway_common::{
 
 pub use maps::Maps;
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, which stamps conntrack
+/// and affinity entries.
+pub fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
 /// Key and value sizes of every map: a pinned map from an agent with another layout must
 /// be refused, never reinterpreted.
 const LAYOUTS: [(&str, usize, usize); 13] = [

@@ -1,0 +1,370 @@
+//! Read-only views of a running (or stopped) datapath, from its pinned maps alone:
+//! `status`, `lb list`, `ct list`, `affinity list`, `l2 list`. Each view is a plain
+//! serializable struct (for `--output json`) with a table rendering for humans.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Result;
+use aya::programs::{SchedClassifier, TcAttachType};
+use gateway_common::{
+    BACKEND_F_ACTIVE, CT_F_ESTABLISHED, CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_RST, CT_F_TCP,
+    CtEntry, DatapathConfig, SERVICE_F_AFFINITY, addr_from_map, port_from_map, proto_name,
+    timeouts::NS_PER_SEC,
+};
+use serde::Serialize;
+
+use super::table::Table;
+use crate::datapath::{
+    Maps, attach,
+    interfaces::{self},
+    monotonic_ns,
+};
+use crate::plan::frontend_label;
+
+#[derive(Serialize)]
+pub struct BackendView {
+    pub id: u32,
+    pub address: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Serialize)]
+pub struct ServiceView {
+    pub frontend: String,
+    pub service: String,
+    pub id: u32,
+    pub affinity_timeout_secs: Option<u64>,
+    pub backends: Vec<BackendView>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub reply_packets: u64,
+}
+
+/// `lb list`: every frontend with its backends, flags and counters, ordered by VIP:port.
+pub fn services(maps: &Maps) -> Result<Vec<ServiceView>> {
+    let state = maps.read_state()?;
+    let mut views = Vec::new();
+    for (key, service) in &state.services {
+        let mut backends = Vec::new();
+        for slot in 1..=u32::from(service.backend_count) {
+            let key = gateway_common::SlotKey { service_id: service.id, slot };
+            let Some(&id) = state.slots.get(&key) else { continue };
+            let Some(b) = state.backends.get(&id) else { continue };
+            let t = maps.backend_traffic(id)?;
+            backends.push(BackendView {
+                id,
+                address: crate::plan::backend_label(b),
+                packets: t.fwd_packets,
+                bytes: t.fwd_bytes,
+            });
+        }
+        let t = maps.service_traffic(service.id)?;
+        views.push(ServiceView {
+            frontend: frontend_label(key),
+            service: state.names.get(&service.id).cloned().unwrap_or_default(),
+            id: service.id,
+            affinity_timeout_secs: (service.flags & SERVICE_F_AFFINITY != 0)
+                .then_some(service.affinity_timeout_ns / NS_PER_SEC),
+            backends,
+            packets: t.fwd_packets,
+            bytes: t.fwd_bytes,
+            reply_packets: t.rev_packets,
+        });
+    }
+    Ok(views)
+}
+
+pub fn render_services(views: &[ServiceView]) -> String {
+    let mut t = Table::new(vec!["FRONTEND", "SERVICE", "AFFINITY", "PACKETS", "BACKENDS"]);
+    for v in views {
+        let backends = if v.backends.is_empty() {
+            "(none on this node)".to_owned()
+        } else {
+            v.backends
+                .iter()
+                .map(|b| format!("{} (#{}, {} pkts)", b.address, b.id, b.packets))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        t.row(vec![
+            v.frontend.clone(),
+            v.service.clone(),
+            v.affinity_timeout_secs.map_or("-".into(), |s| format!("ClientIP {s}s")),
+            v.packets.to_string(),
+            backends,
+        ]);
+    }
+    t.render()
+}
+
+#[derive(Serialize)]
+pub struct FlowView {
+    pub client: String,
+    pub frontend: String,
+    pub backend: String,
+    pub backend_id: u32,
+    pub service_id: u32,
+    pub state: &'static str,
+    pub idle_secs: u64,
+    pub expires_in_secs: u64,
+}
+
+fn flow_state(e: &CtEntry) -> &'static str {
+    if e.flags & CT_F_TCP == 0 {
+        "udp"
+    } else if e.flags & CT_F_RST != 0 {
+        "reset"
+    } else if e.flags & (CT_F_FIN_CLIENT | CT_F_FIN_BACKEND) == CT_F_FIN_CLIENT | CT_F_FIN_BACKEND {
+        "closed"
+    } else if e.flags & (CT_F_FIN_CLIENT | CT_F_FIN_BACKEND) != 0 {
+        "closing"
+    } else if e.flags & CT_F_ESTABLISHED != 0 {
+        "established"
+    } else {
+        "syn"
+    }
+}
+
+/// `ct list`: live tracked flows (expired entries are gone for the datapath too).
+pub fn flows(maps: &Maps) -> Result<Vec<FlowView>> {
+    let config = maps.read_config()?;
+    let now = monotonic_ns();
+    let mut views = Vec::new();
+    for entry in maps.conntrack.iter() {
+        let (k, e) = entry?;
+        if !e.is_alive(now, &config) {
+            continue;
+        }
+        let idle = now.saturating_sub(e.last_seen_ns);
+        views.push(FlowView {
+            client: format!("{}:{}", addr_from_map(k.client_addr), port_from_map(k.client_port)),
+            frontend: format!(
+                "{}:{}/{}",
+                addr_from_map(k.vip),
+                port_from_map(k.vip_port),
+                proto_name(k.proto)
+            ),
+            backend: format!("{}:{}", addr_from_map(e.backend_addr), port_from_map(e.backend_port)),
+            backend_id: e.backend_id,
+            service_id: e.service_id,
+            state: flow_state(&e),
+            idle_secs: idle / NS_PER_SEC,
+            expires_in_secs: e.lifetime_ns(&config).saturating_sub(idle) / NS_PER_SEC,
+        });
+    }
+    views.sort_by(|a, b| (&a.frontend, &a.client).cmp(&(&b.frontend, &b.client)));
+    Ok(views)
+}
+
+pub fn render_flows(views: &[FlowView]) -> String {
+    let mut t = Table::new(vec!["CLIENT", "FRONTEND", "BACKEND", "STATE", "IDLE", "EXPIRES IN"]);
+    for v in views {
+        t.row(vec![
+            v.client.clone(),
+            v.frontend.clone(),
+            v.backend.clone(),
+            v.state.into(),
+            format!("{}s", v.idle_secs),
+            format!("{}s", v.expires_in_secs),
+        ]);
+    }
+    t.render()
+}
+
+#[derive(Serialize)]
+pub struct AffinityView {
+    pub client: String,
+    pub frontend: String,
+    pub service_id: u32,
+    pub backend: String,
+    pub backend_id: u32,
+    pub idle_secs: u64,
+    pub expires_in_secs: u64,
+}
+
+/// `affinity list`: live ClientIP affinity entries.
+pub fn affinities(maps: &Maps) -> Result<Vec<AffinityView>> {
+    let state = maps.read_state()?;
+    let by_id: BTreeMap<u32, (&gateway_common::ServiceKey, &gateway_common::Service)> =
+        state.services.iter().map(|(k, s)| (s.id, (k, s))).collect();
+    let now = monotonic_ns();
+    let mut views = Vec::new();
+    for entry in maps.affinity.iter() {
+        let (k, a) = entry?;
+        let Some((key, service)) = by_id.get(&k.service_id) else { continue };
+        let idle = now.saturating_sub(a.last_used_ns);
+        if idle > service.affinity_timeout_ns {
+            continue;
+        }
+        let backend = maps.backends.get(&a.backend_id, 0)?;
+        views.push(AffinityView {
+            client: addr_from_map(k.client_addr).to_string(),
+            frontend: frontend_label(key),
+            service_id: k.service_id,
+            backend: if backend.flags & BACKEND_F_ACTIVE != 0 {
+                crate::plan::backend_label(&backend)
+            } else {
+                "(removed)".into()
+            },
+            backend_id: a.backend_id,
+            idle_secs: idle / NS_PER_SEC,
+            expires_in_secs: (service.affinity_timeout_ns - idle) / NS_PER_SEC,
+        });
+    }
+    views.sort_by(|a, b| (&a.frontend, &a.client).cmp(&(&b.frontend, &b.client)));
+    Ok(views)
+}
+
+pub fn render_affinities(views: &[AffinityView]) -> String {
+    let mut t = Table::new(vec!["CLIENT", "FRONTEND", "BACKEND", "IDLE", "EXPIRES IN"]);
+    for v in views {
+        t.row(vec![
+            v.client.clone(),
+            v.frontend.clone(),
+            v.backend.clone(),
+            format!("{}s", v.idle_secs),
+            format!("{}s", v.expires_in_secs),
+        ]);
+    }
+    t.render()
+}
+
+#[derive(Serialize)]
+pub struct AnnouncementView {
+    pub interface: String,
+    pub ifindex: u32,
+    pub vip: String,
+    pub mac: String,
+    pub arp_replies: u64,
+}
+
+fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// `l2 list`: the VIPs this node answers ARP for, per interface, with reply counters.
+pub fn announcements(maps: &Maps) -> Result<Vec<AnnouncementView>> {
+    let names: BTreeMap<u32, String> =
+        interfaces::all()?.into_iter().map(|i| (i.index, i.name)).collect();
+    let mut views = Vec::new();
+    for entry in maps.l2.iter() {
+        let (k, e) = entry?;
+        views.push(AnnouncementView {
+            interface: names.get(&k.ifindex).cloned().unwrap_or_else(|| format!("#{}", k.ifindex)),
+            ifindex: k.ifindex,
+            vip: addr_from_map(k.vip).to_string(),
+            mac: mac_text(&e.mac),
+            arp_replies: e.arp_replies,
+        });
+    }
+    views.sort_by(|a, b| (&a.interface, &a.vip).cmp(&(&b.interface, &b.vip)));
+    Ok(views)
+}
+
+pub fn render_announcements(views: &[AnnouncementView]) -> String {
+    let mut t = Table::new(vec!["INTERFACE", "VIP", "MAC", "ARP REPLIES"]);
+    for v in views {
+        t.row(vec![v.interface.clone(), v.vip.clone(), v.mac.clone(), v.arp_replies.to_string()]);
+    }
+    t.render()
+}
+
+#[derive(Serialize)]
+pub struct AttachmentView {
+    pub interface: String,
+    pub direction: String,
+    /// The gateway program is in the interface's tcx chain right now.
+    pub attached: bool,
+}
+
+#[derive(Serialize)]
+pub struct StatusView {
+    pub bpffs: String,
+    pub ct_tcp_timeout_secs: u64,
+    pub ct_any_timeout_secs: u64,
+    pub attachments: Vec<AttachmentView>,
+    pub vips: usize,
+    pub frontends: usize,
+    pub backends: usize,
+    pub announcements: usize,
+    pub flows: usize,
+    pub affinities: usize,
+    pub counters: BTreeMap<&'static str, u64>,
+    pub services: Vec<ServiceView>,
+}
+
+/// `status`: configuration, attachments, map fill and counters.
+pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
+    let config: DatapathConfig = maps.read_config()?;
+    let state = maps.read_state()?;
+    let mut attachments = Vec::new();
+    for pin in attach::pinned_links(bpffs)? {
+        let name = pin.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        // `<interface>.<ifindex>.<direction>`
+        let mut parts = name.rsplitn(3, '.');
+        let (Some(direction), Some(_), Some(interface)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        attachments.push(AttachmentView {
+            interface: interface.to_owned(),
+            direction: direction.to_owned(),
+            attached: tcx_has_gateway(interface, direction),
+        });
+    }
+    Ok(StatusView {
+        bpffs: bpffs.display().to_string(),
+        ct_tcp_timeout_secs: config.ct_tcp_ns / NS_PER_SEC,
+        ct_any_timeout_secs: config.ct_any_ns / NS_PER_SEC,
+        attachments,
+        vips: state.vips.len(),
+        frontends: state.services.len(),
+        backends: state.backends.len(),
+        announcements: state.l2.len(),
+        flows: flows(maps)?.len(),
+        affinities: maps.affinity.keys().count(),
+        counters: maps.counters()?.into_iter().map(|(c, v)| (c.name(), v)).collect(),
+        services: services(maps)?,
+    })
+}
+
+/// Whether the interface's tcx chain for `direction` holds one of our programs.
+fn tcx_has_gateway(interface: &str, direction: &str) -> bool {
+    let (attach_type, program) = match direction {
+        "ingress" => (TcAttachType::Ingress, gateway_common::program_names::INGRESS),
+        _ => (TcAttachType::Egress, gateway_common::program_names::EGRESS),
+    };
+    SchedClassifier::query_tcx(interface, attach_type).is_ok_and(|(_, programs)| {
+        programs.iter().any(|p| p.name_as_str().is_some_and(|n| program.starts_with(n)))
+    })
+}
+
+pub fn render_status(s: &StatusView) -> String {
+    let mut out = format!(
+        "datapath pinned at {}\nconntrack timeouts: TCP {}s, other {}s\n\n",
+        s.bpffs, s.ct_tcp_timeout_secs, s.ct_any_timeout_secs
+    );
+    let mut t = Table::new(vec!["INTERFACE", "DIRECTION", "PROGRAM"]);
+    for a in &s.attachments {
+        t.row(vec![
+            a.interface.clone(),
+            a.direction.clone(),
+            if a.attached { "attached" } else { "NOT ATTACHED" }.into(),
+        ]);
+    }
+    out.push_str(&t.render());
+    out.push_str(&format!(
+        "\n{} VIPs, {} frontends, {} backends, {} announcements, {} tracked flows, {} affinity entries\n\n",
+        s.vips, s.frontends, s.backends, s.announcements, s.flows, s.affinities
+    ));
+    let mut t = Table::new(vec!["COUNTER", "VALUE"]);
+    for (name, value) in &s.counters {
+        t.row(vec![(*name).into(), value.to_string()]);
+    }
+    out.push_str(&t.render());
+    out.push('\n');
+    out.push_str(&render_services(&s.services));
+    out
+}

@@ -1,0 +1,195 @@
+//! The command line: `run`, `check`, the read-only views and `teardown`.
+
+mod check;
+mod inspect;
+mod table;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gateway_common::timeouts;
+use regex::Regex;
+use serde::Serialize;
+
+use crate::{
+    agent::{self, RunOptions},
+    datapath::{self, Maps},
+};
+
+const DEFAULT_BPFFS: &str = "/sys/fs/bpf/gateway";
+
+#[derive(Parser)]
+#[command(name = "gateway-agent", version, about = "eBPF load balancer for bare-metal LoadBalancer services: VIPs from IP pools, L2 announcements, node-local backends with the client's source IP kept")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Program the datapath from the objects in FILE and keep serving (SIGHUP re-reads it).
+    Run(RunArgs),
+    /// Validate FILE without touching the kernel; print the VIP allocation.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Also show what this node would serve.
+        #[arg(long, env = "NODE_NAME")]
+        node_name: Option<String>,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Datapath configuration, attachments, map fill and counters.
+    Status(ViewArgs),
+    /// Load-balancer frontends.
+    Lb {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// Tracked connections.
+    Ct {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// ClientIP session affinity entries.
+    Affinity {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// VIPs this node answers ARP for.
+    L2 {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// Detach the programs and remove every pin (drops tracked connections).
+    Teardown {
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ListCommand {
+    /// List the entries.
+    List(ViewArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Multi-document YAML with Service, EndpointSlice, Node, CiliumLoadBalancerIPPool and
+    /// CiliumL2AnnouncementPolicy objects.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// This node's name, as in its Node object and the endpoints' nodeName.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Interfaces that get the TC programs (regex).
+    #[arg(long, default_value = "^e")]
+    devices: Regex,
+    /// Directory on a bpf filesystem where maps and links are pinned.
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    /// Idle lifetime of an established TCP connection, seconds.
+    #[arg(long, default_value_t = timeouts::CT_TCP)]
+    ct_tcp_timeout: u64,
+    /// Idle lifetime of a non-TCP flow, seconds.
+    #[arg(long, default_value_t = timeouts::CT_ANY)]
+    ct_any_timeout: u64,
+}
+
+#[derive(Args)]
+struct ViewArgs {
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    #[command(flatten)]
+    output: OutputArg,
+}
+
+#[derive(Args)]
+struct OutputArg {
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
+}
+
+fn print<T: Serialize>(output: Output, view: &T, render: impl Fn(&T) -> String) -> Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(view)?),
+        Output::Table => print!("{}", render(view)),
+    }
+    Ok(())
+}
+
+fn view<T: Serialize>(
+    args: &ViewArgs,
+    collect: impl Fn(&Path, &Maps) -> Result<T>,
+    render: impl Fn(&T) -> String,
+) -> Result<ExitCode> {
+    let maps = Maps::open_pinned(&args.bpffs)?;
+    print(args.output.output, &collect(&args.bpffs, &maps)?, render)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            runtime.block_on(agent::run(RunOptions {
+                config: args.config,
+                node_name: args.node_name,
+                devices: args.devices,
+                bpffs: args.bpffs,
+                ct_tcp_timeout: args.ct_tcp_timeout,
+                ct_any_timeout: args.ct_any_timeout,
+            }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config, node_name, output } => {
+            check::run(&config, node_name.as_deref(), output.output == Output::Json)
+        }
+        Command::Status(args) => {
+            view(&args, inspect::status, |s| inspect::render_status(s))
+        }
+        Command::Lb { command: ListCommand::List(args) } => {
+            view(&args, |_, m| inspect::services(m), |v| inspect::render_services(v))
+        }
+        Command::Ct { command: ListCommand::List(args) } => {
+            view(&args, |_, m| inspect::flows(m), |v| inspect::render_flows(v))
+        }
+        Command::Affinity { command: ListCommand::List(args) } => {
+            view(&args, |_, m| inspect::affinities(m), |v| inspect::render_affinities(v))
+        }
+        Command::L2 { command: ListCommand::List(args) } => {
+            view(&args, |_, m| inspect::announcements(m), |v| inspect::render_announcements(v))
+        }
+        Command::Teardown { bpffs } => {
+            for line in datapath::teardown(&bpffs)? {
+                println!("removed {line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Parses the command line, runs the command, and turns errors into a message and exit 1.
+pub fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match dispatch(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
