@@ -1,0 +1,277 @@
+//! Reading one multi-document YAML file (a `kubectl get -o yaml` export or hand-written
+//! manifests) into validated objects.
+//!
+//! Two steps: the YAML is read into untyped documents (a syntax error stops here, naming the
+//! line), then each document is dispatched on `apiVersion`/`kind` and deserialized into its
+//! typed shape, so a type error names the field path and the other documents still get
+//! checked.
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use serde_saphyr::Spanned;
+
+use super::cilium::{CiliumL2AnnouncementPolicy, CiliumLoadBalancerIpPool};
+use super::endpoints::{EndpointSlice, endpoint_slice};
+use super::error::{ConfigError, ConfigErrors, Diagnostics, ObjectDiagnostics};
+use super::l2policy::{L2Policy, l2_policy};
+use super::node::{Node, node};
+use super::pool::{IpPool, pool};
+use super::service::{Service, is_load_balancer, service};
+use super::{Config, ObjectRef, validate};
+
+/// The kinds read.
+#[derive(Clone, Copy)]
+enum Kind {
+    Service,
+    EndpointSlice,
+    Node,
+    IpPool,
+    L2Policy,
+}
+
+/// Each kind's name and the API versions of it that are understood.
+const KINDS: [(Kind, &str, &[&str]); 5] = [
+    (Kind::Service, Service::KIND, &["v1"]),
+    (
+        Kind::EndpointSlice,
+        EndpointSlice::KIND,
+        &["discovery.k8s.io/v1"],
+    ),
+    (Kind::Node, Node::KIND, &["v1"]),
+    (
+        Kind::IpPool,
+        IpPool::KIND,
+        &["cilium.io/v2alpha1", "cilium.io/v2"],
+    ),
+    (Kind::L2Policy, L2Policy::KIND, &["cilium.io/v2alpha1"]),
+];
+
+/// What `kubectl get -o yaml` prints for more than one object.
+const LIST: (&str, &str) = ("v1", "List");
+
+pub(super) fn parse(source: &str, text: &str) -> Result<Config, ConfigErrors> {
+    let documents = read_documents(text).map_err(|message| {
+        ConfigErrors(vec![ConfigError {
+            file: source.to_owned(),
+            object: None,
+            field: String::new(),
+            message,
+        }])
+    })?;
+
+    let mut diagnostics = Diagnostics::new(source);
+    let mut objects = Objects::default();
+    for document in documents {
+        let origin = format!("the document at line {}", document.referenced.line());
+        objects.collect(document.value, &origin, &mut diagnostics);
+    }
+
+    let Objects {
+        mut services,
+        mut endpoint_slices,
+        mut nodes,
+        mut pools,
+        mut l2_policies,
+        seen,
+    } = objects;
+    // Sorted so that nothing downstream depends on the order of the documents.
+    services.sort_by(|a, b| a.object.cmp(&b.object));
+    endpoint_slices.sort_by(|a, b| a.object.cmp(&b.object));
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    l2_policies.sort_by(|a, b| a.name.cmp(&b.name));
+
+    validate::duplicates(&seen, &mut diagnostics);
+    validate::overlapping_pools(&pools, &mut diagnostics);
+
+    let warnings = diagnostics.into_result()?;
+    Ok(Config {
+        source: source.to_owned(),
+        services,
+        endpoint_slices,
+        nodes,
+        pools,
+        l2_policies,
+        warnings,
+    })
+}
+
+/// The non-empty documents, each with where it starts. YAML 1.2 booleans only, so that an
+/// unquoted `allowFirstLastIPs: No` stays the string Cilium expects rather than `false`.
+fn read_documents(text: &str) -> Result<Vec<Spanned<Value>>, String> {
+    let options = serde_saphyr::options! {
+        strict_booleans: true,
+        with_snippet: false,
+    };
+    serde_saphyr::from_multiple_with_options(text, options).map_err(|error| {
+        let message = error.to_string();
+        match error.location() {
+            Some(at) if !message.contains("line") => format!(
+                "YAML error at line {}, column {}: {message}",
+                at.line(),
+                at.column()
+            ),
+            _ => format!("YAML error: {message}"),
+        }
+    })
+}
+
+#[derive(Default)]
+struct Objects {
+    services: Vec<Service>,
+    endpoint_slices: Vec<EndpointSlice>,
+    nodes: Vec<Node>,
+    pools: Vec<IpPool>,
+    l2_policies: Vec<L2Policy>,
+    /// Every object of a read kind (also Services of other types), with where it was
+    /// written, to find duplicates.
+    seen: Vec<(ObjectRef, String)>,
+}
+
+impl Objects {
+    /// Reads one document (or one item of a `List`); `origin` says where it is written.
+    fn collect(&mut self, document: Value, origin: &str, diagnostics: &mut Diagnostics) {
+        let Value::Object(map) = &document else {
+            diagnostics.error(None, "", format!("{origin} is not a mapping"));
+            return;
+        };
+        let text = |key: &str| map.get(key).and_then(Value::as_str).unwrap_or_default();
+        let (api_version, kind) = (text("apiVersion"), text("kind"));
+        if api_version.is_empty() || kind.is_empty() {
+            diagnostics.error(
+                None,
+                if api_version.is_empty() {
+                    "apiVersion"
+                } else {
+                    "kind"
+                },
+                format!("{origin} has no apiVersion or no kind"),
+            );
+            return;
+        }
+        if (api_version, kind) == LIST {
+            self.collect_list(&document, origin, diagnostics);
+            return;
+        }
+
+        let metadata = |key: &str| {
+            map.get("metadata")
+                .and_then(|m| m.get(key))
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        };
+        let known = KINDS.iter().find(|(_, name, _)| *name == kind);
+        let namespace = match known {
+            // What `kubectl apply` does with a namespaced object that names none.
+            Some((Kind::Service | Kind::EndpointSlice, _, _)) => {
+                metadata("namespace").unwrap_or("default")
+            }
+            Some(_) => "",
+            None => metadata("namespace").unwrap_or_default(),
+        };
+        let object = metadata("name").map(|name| ObjectRef {
+            kind: kind.to_owned(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        });
+
+        let Some(&(known, _, versions)) = known else {
+            let what = object
+                .as_ref()
+                .map_or(origin.to_owned(), ToString::to_string);
+            diagnostics.warn(
+                None,
+                "",
+                format!("skipped {what} ({api_version}): kind {kind} is not used by gateway"),
+            );
+            return;
+        };
+        if !versions.contains(&api_version) {
+            diagnostics.warn(
+                object.as_ref(),
+                "apiVersion",
+                format!(
+                    "skipped {origin}: {kind} {api_version} is not understood (expected {})",
+                    versions.join(" or ")
+                ),
+            );
+            return;
+        }
+        let Some(object) = object else {
+            diagnostics.error(
+                None,
+                "metadata.name",
+                format!("the {kind} in {origin} has no name"),
+            );
+            return;
+        };
+        self.seen.push((object.clone(), origin.to_owned()));
+
+        let mut findings = diagnostics.object(&object);
+        match known {
+            Kind::Service => {
+                let raw: Option<core::Service> = typed(document, &mut findings);
+                if let Some(raw) = raw.filter(is_load_balancer) {
+                    self.services
+                        .extend(service(&raw, object.clone(), &mut findings));
+                }
+            }
+            Kind::EndpointSlice => {
+                if let Some(raw) = typed::<discovery::EndpointSlice>(document, &mut findings) {
+                    self.endpoint_slices.extend(endpoint_slice(
+                        &raw,
+                        object.clone(),
+                        &mut findings,
+                    ));
+                }
+            }
+            Kind::Node => {
+                if let Some(raw) = typed::<core::Node>(document, &mut findings) {
+                    self.nodes.push(node(&raw, object.name.clone()));
+                }
+            }
+            Kind::IpPool => {
+                if let Some(raw) = typed::<CiliumLoadBalancerIpPool>(document, &mut findings) {
+                    self.pools
+                        .extend(pool(&raw, object.name.clone(), &mut findings));
+                }
+            }
+            Kind::L2Policy => {
+                if let Some(raw) = typed::<CiliumL2AnnouncementPolicy>(document, &mut findings) {
+                    self.l2_policies
+                        .extend(l2_policy(&raw, object.name.clone(), &mut findings));
+                }
+            }
+        }
+    }
+
+    fn collect_list(&mut self, list: &Value, origin: &str, diagnostics: &mut Diagnostics) {
+        match list.get("items") {
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    let origin = format!("items[{i}] of {origin}");
+                    self.collect(item.clone(), &origin, diagnostics);
+                }
+            }
+            None | Some(Value::Null) => {}
+            Some(_) => diagnostics.error(
+                None,
+                "items",
+                format!("the List in {origin} has no list of items"),
+            ),
+        }
+    }
+}
+
+/// Deserializes `document` into its typed shape, naming the field path of a type error.
+fn typed<T: DeserializeOwned>(document: Value, findings: &mut ObjectDiagnostics<'_>) -> Option<T> {
+    serde_path_to_error::deserialize(document)
+        .map_err(|error| {
+            let path = error.path().to_string();
+            let field = if path == "." { String::new() } else { path };
+            findings.error(field, error.into_inner().to_string());
+        })
+        .ok()
+}
