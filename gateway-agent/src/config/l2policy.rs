@@ -77,3 +77,83 @@ fn last_line(message: &str) -> &str {
         .find_map(|line| line.trim().strip_prefix("error: "))
         .unwrap_or_else(|| message.trim())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use super::super::{Operator, Requirement};
+
+    fn policy_doc(spec: &str) -> String {
+        format!(
+            "apiVersion: cilium.io/v2alpha1\nkind: CiliumL2AnnouncementPolicy\nmetadata:\n  name: p\n\
+             spec:\n{spec}"
+        )
+    }
+
+    #[test]
+    fn reads_the_reference_policy() {
+        let policy = reference().l2_policies.remove(0);
+        assert_eq!(
+            policy.object().to_string(),
+            "CiliumL2AnnouncementPolicy/l2-policy"
+        );
+        let patterns: Vec<&str> = policy.interfaces.iter().map(|r| r.as_str()).collect();
+        assert_eq!(patterns, ["^e.*"]);
+        assert!(policy.load_balancer_ips);
+        assert_eq!(
+            policy.node_selector.requirements,
+            [Requirement {
+                key: "node-role.kubernetes.io/control-plane".into(),
+                operator: Operator::DoesNotExist,
+            }]
+        );
+        assert!(policy.service_selector.requirements.is_empty());
+    }
+
+    #[test]
+    fn load_balancer_ips_defaults_to_false_with_a_warning() {
+        let text = policy_doc("  externalIPs: true\n");
+        let policy = parse_ok(&text).l2_policies.remove(0);
+        assert!(!policy.load_balancer_ips);
+        assert!(policy.interfaces.is_empty());
+        assert_line(
+            &parse_warnings(&text),
+            &["CiliumL2AnnouncementPolicy/p: spec.loadBalancerIPs: not true"],
+        );
+    }
+
+    #[test]
+    fn bad_regexes_name_the_entry() {
+        let errors = parse_errors(&policy_doc(
+            "  loadBalancerIPs: true\n  interfaces:\n    - ^eth[0-9]+\n    - \"(ens\"\n",
+        ));
+        assert_eq!(
+            errors,
+            [
+                "objects.yaml: CiliumL2AnnouncementPolicy/p: spec.interfaces[1]: bad regex \"(ens\": unclosed group"
+            ]
+        );
+    }
+
+    #[test]
+    fn selector_errors_name_the_selector() {
+        let errors = parse_errors(&policy_doc(
+            "  loadBalancerIPs: true\n  nodeSelector:\n    matchExpressions:\n\
+             \x20     - key: zone\n        operator: In\n\
+             \x20     - key: gpu\n        operator: Exists\n        values: [\"yes\"]\n",
+        ));
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert_line(
+            &errors,
+            &[
+                "CiliumL2AnnouncementPolicy/p: spec.nodeSelector.matchExpressions[0].values: operator In needs at least one value",
+            ],
+        );
+        assert_line(
+            &errors,
+            &[
+                "CiliumL2AnnouncementPolicy/p: spec.nodeSelector.matchExpressions[1].values: operator Exists takes no values",
+            ],
+        );
+    }
+}

@@ -12,6 +12,8 @@ use std::path::Path;
 mod cilium;
 mod endpoints;
 mod error;
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod l2policy;
 mod node;
 mod parse;

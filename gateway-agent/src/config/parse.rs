@@ -275,3 +275,227 @@ fn typed<T: DeserializeOwned>(document: Value, findings: &mut ObjectDiagnostics<
         })
         .ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use super::super::{ObjectRef, load};
+
+    #[test]
+    fn reads_every_kind_of_the_reference() {
+        let config = reference();
+        assert_eq!(config.source, FILE);
+        let services: Vec<String> = config
+            .services
+            .iter()
+            .map(|s| s.object.to_string())
+            .collect();
+        assert_eq!(
+            services,
+            [
+                "Service/gateway/cilium-gateway-gateway-external",
+                "Service/gateway/cilium-gateway-gateway-internal"
+            ]
+        );
+        let slices: Vec<&str> = config
+            .endpoint_slices
+            .iter()
+            .map(|s| s.object.name.as_str())
+            .collect();
+        assert_eq!(
+            slices,
+            [
+                "cilium-gateway-gateway-external-m5r8w",
+                "cilium-gateway-gateway-internal-7xk2p"
+            ]
+        );
+        let nodes: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(nodes, ["cp-1", "worker-1", "worker-2"]);
+        assert_eq!(config.pools.len(), 1);
+        assert_eq!(config.pools[0].name, "first-pool");
+        assert_eq!(config.l2_policies.len(), 1);
+        assert_eq!(config.l2_policies[0].name, "l2-policy");
+        assert_eq!(config.warnings, []);
+    }
+
+    #[test]
+    fn reads_a_kubectl_list() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n\
+                    - apiVersion: v1\n  kind: Node\n  metadata:\n    name: a\n\
+                    - apiVersion: v1\n  kind: Node\n  metadata:\n    name: b\n\
+                    - apiVersion: apps/v1\n  kind: Deployment\n  metadata:\n    name: d\n    namespace: x\n\
+                    metadata:\n  resourceVersion: \"\"\n";
+        let config = parse_ok(text);
+        let nodes: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(nodes, ["a", "b"]);
+        assert_line(
+            &parse_warnings(text),
+            &[FILE, "skipped Deployment/x/d (apps/v1)", "not used"],
+        );
+    }
+
+    #[test]
+    fn empty_documents_and_files_are_skipped() {
+        let config = parse_ok("---\n# nothing here\n---\n\n---\n");
+        assert!(config.services.is_empty() && config.nodes.is_empty());
+        assert_eq!(config.warnings, []);
+        assert!(parse_ok("").pools.is_empty());
+    }
+
+    #[test]
+    fn unknown_kinds_and_api_versions_are_skipped_with_a_warning() {
+        let text = reference_with(
+            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: cilium-envoy\n  namespace: kube-system\n\
+             ---\napiVersion: cilium.io/v1\nkind: CiliumL2AnnouncementPolicy\nmetadata:\n  name: old\n\
+             ---\napiVersion: example.com/v1\nkind: Thing\n",
+        );
+        let warnings = parse_warnings(&text);
+        assert_line(
+            &warnings,
+            &[FILE, "skipped DaemonSet/kube-system/cilium-envoy (apps/v1)"],
+        );
+        assert_line(
+            &warnings,
+            &[
+                "CiliumL2AnnouncementPolicy/old: apiVersion:",
+                "cilium.io/v1 is not understood (expected cilium.io/v2alpha1)",
+            ],
+        );
+        assert_line(&warnings, &["skipped the document at line", "kind Thing"]);
+        assert_eq!(parse_ok(&text).l2_policies.len(), 1);
+    }
+
+    #[test]
+    fn the_cilium_v2_pool_is_read() {
+        let text = "apiVersion: cilium.io/v2\nkind: CiliumLoadBalancerIPPool\nmetadata:\n  name: p\n\
+                    spec:\n  blocks:\n    - cidr: 10.0.0.0/24\n";
+        assert_eq!(parse_ok(text).pools[0].blocks.len(), 1);
+    }
+
+    #[test]
+    fn yaml_syntax_errors_name_the_file_and_line() {
+        let errors =
+            parse_errors("apiVersion: v1\nkind: Node\nmetadata:\n  name: a\n bad: indent\n");
+        assert_eq!(errors.len(), 1);
+        // The wording is the YAML parser's; the file and the line are ours to guarantee.
+        assert!(
+            errors[0].starts_with("objects.yaml: YAML error"),
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("line 5"), "{errors:?}");
+    }
+
+    #[test]
+    fn type_errors_name_the_object_and_field_path() {
+        let text =
+            reference_with(&lb_service("web", "shop", "").replace("port: 80", "port: eighty"));
+        let errors = parse_errors(&text);
+        assert_eq!(
+            errors,
+            [
+                "objects.yaml: Service/web/shop: spec.ports[0].port: invalid type: string \"eighty\", expected i32"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_error_of_the_file_is_reported() {
+        let text = format!(
+            "{}\n---\n{}\n---\napiVersion: v1\nkind: Node\nmetadata:\n  name: n\n  labels:\n    a: 1\n",
+            lb_service("web", "a", "    - port: 81\n      protocol: SCTP\n"),
+            lb_service("web", "b", "  externalTrafficPolicy: Nowhere\n"),
+        );
+        let errors = parse_errors(&text);
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert_line(
+            &errors,
+            &["Service/web/a: spec.ports[1].protocol: unsupported protocol \"SCTP\""],
+        );
+        assert_line(
+            &errors,
+            &["Service/web/b: spec.externalTrafficPolicy: unknown policy \"Nowhere\""],
+        );
+        assert_line(
+            &errors,
+            &["Node/n: metadata.labels.a: invalid type: integer `1`"],
+        );
+    }
+
+    #[test]
+    fn documents_without_kind_or_name_or_mapping_are_errors() {
+        let errors = parse_errors(
+            "metadata:\n  name: x\n---\napiVersion: v1\nkind: Node\nmetadata: {}\n---\n- a\n",
+        );
+        assert_line(
+            &errors,
+            &["objects.yaml: apiVersion: the document at line 1 has no apiVersion"],
+        );
+        assert_line(
+            &errors,
+            &["objects.yaml: metadata.name: the Node in the document at line 4 has no name"],
+        );
+        assert_line(
+            &errors,
+            &["objects.yaml: the document at line 8 is not a mapping"],
+        );
+    }
+
+    #[test]
+    fn duplicate_objects_are_errors() {
+        let errors = parse_errors(&reference_with(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: worker-1\n",
+        ));
+        assert_eq!(errors.len(), 1);
+        assert_line(
+            &errors,
+            &[
+                "objects.yaml: Node/worker-1: duplicate object: defined in the document at line",
+                "and again in the document at line",
+            ],
+        );
+    }
+
+    #[test]
+    fn services_of_other_types_are_ignored_silently_but_count_as_objects() {
+        let cluster_ip = "apiVersion: v1\nkind: Service\nmetadata:\n  name: api\n  namespace: web\n\
+                          spec:\n  ports:\n    - port: 443\n      protocol: SCTP\n";
+        let config = parse_ok(&reference_with(cluster_ip));
+        assert_eq!(config.services.len(), 2);
+        assert_eq!(config.warnings, []);
+        let errors = parse_errors(&format!(
+            "{cluster_ip}---\n{}",
+            lb_service("web", "api", "")
+        ));
+        assert_line(&errors, &["Service/web/api: duplicate object"]);
+    }
+
+    #[test]
+    fn namespaced_objects_default_to_the_default_namespace() {
+        let text =
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: a\nspec:\n  type: LoadBalancer\n";
+        let config = parse_ok(text);
+        assert_eq!(
+            config.services[0].object,
+            ObjectRef {
+                kind: "Service".into(),
+                namespace: "default".into(),
+                name: "a".into()
+            }
+        );
+    }
+
+    #[test]
+    fn load_reads_the_file_and_names_it() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/reference.yaml");
+        let config = load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.services.len(), 2);
+        assert!(config.source.ends_with("testdata/reference.yaml"));
+
+        let missing = std::path::Path::new("/nonexistent/objects.yaml");
+        let errors = load(missing).unwrap_err().to_string();
+        assert!(
+            errors.starts_with("/nonexistent/objects.yaml: cannot read:"),
+            "{errors}"
+        );
+    }
+}

@@ -248,3 +248,199 @@ fn range_block(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use super::*;
+
+    fn only_pool(spec: &str) -> IpPool {
+        parse_ok(&pool_doc("p", spec)).pools.remove(0)
+    }
+
+    fn block(field: &str, first: [u8; 4], last: [u8; 4], reserved_ends: bool) -> IpBlock {
+        IpBlock {
+            field: field.into(),
+            first: first.into(),
+            last: last.into(),
+            reserved_ends,
+        }
+    }
+
+    #[test]
+    fn reads_the_reference_pool() {
+        let pool = reference().pools.remove(0);
+        assert_eq!(
+            pool.object().to_string(),
+            "CiliumLoadBalancerIPPool/first-pool"
+        );
+        assert_eq!(
+            pool.blocks,
+            [block(
+                "spec.blocks[0]",
+                [192, 168, 10, 32],
+                [192, 168, 10, 63],
+                true
+            )]
+        );
+        // `matchLabels: {}` selects every service.
+        assert_eq!(pool.service_selector, Selector::default());
+        assert!(!pool.disabled);
+    }
+
+    #[test]
+    fn block_shapes() {
+        let pool = only_pool(
+            "  blocks:\n    - cidr: 10.0.0.0/30\n    - start: 10.0.1.10\n      stop: 10.0.1.20\n\
+             \x20   - start: 10.0.2.7\n  cidrs:\n    - cidr: 10.0.3.0/24\n  disabled: true\n",
+        );
+        assert_eq!(
+            pool.blocks,
+            [
+                block("spec.blocks[0]", [10, 0, 0, 0], [10, 0, 0, 3], false),
+                block("spec.blocks[1]", [10, 0, 1, 10], [10, 0, 1, 20], false),
+                block("spec.blocks[2]", [10, 0, 2, 7], [10, 0, 2, 7], false),
+                block("spec.cidrs[0]", [10, 0, 3, 0], [10, 0, 3, 255], false),
+            ]
+        );
+        assert!(pool.disabled);
+        assert_eq!(pool.blocks[0].describe(), "10.0.0.0/30");
+        assert_eq!(pool.blocks[1].describe(), "10.0.1.10-10.0.1.20");
+        assert_eq!(pool.blocks[2].describe(), "10.0.2.7/32");
+    }
+
+    /// (allowFirstLastIPs line, block, whether its ends are reserved)
+    #[test]
+    fn allow_first_last_ips() {
+        let cases = [
+            // Cilium's default is Yes.
+            ("", "cidr: 10.0.0.0/24", false),
+            ("  allowFirstLastIPs: \"Yes\"\n", "cidr: 10.0.0.0/24", false),
+            ("  allowFirstLastIPs: \"No\"\n", "cidr: 10.0.0.0/24", true),
+            // YAML 1.2: an unquoted No is still the string Cilium expects.
+            ("  allowFirstLastIPs: No\n", "cidr: 10.0.0.0/24", true),
+            ("  allowFirstLastIPs: \"No\"\n", "cidr: 10.0.0.0/30", true),
+            ("  allowFirstLastIPs: \"No\"\n", "cidr: 10.0.0.0/31", false),
+            ("  allowFirstLastIPs: \"No\"\n", "cidr: 10.0.0.1/32", false),
+            (
+                "  allowFirstLastIPs: \"No\"\n",
+                "start: 10.0.0.0\n      stop: 10.0.0.255",
+                false,
+            ),
+        ];
+        for (allow, block, reserved) in cases {
+            let pool = only_pool(&format!("{allow}  blocks:\n    - {block}\n"));
+            assert_eq!(pool.blocks[0].reserved_ends, reserved, "{allow} {block}");
+        }
+        let no = only_pool("  allowFirstLastIPs: \"No\"\n  blocks:\n    - cidr: 10.0.0.0/24\n");
+        let ends = [Ipv4Addr::new(10, 0, 0, 0), Ipv4Addr::new(10, 0, 0, 255)];
+        assert!(ends.iter().all(|a| no.blocks[0].is_reserved(*a)));
+        assert!(!no.blocks[0].is_reserved(Ipv4Addr::new(10, 0, 0, 1)));
+        assert!(!no.blocks[0].is_reserved(Ipv4Addr::new(10, 0, 1, 0)));
+    }
+
+    #[test]
+    fn block_membership() {
+        let pool = reference().pools.remove(0);
+        assert!(pool.block_of(Ipv4Addr::new(192, 168, 10, 32)).is_some());
+        assert!(pool.block_of(Ipv4Addr::new(192, 168, 10, 63)).is_some());
+        assert!(pool.block_of(Ipv4Addr::new(192, 168, 10, 31)).is_none());
+        assert!(pool.block_of(Ipv4Addr::new(192, 168, 10, 64)).is_none());
+    }
+
+    #[test]
+    fn skipped_and_normalized_blocks_warn() {
+        let text = pool_doc(
+            "p",
+            "  blocks:\n    - cidr: \"2004::/64\"\n    - start: \"2004:1::1\"\n      stop: \"2004:1::9\"\n\
+             \x20   - cidr: 10.0.0.7/24\n",
+        );
+        let pool = parse_ok(&text).pools.remove(0);
+        assert_eq!(
+            pool.blocks,
+            [block(
+                "spec.blocks[2]",
+                [10, 0, 0, 0],
+                [10, 0, 0, 255],
+                false
+            )]
+        );
+        let warnings = parse_warnings(&text);
+        assert_line(
+            &warnings,
+            &["CiliumLoadBalancerIPPool/p: spec.blocks[0].cidr: IPv6 block 2004::/64 skipped"],
+        );
+        assert_line(
+            &warnings,
+            &["CiliumLoadBalancerIPPool/p: spec.blocks[1]: IPv6 range skipped"],
+        );
+        assert_line(
+            &warnings,
+            &["spec.blocks[2].cidr: 10.0.0.7/24 has host bits set; the block is 10.0.0.0/24"],
+        );
+    }
+
+    #[test]
+    fn invalid_pools_name_object_and_field() {
+        let cases = [
+            (
+                "  blocks:\n    - cidr: 10.0.0.0/33\n",
+                "spec.blocks[0].cidr: \"10.0.0.0/33\" is not a CIDR",
+            ),
+            (
+                "  blocks:\n    - cidr: 10.0.0.0\n",
+                "spec.blocks[0].cidr: \"10.0.0.0\" is not a CIDR",
+            ),
+            (
+                "  cidrs:\n    - cidr: banana/24\n",
+                "spec.cidrs[0].cidr: \"banana/24\" is not a CIDR",
+            ),
+            (
+                "  blocks:\n    - start: 10.0.0.9\n      stop: 10.0.0.1\n",
+                "spec.blocks[0].stop: stop 10.0.0.1 is below start 10.0.0.9",
+            ),
+            (
+                "  blocks:\n    - start: 10.0.0.x\n",
+                "spec.blocks[0].start: \"10.0.0.x\" is not an IP address",
+            ),
+            (
+                "  blocks:\n    - start: 10.0.0.1\n      stop: \"2001::1\"\n",
+                "spec.blocks[0]: start and stop are of different address families",
+            ),
+            (
+                "  blocks:\n    - cidr: 10.0.0.0/24\n      start: 10.0.0.1\n",
+                "spec.blocks[0]: set either cidr or start/stop, not both",
+            ),
+            (
+                "  blocks:\n    - stop: 10.0.0.1\n",
+                "spec.blocks[0].start: stop without start",
+            ),
+            (
+                "  blocks:\n    - {}\n",
+                "spec.blocks[0]: needs a cidr or a start",
+            ),
+            (
+                "  allowFirstLastIPs: \"no\"\n  blocks: []\n",
+                "spec.allowFirstLastIPs: \"no\" is neither \"Yes\" nor \"No\"",
+            ),
+            (
+                "  disabled: \"yes\"\n",
+                "spec.disabled: invalid type: string \"yes\", expected a boolean",
+            ),
+            (
+                "  serviceSelector:\n    matchExpressions:\n      - key: a\n        operator: Equals\n",
+                "spec.serviceSelector.matchExpressions[0].operator: unknown operator \"Equals\"",
+            ),
+        ];
+        for (spec, expected) in cases {
+            let errors = parse_errors(&pool_doc("p", spec));
+            assert_eq!(errors.len(), 1, "{errors:#?}");
+            assert_line(
+                &errors,
+                &[&format!(
+                    "objects.yaml: CiliumLoadBalancerIPPool/p: {expected}"
+                )],
+            );
+        }
+    }
+}

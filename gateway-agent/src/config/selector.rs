@@ -94,3 +94,116 @@ pub(crate) fn selector(
     }
     Selector { requirements }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    use super::super::ObjectRef;
+    use super::super::error::Diagnostics;
+    use super::*;
+
+    fn expression(key: &str, operator: &str, values: &[&str]) -> LabelSelectorRequirement {
+        LabelSelectorRequirement {
+            key: key.into(),
+            operator: operator.into(),
+            values: (!values.is_empty()).then(|| values.iter().map(|v| v.to_string()).collect()),
+        }
+    }
+
+    fn validate(raw: Option<&LabelSelector>) -> (Selector, Vec<String>) {
+        let object = ObjectRef::cluster_scoped("CiliumLoadBalancerIPPool", "p");
+        let mut diagnostics = Diagnostics::new("f.yaml");
+        let selector = selector(
+            raw,
+            "spec.serviceSelector",
+            &mut diagnostics.object(&object),
+        );
+        let errors = match diagnostics.into_result() {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        };
+        (selector, errors)
+    }
+
+    #[test]
+    fn absent_and_empty_selectors_have_no_requirements() {
+        assert_eq!(validate(None), (Selector::default(), vec![]));
+        assert_eq!(
+            validate(Some(&LabelSelector::default())),
+            (Selector::default(), vec![])
+        );
+    }
+
+    #[test]
+    fn match_labels_and_expressions_become_requirements() {
+        let raw = LabelSelector {
+            match_labels: Some([("app".to_owned(), "envoy".to_owned())].into()),
+            match_expressions: Some(vec![
+                expression("tier", "In", &["edge", "core"]),
+                expression("env", "NotIn", &["dev"]),
+                expression("gpu", "Exists", &[]),
+                expression("spot", "DoesNotExist", &[]),
+            ]),
+        };
+        let (selector, errors) = validate(Some(&raw));
+        assert_eq!(errors, Vec::<String>::new());
+        let set = |values: &[&str]| values.iter().map(|v| v.to_string()).collect();
+        assert_eq!(
+            selector.requirements,
+            [
+                Requirement {
+                    key: "app".into(),
+                    operator: Operator::In(set(&["envoy"]))
+                },
+                Requirement {
+                    key: "tier".into(),
+                    operator: Operator::In(set(&["core", "edge"]))
+                },
+                Requirement {
+                    key: "env".into(),
+                    operator: Operator::NotIn(set(&["dev"]))
+                },
+                Requirement {
+                    key: "gpu".into(),
+                    operator: Operator::Exists
+                },
+                Requirement {
+                    key: "spot".into(),
+                    operator: Operator::DoesNotExist
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_requirements_name_their_field() {
+        let raw = LabelSelector {
+            match_labels: Some([(String::new(), "x".to_owned())].into()),
+            match_expressions: Some(vec![
+                expression("a", "in", &["x"]),
+                expression("b", "NotIn", &[]),
+                expression("c", "DoesNotExist", &["x"]),
+                expression("", "Exists", &[]),
+            ]),
+        };
+        let (_, errors) = validate(Some(&raw));
+        let prefix = "f.yaml: CiliumLoadBalancerIPPool/p: spec.serviceSelector";
+        assert_eq!(
+            errors,
+            [
+                format!("{prefix}.matchLabels: empty label key"),
+                format!(
+                    "{prefix}.matchExpressions[0].operator: unknown operator \"in\" (expected In, NotIn, Exists or DoesNotExist)"
+                ),
+                format!(
+                    "{prefix}.matchExpressions[1].values: operator NotIn needs at least one value"
+                ),
+                format!(
+                    "{prefix}.matchExpressions[2].values: operator DoesNotExist takes no values"
+                ),
+                format!("{prefix}.matchExpressions[3].key: empty label key"),
+            ]
+        );
+    }
+}

@@ -110,10 +110,15 @@ pub(crate) fn service(
     diagnostics.finish(service)
 }
 
+/// k8s-openapi reads a missing required port as 0, so 0 also means "absent".
 fn port_number(value: i32, field: &str, diagnostics: &mut ObjectDiagnostics<'_>) -> Option<u16> {
     match u16::try_from(value) {
         Ok(port) if port != 0 => Some(port),
-        _ => {
+        Ok(_) => {
+            diagnostics.error(field, "0 or missing: a port in 1..=65535 is required");
+            None
+        }
+        Err(_) => {
             diagnostics.error(field, format!("port {value} is outside 1..=65535"));
             None
         }
@@ -289,4 +294,346 @@ fn status_vips(raw: &core::Service, diagnostics: &mut ObjectDiagnostics<'_>) -> 
         }
     }
     vips
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::super::fixtures::*;
+    use super::*;
+
+    fn only_service(text: &str) -> Service {
+        let mut config = parse_ok(text);
+        assert_eq!(config.services.len(), 1);
+        config.services.remove(0)
+    }
+
+    #[test]
+    fn reads_every_field_of_the_reference_gateway_service() {
+        let config = reference();
+        let internal = &config.services[1];
+        assert_eq!(
+            internal.object.to_string(),
+            "Service/gateway/cilium-gateway-gateway-internal"
+        );
+        assert_eq!(
+            internal
+                .labels
+                .get("io.cilium.gateway/owning-gateway")
+                .map(String::as_str),
+            Some("gateway-internal")
+        );
+        assert_eq!(
+            internal.created.map(|t| t.to_string()).as_deref(),
+            Some("2025-10-23T10:00:00Z")
+        );
+        assert_eq!(internal.traffic_policy, TrafficPolicy::Local);
+        assert_eq!(internal.affinity_timeout_secs, Some(10_800));
+        assert_eq!(
+            internal.ports,
+            [
+                ServicePort {
+                    name: "port-80".into(),
+                    port: 80,
+                    protocol: Protocol::Tcp,
+                    target_port: TargetPort::Number(80),
+                },
+                ServicePort {
+                    name: "port-443".into(),
+                    port: 443,
+                    protocol: Protocol::Tcp,
+                    target_port: TargetPort::Number(443),
+                },
+            ]
+        );
+        assert_eq!(
+            internal.requested_vip,
+            Some(FieldAddr {
+                addr: Ipv4Addr::new(192, 168, 10, 49),
+                field: "metadata.annotations[\"lbipam.cilium.io/ips\"]".into(),
+            })
+        );
+        assert_eq!(
+            internal.status_vips,
+            [FieldAddr {
+                addr: Ipv4Addr::new(192, 168, 10, 49),
+                field: "status.loadBalancer.ingress[0].ip".into(),
+            }]
+        );
+        assert_eq!(
+            config.services[0].requested_vip.as_ref().map(|r| r.addr),
+            Some(Ipv4Addr::new(192, 168, 10, 50))
+        );
+    }
+
+    #[test]
+    fn defaults_follow_kubernetes() {
+        let service = only_service(&lb_service("web", "shop", ""));
+        assert_eq!(service.traffic_policy, TrafficPolicy::Cluster);
+        assert_eq!(service.affinity_timeout_secs, None);
+        assert_eq!(service.requested_vip, None);
+        assert_eq!(service.status_vips, []);
+        assert_eq!(service.created, None);
+        assert_eq!(
+            service.ports,
+            [ServicePort {
+                name: String::new(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                target_port: TargetPort::Number(80),
+            }]
+        );
+    }
+
+    #[test]
+    fn ports_protocols_and_target_ports() {
+        let service = only_service(&lb_service(
+            "web",
+            "dns",
+            "    - name: dns\n      port: 53\n      protocol: UDP\n      targetPort: 5353\n\
+             \x20   - name: named\n      port: 8080\n      targetPort: http\n",
+        ));
+        assert_eq!(service.ports[1].protocol, Protocol::Udp);
+        assert_eq!(service.ports[1].target_port, TargetPort::Number(5353));
+        assert_eq!(service.ports[2].protocol, Protocol::Tcp);
+        assert_eq!(
+            service.ports[2].target_port,
+            TargetPort::Named("http".into())
+        );
+    }
+
+    #[test]
+    fn session_affinity() {
+        let cases = [
+            ("  sessionAffinity: None\n", None),
+            (
+                "  sessionAffinity: ClientIP\n",
+                Some(DEFAULT_AFFINITY_TIMEOUT_SECS),
+            ),
+            (
+                "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 1\n",
+                Some(1),
+            ),
+            (
+                "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 86400\n",
+                Some(86_400),
+            ),
+            // The timeout means nothing without ClientIP affinity.
+            (
+                "  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 60\n",
+                None,
+            ),
+        ];
+        for (spec, expected) in cases {
+            let service = only_service(&lb_service("web", "shop", spec));
+            assert_eq!(service.affinity_timeout_secs, expected, "{spec}");
+        }
+    }
+
+    #[test]
+    fn traffic_policy() {
+        for (spec, expected) in [
+            ("  externalTrafficPolicy: Local\n", TrafficPolicy::Local),
+            ("  externalTrafficPolicy: Cluster\n", TrafficPolicy::Cluster),
+            ("", TrafficPolicy::Cluster),
+        ] {
+            let service = only_service(&lb_service("web", "shop", spec));
+            assert_eq!(service.traffic_policy, expected, "{spec}");
+        }
+    }
+
+    #[test]
+    fn requested_vip_sources() {
+        let with_metadata = |annotations: &str, spec: &str| {
+            lb_service("web", "shop", spec).replace(
+                "  namespace: web\n",
+                &format!("  namespace: web\n  annotations:\n{annotations}"),
+            )
+        };
+        let cases = [
+            (
+                with_metadata("    x: y\n", "  loadBalancerIP: 192.168.10.40\n"),
+                "192.168.10.40",
+                "spec.loadBalancerIP",
+            ),
+            (
+                with_metadata("    io.cilium/lb-ipam-ips: 192.168.10.41\n", ""),
+                "192.168.10.41",
+                "metadata.annotations[\"io.cilium/lb-ipam-ips\"]",
+            ),
+            // Dual-stack request: the IPv4 entry is the VIP.
+            (
+                with_metadata(
+                    "    lbipam.cilium.io/ips: \"2001:db8::1, 192.168.10.42\"\n",
+                    "",
+                ),
+                "192.168.10.42",
+                "metadata.annotations[\"lbipam.cilium.io/ips\"]",
+            ),
+            // The same address twice is one request.
+            (
+                with_metadata(
+                    "    lbipam.cilium.io/ips: 192.168.10.43\n",
+                    "  loadBalancerIP: 192.168.10.43\n",
+                ),
+                "192.168.10.43",
+                "spec.loadBalancerIP",
+            ),
+        ];
+        for (text, addr, field) in cases {
+            let service = only_service(&text);
+            let requested = service.requested_vip.expect("a requested VIP");
+            assert_eq!(requested.addr.to_string(), addr, "{text}");
+            assert_eq!(requested.field, field, "{text}");
+        }
+        let warnings = parse_warnings(&with_metadata(
+            "    lbipam.cilium.io/ips: \"2001:db8::1, 192.168.10.42\"\n",
+            "",
+        ));
+        assert_line(
+            &warnings,
+            &[
+                "objects.yaml: Service/web/shop: metadata.annotations[\"lbipam.cilium.io/ips\"]",
+                "IPv6 address 2001:db8::1 ignored",
+            ],
+        );
+    }
+
+    #[test]
+    fn status_keeps_ipv4_ingress_addresses() {
+        let text = format!(
+            "{}status:\n  loadBalancer:\n    ingress:\n      - hostname: lb.example\n\
+             \x20     - ip: 2001:db8::7\n      - ip: 192.168.10.44\n",
+            lb_service("web", "shop", "")
+        );
+        let service = only_service(&text);
+        assert_eq!(
+            service.status_vips,
+            [FieldAddr {
+                addr: Ipv4Addr::new(192, 168, 10, 44),
+                field: "status.loadBalancer.ingress[2].ip".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn invalid_services_name_object_and_field() {
+        let annotated = |value: &str| {
+            lb_service("web", "shop", "").replace(
+                "  namespace: web\n",
+                &format!(
+                    "  namespace: web\n  annotations:\n    lbipam.cilium.io/ips: \"{value}\"\n"
+                ),
+            )
+        };
+        let cases: Vec<(String, &str, &str)> = vec![
+            (
+                lb_service("web", "shop", "    - port: 9\n      protocol: SCTP\n"),
+                "spec.ports[1].protocol",
+                "unsupported protocol \"SCTP\": only TCP and UDP are served",
+            ),
+            (
+                lb_service("web", "shop", "    - port: 70000\n"),
+                "spec.ports[1].port",
+                "port 70000 is outside 1..=65535",
+            ),
+            (
+                lb_service("web", "shop", "    - name: x\n"),
+                "spec.ports[1].port",
+                "0 or missing",
+            ),
+            (
+                lb_service("web", "shop", "    - port: 81\n      targetPort: -1\n"),
+                "spec.ports[1].targetPort",
+                "port -1 is outside 1..=65535",
+            ),
+            (
+                lb_service("web", "shop", "    - port: 81\n      targetPort: \"\"\n"),
+                "spec.ports[1].targetPort",
+                "empty port name",
+            ),
+            (
+                lb_service("web", "shop", "    - port: 80\n      protocol: TCP\n"),
+                "spec.ports[1].port",
+                "80/TCP is already spec.ports[0]",
+            ),
+            (
+                lb_service("web", "shop", "  externalTrafficPolicy: local\n"),
+                "spec.externalTrafficPolicy",
+                "unknown policy \"local\"",
+            ),
+            (
+                lb_service("web", "shop", "  sessionAffinity: Cookie\n"),
+                "spec.sessionAffinity",
+                "unknown affinity \"Cookie\"",
+            ),
+            (
+                lb_service(
+                    "web",
+                    "shop",
+                    "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 0\n",
+                ),
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                "0 is outside 1..=86400",
+            ),
+            (
+                lb_service(
+                    "web",
+                    "shop",
+                    "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 86401\n",
+                ),
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                "86401 is outside 1..=86400",
+            ),
+            (
+                lb_service("web", "shop", "  loadBalancerIP: 192.168.10.300\n"),
+                "spec.loadBalancerIP",
+                "\"192.168.10.300\" is not an IP address",
+            ),
+            (
+                annotated("192.168.10.49,192.168.10.50"),
+                "metadata.annotations[\"lbipam.cilium.io/ips\"]",
+                "requests 2 IPv4 VIPs (192.168.10.49, 192.168.10.50): one VIP per service",
+            ),
+            (
+                annotated("192.168.10.49, banana"),
+                "metadata.annotations[\"lbipam.cilium.io/ips\"]",
+                "\"banana\" is not an IP address",
+            ),
+            (
+                format!(
+                    "{}status:\n  loadBalancer:\n    ingress:\n      - ip: nope\n",
+                    lb_service("web", "shop", "")
+                ),
+                "status.loadBalancer.ingress[0].ip",
+                "\"nope\" is not an IP address",
+            ),
+        ];
+        for (text, field, message) in cases {
+            let errors = parse_errors(&text);
+            assert_eq!(errors.len(), 1, "{errors:#?}");
+            assert_line(
+                &errors,
+                &[
+                    &format!("objects.yaml: Service/web/shop: {field}: "),
+                    message,
+                ],
+            );
+        }
+    }
+
+    #[test]
+    fn two_requested_addresses_across_fields_are_an_error() {
+        let text = lb_service("web", "shop", "  loadBalancerIP: 192.168.10.40\n").replace(
+            "  namespace: web\n",
+            "  namespace: web\n  annotations:\n    lbipam.cilium.io/ips: 192.168.10.41\n",
+        );
+        assert_line(
+            &parse_errors(&text),
+            &[
+                "Service/web/shop: metadata.annotations[\"lbipam.cilium.io/ips\"]: requests 2 IPv4 VIPs",
+            ],
+        );
+    }
 }

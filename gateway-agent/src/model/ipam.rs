@@ -41,19 +41,31 @@ pub(crate) fn allocate<'c>(config: &'c Config, diagnostics: &mut Diagnostics) ->
     let mut claimed = vec![false; config.services.len()];
     let mut claims: BTreeMap<Ipv4Addr, Vec<(usize, &FieldAddr)>> = BTreeMap::new();
 
-    for (i, service) in config.services.iter().enumerate() {
-        claimed[i] = service.requested_vip.is_some();
-        let claim = match &service.requested_vip {
-            Some(requested) => allocator
-                .grant_requested(service, requested, diagnostics)
-                .map(|pool| (requested, pool, true)),
-            None => allocator
-                .kept_from_status(service, diagnostics)
-                .map(|(held, pool)| (held, pool, false)),
-        };
-        let Some((at, pool, requested)) = claim else {
-            continue;
-        };
+    // Passes 1 and 2: requests first, so that a status VIP someone else requests is the one
+    // reported as the conflict.
+    let requests = config
+        .services
+        .iter()
+        .enumerate()
+        .filter_map(|(i, service)| {
+            let requested = service.requested_vip.as_ref()?;
+            claimed[i] = true;
+            let pool = allocator.grant_requested(service, requested, diagnostics)?;
+            Some((i, requested, pool, true))
+        });
+    let requests: Vec<_> = requests.collect();
+    let held: Vec<_> = config
+        .services
+        .iter()
+        .enumerate()
+        .filter(|(_, service)| service.requested_vip.is_none())
+        .filter_map(|(i, service)| {
+            let (held, pool) = allocator.kept_from_status(service, diagnostics)?;
+            Some((i, held, pool, false))
+        })
+        .collect();
+    for (i, at, pool, requested) in requests.into_iter().chain(held) {
+        let service = &config.services[i];
         claimed[i] = true;
         let holders = claims.entry(at.addr).or_default();
         holders.push((i, at));
@@ -252,4 +264,464 @@ fn lowest_free(pool: &IpPool, taken: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
                 .find(|addr| !block.is_reserved(*addr) && !taken.contains(addr))
         })
         .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use crate::config::fixtures::*;
+    use crate::model::{Allocation, cluster_state};
+
+    const POOL_ONLY: &str = "apiVersion: cilium.io/v2alpha1\nkind: CiliumLoadBalancerIPPool\n\
+                             metadata:\n  name: first-pool\nspec:\n  blocks:\n\
+                             \x20   - cidr: \"192.168.10.32/27\"\n  allowFirstLastIPs: \"No\"\n";
+
+    fn documents(docs: &[String]) -> String {
+        docs.join("---\n")
+    }
+
+    fn allocations(text: &str) -> Vec<Allocation> {
+        cluster_state(&parse_ok(text))
+            .unwrap_or_else(|errors| panic!("unexpected errors:\n{errors}"))
+            .allocations
+    }
+
+    /// `namespace/name` -> VIP.
+    fn vips(text: &str) -> BTreeMap<String, String> {
+        allocations(text)
+            .into_iter()
+            .map(|a| {
+                (
+                    format!("{}/{}", a.service.namespace, a.service.name),
+                    a.vip.to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn model_errors(text: &str) -> Vec<String> {
+        match cluster_state(&parse_ok(text)) {
+            Ok(_) => panic!("expected errors, got none"),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn model_warnings(text: &str) -> Vec<String> {
+        cluster_state(&parse_ok(text))
+            .unwrap_or_else(|errors| panic!("unexpected errors:\n{errors}"))
+            .warnings
+    }
+
+    fn with_pool(services: &[ServiceDoc]) -> String {
+        let mut docs = vec![POOL_ONLY.to_owned()];
+        docs.extend(services.iter().map(ServiceDoc::yaml));
+        documents(&docs)
+    }
+
+    #[test]
+    fn the_reference_services_get_their_requested_vips() {
+        let allocations = allocations(REFERENCE);
+        let summary: Vec<(String, String, &str, bool)> = allocations
+            .iter()
+            .map(|a| {
+                (
+                    a.service.name.clone(),
+                    a.vip.to_string(),
+                    a.pool.as_str(),
+                    a.requested,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "cilium-gateway-gateway-external".into(),
+                    "192.168.10.50".into(),
+                    "first-pool",
+                    true
+                ),
+                (
+                    "cilium-gateway-gateway-internal".into(),
+                    "192.168.10.49".into(),
+                    "first-pool",
+                    true
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn dynamic_allocation_takes_the_oldest_service_first_and_skips_reserved_ends() {
+        let text = with_pool(&[
+            service_doc("web", "a").created("2025-01-02T00:00:00Z"),
+            service_doc("web", "b").created("2025-01-01T00:00:00Z"),
+            service_doc("web", "c"),
+            service_doc("api", "z").created("2025-01-02T00:00:00Z"),
+        ]);
+        assert_eq!(
+            vips(&text),
+            BTreeMap::from([
+                // .32 is the reserved first address (allowFirstLastIPs: No).
+                ("web/b".into(), "192.168.10.33".into()),
+                // Same timestamp: namespace, then name.
+                ("api/z".into(), "192.168.10.34".into()),
+                ("web/a".into(), "192.168.10.35".into()),
+                // No timestamp: last.
+                ("web/c".into(), "192.168.10.36".into()),
+            ])
+        );
+        assert!(allocations(&text).iter().all(|a| !a.requested));
+    }
+
+    #[test]
+    fn requested_and_held_vips_come_before_dynamic_ones() {
+        let text = with_pool(&[
+            service_doc("web", "old").created("2020-01-01T00:00:00Z"),
+            service_doc("web", "wants-33").requests("192.168.10.33"),
+            service_doc("web", "holds-34").holds("192.168.10.34"),
+        ]);
+        let vips = vips(&text);
+        assert_eq!(vips["web/wants-33"], "192.168.10.33");
+        assert_eq!(vips["web/holds-34"], "192.168.10.34");
+        assert_eq!(vips["web/old"], "192.168.10.35");
+        let held = allocations(&text)
+            .into_iter()
+            .find(|a| a.service.name == "holds-34")
+            .expect("allocated");
+        assert!(!held.requested);
+    }
+
+    #[test]
+    fn a_status_vip_outside_the_selecting_pools_is_replaced_with_a_warning() {
+        for stale in ["10.9.9.9", "192.168.10.32"] {
+            let text = with_pool(&[service_doc("web", "moved").holds(stale)]);
+            assert_eq!(vips(&text)["web/moved"], "192.168.10.33", "{stale}");
+            assert_line(
+                &model_warnings(&text),
+                &[
+                    "objects.yaml: Service/web/moved: status.loadBalancer.ingress[0].ip:",
+                    &format!("{stale} is not an allocatable address of a pool"),
+                    "a new VIP is allocated",
+                ],
+            );
+        }
+    }
+
+    #[test]
+    fn a_disabled_pool_keeps_what_is_held_and_allocates_nothing_new() {
+        let disabled = edit(POOL_ONLY, "spec:\n", "spec:\n  disabled: true\n");
+        let spare = pool_doc("second-pool", "  blocks:\n    - cidr: 10.0.0.0/24\n");
+        let text = documents(&[
+            disabled,
+            spare,
+            service_doc("web", "held").holds("192.168.10.40").yaml(),
+            service_doc("web", "held-and-requested")
+                .requests("192.168.10.41")
+                .holds("192.168.10.41")
+                .yaml(),
+            service_doc("web", "new").yaml(),
+        ]);
+        let vips = vips(&text);
+        assert_eq!(vips["web/held"], "192.168.10.40");
+        assert_eq!(vips["web/held-and-requested"], "192.168.10.41");
+        assert_eq!(vips["web/new"], "10.0.0.0");
+    }
+
+    #[test]
+    fn the_first_selecting_pool_by_name_is_used_until_exhausted() {
+        let pools = [
+            pool_doc("b-pool", "  blocks:\n    - cidr: 10.0.2.0/24\n"),
+            pool_doc("a-pool", "  blocks:\n    - start: 10.0.1.7\n"),
+            pool_doc(
+                "0-pool",
+                "  blocks:\n    - cidr: 10.0.0.0/24\n  serviceSelector:\n    matchLabels:\n      tier: db\n",
+            ),
+        ];
+        let mut docs = pools.to_vec();
+        docs.push(
+            service_doc("web", "one")
+                .created("2025-01-01T00:00:00Z")
+                .yaml(),
+        );
+        docs.push(
+            service_doc("web", "two")
+                .created("2025-01-02T00:00:00Z")
+                .yaml(),
+        );
+        assert_eq!(
+            vips(&documents(&docs)),
+            BTreeMap::from([
+                ("web/one".into(), "10.0.1.7".into()),
+                ("web/two".into(), "10.0.2.0".into()),
+            ])
+        );
+        let pools: Vec<String> = allocations(&documents(&docs))
+            .into_iter()
+            .map(|a| a.pool)
+            .collect();
+        assert_eq!(pools, ["a-pool", "b-pool"]);
+    }
+
+    #[test]
+    fn the_lowest_free_address_across_blocks() {
+        let pool = pool_doc(
+            "p",
+            "  blocks:\n    - cidr: 10.0.1.0/30\n    - start: 10.0.0.5\n      stop: 10.0.0.6\n",
+        );
+        let text = documents(&[
+            pool,
+            service_doc("web", "a")
+                .created("2025-01-01T00:00:00Z")
+                .yaml(),
+            service_doc("web", "b")
+                .created("2025-01-02T00:00:00Z")
+                .yaml(),
+            service_doc("web", "c")
+                .created("2025-01-03T00:00:00Z")
+                .yaml(),
+        ]);
+        let vips = vips(&text);
+        assert_eq!(
+            [&vips["web/a"], &vips["web/b"], &vips["web/c"]],
+            ["10.0.0.5", "10.0.0.6", "10.0.1.0"]
+        );
+    }
+
+    /// (block, the addresses handed out in order until exhausted) with allowFirstLastIPs: No.
+    #[test]
+    fn allow_first_last_ips_no_edge_cases() {
+        let cases: [(&str, &[&str]); 4] = [
+            ("cidr: 10.0.0.0/30", &["10.0.0.1", "10.0.0.2"]),
+            ("cidr: 10.0.0.0/31", &["10.0.0.0", "10.0.0.1"]),
+            ("cidr: 10.0.0.9/32", &["10.0.0.9"]),
+            (
+                "start: 10.0.0.0\n      stop: 10.0.0.2",
+                &["10.0.0.0", "10.0.0.1", "10.0.0.2"],
+            ),
+        ];
+        for (block, expected) in cases {
+            let pool = pool_doc(
+                "p",
+                &format!("  allowFirstLastIPs: \"No\"\n  blocks:\n    - {block}\n"),
+            );
+            let mut docs = vec![pool];
+            for i in 0..expected.len() {
+                docs.push(
+                    service_doc("web", &format!("s{i}"))
+                        .created(&format!("2025-01-0{}T00:00:00Z", i + 1))
+                        .yaml(),
+                );
+            }
+            let handed_out: Vec<String> = (0..expected.len())
+                .map(|i| vips(&documents(&docs))[&format!("web/s{i}")].clone())
+                .collect();
+            assert_eq!(handed_out, expected, "{block}");
+
+            docs.push(service_doc("web", "one-too-many").yaml());
+            assert_line(
+                &model_errors(&documents(&docs)),
+                &[
+                    "objects.yaml: Service/web/one-too-many: pool exhausted: no free address left in CiliumLoadBalancerIPPool/p",
+                ],
+            );
+        }
+    }
+
+    #[test]
+    fn service_selectors_choose_the_pool() {
+        let pools = [
+            pool_doc(
+                "db-pool",
+                "  blocks:\n    - cidr: 10.0.2.0/24\n  serviceSelector:\n    matchLabels:\n      tier: db\n",
+            ),
+            pool_doc(
+                "gateway-pool",
+                "  blocks:\n    - cidr: 10.0.0.0/24\n  serviceSelector:\n    matchExpressions:\n\
+                 \x20     - key: io.kubernetes.service.namespace\n        operator: In\n        values: [gateway]\n",
+            ),
+            pool_doc(
+                "other-pool",
+                "  blocks:\n    - cidr: 10.0.1.0/24\n  serviceSelector:\n    matchExpressions:\n\
+                 \x20     - key: io.kubernetes.service.namespace\n        operator: NotIn\n        values: [gateway]\n",
+            ),
+        ];
+        let mut docs = pools.to_vec();
+        docs.push(service_doc("gateway", "gw").yaml());
+        docs.push(service_doc("web", "shop").yaml());
+        // Selected by db-pool and other-pool: the first by name.
+        docs.push(service_doc("web", "db").label("tier", "db").yaml());
+        assert_eq!(
+            vips(&documents(&docs)),
+            BTreeMap::from([
+                ("gateway/gw".into(), "10.0.0.0".into()),
+                ("web/db".into(), "10.0.2.0".into()),
+                ("web/shop".into(), "10.0.1.0".into()),
+            ])
+        );
+    }
+
+    #[test]
+    fn allocation_errors_name_object_and_field() {
+        let annotation = "metadata.annotations[\"lbipam.cilium.io/ips\"]";
+        let db_pool = pool_doc(
+            "db-pool",
+            "  blocks:\n    - cidr: 10.0.0.0/24\n  serviceSelector:\n    matchLabels:\n      tier: db\n",
+        );
+        let off_pool = pool_doc(
+            "off-pool",
+            "  disabled: true\n  blocks:\n    - cidr: 10.0.1.0/24\n",
+        );
+        let pool = POOL_ONLY.to_owned();
+        let cases: Vec<(Vec<String>, String)> = vec![
+            (
+                vec![pool.clone(), service_doc("web", "x").requests("10.9.9.9").yaml()],
+                format!(
+                    "Service/web/x: {annotation}: requested VIP 10.9.9.9 is outside every CiliumLoadBalancerIPPool"
+                ),
+            ),
+            (
+                vec![pool.clone(), db_pool.clone(), service_doc("web", "x").requests("10.0.0.7").yaml()],
+                format!(
+                    "Service/web/x: {annotation}: requested VIP 10.0.0.7 is in CiliumLoadBalancerIPPool/db-pool whose serviceSelector does not select this service"
+                ),
+            ),
+            (
+                vec![pool.clone(), off_pool.clone(), service_doc("web", "x").requests("10.0.1.7").yaml()],
+                format!(
+                    "Service/web/x: {annotation}: requested VIP 10.0.1.7 is in CiliumLoadBalancerIPPool/off-pool which is disabled"
+                ),
+            ),
+            (
+                vec![pool.clone(), service_doc("web", "x").requests("192.168.10.63").yaml()],
+                format!(
+                    "Service/web/x: {annotation}: requested VIP 192.168.10.63 is the first or last address of CiliumLoadBalancerIPPool/first-pool spec.blocks[0] (192.168.10.32/27), reserved by allowFirstLastIPs: No"
+                ),
+            ),
+            (
+                vec![
+                    pool.clone(),
+                    service_doc("web", "a").requests("192.168.10.40").yaml(),
+                    service_doc("web", "b").requests("192.168.10.40").yaml(),
+                ],
+                format!(
+                    "Service/web/b: {annotation}: VIP 192.168.10.40 is also claimed by Service/web/a ({annotation}): two services cannot share a VIP"
+                ),
+            ),
+            (
+                vec![
+                    pool.clone(),
+                    service_doc("web", "a").holds("192.168.10.40").yaml(),
+                    service_doc("web", "b").holds("192.168.10.40").yaml(),
+                ],
+                "Service/web/b: status.loadBalancer.ingress[0].ip: VIP 192.168.10.40 is also claimed by Service/web/a (status.loadBalancer.ingress[0].ip)".to_owned(),
+            ),
+            (
+                vec![
+                    pool.clone(),
+                    service_doc("web", "a").holds("192.168.10.40").yaml(),
+                    service_doc("web", "b").requests("192.168.10.40").yaml(),
+                ],
+                format!(
+                    "Service/web/a: status.loadBalancer.ingress[0].ip: VIP 192.168.10.40 is also claimed by Service/web/b ({annotation})"
+                ),
+            ),
+            (
+                vec![db_pool.clone(), off_pool.clone(), service_doc("web", "x").yaml()],
+                "Service/web/x: metadata.labels: no enabled CiliumLoadBalancerIPPool selects this service: it gets no VIP".to_owned(),
+            ),
+        ];
+        for (docs, expected) in cases {
+            let text = documents(&docs);
+            let errors = model_errors(&text);
+            assert_eq!(errors.len(), 1, "{errors:#?}");
+            assert_line(&errors, &[&format!("objects.yaml: {expected}")]);
+        }
+    }
+
+    #[test]
+    fn every_allocation_error_is_reported() {
+        let text = with_pool(&[
+            service_doc("web", "a").requests("10.9.9.9"),
+            service_doc("web", "b").requests("192.168.10.32"),
+            service_doc("web", "c").holds("192.168.10.40"),
+            service_doc("web", "d").holds("192.168.10.40"),
+        ]);
+        assert_eq!(model_errors(&text).len(), 3);
+    }
+
+    /// A mixture of requested, held and dynamically allocated services.
+    fn base() -> Vec<ServiceDoc> {
+        vec![
+            service_doc("web", "requested").requests("192.168.10.45"),
+            service_doc("web", "held").holds("192.168.10.34"),
+            service_doc("web", "dyn-1").created("2025-01-01T00:00:00Z"),
+            service_doc("web", "dyn-2").created("2025-01-02T00:00:00Z"),
+            service_doc("api", "dyn-3").created("2025-01-02T00:00:00Z"),
+            service_doc("api", "held-2").holds("192.168.10.33"),
+        ]
+    }
+
+    #[test]
+    fn adding_a_service_never_moves_another_vip() {
+        let before = vips(&with_pool(&base()));
+        let additions = [
+            service_doc("web", "new"),
+            service_doc("web", "newer").created("2025-06-01T00:00:00Z"),
+            service_doc("aaa", "first-by-name"),
+            service_doc("web", "new-requested").requests("192.168.10.60"),
+            service_doc("web", "new-held").holds("192.168.10.50"),
+        ];
+        for (i, added) in additions.into_iter().enumerate() {
+            let mut services = base();
+            services.push(added);
+            let after = vips(&with_pool(&services));
+            assert_eq!(after.len(), before.len() + 1, "addition #{i}");
+            for (service, vip) in &before {
+                assert_eq!(&after[service], vip, "{service} moved by addition #{i}");
+            }
+        }
+    }
+
+    #[test]
+    fn removing_a_service_never_moves_a_requested_or_held_vip() {
+        let before = vips(&with_pool(&base()));
+        let pinned = ["web/requested", "web/held", "api/held-2"];
+        for removed in 0..base().len() {
+            let mut services = base();
+            services.remove(removed);
+            let after = vips(&with_pool(&services));
+            for service in pinned {
+                if let Some(vip) = after.get(service) {
+                    assert_eq!(
+                        vip, &before[service],
+                        "{service} moved when #{removed} left"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn with_every_vip_in_status_nothing_moves_whatever_is_added() {
+        let held = vips(&with_pool(&base()));
+        let all_held = || -> Vec<ServiceDoc> {
+            held.iter()
+                .map(|(key, vip)| {
+                    let (namespace, name) = key.split_once('/').expect("namespace/name");
+                    service_doc(namespace, name).holds(vip)
+                })
+                .collect()
+        };
+        let services = all_held();
+        let mut grown = all_held();
+        // Older than all of them: it would come first in pass 3, but there is no pass 3 left.
+        grown.push(service_doc("aaa", "ancient").created("1999-01-01T00:00:00Z"));
+        assert_eq!(vips(&with_pool(&services)), held);
+        let after = vips(&with_pool(&grown));
+        for (service, vip) in &held {
+            assert_eq!(&after[service], vip);
+        }
+    }
 }

@@ -270,3 +270,170 @@ fn render(config: &[ConfigWarning], model: &[ConfigWarning]) -> Vec<String> {
     lines.dedup();
     lines
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::fixtures::*;
+
+    const UPLINKS: [&str; 3] = ["lo", "ens18", "cilium_host"];
+
+    fn uplinks() -> Vec<String> {
+        UPLINKS.map(String::from).to_vec()
+    }
+
+    fn state(text: &str, node: &str) -> DesiredState {
+        desired_state(&parse_ok(text), node, &uplinks()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_reference_on_worker_2() {
+        let state = state(REFERENCE, "worker-2");
+        assert_eq!(state.frontends.len(), 4);
+        assert!(state.frontends.iter().all(|f| f.backends
+            == [BackendAddr {
+                addr: Ipv4Addr::new(10, 0, 2, 10),
+                port: if f.port == 80 { 10080 } else { 10443 },
+            }]));
+        let internal = ObjectRef {
+            kind: "Service".into(),
+            namespace: "gateway".into(),
+            name: "cilium-gateway-gateway-internal".into(),
+        };
+        assert_eq!(
+            state.announcements,
+            [Announcement {
+                interface: "ens18".into(),
+                vip: Ipv4Addr::new(192, 168, 10, 49),
+                service: internal.clone(),
+                policy: "l2-policy".into(),
+            }]
+        );
+        assert_eq!(
+            state.allocations[1],
+            Allocation {
+                service: internal,
+                vip: Ipv4Addr::new(192, 168, 10, 49),
+                pool: "first-pool".into(),
+                requested: true,
+                traffic_policy: TrafficPolicy::Local,
+                announcer: Some("worker-2".into()),
+            }
+        );
+        assert_eq!(state.warnings, Vec::<String>::new());
+    }
+
+    #[test]
+    fn cluster_state_matches_every_node_view() {
+        let config = reference();
+        let cluster = cluster_state(&config).unwrap_or_else(|e| panic!("{e}"));
+        for node in ["cp-1", "worker-1", "worker-2"] {
+            let state = desired_state(&config, node, &uplinks()).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(state.allocations, cluster.allocations, "{node}");
+        }
+    }
+
+    #[test]
+    fn cluster_services_are_allocated_but_not_programmed() {
+        let text = edit(
+            REFERENCE,
+            "  externalTrafficPolicy: Local\n  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n\
+             \x20   clientIP:\n      timeoutSeconds: 10800\n  selector:\n    io.cilium.gateway/owning-gateway: gateway-external",
+            "  externalTrafficPolicy: Cluster\n  selector:\n    io.cilium.gateway/owning-gateway: gateway-external",
+        );
+        let state = state(&text, "worker-1");
+        let external = &state.allocations[0];
+        assert_eq!(external.service.name, "cilium-gateway-gateway-external");
+        assert_eq!(external.traffic_policy, TrafficPolicy::Cluster);
+        assert_eq!(external.vip, Ipv4Addr::new(192, 168, 10, 50));
+        assert_eq!(external.announcer, None);
+        assert!(state.frontends.iter().all(|f| f.vip != external.vip));
+        assert!(state.announcements.iter().all(|a| a.vip != external.vip));
+        assert_eq!(
+            state.warnings,
+            [
+                "objects.yaml: Service/gateway/cilium-gateway-gateway-external: spec.externalTrafficPolicy: \
+                 Cluster is not supported yet, the service is not programmed: Cluster SNATs and loses the \
+                 client source IP; use Local"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_node_missing_from_the_file_announces_nothing() {
+        let state = state(REFERENCE, "worker-9");
+        assert!(state.announcements.is_empty());
+        assert_eq!(state.frontends.len(), 4);
+        assert!(state.frontends.iter().all(|f| f.backends.is_empty()));
+        assert_line(
+            &state.warnings,
+            &[
+                "objects.yaml: Node/worker-9: this node is not among the Node objects of the file: it announces nothing",
+            ],
+        );
+    }
+
+    #[test]
+    fn config_warnings_are_carried() {
+        let text = reference_with(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: x\n  namespace: y\n",
+        );
+        assert_line(
+            &state(&text, "worker-1").warnings,
+            &["skipped Deployment/y/x"],
+        );
+        assert_line(
+            &cluster_state(&parse_ok(&text))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .warnings,
+            &["skipped Deployment/y/x"],
+        );
+    }
+
+    /// A small deterministic generator: the test must fail the same way every run.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn document_order_does_not_matter() {
+        // The reference plus services allocated in every pass, and a skipped kind.
+        let extra = [
+            service_doc("web", "dyn-a").local().created("2025-01-02T00:00:00Z").yaml(),
+            service_doc("web", "dyn-b").local().created("2025-01-01T00:00:00Z").yaml(),
+            service_doc("web", "dyn-c").local().yaml(),
+            service_doc("api", "held").local().holds("192.168.10.40").yaml(),
+            service_doc("api", "cluster").yaml(),
+            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: cilium-envoy\n  namespace: kube-system\n"
+                .to_owned(),
+        ];
+        let mut documents: Vec<String> = REFERENCE
+            .split("\n---\n")
+            .map(|doc| format!("{}\n", doc.trim_end()))
+            .collect();
+        documents.extend(extra);
+        let expected: Vec<DesiredState> = ["cp-1", "worker-1", "worker-2"]
+            .iter()
+            .map(|node| state(&documents.join("---\n"), node))
+            .collect();
+        assert_eq!(expected[0].allocations.len(), 7);
+
+        let mut random = XorShift(0x5eed_1234_abcd_ef01);
+        for round in 0..25 {
+            for i in (1..documents.len()).rev() {
+                documents.swap(i, random.below(i + 1));
+            }
+            let text = documents.join("---\n");
+            for (node, expected) in ["cp-1", "worker-1", "worker-2"].iter().zip(&expected) {
+                assert_eq!(&state(&text, node), expected, "round {round}, {node}");
+            }
+        }
+    }
+}

@@ -43,3 +43,124 @@ pub(crate) fn service_labels(service: &Service) -> BTreeMap<String, String> {
     );
     labels
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::config::fixtures::reference;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn requirement(key: &str, operator: Operator) -> Selector {
+        Selector {
+            requirements: vec![Requirement {
+                key: key.into(),
+                operator,
+            }],
+        }
+    }
+
+    fn values(values: &[&str]) -> BTreeSet<String> {
+        values.iter().map(|v| v.to_string()).collect()
+    }
+
+    #[test]
+    fn operators() {
+        let edge = labels(&[("tier", "edge")]);
+        let core = labels(&[("tier", "core")]);
+        let none = labels(&[("other", "x")]);
+        // (selector, matches edge, matches core, matches a service without the label)
+        let cases = [
+            (
+                requirement("tier", Operator::In(values(&["edge"]))),
+                true,
+                false,
+                false,
+            ),
+            (
+                requirement("tier", Operator::In(values(&["edge", "core"]))),
+                true,
+                true,
+                false,
+            ),
+            (
+                requirement("tier", Operator::NotIn(values(&["edge"]))),
+                false,
+                true,
+                true,
+            ),
+            (requirement("tier", Operator::Exists), true, true, false),
+            (
+                requirement("tier", Operator::DoesNotExist),
+                false,
+                false,
+                true,
+            ),
+            (Selector::default(), true, true, true),
+        ];
+        for (selector, on_edge, on_core, on_none) in cases {
+            assert_eq!(selector.matches(&edge), on_edge, "{selector:?} edge");
+            assert_eq!(selector.matches(&core), on_core, "{selector:?} core");
+            assert_eq!(selector.matches(&none), on_none, "{selector:?} none");
+        }
+    }
+
+    #[test]
+    fn every_requirement_must_hold() {
+        let selector = Selector {
+            requirements: vec![
+                Requirement {
+                    key: "tier".into(),
+                    operator: Operator::In(values(&["edge"])),
+                },
+                Requirement {
+                    key: "spot".into(),
+                    operator: Operator::DoesNotExist,
+                },
+            ],
+        };
+        assert!(selector.matches(&labels(&[("tier", "edge")])));
+        assert!(!selector.matches(&labels(&[("tier", "edge"), ("spot", "")])));
+        assert!(!selector.matches(&labels(&[("spot", "")])));
+    }
+
+    #[test]
+    fn an_empty_label_value_exists() {
+        let control_plane = labels(&[("node-role.kubernetes.io/control-plane", "")]);
+        let not_control_plane = requirement(
+            "node-role.kubernetes.io/control-plane",
+            Operator::DoesNotExist,
+        );
+        assert!(!not_control_plane.matches(&control_plane));
+        assert!(not_control_plane.matches(&labels(&[])));
+    }
+
+    #[test]
+    fn services_carry_namespace_and_name_pseudo_labels() {
+        let config = reference();
+        let labels = service_labels(&config.services[1]);
+        assert_eq!(
+            labels
+                .get(SERVICE_NAMESPACE_PSEUDO_LABEL)
+                .map(String::as_str),
+            Some("gateway")
+        );
+        assert_eq!(
+            labels.get(SERVICE_NAME_PSEUDO_LABEL).map(String::as_str),
+            Some("cilium-gateway-gateway-internal")
+        );
+        assert_eq!(
+            labels
+                .get("io.cilium.gateway/owning-gateway")
+                .map(String::as_str),
+            Some("gateway-internal")
+        );
+    }
+}
