@@ -177,23 +177,23 @@ impl Objects {
             name: name.to_owned(),
         });
 
+        // Named by the object when it has a name: the line would change with document order.
+        let mut skip = |field: &str, why: String| match &object {
+            Some(object) => diagnostics.warn(Some(object), field, format!("skipped: {why}")),
+            None => diagnostics.warn(None, field, format!("skipped {origin}: {why}")),
+        };
         let Some(&(known, _, versions)) = known else {
-            let what = object
-                .as_ref()
-                .map_or(origin.to_owned(), ToString::to_string);
-            diagnostics.warn(
-                None,
+            skip(
                 "",
-                format!("skipped {what} ({api_version}): kind {kind} is not used by gateway"),
+                format!("kind {kind} ({api_version}) is not used by gateway"),
             );
             return;
         };
         if !versions.contains(&api_version) {
-            diagnostics.warn(
-                object.as_ref(),
+            skip(
                 "apiVersion",
                 format!(
-                    "skipped {origin}: {kind} {api_version} is not understood (expected {})",
+                    "{api_version} {kind} is not understood (expected {})",
                     versions.join(" or ")
                 ),
             );
@@ -330,7 +330,9 @@ mod tests {
         assert_eq!(nodes, ["a", "b"]);
         assert_line(
             &parse_warnings(text),
-            &[FILE, "skipped Deployment/x/d (apps/v1)", "not used"],
+            &[
+                "objects.yaml: Deployment/x/d: skipped: kind Deployment (apps/v1) is not used by gateway",
+            ],
         );
     }
 
@@ -350,18 +352,18 @@ mod tests {
              ---\napiVersion: example.com/v1\nkind: Thing\n",
         );
         let warnings = parse_warnings(&text);
-        assert_line(
-            &warnings,
-            &[FILE, "skipped DaemonSet/kube-system/cilium-envoy (apps/v1)"],
+        // Sorted: findings without an object first.
+        assert_eq!(
+            warnings,
+            [
+                "objects.yaml: skipped the document at line 213: kind Thing (example.com/v1) is not \
+                 used by gateway",
+                "objects.yaml: CiliumL2AnnouncementPolicy/old: apiVersion: skipped: cilium.io/v1 \
+                 CiliumL2AnnouncementPolicy is not understood (expected cilium.io/v2alpha1)",
+                "objects.yaml: DaemonSet/kube-system/cilium-envoy: skipped: kind DaemonSet (apps/v1) \
+                 is not used by gateway",
+            ]
         );
-        assert_line(
-            &warnings,
-            &[
-                "CiliumL2AnnouncementPolicy/old: apiVersion:",
-                "cilium.io/v1 is not understood (expected cilium.io/v2alpha1)",
-            ],
-        );
-        assert_line(&warnings, &["skipped the document at line", "kind Thing"]);
         assert_eq!(parse_ok(&text).l2_policies.len(), 1);
     }
 

@@ -32,79 +32,84 @@ pub(crate) struct Grant<'c> {
     pub requested: bool,
 }
 
+/// A service's claim on a VIP in pass 1 or 2.
+struct Claim<'c> {
+    /// Index into `Config::services`.
+    service: usize,
+    at: &'c FieldAddr,
+    pool: &'c IpPool,
+    requested: bool,
+}
+
 /// The VIP of every service that gets one, in service (namespace, name) order. Services
 /// that get none have an error recorded in `diagnostics`.
 pub(crate) fn allocate<'c>(config: &'c Config, diagnostics: &mut Diagnostics) -> Vec<Grant<'c>> {
     let allocator = Allocator { config };
-    let mut grants: Vec<Option<Grant<'c>>> = config.services.iter().map(|_| None).collect();
-    // Services that requested or hold a VIP, granted or not: pass 3 is not for them.
-    let mut claimed = vec![false; config.services.len()];
-    let mut claims: BTreeMap<Ipv4Addr, Vec<(usize, &FieldAddr)>> = BTreeMap::new();
+    let services = &config.services;
 
-    // Passes 1 and 2: requests first, so that a status VIP someone else requests is the one
-    // reported as the conflict.
-    let requests = config
-        .services
-        .iter()
-        .enumerate()
-        .filter_map(|(i, service)| {
-            let requested = service.requested_vip.as_ref()?;
-            claimed[i] = true;
-            let pool = allocator.grant_requested(service, requested, diagnostics)?;
-            Some((i, requested, pool, true))
-        });
-    let requests: Vec<_> = requests.collect();
-    let held: Vec<_> = config
-        .services
-        .iter()
-        .enumerate()
-        .filter(|(_, service)| service.requested_vip.is_none())
-        .filter_map(|(i, service)| {
-            let (held, pool) = allocator.kept_from_status(service, diagnostics)?;
-            Some((i, held, pool, false))
-        })
-        .collect();
-    for (i, at, pool, requested) in requests.into_iter().chain(held) {
-        let service = &config.services[i];
-        claimed[i] = true;
-        let holders = claims.entry(at.addr).or_default();
-        holders.push((i, at));
-        if let [(first, first_at), ..] = holders.as_slice()
-            && *first != i
+    // Passes 1 and 2, requests first: when one service requests the VIP another holds in
+    // its status, the holder is the one reported.
+    let mut claims = Vec::new();
+    for (i, service) in services.iter().enumerate() {
+        if let Some(requested) = &service.requested_vip
+            && let Some(pool) = allocator.grant_requested(service, requested, diagnostics)
         {
+            claims.push(Claim {
+                service: i,
+                at: requested,
+                pool,
+                requested: true,
+            });
+        }
+    }
+    for (i, service) in services.iter().enumerate() {
+        if service.requested_vip.is_none()
+            && let Some((held, pool)) = allocator.kept_from_status(service, diagnostics)
+        {
+            claims.push(Claim {
+                service: i,
+                at: held,
+                pool,
+                requested: false,
+            });
+        }
+    }
+
+    let mut grants: Vec<Option<Grant<'c>>> = services.iter().map(|_| None).collect();
+    let mut holders: BTreeMap<Ipv4Addr, &Claim<'c>> = BTreeMap::new();
+    for claim in &claims {
+        let service = &services[claim.service];
+        if let Some(first) = holders.get(&claim.at.addr) {
             diagnostics.error(
                 Some(&service.object),
-                at.field.clone(),
+                claim.at.field.clone(),
                 format!(
                     "VIP {} is also claimed by {} ({}): two services cannot share a VIP \
                      (lbipam.cilium.io/sharing-key is not supported)",
-                    at.addr, config.services[*first].object, first_at.field
+                    claim.at.addr, services[first.service].object, first.at.field
                 ),
             );
             continue;
         }
-        grants[i] = Some(Grant {
+        holders.insert(claim.at.addr, claim);
+        grants[claim.service] = Some(Grant {
             service,
-            vip: at.addr,
-            pool,
-            requested,
+            vip: claim.at.addr,
+            pool: claim.pool,
+            requested: claim.requested,
         });
     }
 
-    let mut taken: BTreeSet<Ipv4Addr> = claims.into_keys().collect();
-    let mut waiting: Vec<(usize, &Service)> = config
-        .services
+    // Pass 3, for the services that neither request a VIP nor keep one.
+    let claimed: BTreeSet<usize> = claims.iter().map(|claim| claim.service).collect();
+    let mut waiting: Vec<(usize, &Service)> = services
         .iter()
         .enumerate()
-        .filter(|(i, _)| !claimed[*i])
+        .filter(|(i, service)| service.requested_vip.is_none() && !claimed.contains(i))
         .collect();
-    waiting.sort_by(|(_, a), (_, b)| {
-        (a.created.is_none(), a.created, &a.object).cmp(&(
-            b.created.is_none(),
-            b.created,
-            &b.object,
-        ))
-    });
+    waiting
+        .sort_by_key(|&(_, service)| (service.created.is_none(), service.created, &service.object));
+    let mut taken: BTreeSet<Ipv4Addr> = holders.into_keys().collect();
     for (i, service) in waiting {
         if let Some((vip, pool)) = allocator.allocate_free(service, &taken, diagnostics) {
             taken.insert(vip);
@@ -649,6 +654,44 @@ mod tests {
             service_doc("web", "d").holds("192.168.10.40"),
         ]);
         assert_eq!(model_errors(&text).len(), 3);
+    }
+
+    #[test]
+    fn every_later_claimant_of_a_vip_is_reported_against_the_first() {
+        let text = with_pool(&[
+            service_doc("web", "a").requests("192.168.10.40"),
+            service_doc("web", "b").requests("192.168.10.40"),
+            service_doc("web", "c").holds("192.168.10.40"),
+        ]);
+        let errors = model_errors(&text);
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert_line(
+            &errors,
+            &["Service/web/b: ", "also claimed by Service/web/a"],
+        );
+        assert_line(
+            &errors,
+            &["Service/web/c: ", "also claimed by Service/web/a"],
+        );
+    }
+
+    #[test]
+    fn a_refused_request_gets_no_other_vip() {
+        // One address left after `held`; the refused service must not take it (or fail to).
+        let tiny = pool_doc("tiny", "  blocks:\n    - cidr: 10.0.0.0/31\n");
+        let text = documents(&[
+            tiny,
+            service_doc("web", "held").holds("10.0.0.0").yaml(),
+            service_doc("web", "refused").requests("10.9.9.9").yaml(),
+            service_doc("web", "new").yaml(),
+        ]);
+        assert_eq!(
+            model_errors(&text),
+            [
+                "objects.yaml: Service/web/refused: metadata.annotations[\"lbipam.cilium.io/ips\"]: \
+              requested VIP 10.9.9.9 is outside every CiliumLoadBalancerIPPool"
+            ]
+        );
     }
 
     /// A mixture of requested, held and dynamically allocated services.

@@ -5,7 +5,9 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use crate::config::{Config, ConfigErrors, ConfigWarning, Diagnostics, L2Policy, ObjectRef};
+use crate::config::{
+    Config, ConfigErrors, ConfigWarning, Diagnostics, L2Policy, Node, ObjectRef, Service,
+};
 
 mod announce;
 mod election;
@@ -136,10 +138,7 @@ pub fn desired_state(
     let mut diagnostics = Diagnostics::new(&config.source);
     if !config.nodes.iter().any(|node| node.name == node_name) {
         diagnostics.warn(
-            Some(&ObjectRef::cluster_scoped(
-                crate::config::Node::KIND,
-                node_name,
-            )),
+            Some(&ObjectRef::cluster_scoped(Node::KIND, node_name)),
             "",
             "this node is not among the Node objects of the file: it announces nothing",
         );
@@ -185,12 +184,13 @@ pub fn desired_state(
 
 /// One allocated service with what the node-specific part needs.
 struct Entry<'c> {
-    service: &'c crate::config::Service,
+    service: &'c Service,
     allocation: Allocation,
-    /// The L2 policy announcing the VIP (Local services only).
+    /// The L2 policy announcing the VIP, if one selects the service.
     policy: Option<&'c L2Policy>,
 }
 
+/// What every node computes alike: allocations, policies, announcers.
 struct Cluster<'c> {
     entries: Vec<Entry<'c>>,
     warnings: Vec<ConfigWarning>,
@@ -199,37 +199,15 @@ struct Cluster<'c> {
 impl<'c> Cluster<'c> {
     fn compute(config: &'c Config) -> Result<Self, ConfigErrors> {
         let mut diagnostics = Diagnostics::new(&config.source);
-        let grants = ipam::allocate(config, &mut diagnostics);
         let mut entries = Vec::new();
-        for grant in grants {
+        for grant in ipam::allocate(config, &mut diagnostics) {
             let service = grant.service;
-            // Checked for every service: two policies selecting one is wrong whatever its
-            // traffic policy.
+            // Checked for Cluster services too: two policies selecting one is wrong whatever
+            // its traffic policy.
             let policy = announce::policy_for(config, service, &mut diagnostics);
-            let (policy, announcer) = match service.traffic_policy {
+            let announcer = match service.traffic_policy {
                 TrafficPolicy::Local => {
-                    let announcer = match policy {
-                        Some(policy) => election::announcer(
-                            config,
-                            service,
-                            grant.vip,
-                            policy,
-                            &mut diagnostics,
-                        ),
-                        None => {
-                            diagnostics.warn(
-                                Some(&service.object),
-                                "",
-                                format!(
-                                    "no CiliumL2AnnouncementPolicy with loadBalancerIPs: true \
-                                     selects this service: VIP {} is not announced",
-                                    grant.vip
-                                ),
-                            );
-                            None
-                        }
-                    };
-                    (policy, announcer)
+                    announcer(config, service, grant.vip, policy, &mut diagnostics)
                 }
                 TrafficPolicy::Cluster => {
                     diagnostics.warn(
@@ -238,7 +216,7 @@ impl<'c> Cluster<'c> {
                         "Cluster is not supported yet, the service is not programmed: Cluster \
                          SNATs and loses the client source IP; use Local",
                     );
-                    (None, None)
+                    None
                 }
             };
             entries.push(Entry {
@@ -257,6 +235,29 @@ impl<'c> Cluster<'c> {
         let warnings = diagnostics.into_result()?;
         Ok(Self { entries, warnings })
     }
+}
+
+/// The node that announces a Local service's VIP; `None`, with a warning, when no policy
+/// selects the service or no node is eligible.
+fn announcer<'c>(
+    config: &'c Config,
+    service: &Service,
+    vip: Ipv4Addr,
+    policy: Option<&L2Policy>,
+    diagnostics: &mut Diagnostics,
+) -> Option<&'c Node> {
+    let Some(policy) = policy else {
+        diagnostics.warn(
+            Some(&service.object),
+            "",
+            format!(
+                "no CiliumL2AnnouncementPolicy with loadBalancerIPs: true selects this service: \
+                 VIP {vip} is not announced"
+            ),
+        );
+        return None;
+    };
+    election::announcer(config, service, vip, policy, diagnostics)
 }
 
 /// The file's and the model's warnings as sorted lines.
@@ -380,13 +381,13 @@ mod tests {
         );
         assert_line(
             &state(&text, "worker-1").warnings,
-            &["skipped Deployment/y/x"],
+            &["Deployment/y/x: skipped"],
         );
         assert_line(
             &cluster_state(&parse_ok(&text))
                 .unwrap_or_else(|e| panic!("{e}"))
                 .warnings,
-            &["skipped Deployment/y/x"],
+            &["Deployment/y/x: skipped"],
         );
     }
 
