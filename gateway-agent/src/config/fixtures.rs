@@ -1,0 +1,156 @@
+//! Test fixtures: the reference's objects, and helpers to write variations of them.
+
+use super::{Config, parse};
+
+/// The reference's pool, L2 policy, two gateway services, three nodes and envoy slices.
+pub(crate) const REFERENCE: &str = include_str!("../../testdata/reference.yaml");
+
+/// The file name findings are reported against in tests.
+pub(crate) const FILE: &str = "objects.yaml";
+
+pub(crate) fn parse_ok(text: &str) -> Config {
+    parse(FILE, text).unwrap_or_else(|errors| panic!("unexpected errors:\n{errors}"))
+}
+
+/// The errors of `text`, one line each.
+pub(crate) fn parse_errors(text: &str) -> Vec<String> {
+    match parse(FILE, text) {
+        Ok(_) => panic!("expected errors, got none"),
+        Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// The warnings of `text`, one line each.
+pub(crate) fn parse_warnings(text: &str) -> Vec<String> {
+    parse_ok(text)
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+pub(crate) fn reference() -> Config {
+    parse_ok(REFERENCE)
+}
+
+/// The reference with more documents appended.
+pub(crate) fn reference_with(extra: &str) -> String {
+    format!("{REFERENCE}\n---\n{extra}")
+}
+
+/// `text` with the first `from` replaced; fails if `from` is not there, so a fixture edit
+/// cannot silently stop applying.
+pub(crate) fn edit(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "fixture has no {from:?}");
+    text.replacen(from, to, 1)
+}
+
+/// A LoadBalancer service with one TCP port 80, plus `extra` lines under `spec:`
+/// (indented by 2).
+pub(crate) fn lb_service(namespace: &str, name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
+         spec:\n  type: LoadBalancer\n  ports:\n    - port: 80\n{extra}"
+    )
+}
+
+/// A `CiliumLoadBalancerIPPool` with the given `spec:` lines (indented by 2).
+pub(crate) fn pool_doc(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v2alpha1\nkind: CiliumLoadBalancerIPPool\nmetadata:\n  name: {name}\n\
+         spec:\n{spec}"
+    )
+}
+
+/// A LoadBalancer service with TCP ports 80 and 443, built up for IPAM and election tests.
+pub(crate) struct ServiceDoc {
+    namespace: String,
+    name: String,
+    metadata: Vec<String>,
+    labels: Vec<String>,
+    spec: Vec<String>,
+    status_ip: Option<String>,
+}
+
+pub(crate) fn service_doc(namespace: &str, name: &str) -> ServiceDoc {
+    ServiceDoc {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        metadata: Vec::new(),
+        labels: Vec::new(),
+        spec: Vec::new(),
+        status_ip: None,
+    }
+}
+
+impl ServiceDoc {
+    pub(crate) fn created(mut self, timestamp: &str) -> Self {
+        self.metadata
+            .push(format!("  creationTimestamp: \"{timestamp}\""));
+        self
+    }
+
+    /// Requests `ip` through the LB-IPAM annotation.
+    pub(crate) fn requests(mut self, ip: &str) -> Self {
+        self.metadata.push(format!(
+            "  annotations:\n    lbipam.cilium.io/ips: \"{ip}\""
+        ));
+        self
+    }
+
+    /// Carries `ip` in its status, as a previous allocation.
+    pub(crate) fn holds(mut self, ip: &str) -> Self {
+        self.status_ip = Some(ip.to_owned());
+        self
+    }
+
+    pub(crate) fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.push(format!("    {key}: \"{value}\""));
+        self
+    }
+
+    pub(crate) fn local(mut self) -> Self {
+        self.spec.push("  externalTrafficPolicy: Local".to_owned());
+        self
+    }
+
+    pub(crate) fn yaml(&self) -> String {
+        let mut lines = vec![
+            "apiVersion: v1".to_owned(),
+            "kind: Service".to_owned(),
+            "metadata:".to_owned(),
+            format!("  name: {}", self.name),
+            format!("  namespace: {}", self.namespace),
+        ];
+        lines.extend(self.metadata.iter().cloned());
+        if !self.labels.is_empty() {
+            lines.push("  labels:".to_owned());
+            lines.extend(self.labels.iter().cloned());
+        }
+        lines.push("spec:".to_owned());
+        lines.push("  type: LoadBalancer".to_owned());
+        lines.extend(self.spec.iter().cloned());
+        lines.push(
+            "  ports:\n    - name: http\n      port: 80\n    - name: https\n      port: 443"
+                .to_owned(),
+        );
+        if let Some(ip) = &self.status_ip {
+            lines.push(format!(
+                "status:\n  loadBalancer:\n    ingress:\n      - ip: {ip}"
+            ));
+        }
+        lines.join("\n") + "\n"
+    }
+}
+
+/// Asserts that one of `lines` contains every one of `parts`.
+#[track_caller]
+pub(crate) fn assert_line(lines: &[String], parts: &[&str]) {
+    assert!(
+        lines
+            .iter()
+            .any(|line| parts.iter().all(|part| line.contains(part))),
+        "no line contains all of {parts:?} in:\n{}",
+        lines.join("\n")
+    );
+}

@@ -1,0 +1,503 @@
+//! Reading one multi-document YAML file (a `kubectl get -o yaml` export or hand-written
+//! manifests) into validated objects.
+//!
+//! Two steps: the YAML is read into untyped documents (a syntax error stops here, naming the
+//! line), then each document is dispatched on `apiVersion`/`kind` and deserialized into its
+//! typed shape, so a type error names the field path and the other documents still get
+//! checked.
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use serde_saphyr::Spanned;
+
+use super::cilium::{CiliumL2AnnouncementPolicy, CiliumLoadBalancerIpPool};
+use super::endpoints::{EndpointSlice, endpoint_slice};
+use super::error::{ConfigError, ConfigErrors, Diagnostics, ObjectDiagnostics};
+use super::l2policy::{L2Policy, l2_policy};
+use super::node::{Node, node};
+use super::pool::{IpPool, pool};
+use super::service::{Service, is_load_balancer, service};
+use super::{Config, ObjectRef, validate};
+
+/// The kinds read.
+#[derive(Clone, Copy)]
+enum Kind {
+    Service,
+    EndpointSlice,
+    Node,
+    IpPool,
+    L2Policy,
+}
+
+/// Each kind's name and the API versions of it that are understood.
+const KINDS: [(Kind, &str, &[&str]); 5] = [
+    (Kind::Service, Service::KIND, &["v1"]),
+    (
+        Kind::EndpointSlice,
+        EndpointSlice::KIND,
+        &["discovery.k8s.io/v1"],
+    ),
+    (Kind::Node, Node::KIND, &["v1"]),
+    (
+        Kind::IpPool,
+        IpPool::KIND,
+        &["cilium.io/v2alpha1", "cilium.io/v2"],
+    ),
+    (Kind::L2Policy, L2Policy::KIND, &["cilium.io/v2alpha1"]),
+];
+
+/// What `kubectl get -o yaml` prints for more than one object.
+const LIST: (&str, &str) = ("v1", "List");
+
+pub(super) fn parse(source: &str, text: &str) -> Result<Config, ConfigErrors> {
+    let documents = read_documents(text).map_err(|message| {
+        ConfigErrors(vec![ConfigError {
+            file: source.to_owned(),
+            object: None,
+            field: String::new(),
+            message,
+        }])
+    })?;
+
+    let mut diagnostics = Diagnostics::new(source);
+    let mut objects = Objects::default();
+    for document in documents {
+        let origin = format!("the document at line {}", document.referenced.line());
+        objects.collect(document.value, &origin, &mut diagnostics);
+    }
+
+    let Objects {
+        mut services,
+        mut endpoint_slices,
+        mut nodes,
+        mut pools,
+        mut l2_policies,
+        seen,
+    } = objects;
+    // Sorted so that nothing downstream depends on the order of the documents.
+    services.sort_by(|a, b| a.object.cmp(&b.object));
+    endpoint_slices.sort_by(|a, b| a.object.cmp(&b.object));
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    l2_policies.sort_by(|a, b| a.name.cmp(&b.name));
+
+    validate::duplicates(&seen, &mut diagnostics);
+    validate::overlapping_pools(&pools, &mut diagnostics);
+
+    let warnings = diagnostics.into_result()?;
+    Ok(Config {
+        source: source.to_owned(),
+        services,
+        endpoint_slices,
+        nodes,
+        pools,
+        l2_policies,
+        warnings,
+    })
+}
+
+/// The non-empty documents, each with where it starts. YAML 1.2 booleans only, so that an
+/// unquoted `allowFirstLastIPs: No` stays the string Cilium expects rather than `false`.
+fn read_documents(text: &str) -> Result<Vec<Spanned<Value>>, String> {
+    let options = serde_saphyr::options! {
+        strict_booleans: true,
+        with_snippet: false,
+    };
+    serde_saphyr::from_multiple_with_options(text, options).map_err(|error| {
+        let message = error.to_string();
+        match error.location() {
+            Some(at) if !message.contains("line") => format!(
+                "YAML error at line {}, column {}: {message}",
+                at.line(),
+                at.column()
+            ),
+            _ => format!("YAML error: {message}"),
+        }
+    })
+}
+
+#[derive(Default)]
+struct Objects {
+    services: Vec<Service>,
+    endpoint_slices: Vec<EndpointSlice>,
+    nodes: Vec<Node>,
+    pools: Vec<IpPool>,
+    l2_policies: Vec<L2Policy>,
+    /// Every object of a read kind (also Services of other types), with where it was
+    /// written, to find duplicates.
+    seen: Vec<(ObjectRef, String)>,
+}
+
+impl Objects {
+    /// Reads one document (or one item of a `List`); `origin` says where it is written.
+    fn collect(&mut self, document: Value, origin: &str, diagnostics: &mut Diagnostics) {
+        let Value::Object(map) = &document else {
+            diagnostics.error(None, "", format!("{origin} is not a mapping"));
+            return;
+        };
+        let text = |key: &str| map.get(key).and_then(Value::as_str).unwrap_or_default();
+        let (api_version, kind) = (text("apiVersion"), text("kind"));
+        if api_version.is_empty() || kind.is_empty() {
+            diagnostics.error(
+                None,
+                if api_version.is_empty() {
+                    "apiVersion"
+                } else {
+                    "kind"
+                },
+                format!("{origin} has no apiVersion or no kind"),
+            );
+            return;
+        }
+        if (api_version, kind) == LIST {
+            self.collect_list(&document, origin, diagnostics);
+            return;
+        }
+
+        let metadata = |key: &str| {
+            map.get("metadata")
+                .and_then(|m| m.get(key))
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        };
+        let known = KINDS.iter().find(|(_, name, _)| *name == kind);
+        let namespace = match known {
+            // What `kubectl apply` does with a namespaced object that names none.
+            Some((Kind::Service | Kind::EndpointSlice, _, _)) => {
+                metadata("namespace").unwrap_or("default")
+            }
+            Some(_) => "",
+            None => metadata("namespace").unwrap_or_default(),
+        };
+        let object = metadata("name").map(|name| ObjectRef {
+            kind: kind.to_owned(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        });
+
+        // Named by the object when it has a name: the line would change with document order.
+        let mut skip = |field: &str, why: String| match &object {
+            Some(object) => diagnostics.warn(Some(object), field, format!("skipped: {why}")),
+            None => diagnostics.warn(None, field, format!("skipped {origin}: {why}")),
+        };
+        let Some(&(known, _, versions)) = known else {
+            skip(
+                "",
+                format!("kind {kind} ({api_version}) is not used by gateway"),
+            );
+            return;
+        };
+        if !versions.contains(&api_version) {
+            skip(
+                "apiVersion",
+                format!(
+                    "{api_version} {kind} is not understood (expected {})",
+                    versions.join(" or ")
+                ),
+            );
+            return;
+        }
+        let Some(object) = object else {
+            diagnostics.error(
+                None,
+                "metadata.name",
+                format!("the {kind} in {origin} has no name"),
+            );
+            return;
+        };
+        self.seen.push((object.clone(), origin.to_owned()));
+
+        let mut findings = diagnostics.object(&object);
+        match known {
+            Kind::Service => {
+                let raw: Option<core::Service> = typed(document, &mut findings);
+                if let Some(raw) = raw.filter(is_load_balancer) {
+                    self.services
+                        .extend(service(&raw, object.clone(), &mut findings));
+                }
+            }
+            Kind::EndpointSlice => {
+                if let Some(raw) = typed::<discovery::EndpointSlice>(document, &mut findings) {
+                    self.endpoint_slices.extend(endpoint_slice(
+                        &raw,
+                        object.clone(),
+                        &mut findings,
+                    ));
+                }
+            }
+            Kind::Node => {
+                if let Some(raw) = typed::<core::Node>(document, &mut findings) {
+                    self.nodes.push(node(&raw, object.name.clone()));
+                }
+            }
+            Kind::IpPool => {
+                if let Some(raw) = typed::<CiliumLoadBalancerIpPool>(document, &mut findings) {
+                    self.pools
+                        .extend(pool(&raw, object.name.clone(), &mut findings));
+                }
+            }
+            Kind::L2Policy => {
+                if let Some(raw) = typed::<CiliumL2AnnouncementPolicy>(document, &mut findings) {
+                    self.l2_policies
+                        .extend(l2_policy(&raw, object.name.clone(), &mut findings));
+                }
+            }
+        }
+    }
+
+    fn collect_list(&mut self, list: &Value, origin: &str, diagnostics: &mut Diagnostics) {
+        match list.get("items") {
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    let origin = format!("items[{i}] of {origin}");
+                    self.collect(item.clone(), &origin, diagnostics);
+                }
+            }
+            None | Some(Value::Null) => {}
+            Some(_) => diagnostics.error(
+                None,
+                "items",
+                format!("the List in {origin} has no list of items"),
+            ),
+        }
+    }
+}
+
+/// Deserializes `document` into its typed shape, naming the field path of a type error.
+fn typed<T: DeserializeOwned>(document: Value, findings: &mut ObjectDiagnostics<'_>) -> Option<T> {
+    serde_path_to_error::deserialize(document)
+        .map_err(|error| {
+            let path = error.path().to_string();
+            let field = if path == "." { String::new() } else { path };
+            findings.error(field, error.into_inner().to_string());
+        })
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use super::super::{ObjectRef, load};
+
+    #[test]
+    fn reads_every_kind_of_the_reference() {
+        let config = reference();
+        assert_eq!(config.source, FILE);
+        let services: Vec<String> = config
+            .services
+            .iter()
+            .map(|s| s.object.to_string())
+            .collect();
+        assert_eq!(
+            services,
+            [
+                "Service/gateway/cilium-gateway-gateway-external",
+                "Service/gateway/cilium-gateway-gateway-internal"
+            ]
+        );
+        let slices: Vec<&str> = config
+            .endpoint_slices
+            .iter()
+            .map(|s| s.object.name.as_str())
+            .collect();
+        assert_eq!(
+            slices,
+            [
+                "cilium-gateway-gateway-external-m5r8w",
+                "cilium-gateway-gateway-internal-7xk2p"
+            ]
+        );
+        let nodes: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(nodes, ["cp-1", "worker-1", "worker-2"]);
+        assert_eq!(config.pools.len(), 1);
+        assert_eq!(config.pools[0].name, "first-pool");
+        assert_eq!(config.l2_policies.len(), 1);
+        assert_eq!(config.l2_policies[0].name, "l2-policy");
+        assert_eq!(config.warnings, []);
+    }
+
+    #[test]
+    fn reads_a_kubectl_list() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n\
+                    - apiVersion: v1\n  kind: Node\n  metadata:\n    name: a\n\
+                    - apiVersion: v1\n  kind: Node\n  metadata:\n    name: b\n\
+                    - apiVersion: apps/v1\n  kind: Deployment\n  metadata:\n    name: d\n    namespace: x\n\
+                    metadata:\n  resourceVersion: \"\"\n";
+        let config = parse_ok(text);
+        let nodes: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(nodes, ["a", "b"]);
+        assert_line(
+            &parse_warnings(text),
+            &[
+                "objects.yaml: Deployment/x/d: skipped: kind Deployment (apps/v1) is not used by gateway",
+            ],
+        );
+    }
+
+    #[test]
+    fn empty_documents_and_files_are_skipped() {
+        let config = parse_ok("---\n# nothing here\n---\n\n---\n");
+        assert!(config.services.is_empty() && config.nodes.is_empty());
+        assert_eq!(config.warnings, []);
+        assert!(parse_ok("").pools.is_empty());
+    }
+
+    #[test]
+    fn unknown_kinds_and_api_versions_are_skipped_with_a_warning() {
+        let text = reference_with(
+            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: cilium-envoy\n  namespace: kube-system\n\
+             ---\napiVersion: cilium.io/v1\nkind: CiliumL2AnnouncementPolicy\nmetadata:\n  name: old\n\
+             ---\napiVersion: example.com/v1\nkind: Thing\n",
+        );
+        let warnings = parse_warnings(&text);
+        // Sorted: findings without an object first.
+        assert_eq!(
+            warnings,
+            [
+                "objects.yaml: skipped the document at line 213: kind Thing (example.com/v1) is not \
+                 used by gateway",
+                "objects.yaml: CiliumL2AnnouncementPolicy/old: apiVersion: skipped: cilium.io/v1 \
+                 CiliumL2AnnouncementPolicy is not understood (expected cilium.io/v2alpha1)",
+                "objects.yaml: DaemonSet/kube-system/cilium-envoy: skipped: kind DaemonSet (apps/v1) \
+                 is not used by gateway",
+            ]
+        );
+        assert_eq!(parse_ok(&text).l2_policies.len(), 1);
+    }
+
+    #[test]
+    fn the_cilium_v2_pool_is_read() {
+        let text = "apiVersion: cilium.io/v2\nkind: CiliumLoadBalancerIPPool\nmetadata:\n  name: p\n\
+                    spec:\n  blocks:\n    - cidr: 10.0.0.0/24\n";
+        assert_eq!(parse_ok(text).pools[0].blocks.len(), 1);
+    }
+
+    #[test]
+    fn yaml_syntax_errors_name_the_file_and_line() {
+        let errors =
+            parse_errors("apiVersion: v1\nkind: Node\nmetadata:\n  name: a\n bad: indent\n");
+        assert_eq!(errors.len(), 1);
+        // The wording is the YAML parser's; the file and the line are ours to guarantee.
+        assert!(
+            errors[0].starts_with("objects.yaml: YAML error"),
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("line 5"), "{errors:?}");
+    }
+
+    #[test]
+    fn type_errors_name_the_object_and_field_path() {
+        let text =
+            reference_with(&lb_service("web", "shop", "").replace("port: 80", "port: eighty"));
+        let errors = parse_errors(&text);
+        assert_eq!(
+            errors,
+            [
+                "objects.yaml: Service/web/shop: spec.ports[0].port: invalid type: string \"eighty\", expected i32"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_error_of_the_file_is_reported() {
+        let text = format!(
+            "{}\n---\n{}\n---\napiVersion: v1\nkind: Node\nmetadata:\n  name: n\n  labels:\n    a: 1\n",
+            lb_service("web", "a", "    - port: 81\n      protocol: SCTP\n"),
+            lb_service("web", "b", "  externalTrafficPolicy: Nowhere\n"),
+        );
+        let errors = parse_errors(&text);
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert_line(
+            &errors,
+            &["Service/web/a: spec.ports[1].protocol: unsupported protocol \"SCTP\""],
+        );
+        assert_line(
+            &errors,
+            &["Service/web/b: spec.externalTrafficPolicy: unknown policy \"Nowhere\""],
+        );
+        assert_line(
+            &errors,
+            &["Node/n: metadata.labels.a: invalid type: integer `1`"],
+        );
+    }
+
+    #[test]
+    fn documents_without_kind_or_name_or_mapping_are_errors() {
+        let errors = parse_errors(
+            "metadata:\n  name: x\n---\napiVersion: v1\nkind: Node\nmetadata: {}\n---\n- a\n",
+        );
+        assert_line(
+            &errors,
+            &["objects.yaml: apiVersion: the document at line 1 has no apiVersion"],
+        );
+        assert_line(
+            &errors,
+            &["objects.yaml: metadata.name: the Node in the document at line 4 has no name"],
+        );
+        assert_line(
+            &errors,
+            &["objects.yaml: the document at line 8 is not a mapping"],
+        );
+    }
+
+    #[test]
+    fn duplicate_objects_are_errors() {
+        let errors = parse_errors(&reference_with(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: worker-1\n",
+        ));
+        assert_eq!(errors.len(), 1);
+        assert_line(
+            &errors,
+            &[
+                "objects.yaml: Node/worker-1: duplicate object: defined in the document at line",
+                "and again in the document at line",
+            ],
+        );
+    }
+
+    #[test]
+    fn services_of_other_types_are_ignored_silently_but_count_as_objects() {
+        let cluster_ip = "apiVersion: v1\nkind: Service\nmetadata:\n  name: api\n  namespace: web\n\
+                          spec:\n  ports:\n    - port: 443\n      protocol: SCTP\n";
+        let config = parse_ok(&reference_with(cluster_ip));
+        assert_eq!(config.services.len(), 2);
+        assert_eq!(config.warnings, []);
+        let errors = parse_errors(&format!(
+            "{cluster_ip}---\n{}",
+            lb_service("web", "api", "")
+        ));
+        assert_line(&errors, &["Service/web/api: duplicate object"]);
+    }
+
+    #[test]
+    fn namespaced_objects_default_to_the_default_namespace() {
+        let text =
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: a\nspec:\n  type: LoadBalancer\n";
+        let config = parse_ok(text);
+        assert_eq!(
+            config.services[0].object,
+            ObjectRef {
+                kind: "Service".into(),
+                namespace: "default".into(),
+                name: "a".into()
+            }
+        );
+    }
+
+    #[test]
+    fn load_reads_the_file_and_names_it() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/reference.yaml");
+        let config = load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.services.len(), 2);
+        assert!(config.source.ends_with("testdata/reference.yaml"));
+
+        let missing = std::path::Path::new("/nonexistent/objects.yaml");
+        let errors = load(missing).unwrap_err().to_string();
+        assert!(
+            errors.starts_with("/nonexistent/objects.yaml: cannot read:"),
+            "{errors}"
+        );
+    }
+}

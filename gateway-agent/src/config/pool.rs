@@ -1,0 +1,446 @@
+//! `CiliumLoadBalancerIPPool`: the address blocks VIPs are allocated from.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::ObjectRef;
+use super::cilium::{CiliumLoadBalancerIpPool, IpPoolBlock};
+use super::error::ObjectDiagnostics;
+use super::selector::{Selector, selector};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpPool {
+    pub name: String,
+    /// The IPv4 blocks, `spec.blocks` then the deprecated `spec.cidrs`, as written. IPv6
+    /// blocks are skipped with a warning: the datapath serves IPv4 only.
+    pub blocks: Vec<IpBlock>,
+    pub service_selector: Selector,
+    /// `spec.disabled`: nothing new is allocated from the pool, but a VIP a service already
+    /// holds (in its status) stays.
+    pub disabled: bool,
+}
+
+/// An inclusive range of addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpBlock {
+    /// Where the block is written, e.g. `spec.blocks[0]`.
+    pub field: String,
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
+    /// The first and last address are never handed out (`allowFirstLastIPs: No`).
+    pub reserved_ends: bool,
+}
+
+impl IpPool {
+    pub const KIND: &str = "CiliumLoadBalancerIPPool";
+
+    pub fn object(&self) -> ObjectRef {
+        ObjectRef::cluster_scoped(Self::KIND, &self.name)
+    }
+
+    /// The block holding `addr`, if any.
+    pub fn block_of(&self, addr: Ipv4Addr) -> Option<&IpBlock> {
+        self.blocks.iter().find(|block| block.contains(addr))
+    }
+}
+
+impl IpBlock {
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        (self.first..=self.last).contains(&addr)
+    }
+
+    /// Inside the block but never handed out.
+    pub fn is_reserved(&self, addr: Ipv4Addr) -> bool {
+        self.reserved_ends && (addr == self.first || addr == self.last)
+    }
+
+    /// `first/len` when the block is a whole prefix, `first-last` otherwise.
+    pub fn describe(&self) -> String {
+        let first = u64::from(u32::from(self.first));
+        let size = u64::from(u32::from(self.last)) - first + 1;
+        if size.is_power_of_two() && first % size == 0 {
+            format!("{}/{}", self.first, 32 - size.trailing_zeros())
+        } else {
+            format!("{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// `spec.allowFirstLastIPs` as Cilium reads it. Cilium's default is `Yes` (the first and
+/// last address of a cidr block are allocatable): the operator reserves them only when the
+/// field is exactly `No` (cilium/cilium operator/pkg/lbipam/lbipam.go, `AllowFirstLastIPs ==
+/// AllowFirstLastIPNo`), and the `cilium.io/v2` API documents "`Yes` or undefined means that
+/// the first and last IPs of each CIDR will be allocatable" (the older v2alpha1 comment
+/// says the opposite; the code is what runs). Even with `No`, blocks of one or two addresses
+/// (/32, /31) keep them, and start/stop ranges never reserve anything.
+fn allow_first_last_ips(raw: Option<&str>, diagnostics: &mut ObjectDiagnostics<'_>) -> bool {
+    match raw {
+        None | Some("Yes") => true,
+        Some("No") => false,
+        Some(other) => {
+            diagnostics.error(
+                "spec.allowFirstLastIPs",
+                format!("{other:?} is neither \"Yes\" nor \"No\""),
+            );
+            true
+        }
+    }
+}
+
+pub(crate) fn pool(
+    raw: &CiliumLoadBalancerIpPool,
+    name: String,
+    diagnostics: &mut ObjectDiagnostics<'_>,
+) -> Option<IpPool> {
+    let allow_first_last =
+        allow_first_last_ips(raw.spec.allow_first_last_ips.as_deref(), diagnostics);
+    let written = [
+        ("spec.blocks", &raw.spec.blocks),
+        ("spec.cidrs", &raw.spec.cidrs),
+    ];
+    let mut blocks = Vec::new();
+    for (list, raw_blocks) in written {
+        for (i, raw_block) in raw_blocks.iter().flatten().enumerate() {
+            let field = format!("{list}[{i}]");
+            if let Some(block) = block(raw_block, field, allow_first_last, diagnostics) {
+                blocks.push(block);
+            }
+        }
+    }
+    let service_selector = selector(
+        raw.spec.service_selector.as_ref(),
+        "spec.serviceSelector",
+        diagnostics,
+    );
+    diagnostics.finish(IpPool {
+        name,
+        blocks,
+        service_selector,
+        disabled: raw.spec.disabled,
+    })
+}
+
+fn non_empty(text: &Option<String>) -> Option<&str> {
+    text.as_deref().map(str::trim).filter(|t| !t.is_empty())
+}
+
+fn block(
+    raw: &IpPoolBlock,
+    field: String,
+    allow_first_last: bool,
+    diagnostics: &mut ObjectDiagnostics<'_>,
+) -> Option<IpBlock> {
+    match (
+        non_empty(&raw.cidr),
+        non_empty(&raw.start),
+        non_empty(&raw.stop),
+    ) {
+        (Some(cidr), None, None) => cidr_block(cidr, field, allow_first_last, diagnostics),
+        (Some(_), _, _) => {
+            diagnostics.error(field, "set either cidr or start/stop, not both");
+            None
+        }
+        (None, Some(start), stop) => range_block(start, stop, field, diagnostics),
+        (None, None, Some(_)) => {
+            diagnostics.error(format!("{field}.start"), "stop without start");
+            None
+        }
+        (None, None, None) => {
+            diagnostics.error(field, "needs a cidr or a start (and optional stop)");
+            None
+        }
+    }
+}
+
+fn cidr_block(
+    text: &str,
+    field: String,
+    allow_first_last: bool,
+    diagnostics: &mut ObjectDiagnostics<'_>,
+) -> Option<IpBlock> {
+    let at = format!("{field}.cidr");
+    let parsed = text.split_once('/').and_then(|(addr, len)| {
+        let addr = addr.parse::<IpAddr>().ok()?;
+        let len = len.parse::<u8>().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (len <= max).then_some((addr, len))
+    });
+    match parsed {
+        None => {
+            diagnostics.error(
+                at,
+                format!("{text:?} is not a CIDR (address/prefix-length)"),
+            );
+            None
+        }
+        Some((IpAddr::V6(_), _)) => {
+            diagnostics.warn(
+                at,
+                format!("IPv6 block {text} skipped: only IPv4 is served"),
+            );
+            None
+        }
+        Some((IpAddr::V4(addr), len)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            let first = u32::from(addr) & mask;
+            let last = first | !mask;
+            if first != u32::from(addr) {
+                diagnostics.warn(
+                    at.clone(),
+                    format!(
+                        "{text} has host bits set; the block is {}/{len}",
+                        Ipv4Addr::from(first)
+                    ),
+                );
+            }
+            Some(IpBlock {
+                field,
+                first: first.into(),
+                last: last.into(),
+                // Reserving both ends of a /31 or /32 would leave nothing to allocate.
+                reserved_ends: !allow_first_last && last - first >= 2,
+            })
+        }
+    }
+}
+
+fn range_block(
+    start: &str,
+    stop: Option<&str>,
+    field: String,
+    diagnostics: &mut ObjectDiagnostics<'_>,
+) -> Option<IpBlock> {
+    let parse = |text: &str, name: &str, diagnostics: &mut ObjectDiagnostics<'_>| {
+        let parsed = text.parse::<IpAddr>().ok();
+        if parsed.is_none() {
+            diagnostics.error(
+                format!("{field}.{name}"),
+                format!("{text:?} is not an IP address"),
+            );
+        }
+        parsed
+    };
+    let first = parse(start, "start", diagnostics);
+    let last = match stop {
+        Some(stop) => parse(stop, "stop", diagnostics),
+        None => first,
+    };
+    match (first?, last?) {
+        (IpAddr::V4(first), IpAddr::V4(last)) if last < first => {
+            diagnostics.error(
+                format!("{field}.stop"),
+                format!("stop {last} is below start {first}"),
+            );
+            None
+        }
+        (IpAddr::V4(first), IpAddr::V4(last)) => Some(IpBlock {
+            field,
+            first,
+            last,
+            reserved_ends: false,
+        }),
+        (IpAddr::V6(_), IpAddr::V6(_)) => {
+            diagnostics.warn(field, "IPv6 range skipped: only IPv4 is served");
+            None
+        }
+        _ => {
+            diagnostics.error(field, "start and stop are of different address families");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use super::*;
+
+    fn only_pool(spec: &str) -> IpPool {
+        parse_ok(&pool_doc("p", spec)).pools.remove(0)
+    }
+
+    fn block(field: &str, first: [u8; 4], last: [u8; 4], reserved_ends: bool) -> IpBlock {
+        IpBlock {
+            field: field.into(),
+            first: first.into(),
+            last: last.into(),
+            reserved_ends,
+        }
+    }
+
+    #[test]
+    fn reads_the_reference_pool() {
+        let pool = reference().pools.remove(0);
+        assert_eq!(
+            pool.object().to_string(),
+            "CiliumLoadBalancerIPPool/first-pool"
+        );
+        assert_eq!(
+            pool.blocks,
+            [block(
+                "spec.blocks[0]",
+                [192, 168, 10, 32],
+                [192, 168, 10, 63],
+                true
+            )]
+        );
+        // `matchLabels: {}` selects every service.
+        assert_eq!(pool.service_selector, Selector::default());
+        assert!(!pool.disabled);
+    }
+
+    #[test]
+    fn block_shapes() {
+        let pool = only_pool(
+            "  blocks:\n    - cidr: 10.0.0.0/30\n    - start: 10.0.1.10\n      stop: 10.0.1.20\n\
+             \x20   - start: 10.0.2.7\n  cidrs:\n    - cidr: 10.0.3.0/24\n  disabled: true\n",
+        );
+        assert_eq!(
+            pool.blocks,
+            [
+                block("spec.blocks[0]", [10, 0, 0, 0], [10, 0, 0, 3], false),
+                block("spec.blocks[1]", [10, 0, 1, 10], [10, 0, 1, 20], false),
+                block("spec.blocks[2]", [10, 0, 2, 7], [10, 0, 2, 7], false),
+                block("spec.cidrs[0]", [10, 0, 3, 0], [10, 0, 3, 255], false),
+            ]
+        );
+        assert!(pool.disabled);
+        assert_eq!(pool.blocks[0].describe(), "10.0.0.0/30");
+        assert_eq!(pool.blocks[1].describe(), "10.0.1.10-10.0.1.20");
+        assert_eq!(pool.blocks[2].describe(), "10.0.2.7/32");
+    }
+
+    /// (allowFirstLastIPs line, block, whether its ends are reserved)
+    #[test]
+    fn allow_first_last_ips() {
+        let cases = [
+            // Cilium's default is Yes.
+            ("", "cidr: 10.0.0.0/24", false),
+            ("  allowFirstLastIPs: \"Yes\"\n", "cidr: 10.0.0.0/24", false),
+            ("  allowFirstLastIPs: \"No\"\n", "cidr: 10.0.0.0/24", true),
+            // YAML 1.2: an unquoted No is still the string Cilium expects.
+            ("  allowFirstLastIPs: No\n", "cidr: 10.0.0.0/24", true),
+            ("  allowFirstLastIPs: \"No\"\n", "cidr: 10.0.0.0/30", true),
+            ("  allowFirstLastIPs: \"No\"\n", "cidr: 10.0.0.0/31", false),
+            ("  allowFirstLastIPs: \"No\"\n", "cidr: 10.0.0.1/32", false),
+            (
+                "  allowFirstLastIPs: \"No\"\n",
+                "start: 10.0.0.0\n      stop: 10.0.0.255",
+                false,
+            ),
+        ];
+        for (allow, block, reserved) in cases {
+            let pool = only_pool(&format!("{allow}  blocks:\n    - {block}\n"));
+            assert_eq!(pool.blocks[0].reserved_ends, reserved, "{allow} {block}");
+        }
+        let no = only_pool("  allowFirstLastIPs: \"No\"\n  blocks:\n    - cidr: 10.0.0.0/24\n");
+        let ends = [Ipv4Addr::new(10, 0, 0, 0), Ipv4Addr::new(10, 0, 0, 255)];
+        assert!(ends.iter().all(|a| no.blocks[0].is_reserved(*a)));
+        assert!(!no.blocks[0].is_reserved(Ipv4Addr::new(10, 0, 0, 1)));
+        assert!(!no.blocks[0].is_reserved(Ipv4Addr::new(10, 0, 1, 0)));
+    }
+
+    #[test]
+    fn block_membership() {
+        let pool = reference().pools.remove(0);
+        assert!(pool.block_of(Ipv4Addr::new(192, 168, 10, 32)).is_some());
+        assert!(pool.block_of(Ipv4Addr::new(192, 168, 10, 63)).is_some());
+        assert!(pool.block_of(Ipv4Addr::new(192, 168, 10, 31)).is_none());
+        assert!(pool.block_of(Ipv4Addr::new(192, 168, 10, 64)).is_none());
+    }
+
+    #[test]
+    fn skipped_and_normalized_blocks_warn() {
+        let text = pool_doc(
+            "p",
+            "  blocks:\n    - cidr: \"2004::/64\"\n    - start: \"2004:1::1\"\n      stop: \"2004:1::9\"\n\
+             \x20   - cidr: 10.0.0.7/24\n",
+        );
+        let pool = parse_ok(&text).pools.remove(0);
+        assert_eq!(
+            pool.blocks,
+            [block(
+                "spec.blocks[2]",
+                [10, 0, 0, 0],
+                [10, 0, 0, 255],
+                false
+            )]
+        );
+        let warnings = parse_warnings(&text);
+        assert_line(
+            &warnings,
+            &["CiliumLoadBalancerIPPool/p: spec.blocks[0].cidr: IPv6 block 2004::/64 skipped"],
+        );
+        assert_line(
+            &warnings,
+            &["CiliumLoadBalancerIPPool/p: spec.blocks[1]: IPv6 range skipped"],
+        );
+        assert_line(
+            &warnings,
+            &["spec.blocks[2].cidr: 10.0.0.7/24 has host bits set; the block is 10.0.0.0/24"],
+        );
+    }
+
+    #[test]
+    fn invalid_pools_name_object_and_field() {
+        let cases = [
+            (
+                "  blocks:\n    - cidr: 10.0.0.0/33\n",
+                "spec.blocks[0].cidr: \"10.0.0.0/33\" is not a CIDR",
+            ),
+            (
+                "  blocks:\n    - cidr: 10.0.0.0\n",
+                "spec.blocks[0].cidr: \"10.0.0.0\" is not a CIDR",
+            ),
+            (
+                "  cidrs:\n    - cidr: banana/24\n",
+                "spec.cidrs[0].cidr: \"banana/24\" is not a CIDR",
+            ),
+            (
+                "  blocks:\n    - start: 10.0.0.9\n      stop: 10.0.0.1\n",
+                "spec.blocks[0].stop: stop 10.0.0.1 is below start 10.0.0.9",
+            ),
+            (
+                "  blocks:\n    - start: 10.0.0.x\n",
+                "spec.blocks[0].start: \"10.0.0.x\" is not an IP address",
+            ),
+            (
+                "  blocks:\n    - start: 10.0.0.1\n      stop: \"2001::1\"\n",
+                "spec.blocks[0]: start and stop are of different address families",
+            ),
+            (
+                "  blocks:\n    - cidr: 10.0.0.0/24\n      start: 10.0.0.1\n",
+                "spec.blocks[0]: set either cidr or start/stop, not both",
+            ),
+            (
+                "  blocks:\n    - stop: 10.0.0.1\n",
+                "spec.blocks[0].start: stop without start",
+            ),
+            (
+                "  blocks:\n    - {}\n",
+                "spec.blocks[0]: needs a cidr or a start",
+            ),
+            (
+                "  allowFirstLastIPs: \"no\"\n  blocks: []\n",
+                "spec.allowFirstLastIPs: \"no\" is neither \"Yes\" nor \"No\"",
+            ),
+            (
+                "  disabled: \"yes\"\n",
+                "spec.disabled: invalid type: string \"yes\", expected a boolean",
+            ),
+            (
+                "  serviceSelector:\n    matchExpressions:\n      - key: a\n        operator: Equals\n",
+                "spec.serviceSelector.matchExpressions[0].operator: unknown operator \"Equals\"",
+            ),
+        ];
+        for (spec, expected) in cases {
+            let errors = parse_errors(&pool_doc("p", spec));
+            assert_eq!(errors.len(), 1, "{errors:#?}");
+            assert_line(
+                &errors,
+                &[&format!(
+                    "objects.yaml: CiliumLoadBalancerIPPool/p: {expected}"
+                )],
+            );
+        }
+    }
+}

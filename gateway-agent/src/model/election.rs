@@ -1,0 +1,284 @@
+//! Which node answers ARP for a VIP: exactly one, and every node agrees without talking to
+//! the others (Cilium takes a Kubernetes lease; we have only the file).
+//!
+//! The eligible nodes are the Node objects that the announcing policy's nodeSelector
+//! selects, that are Ready and that run at least one ready endpoint of the service (with
+//! externalTrafficPolicy Local a node without one would drop the traffic it attracts). The
+//! announcer is the eligible node with the highest [`announcer_score`]; on a tie the name
+//! that sorts first. Hashing the VIP with the name (rendezvous hashing) spreads VIPs over
+//! the nodes and moves a VIP only when its own announcer leaves or a better-scoring node
+//! becomes eligible.
+
+use std::net::Ipv4Addr;
+
+use crate::config::{Config, Diagnostics, L2Policy, Node, Service};
+
+const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a, 64 bit. Written out because std's hasher may change between Rust versions, and
+/// every node, whatever version it runs, must compute the same announcer.
+fn fnv1a64(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(FNV_OFFSET_BASIS, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
+    })
+}
+
+/// FNV-1a 64 of the VIP's four octets followed by the node name's bytes.
+pub fn announcer_score(vip: Ipv4Addr, node_name: &str) -> u64 {
+    fnv1a64(vip.octets().into_iter().chain(node_name.bytes()))
+}
+
+/// The node elected to announce `vip` of `service` under `policy`, or `None` (with a
+/// warning) when no node is eligible.
+pub(crate) fn announcer<'c>(
+    config: &'c Config,
+    service: &Service,
+    vip: Ipv4Addr,
+    policy: &L2Policy,
+    diagnostics: &mut Diagnostics,
+) -> Option<&'c Node> {
+    let eligible = config
+        .nodes
+        .iter()
+        .filter(|node| node.ready && policy.node_selector.matches(&node.labels))
+        .filter(|node| has_ready_endpoint(config, service, &node.name));
+    let elected = elect(eligible.map(|node| (announcer_score(vip, &node.name), node)));
+    if elected.is_none() {
+        diagnostics.warn(
+            Some(&service.object),
+            "",
+            format!(
+                "no node can announce VIP {vip}: none is Ready, selected by the nodeSelector \
+                 of {} and running a ready endpoint of the service",
+                policy.object()
+            ),
+        );
+    }
+    elected
+}
+
+/// The highest score wins; of equal scores, the name that sorts first.
+fn elect<'n>(scored: impl Iterator<Item = (u64, &'n Node)>) -> Option<&'n Node> {
+    scored
+        .max_by(|(a_score, a), (b_score, b)| a_score.cmp(b_score).then_with(|| b.name.cmp(&a.name)))
+        .map(|(_, node)| node)
+}
+
+fn has_ready_endpoint(config: &Config, service: &Service, node_name: &str) -> bool {
+    super::frontends::slices_of(config, service)
+        .flat_map(|slice| &slice.endpoints)
+        .any(|endpoint| {
+            endpoint.ready
+                && !endpoint.addresses.is_empty()
+                && endpoint.node_name.as_deref() == Some(node_name)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::fixtures::*;
+    use crate::model::{cluster_state, desired_state};
+
+    const VIP_49: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 49);
+    const VIP_50: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 50);
+    const NODES: [&str; 3] = ["cp-1", "worker-1", "worker-2"];
+
+    #[test]
+    fn fnv1a64_matches_the_published_test_vectors() {
+        assert_eq!(fnv1a64(*b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(*b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(*b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn the_score_hashes_the_vip_octets_then_the_node_name() {
+        let mut bytes = vec![192, 168, 10, 49];
+        bytes.extend(b"worker-1");
+        assert_eq!(announcer_score(VIP_49, "worker-1"), fnv1a64(bytes));
+        // Pinned: every node and every version must keep computing these.
+        assert_eq!(announcer_score(VIP_49, "worker-1"), 0x16dc_61c7_435b_0e6c);
+        assert_eq!(announcer_score(VIP_49, "worker-2"), 0x16dc_64c7_435b_1385);
+        assert_eq!(announcer_score(VIP_50, "worker-1"), 0x54de_96e4_990a_c1a5);
+        assert_eq!(announcer_score(VIP_50, "worker-2"), 0x54de_93e4_990a_bc8c);
+        assert_eq!(announcer_score(VIP_49, "cp-1"), 0x3f91_1008_1c6c_dee5);
+    }
+
+    #[test]
+    fn a_tie_goes_to_the_name_that_sorts_first() {
+        let node = |name: &str| Node {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            ready: true,
+        };
+        let (a, b, c) = (node("a"), node("b"), node("c"));
+        let elected = elect([(7, &b), (7, &a), (3, &c)].into_iter());
+        assert_eq!(elected.map(|n| n.name.as_str()), Some("a"));
+        let elected = elect([(7, &b), (9, &c), (7, &a)].into_iter());
+        assert_eq!(elected.map(|n| n.name.as_str()), Some("c"));
+        assert!(elect(std::iter::empty()).is_none());
+    }
+
+    /// VIP -> announcer, as recorded in the cluster-wide allocations.
+    fn announcers(text: &str) -> BTreeMap<String, Option<String>> {
+        cluster_state(&parse_ok(text))
+            .unwrap_or_else(|errors| panic!("{errors}"))
+            .allocations
+            .into_iter()
+            .map(|a| (a.vip.to_string(), a.announcer))
+            .collect()
+    }
+
+    /// VIP -> the nodes that announce it, each computing its own desired state.
+    fn announced_by(text: &str) -> BTreeMap<String, Vec<&'static str>> {
+        let config = parse_ok(text);
+        let interfaces = ["ens18".to_owned(), "lo".to_owned()];
+        let mut by_vip: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        for node in NODES {
+            let state = desired_state(&config, node, &interfaces)
+                .unwrap_or_else(|errors| panic!("{errors}"));
+            for announcement in state.announcements {
+                by_vip
+                    .entry(announcement.vip.to_string())
+                    .or_default()
+                    .push(node);
+            }
+        }
+        by_vip
+    }
+
+    #[test]
+    fn exactly_one_node_announces_each_reference_vip() {
+        let by_vip = announced_by(REFERENCE);
+        assert_eq!(
+            by_vip,
+            BTreeMap::from([
+                ("192.168.10.49".to_owned(), vec!["worker-2"]),
+                ("192.168.10.50".to_owned(), vec!["worker-1"]),
+            ])
+        );
+        assert_eq!(
+            announcers(REFERENCE),
+            BTreeMap::from([
+                ("192.168.10.49".to_owned(), Some("worker-2".to_owned())),
+                ("192.168.10.50".to_owned(), Some("worker-1".to_owned())),
+            ])
+        );
+    }
+
+    #[test]
+    fn the_winner_has_the_highest_score_among_eligible_nodes() {
+        for vip in [VIP_49, VIP_50] {
+            let expected = ["worker-1", "worker-2"]
+                .into_iter()
+                .max_by_key(|node| announcer_score(vip, node));
+            assert_eq!(
+                announcers(REFERENCE)[&vip.to_string()].as_deref(),
+                expected,
+                "{vip}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_node_that_is_not_ready_is_not_elected() {
+        let text = edit(
+            REFERENCE,
+            "  name: worker-2\n  labels:\n    kubernetes.io/hostname: worker-2\nstatus:\n  addresses:\n\
+             \x20   - type: InternalIP\n      address: 192.168.10.112\n  conditions:\n    - type: Ready\n      status: \"True\"",
+            "  name: worker-2\n  labels:\n    kubernetes.io/hostname: worker-2\nstatus:\n  conditions:\n\
+             \x20   - type: Ready\n      status: \"Unknown\"",
+        );
+        assert_eq!(
+            announced_by(&text),
+            BTreeMap::from([
+                ("192.168.10.49".to_owned(), vec!["worker-1"]),
+                ("192.168.10.50".to_owned(), vec!["worker-1"]),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_node_without_a_ready_local_endpoint_is_not_elected() {
+        // worker-2's envoy for the internal gateway is not ready.
+        let text = edit(
+            REFERENCE,
+            "  - addresses: [\"10.0.2.10\"]\n    nodeName: worker-2\n    conditions:\n      ready: true\n    targetRef:",
+            "  - addresses: [\"10.0.2.10\"]\n    nodeName: worker-2\n    conditions:\n      ready: false\n    targetRef:",
+        );
+        assert_eq!(
+            announcers(&text)["192.168.10.49"].as_deref(),
+            Some("worker-1")
+        );
+        // Removing all local endpoints of worker-1 for the external gateway moves .50 too.
+        let text = edit(
+            &text,
+            "  - addresses: [\"10.0.1.10\"]\n    nodeName: worker-1\n    conditions:\n      ready: true\n  - addresses",
+            "  - addresses: []\n    nodeName: worker-1\n  - addresses",
+        );
+        assert_eq!(
+            announcers(&text)["192.168.10.50"].as_deref(),
+            Some("worker-2")
+        );
+    }
+
+    #[test]
+    fn the_control_plane_is_excluded_by_the_node_selector() {
+        // An envoy on the control plane too (the reference's DaemonSet runs everywhere), and
+        // cp-1 outscores both workers for both VIPs: only the selector keeps it out.
+        let on_control_plane = |text: &str| {
+            let text = edit(
+                text,
+                "    targetRef:\n      kind: Pod\n      name: cilium-envoy-4k9zt",
+                "    targetRef:\n      kind: Pod\n      name: cilium-envoy-4k9zt\n      namespace: kube-system\n\
+                 \x20 - addresses: [\"10.0.0.10\"]\n    nodeName: cp-1\n    targetRef:\n      kind: Pod\n      name: cilium-envoy-cp",
+            );
+            edit(
+                &text,
+                "  - addresses: [\"10.0.2.10\"]\n    nodeName: worker-2\n    conditions:\n      ready: true\nports:",
+                "  - addresses: [\"10.0.2.10\"]\n    nodeName: worker-2\n    conditions:\n      ready: true\n\
+                 \x20 - addresses: [\"10.0.0.10\"]\n    nodeName: cp-1\nports:",
+            )
+        };
+        for vip in [VIP_49, VIP_50] {
+            assert!(announcer_score(vip, "cp-1") > announcer_score(vip, "worker-1"));
+            assert!(announcer_score(vip, "cp-1") > announcer_score(vip, "worker-2"));
+        }
+        let with_envoy = on_control_plane(REFERENCE);
+        assert_eq!(announcers(&with_envoy), announcers(REFERENCE));
+
+        let without_selector = edit(
+            &with_envoy,
+            "  nodeSelector:\n    matchExpressions:\n      - key: node-role.kubernetes.io/control-plane\n\
+             \x20       operator: DoesNotExist\n",
+            "",
+        );
+        let by_vip = announced_by(&without_selector);
+        assert_eq!(by_vip["192.168.10.49"], ["cp-1"]);
+        assert_eq!(by_vip["192.168.10.50"], ["cp-1"]);
+    }
+
+    #[test]
+    fn no_eligible_node_means_no_announcer_and_a_warning() {
+        let text = edit(
+            REFERENCE,
+            "        operator: DoesNotExist\n",
+            "        operator: Exists\n    matchLabels:\n      kubernetes.io/hostname: cp-1\n",
+        );
+        assert!(announcers(&text).values().all(Option::is_none));
+        assert!(announced_by(&text).is_empty());
+        let warnings = cluster_state(&parse_ok(&text))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .warnings;
+        assert_line(
+            &warnings,
+            &[
+                "objects.yaml: Service/gateway/cilium-gateway-gateway-internal: no node can announce VIP 192.168.10.49",
+                "CiliumL2AnnouncementPolicy/l2-policy",
+            ],
+        );
+    }
+}

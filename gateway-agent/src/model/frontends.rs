@@ -1,0 +1,269 @@
+//! The frontends this node programs for a Local service: one per service port on the VIP,
+//! with only the ready endpoints running on this node as backends (externalTrafficPolicy
+//! Local: no SNAT, the client's source address reaches the backend).
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use super::{BackendAddr, Frontend};
+use crate::config::{Config, Diagnostics, EndpointSlice, Service, ServicePort, TargetPort};
+
+/// The IPv4 slices of `service` (same namespace, `kubernetes.io/service-name` label).
+pub(crate) fn slices_of<'c>(
+    config: &'c Config,
+    service: &Service,
+) -> impl Iterator<Item = &'c EndpointSlice> {
+    let (namespace, name) = (
+        service.object.namespace.clone(),
+        service.object.name.clone(),
+    );
+    config
+        .endpoint_slices
+        .iter()
+        .filter(move |slice| slice.object.namespace == namespace && slice.service == name)
+}
+
+pub(crate) fn frontends(
+    config: &Config,
+    service: &Service,
+    vip: Ipv4Addr,
+    node_name: &str,
+    diagnostics: &mut Diagnostics,
+) -> Vec<Frontend> {
+    service
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let mut backends = BTreeSet::new();
+            for slice in slices_of(config, service) {
+                let Some(backend_port) = backend_port(slice, port) else {
+                    diagnostics.warn(
+                        Some(&service.object),
+                        format!("spec.ports[{i}].targetPort"),
+                        format!(
+                            "{} has no port named {:?}: its endpoints do not back this port",
+                            slice.object, port.name
+                        ),
+                    );
+                    continue;
+                };
+                let local_ready = slice.endpoints.iter().filter(|endpoint| {
+                    endpoint.ready && endpoint.node_name.as_deref() == Some(node_name)
+                });
+                for endpoint in local_ready {
+                    backends.extend(endpoint.addresses.iter().map(|&addr| BackendAddr {
+                        addr,
+                        port: backend_port,
+                    }));
+                }
+            }
+            Frontend {
+                service: service.object.clone(),
+                port_name: port.name.clone(),
+                vip,
+                port: port.port,
+                protocol: port.protocol,
+                affinity_timeout_secs: service.affinity_timeout_secs,
+                backends: backends.into_iter().collect(),
+            }
+        })
+        .collect()
+}
+
+/// The slice port carrying the service port's name and protocol; failing that the numeric
+/// targetPort (which already defaults to the port). A named targetPort only a slice can
+/// resolve.
+fn backend_port(slice: &EndpointSlice, port: &ServicePort) -> Option<u16> {
+    slice
+        .ports
+        .iter()
+        .find(|p| p.name == port.name && p.protocol == port.protocol)
+        .map(|p| p.port)
+        .or(match port.target_port {
+            TargetPort::Number(number) => Some(number),
+            TargetPort::Named(_) => None,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use crate::config::fixtures::*;
+    use crate::model::{BackendAddr, DesiredState, Protocol, desired_state};
+
+    fn state(text: &str, node: &str) -> DesiredState {
+        desired_state(&parse_ok(text), node, &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn backend(addr: [u8; 4], port: u16) -> BackendAddr {
+        BackendAddr {
+            addr: addr.into(),
+            port,
+        }
+    }
+
+    /// (vip, port, backends) of each frontend.
+    fn summary(state: &DesiredState) -> Vec<(String, u16, Vec<BackendAddr>)> {
+        state
+            .frontends
+            .iter()
+            .map(|f| (f.vip.to_string(), f.port, f.backends.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_worker_serves_both_gateways_with_its_own_envoy_only() {
+        let state = state(REFERENCE, "worker-1");
+        let envoy = |port| vec![backend([10, 0, 1, 10], port)];
+        assert_eq!(
+            summary(&state),
+            [
+                ("192.168.10.49".into(), 80, envoy(10080)),
+                ("192.168.10.49".into(), 443, envoy(10443)),
+                ("192.168.10.50".into(), 80, envoy(10080)),
+                ("192.168.10.50".into(), 443, envoy(10443)),
+            ]
+        );
+        let first = &state.frontends[0];
+        assert_eq!(first.service.name, "cilium-gateway-gateway-internal");
+        assert_eq!(first.port_name, "port-80");
+        assert_eq!(first.protocol, Protocol::Tcp);
+        assert_eq!(first.affinity_timeout_secs, Some(10_800));
+    }
+
+    #[test]
+    fn a_node_without_local_endpoints_still_programs_the_vips() {
+        let state = state(REFERENCE, "cp-1");
+        assert_eq!(state.frontends.len(), 4);
+        assert!(state.frontends.iter().all(|f| f.backends.is_empty()));
+    }
+
+    fn shop(endpoints: &str, ports: &str, service_ports: &str) -> String {
+        let service = format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: shop\n  namespace: web\n\
+             spec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  loadBalancerIP: 192.168.10.40\n\
+             \x20 ports:\n{service_ports}"
+        );
+        let slice = |suffix: &str, endpoints: &str| {
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: shop-{suffix}\n\
+                 \x20 namespace: web\n  labels:\n    kubernetes.io/service-name: shop\naddressType: IPv4\n\
+                 endpoints:\n{endpoints}ports:\n{ports}"
+            )
+        };
+        reference_with(&format!(
+            "{service}---\n{}---\n{}",
+            slice("a", endpoints),
+            // A second slice repeating the first endpoint: backends are deduplicated.
+            slice("b", "  - addresses: [10.0.1.21]\n    nodeName: worker-1\n"),
+        ))
+    }
+
+    fn shop_backends(text: &str, node: &str) -> Vec<(u16, Vec<BackendAddr>)> {
+        state(text, node)
+            .frontends
+            .iter()
+            .filter(|f| f.service.name == "shop")
+            .map(|f| (f.port, f.backends.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn only_ready_endpoints_on_this_node_sorted_and_deduplicated() {
+        let text = shop(
+            "  - addresses: [10.0.1.22, 10.0.1.21]\n    nodeName: worker-1\n\
+             \x20 - addresses: [10.0.1.23]\n    nodeName: worker-1\n    conditions:\n      ready: false\n\
+             \x20 - addresses: [10.0.2.21]\n    nodeName: worker-2\n\
+             \x20 - addresses: [10.0.9.9]\n",
+            "  - name: http\n    port: 8080\n",
+            "    - name: http\n      port: 80\n",
+        );
+        assert_eq!(
+            shop_backends(&text, "worker-1"),
+            [(
+                80,
+                vec![backend([10, 0, 1, 21], 8080), backend([10, 0, 1, 22], 8080)]
+            )]
+        );
+        assert_eq!(
+            shop_backends(&text, "worker-2"),
+            [(80, vec![backend([10, 0, 2, 21], 8080)])]
+        );
+    }
+
+    #[test]
+    fn backend_port_resolution() {
+        let endpoints = "  - addresses: [10.0.1.21]\n    nodeName: worker-1\n";
+        let slice_ports =
+            "  - name: http\n    port: 8080\n  - name: dns\n    port: 5353\n    protocol: UDP\n";
+        let cases = [
+            // The slice port of the same name.
+            (
+                "    - name: http\n      port: 80\n      targetPort: 9999\n",
+                8080,
+            ),
+            // Same name, other protocol: the numeric targetPort.
+            (
+                "    - name: dns\n      port: 53\n      targetPort: 1053\n",
+                1053,
+            ),
+            // No such slice port and no targetPort: the port itself.
+            ("    - name: admin\n      port: 9000\n", 9000),
+        ];
+        for (service_ports, expected) in cases {
+            let text = shop(endpoints, slice_ports, service_ports);
+            let backends = shop_backends(&text, "worker-1");
+            assert_eq!(backends.len(), 1);
+            assert_eq!(
+                backends[0].1,
+                [backend([10, 0, 1, 21], expected)],
+                "{service_ports}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unresolvable_named_target_port_leaves_the_port_without_backends() {
+        let text = shop(
+            "  - addresses: [10.0.1.21]\n    nodeName: worker-1\n",
+            "  - name: http\n    port: 8080\n",
+            "    - name: web\n      port: 80\n      targetPort: http-alt\n",
+        );
+        let state = state(&text, "worker-1");
+        let shop: Vec<_> = state
+            .frontends
+            .iter()
+            .filter(|f| f.service.name == "shop")
+            .collect();
+        assert_eq!(shop.len(), 1);
+        assert!(shop[0].backends.is_empty());
+        assert_line(
+            &state.warnings,
+            &[
+                "objects.yaml: Service/web/shop: spec.ports[0].targetPort: EndpointSlice/web/shop-a has no port named \"web\"",
+            ],
+        );
+    }
+
+    #[test]
+    fn affinity_is_off_without_client_ip() {
+        let text = shop(
+            "  - addresses: [10.0.1.21]\n    nodeName: worker-1\n",
+            "  - port: 8080\n",
+            "    - port: 80\n      protocol: UDP\n",
+        );
+        let state = state(&text, "worker-1");
+        let shop = state
+            .frontends
+            .iter()
+            .find(|f| f.service.name == "shop")
+            .expect("shop");
+        assert_eq!(shop.affinity_timeout_secs, None);
+        assert_eq!(shop.protocol, Protocol::Udp);
+        assert_eq!(shop.vip, Ipv4Addr::new(192, 168, 10, 40));
+        // A UDP port does not match the slice's (TCP) port: the targetPort, i.e. 80.
+        assert_eq!(shop.backends, [backend([10, 0, 1, 21], 80)]);
+    }
+}
