@@ -109,7 +109,12 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;
-    let mut logger = datapath.logger.take().map(AsyncFd::new).transpose()?;
+    let mut logger = match datapath.logger.take() {
+        // SAFETY: the logger owns its ring buffer fd and keeps it open, unchanged, for as
+        // long as the AsyncFd owns the logger.
+        Some(l) => Some(unsafe { AsyncFd::register(l) }.map_err(|e| e.into_parts().1)?),
+        None => None,
+    };
     loop {
         tokio::select! {
             _ = terminate.recv() => break,

@@ -561,7 +561,7 @@ mod tests {
             &[POD_A, POD_B],
         )]);
         let (ops, state) = step(&MapState::default(), &d);
-        let pos = |pred: &dyn Fn(&Op) -> bool| ops.iter().position(|o| pred(o)).unwrap();
+        let pos = |pred: &dyn Fn(&Op) -> bool| ops.iter().position(pred).unwrap();
         let backend = pos(&|o| matches!(o, Op::PutBackend(..)));
         let slot = pos(&|o| matches!(o, Op::PutSlot(..)));
         let service = pos(&|o| matches!(o, Op::PutService(..)));

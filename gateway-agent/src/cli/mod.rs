@@ -159,7 +159,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             check::run(&config, node_name.as_deref(), output.output == Output::Json)
         }
         Command::Status(args) => {
-            view(&args, inspect::status, |s| inspect::render_status(s))
+            view(&args, inspect::status, inspect::render_status)
         }
         Command::Lb { command: ListCommand::List(args) } => {
             view(&args, |_, m| inspect::services(m), |v| inspect::render_services(v))
