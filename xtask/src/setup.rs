@@ -179,3 +179,26 @@ fn missing_packages() -> Result<Vec<&'static str>> {
         .filter(|p| !installed.contains(p))
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_real_llvm_library_not_the_linker_script() {
+        let lib = env::temp_dir().join(format!("xtask-sysroot-{}", std::process::id()));
+        fs::create_dir_all(&lib).unwrap();
+        for name in [
+            "libLLVM-22-rust-1.97.0-nightly.so",
+            "librustc_driver-b5a965480ee51f9a.so",
+            "libLLVM.so.22.1-rust-1.97.0-nightly",
+        ] {
+            fs::write(lib.join(name), b"").unwrap();
+        }
+        let found = nightly_llvm(&lib);
+        fs::remove_dir_all(&lib).unwrap();
+        let (path, major) = found.unwrap();
+        assert_eq!(path, lib.join("libLLVM.so.22.1-rust-1.97.0-nightly"));
+        assert_eq!(major, "22");
+    }
+}
