@@ -90,6 +90,17 @@ fn reference_lab_is_wired_as_specified_and_leaves_nothing_behind() -> Result<()>
         );
     }
 
+    // Two nodes claiming one address (an ARP conflict) show up as two replies.
+    let vip = Ipv4Addr::new(192, 168, 10, 50);
+    for name in ["w1", "w2"] {
+        let node = lab.node(name);
+        node.ns()
+            .ip(&["addr", "add", &format!("{vip}/32"), "dev", lab::NODE_UPLINK])?;
+    }
+    let mut claimants = client.arping(vip)?;
+    claimants.sort();
+    assert_eq!(claimants, [lab.node("w1").mac(), lab.node("w2").mac()]);
+
     drop(lab);
     assert_gone(&prefix);
     Ok(())
