@@ -1,1 +1,47 @@
-fn main() {}
+//! `cargo xtask`: the developer's and CI's entry points (setup, lab, test).
+
+mod cmd;
+mod lab;
+mod setup;
+mod test;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Developer and CI tasks for gateway")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine needs: rust-src for nightly, bpf-linker, Debian packages
+    Setup,
+    /// Build or remove the lab topology (network namespaces; needs root)
+    Lab {
+        #[command(subcommand)]
+        action: lab::Action,
+    },
+    /// Set up, build, and run every test (what CI runs)
+    Test,
+}
+
+fn main() -> Result<()> {
+    let workspace = workspace_root();
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Lab { action } => lab::run(action, &workspace),
+        Task::Test => test::run(&workspace),
+    }
+}
+
+/// xtask lives one level below the workspace root.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}

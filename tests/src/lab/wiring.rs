@@ -1,0 +1,136 @@
+//! The lab's links and addresses. Every veth is created with its far end placed straight
+//! into its target namespace, so no link ever exists in the machine's own namespace.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+
+use super::spec::{NodeSpec, PodSpec, SEGMENT_PREFIX_LEN};
+use crate::netns::Netns;
+
+/// The bridge that is the flat L2 segment, in the segment namespace.
+pub const BRIDGE: &str = "br0";
+/// The client's interface; deliberately not matching the L2 policy's `^e.*`.
+pub const CLIENT_IFACE: &str = "cl0";
+/// Every node's uplink, as on the reference cluster's nodes.
+pub const NODE_UPLINK: &str = "ens18";
+/// The pod end of a pod's veth (the agent never runs in pods).
+pub const POD_IFACE: &str = "eth0";
+
+/// No IPv6 anywhere: the segment then carries only the tests' own traffic (no router
+/// solicitations or MLD reports), which keeps captures and datapath counters exact.
+const NO_IPV6: [(&str, &str); 2] = [
+    ("net.ipv6.conf.all.disable_ipv6", "1"),
+    ("net.ipv6.conf.default.disable_ipv6", "1"),
+];
+
+/// A node forwards between its uplink and its pods; replies from pods leave by the uplink
+/// although the request came in for a VIP, so reverse-path filtering must be off. New
+/// namespaces copy these from the machine's own, so they are set explicitly, before any
+/// interface exists, for every interface to inherit them.
+const NODE_SYSCTLS: [(&str, &str); 3] = [
+    ("net.ipv4.ip_forward", "1"),
+    ("net.ipv4.conf.all.rp_filter", "0"),
+    ("net.ipv4.conf.default.rp_filter", "0"),
+];
+
+/// The segment: a namespace holding only the bridge.
+pub(crate) fn segment(name: &str) -> Result<Netns> {
+    let seg = Netns::add(name, false)?;
+    seg.sysctl(&NO_IPV6)?;
+    seg.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+    seg.ip(&["link", "set", BRIDGE, "up"])?;
+    Ok(seg)
+}
+
+/// The client: one interface on the segment with its addresses, the first one primary.
+pub(crate) fn client(seg: &Netns, name: &str, addrs: &[Ipv4Addr], mac: &str) -> Result<Netns> {
+    let client = Netns::add(name, false)?;
+    client.sysctl(&NO_IPV6)?;
+    plug(seg, "p-client", &client, CLIENT_IFACE, mac, addrs)?;
+    Ok(client)
+}
+
+/// A node: its uplink on the segment, forwarding on, reverse-path filtering off.
+pub(crate) fn node(seg: &Netns, name: &str, spec: &NodeSpec) -> Result<Netns> {
+    let node = Netns::add(name, false)?;
+    node.sysctl(&[NO_IPV6.as_slice(), NODE_SYSCTLS.as_slice()].concat())?;
+    let port = format!("p-{}", spec.name);
+    plug(seg, &port, &node, NODE_UPLINK, &spec.mac(), &[spec.addr])
+        .with_context(|| format!("wiring node {}", spec.name))?;
+    Ok(node)
+}
+
+/// A pod behind `node`: a veth `lxc…` on the node, `eth0` in the pod, the pod's /32 routed
+/// on the node, and the pod's default route via the node-side gateway address.
+pub(crate) fn pod(node: &Netns, name: &str, spec: &PodSpec) -> Result<Netns> {
+    let pod = Netns::add(name, false)?;
+    pod.sysctl(&NO_IPV6)?;
+    link_pod(node, &pod, spec).with_context(|| format!("wiring pod {}", spec.name))?;
+    Ok(pod)
+}
+
+fn link_pod(node: &Netns, pod: &Netns, spec: &PodSpec) -> Result<()> {
+    let host = spec.host_iface();
+    let gateway = spec.gateway().to_string();
+    let addr = spec.addr.to_string();
+    node.ip(&[
+        "link",
+        "add",
+        &host,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        POD_IFACE,
+        "netns",
+        pod.name(),
+    ])?;
+    node.ip(&["link", "set", &host, "up"])?;
+    // Every pod link of a node carries the same gateway /32, as one gateway per node.
+    node.ip(&["addr", "add", &format!("{gateway}/32"), "dev", &host])?;
+    node.ip(&["route", "add", &format!("{addr}/32"), "dev", &host])?;
+    pod.ip(&["link", "set", POD_IFACE, "up"])?;
+    pod.ip(&["addr", "add", &format!("{addr}/32"), "dev", POD_IFACE])?;
+    pod.ip(&["route", "add", &gateway, "dev", POD_IFACE, "scope", "link"])?;
+    pod.ip(&["route", "add", "default", "via", &gateway, "dev", POD_IFACE])?;
+    Ok(())
+}
+
+/// Connects `iface` in `ns` to the segment through a veth whose other end, `port`, is a
+/// bridge port; sets the MAC and the /24 addresses of `iface`.
+fn plug(
+    seg: &Netns,
+    port: &str,
+    ns: &Netns,
+    iface: &str,
+    mac: &str,
+    addrs: &[Ipv4Addr],
+) -> Result<()> {
+    seg.ip(&[
+        "link",
+        "add",
+        port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        iface,
+        "address",
+        mac,
+        "netns",
+        ns.name(),
+    ])?;
+    seg.ip(&["link", "set", port, "master", BRIDGE, "up"])?;
+    for addr in addrs {
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{addr}/{SEGMENT_PREFIX_LEN}"),
+            "dev",
+            iface,
+        ])?;
+    }
+    ns.ip(&["link", "set", iface, "up"])?;
+    Ok(())
+}
