@@ -34,7 +34,8 @@ pub struct RunOptions {
 fn desired(options: &RunOptions, interfaces: &[Interface]) -> Result<DesiredState> {
     let config = config::load(&options.config).map_err(anyhow::Error::new)?;
     let names: Vec<String> = interfaces.iter().map(|i| i.name.clone()).collect();
-    let desired = model::desired_state(&config, &options.node_name, &names).map_err(anyhow::Error::new)?;
+    let desired =
+        model::desired_state(&config, &options.node_name, &names).map_err(anyhow::Error::new)?;
     for w in &desired.warnings {
         warn!("{w}");
     }
@@ -44,7 +45,10 @@ fn desired(options: &RunOptions, interfaces: &[Interface]) -> Result<DesiredStat
 fn selected_interfaces(options: &RunOptions) -> Result<Vec<Interface>> {
     let interfaces = interfaces::matching(&options.devices)?;
     if interfaces.is_empty() {
-        bail!("no network interface matches --devices '{}'", options.devices);
+        bail!(
+            "no network interface matches --devices '{}'",
+            options.devices
+        );
     }
     Ok(interfaces)
 }
@@ -76,7 +80,11 @@ fn summary(desired: &DesiredState) -> String {
         "{} frontends, {} backend slots; announcing {}",
         desired.frontends.len(),
         backends,
-        if announced.is_empty() { "nothing".into() } else { announced.join(", ") }
+        if announced.is_empty() {
+            "nothing".into()
+        } else {
+            announced.join(", ")
+        }
     )
 }
 
@@ -89,10 +97,14 @@ pub async fn run(options: RunOptions) -> Result<()> {
         pin_dir: Some(&options.bpffs),
         log_level: log::max_level(),
     })?;
-    datapath
+    datapath.maps.write_config(DatapathConfig::from_secs(
+        options.ct_tcp_timeout,
+        options.ct_any_timeout,
+    ))?;
+    let mut state = datapath
         .maps
-        .write_config(DatapathConfig::from_secs(options.ct_tcp_timeout, options.ct_any_timeout))?;
-    let mut state = datapath.maps.read_state().context("adopting the pinned maps")?;
+        .read_state()
+        .context("adopting the pinned maps")?;
     let adopted = !state.services.is_empty();
     let writes = apply(&mut datapath, &mut state, &desired, &interfaces)?;
     // Attach only once the maps hold the full state: the first packet sees all of it.
@@ -102,8 +114,16 @@ pub async fn run(options: RunOptions) -> Result<()> {
         options.node_name,
         summary(&desired),
         writes,
-        if adopted { ", adopted the pinned state" } else { "" },
-        interfaces.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+        if adopted {
+            ", adopted the pinned state"
+        } else {
+            ""
+        },
+        interfaces
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     let mut terminate = signal(SignalKind::terminate())?;

@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::fs;
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
+use nix::sched::{CloneFlags, setns};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -133,6 +135,25 @@ impl Netns {
             thread::sleep(Duration::from_millis(1));
         }
         Ok(child)
+    }
+
+    /// Opens a TCP connection from inside the namespace. The socket is created on a thread
+    /// that entered the namespace (setns is per thread), and keeps that namespace for its
+    /// whole life, wherever it is used afterwards.
+    pub fn connect_tcp(&self, to: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+        let path = Path::new(NETNS_DIR).join(&self.name);
+        thread::scope(|s| {
+            s.spawn(|| {
+                let ns =
+                    fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+                setns(ns, CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("entering network namespace {}", self.name))?;
+                TcpStream::connect_timeout(&to, timeout)
+                    .with_context(|| format!("connecting to {to} from {}", self.name))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the connecting thread panicked"))?
+        })
     }
 
     /// Processes whose network namespace is this one.

@@ -52,7 +52,10 @@ pub fn run(path: &Path, node: Option<&str>, json: bool) -> Result<ExitCode> {
         Err(errors) => return failed(path, errors, json),
     };
     // No interfaces: `check` judges the file, not this machine.
-    let frontends = match node.map(|n| model::desired_state(&config, n, &[])).transpose() {
+    let frontends = match node
+        .map(|n| model::desired_state(&config, n, &[]))
+        .transpose()
+    {
         Ok(state) => state.map(|s| s.frontends).unwrap_or_default(),
         Err(errors) => return failed(path, errors, json),
     };
@@ -91,11 +94,16 @@ pub fn run(path: &Path, node: Option<&str>, json: bool) -> Result<ExitCode> {
             t.row(vec![
                 format!("{}:{}/{:?}", f.vip, f.port, f.protocol).to_uppercase(),
                 format!("{}/{}", f.service.namespace, f.service.name),
-                f.affinity_timeout_secs.map_or("-".into(), |s| format!("ClientIP {s}s")),
+                f.affinity_timeout_secs
+                    .map_or("-".into(), |s| format!("ClientIP {s}s")),
                 if f.backends.is_empty() {
                     "(none)".into()
                 } else {
-                    f.backends.iter().map(|b| format!("{}:{}", b.addr, b.port)).collect::<Vec<_>>().join(", ")
+                    f.backends
+                        .iter()
+                        .map(|b| format!("{}:{}", b.addr, b.port))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 },
             ]);
         }

@@ -49,9 +49,16 @@ pub fn services(maps: &Maps) -> Result<Vec<ServiceView>> {
     for (key, service) in &state.services {
         let mut backends = Vec::new();
         for slot in 1..=u32::from(service.backend_count) {
-            let key = gateway_common::SlotKey { service_id: service.id, slot };
-            let Some(&id) = state.slots.get(&key) else { continue };
-            let Some(b) = state.backends.get(&id) else { continue };
+            let key = gateway_common::SlotKey {
+                service_id: service.id,
+                slot,
+            };
+            let Some(&id) = state.slots.get(&key) else {
+                continue;
+            };
+            let Some(b) = state.backends.get(&id) else {
+                continue;
+            };
             let t = maps.backend_traffic(id)?;
             backends.push(BackendView {
                 id,
@@ -77,7 +84,9 @@ pub fn services(maps: &Maps) -> Result<Vec<ServiceView>> {
 }
 
 pub fn render_services(views: &[ServiceView]) -> String {
-    let mut t = Table::new(vec!["FRONTEND", "SERVICE", "AFFINITY", "PACKETS", "BACKENDS"]);
+    let mut t = Table::new(vec![
+        "FRONTEND", "SERVICE", "AFFINITY", "PACKETS", "BACKENDS",
+    ]);
     for v in views {
         let backends = if v.backends.is_empty() {
             "(none on this node)".to_owned()
@@ -91,7 +100,8 @@ pub fn render_services(views: &[ServiceView]) -> String {
         t.row(vec![
             v.frontend.clone(),
             v.service.clone(),
-            v.affinity_timeout_secs.map_or("-".into(), |s| format!("ClientIP {s}s")),
+            v.affinity_timeout_secs
+                .map_or("-".into(), |s| format!("ClientIP {s}s")),
             v.packets.to_string(),
             backends,
         ]);
@@ -139,14 +149,22 @@ pub fn flows(maps: &Maps) -> Result<Vec<FlowView>> {
         }
         let idle = now.saturating_sub(e.last_seen_ns);
         views.push(FlowView {
-            client: format!("{}:{}", addr_from_map(k.client_addr), port_from_map(k.client_port)),
+            client: format!(
+                "{}:{}",
+                addr_from_map(k.client_addr),
+                port_from_map(k.client_port)
+            ),
             frontend: format!(
                 "{}:{}/{}",
                 addr_from_map(k.vip),
                 port_from_map(k.vip_port),
                 proto_name(k.proto)
             ),
-            backend: format!("{}:{}", addr_from_map(e.backend_addr), port_from_map(e.backend_port)),
+            backend: format!(
+                "{}:{}",
+                addr_from_map(e.backend_addr),
+                port_from_map(e.backend_port)
+            ),
             backend_id: e.backend_id,
             service_id: e.service_id,
             state: flow_state(&e),
@@ -159,7 +177,14 @@ pub fn flows(maps: &Maps) -> Result<Vec<FlowView>> {
 }
 
 pub fn render_flows(views: &[FlowView]) -> String {
-    let mut t = Table::new(vec!["CLIENT", "FRONTEND", "BACKEND", "STATE", "IDLE", "EXPIRES IN"]);
+    let mut t = Table::new(vec![
+        "CLIENT",
+        "FRONTEND",
+        "BACKEND",
+        "STATE",
+        "IDLE",
+        "EXPIRES IN",
+    ]);
     for v in views {
         t.row(vec![
             v.client.clone(),
@@ -193,7 +218,9 @@ pub fn affinities(maps: &Maps) -> Result<Vec<AffinityView>> {
     let mut views = Vec::new();
     for entry in maps.affinity.iter() {
         let (k, a) = entry?;
-        let Some((key, service)) = by_id.get(&k.service_id) else { continue };
+        let Some((key, service)) = by_id.get(&k.service_id) else {
+            continue;
+        };
         let idle = now.saturating_sub(a.last_used_ns);
         if idle > service.affinity_timeout_ns {
             continue;
@@ -241,18 +268,26 @@ pub struct AnnouncementView {
 }
 
 fn mac_text(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// `l2 list`: the VIPs this node answers ARP for, per interface, with reply counters.
 pub fn announcements(maps: &Maps) -> Result<Vec<AnnouncementView>> {
-    let names: BTreeMap<u32, String> =
-        interfaces::all()?.into_iter().map(|i| (i.index, i.name)).collect();
+    let names: BTreeMap<u32, String> = interfaces::all()?
+        .into_iter()
+        .map(|i| (i.index, i.name))
+        .collect();
     let mut views = Vec::new();
     for entry in maps.l2.iter() {
         let (k, e) = entry?;
         views.push(AnnouncementView {
-            interface: names.get(&k.ifindex).cloned().unwrap_or_else(|| format!("#{}", k.ifindex)),
+            interface: names
+                .get(&k.ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("#{}", k.ifindex)),
             ifindex: k.ifindex,
             vip: addr_from_map(k.vip).to_string(),
             mac: mac_text(&e.mac),
@@ -266,7 +301,12 @@ pub fn announcements(maps: &Maps) -> Result<Vec<AnnouncementView>> {
 pub fn render_announcements(views: &[AnnouncementView]) -> String {
     let mut t = Table::new(vec!["INTERFACE", "VIP", "MAC", "ARP REPLIES"]);
     for v in views {
-        t.row(vec![v.interface.clone(), v.vip.clone(), v.mac.clone(), v.arp_replies.to_string()]);
+        t.row(vec![
+            v.interface.clone(),
+            v.vip.clone(),
+            v.mac.clone(),
+            v.arp_replies.to_string(),
+        ]);
     }
     t.render()
 }
@@ -301,17 +341,18 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
     let state = maps.read_state()?;
     let mut attachments = Vec::new();
     for pin in attach::pinned_links(bpffs)? {
-        let name = pin.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        // `<interface>.<ifindex>.<direction>`
-        let mut parts = name.rsplitn(3, '.');
-        let (Some(direction), Some(_), Some(interface)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let name = pin
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let Some((interface, direction)) = attach::parse_link_pin(&name) else {
             continue;
         };
         attachments.push(AttachmentView {
-            interface: interface.to_owned(),
+            attached: tcx_has_gateway(&interface, direction),
+            interface,
             direction: direction.to_owned(),
-            attached: tcx_has_gateway(interface, direction),
         });
     }
     Ok(StatusView {
@@ -325,7 +366,11 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
         announcements: state.l2.len(),
         flows: flows(maps)?.len(),
         affinities: maps.affinity.keys().count(),
-        counters: maps.counters()?.into_iter().map(|(c, v)| (c.name(), v)).collect(),
+        counters: maps
+            .counters()?
+            .into_iter()
+            .map(|(c, v)| (c.name(), v))
+            .collect(),
         services: services(maps)?,
     })
 }
@@ -333,12 +378,14 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
 /// Whether the interface's tcx chain for `direction` holds one of our programs.
 fn tcx_has_gateway(interface: &str, direction: &str) -> bool {
     let (attach_type, program) = match direction {
-        "ingress" => (TcAttachType::Ingress, gateway_common::program_names::INGRESS),
+        "ingress" => (
+            TcAttachType::Ingress,
+            gateway_common::program_names::INGRESS,
+        ),
         _ => (TcAttachType::Egress, gateway_common::program_names::EGRESS),
     };
-    SchedClassifier::query_tcx(interface, attach_type).is_ok_and(|(_, programs)| {
-        programs.iter().any(|p| p.name_as_str().is_some_and(|n| program.starts_with(n)))
-    })
+    SchedClassifier::query_tcx(interface, attach_type)
+        .is_ok_and(|(_, programs)| programs.iter().any(|p| p.name_as_str() == Some(program)))
 }
 
 pub fn render_status(s: &StatusView) -> String {
@@ -351,7 +398,12 @@ pub fn render_status(s: &StatusView) -> String {
         t.row(vec![
             a.interface.clone(),
             a.direction.clone(),
-            if a.attached { "attached" } else { "NOT ATTACHED" }.into(),
+            if a.attached {
+                "attached"
+            } else {
+                "NOT ATTACHED"
+            }
+            .into(),
         ]);
     }
     out.push_str(&t.render());

@@ -21,7 +21,11 @@ use crate::{
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf/gateway";
 
 #[derive(Parser)]
-#[command(name = "gateway-agent", version, about = "eBPF load balancer for bare-metal LoadBalancer services: VIPs from IP pools, L2 announcements, node-local backends with the client's source IP kept")]
+#[command(
+    name = "gateway-agent",
+    version,
+    about = "eBPF load balancer for bare-metal LoadBalancer services: VIPs from IP pools, L2 announcements, node-local backends with the client's source IP kept"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -155,24 +159,40 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config, node_name, output } => {
-            check::run(&config, node_name.as_deref(), output.output == Output::Json)
-        }
-        Command::Status(args) => {
-            view(&args, inspect::status, inspect::render_status)
-        }
-        Command::Lb { command: ListCommand::List(args) } => {
-            view(&args, |_, m| inspect::services(m), |v| inspect::render_services(v))
-        }
-        Command::Ct { command: ListCommand::List(args) } => {
-            view(&args, |_, m| inspect::flows(m), |v| inspect::render_flows(v))
-        }
-        Command::Affinity { command: ListCommand::List(args) } => {
-            view(&args, |_, m| inspect::affinities(m), |v| inspect::render_affinities(v))
-        }
-        Command::L2 { command: ListCommand::List(args) } => {
-            view(&args, |_, m| inspect::announcements(m), |v| inspect::render_announcements(v))
-        }
+        Command::Check {
+            config,
+            node_name,
+            output,
+        } => check::run(&config, node_name.as_deref(), output.output == Output::Json),
+        Command::Status(args) => view(&args, inspect::status, inspect::render_status),
+        Command::Lb {
+            command: ListCommand::List(args),
+        } => view(
+            &args,
+            |_, m| inspect::services(m),
+            |v| inspect::render_services(v),
+        ),
+        Command::Ct {
+            command: ListCommand::List(args),
+        } => view(
+            &args,
+            |_, m| inspect::flows(m),
+            |v| inspect::render_flows(v),
+        ),
+        Command::Affinity {
+            command: ListCommand::List(args),
+        } => view(
+            &args,
+            |_, m| inspect::affinities(m),
+            |v| inspect::render_affinities(v),
+        ),
+        Command::L2 {
+            command: ListCommand::List(args),
+        } => view(
+            &args,
+            |_, m| inspect::announcements(m),
+            |v| inspect::render_announcements(v),
+        ),
         Command::Teardown { bpffs } => {
             for line in datapath::teardown(&bpffs)? {
                 println!("removed {line}");

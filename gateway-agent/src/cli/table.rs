@@ -9,7 +9,10 @@ pub struct Table {
 
 impl Table {
     pub fn new(header: Vec<&'static str>) -> Self {
-        Self { header, rows: Vec::new() }
+        Self {
+            header,
+            rows: Vec::new(),
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {

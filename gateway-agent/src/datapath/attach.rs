@@ -26,10 +26,19 @@ fn links_dir(bpffs: &Path) -> PathBuf {
     bpffs.join("links")
 }
 
-/// `<bpffs>/links/<interface>.<ifindex>.<direction>`: the index tells a re-created interface
-/// of the same name from the one the link was made for.
+/// `<bpffs>/links/<interface>@<ifindex>-<direction>`: the index tells a re-created interface
+/// of the same name from the one the link was made for. bpffs refuses dots in names
+/// (reserved), so a dot in an interface name (a VLAN like `ens18.100`) is written as `%`.
 pub fn link_pin(bpffs: &Path, iface: &Interface, direction: &str) -> PathBuf {
-    links_dir(bpffs).join(format!("{}.{}.{direction}", iface.name, iface.index))
+    let name = iface.name.replace('.', "%");
+    links_dir(bpffs).join(format!("{name}@{}-{direction}", iface.index))
+}
+
+/// The interface name and direction of a link pin's file name.
+pub fn parse_link_pin(file_name: &str) -> Option<(String, &str)> {
+    let (rest, direction) = file_name.rsplit_once('-')?;
+    let (name, _ifindex) = rest.rsplit_once('@')?;
+    Some((name.replace('%', "."), direction))
 }
 
 /// Attaches ingress and egress programs to every interface, replacing the programs of
@@ -128,4 +137,32 @@ pub fn detach_all(bpffs: &Path) -> Result<Vec<String>> {
         fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pins_have_no_dots_and_parse_back() {
+        let vlan = Interface {
+            name: "ens18.100".into(),
+            index: 7,
+            mac: [0; 6],
+        };
+        let pin = link_pin(Path::new("/b"), &vlan, "egress");
+        let file = pin.file_name().unwrap().to_str().unwrap();
+        assert_eq!(file, "ens18%100@7-egress");
+        assert_eq!(parse_link_pin(file), Some(("ens18.100".into(), "egress")));
+        let dashed = Interface {
+            name: "br-lan".into(),
+            index: 3,
+            mac: [0; 6],
+        };
+        let pin = link_pin(Path::new("/b"), &dashed, "ingress");
+        assert_eq!(
+            parse_link_pin(pin.file_name().unwrap().to_str().unwrap()),
+            Some(("br-lan".into(), "ingress"))
+        );
+    }
 }

@@ -1,0 +1,398 @@
+//! The gateway as a user sees it: the agent running on the lab's nodes, real ARP and real
+//! TCP from the client namespace through the real kernel, answered by nginx in the pods.
+//! Needs root; every test builds its own lab and tears it down, also when it fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use gateway_tests::agent::{self, Agent};
+use gateway_tests::lab::{self, Lab, LabSpec, SessionAffinity};
+
+const VIP_INTERNAL: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 49);
+const VIP_EXTERNAL: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 50);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 10);
+const CLIENT_2: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 11);
+
+/// A lab with the agent running on some of its nodes. Agents stop before the lab goes.
+struct Cluster {
+    agents: BTreeMap<String, Agent>,
+    config: PathBuf,
+    lab: Lab,
+}
+
+impl Cluster {
+    fn up(spec: LabSpec, nodes: &[&str]) -> Result<Self> {
+        let lab = Lab::up(spec.with_teardown_agent(agent::binary()?))?;
+        let config = agent::write_config(&lab, &lab.config_yaml()?)?;
+        let mut cluster = Cluster {
+            agents: BTreeMap::new(),
+            config,
+            lab,
+        };
+        for node in nodes {
+            cluster.start(node)?;
+        }
+        Ok(cluster)
+    }
+
+    fn start(&mut self, node: &str) -> Result<()> {
+        let agent = Agent::start(&self.lab, node, &self.config)?;
+        self.agents.insert(node.into(), agent);
+        Ok(())
+    }
+
+    fn agent(&self, node: &str) -> &Agent {
+        &self.agents[node]
+    }
+
+    /// The node whose agent announces `vip`; fails unless exactly one does.
+    fn announcer(&self, vip: Ipv4Addr) -> Result<String> {
+        let mut announcers = Vec::new();
+        for (node, agent) in &self.agents {
+            if agent.announced()?.contains(&vip) {
+                announcers.push(node.clone());
+            }
+        }
+        match announcers.as_slice() {
+            [one] => Ok(one.clone()),
+            _ => bail!("{vip} is announced by {announcers:?}, not by exactly one node"),
+        }
+    }
+
+    fn pods_of(&self, node: &str) -> BTreeSet<String> {
+        self.lab
+            .pods()
+            .iter()
+            .filter(|p| p.node() == node)
+            .map(|p| p.name().to_owned())
+            .collect()
+    }
+
+    /// GETs `url` from the client (optionally from `source`) and parses the pod's answer.
+    fn get(&self, url: &str, source: Option<Ipv4Addr>) -> Result<Answer> {
+        Answer::parse(&self.lab.client().curl(url, source)?)
+    }
+}
+
+/// What an envoy-like pod answers: `backend=POD client=IP:PORT local=IP:PORT`.
+#[derive(Debug)]
+struct Answer {
+    backend: String,
+    client: SocketAddr,
+    local: SocketAddr,
+}
+
+impl Answer {
+    fn parse(body: &str) -> Result<Self> {
+        let field = |name: &str| -> Result<&str> {
+            body.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+                .with_context(|| format!("no {name}= in {body:?}"))
+        };
+        Ok(Self {
+            backend: field("backend")?.to_owned(),
+            client: field("client")?.parse()?,
+            local: field("local")?.parse()?,
+        })
+    }
+}
+
+/// One HTTP/1.1 request on an open keep-alive connection.
+fn request(conn: &mut TcpStream, host: Ipv4Addr) -> Result<Answer> {
+    write!(conn, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        ensure!(
+            reader.read_line(&mut line)? > 0,
+            "connection closed mid-response"
+        );
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = Some(v.trim().parse::<usize>()?);
+        }
+    }
+    let mut body = vec![0; length.context("no Content-Length")?];
+    reader.read_exact(&mut body)?;
+    Answer::parse(&String::from_utf8(body)?)
+}
+
+#[test]
+fn arp_is_answered_by_exactly_one_worker_per_vip_and_only_for_announced_vips() -> Result<()> {
+    let c = Cluster::up(
+        LabSpec::reference(&lab::unique_prefix("gwa")),
+        &["cp1", "w1", "w2"],
+    )?;
+    let client = c.lab.client();
+    for vip in [VIP_INTERNAL, VIP_EXTERNAL] {
+        let announcer = c.announcer(vip)?;
+        assert_ne!(
+            announcer, "cp1",
+            "the L2 policy excludes control-plane nodes"
+        );
+        client.flush_neigh()?;
+        let macs = client.arping(vip)?;
+        assert_eq!(
+            macs,
+            vec![c.lab.node(&announcer).mac().to_owned()],
+            "ARP for {vip}"
+        );
+    }
+    // An address of the pool that no service holds, and any other address: no answer.
+    for unannounced in [
+        Ipv4Addr::new(192, 168, 10, 51),
+        Ipv4Addr::new(192, 168, 10, 200),
+    ] {
+        assert_eq!(
+            client.arping(unannounced)?,
+            Vec::<String>::new(),
+            "{unannounced}"
+        );
+    }
+    assert!(c.agent("cp1").announced()?.is_empty());
+    // The kernel still answers for the nodes' own addresses.
+    assert_eq!(
+        client.arping(c.lab.node("w1").addr())?,
+        vec![c.lab.node("w1").mac().to_owned()]
+    );
+    // Every reply was counted by the node that sent it.
+    let replies: u64 = ["w1", "w2"]
+        .iter()
+        .map(|n| c.agent(n).counter("arp_reply"))
+        .sum::<Result<u64>>()?;
+    assert_eq!(replies, 2);
+    Ok(())
+}
+
+#[test]
+fn requests_reach_a_local_backend_that_sees_the_client_address() -> Result<()> {
+    let c = Cluster::up(
+        LabSpec::reference(&lab::unique_prefix("gwb")),
+        &["w1", "w2"],
+    )?;
+    for vip in [VIP_INTERNAL, VIP_EXTERNAL] {
+        let announcer = c.announcer(vip)?;
+        let local_pods = c.pods_of(&announcer);
+        for (port, backend_port) in [(80, 8080), (443, 8443)] {
+            for _ in 0..5 {
+                let a = c.get(&format!("http://{vip}:{port}/"), None)?;
+                assert!(local_pods.contains(&a.backend), "{a:?} not on {announcer}");
+                assert_eq!(a.client.ip(), CLIENT, "no SNAT: the pod sees the client");
+                assert_eq!(a.local.port(), backend_port);
+            }
+        }
+        // The flows are tracked on the announcer with the client's own address.
+        let flows = c.agent(&announcer).json(&["ct", "list"])?;
+        let frontend = format!("{vip}:80/TCP");
+        assert!(
+            flows
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["frontend"] == frontend.as_str()
+                    && f["client"].as_str().unwrap().starts_with("192.168.10.10:")),
+            "{flows:#}"
+        );
+    }
+    // Each node programs only its own ready endpoints.
+    for node in ["w1", "w2"] {
+        let lb = c.agent(node).json(&["lb", "list"])?;
+        let prefix = if node == "w1" {
+            "10.244.1."
+        } else {
+            "10.244.2."
+        };
+        for frontend in lb.as_array().unwrap() {
+            for b in frontend["backends"].as_array().unwrap() {
+                assert!(
+                    b["address"].as_str().unwrap().starts_with(prefix),
+                    "{node}: {lb:#}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// w2's only pod not ready: w2 is not eligible, so w1 announces both VIPs and balances
+/// over its two pods. The external service has no affinity.
+fn two_local_backends_spec(prefix: &str) -> LabSpec {
+    let mut spec = LabSpec::reference(prefix).with_client_addr(CLIENT_2);
+    spec.pod_mut("envoy-w2a").ready = false;
+    spec.service_mut("cilium-gateway-gateway-external")
+        .session_affinity = SessionAffinity::None;
+    spec
+}
+
+#[test]
+fn client_ip_affinity_holds_across_new_connections() -> Result<()> {
+    let c = Cluster::up(
+        two_local_backends_spec(&lab::unique_prefix("gwc")),
+        &["w1", "w2"],
+    )?;
+    assert_eq!(c.announcer(VIP_INTERNAL)?, "w1");
+    assert_eq!(c.announcer(VIP_EXTERNAL)?, "w1");
+    for source in [CLIENT, CLIENT_2] {
+        let backends: BTreeSet<String> = (0..12)
+            .map(|_| {
+                c.get(&format!("http://{VIP_INTERNAL}/"), Some(source))
+                    .map(|a| a.backend)
+            })
+            .collect::<Result<_>>()?;
+        assert_eq!(
+            backends.len(),
+            1,
+            "one client, one backend: {source} got {backends:?}"
+        );
+    }
+    let affinity = c.agent("w1").json(&["affinity", "list"])?;
+    let clients: BTreeSet<&str> = affinity
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["client"].as_str().unwrap())
+        .collect();
+    assert_eq!(clients, BTreeSet::from(["192.168.10.10", "192.168.10.11"]));
+    let entry = &affinity.as_array().unwrap()[0];
+    assert!(
+        entry["expires_in_secs"].as_u64().unwrap() > 10700,
+        "3 hours: {entry}"
+    );
+
+    // Without affinity the same client is spread over both local pods.
+    let spread: BTreeSet<String> = (0..24)
+        .map(|_| {
+            c.get(&format!("http://{VIP_EXTERNAL}/"), None)
+                .map(|a| a.backend)
+        })
+        .collect::<Result<_>>()?;
+    assert_eq!(
+        spread,
+        BTreeSet::from(["envoy-w1a".to_owned(), "envoy-w1b".to_owned()])
+    );
+    Ok(())
+}
+
+#[test]
+fn a_vip_port_that_is_not_served_is_dropped_and_counted() -> Result<()> {
+    let c = Cluster::up(two_local_backends_spec(&lab::unique_prefix("gwd")), &["w1"])?;
+    let out = c.lab.client().ns().exec([
+        "curl",
+        "-sS",
+        "--connect-timeout",
+        "1",
+        &format!("http://{VIP_INTERNAL}:8080/"),
+    ])?;
+    assert!(!out.status.success(), "nothing serves VIP:8080");
+    assert!(c.agent("w1").counter("drop_unknown_port")? >= 1);
+    // The pod port is not reachable through the VIP, and the VIP still serves port 80.
+    c.get(&format!("http://{VIP_INTERNAL}/"), None)?;
+    Ok(())
+}
+
+#[test]
+fn the_nodes_own_traffic_is_unaffected() -> Result<()> {
+    let c = Cluster::up(two_local_backends_spec(&lab::unique_prefix("gwe")), &["w1"])?;
+    let w1 = c.lab.node("w1");
+    let client = c.lab.client();
+    client.ping(w1.addr())?;
+    assert_eq!(
+        client.curl(&format!("http://{}/", w1.addr()), None)?,
+        "node=w1 client=192.168.10.10\n"
+    );
+    // The node reaches the client and its own pods directly.
+    w1.ns()
+        .run(["ping", "-n", "-c", "1", "-W", "2", &CLIENT.to_string()])?;
+    let pod = c.lab.pod("envoy-w1a");
+    let body = w1.ns().run([
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        &format!("http://{}:8080/", pod.addr()),
+    ])?;
+    assert!(
+        body.contains(&format!("client={}:", pod.gateway())),
+        "{body}"
+    );
+    // None of it was balanced.
+    assert_eq!(c.agent("w1").counter("ct_created")?, 0);
+    Ok(())
+}
+
+#[test]
+fn an_agent_restart_keeps_tracked_connections_and_traffic_flows_while_it_is_down() -> Result<()> {
+    let mut c = Cluster::up(two_local_backends_spec(&lab::unique_prefix("gwf")), &["w1"])?;
+    let to = SocketAddr::from((VIP_EXTERNAL, 80));
+    let mut conn = c
+        .lab
+        .client()
+        .ns()
+        .connect_tcp(to, Duration::from_secs(5))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let first = request(&mut conn, VIP_EXTERNAL)?;
+    let flow_of = |agent: &Agent| -> Result<serde_json::Value> {
+        let flows = agent.json(&["ct", "list"])?;
+        let port = first.client.port();
+        flows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["client"] == format!("{CLIENT}:{port}").as_str())
+            .cloned()
+            .with_context(|| format!("flow from port {port} not tracked: {flows:#}"))
+    };
+    let before = flow_of(c.agent("w1"))?;
+
+    // Killed outright: the datapath keeps serving the connection and new ones.
+    c.agents.remove("w1").unwrap().kill()?;
+    assert_eq!(request(&mut conn, VIP_EXTERNAL)?.backend, first.backend);
+    c.get(&format!("http://{VIP_EXTERNAL}/"), None)?;
+    c.lab.client().flush_neigh()?;
+    assert_eq!(
+        c.lab.client().arping(VIP_EXTERNAL)?,
+        vec![c.lab.node("w1").mac().to_owned()]
+    );
+
+    // Started again: it adopts the maps, and the connection keeps its backend.
+    c.start("w1")?;
+    let log = c.agent("w1").log();
+    assert!(log.contains("adopted the pinned state"), "{log}");
+    assert!(log.contains("replaced in place"), "{log}");
+    let after = flow_of(c.agent("w1"))?;
+    assert_eq!(after["backend"], before["backend"]);
+    assert_eq!(after["backend_id"], before["backend_id"]);
+    assert_eq!(request(&mut conn, VIP_EXTERNAL)?.backend, first.backend);
+    Ok(())
+}
+
+#[test]
+fn teardown_detaches_the_programs_and_removes_every_pin() -> Result<()> {
+    let mut c = Cluster::up(two_local_backends_spec(&lab::unique_prefix("gwg")), &["w1"])?;
+    c.get(&format!("http://{VIP_INTERNAL}/"), None)?;
+    let agent = c.agents.remove("w1").unwrap();
+    let bpffs = agent.bpffs().to_owned();
+    agent.stop();
+    let w1 = c.lab.node("w1");
+    let binary = agent::binary()?;
+    let removed = agent::cli(&binary, w1.ns().name(), &bpffs, &["teardown"])?;
+    assert!(removed.contains("link ens18@"), "{removed}");
+    assert!(!bpffs.exists(), "{} left behind", bpffs.display());
+    let net = w1.ns().run(["bpftool", "net", "show", "dev", "ens18"])?;
+    assert!(
+        !net.contains("gw_ingress") && !net.contains("gw_egress"),
+        "{net}"
+    );
+    // Nobody answers for the VIP any more.
+    c.lab.client().flush_neigh()?;
+    assert!(c.lab.client().arping(VIP_INTERNAL)?.is_empty());
+    Ok(())
+}
