@@ -16,22 +16,23 @@ use crate::process::Process;
 /// How long the agent may take to load, program and attach.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The agent binary cargo built next to this test binary (`target/<profile>/gateway-agent`).
+/// The agent binary cargo built beside the running one: `target/<profile>/gateway-agent`,
+/// seen from a test (`target/<profile>/deps/<test>`) or from xtask (`target/<profile>/xtask`).
 pub fn binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the test binary")?;
-    // target/<profile>/deps/<test> -> target/<profile>/gateway-agent
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
+    let exe = std::env::current_exe().context("locating the running binary")?;
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
         .map(|dir| dir.join("gateway-agent"))
-        .context("test binary outside a cargo target directory")?;
-    if !path.exists() {
-        bail!(
-            "{} is missing: run `cargo build -p gateway-agent` first",
-            path.display()
-        );
-    }
-    Ok(path)
+        .collect();
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .with_context(|| {
+            format!("no gateway-agent at {candidates:?}: run `cargo build -p gateway-agent` first")
+        })
 }
 
 /// Writes the lab's objects to `run_dir/config.yaml` and returns the path.

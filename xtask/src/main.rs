@@ -1,6 +1,7 @@
-//! `cargo xtask`: the developer's and CI's entry points (setup, lab, test).
+//! `cargo xtask`: the developer's and CI's entry points (setup, demo, lab, test).
 
 mod cmd;
+mod demo;
 mod lab;
 mod setup;
 mod test;
@@ -26,6 +27,8 @@ enum Task {
         #[command(subcommand)]
         action: lab::Action,
     },
+    /// Set up, build, run the agent on the lab and show what it does
+    Demo,
     /// Set up, build, and run every test (what CI runs)
     Test,
 }
@@ -35,6 +38,7 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Lab { action } => lab::run(action, &workspace),
+        Task::Demo => demo::run(&workspace),
         Task::Test => test::run(&workspace),
     }
 }

@@ -1,0 +1,187 @@
+//! `cargo xtask demo`: the main job on the embedded lab. Sets the machine up, builds the
+//! agent, brings the reference topology up in network namespaces, runs the agent on every
+//! node, sends real requests from the client to the VIPs and shows what happened: who
+//! answered ARP, which backend served, the source address the backend saw, and affinity
+//! holding. Everything is torn down at the end, also on failure.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Result;
+use gateway_tests::agent::{self, Agent};
+use gateway_tests::lab::{self, Lab, LabSpec};
+
+use crate::{cmd, setup};
+
+const VIPS: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(192, 168, 10, 49),
+    Ipv4Addr::new(192, 168, 10, 50),
+];
+const SECOND_CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 11);
+const REQUESTS: usize = 6;
+
+/// Every claim the demo makes is checked against what it observed.
+#[derive(Default)]
+struct Findings {
+    failed: Vec<String>,
+    passed: BTreeMap<String, usize>,
+}
+
+impl Findings {
+    fn check(&mut self, ok: bool, claim: String) {
+        if ok {
+            *self.passed.entry(claim).or_default() += 1;
+        } else {
+            self.failed.push(claim);
+        }
+    }
+
+    fn report(&self) -> Result<()> {
+        for claim in self.passed.keys() {
+            println!("ok    {claim}");
+        }
+        for claim in &self.failed {
+            println!("FAIL  {claim}");
+        }
+        anyhow::ensure!(
+            self.failed.is_empty(),
+            "{} demo checks failed",
+            self.failed.len()
+        );
+        Ok(())
+    }
+}
+
+fn section(title: &str) {
+    println!("\n=== {title}");
+}
+
+pub fn run(workspace: &Path) -> Result<()> {
+    setup::run()?;
+    cmd::run(
+        Command::new("cargo")
+            .args(["build", "-p", "gateway-agent"])
+            .current_dir(workspace),
+    )?;
+    let binary = agent::binary()?;
+
+    section("lab: client, L2 segment, control plane cp1, workers w1 (2 envoy pods) and w2 (1)");
+    let spec = LabSpec::reference(&lab::unique_prefix("gwdemo")).with_client_addr(SECOND_CLIENT);
+    let lab = Lab::up(spec.with_teardown_agent(&binary))?;
+    let config = agent::write_config(&lab, &lab.config_yaml()?)?;
+    println!("objects: {}", config.display());
+    let check = Command::new(&binary)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&check.stdout));
+
+    section("gateway-agent run on every node");
+    let mut agents = BTreeMap::new();
+    for node in lab.nodes() {
+        let agent = Agent::start(&lab, node.name(), &config)?;
+        let announced = agent.announced()?;
+        println!(
+            "{:<4} agent up, pinned at {}; announces {}",
+            node.name(),
+            agent.bpffs().display(),
+            if announced.is_empty() {
+                "nothing".to_owned()
+            } else {
+                format!("{announced:?}")
+            }
+        );
+        agents.insert(node.name().to_owned(), agent);
+    }
+    let mac_owner: BTreeMap<String, String> = lab
+        .nodes()
+        .iter()
+        .map(|n| (n.mac().to_owned(), n.name().to_owned()))
+        .collect();
+
+    let client = lab.client();
+    let mut findings = Findings::default();
+    let mut announcers = Vec::new();
+    for vip in VIPS {
+        section(&format!("VIP {vip}"));
+        client.flush_neigh()?;
+        let owners: Vec<String> = client
+            .arping(vip)?
+            .iter()
+            .map(|m| {
+                mac_owner
+                    .get(m)
+                    .cloned()
+                    .unwrap_or_else(|| format!("unknown MAC {m}"))
+            })
+            .collect();
+        println!("ARP who-has {vip}: answered by {}", owners.join(", "));
+        findings.check(
+            owners.len() == 1 && owners[0] != "cp1",
+            format!("exactly one worker answers ARP for {vip}: {owners:?}"),
+        );
+        let Some(announcer) = owners.first().cloned() else {
+            continue;
+        };
+        for source in [client.addr(), SECOND_CLIENT] {
+            let mut backends = Vec::new();
+            for i in 0..REQUESTS {
+                let body = client.curl(&format!("http://{vip}/"), Some(source))?;
+                println!("  client {source:<14} request {}: {}", i + 1, body.trim());
+                let field = |name: &str| {
+                    body.split_whitespace()
+                        .find_map(|kv| kv.strip_prefix(name))
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                let backend = field("backend=");
+                let pod_node = lab
+                    .pods()
+                    .iter()
+                    .find(|p| p.name() == backend)
+                    .map(|p| p.node().to_owned());
+                findings.check(
+                    pod_node.as_deref() == Some(announcer.as_str()),
+                    format!("{vip}: {backend} runs on the announcing node {announcer}"),
+                );
+                findings.check(
+                    field("client=").starts_with(&format!("{source}:")),
+                    format!("{vip}: the backend saw the client's own address {source}"),
+                );
+                backends.push(backend);
+            }
+            backends.dedup();
+            findings.check(
+                backends.len() == 1,
+                format!("{vip}: client {source} kept one backend over {REQUESTS} connections: {backends:?}"),
+            );
+        }
+        announcers.push(announcer);
+    }
+
+    announcers.dedup();
+    for node in &announcers {
+        let agent = &agents[node];
+        for (title, args) in [
+            ("lb list", vec!["lb", "list"]),
+            ("l2 list", vec!["l2", "list"]),
+            ("affinity list", vec!["affinity", "list"]),
+            ("ct list", vec!["ct", "list"]),
+            ("status", vec!["status"]),
+        ] {
+            section(&format!("gateway-agent {title} on {node}"));
+            print!("{}", agent.cli(&args)?);
+        }
+    }
+
+    section("what this shows (checked)");
+    findings.report()?;
+
+    section("teardown");
+    drop(agents);
+    drop(lab);
+    println!("lab removed");
+    Ok(())
+}
