@@ -41,8 +41,8 @@ impl Client {
         &self.mac
     }
 
-    /// Sends one ARP request for `target` and returns the MAC of every reply, in order:
-    /// empty when nobody answered, more than one when several nodes claim the address.
+    /// Sends one ARP request for `target` and returns the distinct MACs that replied, in
+    /// order: empty when nobody answered, more than one when several nodes claim the address.
     pub fn arping(&self, target: Ipv4Addr) -> Result<Vec<String>> {
         let target = target.to_string();
         let out = self
@@ -50,12 +50,19 @@ impl Client {
             .exec(["arping", "-c", "1", "-w", "2", "-I", CLIENT_IFACE, &target])?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         // Thomas Habets' arping prints "42 bytes from 02:00:00:00:00:70 (192.168.10.50): ...".
-        let macs: Vec<String> = stdout
+        // arping also sees the replies to the kernel's own requests for the address (the
+        // client may be resolving it at the same moment), so one node can show up twice:
+        // only distinct MACs tell of a conflict.
+        let mut macs: Vec<String> = Vec::new();
+        for mac in stdout
             .lines()
             .filter_map(|line| line.split_once(" bytes from "))
             .filter_map(|(_, rest)| rest.split_whitespace().next())
-            .map(str::to_owned)
-            .collect();
+        {
+            if !macs.iter().any(|m| m == mac) {
+                macs.push(mac.to_owned());
+            }
+        }
         // Exit status 1 means "no reply"; anything else without replies is a real failure.
         if macs.is_empty() && out.status.code() != Some(1) {
             bail!(
