@@ -7,11 +7,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::Ipv4Addr;
 
 use gateway_common::{
-    BACKEND_F_ACTIVE, Backend, Frontend as RevNatFrontend, L2Key, RevNat, RevNatKey,
-    SERVICE_F_AFFINITY, Service, ServiceKey, SlotKey, VipInfo, VipKey, addr_from_map, addr_to_map,
-    capacity, port_from_map, port_to_map, proto, timeouts,
+    BACKEND_F_ACTIVE, Backend, Frontend as RevNatFrontend, Ipv4, L2Key, RevNat, RevNatKey,
+    SERVICE_F_AFFINITY, Service, ServiceKey, SlotKey, VipInfo, VipKey, capacity, proto, timeouts,
 };
 
 use crate::model::{DesiredState, Protocol};
@@ -152,22 +152,18 @@ pub fn target(
     let mut next = MapState::default();
 
     // Backends: one id per distinct (address, port, protocol).
-    let current_backend_ids: BTreeMap<(u32, u16, u8), u32> = current
+    let current_backend_ids: BTreeMap<(Ipv4, u16, u8), u32> = current
         .backends
         .iter()
         .map(|(&id, b)| ((b.addr, b.port, b.proto), id))
         .collect();
-    let wanted: BTreeSet<(u32, u16, u8)> = desired
+    let wanted: BTreeSet<(Ipv4, u16, u8)> = desired
         .frontends
         .iter()
         .flat_map(|f| {
-            f.backends.iter().map(move |b| {
-                (
-                    addr_to_map(b.addr),
-                    port_to_map(b.port),
-                    proto_number(f.protocol),
-                )
-            })
+            f.backends
+                .iter()
+                .map(move |b| (b.addr.octets(), b.port, proto_number(f.protocol)))
         })
         .collect();
     let mut backend_ids = IdAllocator::new(
@@ -199,8 +195,8 @@ pub fn target(
 
     // Services (frontends).
     let service_key = |f: &crate::model::Frontend| ServiceKey {
-        vip: addr_to_map(f.vip),
-        port: port_to_map(f.port),
+        vip: f.vip.octets(),
+        port: f.port,
         proto: proto_number(f.protocol),
         _pad: 0,
     };
@@ -247,7 +243,7 @@ pub fn target(
         };
         next.names.insert(id, name);
         for (slot, b) in f.backends.iter().enumerate() {
-            let bkey = (addr_to_map(b.addr), port_to_map(b.port), key.proto);
+            let bkey = (b.addr.octets(), b.port, key.proto);
             next.slots.insert(
                 SlotKey {
                     service_id: id,
@@ -282,10 +278,10 @@ pub fn target(
     for (key, frontends) in frontends_of_backend {
         if frontends.len() > capacity::REVNAT_FRONTENDS {
             return Err(PlanError::TooManyFrontends {
-                backend: format!("{}:{}", addr_from_map(key.addr), port_from_map(key.port)),
+                backend: format!("{}:{}", Ipv4Addr::from(key.addr), key.port),
                 frontends: frontends
                     .iter()
-                    .map(|f| format!("{}:{}", addr_from_map(f.vip), port_from_map(f.port)))
+                    .map(|f| format!("{}:{}", Ipv4Addr::from(f.vip), f.port))
                     .collect(),
             });
         }
@@ -306,7 +302,7 @@ pub fn target(
             next.l2.insert(
                 L2Key {
                     ifindex: iface.index,
-                    vip: addr_to_map(a.vip),
+                    vip: a.vip.octets(),
                 },
                 iface.mac,
             );
@@ -468,21 +464,19 @@ pub fn apply(state: &mut MapState, ops: &[Op]) {
 pub fn frontend_label(key: &ServiceKey) -> String {
     format!(
         "{}:{}/{}",
-        addr_from_map(key.vip),
-        port_from_map(key.port),
+        Ipv4Addr::from(key.vip),
+        key.port,
         gateway_common::proto_name(key.proto)
     )
 }
 
 /// Human name of a backend, e.g. `10.244.1.10:8443`.
 pub fn backend_label(b: &Backend) -> String {
-    format!("{}:{}", addr_from_map(b.addr), port_from_map(b.port))
+    format!("{}:{}", Ipv4Addr::from(b.addr), b.port)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
     use crate::config::ObjectRef;
     use crate::model::{Announcement, BackendAddr, Frontend};
@@ -584,7 +578,7 @@ mod tests {
         let rn = state.revnat.values().next().unwrap();
         assert_eq!(rn.count, 1);
         assert_eq!(
-            addr_from_map(rn.frontends[0].vip),
+            Ipv4Addr::from(rn.frontends[0].vip),
             Ipv4Addr::new(192, 168, 10, 49)
         );
     }
@@ -618,7 +612,7 @@ mod tests {
         let id_of = |s: &MapState, vip: [u8; 4]| {
             s.services
                 .iter()
-                .find(|(k, _)| addr_from_map(k.vip) == Ipv4Addr::from(vip))
+                .find(|(k, _)| Ipv4Addr::from(k.vip) == Ipv4Addr::from(vip))
                 .unwrap()
                 .1
                 .id
@@ -630,9 +624,7 @@ mod tests {
         let backend_id = |s: &MapState, (a, p): ([u8; 4], u16)| {
             *s.backends
                 .iter()
-                .find(|(_, b)| {
-                    addr_from_map(b.addr) == Ipv4Addr::from(a) && port_from_map(b.port) == p
-                })
+                .find(|(_, b)| Ipv4Addr::from(b.addr) == Ipv4Addr::from(a) && b.port == p)
                 .unwrap()
                 .0
         };

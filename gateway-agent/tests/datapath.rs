@@ -14,9 +14,7 @@ use gateway_agent::{
     model::{Announcement, BackendAddr, DesiredState, Frontend, Protocol},
     plan::{self, Interface, MapState},
 };
-use gateway_common::{
-    Counter, CtKey, DatapathConfig, addr_from_map, addr_to_map, port_to_map, program_names, proto,
-};
+use gateway_common::{Counter, CtKey, DatapathConfig, program_names, proto};
 
 const PASS: u32 = -1i32 as u32;
 const OK: u32 = 0;
@@ -340,15 +338,15 @@ fn a_new_flow_is_dnated_to_a_backend_with_valid_checksums_and_the_client_address
     );
 
     let key = CtKey {
-        client_addr: addr_to_map(CLIENT.into()),
-        vip: addr_to_map(VIP_AFFINITY.into()),
-        client_port: port_to_map(40000),
-        vip_port: port_to_map(80),
+        client_addr: CLIENT,
+        vip: VIP_AFFINITY,
+        client_port: 40000,
+        vip_port: 80,
         proto: proto::TCP,
         _pad: [0; 3],
     };
     let entry = h.dp.maps.conntrack.get(&key, 0).expect("conntrack entry");
-    assert_eq!(addr_from_map(entry.backend_addr), Ipv4Addr::from(addr));
+    assert_eq!(Ipv4Addr::from(entry.backend_addr), Ipv4Addr::from(addr));
     assert_eq!(h.counter(Counter::CtCreated), 1);
 
     // The rest of the flow follows the entry to the same backend.
@@ -604,7 +602,7 @@ fn per_service_and_per_backend_counters_add_up() {
         .state
         .services
         .iter()
-        .find(|(k, _)| addr_from_map(k.vip) == Ipv4Addr::from(VIP_RANDOM))
+        .find(|(k, _)| Ipv4Addr::from(k.vip) == Ipv4Addr::from(VIP_RANDOM))
         .unwrap();
     let t = h.dp.maps.service_traffic(service.id).unwrap();
     assert_eq!(
@@ -618,7 +616,7 @@ fn per_service_and_per_backend_counters_add_up() {
         .state
         .backends
         .iter()
-        .find(|(_, b)| b.addr == addr_to_map(ip_dst(&out).0.into()))
+        .find(|(_, b)| (b.addr, b.port) == ip_dst(&out))
         .unwrap()
         .0;
     let b = h.dp.maps.backend_traffic(*backend_id).unwrap();

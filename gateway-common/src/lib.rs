@@ -5,15 +5,18 @@
 //! All structs are `#[repr(C)]` with explicit padding so both sides (and `bpftool`, which
 //! reads the BTF) agree on every byte.
 //!
-//! Byte order: IPv4 addresses and L4 ports are stored in **network byte order**, exactly as
-//! they appear in the packet, so the datapath compares and rewrites without swapping. The
-//! agent converts with `u32::from_be_bytes(addr.octets())`-style helpers (`user` feature).
+//! Representation, chosen so `bpftool map dump` reads naturally: IPv4 addresses are their
+//! four bytes as on the wire ([`Ipv4`], printed `[192,168,10,49]`), ports are plain numbers
+//! in host byte order (printed `443`); the datapath swaps a port with one instruction.
 #![no_std]
 
 #[cfg(feature = "user")]
 mod user;
 #[cfg(feature = "user")]
 pub use user::*;
+
+/// An IPv4 address: its four bytes in wire order.
+pub type Ipv4 = [u8; 4];
 
 /// Map names, as defined in the eBPF object and used as pin file names under `--bpffs`.
 /// Kept under 16 bytes so `bpftool` shows them whole.
@@ -103,7 +106,7 @@ pub mod proto {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipKey {
-    pub addr: u32,
+    pub addr: Ipv4,
 }
 
 #[repr(C)]
@@ -117,7 +120,7 @@ pub struct VipInfo {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
-    pub vip: u32,
+    pub vip: Ipv4,
     pub port: u16,
     pub proto: u8,
     pub _pad: u8,
@@ -152,7 +155,7 @@ pub struct SlotKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
-    pub addr: u32,
+    pub addr: Ipv4,
     pub port: u16,
     pub proto: u8,
     pub flags: u8,
@@ -164,7 +167,7 @@ pub const BACKEND_F_ACTIVE: u8 = 1 << 0;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RevNatKey {
-    pub addr: u32,
+    pub addr: Ipv4,
     pub port: u16,
     pub proto: u8,
     pub _pad: u8,
@@ -174,7 +177,7 @@ pub struct RevNatKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend {
-    pub vip: u32,
+    pub vip: Ipv4,
     pub port: u16,
     pub _pad: u16,
 }
@@ -192,8 +195,8 @@ pub struct RevNat {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CtKey {
-    pub client_addr: u32,
-    pub vip: u32,
+    pub client_addr: Ipv4,
+    pub vip: Ipv4,
     pub client_port: u16,
     pub vip_port: u16,
     pub proto: u8,
@@ -210,7 +213,7 @@ pub struct CtEntry {
     pub service_id: u32,
     /// The backend's address and port when the flow was created: a backend id reused for
     /// another address must not capture the flow.
-    pub backend_addr: u32,
+    pub backend_addr: Ipv4,
     pub backend_port: u16,
     /// `CT_F_*` bits.
     pub flags: u16,
@@ -255,7 +258,7 @@ impl CtEntry {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AffinityKey {
-    pub client_addr: u32,
+    pub client_addr: Ipv4,
     pub service_id: u32,
 }
 
@@ -273,7 +276,7 @@ pub struct Affinity {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct L2Key {
     pub ifindex: u32,
-    pub vip: u32,
+    pub vip: Ipv4,
 }
 
 #[repr(C)]

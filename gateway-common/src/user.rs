@@ -3,8 +3,6 @@
 
 extern crate std;
 
-use core::net::Ipv4Addr;
-
 use crate::*;
 
 macro_rules! pod {
@@ -35,24 +33,6 @@ pod!(
     Traffic,
     ServiceName,
 );
-
-/// An IPv4 address as stored in map fields (network byte order in memory).
-pub fn addr_to_map(addr: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(addr.octets())
-}
-
-pub fn addr_from_map(raw: u32) -> Ipv4Addr {
-    Ipv4Addr::from(raw.to_ne_bytes())
-}
-
-/// A port as stored in map fields (network byte order in memory).
-pub fn port_to_map(port: u16) -> u16 {
-    port.to_be()
-}
-
-pub fn port_from_map(raw: u16) -> u16 {
-    u16::from_be(raw)
-}
 
 impl ServiceName {
     /// Truncates to the field size, on a character boundary.
@@ -87,15 +67,6 @@ pub fn proto_name(proto: u8) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn byte_order_matches_the_wire() {
-        let raw = addr_to_map(Ipv4Addr::new(192, 168, 10, 49));
-        assert_eq!(raw.to_ne_bytes(), [192, 168, 10, 49]);
-        assert_eq!(addr_from_map(raw), Ipv4Addr::new(192, 168, 10, 49));
-        assert_eq!(port_to_map(443).to_ne_bytes(), [0x01, 0xbb]);
-        assert_eq!(port_from_map(port_to_map(443)), 443);
-    }
 
     #[test]
     fn layouts_have_no_implicit_padding() {

@@ -10,7 +10,7 @@ use network_types::{arp::ArpHdr, eth::EthHdr};
 use crate::{
     PASS,
     maps::L2,
-    packet::{ETH_HLEN, addr, ptr_at},
+    packet::{ETH_HLEN, ptr_at},
     stats::count,
 };
 
@@ -37,10 +37,7 @@ pub fn respond(ctx: &TcContext) -> i32 {
     }
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let vip = arp.tpa;
-    let Some(entry) = L2.get_ptr_mut(&L2Key {
-        ifindex,
-        vip: addr(vip),
-    }) else {
+    let Some(entry) = L2.get_ptr_mut(&L2Key { ifindex, vip }) else {
         return PASS;
     };
     let mac = unsafe { (*entry).mac };

@@ -1,11 +1,10 @@
 //! TC ingress: ARP for announced VIPs, and client -> VIP traffic balanced to a backend.
 
 use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_ktime_get_ns, programs::TcContext};
-use aya_log_ebpf::debug;
-use gateway_common::{Counter, CtEntry, VipKey};
+use gateway_common::{Counter, CtEntry, Ipv4, VipKey};
 
 use crate::{
-    PASS, arp, conntrack, drop, lb,
+    PASS, arp, conntrack, drop, lb, log,
     maps::{CONFIG, CONNTRACK, VIPS},
     nat::{self, Side},
     packet::{self, ETH_P_ARP, ETH_P_IP, Flow, Invalid},
@@ -26,7 +25,7 @@ fn ipv4(ctx: &TcContext) -> i32 {
     let Some(ip) = packet::ipv4(ctx) else {
         return PASS;
     };
-    let vip = packet::addr(unsafe { (*ip).dst_addr });
+    let vip = unsafe { (*ip).dst_addr };
     // The one lookup every packet of the node's own traffic pays.
     if VIPS.get_ptr(&VipKey { addr: vip }).is_none() {
         return PASS;
@@ -86,13 +85,13 @@ fn ipv4(ctx: &TcContext) -> i32 {
     // (and lands on the same backend when affinity is on).
     let _ = CONNTRACK.insert(&key, &entry, 0);
     count(Counter::CtCreated);
-    debug!(
+    log::debug!(
         ctx,
         "new flow {:i}:{} -> {:i}:{} via backend {}",
-        flow.saddr.to_ne_bytes(),
-        u16::from_be(flow.sport),
-        selection.backend.addr.to_ne_bytes(),
-        u16::from_be(selection.backend.port),
+        flow.saddr,
+        flow.sport,
+        selection.backend.addr,
+        selection.backend.port,
         selection.backend_id
     );
     forward(
@@ -112,7 +111,7 @@ fn forward(
     flow: &Flow,
     service_id: u32,
     backend_id: u32,
-    addr: u32,
+    addr: Ipv4,
     port: u16,
 ) -> i32 {
     if nat::rewrite(ctx, flow, Side::Destination, addr, port).is_err() {

@@ -14,13 +14,13 @@ mod conntrack;
 mod egress;
 mod ingress;
 mod lb;
+mod log;
 mod maps;
 mod nat;
 mod packet;
 mod stats;
 
 use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
-use aya_log_ebpf::debug;
 use gateway_common::Counter;
 
 /// Not ours: let the next program (tcx) or the stack have it, untouched.
@@ -39,7 +39,7 @@ pub fn gw_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 pub fn drop(ctx: &TcContext, reason: Counter) -> i32 {
     stats::count(reason);
-    debug!(ctx, "drop: reason {}", reason as u32);
+    log::debug!(ctx, "drop: {}", reason.name());
     TC_ACT_SHOT as i32
 }
 

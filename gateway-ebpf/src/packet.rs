@@ -4,7 +4,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::TcContext;
-use gateway_common::proto;
+use gateway_common::{Ipv4, proto};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 
 pub const ETH_HLEN: usize = EthHdr::LEN;
@@ -78,11 +78,6 @@ pub fn ipv4(ctx: &TcContext) -> Option<*mut Ipv4Hdr> {
     ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)
 }
 
-#[inline(always)]
-pub fn addr(raw: [u8; 4]) -> u32 {
-    u32::from_ne_bytes(raw)
-}
-
 /// Why an IPv4 packet cannot be load-balanced.
 #[derive(Clone, Copy)]
 pub enum Invalid {
@@ -97,9 +92,9 @@ pub enum Invalid {
 /// A TCP or UDP packet over IPv4 with every header it needs inside the frame.
 #[derive(Clone, Copy)]
 pub struct Flow {
-    pub saddr: u32,
-    pub daddr: u32,
-    /// Ports in network byte order.
+    pub saddr: Ipv4,
+    pub daddr: Ipv4,
+    /// Ports in host byte order, as in the maps.
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -156,8 +151,8 @@ pub fn flow(ctx: &TcContext, ip: *mut Ipv4Hdr) -> Result<Flow, Invalid> {
     if tot_len < ihl + l4_len || ETH_HLEN + tot_len > ctx.len() as usize {
         return Err(Invalid::Malformed);
     }
-    let saddr = addr(ip.src_addr);
-    let daddr = addr(ip.dst_addr);
+    let saddr = ip.src_addr;
+    let daddr = ip.dst_addr;
     let l4_off = ETH_HLEN + ihl;
     if proto == proto::TCP {
         let tcp = pull_at::<TcpHdr>(ctx, l4_off).ok_or(Invalid::Malformed)?;
@@ -169,8 +164,8 @@ pub fn flow(ctx: &TcContext, ip: *mut Ipv4Hdr) -> Result<Flow, Invalid> {
         Ok(Flow {
             saddr,
             daddr,
-            sport: u16::from_ne_bytes(tcp.source),
-            dport: u16::from_ne_bytes(tcp.dest),
+            sport: u16::from_be_bytes(tcp.source),
+            dport: u16::from_be_bytes(tcp.dest),
             proto,
             tcp_flags: tcp.flags,
             l4_off,
@@ -185,8 +180,8 @@ pub fn flow(ctx: &TcContext, ip: *mut Ipv4Hdr) -> Result<Flow, Invalid> {
         Ok(Flow {
             saddr,
             daddr,
-            sport: u16::from_ne_bytes(udp.src),
-            dport: u16::from_ne_bytes(udp.dst),
+            sport: u16::from_be_bytes(udp.src),
+            dport: u16::from_be_bytes(udp.dst),
             proto,
             tcp_flags: 0,
             l4_off,

@@ -3,7 +3,7 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -141,6 +141,21 @@ impl Netns {
     /// that entered the namespace (setns is per thread), and keeps that namespace for its
     /// whole life, wherever it is used afterwards.
     pub fn connect_tcp(&self, to: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+        self.in_namespace(|| {
+            TcpStream::connect_timeout(&to, timeout)
+                .with_context(|| format!("connecting to {to} from {}", self.name))
+        })
+    }
+
+    /// A UDP socket bound to `local` inside the namespace (see [`Netns::connect_tcp`]).
+    pub fn bind_udp(&self, local: SocketAddr) -> Result<UdpSocket> {
+        self.in_namespace(|| {
+            UdpSocket::bind(local).with_context(|| format!("binding {local} in {}", self.name))
+        })
+    }
+
+    /// Runs `f` on a thread that entered this network namespace.
+    fn in_namespace<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
         let path = Path::new(NETNS_DIR).join(&self.name);
         thread::scope(|s| {
             s.spawn(|| {
@@ -148,11 +163,10 @@ impl Netns {
                     fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
                 setns(ns, CloneFlags::CLONE_NEWNET)
                     .with_context(|| format!("entering network namespace {}", self.name))?;
-                TcpStream::connect_timeout(&to, timeout)
-                    .with_context(|| format!("connecting to {to} from {}", self.name))
+                f()
             })
             .join()
-            .map_err(|_| anyhow::anyhow!("the connecting thread panicked"))?
+            .map_err(|_| anyhow::anyhow!("the thread in {} panicked", self.name))?
         })
     }
 

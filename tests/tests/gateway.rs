@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use gateway_tests::agent::{self, Agent};
-use gateway_tests::lab::{self, Lab, LabSpec, SessionAffinity};
+use gateway_tests::lab::{self, Lab, LabSpec, PortSpec, SessionAffinity};
+use gateway_tests::netns::Netns;
 
 const VIP_INTERNAL: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 49);
 const VIP_EXTERNAL: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 50);
@@ -394,5 +395,117 @@ fn teardown_detaches_the_programs_and_removes_every_pin() -> Result<()> {
     // Nobody answers for the VIP any more.
     c.lab.client().flush_neigh()?;
     assert!(c.lab.client().arping(VIP_INTERNAL)?.is_empty());
+    Ok(())
+}
+
+/// `ethtool -K DEV SETTINGS...` inside `ns`.
+fn offload(ns: &Netns, dev: &str, settings: &[&str]) -> Result<()> {
+    let mut args = vec!["ethtool", "-K", dev];
+    args.extend(settings);
+    ns.run(args)?;
+    Ok(())
+}
+
+#[test]
+fn checksums_stay_right_with_partial_and_with_full_checksums() -> Result<()> {
+    let c = Cluster::up(two_local_backends_spec(&lab::unique_prefix("gwh")), &["w1"])?;
+    let (client, w1) = (c.lab.client(), c.lab.node("w1"));
+    let pods: Vec<_> = ["envoy-w1a", "envoy-w1b"].map(|p| c.lab.pod(p)).into();
+    // Receivers verify every checksum: veth otherwise marks frames as already checked.
+    offload(client.ns(), lab::CLIENT_IFACE, &["rx", "off"])?;
+    for pod in &pods {
+        offload(pod.ns(), lab::POD_IFACE, &["rx", "off"])?;
+    }
+    let fetch_all = |mode: &str| -> Result<()> {
+        for i in 0..6 {
+            let a = c
+                .get(&format!("http://{VIP_EXTERNAL}/"), None)
+                .with_context(|| {
+                    format!("{mode} checksums, request {i}: a bad checksum is a drop")
+                })?;
+            ensure!(a.client.ip() == CLIENT);
+        }
+        Ok(())
+    };
+    // Partial: the senders leave the sum to "hardware" (CHECKSUM_PARTIAL through the NAT),
+    // and the node's devices complete it in software on the way out.
+    for pod in &pods {
+        offload(w1.ns(), pod.host_iface(), &["tx", "off"])?;
+    }
+    offload(w1.ns(), lab::NODE_UPLINK, &["tx", "off"])?;
+    fetch_all("partial")?;
+    // Full: the senders compute complete checksums, which the NAT updates incrementally.
+    offload(client.ns(), lab::CLIENT_IFACE, &["tx", "off"])?;
+    for pod in &pods {
+        offload(pod.ns(), lab::POD_IFACE, &["tx", "off"])?;
+    }
+    fetch_all("full")?;
+    Ok(())
+}
+
+#[test]
+fn udp_is_balanced_to_local_backends_and_replies_come_from_the_vip() -> Result<()> {
+    const VIP_DNS: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 51);
+    let mut spec = two_local_backends_spec(&lab::unique_prefix("gwi"));
+    let mut dns = spec.service_mut("cilium-gateway-gateway-external").clone();
+    dns.name = "dns".into();
+    dns.requested_ip = Some(VIP_DNS);
+    dns.ports = vec![PortSpec::udp("dns", 53, 5353)];
+    spec.services.push(dns);
+    let c = Cluster::up(spec, &["w1"])?;
+    let mut servers = Vec::new();
+    for pod in ["envoy-w1a", "envoy-w1b"] {
+        let ns = c.lab.pod(pod).ns();
+        let reply = format!("SYSTEM:echo backend={pod}");
+        servers.push(c.lab.spawn(
+            ns,
+            &format!("udp-{pod}"),
+            ["socat", "UDP4-RECVFROM:5353,fork", &reply],
+        )?);
+    }
+    let mut seen = BTreeSet::new();
+    for i in 0..24u16 {
+        // A connected socket only accepts datagrams from VIP:53: a reply that was not
+        // reverse-NATed would never arrive.
+        let socket = c
+            .lab
+            .client()
+            .ns()
+            .bind_udp(SocketAddr::from((CLIENT, 0)))?;
+        socket.connect((VIP_DNS, 53))?;
+        socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let mut answer = None;
+        // socat may still be starting: a few retries per flow.
+        for _ in 0..10 {
+            socket.send(format!("query {i}").as_bytes())?;
+            let mut buf = [0u8; 256];
+            if let Ok(n) = socket.recv(&mut buf) {
+                answer = Some(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
+                break;
+            }
+        }
+        seen.insert(answer.with_context(|| format!("no answer from {VIP_DNS}:53 for flow {i}"))?);
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from([
+            "backend=envoy-w1a".to_owned(),
+            "backend=envoy-w1b".to_owned()
+        ])
+    );
+    let flows = c.agent("w1").json(&["ct", "list"])?;
+    let udp: Vec<_> = flows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["state"] == "udp")
+        .collect();
+    assert!(udp.len() >= 24, "{flows:#}");
+    assert!(udp.iter().all(|f| f["frontend"] == "192.168.10.51:53/UDP"));
+    assert!(
+        udp[0]["expires_in_secs"].as_u64().unwrap() > 3500,
+        "ct-any-timeout 3600 s"
+    );
+    drop(servers);
     Ok(())
 }

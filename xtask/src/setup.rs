@@ -16,7 +16,7 @@ use crate::cmd;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// What the lab, the demo and the benchmarks run.
-const DEBIAN_PACKAGES: [&str; 9] = [
+const DEBIAN_PACKAGES: [&str; 10] = [
     "bpftool",
     "iproute2",
     "arping",
@@ -26,6 +26,7 @@ const DEBIAN_PACKAGES: [&str; 9] = [
     "wrk",
     "ethtool",
     "tcpdump",
+    "socat",
 ];
 
 pub fn run() -> Result<()> {

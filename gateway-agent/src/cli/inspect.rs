@@ -3,14 +3,14 @@
 //! serializable struct (for `--output json`) with a table rendering for humans.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use anyhow::Result;
 use aya::programs::{SchedClassifier, TcAttachType};
 use gateway_common::{
     BACKEND_F_ACTIVE, CT_F_ESTABLISHED, CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_RST, CT_F_TCP,
-    CtEntry, DatapathConfig, SERVICE_F_AFFINITY, addr_from_map, port_from_map, proto_name,
-    timeouts::NS_PER_SEC,
+    CtEntry, DatapathConfig, SERVICE_F_AFFINITY, proto_name, timeouts::NS_PER_SEC,
 };
 use serde::Serialize;
 
@@ -149,22 +149,14 @@ pub fn flows(maps: &Maps) -> Result<Vec<FlowView>> {
         }
         let idle = now.saturating_sub(e.last_seen_ns);
         views.push(FlowView {
-            client: format!(
-                "{}:{}",
-                addr_from_map(k.client_addr),
-                port_from_map(k.client_port)
-            ),
+            client: format!("{}:{}", Ipv4Addr::from(k.client_addr), k.client_port),
             frontend: format!(
                 "{}:{}/{}",
-                addr_from_map(k.vip),
-                port_from_map(k.vip_port),
+                Ipv4Addr::from(k.vip),
+                k.vip_port,
                 proto_name(k.proto)
             ),
-            backend: format!(
-                "{}:{}",
-                addr_from_map(e.backend_addr),
-                port_from_map(e.backend_port)
-            ),
+            backend: format!("{}:{}", Ipv4Addr::from(e.backend_addr), e.backend_port),
             backend_id: e.backend_id,
             service_id: e.service_id,
             state: flow_state(&e),
@@ -227,7 +219,7 @@ pub fn affinities(maps: &Maps) -> Result<Vec<AffinityView>> {
         }
         let backend = maps.backends.get(&a.backend_id, 0)?;
         views.push(AffinityView {
-            client: addr_from_map(k.client_addr).to_string(),
+            client: Ipv4Addr::from(k.client_addr).to_string(),
             frontend: frontend_label(key),
             service_id: k.service_id,
             backend: if backend.flags & BACKEND_F_ACTIVE != 0 {
@@ -289,7 +281,7 @@ pub fn announcements(maps: &Maps) -> Result<Vec<AnnouncementView>> {
                 .cloned()
                 .unwrap_or_else(|| format!("#{}", k.ifindex)),
             ifindex: k.ifindex,
-            vip: addr_from_map(k.vip).to_string(),
+            vip: Ipv4Addr::from(k.vip).to_string(),
             mac: mac_text(&e.mac),
             arp_replies: e.arp_replies,
         });

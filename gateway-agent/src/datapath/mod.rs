@@ -6,7 +6,7 @@ pub mod attach;
 pub mod bpffs;
 pub mod interfaces;
 pub mod maps;
-mod object;
+pub mod object;
 
 use std::mem::size_of;
 use std::path::Path;
@@ -84,8 +84,8 @@ pub struct LoadOptions<'a> {
     /// Pin every map under this directory, adopting the maps already pinned there. `None`
     /// creates private maps (datapath tests).
     pub pin_dir: Option<&'a Path>,
-    /// Level of the datapath's own log events. Below `Debug` the verifier removes the
-    /// logging code entirely (the level is a read-only global), so it costs nothing.
+    /// Level of the datapath's own log events. Below `Debug` the object without any
+    /// logging code is loaded, so logging costs the hot path nothing.
     pub log_level: log::LevelFilter,
 }
 
@@ -110,12 +110,16 @@ impl Datapath {
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
+        let with_log = options.log_level >= log::LevelFilter::Debug;
         let level = options.log_level as u8;
         loader.override_global(aya_log::LEVEL, &level, false);
-        let mut ebpf = loader
-            .load(object::OBJECT)
-            .context("loading the eBPF object")?;
-        let logger = if options.log_level >= log::LevelFilter::Debug {
+        let object = if with_log {
+            object::OBJECT_WITH_LOG
+        } else {
+            object::OBJECT
+        };
+        let mut ebpf = loader.load(object).context("loading the eBPF object")?;
+        let logger = if with_log {
             Some(EbpfLogger::init(&mut ebpf).context("setting up datapath logging")?)
         } else {
             None

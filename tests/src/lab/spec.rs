@@ -414,6 +414,15 @@ impl PortSpec {
             protocol: Protocol::Tcp,
         }
     }
+
+    pub fn udp(name: &str, port: u16, target_port: u16) -> Self {
+        Self {
+            name: name.to_owned(),
+            port,
+            target_port,
+            protocol: Protocol::Udp,
+        }
+    }
 }
 
 fn segment_mac(addr: Ipv4Addr) -> String {

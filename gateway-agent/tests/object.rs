@@ -1,0 +1,82 @@
+//! The embedded eBPF objects: the default one opens and loads with libbpf (bpftool), so
+//! libbpf-based tools can work with it; the logging one carries aya-log's ring buffer.
+//! Needs root; loads into a private bpffs that is unmounted afterwards.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use gateway_agent::datapath::{Datapath, LoadOptions, object};
+
+/// A bpf filesystem mounted on a fresh directory, unmounted (freeing every pin) on drop.
+struct PrivateBpffs(PathBuf);
+
+impl PrivateBpffs {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("gateway-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a bpffs at {}", dir.display());
+        Self(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PrivateBpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn libbpf_opens_and_loads_the_default_object() {
+    let fs = PrivateBpffs::new("libbpf");
+    let file = fs
+        .path()
+        .parent()
+        .unwrap()
+        .join(format!("gateway-object-{}.o", std::process::id()));
+    std::fs::write(&file, object::OBJECT).unwrap();
+    let out = Command::new("bpftool")
+        .args(["prog", "loadall"])
+        .arg(&file)
+        .arg(fs.path().join("progs"))
+        .output()
+        .expect("bpftool (cargo xtask setup installs it)");
+    std::fs::remove_file(&file).unwrap();
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut progs: Vec<String> = std::fs::read_dir(fs.path().join("progs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    progs.sort();
+    assert_eq!(progs, ["gw_egress", "gw_ingress"]);
+}
+
+#[test]
+fn only_the_logging_object_carries_aya_log() {
+    let plain = Datapath::load(&LoadOptions {
+        pin_dir: None,
+        log_level: log::LevelFilter::Info,
+    })
+    .unwrap();
+    assert!(plain.ebpf.map("AYA_LOGS").is_none());
+    assert!(plain.logger.is_none());
+    let logging = Datapath::load(&LoadOptions {
+        pin_dir: None,
+        log_level: log::LevelFilter::Debug,
+    })
+    .unwrap();
+    assert!(logging.logger.is_some());
+}
