@@ -509,3 +509,68 @@ fn udp_is_balanced_to_local_backends_and_replies_come_from_the_vip() -> Result<(
     drop(servers);
     Ok(())
 }
+
+#[test]
+fn sighup_applies_a_changed_file_and_a_bad_file_changes_nothing() -> Result<()> {
+    let mut spec = two_local_backends_spec(&lab::unique_prefix("gwj"));
+    let c = Cluster::up(spec.clone(), &["w1"])?;
+    let w1 = c.agent("w1");
+    let backends = |agent: &Agent| -> Result<BTreeSet<String>> {
+        let lb = agent.json(&["lb", "list"])?;
+        Ok(lb
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["frontend"] == "192.168.10.50:80/TCP")
+            .flat_map(|f| f["backends"].as_array().unwrap().iter())
+            .map(|b| b["address"].as_str().unwrap().to_owned())
+            .collect())
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> Result<bool>| -> Result<()> {
+        for _ in 0..200 {
+            if done()? {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        bail!("timed out waiting for {what}:\n{}", w1.log())
+    };
+    assert_eq!(backends(w1)?.len(), 2);
+
+    // envoy-w1b stops being ready: after SIGHUP only envoy-w1a serves.
+    spec.pod_mut("envoy-w1b").ready = false;
+    std::fs::write(&c.config, lab::config_yaml(&spec)?)?;
+    w1.reload()?;
+    wait_for("the reload", &|| {
+        Ok(backends(w1)? == BTreeSet::from(["10.244.1.10:8080".to_owned()]))
+    })?;
+    for _ in 0..6 {
+        assert_eq!(
+            c.get(&format!("http://{VIP_EXTERNAL}/"), None)?.backend,
+            "envoy-w1a"
+        );
+    }
+
+    // A file that does not validate is refused and the running state keeps serving.
+    std::fs::write(
+        &c.config,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {type: LoadBalancer, ports: [{port: 99999}]}\n",
+    )?;
+    w1.reload()?;
+    wait_for("the refusal", &|| Ok(w1.log().contains("reload of")))?;
+    let log = w1.log();
+    assert!(log.contains("still serving the previous state"), "{log}");
+    assert!(
+        log.contains("Service/default/x: spec.ports[0].port"),
+        "names object and field: {log}"
+    );
+    assert_eq!(
+        backends(w1)?,
+        BTreeSet::from(["10.244.1.10:8080".to_owned()])
+    );
+    assert_eq!(
+        c.get(&format!("http://{VIP_EXTERNAL}/"), None)?.backend,
+        "envoy-w1a"
+    );
+    Ok(())
+}

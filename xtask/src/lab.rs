@@ -97,6 +97,18 @@ fn print_summary(lab: &Lab, config: &Path) {
     let client_ns = client.ns().name();
     println!("try:");
     println!(
+        "  ip netns exec {w1ns} target/debug/gateway-agent run --config {} --node-name w1 --bpffs {} &",
+        config.display(),
+        w1.bpffs_dir().display(),
+        w1ns = w1.ns().name()
+    );
+    println!(
+        "  ip netns exec {w1ns} target/debug/gateway-agent lb list --bpffs {}",
+        w1.bpffs_dir().display(),
+        w1ns = w1.ns().name()
+    );
+    println!("  ip netns exec {client_ns} curl http://192.168.10.50/");
+    println!(
         "  ip netns exec {client_ns} curl http://{}:{NODE_HTTP_PORT}/",
         w1.addr()
     );
@@ -110,5 +122,5 @@ fn print_summary(lab: &Lab, config: &Path) {
         "  ip netns exec {} tcpdump -ni {NODE_UPLINK}",
         w1.ns().name()
     );
-    println!("  cargo xtask lab down");
+    println!("  cargo xtask lab down --agent target/debug/gateway-agent");
 }
