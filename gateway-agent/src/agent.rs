@@ -14,6 +14,7 @@ use tokio::{
 };
 
 use crate::{
+    capacity::Capacity,
     config,
     datapath::{Datapath, LoadOptions, attach, bpffs, interfaces},
     model::{self, DesiredState},
@@ -28,6 +29,7 @@ pub struct RunOptions {
     pub bpffs: PathBuf,
     pub ct_tcp_timeout: u64,
     pub ct_any_timeout: u64,
+    pub capacity: Capacity,
 }
 
 /// What this node must serve, from the file; nothing is touched when the file is invalid.
@@ -59,8 +61,9 @@ fn apply(
     state: &mut MapState,
     desired: &DesiredState,
     interfaces: &[Interface],
+    capacity: &Capacity,
 ) -> Result<usize> {
-    let target = plan::target(desired, interfaces, state)?;
+    let target = plan::target(desired, interfaces, state, capacity)?;
     let ops = plan::diff(state, &target);
     for op in &ops {
         datapath.maps.apply(op)?;
@@ -94,6 +97,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
 
     bpffs::prepare(&options.bpffs)?;
     let mut datapath = Datapath::load(&LoadOptions {
+        capacity: options.capacity,
         pin_dir: Some(&options.bpffs),
         log_level: log::max_level(),
     })?;
@@ -106,7 +110,13 @@ pub async fn run(options: RunOptions) -> Result<()> {
         .read_state()
         .context("adopting the pinned maps")?;
     let adopted = !state.services.is_empty();
-    let writes = apply(&mut datapath, &mut state, &desired, &interfaces)?;
+    let writes = apply(
+        &mut datapath,
+        &mut state,
+        &desired,
+        &interfaces,
+        &options.capacity,
+    )?;
     // Attach only once the maps hold the full state: the first packet sees all of it.
     attach::attach_all(&mut datapath, &options.bpffs, &interfaces)?;
     info!(
@@ -162,7 +172,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
 fn reload(options: &RunOptions, datapath: &mut Datapath, state: &mut MapState) -> Result<String> {
     let interfaces = selected_interfaces(options)?;
     let desired = desired(options, &interfaces)?;
-    let writes = apply(datapath, state, &desired, &interfaces)?;
+    let writes = apply(datapath, state, &desired, &interfaces, &options.capacity)?;
     attach::attach_all(datapath, &options.bpffs, &interfaces)?;
     Ok(format!("{} ({writes} map writes)", summary(&desired)))
 }

@@ -6,6 +6,7 @@
 //! `cli` holds the commands and their output.
 
 pub mod agent;
+pub mod capacity;
 pub mod cli;
 pub mod config;
 pub mod datapath;

@@ -12,8 +12,10 @@ use std::net::Ipv4Addr;
 use gateway_common::{
     BACKEND_F_ACTIVE, Backend, Frontend as RevNatFrontend, Ipv4, L2Key, RevNat, RevNatKey,
     SERVICE_F_AFFINITY, Service, ServiceKey, SlotKey, VipInfo, VipKey, capacity, proto, timeouts,
+    vip_filter_bit,
 };
 
+use crate::capacity::Capacity;
 use crate::model::{DesiredState, Protocol};
 
 /// A network interface of this node, as the datapath sees it.
@@ -28,6 +30,8 @@ pub struct Interface {
 /// datapath and are not part of it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapState {
+    /// `gw_vip_filter` words that are not zero.
+    pub vip_filter: BTreeMap<u32, u64>,
     pub vips: BTreeMap<VipKey, VipInfo>,
     pub services: BTreeMap<ServiceKey, Service>,
     pub names: BTreeMap<u32, String>,
@@ -51,6 +55,10 @@ pub enum Op {
     ResetServiceStats(u32),
     PutRevNat(RevNatKey, RevNat),
     PutVip(VipKey, VipInfo),
+    /// A `gw_vip_filter` word gains bits (before the VIPs it covers are added) ...
+    PutVipFilter(u32, u64),
+    /// ... or loses them (after the VIPs are gone).
+    ShrinkVipFilter(u32, u64),
     PutL2(L2Key, [u8; 6]),
     DeleteL2(L2Key),
     DeleteVip(VipKey),
@@ -148,6 +156,7 @@ pub fn target(
     desired: &DesiredState,
     interfaces: &[Interface],
     current: &MapState,
+    limits: &Capacity,
 ) -> Result<MapState, PlanError> {
     let mut next = MapState::default();
 
@@ -171,7 +180,7 @@ pub fn target(
             .iter()
             .filter_map(|k| current_backend_ids.get(k).copied())
             .collect(),
-        capacity::BACKENDS,
+        limits.backends,
         "backends",
     );
     let mut backend_id_of = BTreeMap::new();
@@ -206,7 +215,7 @@ pub fn target(
             .iter()
             .filter_map(|f| current.services.get(&service_key(f)).map(|s| s.id))
             .collect(),
-        capacity::SERVICES,
+        limits.services,
         "services",
     );
     let mut frontends_of_backend: BTreeMap<RevNatKey, BTreeSet<RevNatFrontend>> = BTreeMap::new();
@@ -266,12 +275,14 @@ pub fn target(
                 });
         }
         next.vips.entry(VipKey { addr: key.vip }).or_default().ports += 1;
+        let bit = vip_filter_bit(key.vip);
+        *next.vip_filter.entry(bit / 64).or_default() |= 1 << (bit % 64);
     }
-    if next.slots.len() > capacity::SLOTS as usize {
+    if next.slots.len() > limits.slots() as usize {
         return Err(PlanError::Capacity {
             what: "backend slots",
             needed: next.slots.len(),
-            max: capacity::SLOTS,
+            max: limits.slots(),
         });
     }
 
@@ -342,6 +353,14 @@ pub fn diff(current: &MapState, target: &MapState) -> Vec<Op> {
     puts(&current.revnat, &target.revnat, &mut ops, |k, v| {
         Op::PutRevNat(*k, *v)
     });
+    // A word first gains the bits of new VIPs (keeping the old ones), and loses the bits of
+    // removed VIPs only after they are gone.
+    for (&word, &bits) in &target.vip_filter {
+        let old = current.vip_filter.get(&word).copied().unwrap_or(0);
+        if old | bits != old {
+            ops.push(Op::PutVipFilter(word, old | bits));
+        }
+    }
     puts(&current.vips, &target.vips, &mut ops, |k, v| {
         Op::PutVip(*k, *v)
     });
@@ -349,6 +368,12 @@ pub fn diff(current: &MapState, target: &MapState) -> Vec<Op> {
 
     deletes(&current.l2, &target.l2, &mut ops, |k| Op::DeleteL2(*k));
     deletes(&current.vips, &target.vips, &mut ops, |k| Op::DeleteVip(*k));
+    for (&word, &old) in &current.vip_filter {
+        let bits = target.vip_filter.get(&word).copied().unwrap_or(0);
+        if old & !bits != 0 {
+            ops.push(Op::ShrinkVipFilter(word, bits));
+        }
+    }
     deletes(&current.services, &target.services, &mut ops, |k| {
         Op::DeleteService(*k)
     });
@@ -430,6 +455,13 @@ pub fn apply(state: &mut MapState, ops: &[Op]) {
             }
             Op::PutVip(k, v) => {
                 state.vips.insert(*k, *v);
+            }
+            Op::PutVipFilter(word, bits) | Op::ShrinkVipFilter(word, bits) => {
+                if *bits == 0 {
+                    state.vip_filter.remove(word);
+                } else {
+                    state.vip_filter.insert(*word, *bits);
+                }
             }
             Op::PutL2(k, v) => {
                 state.l2.insert(*k, *v);
@@ -538,7 +570,7 @@ mod tests {
 
     /// Applies a desired state on top of `current` and returns the ops and the new state.
     fn step(current: &MapState, d: &DesiredState) -> (Vec<Op>, MapState) {
-        let t = target(d, &ens18(), current).unwrap();
+        let t = target(d, &ens18(), current, &Capacity::default()).unwrap();
         let ops = diff(current, &t);
         let mut s = current.clone();
         apply(&mut s, &ops);
@@ -682,7 +714,13 @@ mod tests {
         let fronts = (0..5)
             .map(|i| frontend("x", [192, 168, 10, 40 + i], 80, &[POD_A]))
             .collect();
-        let err = target(&desired(fronts), &ens18(), &MapState::default()).unwrap_err();
+        let err = target(
+            &desired(fronts),
+            &ens18(),
+            &MapState::default(),
+            &Capacity::default(),
+        )
+        .unwrap_err();
         assert!(
             err.to_string()
                 .contains("10.244.1.10:8080 serves 5 frontends"),
@@ -691,10 +729,61 @@ mod tests {
     }
 
     #[test]
+    fn the_vip_filter_gains_bits_before_vips_and_loses_them_after() {
+        let (_, s1) = step(
+            &MapState::default(),
+            &desired(vec![frontend("a", [192, 168, 10, 49], 80, &[POD_A])]),
+        );
+        let bit = vip_filter_bit([192, 168, 10, 49]);
+        assert_eq!(
+            s1.vip_filter,
+            BTreeMap::from([(bit / 64, 1u64 << (bit % 64))])
+        );
+        let (ops, s2) = step(&s1, &desired(vec![]));
+        let vip = ops
+            .iter()
+            .position(|o| matches!(o, Op::DeleteVip(_)))
+            .unwrap();
+        let filter = ops
+            .iter()
+            .position(|o| matches!(o, Op::ShrinkVipFilter(..)))
+            .unwrap();
+        assert!(vip < filter, "{ops:?}");
+        assert!(s2.vip_filter.is_empty());
+    }
+
+    #[test]
+    fn a_state_larger_than_the_maps_is_refused() {
+        let d = desired(vec![
+            frontend("a", [192, 168, 10, 49], 80, &[POD_A]),
+            frontend("b", [192, 168, 10, 50], 80, &[POD_A]),
+        ]);
+        let small = Capacity {
+            services: 2,
+            ..Capacity::default()
+        };
+        let err = target(&d, &ens18(), &MapState::default(), &small).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "2 services needed but the datapath holds at most 1"
+        );
+        let small = Capacity {
+            backends: 2,
+            ..Capacity::default()
+        };
+        let d = desired(vec![frontend("a", [192, 168, 10, 49], 80, &[POD_A, POD_B])]);
+        let err = target(&d, &ens18(), &MapState::default(), &small).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "2 backends needed but the datapath holds at most 1"
+        );
+    }
+
+    #[test]
     fn announcements_only_on_known_interfaces() {
         let mut d = desired(vec![frontend("a", [192, 168, 10, 49], 80, &[POD_A])]);
         d.announcements[0].interface = "eno1".into();
-        let t = target(&d, &ens18(), &MapState::default()).unwrap();
+        let t = target(&d, &ens18(), &MapState::default(), &Capacity::default()).unwrap();
         assert!(t.l2.is_empty());
     }
 }

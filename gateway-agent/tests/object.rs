@@ -61,12 +61,13 @@ fn libbpf_opens_and_loads_the_default_object() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     progs.sort();
-    assert_eq!(progs, ["gw_egress", "gw_ingress"]);
+    assert_eq!(progs, ["gw_egress", "gw_floor", "gw_ingress"]);
 }
 
 #[test]
 fn only_the_logging_object_carries_aya_log() {
     let plain = Datapath::load(&LoadOptions {
+        capacity: Default::default(),
         pin_dir: None,
         log_level: log::LevelFilter::Info,
     })
@@ -74,6 +75,7 @@ fn only_the_logging_object_carries_aya_log() {
     assert!(plain.ebpf.map("AYA_LOGS").is_none());
     assert!(plain.logger.is_none());
     let logging = Datapath::load(&LoadOptions {
+        capacity: Default::default(),
         pin_dir: None,
         log_level: log::LevelFilter::Debug,
     })

@@ -1,13 +1,13 @@
 //! TC ingress: ARP for announced VIPs, and client -> VIP traffic balanced to a backend.
 
 use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_ktime_get_ns, programs::TcContext};
-use gateway_common::{Counter, CtEntry, Ipv4, VipKey};
+use gateway_common::{Counter, CtEntry, Ipv4, VipKey, vip_filter_bit};
 
 use crate::{
     PASS, arp, conntrack, drop, lb, log,
-    maps::{CONFIG, CONNTRACK, VIPS},
+    maps::{CONFIG, CONNTRACK, VIP_FILTER, VIPS},
     nat::{self, Side},
-    packet::{self, ETH_P_ARP, ETH_P_IP, Flow, Invalid},
+    packet::{self, ETH_P_ARP, ETH_P_IP, Flow},
     stats::{Direction, account, count},
 };
 
@@ -25,18 +25,17 @@ fn ipv4(ctx: &TcContext) -> i32 {
     let Some(ip) = packet::ipv4(ctx) else {
         return PASS;
     };
-    let vip = unsafe { (*ip).dst_addr };
-    // The one lookup every packet of the node's own traffic pays.
-    if VIPS.get_ptr(&VipKey { addr: vip }).is_none() {
+    let daddr = unsafe { (*ip).dst_addr };
+    // All the node's own traffic pays: one inlined array lookup.
+    if !may_be_vip(daddr) {
         return PASS;
     }
-    // From here on the packet is addressed to a VIP: anything we cannot balance is dropped
-    // with its reason, never passed on to be forwarded by the kernel.
     let flow = match packet::flow(ctx, ip) {
         Ok(flow) => flow,
-        Err(Invalid::Fragment) => return drop(ctx, Counter::DropFragment),
-        Err(Invalid::Protocol) => return drop(ctx, Counter::DropUnknownPort),
-        Err(Invalid::Malformed) => return drop(ctx, Counter::DropMalformed),
+        // Addressed to a VIP but not balanceable: dropped with its reason, never passed on
+        // to be forwarded by the kernel.
+        Err(invalid) if is_vip(daddr) => return drop(ctx, invalid.reason()),
+        Err(_) => return PASS,
     };
     let Some(config) = CONFIG.get(0) else {
         return PASS;
@@ -44,6 +43,7 @@ fn ipv4(ctx: &TcContext) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let key = conntrack::key(&flow);
 
+    // Conntrack first: an established flow needs no other lookup but its backend's.
     if let Some(entry) = CONNTRACK.get_ptr_mut(&key) {
         let entry = unsafe { &mut *entry };
         if entry.is_alive(now, config) {
@@ -71,6 +71,8 @@ fn ipv4(ctx: &TcContext) -> i32 {
 
     let selection = match lb::select(&flow, now) {
         Ok(s) => s,
+        // No such service and no such VIP: an address that only shares the filter slot.
+        Err(Counter::DropUnknownPort) if !is_vip(flow.daddr) => return PASS,
         Err(reason) => return drop(ctx, reason),
     };
     let entry = CtEntry {
@@ -119,4 +121,18 @@ fn forward(
     }
     account(service_id, backend_id, ctx.len(), Direction::Forward);
     TC_ACT_OK as i32
+}
+
+/// Whether the address's filter bit is set (false: certainly not a VIP).
+#[inline(always)]
+fn may_be_vip(addr: Ipv4) -> bool {
+    let bit = vip_filter_bit(addr);
+    VIP_FILTER
+        .get(bit / 64)
+        .is_some_and(|&word| word & (1 << (bit % 64)) != 0)
+}
+
+#[inline(always)]
+fn is_vip(addr: Ipv4) -> bool {
+    VIPS.get_ptr(&VipKey { addr }).is_some()
 }

@@ -46,14 +46,15 @@ pub fn select(flow: &Flow, now: u64) -> Result<Selection, Counter> {
         client_addr: flow.saddr,
         service_id: service.id,
     };
-    if let Some(affinity) = AFFINITY.get_ptr(&affinity_key) {
-        let affinity = unsafe { *affinity };
+    if let Some(entry) = AFFINITY.get_ptr_mut(&affinity_key) {
+        let affinity = unsafe { &mut *entry };
         // An entry pointing at a removed backend is ignored and replaced below.
         if now.saturating_sub(affinity.last_used_ns) <= service.affinity_timeout_ns
             && let Some(backend) = active_backend(affinity.backend_id)
         {
             count(Counter::AffinityHit);
-            remember(&affinity_key, affinity.backend_id, now);
+            // Refreshed in place: no map update (and no LRU list work) on a hit.
+            affinity.last_used_ns = now;
             return Ok(Selection {
                 service_id: service.id,
                 backend_id: affinity.backend_id,

@@ -20,7 +20,11 @@ mod nat;
 mod packet;
 mod stats;
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
 use gateway_common::Counter;
 
 /// Not ours: let the next program (tcx) or the stack have it, untouched.
@@ -34,6 +38,13 @@ pub fn gw_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn gw_egress(ctx: TcContext) -> i32 {
     egress::run(&ctx)
+}
+
+/// The empty TC program: the floor `cargo xtask bench` measures the datapath against. The
+/// agent never loads it.
+#[classifier]
+pub fn gw_floor(_ctx: TcContext) -> i32 {
+    TC_ACT_OK as i32
 }
 
 #[inline(always)]

@@ -8,9 +8,12 @@ use aya_ebpf::{
 };
 use gateway_common::{
     Affinity, AffinityKey, Backend, Counter, CtEntry, CtKey, DatapathConfig, L2Entry, L2Key,
-    RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic, VipInfo, VipKey,
-    capacity,
+    RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic, VIP_FILTER_WORDS,
+    VipInfo, VipKey, capacity,
 };
+
+#[btf_map(name = "gw_vip_filter")]
+pub static VIP_FILTER: Array<u64, { VIP_FILTER_WORDS as usize }> = Array::new();
 
 #[btf_map(name = "gw_vips")]
 pub static VIPS: HashMap<VipKey, VipInfo, { capacity::VIPS as usize }> = HashMap::new();
@@ -27,13 +30,21 @@ pub static BACKENDS: Array<Backend, { capacity::BACKENDS as usize }> = Array::ne
 #[btf_map(name = "gw_revnat")]
 pub static REVNAT: HashMap<RevNatKey, RevNat, { capacity::BACKENDS as usize }> = HashMap::new();
 
+/// Per-CPU LRU lists: inserting a new flow never takes a lock shared with other CPUs (as in
+/// Katran). Each CPU evicts from its own share of the table.
+const NO_COMMON_LRU: usize = aya_ebpf::bindings::BPF_F_NO_COMMON_LRU as usize;
+
 #[btf_map(name = "gw_ct")]
-pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { capacity::CONNTRACK as usize }> =
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { capacity::CONNTRACK as usize }, NO_COMMON_LRU> =
     LruHashMap::new();
 
 #[btf_map(name = "gw_affinity")]
-pub static AFFINITY: LruHashMap<AffinityKey, Affinity, { capacity::AFFINITY as usize }> =
-    LruHashMap::new();
+pub static AFFINITY: LruHashMap<
+    AffinityKey,
+    Affinity,
+    { capacity::AFFINITY as usize },
+    NO_COMMON_LRU,
+> = LruHashMap::new();
 
 #[btf_map(name = "gw_l2")]
 pub static L2: HashMap<L2Key, L2Entry, { capacity::L2 as usize }> = HashMap::new();

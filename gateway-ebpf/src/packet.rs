@@ -4,18 +4,13 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::TcContext;
-use gateway_common::{Ipv4, proto};
+use gateway_common::{Counter, Ipv4, proto};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 
 pub const ETH_HLEN: usize = EthHdr::LEN;
 /// EtherTypes in network byte order, as read from the frame.
 pub const ETH_P_IP: u16 = 0x0800u16.to_be();
 pub const ETH_P_ARP: u16 = 0x0806u16.to_be();
-
-/// Offset of the IPv4 checksum and destination/source address fields.
-pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
-pub const IP_SRC_OFF: usize = ETH_HLEN + 12;
-pub const IP_DST_OFF: usize = ETH_HLEN + 16;
 
 const TCP_FLAG_FIN: u8 = 0x01;
 const TCP_FLAG_SYN: u8 = 0x02;
@@ -87,6 +82,18 @@ pub enum Invalid {
     Fragment,
     /// Neither TCP nor UDP.
     Protocol,
+}
+
+impl Invalid {
+    /// The drop reason when such a packet is addressed to a VIP.
+    #[inline(always)]
+    pub fn reason(self) -> Counter {
+        match self {
+            Invalid::Malformed => Counter::DropMalformed,
+            Invalid::Fragment => Counter::DropFragment,
+            Invalid::Protocol => Counter::DropUnknownPort,
+        }
+    }
 }
 
 /// A TCP or UDP packet over IPv4 with every header it needs inside the frame.

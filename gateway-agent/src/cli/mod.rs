@@ -9,12 +9,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gateway_common::timeouts;
+use gateway_common::{capacity, timeouts};
 use regex::Regex;
 use serde::Serialize;
 
 use crate::{
     agent::{self, RunOptions},
+    capacity::Capacity,
     datapath::{self, Maps},
 };
 
@@ -101,6 +102,18 @@ struct RunArgs {
     /// Idle lifetime of a non-TCP flow, seconds.
     #[arg(long, default_value_t = timeouts::CT_ANY)]
     ct_any_timeout: u64,
+    /// Frontend (VIP:port/protocol) map size; also bounds VIPs and announcements.
+    #[arg(long, default_value_t = capacity::SERVICES)]
+    services_max: u32,
+    /// Backend map size (distinct backend address:port/protocol).
+    #[arg(long, default_value_t = capacity::BACKENDS)]
+    backends_max: u32,
+    /// Conntrack map size; the least recently used flow is evicted when full.
+    #[arg(long, default_value_t = capacity::CONNTRACK)]
+    ct_max: u32,
+    /// ClientIP affinity map size (LRU).
+    #[arg(long, default_value_t = capacity::AFFINITY)]
+    affinity_max: u32,
 }
 
 #[derive(Args)]
@@ -156,6 +169,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 bpffs: args.bpffs,
                 ct_tcp_timeout: args.ct_tcp_timeout,
                 ct_any_timeout: args.ct_any_timeout,
+                capacity: Capacity {
+                    services: args.services_max,
+                    backends: args.backends_max,
+                    conntrack: args.ct_max,
+                    affinity: args.affinity_max,
+                },
             }))?;
             Ok(ExitCode::SUCCESS)
         }

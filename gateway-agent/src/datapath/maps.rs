@@ -20,6 +20,7 @@ use gateway_common::{
 use crate::plan::{MapState, Op};
 
 pub struct Maps {
+    pub vip_filter: Array<MapData, u64>,
     pub vips: HashMap<MapData, VipKey, VipInfo>,
     pub services: HashMap<MapData, ServiceKey, Service>,
     pub names: HashMap<MapData, u32, ServiceName>,
@@ -74,6 +75,7 @@ impl Maps {
             }};
         }
         Ok(Self {
+            vip_filter: field!(map_names::VIP_FILTER),
             vips: field!(map_names::VIPS),
             services: field!(map_names::SERVICES),
             names: field!(map_names::SERVICE_NAMES),
@@ -93,6 +95,12 @@ impl Maps {
     /// The agent-managed content, as a previous run of the agent left it.
     pub fn read_state(&self) -> Result<MapState> {
         let mut state = MapState::default();
+        for (word, entry) in self.vip_filter.iter().enumerate() {
+            let bits = entry.context("reading gw_vip_filter")?;
+            if bits != 0 {
+                state.vip_filter.insert(word as u32, bits);
+            }
+        }
         for entry in self.vips.iter() {
             let (k, v) = entry.context("reading gw_vips")?;
             state.vips.insert(k, v);
@@ -154,6 +162,10 @@ impl Maps {
             Op::PutRevNat(k, v) => self.revnat.insert(k, v, 0).context("writing gw_revnat")?,
             Op::DeleteRevNat(k) => remove(&mut self.revnat, k, "gw_revnat")?,
             Op::PutVip(k, v) => self.vips.insert(k, v, 0).context("writing gw_vips")?,
+            Op::PutVipFilter(word, bits) | Op::ShrinkVipFilter(word, bits) => self
+                .vip_filter
+                .set(*word, bits, 0)
+                .context("writing gw_vip_filter")?,
             Op::DeleteVip(k) => remove(&mut self.vips, k, "gw_vips")?,
             Op::PutL2(k, mac) => {
                 // Keep the reply counter of an entry that only changes MAC.

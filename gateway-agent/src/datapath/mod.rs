@@ -22,6 +22,8 @@ use gateway_common::{
 
 pub use maps::Maps;
 
+use crate::capacity::Capacity;
+
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, which stamps conntrack
 /// and affinity entries.
 pub fn monotonic_ns() -> u64 {
@@ -32,7 +34,8 @@ pub fn monotonic_ns() -> u64 {
 
 /// Key and value sizes of every map: a pinned map from an agent with another layout must
 /// be refused, never reinterpreted.
-const LAYOUTS: [(&str, usize, usize); 13] = [
+const LAYOUTS: [(&str, usize, usize); 14] = [
+    (map_names::VIP_FILTER, size_of::<u32>(), size_of::<u64>()),
     (map_names::VIPS, size_of::<VipKey>(), size_of::<VipInfo>()),
     (
         map_names::SERVICES,
@@ -81,6 +84,8 @@ const LAYOUTS: [(&str, usize, usize); 13] = [
 ];
 
 pub struct LoadOptions<'a> {
+    /// Map sizes.
+    pub capacity: Capacity,
     /// Pin every map under this directory, adopting the maps already pinned there. `None`
     /// creates private maps (datapath tests).
     pub pin_dir: Option<&'a Path>,
@@ -100,9 +105,12 @@ pub struct Datapath {
 impl Datapath {
     pub fn load(options: &LoadOptions) -> Result<Self> {
         if let Some(dir) = options.pin_dir {
-            check_pinned_layouts(dir)?;
+            check_pinned_layouts(dir, &options.capacity)?;
         }
         let mut loader = EbpfLoader::new();
+        for (name, size) in options.capacity.map_sizes() {
+            loader.map_max_entries(name, size);
+        }
         let pins: Vec<(&str, std::path::PathBuf)> = match options.pin_dir {
             Some(dir) => map_names::ALL.iter().map(|&n| (n, dir.join(n))).collect(),
             None => Vec::new(),
@@ -145,7 +153,8 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier
         .with_context(|| format!("program {name} is not a TC classifier"))
 }
 
-fn check_pinned_layouts(dir: &Path) -> Result<()> {
+fn check_pinned_layouts(dir: &Path, capacity: &Capacity) -> Result<()> {
+    let sizes = capacity.map_sizes();
     for (name, key, value) in LAYOUTS {
         let path = dir.join(name);
         if !path.exists() {
@@ -161,6 +170,20 @@ fn check_pinned_layouts(dir: &Path) -> Result<()> {
                 path.display(),
                 info.key_size(),
                 info.value_size(),
+                dir.display()
+            );
+        }
+        let wanted = sizes
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, s)| *s);
+        if info.max_entries() != wanted {
+            bail!(
+                "pinned map {} holds {} entries but the --*-max flags ask for {wanted}: keep the \
+                 previous sizes, or resize with `gateway-agent teardown --bpffs {}` (this drops \
+                 tracked connections) and start again",
+                path.display(),
+                info.max_entries(),
                 dir.display()
             );
         }
