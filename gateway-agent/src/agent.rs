@@ -4,6 +4,7 @@
 //! the next start adopts conntrack and affinity as they are.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use log::{error, info, warn};
@@ -92,6 +93,7 @@ fn summary(desired: &DesiredState) -> String {
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {
+    let started = Instant::now();
     let interfaces = selected_interfaces(&options)?;
     let desired = desired(&options, &interfaces)?;
 
@@ -120,8 +122,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
     // Attach only once the maps hold the full state: the first packet sees all of it.
     attach::attach_all(&mut datapath, &options.bpffs, &interfaces)?;
     info!(
-        "node {}: {} ({} map writes{}); programs on {}",
+        "node {}: serving after {:.1?}: {} ({} map writes{}); programs on {}",
         options.node_name,
+        started.elapsed(),
         summary(&desired),
         writes,
         if adopted {
@@ -150,8 +153,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
+                                let started = Instant::now();
                 match reload(&options, &mut datapath, &mut state) {
-                    Ok(line) => info!("reloaded {}: {line}", options.config.display()),
+                    Ok(line) => info!("reloaded {} in {:.1?}: {line}", options.config.display(), started.elapsed()),
                     Err(e) => error!("reload of {} refused, still serving the previous state: {e:#}", options.config.display()),
                 }
             }

@@ -49,15 +49,30 @@ pub struct Agent {
     ns: String,
     bpffs: PathBuf,
     process: Process,
+    /// Where this run's output starts in the (appended) log file.
+    log_start: usize,
 }
 
 impl Agent {
-    /// Starts the agent on `node` with `config` and waits until it serves.
+    /// Starts the agent built beside this binary on `node` with `config`, pinning under the
+    /// node's bpffs directory, and waits until it serves.
     pub fn start(lab: &Lab, node: &str, config: &Path) -> Result<Self> {
-        let binary = binary()?;
+        let bpffs = lab.bpffs_dir(node).to_owned();
+        Self::launch(lab, node, config, &binary()?, &bpffs, &[])
+    }
+
+    /// Starts `binary run` on `node` with `config`, pins under `bpffs`, with `extra` flags,
+    /// and waits until it serves.
+    pub fn launch(
+        lab: &Lab,
+        node: &str,
+        config: &Path,
+        binary: &Path,
+        bpffs: &Path,
+        extra: &[&str],
+    ) -> Result<Self> {
         let n: &Node = lab.node(node);
-        let bpffs = n.bpffs_dir().to_owned();
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             binary.display().to_string(),
             "run".into(),
             "--config".into(),
@@ -67,29 +82,47 @@ impl Agent {
             "--bpffs".into(),
             bpffs.display().to_string(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let name = format!("agent-{node}");
         let log_before =
-            std::fs::read_to_string(lab.run_dir().join("logs").join(format!("agent-{node}.log")))
+            std::fs::read_to_string(lab.run_dir().join("logs").join(format!("{name}.log")))
                 .unwrap_or_default();
-        let process = lab.spawn(n.ns(), &format!("agent-{node}"), &args)?;
+        let process = lab.spawn(n.ns(), &name, &args)?;
         let mut agent = Self {
-            binary,
+            binary: binary.to_owned(),
             node: node.into(),
             ns: n.ns().name().into(),
-            bpffs,
+            bpffs: bpffs.to_owned(),
             process,
+            log_start: log_before.len(),
         };
-        let deadline = Instant::now() + START_TIMEOUT;
+        agent.wait_for_log("programs on", START_TIMEOUT)?;
+        Ok(agent)
+    }
+
+    /// Waits until this run of the agent has logged a line containing `text`; returns the
+    /// last such line.
+    pub fn wait_for_log(&mut self, text: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
         loop {
-            agent.process.ensure_running()?;
-            let log = agent.process.log();
-            if log[log_before.len().min(log.len())..].contains("programs on") {
-                return Ok(agent);
+            if let Some(line) = self.log().lines().rev().find(|l| l.contains(text)) {
+                return Ok(line.to_owned());
             }
+            self.process.ensure_running()?;
             if Instant::now() > deadline {
-                bail!("agent on {node} not serving after {START_TIMEOUT:?}:\n{log}");
+                bail!(
+                    "agent on {} did not log {text:?} within {timeout:?}:\n{}",
+                    self.node,
+                    self.log()
+                );
             }
-            thread::sleep(Duration::from_millis(20));
+            thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     pub fn node(&self) -> &str {
@@ -100,8 +133,10 @@ impl Agent {
         &self.bpffs
     }
 
+    /// What this run of the agent has logged so far.
     pub fn log(&self) -> String {
-        self.process.log()
+        let log = self.process.log();
+        log.get(self.log_start..).unwrap_or_default().to_owned()
     }
 
     /// Runs `gateway-agent ARGS --bpffs DIR` in the node's namespace; returns stdout.

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the developer's and CI's entry points (setup, demo, lab, test).
 
+mod bench;
 mod cmd;
 mod demo;
 mod lab;
@@ -29,6 +30,12 @@ enum Task {
     },
     /// Set up, build, run the agent on the lab and show what it does
     Demo,
+    /// Measure the datapath, end-to-end throughput and the control plane; write target/bench/
+    Bench {
+        /// A short smoke run with small sizes (what the test suite runs)
+        #[arg(long)]
+        quick: bool,
+    },
     /// Set up, build, and run every test (what CI runs)
     Test,
 }
@@ -39,6 +46,7 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::Lab { action } => lab::run(action, &workspace),
         Task::Demo => demo::run(&workspace),
+        Task::Bench { quick } => bench::run(&workspace, quick),
         Task::Test => test::run(&workspace),
     }
 }

@@ -16,7 +16,7 @@ use crate::cmd;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// What the lab, the demo and the benchmarks run.
-const DEBIAN_PACKAGES: [&str; 10] = [
+const DEBIAN_PACKAGES: [&str; 12] = [
     "bpftool",
     "iproute2",
     "arping",
@@ -27,6 +27,8 @@ const DEBIAN_PACKAGES: [&str; 10] = [
     "ethtool",
     "tcpdump",
     "socat",
+    "iptables",
+    "nftables",
 ];
 
 pub fn run() -> Result<()> {

@@ -62,8 +62,9 @@ impl fmt::Display for ObjectRef {
     }
 }
 
-/// The validated objects of one file. Every list is sorted (services and slices by
-/// namespace/name, the rest by name), so nothing depends on the order of the documents.
+/// The validated objects of one file. Every list is sorted (services by namespace/name,
+/// slices by namespace/service/name, the rest by name), so nothing depends on the order of
+/// the documents.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The file name every finding is reported against.
@@ -77,6 +78,23 @@ pub struct Config {
     pub l2_policies: Vec<L2Policy>,
     /// What was skipped or defaulted, sorted.
     pub warnings: Vec<ConfigWarning>,
+}
+
+impl Config {
+    /// The slices of `service`: one contiguous run of the sorted slices, found by binary
+    /// search (a cluster has as many slices as services).
+    pub fn slices_of(&self, service: &Service) -> &[EndpointSlice] {
+        let key = (
+            service.object.namespace.as_str(),
+            service.object.name.as_str(),
+        );
+        fn of(s: &EndpointSlice) -> (&str, &str) {
+            (s.object.namespace.as_str(), s.service.as_str())
+        }
+        let start = self.endpoint_slices.partition_point(|s| of(s) < key);
+        let len = self.endpoint_slices[start..].partition_point(|s| of(s) == key);
+        &self.endpoint_slices[start..start + len]
+    }
 }
 
 /// Reads and validates the objects in the file at `path`.

@@ -1,16 +1,15 @@
 //! Reading one multi-document YAML file (a `kubectl get -o yaml` export or hand-written
 //! manifests) into validated objects.
 //!
-//! Two steps: the YAML is read into untyped documents (a syntax error stops here, naming the
-//! line), then each document is dispatched on `apiVersion`/`kind` and deserialized into its
-//! typed shape, so a type error names the field path and the other documents still get
-//! checked.
+//! Each document is read untyped (a syntax error stops here, naming the line), then
+//! dispatched on `apiVersion`/`kind` and deserialized into its typed shape, so a type error
+//! names the field path and the other documents still get checked.
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use serde_saphyr::Spanned;
 
 use super::cilium::{CiliumL2AnnouncementPolicy, CiliumLoadBalancerIpPool};
 use super::endpoints::{EndpointSlice, endpoint_slice};
@@ -52,20 +51,29 @@ const KINDS: [(Kind, &str, &[&str]); 5] = [
 const LIST: (&str, &str) = ("v1", "List");
 
 pub(super) fn parse(source: &str, text: &str) -> Result<Config, ConfigErrors> {
-    let documents = read_documents(text).map_err(|message| {
-        ConfigErrors(vec![ConfigError {
-            file: source.to_owned(),
-            object: None,
-            field: String::new(),
-            message,
-        }])
-    })?;
-
     let mut diagnostics = Diagnostics::new(source);
     let mut objects = Objects::default();
-    for document in documents {
-        let origin = format!("the document at line {}", document.referenced.line());
-        objects.collect(document.value, &origin, &mut diagnostics);
+    // One document at a time: each becomes typed objects before the next is read, so the
+    // untyped form of a large export never sits in memory whole.
+    let lines = document_lines(text);
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        // The first error ends the stream: the parser cannot resynchronise after it.
+        let value = Value::deserialize(document).map_err(|error| {
+            ConfigErrors(vec![ConfigError {
+                file: source.to_owned(),
+                object: None,
+                field: String::new(),
+                message: yaml_error(&error),
+            }])
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        let origin = match lines.get(index) {
+            Some(line) => format!("the document at line {line}"),
+            None => format!("document {}", index + 1),
+        };
+        objects.collect(value, &origin, &mut diagnostics);
     }
 
     let Objects {
@@ -78,7 +86,14 @@ pub(super) fn parse(source: &str, text: &str) -> Result<Config, ConfigErrors> {
     } = objects;
     // Sorted so that nothing downstream depends on the order of the documents.
     services.sort_by(|a, b| a.object.cmp(&b.object));
-    endpoint_slices.sort_by(|a, b| a.object.cmp(&b.object));
+    // By service first, so a service's slices are one contiguous run (`Config::slices_of`).
+    endpoint_slices.sort_by(|a, b| {
+        (&a.object.namespace, &a.service, &a.object.name).cmp(&(
+            &b.object.namespace,
+            &b.service,
+            &b.object.name,
+        ))
+    });
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     l2_policies.sort_by(|a, b| a.name.cmp(&b.name));
@@ -98,24 +113,56 @@ pub(super) fn parse(source: &str, text: &str) -> Result<Config, ConfigErrors> {
     })
 }
 
-/// The non-empty documents, each with where it starts. YAML 1.2 booleans only, so that an
-/// unquoted `allowFirstLastIPs: No` stays the string Cilium expects rather than `false`.
-fn read_documents(text: &str) -> Result<Vec<Spanned<Value>>, String> {
-    let options = serde_saphyr::options! {
-        strict_booleans: true,
-        with_snippet: false,
-    };
-    serde_saphyr::from_multiple_with_options(text, options).map_err(|error| {
-        let message = error.to_string();
-        match error.location() {
-            Some(at) if !message.contains("line") => format!(
+/// A syntax error, with where it is when the parser's message does not say.
+fn yaml_error(error: &serde_yaml_ng::Error) -> String {
+    let message = error.to_string();
+    match error.location() {
+        Some(at) if !message.contains("line") => {
+            format!(
                 "YAML error at line {}, column {}: {message}",
                 at.line(),
                 at.column()
-            ),
-            _ => format!("YAML error: {message}"),
+            )
         }
-    })
+        _ => format!("YAML error: {message}"),
+    }
+}
+
+/// The line where each document's content starts, in the order the parser yields documents
+/// (an empty document counts, at its `---`). Document markers stand at column 0, which is
+/// all it takes to find them.
+fn document_lines(text: &str) -> Vec<usize> {
+    let mut starts = Vec::new();
+    // The line of a `---` whose document has no content yet.
+    let mut awaiting: Option<usize> = None;
+    let mut open = false;
+    for (i, line) in text.lines().enumerate() {
+        let number = i + 1;
+        let marker = line
+            .strip_prefix("---")
+            .filter(|rest| rest.is_empty() || rest.starts_with([' ', '\t']));
+        if let Some(rest) = marker {
+            starts.extend(awaiting.take());
+            open = true;
+            let rest = rest.trim();
+            if rest.is_empty() || rest.starts_with('#') {
+                awaiting = Some(number);
+            } else {
+                starts.push(number);
+            }
+        } else if line.trim_end() == "..." {
+            starts.extend(awaiting.take());
+            open = false;
+        } else if !line.trim().is_empty()
+            && !line.trim_start().starts_with('#')
+            && (awaiting.take().is_some() || !open)
+        {
+            starts.push(number);
+            open = true;
+        }
+    }
+    starts.extend(awaiting);
+    starts
 }
 
 #[derive(Default)]
@@ -280,6 +327,9 @@ fn typed<T: DeserializeOwned>(document: Value, findings: &mut ObjectDiagnostics<
 mod tests {
     use super::super::fixtures::*;
     use super::super::{ObjectRef, load};
+    use serde::Deserialize;
+
+    use super::document_lines;
 
     #[test]
     fn reads_every_kind_of_the_reference() {
@@ -421,6 +471,27 @@ mod tests {
             &errors,
             &["Node/n: metadata.labels.a: invalid type: integer `1`"],
         );
+    }
+
+    #[test]
+    fn document_lines_follow_the_parser_s_documents() {
+        // Implicit first document, comments, an empty document, content on the marker line,
+        // an explicit end, and a trailing empty document.
+        let text = "# header\na: 1\n---\n# note\n\nb: 2\n---\n--- {c: 3}\n...\n---\nd: 4\n---\n";
+        assert_eq!(document_lines(text), vec![2, 6, 7, 8, 11, 12]);
+        // Each document must be consumed for the parser to move on to the next.
+        let mut parsed = 0;
+        for doc in serde_yaml_ng::Deserializer::from_str(text) {
+            serde_json::Value::deserialize(doc).expect("valid YAML");
+            parsed += 1;
+        }
+        assert_eq!(
+            parsed,
+            document_lines(text).len(),
+            "one line per document the parser yields"
+        );
+        assert_eq!(document_lines("---\nkind: Node\n"), vec![2]);
+        assert!(document_lines("# nothing\n").is_empty());
     }
 
     #[test]

@@ -66,7 +66,9 @@ fn elect<'n>(scored: impl Iterator<Item = (u64, &'n Node)>) -> Option<&'n Node> 
 }
 
 fn has_ready_endpoint(config: &Config, service: &Service, node_name: &str) -> bool {
-    super::frontends::slices_of(config, service)
+    config
+        .slices_of(service)
+        .iter()
         .flat_map(|slice| &slice.endpoints)
         .any(|endpoint| {
             endpoint.ready

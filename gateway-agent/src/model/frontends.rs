@@ -8,21 +8,6 @@ use std::net::Ipv4Addr;
 use super::{BackendAddr, Frontend};
 use crate::config::{Config, Diagnostics, EndpointSlice, Service, ServicePort, TargetPort};
 
-/// The IPv4 slices of `service` (same namespace, `kubernetes.io/service-name` label).
-pub(crate) fn slices_of<'c>(
-    config: &'c Config,
-    service: &Service,
-) -> impl Iterator<Item = &'c EndpointSlice> {
-    let (namespace, name) = (
-        service.object.namespace.clone(),
-        service.object.name.clone(),
-    );
-    config
-        .endpoint_slices
-        .iter()
-        .filter(move |slice| slice.object.namespace == namespace && slice.service == name)
-}
-
 pub(crate) fn frontends(
     config: &Config,
     service: &Service,
@@ -36,7 +21,7 @@ pub(crate) fn frontends(
         .enumerate()
         .map(|(i, port)| {
             let mut backends = BTreeSet::new();
-            for slice in slices_of(config, service) {
+            for slice in config.slices_of(service) {
                 let Some(backend_port) = backend_port(slice, port) else {
                     diagnostics.warn(
                         Some(&service.object),

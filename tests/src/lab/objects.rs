@@ -27,7 +27,14 @@ pub fn config_yaml(spec: &LabSpec) -> Result<String> {
         docs.push(service(svc));
         docs.push(endpoint_slice(spec, svc));
     }
-    serde_saphyr::to_string_multiple(&docs).context("rendering the lab's objects as YAML")
+    let mut yaml = String::new();
+    for doc in &docs {
+        yaml.push_str("---\n");
+        yaml.push_str(
+            &serde_yaml_ng::to_string(doc).context("rendering the lab's objects as YAML")?,
+        );
+    }
+    Ok(yaml)
 }
 
 fn node(node: &NodeSpec) -> Value {
@@ -196,11 +203,15 @@ fn protocol(port: &PortSpec) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use serde::Deserialize;
+
     use super::*;
 
     fn parse(spec: &LabSpec) -> Vec<Value> {
         let yaml = config_yaml(spec).unwrap();
-        serde_saphyr::from_multiple(&yaml).unwrap()
+        serde_yaml_ng::Deserializer::from_str(&yaml)
+            .map(|doc| Value::deserialize(doc).unwrap())
+            .collect()
     }
 
     fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {

@@ -1,0 +1,136 @@
+//! Control plane: how long the real agent binary takes, and how much memory, to program many
+//! services with several backends each from one file, and to apply a one-service change on
+//! top of that state (SIGHUP).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use gateway_tests::agent::{self, Agent};
+use gateway_tests::lab::Lab;
+use serde::Serialize;
+
+use super::{e2e::NODE, objects};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ControlPlane {
+    pub services: usize,
+    pub backends_per_service: usize,
+    /// From starting the process to programs attached over a full state, as the agent logs it.
+    pub program_ms: f64,
+    /// The same from outside: spawn to the log line.
+    pub program_wall_ms: f64,
+    /// Peak resident set size of the agent (VmHWM).
+    pub peak_rss_mib: f64,
+    /// A one-service change: re-read, validate, diff and apply, as the agent logs it.
+    pub change_ms: f64,
+    /// The same from outside: SIGHUP to the log line.
+    pub change_wall_ms: f64,
+    pub change_map_writes: u64,
+}
+
+/// Parses a `{:.1?}` Duration as the agent logs it (e.g. `812.4ms`, `1.2s`, `950.0µs`).
+fn parse_duration_ms(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let factor = match unit {
+        "s" => 1000.0,
+        "ms" => 1.0,
+        "µs" => 0.001,
+        "ns" => 0.000_001,
+        _ => return None,
+    };
+    Some(value * factor)
+}
+
+/// The duration the agent logged after `marker` (e.g. "serving after ").
+fn logged_ms(line: &str, marker: &str) -> Result<f64> {
+    let rest = &line[line
+        .find(marker)
+        .with_context(|| format!("no {marker:?} in {line}"))?
+        + marker.len()..];
+    let token = rest.split([':', ' ']).next().unwrap_or("");
+    parse_duration_ms(token).with_context(|| format!("no duration after {marker:?} in {line}"))
+}
+
+fn peak_rss_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmHWM")?;
+    Ok(kib / 1024.0)
+}
+
+pub fn run(lab: &Lab, binary: &Path, services: usize, per_service: usize) -> Result<ControlPlane> {
+    let base = lab.config_yaml()? + &objects::filler_pool();
+    let config = lab.run_dir().join("control.yaml");
+    std::fs::write(
+        &config,
+        base.clone() + &objects::filler_services(services, per_service, NODE),
+    )?;
+    let bpffs = lab.run_dir().join("bpffs").join("control");
+
+    let started = Instant::now();
+    let mut agent = Agent::launch(
+        lab,
+        NODE,
+        &config,
+        binary,
+        &bpffs,
+        &["--backends-max", "131072"],
+    )?;
+    let program_wall_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let serving = agent.wait_for_log("serving after", Duration::from_secs(1))?;
+    let program_ms = logged_ms(&serving, "serving after ")?;
+    let peak_rss_mib = peak_rss_mib(agent.pid())?;
+
+    // One service changes: its first backend moves.
+    let mut changed = objects::filler_services(services, per_service, NODE);
+    let first = changed.find("- addresses: [").context("a backend")? + "- addresses: [".len();
+    changed.replace_range(
+        first..first + changed[first..].find(']').unwrap_or(0),
+        "10.127.0.1",
+    );
+    std::fs::write(&config, base + &changed)?;
+    let started = Instant::now();
+    agent.reload()?;
+    let reloaded = agent.wait_for_log("reloaded", Duration::from_secs(60))?;
+    let change_wall_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let change_ms = logged_ms(&reloaded, " in ")?;
+    let change_map_writes = reloaded
+        .rsplit_once('(')
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+
+    agent.stop();
+    agent::cli(binary, lab.node(NODE).ns().name(), &bpffs, &["teardown"])?;
+    Ok(ControlPlane {
+        services,
+        backends_per_service: per_service,
+        program_ms,
+        program_wall_ms,
+        peak_rss_mib,
+        change_ms,
+        change_wall_ms,
+        change_map_writes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_durations_the_agent_logs() {
+        assert_eq!(parse_duration_ms("812.4ms"), Some(812.4));
+        assert_eq!(parse_duration_ms("1.5s"), Some(1500.0));
+        assert_eq!(parse_duration_ms("250.0µs"), Some(0.25));
+        let line = "[..] node w1: serving after 1.2s: 4 frontends";
+        assert_eq!(logged_ms(line, "serving after ").unwrap(), 1200.0);
+        let line = "[..] reloaded /x.yaml in 31.7ms: 4 frontends (3 map writes)";
+        assert_eq!(logged_ms(line, " in ").unwrap(), 31.7);
+    }
+}

@@ -1,0 +1,293 @@
+//! End to end in the lab: real TCP from the client namespace to nginx in a pod behind
+//! worker w1, with wrk, through three paths measured in turn on the same topology:
+//! the gateway datapath, kube-proxy-shaped iptables DNAT, and the pod directly (the ceiling).
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context, Result, bail};
+use gateway_tests::agent::{self, Agent};
+use gateway_tests::lab::{self, Lab, LabSpec};
+use serde::Serialize;
+
+use super::objects::{self, ChainService};
+
+pub const NODE: &str = "w1";
+const POD: &str = "envoy-w1a";
+/// The measured service: the reference's internal gateway.
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 49);
+const CONNECTIONS: &str = "32";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Path3 {
+    #[serde(rename = "gateway")]
+    Gateway,
+    #[serde(rename = "iptables")]
+    Iptables,
+    #[serde(rename = "direct")]
+    Direct,
+}
+
+impl Path3 {
+    pub const ALL: [Path3; 3] = [Path3::Gateway, Path3::Iptables, Path3::Direct];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Path3::Gateway => "gateway",
+            Path3::Iptables => "iptables",
+            Path3::Direct => "direct",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Metric {
+    /// HTTP requests/s over keep-alive connections.
+    #[serde(rename = "keepalive_requests_per_s")]
+    KeepAlive,
+    /// New TCP connections/s, one request each.
+    #[serde(rename = "new_connections_per_s")]
+    NewConnections,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 2] = [Metric::KeepAlive, Metric::NewConnections];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::KeepAlive => "keep-alive requests/s",
+            Metric::NewConnections => "new connections/s",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Throughput {
+    pub services: usize,
+    pub path: Path3,
+    pub metric: Metric,
+    pub runs: Vec<f64>,
+    pub median: f64,
+    /// wrk's socket errors over all runs (connect, read, write, timeout).
+    pub socket_errors: u64,
+}
+
+pub struct Settings {
+    pub sizes: Vec<usize>,
+    pub rounds: usize,
+    pub seconds: u32,
+}
+
+/// The bench topology: the client and worker w1 with one envoy-like pod (nginx, one worker).
+pub fn spec(agent: &Path) -> LabSpec {
+    let mut spec = LabSpec::reference(&lab::unique_prefix("gwbench")).with_teardown_agent(agent);
+    spec.nodes.retain(|n| n.name == NODE);
+    spec.node_mut(NODE).pods.retain(|p| p.name == POD);
+    for svc in &mut spec.services {
+        svc.backends = vec![POD.to_owned()];
+    }
+    spec
+}
+
+/// The pod's address and port, the target of every path.
+fn pod_target(lab: &Lab) -> (Ipv4Addr, u16) {
+    (lab.pod(POD).addr(), lab::HTTP_PORT)
+}
+
+/// One wrk run from the client; returns requests/s and socket errors.
+fn wrk(lab: &Lab, url: &str, metric: Metric, seconds: u32) -> Result<(f64, u64)> {
+    let duration = format!("{seconds}s");
+    let mut args = vec!["wrk", "-t1", "-c", CONNECTIONS, "-d", &duration];
+    if metric == Metric::NewConnections {
+        args.extend(["-H", "Connection: close"]);
+    }
+    args.push(url);
+    let out = lab.client().ns().run(args)?;
+    let rate = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{out}"))?;
+    let errors = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+        .map(|rest| {
+            rest.split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    if out.contains("Non-2xx") {
+        bail!("wrk saw HTTP errors on {url}:\n{out}");
+    }
+    Ok((rate, errors))
+}
+
+fn iptables_restore(lab: &Lab, rules: &str) -> Result<()> {
+    let mut cmd = lab.node(NODE).ns().command(["iptables-restore"]);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("starting iptables-restore")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(rules.as_bytes())?;
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "iptables-restore failed ({status})");
+    Ok(())
+}
+
+/// Prepares one path; the returned guard (the agent) undoes it when dropped or torn down.
+struct Prepared {
+    agent: Option<Agent>,
+    url: String,
+}
+
+fn prepare(lab: &Lab, path: Path3, config: &Path, rules: &str, binary: &Path) -> Result<Prepared> {
+    let vip_url = format!("http://{VIP}/");
+    match path {
+        Path3::Gateway => {
+            let bpffs = lab.bpffs_dir(NODE).to_owned();
+            let agent = Agent::launch(
+                lab,
+                NODE,
+                config,
+                binary,
+                &bpffs,
+                &["--backends-max", "131072"],
+            )?;
+            Ok(Prepared {
+                agent: Some(agent),
+                url: vip_url,
+            })
+        }
+        Path3::Iptables => {
+            iptables_restore(lab, rules)?;
+            // Repeated connection-rate runs would otherwise fill the conntrack table with
+            // TIME_WAIT entries and measure drops instead of the datapath.
+            lab.node(NODE)
+                .ns()
+                .sysctl(&[("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1")])?;
+            Ok(Prepared {
+                agent: None,
+                url: vip_url,
+            })
+        }
+        Path3::Direct => {
+            let (addr, port) = pod_target(lab);
+            Ok(Prepared {
+                agent: None,
+                url: format!("http://{addr}:{port}/"),
+            })
+        }
+    }
+}
+
+fn undo(lab: &Lab, path: Path3, prepared: Prepared, binary: &Path) -> Result<()> {
+    match path {
+        Path3::Gateway => {
+            if let Some(agent) = prepared.agent {
+                let bpffs = agent.bpffs().to_owned();
+                agent.stop();
+                agent::cli(binary, lab.node(NODE).ns().name(), &bpffs, &["teardown"])?;
+            }
+        }
+        // Deleting the table (iptables-nft's) also unhooks conntrack from the node's
+        // namespace, so the next path does not pay for it.
+        Path3::Iptables => {
+            lab.node(NODE)
+                .ns()
+                .run(["nft", "delete", "table", "ip", "nat"])?;
+        }
+        Path3::Direct => {}
+    }
+    Ok(())
+}
+
+/// Routes and neighbours the client needs for every path: the pods via w1 (direct), and the
+/// VIP's neighbour entry, so no path depends on who answers ARP.
+pub fn wire(lab: &Lab) -> Result<()> {
+    let w1 = lab.node(NODE);
+    let client = lab.client().ns();
+    client.ip(&[
+        "route",
+        "add",
+        "10.244.0.0/16",
+        "via",
+        &w1.addr().to_string(),
+    ])?;
+    client.ip(&[
+        "neigh",
+        "replace",
+        &VIP.to_string(),
+        "lladdr",
+        w1.mac(),
+        "dev",
+        lab::CLIENT_IFACE,
+        "nud",
+        "permanent",
+    ])?;
+    Ok(())
+}
+
+pub fn run(lab: &Lab, binary: &Path, settings: &Settings) -> Result<Vec<Throughput>> {
+    let (pod_addr, pod_port) = pod_target(lab);
+    let mut results: BTreeMap<(usize, Path3, Metric), (Vec<f64>, u64)> = BTreeMap::new();
+    for &services in &settings.sizes {
+        let fillers = services.saturating_sub(1);
+        let mut yaml = lab.config_yaml()?;
+        yaml.push_str(&objects::filler_pool());
+        yaml.push_str(&objects::filler_services(fillers, 1, NODE));
+        let config: PathBuf = lab.run_dir().join(format!("bench-{services}.yaml"));
+        std::fs::write(&config, yaml)?;
+        // The measured service sits in the middle of KUBE-SERVICES, as an average service would.
+        let mut chain = objects::filler_chain_services(fillers);
+        chain.insert(
+            fillers / 2,
+            ChainService {
+                vip: VIP,
+                port: 80,
+                endpoints: vec![(pod_addr, pod_port)],
+            },
+        );
+        let rules = objects::kube_proxy_rules(&chain);
+        for round in 0..settings.rounds {
+            for path in Path3::ALL {
+                let prepared = prepare(lab, path, &config, &rules, binary)?;
+                // Warm up caches, conntrack and nginx before measuring.
+                wrk(lab, &prepared.url, Metric::KeepAlive, 1)?;
+                for metric in Metric::ALL {
+                    let (rate, errors) = wrk(lab, &prepared.url, metric, settings.seconds)?;
+                    eprintln!(
+                        "  {services:>5} services, round {}, {:<8} {:<22} {rate:>9.0}",
+                        round + 1,
+                        path.name(),
+                        metric.name()
+                    );
+                    let entry = results.entry((services, path, metric)).or_default();
+                    entry.0.push(rate);
+                    entry.1 += errors;
+                }
+                undo(lab, path, prepared, binary)?;
+            }
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(
+            |((services, path, metric), (runs, socket_errors))| Throughput {
+                services,
+                path,
+                metric,
+                median: super::median(&runs),
+                runs,
+                socket_errors,
+            },
+        )
+        .collect())
+}

@@ -1,0 +1,125 @@
+//! `cargo xtask bench [--quick]`: the datapath's cost per packet against an empty program,
+//! end-to-end throughput against kube-proxy-shaped iptables and no load balancer at all, and
+//! the control plane at scale, in one run on this machine. Writes target/bench/report.md,
+//! report.json and chart.svg. `--quick` is the small smoke version the test suite runs so the
+//! harness cannot rot; its figures are not figures.
+
+mod control;
+mod e2e;
+mod objects;
+mod report;
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use gateway_tests::lab::Lab;
+
+use crate::{cmd, setup};
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} x {cpu}, kernel {}", kernel.trim())
+}
+
+fn today() -> String {
+    Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+pub fn run(workspace: &Path, quick: bool) -> Result<()> {
+    setup::run()?;
+    let out = workspace.join("target").join("bench");
+    std::fs::create_dir_all(&out)?;
+    // Figures come from optimized builds; the smoke run reuses the test build.
+    let profile = if quick { "debug" } else { "release" };
+    let mut build = Command::new("cargo");
+    build
+        .args(["build", "-p", "gateway-agent"])
+        .current_dir(workspace);
+    if !quick {
+        build.arg("--release");
+    }
+    cmd::run(&mut build)?;
+    let binary = workspace.join("target").join(profile).join("gateway-agent");
+
+    eprintln!("== datapath cost per packet");
+    let datapath_json = out.join("datapath.json");
+    let mut bench = Command::new("cargo");
+    bench
+        .args(["bench", "-p", "gateway-agent", "--bench", "datapath", "--"])
+        .current_dir(workspace);
+    if quick {
+        bench.arg("--quick");
+    }
+    cmd::run(bench.arg("--out").arg(&datapath_json))?;
+    let datapath: report::DatapathRun =
+        serde_json::from_str(&std::fs::read_to_string(&datapath_json)?)
+            .context("reading the datapath benchmark's output")?;
+
+    eprintln!("== end to end and control plane, in the lab");
+    let lab = Lab::up(e2e::spec(&binary))?;
+    e2e::wire(&lab)?;
+    let settings = if quick {
+        e2e::Settings {
+            sizes: vec![1, 100],
+            rounds: 1,
+            seconds: 1,
+        }
+    } else {
+        e2e::Settings {
+            sizes: vec![1, 10_000],
+            rounds: 3,
+            seconds: 5,
+        }
+    };
+    let end_to_end = e2e::run(&lab, &binary, &settings)?;
+    let (services, per_service) = if quick { (100, 8) } else { (10_000, 8) };
+    let control_plane = control::run(&lab, &binary, services, per_service)?;
+    drop(lab);
+
+    let checks = report::checks(&datapath.measurements, &end_to_end, &control_plane);
+    let report = report::Report {
+        date: today(),
+        machine: machine(),
+        quick,
+        runs_per_case: datapath.runs_per_case,
+        datapath: datapath.measurements,
+        end_to_end,
+        control_plane,
+        checks,
+    };
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    let markdown = report::markdown(&report);
+    std::fs::write(out.join("report.md"), &markdown)?;
+    report::chart(&report, &out.join("chart.svg"))?;
+    println!("{markdown}");
+    println!(
+        "written: {}",
+        ["report.md", "report.json", "chart.svg"]
+            .map(|f| out.join(f).display().to_string())
+            .join(", ")
+    );
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! What the benchmarks load: many services as Kubernetes-shaped objects for the agent, and
+//! the same services as kube-proxy's iptables mode would program them.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+/// The VIP of filler service `i`: 10.96.0.0/16, from 10.96.0.1 on.
+pub fn filler_vip(i: usize) -> Ipv4Addr {
+    let n = i as u32 + 1;
+    Ipv4Addr::new(10, 96, (n >> 8) as u8, n as u8)
+}
+
+/// Backend `k` of filler service `i`: addresses in 10.128.0.0/10 that nothing answers (the
+/// filler services exist to fill the maps and the chains, not to be called).
+fn filler_backend(i: usize, k: usize, per_service: usize) -> Ipv4Addr {
+    let n = (i * per_service + k) as u32 + 1;
+    Ipv4Addr::new(10, 128 + (n >> 16) as u8, (n >> 8) as u8, n as u8)
+}
+
+/// A pool for the filler VIPs, to append to the lab's objects.
+pub fn filler_pool() -> String {
+    "---
+apiVersion: cilium.io/v2alpha1
+kind: CiliumLoadBalancerIPPool
+metadata:
+  name: bench-pool
+spec:
+  blocks:
+  - cidr: 10.96.0.0/16
+"
+    .to_owned()
+}
+
+/// `count` LoadBalancer services (Local, port 80 -> 8080), each with `per_service` ready
+/// endpoints on `node`, as YAML documents to append to the lab's objects.
+pub fn filler_services(count: usize, per_service: usize, node: &str) -> String {
+    let mut yaml = String::with_capacity(count * (600 + per_service * 90));
+    for i in 0..count {
+        let _ = write!(
+            yaml,
+            "---
+apiVersion: v1
+kind: Service
+metadata:
+  name: bench-{i}
+  namespace: bench
+  annotations:
+    lbipam.cilium.io/ips: {vip}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  ports:
+  - name: http
+    port: 80
+    targetPort: 8080
+    protocol: TCP
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: bench-{i}-1
+  namespace: bench
+  labels:
+    kubernetes.io/service-name: bench-{i}
+addressType: IPv4
+ports:
+- name: http
+  port: 8080
+  protocol: TCP
+endpoints:
+",
+            vip = filler_vip(i)
+        );
+        for k in 0..per_service {
+            let _ = write!(
+                yaml,
+                "- addresses: [{}]\n  nodeName: {node}\n  conditions: {{ready: true}}\n",
+                filler_backend(i, k, per_service)
+            );
+        }
+    }
+    yaml
+}
+
+/// One service for [`kube_proxy_rules`]: where it listens and its endpoints.
+pub struct ChainService {
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub endpoints: Vec<(Ipv4Addr, u16)>,
+}
+
+/// The nat table kube-proxy's iptables mode builds for `services`, as iptables-restore input:
+/// a KUBE-SERVICES chain matching every service, a KUBE-SVC chain per service choosing an
+/// endpoint with `-m statistic --mode random`, and a KUBE-SEP chain per endpoint with the
+/// DNAT. Like kube-proxy's, the first packet of a connection walks KUBE-SERVICES in order.
+pub fn kube_proxy_rules(services: &[ChainService]) -> String {
+    let mut chains = String::from("*nat\n:KUBE-SERVICES - [0:0]\n");
+    let mut rules = String::from("-A PREROUTING -j KUBE-SERVICES\n");
+    for (i, svc) in services.iter().enumerate() {
+        let _ = writeln!(chains, ":KUBE-SVC-{i} - [0:0]");
+        let _ = writeln!(
+            rules,
+            "-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport {} -j KUBE-SVC-{i}",
+            svc.vip, svc.port
+        );
+        let n = svc.endpoints.len();
+        for (k, (addr, port)) in svc.endpoints.iter().enumerate() {
+            let _ = writeln!(chains, ":KUBE-SEP-{i}-{k} - [0:0]");
+            // kube-proxy: endpoint k of n is taken with probability 1/(n-k), the last always.
+            if k + 1 < n {
+                let _ = writeln!(
+                    rules,
+                    "-A KUBE-SVC-{i} -m statistic --mode random --probability {:.11} -j KUBE-SEP-{i}-{k}",
+                    1.0 / (n - k) as f64
+                );
+            } else {
+                let _ = writeln!(rules, "-A KUBE-SVC-{i} -j KUBE-SEP-{i}-{k}");
+            }
+            let _ = writeln!(
+                rules,
+                "-A KUBE-SEP-{i}-{k} -p tcp -m tcp -j DNAT --to-destination {addr}:{port}"
+            );
+        }
+    }
+    chains + &rules + "COMMIT\n"
+}
+
+/// Filler services in kube-proxy shape (one endpoint each).
+pub fn filler_chain_services(count: usize) -> Vec<ChainService> {
+    (0..count)
+        .map(|i| ChainService {
+            vip: filler_vip(i),
+            port: 80,
+            endpoints: vec![(filler_backend(i, 0, 1), 8080)],
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kube_proxy_chains_choose_endpoints_like_kube_proxy() {
+        let rules = kube_proxy_rules(&[ChainService {
+            vip: Ipv4Addr::new(192, 168, 10, 49),
+            port: 80,
+            endpoints: vec![
+                (Ipv4Addr::new(10, 244, 1, 10), 8080),
+                (Ipv4Addr::new(10, 244, 1, 11), 8080),
+            ],
+        }]);
+        assert!(rules.starts_with("*nat\n:KUBE-SERVICES - [0:0]\n"));
+        assert!(rules.contains(
+            "-A KUBE-SERVICES -d 192.168.10.49/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-0\n"
+        ));
+        assert!(rules.contains(
+            "-A KUBE-SVC-0 -m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-0-0\n"
+        ));
+        assert!(rules.contains("-A KUBE-SVC-0 -j KUBE-SEP-0-1\n"));
+        assert!(
+            rules.contains(
+                "-A KUBE-SEP-0-1 -p tcp -m tcp -j DNAT --to-destination 10.244.1.11:8080\n"
+            )
+        );
+        assert!(rules.ends_with("COMMIT\n"));
+    }
+
+    #[test]
+    fn filler_addresses_are_distinct() {
+        let vips: std::collections::BTreeSet<_> = (0..10_000).map(filler_vip).collect();
+        assert_eq!(vips.len(), 10_000);
+        let backends: std::collections::BTreeSet<_> = (0..10_000)
+            .flat_map(|i| (0..8).map(move |k| filler_backend(i, k, 8)))
+            .collect();
+        assert_eq!(backends.len(), 80_000);
+        let yaml = filler_services(2, 3, "w1");
+        assert_eq!(yaml.matches("kind: Service\n").count(), 2);
+        assert_eq!(yaml.matches("nodeName: w1").count(), 6);
+    }
+}

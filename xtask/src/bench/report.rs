@@ -1,0 +1,445 @@
+//! The benchmark report: every figure beside its target with PASS/FAIL, as Markdown and
+//! JSON, and the scaling curves as an SVG chart. Targets are reported, never asserted.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::control::ControlPlane;
+use super::e2e::{Metric, Path3, Throughput};
+
+/// One datapath case as the datapath benchmark writes it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct PacketCost {
+    pub case: String,
+    pub services: usize,
+    pub conntrack_entries: usize,
+    pub median_ns: u64,
+    pub p90_ns: u64,
+    pub floor_ns: u64,
+    pub above_floor_ns: i64,
+    pub ratio_to_floor: f64,
+    pub verdict: String,
+    pub checked: String,
+}
+
+#[derive(Deserialize)]
+pub struct DatapathRun {
+    pub runs_per_case: usize,
+    pub measurements: Vec<PacketCost>,
+}
+
+#[derive(Serialize)]
+pub struct Check {
+    pub what: String,
+    pub value: String,
+    pub target: String,
+    pub pass: bool,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub date: String,
+    pub machine: String,
+    pub quick: bool,
+    pub runs_per_case: usize,
+    pub datapath: Vec<PacketCost>,
+    pub end_to_end: Vec<Throughput>,
+    pub control_plane: ControlPlane,
+    pub checks: Vec<Check>,
+}
+
+const ESTABLISHED: &str = "established flow";
+const NEW_FLOWS: [&str; 2] = ["new flow, affinity miss", "new flow, affinity hit"];
+
+fn cost<'a>(r: &'a [PacketCost], case: &str, services: usize) -> Option<&'a PacketCost> {
+    r.iter().find(|c| c.case == case && c.services == services)
+}
+
+fn rate(r: &[Throughput], services: usize, path: Path3, metric: Metric) -> Option<f64> {
+    r.iter()
+        .find(|t| t.services == services && t.path == path && t.metric == metric)
+        .map(|t| t.median)
+}
+
+fn check(checks: &mut Vec<Check>, what: String, value: String, target: String, pass: bool) {
+    checks.push(Check {
+        what,
+        value,
+        target,
+        pass,
+    });
+}
+
+/// The targets of issue 3, evaluated on what was measured.
+pub fn checks(datapath: &[PacketCost], e2e: &[Throughput], control: &ControlPlane) -> Vec<Check> {
+    let mut out = Vec::new();
+    let sizes: Vec<usize> = {
+        let mut s: Vec<usize> = datapath.iter().map(|c| c.services).collect();
+        s.dedup();
+        s
+    };
+    let (small, large) = (
+        sizes.first().copied().unwrap_or(1),
+        sizes.last().copied().unwrap_or(1),
+    );
+    for &n in &sizes {
+        if let Some(c) = cost(datapath, ESTABLISHED, n) {
+            check(
+                &mut out,
+                format!("established flow, {n} services: ns above the empty-TC floor"),
+                format!("{} ns", c.above_floor_ns),
+                "<= 60 ns (Katran: 62)".into(),
+                c.above_floor_ns <= 60,
+            );
+        }
+        for case in NEW_FLOWS {
+            if let Some(c) = cost(datapath, case, n) {
+                check(
+                    &mut out,
+                    format!("{case}, {n} services: ns above the floor"),
+                    format!("{} ns", c.above_floor_ns),
+                    "<= 450 ns (Katran: 460)".into(),
+                    c.above_floor_ns <= 450,
+                );
+            }
+        }
+    }
+    if let (Some(a), Some(b)) = (
+        cost(datapath, ESTABLISHED, small),
+        cost(datapath, ESTABLISHED, large),
+    ) {
+        let ratio = b.median_ns as f64 / a.median_ns.max(1) as f64;
+        check(
+            &mut out,
+            format!("established flow at {large} vs {small} services"),
+            format!("{ratio:.2}x"),
+            "<= 1.10x".into(),
+            ratio <= 1.10,
+        );
+    }
+    let e2e_sizes: Vec<usize> = {
+        let mut s: Vec<usize> = e2e.iter().map(|t| t.services).collect();
+        s.sort_unstable();
+        s.dedup();
+        s
+    };
+    for &n in &e2e_sizes {
+        let get = |p, m| rate(e2e, n, p, m).unwrap_or(0.0);
+        let (gw, ipt, direct) = (
+            get(Path3::Gateway, Metric::NewConnections),
+            get(Path3::Iptables, Metric::NewConnections),
+            get(Path3::Direct, Metric::NewConnections),
+        );
+        check(
+            &mut out,
+            format!("new connections/s, {n} services: gateway / direct"),
+            format!("{:.2} ({gw:.0} / {direct:.0})", gw / direct.max(1.0)),
+            ">= 0.95".into(),
+            gw >= 0.95 * direct,
+        );
+        let want = if n == 1 { 1.05 } else { 2.5 };
+        check(
+            &mut out,
+            format!("new connections/s, {n} services: gateway / iptables"),
+            format!("{:.2} ({gw:.0} / {ipt:.0})", gw / ipt.max(1.0)),
+            format!(">= {want}"),
+            gw >= want * ipt,
+        );
+        let (gw, direct) = (
+            get(Path3::Gateway, Metric::KeepAlive),
+            get(Path3::Direct, Metric::KeepAlive),
+        );
+        check(
+            &mut out,
+            format!("keep-alive requests/s, {n} services: gateway / direct"),
+            format!("{:.2} ({gw:.0} / {direct:.0})", gw / direct.max(1.0)),
+            ">= 0.97".into(),
+            gw >= 0.97 * direct,
+        );
+    }
+    let c = control;
+    let what = format!(
+        "{} services x {} backends",
+        c.services, c.backends_per_service
+    );
+    check(
+        &mut out,
+        format!("{what}: programmed"),
+        format!("{:.0} ms", c.program_ms),
+        "< 2000 ms".into(),
+        c.program_ms < 2000.0,
+    );
+    check(
+        &mut out,
+        format!("{what}: peak RSS"),
+        format!("{:.1} MiB", c.peak_rss_mib),
+        "< 100 MiB".into(),
+        c.peak_rss_mib < 100.0,
+    );
+    check(
+        &mut out,
+        format!("{what}: one-service change applied"),
+        format!("{:.1} ms", c.change_ms),
+        "< 50 ms".into(),
+        c.change_ms < 50.0,
+    );
+    out
+}
+
+pub fn markdown(r: &Report) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# gateway benchmark{}\n",
+        if r.quick {
+            " (quick smoke run: small sizes, not figures)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        md,
+        "{} on {}. Reproduce with `cargo xtask bench`.\n",
+        r.date, r.machine
+    );
+    let _ = writeln!(
+        md,
+        "## Targets\n\n| | measured | target | |\n|---|---|---|---|"
+    );
+    for c in &r.checks {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            c.what,
+            c.value,
+            c.target,
+            if c.pass { "PASS" } else { "FAIL" }
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n## Datapath cost per packet\n\nBPF_PROG_TEST_RUN, single-shot runs (repeat 1, a fresh frame each), median of {} runs per case, beside the empty TC program measured the same way. Every run's verdict and output bytes were checked.\n",
+        r.runs_per_case
+    );
+    let _ = writeln!(
+        md,
+        "| case | services | conntrack | ns/packet | p90 | floor | above floor | x floor | verdict | checked |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for c in &r.datapath {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} |",
+            c.case,
+            c.services,
+            c.conntrack_entries,
+            c.median_ns,
+            c.p90_ns,
+            c.floor_ns,
+            c.above_floor_ns,
+            c.ratio_to_floor,
+            c.verdict,
+            c.checked
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n## End to end\n\nwrk -t1 -c32 from the client namespace to nginx (one worker) in a pod behind worker w1; the same topology handled by the gateway datapath, by kube-proxy-shaped iptables DNAT (the measured service in the middle of KUBE-SERVICES), and directly to the pod. Medians over rounds.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| services | metric | gateway | iptables | direct | gateway/iptables | gateway/direct |\n|---|---|---|---|---|---|---|"
+    );
+    let mut sizes: Vec<usize> = r.end_to_end.iter().map(|t| t.services).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    for n in sizes {
+        for m in Metric::ALL {
+            let g = rate(&r.end_to_end, n, Path3::Gateway, m).unwrap_or(0.0);
+            let i = rate(&r.end_to_end, n, Path3::Iptables, m).unwrap_or(0.0);
+            let d = rate(&r.end_to_end, n, Path3::Direct, m).unwrap_or(0.0);
+            let _ = writeln!(
+                md,
+                "| {n} | {} | {g:.0} | {i:.0} | {d:.0} | {:.2} | {:.2} |",
+                m.name(),
+                g / i.max(1.0),
+                g / d.max(1.0)
+            );
+        }
+    }
+    let c = &r.control_plane;
+    let _ = writeln!(
+        md,
+        "\n## Control plane\n\nThe release agent binary, {} services with {} ready backends each on this node, from one file.\n",
+        c.services, c.backends_per_service
+    );
+    let _ = writeln!(
+        md,
+        "| | agent's own measure | from outside |\n|---|---|---|"
+    );
+    let _ = writeln!(
+        md,
+        "| programmed (start to attached) | {:.0} ms | {:.0} ms |",
+        c.program_ms, c.program_wall_ms
+    );
+    let _ = writeln!(md, "| peak RSS | {:.1} MiB | |", c.peak_rss_mib);
+    let _ = writeln!(
+        md,
+        "| one-service change (SIGHUP to applied, {} map writes) | {:.1} ms | {:.1} ms |",
+        c.change_map_writes, c.change_ms, c.change_wall_ms
+    );
+    let _ = writeln!(md, "\n![scaling](chart.svg)");
+    md
+}
+
+/// Two panels: datapath ns/packet against services per case (with the floor), and new
+/// connections/s against services per path.
+pub fn chart(r: &Report, path: &Path) -> Result<()> {
+    let root = SVGBackend::new(path, (1100, 440)).into_drawing_area();
+    root.fill(&WHITE).context("chart")?;
+    let (left, right) = root.split_horizontally(550);
+    let colors = [
+        RED,
+        BLUE,
+        GREEN,
+        MAGENTA,
+        CYAN,
+        BLACK,
+        RGBColor(200, 120, 0),
+    ];
+
+    let mut cases: Vec<String> = r.datapath.iter().map(|c| c.case.clone()).collect();
+    cases.dedup();
+    cases.sort();
+    cases.dedup();
+    let max_services = r
+        .datapath
+        .iter()
+        .map(|c| c.services)
+        .max()
+        .unwrap_or(1)
+        .max(2) as f64;
+    let max_ns = r.datapath.iter().map(|c| c.median_ns).max().unwrap_or(1) as f64 * 1.15;
+    let mut chart = ChartBuilder::on(&left)
+        .caption(
+            "datapath: ns/packet (BPF_PROG_TEST_RUN)",
+            ("sans-serif", 16),
+        )
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d((1f64..max_services * 1.5).log_scale(), 0f64..max_ns)
+        .context("chart")?;
+    chart
+        .configure_mesh()
+        .x_desc("services")
+        .y_desc("ns")
+        .draw()
+        .context("chart")?;
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = cases
+        .iter()
+        .map(|case| {
+            let points = r
+                .datapath
+                .iter()
+                .filter(|c| &c.case == case)
+                .map(|c| (c.services as f64, c.median_ns as f64))
+                .collect();
+            (case.clone(), points)
+        })
+        .collect();
+    let mut floor: Vec<(f64, f64)> = r
+        .datapath
+        .iter()
+        .map(|c| (c.services as f64, c.floor_ns as f64))
+        .collect();
+    floor.dedup_by(|a, b| a.0 == b.0);
+    series.push(("empty TC program (floor)".into(), floor));
+    for (i, (name, points)) in series.into_iter().enumerate() {
+        let color = colors[i % colors.len()];
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .context("chart")?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 3, color.filled())),
+            )
+            .context("chart")?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 11))
+        .draw()
+        .context("chart")?;
+
+    let max_services = r
+        .end_to_end
+        .iter()
+        .map(|t| t.services)
+        .max()
+        .unwrap_or(1)
+        .max(2) as f64;
+    let max_rate = r
+        .end_to_end
+        .iter()
+        .filter(|t| t.metric == Metric::NewConnections)
+        .map(|t| t.median)
+        .fold(1.0, f64::max)
+        * 1.2;
+    let mut chart = ChartBuilder::on(&right)
+        .caption("end to end: new connections/s (wrk)", ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d((1f64..max_services * 1.5).log_scale(), 0f64..max_rate)
+        .context("chart")?;
+    chart
+        .configure_mesh()
+        .x_desc("services")
+        .y_desc("connections/s")
+        .draw()
+        .context("chart")?;
+    for (i, path) in Path3::ALL.into_iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let points: Vec<(f64, f64)> = r
+            .end_to_end
+            .iter()
+            .filter(|t| t.path == path && t.metric == Metric::NewConnections)
+            .map(|t| (t.services as f64, t.median))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .context("chart")?
+            .label(path.name())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 3, color.filled())),
+            )
+            .context("chart")?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 11))
+        .draw()
+        .context("chart")?;
+    root.present().context("writing the chart")?;
+    Ok(())
+}
