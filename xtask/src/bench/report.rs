@@ -295,12 +295,15 @@ pub fn markdown(r: &Report) -> String {
     md
 }
 
-/// Two panels: datapath ns/packet against services per case (with the floor), and new
-/// connections/s against services per path.
-pub fn chart(r: &Report, path: &Path) -> Result<()> {
-    let root = SVGBackend::new(path, (1100, 440)).into_drawing_area();
-    root.fill(&WHITE).context("chart")?;
-    let (left, right) = root.split_horizontally(550);
+type Series = Vec<(String, Vec<(f64, f64)>)>;
+
+/// One panel: a line per series over a log-scaled number of services.
+fn panel(
+    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+    caption: &str,
+    y_desc: &str,
+    series: Series,
+) -> Result<()> {
     let colors = [
         RED,
         BLUE,
@@ -310,54 +313,22 @@ pub fn chart(r: &Report, path: &Path) -> Result<()> {
         BLACK,
         RGBColor(200, 120, 0),
     ];
-
-    let mut cases: Vec<String> = r.datapath.iter().map(|c| c.case.clone()).collect();
-    cases.dedup();
-    cases.sort();
-    cases.dedup();
-    let max_services = r
-        .datapath
-        .iter()
-        .map(|c| c.services)
-        .max()
-        .unwrap_or(1)
-        .max(2) as f64;
-    let max_ns = r.datapath.iter().map(|c| c.median_ns).max().unwrap_or(1) as f64 * 1.15;
-    let mut chart = ChartBuilder::on(&left)
-        .caption(
-            "datapath: ns/packet (BPF_PROG_TEST_RUN)",
-            ("sans-serif", 16),
-        )
+    let points = series.iter().flat_map(|(_, p)| p.iter());
+    let x_max = points.clone().map(|p| p.0).fold(2.0, f64::max);
+    let y_max = points.map(|p| p.1).fold(1.0, f64::max) * 1.2;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
         .margin(10)
         .x_label_area_size(35)
-        .y_label_area_size(50)
-        .build_cartesian_2d((1f64..max_services * 1.5).log_scale(), 0f64..max_ns)
+        .y_label_area_size(60)
+        .build_cartesian_2d((1f64..x_max * 1.5).log_scale(), 0f64..y_max)
         .context("chart")?;
     chart
         .configure_mesh()
         .x_desc("services")
-        .y_desc("ns")
+        .y_desc(y_desc)
         .draw()
         .context("chart")?;
-    let mut series: Vec<(String, Vec<(f64, f64)>)> = cases
-        .iter()
-        .map(|case| {
-            let points = r
-                .datapath
-                .iter()
-                .filter(|c| &c.case == case)
-                .map(|c| (c.services as f64, c.median_ns as f64))
-                .collect();
-            (case.clone(), points)
-        })
-        .collect();
-    let mut floor: Vec<(f64, f64)> = r
-        .datapath
-        .iter()
-        .map(|c| (c.services as f64, c.floor_ns as f64))
-        .collect();
-    floor.dedup_by(|a, b| a.0 == b.0);
-    series.push(("empty TC program (floor)".into(), floor));
     for (i, (name, points)) in series.into_iter().enumerate() {
         let color = colors[i % colors.len()];
         chart
@@ -377,69 +348,69 @@ pub fn chart(r: &Report, path: &Path) -> Result<()> {
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::MiddleRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .label_font(("sans-serif", 11))
         .draw()
         .context("chart")?;
+    Ok(())
+}
 
-    let max_services = r
-        .end_to_end
+/// Two panels: datapath ns/packet against services per case (with the floor), and new
+/// connections/s against services per path.
+pub fn chart(r: &Report, path: &Path) -> Result<()> {
+    let root = SVGBackend::new(path, (1100, 440)).into_drawing_area();
+    root.fill(&WHITE).context("chart")?;
+    let (left, right) = root.split_horizontally(550);
+
+    let mut cases: Vec<String> = r.datapath.iter().map(|c| c.case.clone()).collect();
+    cases.sort();
+    cases.dedup();
+    let mut datapath: Series = cases
+        .into_iter()
+        .map(|case| {
+            let points = r
+                .datapath
+                .iter()
+                .filter(|c| c.case == case)
+                .map(|c| (c.services as f64, c.median_ns as f64))
+                .collect();
+            (case, points)
+        })
+        .collect();
+    let mut floor: Vec<(f64, f64)> = r
+        .datapath
         .iter()
-        .map(|t| t.services)
-        .max()
-        .unwrap_or(1)
-        .max(2) as f64;
-    let max_rate = r
-        .end_to_end
-        .iter()
-        .filter(|t| t.metric == Metric::NewConnections)
-        .map(|t| t.median)
-        .fold(1.0, f64::max)
-        * 1.2;
-    let mut chart = ChartBuilder::on(&right)
-        .caption("end to end: new connections/s (wrk)", ("sans-serif", 16))
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(60)
-        .build_cartesian_2d((1f64..max_services * 1.5).log_scale(), 0f64..max_rate)
-        .context("chart")?;
-    chart
-        .configure_mesh()
-        .x_desc("services")
-        .y_desc("connections/s")
-        .draw()
-        .context("chart")?;
-    for (i, path) in Path3::ALL.into_iter().enumerate() {
-        let color = colors[i % colors.len()];
-        let points: Vec<(f64, f64)> = r
-            .end_to_end
-            .iter()
-            .filter(|t| t.path == path && t.metric == Metric::NewConnections)
-            .map(|t| (t.services as f64, t.median))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-            .context("chart")?
-            .label(path.name())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(
-                points
-                    .into_iter()
-                    .map(|p| Circle::new(p, 3, color.filled())),
-            )
-            .context("chart")?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 11))
-        .draw()
-        .context("chart")?;
+        .map(|c| (c.services as f64, c.floor_ns as f64))
+        .collect();
+    floor.dedup_by(|a, b| a.0 == b.0);
+    datapath.push(("empty TC program (floor)".into(), floor));
+    panel(
+        &left,
+        "datapath: ns/packet (BPF_PROG_TEST_RUN)",
+        "ns",
+        datapath,
+    )?;
+
+    let end_to_end: Series = Path3::ALL
+        .into_iter()
+        .map(|path| {
+            let points = r
+                .end_to_end
+                .iter()
+                .filter(|t| t.path == path && t.metric == Metric::NewConnections)
+                .map(|t| (t.services as f64, t.median))
+                .collect();
+            (path.name().to_owned(), points)
+        })
+        .collect();
+    panel(
+        &right,
+        "end to end: new connections/s (wrk)",
+        "connections/s",
+        end_to_end,
+    )?;
     root.present().context("writing the chart")?;
     Ok(())
 }
