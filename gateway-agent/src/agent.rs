@@ -16,7 +16,7 @@ use tokio::{
 
 use crate::{
     capacity::Capacity,
-    config,
+    config::{self, DocumentCache},
     datapath::{Datapath, LoadOptions, attach, bpffs, interfaces},
     model::{self, DesiredState},
     plan::{self, Interface, MapState},
@@ -34,8 +34,12 @@ pub struct RunOptions {
 }
 
 /// What this node must serve, from the file; nothing is touched when the file is invalid.
-fn desired(options: &RunOptions, interfaces: &[Interface]) -> Result<DesiredState> {
-    let config = config::load(&options.config).map_err(anyhow::Error::new)?;
+fn desired(
+    options: &RunOptions,
+    interfaces: &[Interface],
+    cache: &mut DocumentCache,
+) -> Result<DesiredState> {
+    let config = config::load_cached(&options.config, cache).map_err(anyhow::Error::new)?;
     let names: Vec<String> = interfaces.iter().map(|i| i.name.clone()).collect();
     let desired =
         model::desired_state(&config, &options.node_name, &names).map_err(anyhow::Error::new)?;
@@ -95,7 +99,8 @@ fn summary(desired: &DesiredState) -> String {
 pub async fn run(options: RunOptions) -> Result<()> {
     let started = Instant::now();
     let interfaces = selected_interfaces(&options)?;
-    let desired = desired(&options, &interfaces)?;
+    let mut cache = DocumentCache::default();
+    let desired = desired(&options, &interfaces, &mut cache)?;
 
     bpffs::prepare(&options.bpffs)?;
     let mut datapath = Datapath::load(&LoadOptions {
@@ -154,7 +159,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
                                 let started = Instant::now();
-                match reload(&options, &mut datapath, &mut state) {
+                match reload(&options, &mut datapath, &mut state, &mut cache) {
                     Ok(line) => info!("reloaded {} in {:.1?}: {line}", options.config.display(), started.elapsed()),
                     Err(e) => error!("reload of {} refused, still serving the previous state: {e:#}", options.config.display()),
                 }
@@ -173,9 +178,14 @@ pub async fn run(options: RunOptions) -> Result<()> {
     Ok(())
 }
 
-fn reload(options: &RunOptions, datapath: &mut Datapath, state: &mut MapState) -> Result<String> {
+fn reload(
+    options: &RunOptions,
+    datapath: &mut Datapath,
+    state: &mut MapState,
+    cache: &mut DocumentCache,
+) -> Result<String> {
     let interfaces = selected_interfaces(options)?;
-    let desired = desired(options, &interfaces)?;
+    let desired = desired(options, &interfaces, cache)?;
     let writes = apply(datapath, state, &desired, &interfaces, &options.capacity)?;
     attach::attach_all(datapath, &options.bpffs, &interfaces)?;
     Ok(format!("{} ({writes} map writes)", summary(&desired)))

@@ -134,6 +134,21 @@ impl Diagnostics {
         });
     }
 
+    /// Adds findings made in another pass (a document parsed on its own).
+    pub(crate) fn absorb(
+        &mut self,
+        errors: impl IntoIterator<Item = ConfigError>,
+        warnings: impl IntoIterator<Item = ConfigWarning>,
+    ) {
+        self.errors.extend(errors);
+        self.warnings.extend(warnings);
+    }
+
+    /// The findings as they are, errors and warnings.
+    pub(crate) fn into_parts(self) -> (Vec<ConfigError>, Vec<ConfigWarning>) {
+        (self.errors, self.warnings)
+    }
+
     /// Findings about one object; `ObjectDiagnostics::finish` tells whether it was valid.
     pub(crate) fn object<'a>(&'a mut self, object: &'a ObjectRef) -> ObjectDiagnostics<'a> {
         let errors_before = self.errors.len();

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 mod cilium;
 mod endpoints;
@@ -27,6 +28,7 @@ pub(crate) use error::Diagnostics;
 pub use error::{ConfigError, ConfigErrors, ConfigWarning};
 pub use l2policy::L2Policy;
 pub use node::Node;
+pub use parse::DocumentCache;
 pub use pool::{IpBlock, IpPool};
 pub use selector::{Operator, Requirement, Selector};
 pub use service::{
@@ -70,10 +72,10 @@ pub struct Config {
     /// The file name every finding is reported against.
     pub source: String,
     /// The LoadBalancer services.
-    pub services: Vec<Service>,
+    pub services: Vec<Arc<Service>>,
     /// The IPv4 slices that name their service.
-    pub endpoint_slices: Vec<EndpointSlice>,
-    pub nodes: Vec<Node>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    pub nodes: Vec<Arc<Node>>,
     pub pools: Vec<IpPool>,
     pub l2_policies: Vec<L2Policy>,
     /// What was skipped or defaulted, sorted.
@@ -83,7 +85,7 @@ pub struct Config {
 impl Config {
     /// The slices of `service`: one contiguous run of the sorted slices, found by binary
     /// search (a cluster has as many slices as services).
-    pub fn slices_of(&self, service: &Service) -> &[EndpointSlice] {
+    pub fn slices_of(&self, service: &Service) -> &[Arc<EndpointSlice>] {
         let key = (
             service.object.namespace.as_str(),
             service.object.name.as_str(),
@@ -99,6 +101,12 @@ impl Config {
 
 /// Reads and validates the objects in the file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_cached(path, &mut DocumentCache::default())
+}
+
+/// Like [`load`], parsing only the documents that are not in `cache` from an earlier read
+/// (the agent keeps one across reloads).
+pub fn load_cached(path: &Path, cache: &mut DocumentCache) -> Result<Config, ConfigErrors> {
     let source = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|error| {
         ConfigErrors(vec![ConfigError {
@@ -108,11 +116,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read: {error}"),
         }])
     })?;
-    parse(&source, &text)
+    parse::parse(&source, &text, cache)
 }
 
 /// Parses and validates `text`; `source` is the file name used in findings. Returns every
 /// error of the file, not just the first.
 pub fn parse(source: &str, text: &str) -> Result<Config, ConfigErrors> {
-    parse::parse(source, text)
+    parse::parse(source, text, &mut DocumentCache::default())
 }

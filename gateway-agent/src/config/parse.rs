@@ -7,13 +7,17 @@
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::cilium::{CiliumL2AnnouncementPolicy, CiliumLoadBalancerIpPool};
 use super::endpoints::{EndpointSlice, endpoint_slice};
-use super::error::{ConfigError, ConfigErrors, Diagnostics, ObjectDiagnostics};
+use super::error::{ConfigError, ConfigErrors, ConfigWarning, Diagnostics, ObjectDiagnostics};
 use super::l2policy::{L2Policy, l2_policy};
 use super::node::{Node, node};
 use super::pool::{IpPool, pool};
@@ -50,40 +54,70 @@ const KINDS: [(Kind, &str, &[&str]); 5] = [
 /// What `kubectl get -o yaml` prints for more than one object.
 const LIST: (&str, &str) = ("v1", "List");
 
-pub(super) fn parse(source: &str, text: &str) -> Result<Config, ConfigErrors> {
-    let mut diagnostics = Diagnostics::new(source);
-    let mut objects = Objects::default();
-    // One document at a time: each becomes typed objects before the next is read, so the
-    // untyped form of a large export never sits in memory whole.
-    let lines = document_lines(text);
-    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        // The first error ends the stream: the parser cannot resynchronise after it.
-        let value = Value::deserialize(document).map_err(|error| {
-            ConfigErrors(vec![ConfigError {
-                file: source.to_owned(),
-                object: None,
-                field: String::new(),
-                message: yaml_error(&error),
-            }])
-        })?;
-        if value.is_null() {
-            continue;
-        }
-        let origin = match lines.get(index) {
-            Some(line) => format!("the document at line {line}"),
-            None => format!("document {}", index + 1),
+/// Documents parsed by an earlier read of the file, by their text and the line they start
+/// at: a reload parses only the documents that changed (a one-service change in a file of
+/// 20,000 documents parses one document).
+#[derive(Default)]
+pub struct DocumentCache {
+    documents: HashMap<(u64, usize), Cached>,
+}
+
+struct Cached {
+    text: String,
+    parsed: Parsed,
+}
+
+/// What one document contributes: its objects and its findings.
+#[derive(Default)]
+struct Parsed {
+    objects: Objects,
+    errors: Vec<ConfigError>,
+    warnings: Vec<ConfigWarning>,
+}
+
+pub(super) fn parse(
+    source: &str,
+    text: &str,
+    cache: &mut DocumentCache,
+) -> Result<Config, ConfigErrors> {
+    let mut next = HashMap::new();
+    let mut order = Vec::new();
+    for document in documents(text) {
+        let mut hasher = DefaultHasher::new();
+        document.text.hash(&mut hasher);
+        let key = (hasher.finish(), document.line);
+        let parsed = match cache.documents.remove(&key) {
+            Some(cached) if cached.text == document.text => cached.parsed,
+            _ => parse_document(source, &document)?,
         };
-        objects.collect(value, &origin, &mut diagnostics);
+        order.push(key);
+        next.insert(
+            key,
+            Cached {
+                text: document.text.to_owned(),
+                parsed,
+            },
+        );
     }
 
-    let Objects {
-        mut services,
-        mut endpoint_slices,
-        mut nodes,
-        mut pools,
-        mut l2_policies,
-        seen,
-    } = objects;
+    // The objects are shared with the cache, not copied.
+    let mut diagnostics = Diagnostics::new(source);
+    let (mut services, mut endpoint_slices, mut nodes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut pools, mut l2_policies, mut seen) = (Vec::new(), Vec::new(), Vec::new());
+    for key in &order {
+        let parsed = &next[key].parsed;
+        let objects = &parsed.objects;
+        services.extend(objects.services.iter().cloned());
+        endpoint_slices.extend(objects.endpoint_slices.iter().cloned());
+        nodes.extend(objects.nodes.iter().cloned());
+        pools.extend(objects.pools.iter().cloned());
+        l2_policies.extend(objects.l2_policies.iter().cloned());
+        seen.extend(objects.seen.iter());
+        diagnostics.absorb(
+            parsed.errors.iter().cloned(),
+            parsed.warnings.iter().cloned(),
+        );
+    }
     // Sorted so that nothing downstream depends on the order of the documents.
     services.sort_by(|a, b| a.object.cmp(&b.object));
     // By service first, so a service's slices are one contiguous run (`Config::slices_of`).
@@ -100,6 +134,7 @@ pub(super) fn parse(source: &str, text: &str) -> Result<Config, ConfigErrors> {
 
     validate::duplicates(&seen, &mut diagnostics);
     validate::overlapping_pools(&pools, &mut diagnostics);
+    cache.documents = next;
 
     let warnings = diagnostics.into_result()?;
     Ok(Config {
@@ -113,63 +148,111 @@ pub(super) fn parse(source: &str, text: &str) -> Result<Config, ConfigErrors> {
     })
 }
 
-/// A syntax error, with where it is when the parser's message does not say.
-fn yaml_error(error: &serde_yaml_ng::Error) -> String {
+/// A syntax error with where it is in the file, for a document whose text starts
+/// `line_offset` lines into it. The parser's own message counts lines from the document's
+/// start, so its position is given again, the file's.
+fn yaml_error(error: &serde_yaml_ng::Error, line_offset: usize) -> String {
     let message = error.to_string();
+    let message = message.split(" at line ").next().unwrap_or(&message);
     match error.location() {
-        Some(at) if !message.contains("line") => {
-            format!(
-                "YAML error at line {}, column {}: {message}",
-                at.line(),
-                at.column()
-            )
-        }
-        _ => format!("YAML error: {message}"),
+        Some(at) => format!(
+            "YAML error at line {}, column {}: {message}",
+            at.line() + line_offset,
+            at.column()
+        ),
+        None => format!("YAML error: {message}"),
     }
 }
 
-/// The line where each document's content starts, in the order the parser yields documents
-/// (an empty document counts, at its `---`). Document markers stand at column 0, which is
-/// all it takes to find them.
-fn document_lines(text: &str) -> Vec<usize> {
-    let mut starts = Vec::new();
-    // The line of a `---` whose document has no content yet.
-    let mut awaiting: Option<usize> = None;
-    let mut open = false;
-    for (i, line) in text.lines().enumerate() {
+/// One document of the file: its text from its `---` (or the file's start) to the next
+/// document's, and the line its content starts at.
+struct Document<'t> {
+    text: &'t str,
+    /// Where the document's text starts in the file (1-based).
+    first_line: usize,
+    /// Where its content starts (its `---` line when it has none), for messages.
+    line: usize,
+}
+
+/// Splits `text` into the documents the YAML parser would read. Document markers stand at
+/// column 0 (a `---` or `...` there cannot be inside a scalar), which is all it takes.
+fn documents(text: &str) -> Vec<Document<'_>> {
+    fn content(line: &str) -> bool {
+        let line = line.trim_start();
+        !line.is_empty() && !line.starts_with('#')
+    }
+    let mut documents = Vec::new();
+    // The document being read: where its text starts (byte, line) and its first content line.
+    let mut current: Option<(usize, usize, Option<usize>)> = None;
+    // Where a document without a `---` would start: the file's start, or after a `...`.
+    let mut implicit = (0, 1);
+    let mut offset = 0;
+    let mut close = |current: Option<(usize, usize, Option<usize>)>, end: usize| {
+        if let Some((start, first_line, line)) = current {
+            documents.push(Document {
+                text: &text[start..end],
+                first_line,
+                line: line.unwrap_or(first_line),
+            });
+        }
+    };
+    for (i, line) in text.split_inclusive('\n').enumerate() {
         let number = i + 1;
-        let marker = line
+        let bare = line.trim_end_matches(['\n', '\r']);
+        let marker = bare
             .strip_prefix("---")
             .filter(|rest| rest.is_empty() || rest.starts_with([' ', '\t']));
         if let Some(rest) = marker {
-            starts.extend(awaiting.take());
-            open = true;
-            let rest = rest.trim();
-            if rest.is_empty() || rest.starts_with('#') {
-                awaiting = Some(number);
-            } else {
-                starts.push(number);
+            close(current.take(), offset);
+            current = Some((offset, number, content(rest).then_some(number)));
+        } else if bare == "..." {
+            close(current.take(), offset + line.len());
+            implicit = (offset + line.len(), number + 1);
+        } else if content(bare) {
+            match &mut current {
+                Some((_, _, first)) => {
+                    first.get_or_insert(number);
+                }
+                None => current = Some((implicit.0, implicit.1, Some(number))),
             }
-        } else if line.trim_end() == "..." {
-            starts.extend(awaiting.take());
-            open = false;
-        } else if !line.trim().is_empty()
-            && !line.trim_start().starts_with('#')
-            && (awaiting.take().is_some() || !open)
-        {
-            starts.push(number);
-            open = true;
+        }
+        offset += line.len();
+    }
+    close(current, text.len());
+    documents
+}
+
+/// Parses one document on its own; its line numbers are the file's.
+fn parse_document(source: &str, document: &Document<'_>) -> Result<Parsed, ConfigErrors> {
+    let mut diagnostics = Diagnostics::new(source);
+    let mut objects = Objects::default();
+    for value in serde_yaml_ng::Deserializer::from_str(document.text) {
+        let value = Value::deserialize(value).map_err(|error| {
+            ConfigErrors(vec![ConfigError {
+                file: source.to_owned(),
+                object: None,
+                field: String::new(),
+                message: yaml_error(&error, document.first_line - 1),
+            }])
+        })?;
+        if !value.is_null() {
+            let origin = format!("the document at line {}", document.line);
+            objects.collect(value, &origin, &mut diagnostics);
         }
     }
-    starts.extend(awaiting);
-    starts
+    let (errors, warnings) = diagnostics.into_parts();
+    Ok(Parsed {
+        objects,
+        errors,
+        warnings,
+    })
 }
 
 #[derive(Default)]
 struct Objects {
-    services: Vec<Service>,
-    endpoint_slices: Vec<EndpointSlice>,
-    nodes: Vec<Node>,
+    services: Vec<Arc<Service>>,
+    endpoint_slices: Vec<Arc<EndpointSlice>>,
+    nodes: Vec<Arc<Node>>,
     pools: Vec<IpPool>,
     l2_policies: Vec<L2Policy>,
     /// Every object of a read kind (also Services of other types), with where it was
@@ -262,21 +345,18 @@ impl Objects {
                 let raw: Option<core::Service> = typed(document, &mut findings);
                 if let Some(raw) = raw.filter(is_load_balancer) {
                     self.services
-                        .extend(service(&raw, object.clone(), &mut findings));
+                        .extend(service(&raw, object.clone(), &mut findings).map(Arc::new));
                 }
             }
             Kind::EndpointSlice => {
                 if let Some(raw) = typed::<discovery::EndpointSlice>(document, &mut findings) {
-                    self.endpoint_slices.extend(endpoint_slice(
-                        &raw,
-                        object.clone(),
-                        &mut findings,
-                    ));
+                    self.endpoint_slices
+                        .extend(endpoint_slice(&raw, object.clone(), &mut findings).map(Arc::new));
                 }
             }
             Kind::Node => {
                 if let Some(raw) = typed::<core::Node>(document, &mut findings) {
-                    self.nodes.push(node(&raw, object.name.clone()));
+                    self.nodes.push(Arc::new(node(&raw, object.name.clone())));
                 }
             }
             Kind::IpPool => {
@@ -329,7 +409,7 @@ mod tests {
     use super::super::{ObjectRef, load};
     use serde::Deserialize;
 
-    use super::document_lines;
+    use super::{DocumentCache, documents};
 
     #[test]
     fn reads_every_kind_of_the_reference() {
@@ -474,24 +554,75 @@ mod tests {
     }
 
     #[test]
-    fn document_lines_follow_the_parser_s_documents() {
+    fn documents_are_split_where_the_parser_splits_them() {
         // Implicit first document, comments, an empty document, content on the marker line,
         // an explicit end, and a trailing empty document.
         let text = "# header\na: 1\n---\n# note\n\nb: 2\n---\n--- {c: 3}\n...\n---\nd: 4\n---\n";
-        assert_eq!(document_lines(text), vec![2, 6, 7, 8, 11, 12]);
-        // Each document must be consumed for the parser to move on to the next.
-        let mut parsed = 0;
-        for doc in serde_yaml_ng::Deserializer::from_str(text) {
-            serde_json::Value::deserialize(doc).expect("valid YAML");
-            parsed += 1;
-        }
+        let docs = documents(text);
+        let lines: Vec<usize> = docs.iter().map(|d| d.line).collect();
+        assert_eq!(lines, vec![2, 6, 7, 8, 11, 12]);
+        let texts: Vec<&str> = docs.iter().map(|d| d.text).collect();
         assert_eq!(
-            parsed,
-            document_lines(text).len(),
-            "one line per document the parser yields"
+            texts,
+            [
+                "# header\na: 1\n",
+                "---\n# note\n\nb: 2\n",
+                "---\n",
+                "--- {c: 3}\n...\n",
+                "---\nd: 4\n",
+                "---\n"
+            ]
         );
-        assert_eq!(document_lines("---\nkind: Node\n"), vec![2]);
-        assert!(document_lines("# nothing\n").is_empty());
+        // The whole file parses into as many documents, in the same order.
+        let mut parsed = Vec::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(text) {
+            parsed.push(serde_json::Value::deserialize(doc).expect("valid YAML"));
+        }
+        let one_by_one: Vec<serde_json::Value> = docs
+            .iter()
+            .map(|d| {
+                serde_json::Value::deserialize(
+                    serde_yaml_ng::Deserializer::from_str(d.text)
+                        .next()
+                        .unwrap(),
+                )
+                .unwrap()
+            })
+            .collect();
+        assert_eq!(parsed, one_by_one);
+        assert_eq!(
+            documents("---\nkind: Node\n")
+                .iter()
+                .map(|d| d.line)
+                .collect::<Vec<_>>(),
+            vec![2]
+        );
+        assert!(documents("# nothing\n").is_empty());
+    }
+
+    #[test]
+    fn a_reload_parses_only_the_documents_that_changed() {
+        let mut cache = DocumentCache::default();
+        let text = reference_with("apiVersion: v1\nkind: Node\nmetadata:\n  name: extra\n");
+        let first = super::parse(FILE, &text, &mut cache).unwrap();
+        let cached = cache.documents.len();
+        assert!(cached > 5);
+        // Poison one cached document: a reload that re-parsed it would not see the poison.
+        let changed = text.replace("name: extra", "name: extra2");
+        let again = super::parse(FILE, &changed, &mut cache).unwrap();
+        assert_eq!(cache.documents.len(), cached);
+        assert!(again.nodes.iter().any(|n| n.name == "extra2"));
+        assert!(!again.nodes.iter().any(|n| n.name == "extra"));
+        assert_eq!(first.services, again.services);
+        // A syntax error is still found, at the file's line number.
+        let broken = changed.replace("name: extra2", "name: [extra2");
+        let errors = super::parse(FILE, &broken, &mut cache).unwrap_err();
+        let line = broken.lines().position(|l| l.contains("[extra2")).unwrap() + 1;
+        assert!(
+            errors.to_string().contains(&format!("line {}", line + 1))
+                || errors.to_string().contains(&format!("line {line}")),
+            "{errors}"
+        );
     }
 
     #[test]

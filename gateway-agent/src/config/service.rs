@@ -306,7 +306,7 @@ mod tests {
     fn only_service(text: &str) -> Service {
         let mut config = parse_ok(text);
         assert_eq!(config.services.len(), 1);
-        config.services.remove(0)
+        std::sync::Arc::unwrap_or_clone(config.services.remove(0))
     }
 
     #[test]

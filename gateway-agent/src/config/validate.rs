@@ -10,7 +10,7 @@ use super::pool::{IpBlock, IpPool};
 
 /// The same kind/namespace/name twice: the API server would have kept only one of them,
 /// and which one is a guess we refuse to make.
-pub(super) fn duplicates(seen: &[(ObjectRef, String)], diagnostics: &mut Diagnostics) {
+pub(super) fn duplicates(seen: &[&(ObjectRef, String)], diagnostics: &mut Diagnostics) {
     let mut first_seen: BTreeMap<&ObjectRef, &str> = BTreeMap::new();
     for (object, origin) in seen {
         match first_seen.get(object) {

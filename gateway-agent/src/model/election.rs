@@ -43,7 +43,7 @@ pub(crate) fn announcer<'c>(
         .iter()
         .filter(|node| node.ready && policy.node_selector.matches(&node.labels))
         .filter(|node| has_ready_endpoint(config, service, &node.name));
-    let elected = elect(eligible.map(|node| (announcer_score(vip, &node.name), node)));
+    let elected = elect(eligible.map(|node| (announcer_score(vip, &node.name), &**node)));
     if elected.is_none() {
         diagnostics.warn(
             Some(&service.object),

@@ -106,6 +106,7 @@ pub(crate) fn allocate<'c>(config: &'c Config, diagnostics: &mut Diagnostics) ->
         .iter()
         .enumerate()
         .filter(|(i, service)| service.requested_vip.is_none() && !claimed.contains(i))
+        .map(|(i, service)| (i, &**service))
         .collect();
     waiting
         .sort_by_key(|&(_, service)| (service.created.is_none(), service.created, &service.object));
