@@ -1,27 +1,35 @@
 //! `gateway-agent run`: validate the objects, program the maps, attach, then serve until
-//! told to stop. SIGHUP re-reads the file; a file that does not validate changes nothing.
-//! Stopping leaves the datapath attached and its maps pinned, so traffic keeps flowing and
-//! the next start adopts conntrack and affinity as they are.
+//! told to stop. SIGHUP or a change of the file re-reads it; a file that does not validate
+//! changes nothing (the error is logged and kept for `status`). Stopping leaves the datapath
+//! attached and its maps pinned, so traffic keeps flowing and the next start adopts
+//! conntrack and affinity as they are.
 
-use std::path::PathBuf;
-use std::time::Instant;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
+use futures_util::StreamExt;
+use gateway_common::{AgentState, DatapathConfig, L2Key, write_text};
+use inotify::{EventStream, Inotify, WatchMask};
 use log::{error, info, warn};
 use regex::Regex;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    time::sleep_until,
 };
 
 use crate::{
     capacity::Capacity,
     config::{self, DocumentCache},
-    datapath::{Datapath, LoadOptions, attach, bpffs, interfaces},
+    datapath::{Datapath, LoadOptions, attach, bpffs, garp, interfaces},
     model::{self, DesiredState},
-    plan::{self, Interface, MapState},
+    plan::{self, Interface, MapState, Op},
 };
-use gateway_common::DatapathConfig;
+
+/// Editors write a file in several steps: act once it has been quiet this long.
+const SETTLE: Duration = Duration::from_millis(200);
 
 pub struct RunOptions {
     pub config: PathBuf,
@@ -33,20 +41,10 @@ pub struct RunOptions {
     pub capacity: Capacity,
 }
 
-/// What this node must serve, from the file; nothing is touched when the file is invalid.
-fn desired(
-    options: &RunOptions,
-    interfaces: &[Interface],
-    cache: &mut DocumentCache,
-) -> Result<DesiredState> {
-    let config = config::load_cached(&options.config, cache).map_err(anyhow::Error::new)?;
-    let names: Vec<String> = interfaces.iter().map(|i| i.name.clone()).collect();
-    let desired =
-        model::desired_state(&config, &options.node_name, &names).map_err(anyhow::Error::new)?;
-    for w in &desired.warnings {
-        warn!("{w}");
-    }
-    Ok(desired)
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn selected_interfaces(options: &RunOptions) -> Result<Vec<Interface>> {
@@ -60,21 +58,30 @@ fn selected_interfaces(options: &RunOptions) -> Result<Vec<Interface>> {
     Ok(interfaces)
 }
 
-/// Brings the maps from `state` to `desired`, make-before-break; `state` follows.
-fn apply(
-    datapath: &mut Datapath,
-    state: &mut MapState,
-    desired: &DesiredState,
-    interfaces: &[Interface],
-    capacity: &Capacity,
-) -> Result<usize> {
-    let target = plan::target(desired, interfaces, state, capacity)?;
-    let ops = plan::diff(state, &target);
-    for op in &ops {
-        datapath.maps.apply(op)?;
-        plan::apply(state, std::slice::from_ref(op));
-    }
-    Ok(ops.len())
+/// The file's contents, to tell a real change from an unrelated event in its directory.
+fn digest(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let mut hasher = DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// Watches the file's directory: editors replace the file, Kubernetes swaps a symlink to
+/// a new ConfigMap revision; both show there.
+fn watch(path: &Path) -> Result<EventStream<Vec<u8>>> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let inotify = Inotify::init().context("inotify")?;
+    inotify
+        .watches()
+        .add(
+            dir,
+            WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::DELETE,
+        )
+        .with_context(|| format!("watching {}", dir.display()))?;
+    Ok(inotify.into_event_stream(vec![0; 4096])?)
 }
 
 fn summary(desired: &DesiredState) -> String {
@@ -96,97 +103,219 @@ fn summary(desired: &DesiredState) -> String {
     )
 }
 
-pub async fn run(options: RunOptions) -> Result<()> {
-    let started = Instant::now();
-    let interfaces = selected_interfaces(&options)?;
-    let mut cache = DocumentCache::default();
-    let desired = desired(&options, &interfaces, &mut cache)?;
+struct Agent {
+    options: RunOptions,
+    datapath: Datapath,
+    state: MapState,
+    cache: DocumentCache,
+    /// What `status` shows about this agent, pinned in `gw_agent`.
+    record: AgentState,
+    /// The file contents last applied.
+    applied: Option<u64>,
+    garp: garp::Schedule,
+    garp_sender: garp::Sender,
+}
 
-    bpffs::prepare(&options.bpffs)?;
-    let mut datapath = Datapath::load(&LoadOptions {
-        capacity: options.capacity,
-        pin_dir: Some(&options.bpffs),
-        log_level: log::max_level(),
-    })?;
-    datapath.maps.write_config(DatapathConfig::from_secs(
-        options.ct_tcp_timeout,
-        options.ct_any_timeout,
-    ))?;
-    let mut state = datapath
-        .maps
-        .read_state()
-        .context("adopting the pinned maps")?;
-    let adopted = !state.services.is_empty();
-    let writes = apply(
-        &mut datapath,
-        &mut state,
-        &desired,
-        &interfaces,
-        &options.capacity,
-    )?;
-    // Attach only once the maps hold the full state: the first packet sees all of it.
-    attach::attach_all(&mut datapath, &options.bpffs, &interfaces)?;
-    info!(
-        "node {}: serving after {:.1?}: {} ({} map writes{}); programs on {}",
-        options.node_name,
-        started.elapsed(),
-        summary(&desired),
-        writes,
-        if adopted {
-            ", adopted the pinned state"
-        } else {
-            ""
-        },
-        interfaces
-            .iter()
-            .map(|i| i.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+impl Agent {
+    /// What this node must serve, from the file; nothing is touched when it is invalid.
+    fn desired(&mut self, interfaces: &[Interface]) -> Result<DesiredState> {
+        let config = config::load_cached(&self.options.config, &mut self.cache)
+            .map_err(anyhow::Error::new)?;
+        let names: Vec<String> = interfaces.iter().map(|i| i.name.clone()).collect();
+        let desired = model::desired_state(&config, &self.options.node_name, &names)
+            .map_err(anyhow::Error::new)?;
+        for w in &desired.warnings {
+            warn!("{w}");
+        }
+        Ok(desired)
+    }
 
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut logger = match datapath.logger.take() {
-        // SAFETY: the logger owns its ring buffer fd and keeps it open, unchanged, for as
-        // long as the AsyncFd owns the logger.
-        Some(l) => Some(unsafe { AsyncFd::register(l) }.map_err(|e| e.into_parts().1)?),
-        None => None,
-    };
-    loop {
-        tokio::select! {
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-            _ = hangup.recv() => {
-                                let started = Instant::now();
-                match reload(&options, &mut datapath, &mut state, &mut cache) {
-                    Ok(line) => info!("reloaded {} in {:.1?}: {line}", options.config.display(), started.elapsed()),
-                    Err(e) => error!("reload of {} refused, still serving the previous state: {e:#}", options.config.display()),
+    /// Brings the maps to `desired`, make-before-break; returns the writes made.
+    fn apply(&mut self, desired: &DesiredState, interfaces: &[Interface]) -> Result<Vec<Op>> {
+        let target = plan::target(desired, interfaces, &self.state, &self.options.capacity)?;
+        let ops = plan::diff(&self.state, &target);
+        for op in &ops {
+            self.datapath.maps.apply(op)?;
+            plan::apply(&mut self.state, std::slice::from_ref(op));
+        }
+        Ok(ops)
+    }
+
+    fn start(options: RunOptions) -> Result<Self> {
+        let started = Instant::now();
+        let digest_before = digest(&options.config);
+        bpffs::prepare(&options.bpffs)?;
+        let datapath = Datapath::load(&LoadOptions {
+            capacity: options.capacity,
+            pin_dir: Some(&options.bpffs),
+            log_level: log::max_level(),
+        })?;
+        let mut record = AgentState {
+            pid: std::process::id(),
+            started_unix: unix_now(),
+            ..Default::default()
+        };
+        write_text(&mut record.node_name, &options.node_name);
+        write_text(&mut record.config, &options.config.display().to_string());
+        let mut agent = Agent {
+            options,
+            datapath,
+            state: MapState::default(),
+            cache: DocumentCache::default(),
+            record,
+            applied: None,
+            garp: garp::Schedule::default(),
+            garp_sender: garp::Sender::new()?,
+        };
+        // Validate everything before touching a map: a bad file must not replace what a
+        // previous run left serving.
+        let interfaces = selected_interfaces(&agent.options)?;
+        let desired = agent.desired(&interfaces)?;
+        let maps = &mut agent.datapath.maps;
+        maps.write_config(DatapathConfig::from_secs(
+            agent.options.ct_tcp_timeout,
+            agent.options.ct_any_timeout,
+        ))?;
+        agent.state = maps.read_state().context("adopting the pinned maps")?;
+        let adopted = !agent.state.services.is_empty();
+        let writes = agent.apply(&desired, &interfaces)?.len();
+        // Attach only once the maps hold the full state: the first packet sees all of it.
+        attach::attach_all(&mut agent.datapath, &agent.options.bpffs, &interfaces)?;
+        // Every announcement is news after a (re)start: a node may have taken over meanwhile.
+        let now = Instant::now();
+        for (key, mac) in &agent.state.l2 {
+            agent.garp.announce(*key, *mac, now);
+        }
+        agent.applied = digest_before;
+        agent.record.last_applied_unix = unix_now();
+        agent.datapath.maps.write_agent(&agent.record)?;
+        info!(
+            "node {}: serving after {:.1?}: {} ({} map writes{}); programs on {}",
+            agent.options.node_name,
+            started.elapsed(),
+            summary(&desired),
+            writes,
+            if adopted {
+                ", adopted the pinned state"
+            } else {
+                ""
+            },
+            interfaces
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(agent)
+    }
+
+    /// Re-reads the file and applies the difference; an invalid file changes nothing.
+    fn reload(&mut self, why: &str) {
+        let started = Instant::now();
+        let digest_before = digest(&self.options.config);
+        let result = (|| -> Result<String> {
+            let interfaces = selected_interfaces(&self.options)?;
+            let desired = self.desired(&interfaces)?;
+            let ops = self.apply(&desired, &interfaces)?;
+            attach::attach_all(&mut self.datapath, &self.options.bpffs, &interfaces)?;
+            let now = Instant::now();
+            for op in &ops {
+                if let Op::PutL2(key, mac) = op {
+                    self.garp.announce(*key, *mac, now);
                 }
             }
-            guard = async { logger.as_mut().unwrap().readable_mut().await }, if logger.is_some() => {
-                let mut guard = guard?;
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
+            Ok(format!("{} ({} map writes)", summary(&desired), ops.len()))
+        })();
+        let file = self.options.config.display();
+        match result {
+            Ok(line) => {
+                info!(
+                    "reloaded {file} ({why}) in {:.1?}: {line}",
+                    started.elapsed()
+                );
+                self.applied = digest_before;
+                self.record.reloads += 1;
+                self.record.last_applied_unix = unix_now();
+            }
+            Err(e) => {
+                error!("reload of {file} ({why}) refused, still serving the previous state: {e:#}");
+                self.record.last_error_unix = unix_now();
+                write_text(&mut self.record.last_error, &format!("{e:#}"));
+            }
+        }
+        if let Err(e) = self.datapath.maps.write_agent(&self.record) {
+            warn!("recording the agent's state: {e:#}");
+        }
+    }
+
+    fn send_garp(&mut self) {
+        for (key, mac) in self.garp.due(Instant::now()) {
+            let L2Key { ifindex, vip } = key;
+            let mut sent = 0;
+            for frame in garp::frames(mac, vip) {
+                match self.garp_sender.send(ifindex, &frame) {
+                    Ok(()) => sent += 1,
+                    Err(e) => warn!("{e:#}"),
+                }
+            }
+            if let Err(e) = self.datapath.maps.count_garp(&key, sent) {
+                warn!("counting gratuitous ARP: {e:#}");
             }
         }
     }
-    info!(
-        "stopping; the datapath stays attached and keeps serving (`gateway-agent teardown --bpffs {}` removes it)",
-        options.bpffs.display()
-    );
-    Ok(())
+
+    async fn serve(mut self) -> Result<()> {
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        let mut logger = match self.datapath.logger.take() {
+            // SAFETY: the logger owns its ring buffer fd and keeps it open, unchanged, for
+            // as long as the AsyncFd owns the logger.
+            Some(l) => Some(unsafe { AsyncFd::register(l) }.map_err(|e| e.into_parts().1)?),
+            None => None,
+        };
+        let mut events = match watch(&self.options.config) {
+            Ok(events) => Some(events),
+            Err(e) => {
+                warn!("not watching for changes (SIGHUP still reloads): {e:#}");
+                None
+            }
+        };
+        // When a change in the file's directory has settled.
+        let mut settled: Option<tokio::time::Instant> = None;
+        loop {
+            let garp_due = self.garp.next_due().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+                _ = hangup.recv() => self.reload("SIGHUP"),
+                Some(_) = async { events.as_mut()?.next().await }, if events.is_some() => {
+                    settled = Some(tokio::time::Instant::now() + SETTLE);
+                }
+                _ = async { sleep_until(settled.unwrap_or_else(tokio::time::Instant::now)).await }, if settled.is_some() => {
+                    settled = None;
+                    if digest(&self.options.config) != self.applied {
+                        self.reload("file changed");
+                    }
+                }
+                _ = async { sleep_until(garp_due.unwrap_or_else(tokio::time::Instant::now)).await }, if garp_due.is_some() => {
+                    self.send_garp();
+                }
+                guard = async { logger.as_mut().unwrap().readable_mut().await }, if logger.is_some() => {
+                    let mut guard = guard?;
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            }
+        }
+        info!(
+            "stopping; the datapath stays attached and keeps serving (`gateway-agent teardown --bpffs {}` removes it)",
+            self.options.bpffs.display()
+        );
+        Ok(())
+    }
 }
 
-fn reload(
-    options: &RunOptions,
-    datapath: &mut Datapath,
-    state: &mut MapState,
-    cache: &mut DocumentCache,
-) -> Result<String> {
-    let interfaces = selected_interfaces(options)?;
-    let desired = desired(options, &interfaces, cache)?;
-    let writes = apply(datapath, state, &desired, &interfaces, &options.capacity)?;
-    attach::attach_all(datapath, &options.bpffs, &interfaces)?;
-    Ok(format!("{} ({writes} map writes)", summary(&desired)))
+pub async fn run(options: RunOptions) -> Result<()> {
+    Agent::start(options)?.serve().await
 }

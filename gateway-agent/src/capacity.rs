@@ -35,8 +35,10 @@ impl Capacity {
     }
 
     /// `max_entries` of every map.
-    pub fn map_sizes(&self) -> [(&'static str, u32); 14] {
+    pub fn map_sizes(&self) -> [(&'static str, u32); 16] {
         [
+            (map_names::GARP, self.services),
+            (map_names::AGENT, 1),
             (map_names::VIP_FILTER, VIP_FILTER_WORDS),
             (map_names::VIPS, self.services),
             (map_names::SERVICES, self.services),

@@ -35,8 +35,10 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "gw_svc_stats";
     pub const BACKEND_STATS: &str = "gw_be_stats";
     pub const SERVICE_NAMES: &str = "gw_svc_names";
+    pub const AGENT: &str = "gw_agent";
+    pub const GARP: &str = "gw_garp";
     /// Every map the agent pins.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         VIP_FILTER,
         VIPS,
         SERVICES,
@@ -51,6 +53,8 @@ pub mod map_names {
         SERVICE_STATS,
         BACKEND_STATS,
         SERVICE_NAMES,
+        AGENT,
+        GARP,
     ];
 }
 
@@ -343,6 +347,43 @@ impl Default for ServiceName {
     }
 }
 
+/// `gw_garp`: (ifindex, VIP) -> gratuitous ARP frames the agent sent for that announcement.
+/// Kept apart from `gw_l2`, whose reply counter the datapath increments concurrently.
+pub type GarpCount = u64;
+
+/// `gw_agent`: one-element array the agent keeps its own state in, so `status` and `doctor`
+/// in another process (or after the agent stopped) can tell what it runs with and how its
+/// last reload went. Never read by the datapath. Times are UNIX seconds; texts NUL-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentState {
+    pub pid: u32,
+    /// Reloads applied since the agent started.
+    pub reloads: u32,
+    pub started_unix: u64,
+    pub last_applied_unix: u64,
+    /// 0 when the last reload succeeded.
+    pub last_error_unix: u64,
+    pub node_name: [u8; 64],
+    pub config: [u8; 256],
+    pub last_error: [u8; 1024],
+}
+
+impl Default for AgentState {
+    fn default() -> Self {
+        Self {
+            pid: 0,
+            reloads: 0,
+            started_unix: 0,
+            last_applied_unix: 0,
+            last_error_unix: 0,
+            node_name: [0; 64],
+            config: [0; 256],
+            last_error: [0; 1024],
+        }
+    }
+}
+
 /// `gw_svc_stats` / `gw_be_stats`: per-CPU arrays indexed by service / backend id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -357,7 +398,7 @@ pub struct Traffic {
 
 /// `gw_counters`: per-CPU array of u64 indexed by these. Every drop has a named reason.
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Counter {
     /// ARP requests for an announced VIP, answered.
     ArpReply = 0,
@@ -379,10 +420,13 @@ pub enum Counter {
     DropMalformed,
     /// Drop: a rewrite helper failed.
     DropNatFailed,
+    /// A new connection took over the conntrack entry of a closed one with the same tuple
+    /// (so `ct_created` minus this minus the entries present is what LRU evicted).
+    CtReplaced,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::DropNatFailed as u32 + 1;
+    pub const COUNT: u32 = Counter::CtReplaced as u32 + 1;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::ArpReply,
         Counter::CtCreated,
@@ -394,6 +438,7 @@ impl Counter {
         Counter::DropFragment,
         Counter::DropMalformed,
         Counter::DropNatFailed,
+        Counter::CtReplaced,
     ];
 
     /// Stable, human and JSON name.
@@ -409,6 +454,7 @@ impl Counter {
             Counter::DropFragment => "drop_fragment",
             Counter::DropMalformed => "drop_malformed",
             Counter::DropNatFailed => "drop_nat_failed",
+            Counter::CtReplaced => "ct_replaced",
         }
     }
 }

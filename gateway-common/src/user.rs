@@ -32,27 +32,34 @@ pod!(
     DatapathConfig,
     Traffic,
     ServiceName,
+    AgentState,
 );
 
+/// Writes `text` into a NUL-padded field, truncated on a character boundary.
+pub fn write_text<const N: usize>(field: &mut [u8; N], text: &str) {
+    let mut end = text.len().min(N);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    *field = [0; N];
+    field[..end].copy_from_slice(&text.as_bytes()[..end]);
+}
+
+/// The text of a NUL-padded field.
+pub fn read_text(field: &[u8]) -> &str {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    core::str::from_utf8(&field[..end]).unwrap_or("?")
+}
+
 impl ServiceName {
-    /// Truncates to the field size, on a character boundary.
     pub fn new(text: &str) -> Self {
         let mut name = [0u8; 96];
-        let mut end = text.len().min(name.len());
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        name[..end].copy_from_slice(&text.as_bytes()[..end]);
+        write_text(&mut name, text);
         Self { name }
     }
 
     pub fn as_str(&self) -> &str {
-        let end = self
-            .name
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(self.name.len());
-        core::str::from_utf8(&self.name[..end]).unwrap_or("?")
+        read_text(&self.name)
     }
 }
 
@@ -79,6 +86,7 @@ mod tests {
         assert_eq!(size_of::<AffinityKey>(), 8);
         assert_eq!(size_of::<Affinity>(), 16);
         assert_eq!(size_of::<L2Entry>(), 16);
+        assert_eq!(size_of::<AgentState>(), 32 + 64 + 256 + 1024);
         assert_eq!(size_of::<RevNat>(), 4 + 8 * capacity::REVNAT_FRONTENDS);
         assert_eq!(size_of::<Traffic>(), 32);
     }

@@ -44,7 +44,10 @@ fn ipv4(ctx: &TcContext) -> i32 {
     let key = conntrack::key(&flow);
 
     // Conntrack first: an established flow needs no other lookup but its backend's.
-    if let Some(entry) = CONNTRACK.get_ptr_mut(&key) {
+    let existing = CONNTRACK.get_ptr_mut(&key);
+    // A new flow below overwrites this entry rather than adding one.
+    let replacing = existing.is_some();
+    if let Some(entry) = existing {
         let entry = unsafe { &mut *entry };
         if entry.is_alive(now, config) {
             let backend = lb::active_backend(entry.backend_id)
@@ -83,6 +86,9 @@ fn ipv4(ctx: &TcContext) -> i32 {
         backend_port: selection.backend.port,
         flags: conntrack::client_flags(&flow),
     };
+    if replacing {
+        count(Counter::CtReplaced);
+    }
     // If the insert fails the flow still goes through; its next packet is balanced again
     // (and lands on the same backend when affinity is on).
     let _ = CONNTRACK.insert(&key, &entry, 0);

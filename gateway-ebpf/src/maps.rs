@@ -7,9 +7,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use gateway_common::{
-    Affinity, AffinityKey, Backend, Counter, CtEntry, CtKey, DatapathConfig, L2Entry, L2Key,
-    RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic, VIP_FILTER_WORDS,
-    VipInfo, VipKey, capacity,
+    Affinity, AffinityKey, AgentState, Backend, Counter, CtEntry, CtKey, DatapathConfig, GarpCount,
+    L2Entry, L2Key, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic,
+    VIP_FILTER_WORDS, VipInfo, VipKey, capacity,
 };
 
 #[btf_map(name = "gw_vip_filter")]
@@ -66,3 +66,11 @@ pub static BACKEND_STATS: PerCpuArray<Traffic, { capacity::BACKENDS as usize }> 
 #[btf_map(name = "gw_svc_names")]
 pub static SERVICE_NAMES: HashMap<u32, ServiceName, { capacity::SERVICES as usize }> =
     HashMap::new();
+
+/// The agent's own state (see `AgentState`); the programs never touch it.
+#[btf_map(name = "gw_agent")]
+pub static AGENT: Array<AgentState, 1> = Array::new();
+
+/// Gratuitous ARP counts (see `GarpCount`); the programs never touch it.
+#[btf_map(name = "gw_garp")]
+pub static GARP: HashMap<L2Key, GarpCount, { capacity::L2 as usize }> = HashMap::new();

@@ -574,3 +574,220 @@ fn sighup_applies_a_changed_file_and_a_bad_file_changes_nothing() -> Result<()> 
     );
     Ok(())
 }
+
+/// The client's neighbour entry for `addr` (its MAC), if any.
+fn client_neighbour(lab: &Lab, addr: Ipv4Addr) -> Result<Option<String>> {
+    let out =
+        lab.client()
+            .ns()
+            .ip(&["neigh", "show", &addr.to_string(), "dev", lab::CLIENT_IFACE])?;
+    Ok(out
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .map(str::to_owned))
+}
+
+#[test]
+fn a_node_that_starts_announcing_sends_gratuitous_arp_and_clients_move_at_once() -> Result<()> {
+    let mut c = Cluster::up(two_local_backends_spec(&lab::unique_prefix("gwk")), &[])?;
+    // The client still believes another machine has the VIP (a stale cache entry, as after
+    // a failover); it would not ask again for minutes.
+    let stale = "02:00:00:00:00:99";
+    c.lab.client().ns().ip(&[
+        "neigh",
+        "replace",
+        &VIP_EXTERNAL.to_string(),
+        "lladdr",
+        stale,
+        "dev",
+        lab::CLIENT_IFACE,
+        "nud",
+        "stale",
+    ])?;
+    c.start("w1")?;
+    let w1_mac = c.lab.node("w1").mac().to_owned();
+    let mut moved = false;
+    for _ in 0..100 {
+        if client_neighbour(&c.lab, VIP_EXTERNAL)?.as_deref() == Some(w1_mac.as_str()) {
+            moved = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        moved,
+        "the client's cache still says {:?}",
+        client_neighbour(&c.lab, VIP_EXTERNAL)?
+    );
+    // Counted per announcement: both forms, for a few rounds.
+    std::thread::sleep(Duration::from_millis(2500));
+    let l2 = c.agent("w1").json(&["l2", "list"])?;
+    for entry in l2.as_array().unwrap() {
+        assert_eq!(
+            entry["garp_sent"].as_u64(),
+            Some(6),
+            "3 rounds of request + reply: {l2:#}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_changed_file_is_applied_without_a_signal_and_status_shows_a_refused_one() -> Result<()> {
+    let mut spec = two_local_backends_spec(&lab::unique_prefix("gwl"));
+    let c = Cluster::up(spec.clone(), &["w1"])?;
+    let w1 = c.agent("w1");
+    let lb_backends = || -> Result<usize> {
+        let lb = w1.json(&["lb", "list"])?;
+        Ok(lb
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["frontend"] == "192.168.10.50:80/TCP")
+            .map(|f| f["backends"].as_array().unwrap().len())
+            .sum())
+    };
+    assert_eq!(lb_backends()?, 2);
+    // An editor-style replace: write elsewhere, rename over the file.
+    spec.pod_mut("envoy-w1b").ready = false;
+    let tmp = c.config.with_extension("tmp");
+    std::fs::write(&tmp, lab::config_yaml(&spec)?)?;
+    std::fs::rename(&tmp, &c.config)?;
+    let mut applied = false;
+    for _ in 0..100 {
+        if lb_backends()? == 1 {
+            applied = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(applied, "{}", w1.log());
+    assert!(w1.log().contains("(file changed)"), "{}", w1.log());
+    let status = w1.json(&["status"])?;
+    assert_eq!(status["agent"]["reloads"], 1);
+    assert!(status["agent"]["rejected"].is_null());
+
+    // A broken file: refused, the state stays, and status says so with the reason.
+    std::fs::write(
+        &c.config,
+        "kind: Service\napiVersion: v1\nmetadata: {name: broken}\nspec: {type: LoadBalancer, ports: [{port: 70000}]}\n",
+    )?;
+    let mut rejected = serde_json::Value::Null;
+    for _ in 0..100 {
+        rejected = w1.json(&["status"])?["agent"]["rejected"].clone();
+        if !rejected.is_null() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        rejected["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Service/default/broken"),
+        "{rejected:#}"
+    );
+    assert!(rejected["at_unix"].as_u64().unwrap() > 0);
+    assert_eq!(lb_backends()?, 1, "still serving the state applied before");
+    let text = w1.cli(&["status"])?;
+    assert!(text.contains("LAST RELOAD REFUSED"), "{text}");
+    c.get(&format!("http://{VIP_EXTERNAL}/"), None)?;
+    Ok(())
+}
+
+/// `gateway-agent doctor` on a node: its exit status and JSON findings.
+fn doctor(c: &Cluster, node: &str, extra: &[&str]) -> Result<(i32, serde_json::Value)> {
+    let n = c.lab.node(node);
+    let mut cmd = n.ns().command([agent::binary()?.display().to_string()]);
+    cmd.args(["doctor", "--output", "json", "--bpffs"])
+        .arg(n.bpffs_dir())
+        .args(extra);
+    let out = cmd.output()?;
+    let report = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "doctor output: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok((out.status.code().unwrap_or(-1), report))
+}
+
+fn findings<'a>(
+    report: &'a serde_json::Value,
+    check: &str,
+    severity: &str,
+) -> Vec<&'a serde_json::Value> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"] == check && f["severity"] == severity)
+        .collect()
+}
+
+#[test]
+fn doctor_walks_the_reference_tree_over_objects_and_datapath() -> Result<()> {
+    let mut c = Cluster::up(
+        LabSpec::reference(&lab::unique_prefix("gwm")),
+        &["w1", "w2"],
+    )?;
+    // Healthy: Local, one policy, ClientIP, everything attached and announced where elected.
+    let (code, report) = doctor(&c, "w1", &[])?;
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(
+        report["worst"], "info",
+        "the other worker's VIP is reported, not faulted"
+    );
+    let here = c.agent("w1").announced()?;
+    let announced = findings(&report, "announcement", "ok");
+    assert_eq!(announced.len(), here.len(), "{report:#}");
+    assert_eq!(
+        findings(&report, "attachment", "ok").len(),
+        2,
+        "ens18 ingress and egress"
+    );
+
+    // The old, broken configuration of the reference: Cluster, two L2 policies, no affinity.
+    let mut broken = c.lab.spec().clone();
+    let svc = broken.service_mut("cilium-gateway-gateway-external");
+    svc.external_traffic_policy = lab::TrafficPolicy::Cluster;
+    svc.session_affinity = SessionAffinity::None;
+    let mut second = broken.l2_policies[0].clone();
+    second.name = "l2-announcement".into();
+    broken.l2_policies.push(second);
+    let file = c.lab.run_dir().join("broken.yaml");
+    std::fs::write(&file, lab::config_yaml(&broken)?)?;
+    let (code, report) = doctor(&c, "w1", &["--config", file.to_str().unwrap()])?;
+    assert_eq!(code, 2, "{report:#}");
+    let cluster = findings(&report, "externalTrafficPolicy", "error");
+    assert_eq!(cluster.len(), 1);
+    assert!(
+        cluster[0]["subject"]
+            .as_str()
+            .unwrap()
+            .contains("cilium-gateway-gateway-external")
+    );
+    assert!(cluster[0]["finding"].as_str().unwrap().contains("SNAT"));
+    let policies = findings(&report, "L2 policies", "error");
+    assert_eq!(
+        policies.len(),
+        2,
+        "both services are selected twice: {report:#}"
+    );
+    assert!(
+        policies[0]["finding"]
+            .as_str()
+            .unwrap()
+            .contains("l2-announcement, l2-policy")
+    );
+    assert_eq!(findings(&report, "sessionAffinity", "warning").len(), 1);
+
+    // The agent gone: the datapath still serves, but the doctor says what is missing.
+    c.agents.remove("w1").unwrap().kill()?;
+    let (code, report) = doctor(&c, "w1", &[])?;
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(findings(&report, "agent", "warning").len(), 1);
+    Ok(())
+}

@@ -9,8 +9,9 @@ use std::path::Path;
 use anyhow::Result;
 use aya::programs::{SchedClassifier, TcAttachType};
 use gateway_common::{
-    BACKEND_F_ACTIVE, CT_F_ESTABLISHED, CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_RST, CT_F_TCP,
-    CtEntry, DatapathConfig, SERVICE_F_AFFINITY, proto_name, timeouts::NS_PER_SEC,
+    AgentState, BACKEND_F_ACTIVE, CT_F_ESTABLISHED, CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_RST,
+    CT_F_TCP, CtEntry, DatapathConfig, SERVICE_F_AFFINITY, proto_name, read_text,
+    timeouts::NS_PER_SEC,
 };
 use serde::Serialize;
 
@@ -257,6 +258,8 @@ pub struct AnnouncementView {
     pub vip: String,
     pub mac: String,
     pub arp_replies: u64,
+    /// Gratuitous ARP frames the agent sent for this announcement.
+    pub garp_sent: u64,
 }
 
 fn mac_text(mac: &[u8; 6]) -> String {
@@ -284,6 +287,7 @@ pub fn announcements(maps: &Maps) -> Result<Vec<AnnouncementView>> {
             vip: Ipv4Addr::from(k.vip).to_string(),
             mac: mac_text(&e.mac),
             arp_replies: e.arp_replies,
+            garp_sent: maps.garp.get(&k, 0).unwrap_or(0),
         });
     }
     views.sort_by(|a, b| (&a.interface, &a.vip).cmp(&(&b.interface, &b.vip)));
@@ -291,13 +295,20 @@ pub fn announcements(maps: &Maps) -> Result<Vec<AnnouncementView>> {
 }
 
 pub fn render_announcements(views: &[AnnouncementView]) -> String {
-    let mut t = Table::new(vec!["INTERFACE", "VIP", "MAC", "ARP REPLIES"]);
+    let mut t = Table::new(vec![
+        "INTERFACE",
+        "VIP",
+        "MAC",
+        "ARP REPLIES",
+        "GRATUITOUS ARP SENT",
+    ]);
     for v in views {
         t.row(vec![
             v.interface.clone(),
             v.vip.clone(),
             v.mac.clone(),
             v.arp_replies.to_string(),
+            v.garp_sent.to_string(),
         ]);
     }
     t.render()
@@ -312,7 +323,69 @@ pub struct AttachmentView {
 }
 
 #[derive(Serialize)]
+pub struct AgentView {
+    pub node_name: String,
+    pub config: String,
+    pub pid: u32,
+    /// That process is alive and is a gateway-agent.
+    pub running: bool,
+    pub started_unix: u64,
+    pub last_applied_unix: u64,
+    pub reloads: u32,
+    /// The last reload that was refused, if it came after the last one applied: the file on
+    /// disk is not what is being served.
+    pub rejected: Option<RejectedView>,
+}
+
+#[derive(Serialize)]
+pub struct RejectedView {
+    pub at_unix: u64,
+    pub error: String,
+}
+
+fn agent_view(state: &AgentState) -> AgentView {
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", state.pid)).unwrap_or_default();
+    AgentView {
+        node_name: read_text(&state.node_name).to_owned(),
+        config: read_text(&state.config).to_owned(),
+        pid: state.pid,
+        running: state.pid != 0 && String::from_utf8_lossy(&cmdline).contains("gateway-agent"),
+        started_unix: state.started_unix,
+        last_applied_unix: state.last_applied_unix,
+        reloads: state.reloads,
+        rejected: (state.last_error_unix > state.last_applied_unix).then(|| RejectedView {
+            at_unix: state.last_error_unix,
+            error: read_text(&state.last_error).to_owned(),
+        }),
+    }
+}
+
+/// `YYYY-MM-DD hh:mm:ss UTC` (civil date from days since the epoch, Howard Hinnant's method).
+fn utc(unix: u64) -> String {
+    if unix == 0 {
+        return "-".into();
+    }
+    let (days, secs) = ((unix / 86_400) as i64, unix % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[derive(Serialize)]
 pub struct StatusView {
+    pub agent: AgentView,
     pub bpffs: String,
     pub ct_tcp_timeout_secs: u64,
     pub ct_any_timeout_secs: u64,
@@ -348,6 +421,7 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
         });
     }
     Ok(StatusView {
+        agent: agent_view(&maps.read_agent()?),
         bpffs: bpffs.display().to_string(),
         ct_tcp_timeout_secs: config.ct_tcp_ns / NS_PER_SEC,
         ct_any_timeout_secs: config.ct_any_ns / NS_PER_SEC,
@@ -368,7 +442,7 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
 }
 
 /// Whether the interface's tcx chain for `direction` holds one of our programs.
-fn tcx_has_gateway(interface: &str, direction: &str) -> bool {
+pub(super) fn tcx_has_gateway(interface: &str, direction: &str) -> bool {
     let (attach_type, program) = match direction {
         "ingress" => (
             TcAttachType::Ingress,
@@ -381,10 +455,31 @@ fn tcx_has_gateway(interface: &str, direction: &str) -> bool {
 }
 
 pub fn render_status(s: &StatusView) -> String {
+    let a = &s.agent;
     let mut out = format!(
+        "agent for node {} (config {}): {}, started {}, last applied {} ({} reloads)\n",
+        a.node_name,
+        a.config,
+        if a.running {
+            format!("running as pid {}", a.pid)
+        } else {
+            "NOT RUNNING (the datapath keeps serving)".into()
+        },
+        utc(a.started_unix),
+        utc(a.last_applied_unix),
+        a.reloads
+    );
+    if let Some(r) = &a.rejected {
+        out.push_str(&format!(
+            "LAST RELOAD REFUSED at {}, still serving the state applied before: {}\n",
+            utc(r.at_unix),
+            r.error
+        ));
+    }
+    out.push_str(&format!(
         "datapath pinned at {}\nconntrack timeouts: TCP {}s, other {}s\n\n",
         s.bpffs, s.ct_tcp_timeout_secs, s.ct_any_timeout_secs
-    );
+    ));
     let mut t = Table::new(vec!["INTERFACE", "DIRECTION", "PROGRAM"]);
     for a in &s.attachments {
         t.row(vec![
@@ -411,4 +506,16 @@ pub fn render_status(s: &StatusView) -> String {
     out.push('\n');
     out.push_str(&render_services(&s.services));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_times_print_as_utc_dates() {
+        assert_eq!(utc(1_795_703_405), "2026-11-26 14:30:05 UTC");
+        assert_eq!(utc(951_868_799), "2000-02-29 23:59:59 UTC");
+        assert_eq!(utc(0), "-");
+    }
 }

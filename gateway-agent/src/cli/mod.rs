@@ -1,6 +1,7 @@
 //! The command line: `run`, `check`, the read-only views and `teardown`.
 
 mod check;
+mod doctor;
 mod inspect;
 mod table;
 
@@ -67,6 +68,22 @@ enum Command {
     L2 {
         #[command(subcommand)]
         command: ListCommand,
+    },
+    /// Walk the reference's troubleshooting tree over the objects and the live datapath.
+    Doctor {
+        /// The objects to check (default: the file the running agent uses).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// This node's name (default: the running agent's, or $NODE_NAME).
+        #[arg(long, env = "NODE_NAME")]
+        node_name: Option<String>,
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        /// Interfaces that should carry the programs (regex), as given to `run`.
+        #[arg(long, default_value = "^e")]
+        devices: Regex,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Detach the programs and remove every pin (drops tracked connections).
     Teardown {
@@ -211,6 +228,21 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             &args,
             |_, m| inspect::announcements(m),
             |v| inspect::render_announcements(v),
+        ),
+        Command::Doctor {
+            config,
+            node_name,
+            bpffs,
+            devices,
+            output,
+        } => doctor::run(
+            &doctor::Patient {
+                config,
+                node_name,
+                bpffs: &bpffs,
+                devices: &devices,
+            },
+            output.output == Output::Json,
         ),
         Command::Teardown { bpffs } => {
             for line in datapath::teardown(&bpffs)? {

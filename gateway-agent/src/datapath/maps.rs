@@ -12,14 +12,16 @@ use aya::{
     util::nr_cpus,
 };
 use gateway_common::{
-    Affinity, AffinityKey, BACKEND_F_ACTIVE, Backend, Counter, CtEntry, CtKey, DatapathConfig,
-    L2Entry, L2Key, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic, VipInfo,
-    VipKey, map_names,
+    Affinity, AffinityKey, AgentState, BACKEND_F_ACTIVE, Backend, Counter, CtEntry, CtKey,
+    DatapathConfig, L2Entry, L2Key, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey,
+    Traffic, VipInfo, VipKey, map_names,
 };
 
 use crate::plan::{MapState, Op};
 
 pub struct Maps {
+    pub agent: Array<MapData, AgentState>,
+    pub garp: HashMap<MapData, L2Key, u64>,
     pub vip_filter: Array<MapData, u64>,
     pub vips: HashMap<MapData, VipKey, VipInfo>,
     pub services: HashMap<MapData, ServiceKey, Service>,
@@ -75,6 +77,8 @@ impl Maps {
             }};
         }
         Ok(Self {
+            agent: field!(map_names::AGENT),
+            garp: field!(map_names::GARP),
             vip_filter: field!(map_names::VIP_FILTER),
             vips: field!(map_names::VIPS),
             services: field!(map_names::SERVICES),
@@ -168,16 +172,15 @@ impl Maps {
                 .context("writing gw_vip_filter")?,
             Op::DeleteVip(k) => remove(&mut self.vips, k, "gw_vips")?,
             Op::PutL2(k, mac) => {
-                // Keep the reply counter of an entry that only changes MAC.
-                let arp_replies = self.l2.get(k, 0).map_or(0, |e| e.arp_replies);
-                let entry = L2Entry {
-                    arp_replies,
-                    mac: *mac,
-                    _pad: [0; 2],
-                };
+                // Keep the counters of an entry that only changes MAC.
+                let old = self.l2.get(k, 0).unwrap_or_default();
+                let entry = L2Entry { mac: *mac, ..old };
                 self.l2.insert(k, entry, 0).context("writing gw_l2")?
             }
-            Op::DeleteL2(k) => remove(&mut self.l2, k, "gw_l2")?,
+            Op::DeleteL2(k) => {
+                remove(&mut self.l2, k, "gw_l2")?;
+                remove(&mut self.garp, k, "gw_garp")?;
+            }
             Op::ClearAffinity(pairs) => self.clear_affinity(pairs)?,
         }
         Ok(())
@@ -195,6 +198,22 @@ impl Maps {
             remove(&mut self.affinity, &k, "gw_affinity")?;
         }
         Ok(())
+    }
+
+    pub fn read_agent(&self) -> Result<AgentState> {
+        self.agent.get(&0, 0).context("reading gw_agent")
+    }
+
+    pub fn write_agent(&mut self, state: &AgentState) -> Result<()> {
+        self.agent.set(0, state, 0).context("writing gw_agent")
+    }
+
+    /// Adds `frames` to the gratuitous ARP count of an announcement.
+    pub fn count_garp(&mut self, key: &L2Key, frames: u64) -> Result<()> {
+        let sent = self.garp.get(key, 0).unwrap_or(0);
+        self.garp
+            .insert(key, sent + frames, 0)
+            .context("writing gw_garp")
     }
 
     pub fn write_config(&mut self, config: DatapathConfig) -> Result<()> {

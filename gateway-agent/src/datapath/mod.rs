@@ -4,6 +4,7 @@
 
 pub mod attach;
 pub mod bpffs;
+pub mod garp;
 pub mod interfaces;
 pub mod maps;
 pub mod object;
@@ -15,9 +16,9 @@ use anyhow::{Context, Result, bail};
 use aya::{Ebpf, EbpfLoader, maps::MapInfo, programs::SchedClassifier};
 use aya_log::EbpfLogger;
 use gateway_common::{
-    Affinity, AffinityKey, Backend, CtEntry, CtKey, DatapathConfig, L2Entry, L2Key, RevNat,
-    RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic, VipInfo, VipKey, map_names,
-    program_names,
+    Affinity, AffinityKey, AgentState, Backend, CtEntry, CtKey, DatapathConfig, L2Entry, L2Key,
+    RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic, VipInfo, VipKey,
+    map_names, program_names,
 };
 
 pub use maps::Maps;
@@ -34,7 +35,9 @@ pub fn monotonic_ns() -> u64 {
 
 /// Key and value sizes of every map: a pinned map from an agent with another layout must
 /// be refused, never reinterpreted.
-const LAYOUTS: [(&str, usize, usize); 14] = [
+const LAYOUTS: [(&str, usize, usize); 16] = [
+    (map_names::GARP, size_of::<L2Key>(), size_of::<u64>()),
+    (map_names::AGENT, size_of::<u32>(), size_of::<AgentState>()),
     (map_names::VIP_FILTER, size_of::<u32>(), size_of::<u64>()),
     (map_names::VIPS, size_of::<VipKey>(), size_of::<VipInfo>()),
     (

@@ -13,7 +13,7 @@ mod announce;
 mod election;
 mod frontends;
 mod ipam;
-mod selector;
+pub(crate) mod selector;
 
 pub use election::announcer_score;
 pub use selector::{SERVICE_NAME_PSEUDO_LABEL, SERVICE_NAMESPACE_PSEUDO_LABEL};
