@@ -5,6 +5,7 @@ mod cmd;
 mod demo;
 mod lab;
 mod setup;
+mod soak;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,8 @@ enum Task {
     },
     /// Set up, build, and run every test (what CI runs)
     Test,
+    /// The soak test at full size: 1,000 connections, 50 reloads, 5 agent restarts
+    Soak,
 }
 
 fn main() -> Result<()> {
@@ -48,6 +51,7 @@ fn main() -> Result<()> {
         Task::Demo => demo::run(&workspace),
         Task::Bench { quick } => bench::run(&workspace, quick),
         Task::Test => test::run(&workspace),
+        Task::Soak => soak::run(&workspace),
     }
 }
 

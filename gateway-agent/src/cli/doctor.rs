@@ -255,57 +255,59 @@ fn check_datapath(
         }
     }
 
-    // Map fill.
-    let counters: BTreeMap<Counter, u64> = maps.counters()?.into_iter().collect();
-    let flows = maps.conntrack.keys().count() as u64;
-    let ct_max = u64::from(maps.conntrack.map().info()?.max_entries());
-    let evicted =
-        counters[&Counter::CtCreated].saturating_sub(counters[&Counter::CtReplaced] + flows);
-    if evicted > 0 {
+    // Map fill, as `status` counts it.
+    let status = inspect::status(p.bpffs, maps)?;
+    let (flows, ct_max) = (
+        status.conntrack_entries as u64,
+        u64::from(status.conntrack_max),
+    );
+    let fill = |used: u64, max: u64| {
+        if used * 10 > max * 9 {
+            Severity::Warning
+        } else {
+            Severity::Ok
+        }
+    };
+    if status.conntrack_evicted > 0 {
         f.add(
             Severity::Warning,
             "conntrack",
             format!("{flows} of {ct_max} entries"),
             format!(
-                "{evicted} flows were evicted to make room: their connections lost their backend"
+                "{} flows were evicted to make room: their connections lost their backend",
+                status.conntrack_evicted
             ),
             "raise --ct-max",
         );
     } else {
-        let level = if flows * 10 > ct_max * 9 {
-            Severity::Warning
+        let level = fill(flows, ct_max);
+        let fix = if level == Severity::Ok {
+            ""
         } else {
-            Severity::Ok
+            "raise --ct-max before it fills"
         };
         f.add(
             level,
             "conntrack",
             format!("{flows} of {ct_max} entries"),
             "no flow evicted",
-            if level == Severity::Ok {
-                ""
-            } else {
-                "raise --ct-max before it fills"
-            },
+            fix,
         );
     }
-    let affinities = maps.affinity.keys().count() as u64;
+    let affinities = status.affinities as u64;
     let affinity_max = u64::from(maps.affinity.map().info()?.max_entries());
-    let level = if affinities * 10 > affinity_max * 9 {
-        Severity::Warning
+    let level = fill(affinities, affinity_max);
+    let fix = if level == Severity::Ok {
+        ""
     } else {
-        Severity::Ok
+        "raise --affinity-max"
     };
     f.add(
         level,
         "affinity",
         format!("{affinities} of {affinity_max} entries"),
         "ClientIP affinity entries",
-        if level == Severity::Ok {
-            ""
-        } else {
-            "raise --affinity-max"
-        },
+        fix,
     );
 
     // Timeouts against the reference's values.
@@ -350,12 +352,13 @@ fn check_datapath(
             "packets reached a VIP on a port it does not serve",
         ),
     ] {
-        if counters[&counter] > 0 {
+        let n = status.counters.get(counter.name()).copied().unwrap_or(0);
+        if n > 0 {
             f.add(
                 Severity::Info,
                 "drops",
                 counter.name(),
-                format!("{}: {meaning}", counters[&counter]),
+                format!("{n}: {meaning}"),
                 "",
             );
         }

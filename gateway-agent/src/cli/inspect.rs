@@ -7,10 +7,11 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use anyhow::Result;
+use aya::maps::IterableMap;
 use aya::programs::{SchedClassifier, TcAttachType};
 use gateway_common::{
     AgentState, BACKEND_F_ACTIVE, CT_F_ESTABLISHED, CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_RST,
-    CT_F_TCP, CtEntry, DatapathConfig, SERVICE_F_AFFINITY, proto_name, read_text,
+    CT_F_TCP, Counter, CtEntry, DatapathConfig, SERVICE_F_AFFINITY, proto_name, read_text,
     timeouts::NS_PER_SEC,
 };
 use serde::Serialize;
@@ -394,7 +395,18 @@ pub struct StatusView {
     pub frontends: usize,
     pub backends: usize,
     pub announcements: usize,
+    /// Backend slots and reverse-NAT entries: with the counts above, what a fresh start from
+    /// the same objects would write.
+    pub slots: usize,
+    pub revnat: usize,
+    /// Live tracked flows.
     pub flows: usize,
+    /// Conntrack entries present (live or expired) and the table's size.
+    pub conntrack_entries: usize,
+    pub conntrack_max: u32,
+    /// Flows LRU eviction took out of a full table (created, minus taken-over tuples,
+    /// minus present).
+    pub conntrack_evicted: u64,
     pub affinities: usize,
     pub counters: BTreeMap<&'static str, u64>,
     pub services: Vec<ServiceView>,
@@ -402,6 +414,9 @@ pub struct StatusView {
 
 /// `status`: configuration, attachments, map fill and counters.
 pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
+    let counters: BTreeMap<Counter, u64> = maps.counters()?.into_iter().collect();
+    let counter = |c| counters.get(&c).copied().unwrap_or(0);
+    let conntrack_entries = maps.conntrack.keys().count();
     let config: DatapathConfig = maps.read_config()?;
     let state = maps.read_state()?;
     let mut attachments = Vec::new();
@@ -430,7 +445,13 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
         frontends: state.services.len(),
         backends: state.backends.len(),
         announcements: state.l2.len(),
+        slots: state.slots.len(),
+        revnat: state.revnat.len(),
         flows: flows(maps)?.len(),
+        conntrack_entries,
+        conntrack_max: maps.conntrack.map().info()?.max_entries(),
+        conntrack_evicted: counter(Counter::CtCreated)
+            .saturating_sub(counter(Counter::CtReplaced) + conntrack_entries as u64),
         affinities: maps.affinity.keys().count(),
         counters: maps
             .counters()?
@@ -495,8 +516,10 @@ pub fn render_status(s: &StatusView) -> String {
     }
     out.push_str(&t.render());
     out.push_str(&format!(
-        "\n{} VIPs, {} frontends, {} backends, {} announcements, {} tracked flows, {} affinity entries\n\n",
-        s.vips, s.frontends, s.backends, s.announcements, s.flows, s.affinities
+        "\n{} VIPs, {} frontends, {} backends, {} announcements, {} tracked flows, {} affinity entries\n\
+         conntrack: {} of {} entries, {} flows evicted when full\n\n",
+        s.vips, s.frontends, s.backends, s.announcements, s.flows, s.affinities,
+        s.conntrack_entries, s.conntrack_max, s.conntrack_evicted
     ));
     let mut t = Table::new(vec!["COUNTER", "VALUE"]);
     for (name, value) in &s.counters {
