@@ -393,3 +393,61 @@ fn per_service_and_per_backend_counters_add_up() {
     let b = h.dp.maps.backend_traffic(*backend_id).unwrap();
     assert_eq!((b.fwd_packets, b.rev_packets), (2, 1));
 }
+
+#[test]
+fn affinity_of_a_surviving_backend_stays_across_a_replan() {
+    let mut h = Harness::new();
+    let first = *backends_seen(&mut h, VIP_AFFINITY, 44000, 1)
+        .iter()
+        .next()
+        .unwrap();
+    // A third backend joins the service: make-before-break leaves the client's entry alone.
+    let mut desired = reference_state();
+    desired.frontends[0]
+        .backends
+        .push(gateway_agent::model::BackendAddr {
+            addr: [10, 244, 1, 12].into(),
+            port: 8080,
+        });
+    h.program(&desired);
+    let seen = backends_seen(&mut h, VIP_AFFINITY, 44100, 20);
+    assert_eq!(
+        seen,
+        BTreeSet::from([first]),
+        "the client stays with its backend"
+    );
+    assert_eq!(h.dp.maps.affinity.iter().count(), 1);
+}
+
+#[test]
+fn conntrack_evictions_of_a_full_table_can_be_counted() {
+    let capacity = gateway_agent::capacity::Capacity {
+        conntrack: 64,
+        ..Default::default()
+    };
+    let mut h = Harness::with(&reference_state(), capacity);
+    for i in 0..300u16 {
+        let (v, _) = h.ingress(&tcp_frame(
+            (CLIENT, 45000 + i),
+            (VIP_RANDOM, 80),
+            Tcp::Syn,
+            b"",
+        ));
+        assert_eq!(v, OK);
+    }
+    // A closed connection's tuple taken over by a new one is not an eviction.
+    h.ingress(&tcp_frame((CLIENT, 45299), (VIP_RANDOM, 80), Tcp::Fin, b""));
+    let (_, out) = h.ingress(&tcp_frame((CLIENT, 45299), (VIP_RANDOM, 80), Tcp::Ack, b""));
+    h.egress(&tcp_frame(ip_dst(&out), (CLIENT, 45299), Tcp::Fin, b""));
+    h.ingress(&tcp_frame((CLIENT, 45299), (VIP_RANDOM, 80), Tcp::Syn, b""));
+    let present = h.dp.maps.conntrack.keys().count() as u64;
+    assert!(present <= 64, "{present}");
+    assert_eq!(h.counter(Counter::CtCreated), 301);
+    assert_eq!(h.counter(Counter::CtReplaced), 1);
+    let evicted = h.counter(Counter::CtCreated) - h.counter(Counter::CtReplaced) - present;
+    assert_eq!(
+        evicted,
+        300 - present,
+        "every flow beyond the table's size pushed one out"
+    );
+}

@@ -744,3 +744,49 @@ fn doctor_walks_the_reference_tree_over_objects_and_datapath() -> Result<()> {
     assert_eq!(findings(&report, "agent", "warning").len(), 1);
     Ok(())
 }
+
+#[test]
+fn objects_that_do_not_fit_the_maps_are_refused_and_the_previous_state_serves() -> Result<()> {
+    let mut spec = two_local_backends_spec(&lab::unique_prefix("gwn"));
+    let lab = Lab::up(spec.clone().with_teardown_agent(agent::binary()?))?;
+    let config = agent::write_config(&lab, &lab.config_yaml()?)?;
+    let bpffs = lab.bpffs_dir("w1").to_owned();
+    // Room for 5 frontends: the reference's 4 fit.
+    let w1 = Agent::launch(
+        &lab,
+        "w1",
+        &config,
+        &agent::binary()?,
+        &bpffs,
+        &["--services-max", "6"],
+    )?;
+    let mut extra = spec.service_mut("cilium-gateway-gateway-external").clone();
+    extra.name = "one-too-many".into();
+    extra.requested_ip = Some(Ipv4Addr::new(192, 168, 10, 52));
+    spec.services.push(extra);
+    std::fs::write(&config, lab::config_yaml(&spec)?)?;
+    w1.reload()?;
+    let mut rejected = serde_json::Value::Null;
+    for _ in 0..100 {
+        rejected = w1.json(&["status"])?["agent"]["rejected"].clone();
+        if !rejected.is_null() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let error = rejected["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("6 services needed but the datapath holds at most 5"),
+        "{rejected:#}"
+    );
+    assert_eq!(
+        w1.json(&["lb", "list"])?.as_array().unwrap().len(),
+        4,
+        "nothing of it was written"
+    );
+    let body = lab
+        .client()
+        .curl(&format!("http://{VIP_EXTERNAL}/"), None)?;
+    assert!(body.starts_with("backend=envoy-w1"), "{body}");
+    Ok(())
+}
