@@ -15,8 +15,9 @@ use gateway_tests::process::checked;
 use crate::cmd;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// What the lab, the demo and the benchmarks run.
-const DEBIAN_PACKAGES: [&str; 12] = [
+/// What the lab, the demo and the benchmarks run; systemd for `systemd-analyze verify` of
+/// deploy/gateway-agent.service (a Debian 12 container image has no systemd).
+const DEBIAN_PACKAGES: [&str; 13] = [
     "bpftool",
     "iproute2",
     "arping",
@@ -29,6 +30,7 @@ const DEBIAN_PACKAGES: [&str; 12] = [
     "socat",
     "iptables",
     "nftables",
+    "systemd",
 ];
 
 pub fn run() -> Result<()> {

@@ -1,0 +1,533 @@
+//! The deployment files in deploy/ kept honest: the systemd unit passes `systemd-analyze
+//! verify` and keeps its hardening; the agent serves with exactly the unit's capabilities and
+//! fails without any one of them; both bpffs guards mount once; the DaemonSet has what a
+//! node agent needs and its example objects validate; the Dockerfile builds the way `cargo
+//! xtask setup` installs. The capability and bpffs tests need root (a lab, mounts), and those
+//! that run the agent need it built (`cargo build -p gateway-agent`), like the lab tests.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result, bail, ensure};
+use gateway_tests::agent::{self, Agent};
+use gateway_tests::lab::{self, Lab, LabSpec};
+use gateway_tests::process::checked;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+const UNIT: &str = "deploy/gateway-agent.service";
+const DAEMONSET: &str = "deploy/daemonset.yaml";
+const DOCKERFILE: &str = "deploy/Dockerfile";
+const SETUP: &str = "xtask/src/setup.rs";
+const INSTALLED_AGENT: &str = "/usr/local/bin/gateway-agent";
+/// What the unit, the image and the DaemonSet all run.
+const RUN_ARGS: [&str; 3] = ["run", "--config", "/etc/gateway/objects.yaml"];
+const NODE: &str = "w1";
+
+fn read(path: &str) -> Result<String> {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+    fs::read_to_string(&full).with_context(|| format!("reading {}", full.display()))
+}
+
+/// A directory under the system's temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("gateway-{name}-{}", std::process::id()));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A unit file's settings in order, as (section, key, value).
+struct Unit(Vec<(String, String, String)>);
+
+impl Unit {
+    fn parse(text: &str) -> Result<Self> {
+        let mut section = String::new();
+        let mut settings = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_owned();
+                continue;
+            }
+            ensure!(!line.ends_with('\\'), "continued line in the unit: {line}");
+            let (key, value) = line
+                .split_once('=')
+                .with_context(|| format!("not a setting: {line}"))?;
+            settings.push((section.clone(), key.trim().into(), value.trim().into()));
+        }
+        Ok(Self(settings))
+    }
+
+    fn values(&self, section: &str, key: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(s, k, _)| s == section && k == key)
+            .map(|(_, _, v)| v.as_str())
+            .collect()
+    }
+
+    fn service(&self, key: &str) -> Result<&str> {
+        match self.values("Service", key).as_slice() {
+            [one] => Ok(one),
+            other => bail!("{UNIT}: expected one {key}=, found {other:?}"),
+        }
+    }
+
+    /// The bounding set: the capabilities the agent runs with.
+    fn capabilities(&self) -> Result<Vec<String>> {
+        Ok(self
+            .service("CapabilityBoundingSet")?
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect())
+    }
+}
+
+fn unit() -> Result<Unit> {
+    Unit::parse(&read(UNIT)?)
+}
+
+fn systemd_analyze(args: &[&str], unit: &Path) -> Result<Output> {
+    match Command::new("systemd-analyze")
+        .args(args)
+        .arg(unit)
+        .output()
+    {
+        Ok(output) => Ok(output),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            bail!("systemd-analyze is not installed: run `cargo xtask setup`")
+        }
+        Err(e) => Err(e).context("running systemd-analyze"),
+    }
+}
+
+fn said(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn unit_passes_systemd_analyze_verify_and_security() -> Result<()> {
+    // verify checks that ExecStart's binary exists: point it at one that does, and change
+    // nothing else.
+    let text = read(UNIT)?;
+    let exec_start = format!("ExecStart={INSTALLED_AGENT} ");
+    let rewritten: Vec<String> = text
+        .lines()
+        .map(|l| match l.strip_prefix(&exec_start) {
+            Some(args) => format!("ExecStart=/bin/true {args}"),
+            None => l.to_owned(),
+        })
+        .collect();
+    let changed = text.lines().zip(&rewritten).filter(|(a, b)| a != b).count();
+    assert_eq!(changed, 1, "{UNIT} has no single `{exec_start}...` line");
+    let dir = TempDir::new("deploy-unit")?;
+    let copy = dir.0.join("gateway-agent.service");
+    fs::write(&copy, rewritten.join("\n") + "\n")?;
+
+    let verify = systemd_analyze(&["verify"], &copy)?;
+    assert!(
+        verify.status.success() && said(&verify).trim().is_empty(),
+        "systemd-analyze verify {UNIT} ({}):\n{}",
+        verify.status,
+        said(&verify)
+    );
+    // The exposure score (0-100; systemd rates up to 20 "OK") guards the hardening as a whole.
+    let security = systemd_analyze(&["security", "--offline=true", "--threshold=20"], &copy)?;
+    assert!(
+        security.status.success(),
+        "systemd-analyze security {UNIT} rates it above 2.0 ({}):\n{}",
+        security.status,
+        said(&security)
+    );
+    Ok(())
+}
+
+#[test]
+fn unit_runs_the_agent_hardened_and_leaves_the_datapath_on_stop() -> Result<()> {
+    let unit = unit()?;
+    assert_eq!(
+        unit.service("ExecStart")?,
+        format!(
+            "{INSTALLED_AGENT} {} $GATEWAY_AGENT_ARGS",
+            RUN_ARGS.join(" ")
+        )
+    );
+    for (key, value) in [
+        ("EnvironmentFile", "-/etc/default/gateway-agent"),
+        ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("KillSignal", "SIGTERM"),
+        ("Restart", "on-failure"),
+        ("User", "root"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ReadWritePaths", "/sys/fs/bpf"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("PrivateDevices", "yes"),
+        ("ProtectKernelTunables", "yes"),
+        ("ProtectKernelModules", "yes"),
+        ("ProtectControlGroups", "yes"),
+        ("RestrictNamespaces", "yes"),
+        ("RestrictAddressFamilies", "AF_UNIX AF_NETLINK"),
+        ("LockPersonality", "yes"),
+        ("MemoryDenyWriteExecute", "yes"),
+        ("RestrictRealtime", "yes"),
+        ("SystemCallArchitectures", "native"),
+    ] {
+        assert_eq!(unit.service(key)?, value, "{UNIT}: {key}=");
+    }
+    let env = unit.values("Service", "Environment");
+    assert!(
+        env.contains(&"NODE_NAME=%H"),
+        "{UNIT}: Environment= {env:?}"
+    );
+    assert!(!unit.service("RestartSec")?.is_empty());
+    assert_eq!(
+        unit.capabilities()?,
+        ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"],
+        "{UNIT}: CapabilityBoundingSet="
+    );
+    // The datapath outlives the agent: nothing tears it down, and the node's network is the
+    // agent's.
+    for key in ["ExecStop", "ExecStopPost", "PrivateNetwork", "PrivateUsers"] {
+        let set = unit.values("Service", key);
+        assert!(set.is_empty(), "{UNIT}: {key}={set:?}");
+    }
+    assert_eq!(unit.values("Unit", "After"), ["network-online.target"]);
+    assert_eq!(unit.values("Unit", "Wants"), ["network-online.target"]);
+    assert_eq!(unit.values("Install", "WantedBy"), ["multi-user.target"]);
+    Ok(())
+}
+
+/// A script that runs the agent with only `capabilities` (systemd's CAP_ names), as the
+/// unit's CapabilityBoundingSet and NoNewPrivileges do for root.
+fn agent_with(dir: &Path, name: &str, capabilities: &[&str]) -> Result<PathBuf> {
+    let bounding: Vec<String> = capabilities
+        .iter()
+        .map(|c| {
+            let name = c.strip_prefix("CAP_").context("capability without CAP_")?;
+            Ok(format!(",+{}", name.to_ascii_lowercase()))
+        })
+        .collect::<Result<_>>()?;
+    let script = dir.join(format!("{name}.sh"));
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec setpriv --no-new-privs --inh-caps=-all --bounding-set=-all{} {} \"$@\"\n",
+            bounding.concat(),
+            agent::binary()?.display()
+        ),
+    )?;
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
+    Ok(script)
+}
+
+#[test]
+fn agent_serves_with_exactly_the_units_capabilities() -> Result<()> {
+    let capabilities = unit()?.capabilities()?;
+    let binary = agent::binary()?;
+    let lab = Lab::up(
+        LabSpec::reference(&lab::unique_prefix("gwcap")).with_teardown_agent(binary.clone()),
+    )?;
+    let config = agent::write_config(&lab, &lab.config_yaml()?)?;
+    let bpffs = lab.bpffs_dir(NODE).to_owned();
+    let ns = lab.node(NODE).ns().name().to_owned();
+    // Every attempt starts from nothing pinned, so each one creates, loads and attaches.
+    let teardown = || agent::cli(&binary, &ns, &bpffs, &["teardown"]);
+
+    for missing in &capabilities {
+        let fewer: Vec<&str> = capabilities
+            .iter()
+            .filter(|c| c != &missing)
+            .map(String::as_str)
+            .collect();
+        let script = agent_with(&lab.run_dir(), &format!("agent-without-{missing}"), &fewer)?;
+        teardown()?;
+        let Err(e) = Agent::launch(&lab, NODE, &config, &script, &bpffs, &[]) else {
+            bail!("the agent served without {missing}: the unit grants more than it needs");
+        };
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("Operation not permitted") || e.contains("Permission denied"),
+            "without {missing} the agent failed, but not for want of permission: {e}"
+        );
+    }
+
+    let all: Vec<&str> = capabilities.iter().map(String::as_str).collect();
+    let script = agent_with(&lab.run_dir(), "agent-unit-capabilities", &all)?;
+    teardown()?;
+    let agent = Agent::launch(&lab, NODE, &config, &script, &bpffs, &[])?;
+    // The same capabilities read the pins back (status is the DaemonSet's readiness probe),
+    // and the datapath they loaded answers a client.
+    let status = agent.json(&["status"])?;
+    assert!(status["counters"].is_object(), "status: {status}");
+    let vip = *agent
+        .announced()?
+        .first()
+        .context("the agent announces nothing")?;
+    let answer = lab.client().curl(&format!("http://{vip}/"), None)?;
+    assert!(answer.contains("backend="), "{vip} answered {answer:?}");
+    Ok(())
+}
+
+/// The shell line the unit's ExecStartPre runs outside the sandbox, with systemd's `%%`
+/// unescaped.
+fn unit_bpffs_guard(unit: &Unit) -> Result<String> {
+    let line = unit.service("ExecStartPre")?;
+    let script = line
+        .strip_prefix("+/bin/sh -c '")
+        .and_then(|s| s.strip_suffix('\''))
+        .with_context(|| format!("ExecStartPre is not `+/bin/sh -c '...'`: {line}"))?;
+    let script = script.replace("%%", "%");
+    ensure!(
+        !script.contains('$') && !script.contains('\''),
+        "ExecStartPre needs more unescaping than this test does: {line}"
+    );
+    Ok(script)
+}
+
+fn manifests() -> Result<Vec<Value>> {
+    let text = read(DAEMONSET)?;
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| {
+            let yaml = serde_yaml_ng::Value::deserialize(doc).context(DAEMONSET)?;
+            serde_json::to_value(yaml).context(DAEMONSET)
+        })
+        .collect()
+}
+
+fn only<'a>(docs: &'a [Value], kind: &str) -> Result<&'a Value> {
+    match docs
+        .iter()
+        .filter(|d| d["kind"] == kind)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [one] => Ok(one),
+        other => bail!("{DAEMONSET}: {} {kind} documents, not one", other.len()),
+    }
+}
+
+fn named<'a>(list: &'a Value, name: &str) -> Result<&'a Value> {
+    list.as_array()
+        .and_then(|items| items.iter().find(|i| i["name"] == name))
+        .with_context(|| format!("{DAEMONSET}: nothing named {name} in {list}"))
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// The command of the DaemonSet's init container that mounts the node's bpffs.
+fn daemonset_bpffs_guard(pod: &Value) -> Result<String> {
+    let init = named(&pod["initContainers"], "mount-bpffs")?;
+    match strings(&init["command"]).as_slice() {
+        ["/bin/sh", "-c", script] => {
+            // Kubernetes expands $(VAR) in commands: keep the line free of it.
+            ensure!(!script.contains('$'), "mount-bpffs: {script}");
+            Ok((*script).to_owned())
+        }
+        other => bail!("mount-bpffs does not run `/bin/sh -c LINE`: {other:?}"),
+    }
+}
+
+#[test]
+fn bpffs_guards_mount_the_node_bpffs_once() -> Result<()> {
+    let docs = manifests()?;
+    let pod = &only(&docs, "DaemonSet")?["spec"]["template"]["spec"];
+    let guards = [unit_bpffs_guard(&unit()?)?, daemonset_bpffs_guard(pod)?];
+    assert_eq!(
+        guards[0], guards[1],
+        "the unit and the init container mount the bpffs differently"
+    );
+    // Twice, in a private mount namespace: whether or not this machine has a bpffs at
+    // /sys/fs/bpf, afterwards there is exactly one, and a second run stacks no other.
+    let script = format!(
+        "{0}\n{0}\nstat -f -c %T /sys/fs/bpf\ngrep -c ' /sys/fs/bpf bpf ' /proc/self/mounts",
+        guards[0]
+    );
+    let out = checked(Command::new("unshare").args([
+        "--mount",
+        "--propagation",
+        "private",
+        "/bin/sh",
+        "-c",
+        &script,
+    ]))?;
+    assert_eq!(out, "bpf_fs\n1\n");
+    Ok(())
+}
+
+#[test]
+fn daemonset_runs_the_agent_on_every_node_in_the_node_network() -> Result<()> {
+    let docs = manifests()?;
+    let namespace = only(&docs, "Namespace")?["metadata"]["name"]
+        .as_str()
+        .context("Namespace name")?;
+    let ds = only(&docs, "DaemonSet")?;
+    let account = only(&docs, "ServiceAccount")?;
+    for doc in docs.iter().filter(|d| d["kind"] != "Namespace") {
+        assert_eq!(doc["metadata"]["namespace"], namespace, "{doc}");
+    }
+    let spec = &ds["spec"];
+    assert_eq!(
+        spec["updateStrategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}})
+    );
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], account["metadata"]["name"]);
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
+    assert!(
+        pod["tolerations"]
+            .as_array()
+            .is_some_and(|t| t.contains(&json!({"operator": "Exists"}))),
+        "not tolerated everywhere: {}",
+        pod["tolerations"]
+    );
+    let grace = pod["terminationGracePeriodSeconds"].as_u64();
+    assert!(grace.is_some_and(|g| g <= 30), "grace period {grace:?}");
+
+    let agent = named(&pod["containers"], "agent")?;
+    assert_eq!(strings(&agent["args"]), RUN_ARGS);
+    assert_eq!(
+        named(&agent["env"], "NODE_NAME")?["valueFrom"],
+        json!({"fieldRef": {"fieldPath": "spec.nodeName"}})
+    );
+    assert_eq!(
+        strings(&agent["readinessProbe"]["exec"]["command"]),
+        ["gateway-agent", "status", "--bpffs", "/sys/fs/bpf/gateway"]
+    );
+    assert_eq!(
+        agent["resources"],
+        json!({"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}})
+    );
+
+    // Unprivileged, with at least the capabilities the unit's test proves enough.
+    let security = &agent["securityContext"];
+    assert_eq!(security["privileged"], false);
+    let added: BTreeSet<&str> = strings(&security["capabilities"]["add"])
+        .into_iter()
+        .collect();
+    for capability in unit()?.capabilities()? {
+        let name = capability.trim_start_matches("CAP_");
+        assert!(added.contains(name), "the agent container lacks {name}");
+    }
+
+    // The node's bpffs, which the privileged init container mounts (Bidirectional, so it
+    // outlives the pod) and the agent sees; the objects file from the ConfigMap.
+    let bpffs = named(&pod["volumes"], "bpffs")?;
+    assert_eq!(
+        bpffs["hostPath"],
+        json!({"path": "/sys/fs/bpf", "type": "DirectoryOrCreate"})
+    );
+    let init = named(&pod["initContainers"], "mount-bpffs")?;
+    assert_eq!(init["securityContext"]["privileged"], true);
+    assert_eq!(init["image"], agent["image"]);
+    assert_eq!(
+        named(&init["volumeMounts"], "bpffs")?,
+        &json!({"name": "bpffs", "mountPath": "/sys/fs/bpf", "mountPropagation": "Bidirectional"})
+    );
+    assert_eq!(
+        named(&agent["volumeMounts"], "bpffs")?,
+        &json!({"name": "bpffs", "mountPath": "/sys/fs/bpf", "mountPropagation": "HostToContainer"})
+    );
+    assert_eq!(
+        named(&agent["volumeMounts"], "config")?,
+        &json!({"name": "config", "mountPath": "/etc/gateway", "readOnly": true})
+    );
+    let config_map = only(&docs, "ConfigMap")?;
+    assert_eq!(
+        named(&pod["volumes"], "config")?["configMap"]["name"],
+        config_map["metadata"]["name"]
+    );
+    assert!(config_map["data"]["objects.yaml"].is_string());
+    Ok(())
+}
+
+#[test]
+fn daemonset_example_objects_pass_check() -> Result<()> {
+    let docs = manifests()?;
+    let objects = only(&docs, "ConfigMap")?["data"]["objects.yaml"]
+        .as_str()
+        .context("ConfigMap has no objects.yaml")?;
+    let dir = TempDir::new("deploy-objects")?;
+    let file = dir.0.join("objects.yaml");
+    fs::write(&file, objects)?;
+    let out = checked(
+        Command::new(agent::binary()?)
+            .args(["check", "--config"])
+            .arg(&file),
+    )?;
+    assert!(out.contains("valid"), "check said: {out}");
+    Ok(())
+}
+
+/// `NAME: &str = "VALUE";` in Rust source.
+fn rust_constant(source: &str, name: &str) -> Result<String> {
+    let prefix = format!("const {name}: &str = \"");
+    source
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&prefix)?.strip_suffix("\";"))
+        .map(str::to_owned)
+        .with_context(|| format!("no `{prefix}...\";`"))
+}
+
+#[test]
+fn dockerfile_builds_as_xtask_setup_installs() -> Result<()> {
+    let dockerfile = read(DOCKERFILE)?;
+    let lines: Vec<&str> = dockerfile.lines().map(str::trim).collect();
+    let has = |line: &str| lines.contains(&line);
+
+    let linker = rust_constant(&read(SETUP)?, "BPF_LINKER_VERSION")?;
+    assert!(
+        has(&format!("ARG BPF_LINKER_VERSION={linker}")),
+        "{DOCKERFILE} does not build bpf-linker {linker}, the version {SETUP} installs"
+    );
+    assert!(dockerfile.contains("cargo install bpf-linker --version \"$BPF_LINKER_VERSION\""));
+    assert!(has(
+        "RUN rustup toolchain install nightly --profile minimal --component rust-src"
+    ));
+
+    let manifest = read("Cargo.toml")?;
+    let rust_version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = \"")?.strip_suffix('"'))
+        .context("no rust-version in Cargo.toml")?;
+    assert!(
+        has(&format!("FROM rust:{rust_version}-bookworm AS builder")),
+        "{DOCKERFILE} does not build with Rust {rust_version}"
+    );
+    assert!(has("RUN cargo build --release -p gateway-agent"));
+    assert!(has("FROM debian:12-slim"));
+    assert!(has(&format!(
+        "COPY --from=builder /src/target/release/gateway-agent {INSTALLED_AGENT}"
+    )));
+    assert!(has(r#"ENTRYPOINT ["gateway-agent"]"#));
+    let cmd = format!("CMD [{}]", RUN_ARGS.map(|a| format!("\"{a}\"")).join(", "));
+    assert!(has(&cmd), "{DOCKERFILE} lacks `{cmd}`");
+    Ok(())
+}
