@@ -188,7 +188,7 @@ fn unit_runs_the_agent_hardened_and_leaves_the_datapath_on_stop() -> Result<()> 
         ("ProtectKernelModules", "yes"),
         ("ProtectControlGroups", "yes"),
         ("RestrictNamespaces", "yes"),
-        ("RestrictAddressFamilies", "AF_UNIX AF_NETLINK"),
+        ("RestrictAddressFamilies", "AF_UNIX AF_NETLINK AF_PACKET"),
         ("LockPersonality", "yes"),
         ("MemoryDenyWriteExecute", "yes"),
         ("RestrictRealtime", "yes"),
@@ -204,7 +204,7 @@ fn unit_runs_the_agent_hardened_and_leaves_the_datapath_on_stop() -> Result<()> 
     assert!(!unit.service("RestartSec")?.is_empty());
     assert_eq!(
         unit.capabilities()?,
-        ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"],
+        ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON", "CAP_NET_RAW"],
         "{UNIT}: CapabilityBoundingSet="
     );
     // The datapath outlives the agent: nothing tears it down, and the node's network is the
