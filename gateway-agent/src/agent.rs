@@ -116,20 +116,23 @@ struct Agent {
     garp_sender: garp::Sender,
 }
 
-impl Agent {
-    /// What this node must serve, from the file; nothing is touched when it is invalid.
-    fn desired(&mut self, interfaces: &[Interface]) -> Result<DesiredState> {
-        let config = config::load_cached(&self.options.config, &mut self.cache)
-            .map_err(anyhow::Error::new)?;
-        let names: Vec<String> = interfaces.iter().map(|i| i.name.clone()).collect();
-        let desired = model::desired_state(&config, &self.options.node_name, &names)
-            .map_err(anyhow::Error::new)?;
-        for w in &desired.warnings {
-            warn!("{w}");
-        }
-        Ok(desired)
+/// What this node must serve, from the file; nothing is touched when it is invalid.
+fn desired(
+    options: &RunOptions,
+    interfaces: &[Interface],
+    cache: &mut DocumentCache,
+) -> Result<DesiredState> {
+    let config = config::load_cached(&options.config, cache).map_err(anyhow::Error::new)?;
+    let names: Vec<String> = interfaces.iter().map(|i| i.name.clone()).collect();
+    let desired =
+        model::desired_state(&config, &options.node_name, &names).map_err(anyhow::Error::new)?;
+    for w in &desired.warnings {
+        warn!("{w}");
     }
+    Ok(desired)
+}
 
+impl Agent {
     /// Brings the maps to `desired`, make-before-break; returns the writes made.
     fn apply(&mut self, desired: &DesiredState, interfaces: &[Interface]) -> Result<Vec<Op>> {
         let target = plan::target(desired, interfaces, &self.state, &self.options.capacity)?;
@@ -144,6 +147,11 @@ impl Agent {
     fn start(options: RunOptions) -> Result<Self> {
         let started = Instant::now();
         let digest_before = digest(&options.config);
+        // Validate everything before touching the kernel: a bad file must not replace (or
+        // even pin anything next to) what a previous run left serving.
+        let interfaces = selected_interfaces(&options)?;
+        let mut cache = DocumentCache::default();
+        let desired = desired(&options, &interfaces, &mut cache)?;
         bpffs::prepare(&options.bpffs)?;
         let datapath = Datapath::load(&LoadOptions {
             capacity: options.capacity,
@@ -161,16 +169,13 @@ impl Agent {
             options,
             datapath,
             state: MapState::default(),
-            cache: DocumentCache::default(),
+            cache,
             record,
             applied: None,
             garp: garp::Schedule::default(),
             garp_sender: garp::Sender::new()?,
         };
-        // Validate everything before touching a map: a bad file must not replace what a
-        // previous run left serving.
-        let interfaces = selected_interfaces(&agent.options)?;
-        let desired = agent.desired(&interfaces)?;
+
         let maps = &mut agent.datapath.maps;
         maps.write_config(DatapathConfig::from_secs(
             agent.options.ct_tcp_timeout,
@@ -215,7 +220,7 @@ impl Agent {
         let digest_before = digest(&self.options.config);
         let result = (|| -> Result<String> {
             let interfaces = selected_interfaces(&self.options)?;
-            let desired = self.desired(&interfaces)?;
+            let desired = desired(&self.options, &interfaces, &mut self.cache)?;
             let ops = self.apply(&desired, &interfaces)?;
             attach::attach_all(&mut self.datapath, &self.options.bpffs, &interfaces)?;
             let now = Instant::now();

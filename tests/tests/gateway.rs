@@ -790,3 +790,29 @@ fn objects_that_do_not_fit_the_maps_are_refused_and_the_previous_state_serves() 
     assert!(body.starts_with("backend=envoy-w1"), "{body}");
     Ok(())
 }
+
+#[test]
+fn an_agent_started_with_a_bad_file_exits_and_touches_nothing() -> Result<()> {
+    let lab = Lab::up(LabSpec::reference(&lab::unique_prefix("gwo")))?;
+    let config = agent::write_config(
+        &lab,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {type: LoadBalancer, ports: [{port: 80, protocol: SCTP}]}\n",
+    )?;
+    let w1 = lab.node("w1");
+    let mut cmd = w1.ns().command([agent::binary()?.display().to_string()]);
+    cmd.args(["run", "--node-name", "w1", "--config"])
+        .arg(&config)
+        .arg("--bpffs")
+        .arg(w1.bpffs_dir());
+    let out = cmd.output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Service/default/x: spec.ports[0].protocol"),
+        "{stderr}"
+    );
+    assert!(!w1.bpffs_dir().exists(), "nothing pinned");
+    let net = w1.ns().run(["bpftool", "net", "show", "dev", "ens18"])?;
+    assert!(!net.contains("gw_"), "nothing attached: {net}");
+    Ok(())
+}
