@@ -326,80 +326,111 @@ pub fn target(
 /// announced or a service points at something that does not exist yet: additions bottom-up
 /// (backends, slots, services, reverse NAT, VIPs, announcements), then removals top-down.
 pub fn diff(current: &MapState, target: &MapState) -> Vec<Op> {
-    let mut ops = Vec::new();
-    for (&id, b) in &target.backends {
-        if current.backends.get(&id) != Some(b) {
-            if !current.backends.contains_key(&id) {
-                ops.push(Op::ResetBackendStats(id));
+    let mut puts = Vec::new();
+
+    let mut backend_deletes = Vec::new();
+    merge(
+        &current.backends,
+        &target.backends,
+        |id, new, old| match new {
+            Some(b) => {
+                if old.is_none() {
+                    puts.push(Op::ResetBackendStats(*id));
+                }
+                puts.push(Op::PutBackend(*id, *b));
             }
-            ops.push(Op::PutBackend(id, *b));
+            None => backend_deletes.push(Op::DeactivateBackend(*id)),
+        },
+    );
+
+    // A slot that changes or goes may end its old backend's membership of the service.
+    let mut maybe_ended = BTreeSet::new();
+    let mut slot_deletes = Vec::new();
+    merge(&current.slots, &target.slots, |k, new, old| {
+        if let Some(&old) = old {
+            maybe_ended.insert((k.service_id, old));
         }
-    }
-    puts(&current.slots, &target.slots, &mut ops, |k, v| {
-        Op::PutSlot(*k, *v)
+        match new {
+            Some(b) => puts.push(Op::PutSlot(*k, *b)),
+            None => slot_deletes.push(Op::DeleteSlot(*k)),
+        }
     });
+
     let current_ids: BTreeSet<u32> = current.services.values().map(|s| s.id).collect();
-    for (k, s) in &target.services {
-        if current.services.get(k) != Some(s) {
+    let mut service_deletes = Vec::new();
+    merge(&current.services, &target.services, |k, new, _| match new {
+        Some(s) => {
             if !current_ids.contains(&s.id) {
-                ops.push(Op::ResetServiceStats(s.id));
+                puts.push(Op::ResetServiceStats(s.id));
             }
-            ops.push(Op::PutService(*k, *s));
+            puts.push(Op::PutService(*k, *s));
         }
-    }
-    puts(&current.names, &target.names, &mut ops, |k, v| {
-        Op::PutName(*k, v.clone())
+        None => service_deletes.push(Op::DeleteService(*k)),
     });
-    puts(&current.revnat, &target.revnat, &mut ops, |k, v| {
-        Op::PutRevNat(*k, *v)
+    let mut name_deletes = Vec::new();
+    merge(&current.names, &target.names, |k, new, _| match new {
+        Some(v) => puts.push(Op::PutName(*k, v.clone())),
+        None => name_deletes.push(Op::DeleteName(*k)),
     });
-    // A word first gains the bits of new VIPs (keeping the old ones), and loses the bits of
-    // removed VIPs only after they are gone.
-    for (&word, &bits) in &target.vip_filter {
-        let old = current.vip_filter.get(&word).copied().unwrap_or(0);
-        if old | bits != old {
-            ops.push(Op::PutVipFilter(word, old | bits));
-        }
-    }
-    puts(&current.vips, &target.vips, &mut ops, |k, v| {
-        Op::PutVip(*k, *v)
+    let mut revnat_deletes = Vec::new();
+    merge(&current.revnat, &target.revnat, |k, new, _| match new {
+        Some(v) => puts.push(Op::PutRevNat(*k, *v)),
+        None => revnat_deletes.push(Op::DeleteRevNat(*k)),
     });
-    puts(&current.l2, &target.l2, &mut ops, |k, v| Op::PutL2(*k, *v));
-
-    deletes(&current.l2, &target.l2, &mut ops, |k| Op::DeleteL2(*k));
-    deletes(&current.vips, &target.vips, &mut ops, |k| Op::DeleteVip(*k));
-    for (&word, &old) in &current.vip_filter {
-        let bits = target.vip_filter.get(&word).copied().unwrap_or(0);
-        if old & !bits != 0 {
-            ops.push(Op::ShrinkVipFilter(word, bits));
-        }
-    }
-    deletes(&current.services, &target.services, &mut ops, |k| {
-        Op::DeleteService(*k)
+    // A filter word first gains the bits of new VIPs (keeping the old ones), and loses the
+    // bits of removed VIPs only after they are gone.
+    let mut filter_shrinks = Vec::new();
+    merge(
+        &current.vip_filter,
+        &target.vip_filter,
+        |&word, new, old| {
+            let (bits, old) = (new.copied().unwrap_or(0), old.copied().unwrap_or(0));
+            if old | bits != old {
+                puts.push(Op::PutVipFilter(word, old | bits));
+            }
+            if old & !bits != 0 {
+                filter_shrinks.push(Op::ShrinkVipFilter(word, bits));
+            }
+        },
+    );
+    let mut vip_deletes = Vec::new();
+    merge(&current.vips, &target.vips, |k, new, _| match new {
+        Some(v) => puts.push(Op::PutVip(*k, *v)),
+        None => vip_deletes.push(Op::DeleteVip(*k)),
     });
-    deletes(&current.names, &target.names, &mut ops, |k| {
-        Op::DeleteName(*k)
-    });
-    deletes(&current.slots, &target.slots, &mut ops, |k| {
-        Op::DeleteSlot(*k)
-    });
-    deletes(&current.revnat, &target.revnat, &mut ops, |k| {
-        Op::DeleteRevNat(*k)
-    });
-    deletes(&current.backends, &target.backends, &mut ops, |k| {
-        Op::DeactivateBackend(*k)
+    let mut l2_deletes = Vec::new();
+    merge(&current.l2, &target.l2, |k, new, _| match new {
+        Some(v) => puts.push(Op::PutL2(*k, *v)),
+        None => l2_deletes.push(Op::DeleteL2(*k)),
     });
 
-    let members = |state: &MapState| -> BTreeSet<(u32, u32)> {
-        state
-            .slots
-            .iter()
-            .map(|(k, &backend)| (k.service_id, backend))
-            .collect()
-    };
-    let ended: BTreeSet<(u32, u32)> = members(current)
-        .difference(&members(target))
-        .copied()
+    // Removals top-down: stop announcing first, free backends last.
+    let mut ops = puts;
+    for group in [
+        l2_deletes,
+        vip_deletes,
+        filter_shrinks,
+        service_deletes,
+        name_deletes,
+        slot_deletes,
+        revnat_deletes,
+        backend_deletes,
+    ] {
+        ops.extend(group);
+    }
+    // Memberships that really ended: the backend is in none of the service's target slots.
+    let ended: BTreeSet<(u32, u32)> = maybe_ended
+        .into_iter()
+        .filter(|&(service_id, backend)| {
+            let slots = SlotKey {
+                service_id,
+                slot: 0,
+            }..SlotKey {
+                service_id: service_id + 1,
+                slot: 0,
+            };
+            !target.slots.range(slots).any(|(_, &b)| b == backend)
+        })
         .collect();
     if !ended.is_empty() {
         ops.push(Op::ClearAffinity(ended));
@@ -407,29 +438,26 @@ pub fn diff(current: &MapState, target: &MapState) -> Vec<Op> {
     ops
 }
 
-fn puts<K: Ord, V: PartialEq>(
-    current: &BTreeMap<K, V>,
-    target: &BTreeMap<K, V>,
-    ops: &mut Vec<Op>,
-    op: impl Fn(&K, &V) -> Op,
+/// Walks two maps together in key order (linear, no lookups) and calls `each(key, new,
+/// old)` for every key whose value differs: `new` is `None` for a key only in `current`,
+/// `old` is `None` for a key only in `target`.
+fn merge<'a, K: Ord, V: PartialEq>(
+    current: &'a BTreeMap<K, V>,
+    target: &'a BTreeMap<K, V>,
+    mut each: impl FnMut(&'a K, Option<&'a V>, Option<&'a V>),
 ) {
+    let mut old = current.iter().peekable();
     for (k, v) in target {
-        if current.get(k) != Some(v) {
-            ops.push(op(k, v));
+        while let Some((ok, ov)) = old.next_if(|(ok, _)| *ok < k) {
+            each(ok, None, Some(ov));
+        }
+        match old.next_if(|(ok, _)| *ok == k) {
+            Some((_, ov)) if ov == v => {}
+            ov => each(k, Some(v), ov.map(|(_, ov)| ov)),
         }
     }
-}
-
-fn deletes<K: Ord, V>(
-    current: &BTreeMap<K, V>,
-    target: &BTreeMap<K, V>,
-    ops: &mut Vec<Op>,
-    op: impl Fn(&K) -> Op,
-) {
-    for k in current.keys() {
-        if !target.contains_key(k) {
-            ops.push(op(k));
-        }
+    for (ok, ov) in old {
+        each(ok, None, Some(ov));
     }
 }
 
