@@ -298,7 +298,7 @@ fn apply(text: &str, mutation: &Mutation) -> String {
                 .filter(|(_, line)| !line.trim_start().starts_with('#'))
                 .filter_map(|(i, line)| match line.find(": ") {
                     Some(at) => Some((i, at + 2)),
-                    None => line.ends_with(':').then(|| (i, line.len())),
+                    None => line.ends_with(':').then_some((i, line.len())),
                 })
                 .collect();
             if !anchorable.is_empty() {
