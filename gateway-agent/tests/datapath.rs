@@ -284,6 +284,56 @@ fn a_service_without_backends_drops_with_its_own_reason() {
 }
 
 #[test]
+fn a_service_whose_backends_were_all_removed_drops_new_and_established_flows() {
+    let mut h = Harness::new();
+    let (verdict, out) = h.ingress(&tcp_frame((CLIENT, 42000), (VIP_RANDOM, 80), Tcp::Syn, b""));
+    assert_eq!(verdict, OK);
+    let backend = ip_dst(&out);
+    // Its backend pods are gone: a re-plan leaves the service (still programmed, so its
+    // traffic is dropped and counted rather than forwarded) without any backend.
+    let mut desired = reference_state();
+    for f in &mut desired.frontends {
+        f.backends
+            .retain(|b| ![POD_A, POD_B].contains(&b.addr.octets()) || b.port != 8080);
+    }
+    assert!(desired.frontends[2].backends.is_empty());
+    h.program(&desired);
+    let service = h
+        .state
+        .services
+        .iter()
+        .find(|(k, _)| k.vip == VIP_RANDOM)
+        .unwrap()
+        .1;
+    assert_eq!(service.backend_count, 0);
+
+    // The established flow: dropped as its backend's, not moved, its replies untouched.
+    let established = tcp_frame((CLIENT, 42000), (VIP_RANDOM, 80), Tcp::Ack, b"more");
+    assert_eq!(h.ingress(&established), (SHOT, established.clone()));
+    assert_eq!(h.counter(Counter::DropBackendGone), 1);
+    let reply = tcp_frame(backend, (CLIENT, 42000), Tcp::Ack, b"late");
+    assert_eq!(h.egress(&reply), (PASS, reply.clone()));
+
+    // New flows, and a new connection on the established flow's tuple: nothing to balance
+    // them to.
+    for frame in [
+        tcp_frame((CLIENT, 42001), (VIP_RANDOM, 80), Tcp::Syn, b""),
+        tcp_frame((CLIENT, 42002), (VIP_RANDOM, 80), Tcp::Ack, b"x"),
+        tcp_frame((CLIENT, 42000), (VIP_RANDOM, 80), Tcp::Syn, b""),
+    ] {
+        assert_eq!(h.ingress(&frame), (SHOT, frame.clone()));
+    }
+    assert_eq!(h.counter(Counter::DropNoBackend), 3);
+    assert_eq!(h.counter(Counter::DropBackendGone), 1);
+    assert_eq!(h.counter(Counter::CtCreated), 1);
+
+    // Backends back: new flows are balanced again.
+    h.program(&reference_state());
+    let (verdict, _) = h.ingress(&tcp_frame((CLIENT, 42003), (VIP_RANDOM, 80), Tcp::Syn, b""));
+    assert_eq!(verdict, OK);
+}
+
+#[test]
 fn truncated_and_malformed_frames_are_never_rewritten() {
     let mut h = Harness::new();
     let good = tcp_frame((CLIENT, 40000), (VIP_AFFINITY, 80), Tcp::Ack, b"payload");
@@ -316,6 +366,38 @@ fn truncated_and_malformed_frames_are_never_rewritten() {
     }
     assert_eq!(h.counter(Counter::DropMalformed), cases.len() as u64);
     assert_eq!(h.counter(Counter::CtCreated), 0);
+}
+
+#[test]
+fn a_udp_length_past_the_ipv4_total_length_is_malformed() {
+    // Found by fuzz_frames: a datagram whose UDP length runs past the IPv4 packet was
+    // balanced and rewritten (the receiving stack drops it as truncated).
+    let mut h = Harness::new();
+    let good = udp_frame((CLIENT, 5000), (VIP_AFFINITY, 53), b"query");
+    let mut cases = Vec::new();
+    for udp_len in [14u16, 0xffff, 7, 0] {
+        let mut frame = good.clone();
+        frame[38..40].copy_from_slice(&udp_len.to_be_bytes());
+        cases.push(frame);
+    }
+    // Cut after the UDP header, the total length saying so, the UDP length still 13.
+    let mut cut = good[..42].to_vec();
+    cut[16..18].copy_from_slice(&28u16.to_be_bytes());
+    cut[24..26].copy_from_slice(&[0, 0]);
+    let csum = !(ones_sum(&cut[14..34], 0) as u16);
+    cut[24..26].copy_from_slice(&csum.to_be_bytes());
+    cases.push(cut);
+    for frame in &cases {
+        assert_eq!(h.ingress(frame), (SHOT, frame.clone()));
+    }
+    assert_eq!(h.counter(Counter::DropMalformed), cases.len() as u64);
+    // A reply lying the same way is not reverse-NATed either.
+    let (_, out) = h.ingress(&good);
+    assert_eq!(ip_dst(&out), (POD_A, 5353));
+    let mut reply = udp_frame((POD_A, 5353), (CLIENT, 5000), b"answer");
+    reply[38..40].copy_from_slice(&15u16.to_be_bytes());
+    assert_eq!(h.egress(&reply), (PASS, reply.clone()));
+    assert_eq!(h.counter(Counter::CtCreated), 1);
 }
 
 #[test]

@@ -76,7 +76,8 @@ pub fn ipv4(ctx: &TcContext) -> Option<*mut Ipv4Hdr> {
 /// Why an IPv4 packet cannot be load-balanced.
 #[derive(Clone, Copy)]
 pub enum Invalid {
-    /// Bad version, header length, total length, or truncated L4 header.
+    /// Bad version, header length, total length, TCP data offset or UDP length, or a
+    /// truncated L4 header.
     Malformed,
     /// A fragment: only the first carries ports, so no fragment can be balanced safely.
     Fragment,
@@ -181,7 +182,10 @@ pub fn flow(ctx: &TcContext, ip: *mut Ipv4Hdr) -> Result<Flow, Invalid> {
     } else {
         let udp = pull_at::<UdpHdr>(ctx, l4_off).ok_or(Invalid::Malformed)?;
         let udp = unsafe { &*udp };
-        if (u16::from_be_bytes(udp.len) as usize) < UdpHdr::LEN {
+        // The datagram must fit in the packet: a UDP length past the IPv4 total length is a
+        // truncated datagram the receiving stack drops, so not one to balance.
+        let udp_len = u16::from_be_bytes(udp.len) as usize;
+        if udp_len < UdpHdr::LEN || ihl + udp_len > tot_len {
             return Err(Invalid::Malformed);
         }
         Ok(Flow {

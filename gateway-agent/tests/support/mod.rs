@@ -3,7 +3,7 @@
 //! the agent's own plan code.
 #![allow(dead_code)] // each user takes what it needs
 
-use aya::programs::{TestRun, TestRunOptions};
+use aya::programs::{ProgramError, TestRun, TestRunOptions};
 use etherparse::PacketBuilder;
 use gateway_agent::{
     capacity::Capacity,
@@ -158,17 +158,25 @@ impl Harness {
 
     /// Like [`Harness::run`], with the kernel's measure of the program's run time (ns).
     pub fn run_timed(&mut self, program: &str, frame: &[u8]) -> (u32, Vec<u8>, u64) {
+        self.try_run(program, frame).unwrap()
+    }
+
+    /// Like [`Harness::run_timed`], or the kernel's refusal to make an skb of `frame`
+    /// (BPF_PROG_TEST_RUN refuses, for one, IPv4 frames too short for an IPv4 header).
+    pub fn try_run(
+        &mut self,
+        program: &str,
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>, u64), ProgramError> {
         let mut out = vec![0u8; frame.len() + 256];
         let prog = self.dp.program(program).unwrap();
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .unwrap();
+        let result = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })?;
         out.truncate(result.data_size_out as usize);
-        (result.return_value, out, result.duration.as_nanos() as u64)
+        Ok((result.return_value, out, result.duration.as_nanos() as u64))
     }
 
     pub fn ingress(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {

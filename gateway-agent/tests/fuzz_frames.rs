@@ -1,0 +1,1318 @@
+//! Bad input, tried and survived: random and mutated frames through the real programs
+//! (BPF_PROG_TEST_RUN), each one through ingress and through egress, judged by an oracle
+//! written here from the README's rules, not from the datapath's code.
+//!
+//! The oracle's rules:
+//! - ingress rewrites exactly the well-formed IPv4 TCP/UDP packets to a VIP port with
+//!   backends (DNAT to one of them); an ARP request for the announced VIP gets the exact
+//!   reply; every other frame comes out byte for byte unchanged, passed, or dropped with its
+//!   reason when it is addressed to a VIP (fragment, malformed, unknown port, no backend);
+//! - egress rewrites exactly the well-formed replies from a backend on a flow the ingress
+//!   side balanced to it (source back to the VIP port); everything else passes unchanged;
+//! - a rewrite changes only the address, the port and the two checksums, and keeps each
+//!   checksum's verdict: a packet whose checksums verify comes out with checksums that
+//!   verify, one whose checksums do not stays as wrong as it was (the datapath does not
+//!   verify checksums, the receiving stack does);
+//! - the counters move by exactly the reasons predicted.
+//!
+//! "Well-formed", as the README's drop reasons define it: version 4, a header length of at
+//! least 20 bytes, a total length that covers the IP header and the whole TCP or UDP
+//! header and lies within the frame (Ethernet padding after it is fine), a TCP data offset
+//! of at least 20 bytes within the total length, a UDP length of at least 8 within it, and
+//! not a fragment. IP options are carried opaquely, as are the checksums.
+//!
+//! Seeded: `FUZZ_SEED=<u64>` replays a run; a failure prints the seed, the frame's number
+//! and generator, the frame and the output in hex.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use gateway_common::{Counter, CtKey, proto};
+
+mod support;
+use support::*;
+
+/// Random frames on top of the deterministic truncation sweep.
+const RANDOM_FRAMES: usize = 100_000;
+const DEFAULT_SEED: u64 = 0x6761_7465_7761_7921;
+
+const ETH_IP: [u8; 2] = [0x08, 0x00];
+const ETH_ARP: [u8; 2] = [0x08, 0x06];
+const ETH_IPV6: [u8; 2] = [0x86, 0xdd];
+const ETH_VLAN: [u8; 2] = [0x81, 0x00];
+const ETH_QINQ: [u8; 2] = [0x88, 0xa8];
+
+/// SplitMix64: tiny, seedable, and the same on every machine.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn percent(&mut self, p: u64) -> bool {
+        self.next() % 100 < p
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+
+    fn u8(&mut self) -> u8 {
+        self.next() as u8
+    }
+
+    fn u16(&mut self) -> u16 {
+        self.next() as u16
+    }
+
+    fn addr(&mut self) -> [u8; 4] {
+        (self.next() as u32).to_be_bytes()
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.u8()).collect()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Building frames by hand, so that every field can be made wrong.
+
+/// One's complement sum, folded, with the two zeros taken as one (0xffff: verifies).
+fn residue(data: &[u8], initial: u32) -> u16 {
+    match ones_sum(data, initial) as u16 {
+        0 => 0xffff,
+        r => r,
+    }
+}
+
+fn fix_ip_checksum(frame: &mut [u8], ip: usize) {
+    let ihl = usize::from(frame[ip] & 0x0f) * 4;
+    if ihl < 20 || frame.len() < ip + ihl {
+        return;
+    }
+    frame[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
+    let sum = !(ones_sum(&frame[ip..ip + ihl], 0) as u16);
+    frame[ip + 10..ip + 12].copy_from_slice(&sum.to_be_bytes());
+}
+
+fn pseudo_header(src: &[u8], dst: &[u8], protocol: u8, len: usize) -> u32 {
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(src);
+    pseudo.extend_from_slice(dst);
+    pseudo.extend_from_slice(&[0, protocol]);
+    pseudo.extend_from_slice(&(len as u16).to_be_bytes());
+    ones_sum(&pseudo, 0)
+}
+
+/// An Ethernet + IPv4 frame of a well-formed TCP segment or UDP datagram, checksums right.
+#[derive(Clone)]
+struct Packet {
+    src: [u8; 4],
+    dst: [u8; 4],
+    protocol: u8,
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+    ip_options: Vec<u8>,
+    tcp_options: Vec<u8>,
+    payload: Vec<u8>,
+    /// A UDP checksum of zero: none.
+    udp_no_checksum: bool,
+    /// Bytes after the IPv4 packet (Ethernet padding, a trailer).
+    trailer: Vec<u8>,
+}
+
+impl Packet {
+    fn new(src: Endpoint, dst: Endpoint, protocol: u8) -> Self {
+        Packet {
+            src: src.0,
+            dst: dst.0,
+            protocol,
+            sport: src.1,
+            dport: dst.1,
+            tcp_flags: 0x02,
+            ip_options: Vec::new(),
+            tcp_options: Vec::new(),
+            payload: Vec::new(),
+            udp_no_checksum: false,
+            trailer: Vec::new(),
+        }
+    }
+
+    fn frame(&self) -> Vec<u8> {
+        let mut l4 = Vec::new();
+        l4.extend_from_slice(&self.sport.to_be_bytes());
+        l4.extend_from_slice(&self.dport.to_be_bytes());
+        if self.protocol == proto::TCP {
+            let doff = (20 + self.tcp_options.len()) / 4;
+            l4.extend_from_slice(&[0, 0, 0x10, 0x00, 0, 0, 0, 1]); // seq, ack
+            l4.extend_from_slice(&[(doff as u8) << 4, self.tcp_flags, 0xff, 0xff, 0, 0, 0, 0]);
+            l4.extend_from_slice(&self.tcp_options);
+        } else {
+            let len = (8 + self.payload.len()) as u16;
+            l4.extend_from_slice(&len.to_be_bytes());
+            l4.extend_from_slice(&[0, 0]);
+        }
+        l4.extend_from_slice(&self.payload);
+        let csum_at = if self.protocol == proto::TCP { 16 } else { 6 };
+        if !(self.protocol == proto::UDP && self.udp_no_checksum) {
+            let sum = pseudo_header(&self.src, &self.dst, self.protocol, l4.len());
+            let mut csum = !(ones_sum(&l4, sum) as u16);
+            if csum == 0 && self.protocol == proto::UDP {
+                csum = 0xffff;
+            }
+            l4[csum_at..csum_at + 2].copy_from_slice(&csum.to_be_bytes());
+        }
+
+        let ihl = 20 + self.ip_options.len();
+        let mut frame = Vec::with_capacity(14 + ihl + l4.len());
+        frame.extend_from_slice(&NODE_MAC);
+        frame.extend_from_slice(&CLIENT_MAC);
+        frame.extend_from_slice(&ETH_IP);
+        frame.push(0x40 | (ihl / 4) as u8);
+        frame.push(0);
+        frame.extend_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
+        frame.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, 64, self.protocol, 0, 0]);
+        frame.extend_from_slice(&self.src);
+        frame.extend_from_slice(&self.dst);
+        frame.extend_from_slice(&self.ip_options);
+        frame.extend_from_slice(&l4);
+        fix_ip_checksum(&mut frame, 14);
+        frame.extend_from_slice(&self.trailer);
+        frame
+    }
+}
+
+fn arp_frame(op: u16, sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut frame = arp_request(sender, target);
+    frame[20..22].copy_from_slice(&op.to_be_bytes());
+    frame
+}
+
+fn ipv6_frame(src: [u8; 16], dst: [u8; 16], next_header: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = NODE_MAC.to_vec();
+    frame.extend_from_slice(&CLIENT_MAC);
+    frame.extend_from_slice(&ETH_IPV6);
+    frame.extend_from_slice(&[0x60, 0, 0, 0]);
+    frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&[next_header, 64]);
+    frame.extend_from_slice(&src);
+    frame.extend_from_slice(&dst);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+// ---------------------------------------------------------------------------------------
+// The oracle.
+
+/// An address and a port.
+type Endpoint = ([u8; 4], u16);
+/// An address, a port and a protocol.
+type Socket = ([u8; 4], u16, u8);
+
+/// The services as programmed (the harness's reference state), as the oracle sees them.
+struct World {
+    /// (VIP, port, protocol) -> backends.
+    services: HashMap<Socket, Vec<Endpoint>>,
+    vips: Vec<[u8; 4]>,
+    /// VIPs announced on the interface the test frames arrive on.
+    announced: Vec<[u8; 4]>,
+    /// (backend address, port, protocol) -> the frontends (VIP, port) it serves.
+    frontends_of: HashMap<Socket, Vec<Endpoint>>,
+}
+
+impl World {
+    fn reference() -> Self {
+        let desired = reference_state();
+        let mut world = World {
+            services: HashMap::new(),
+            vips: Vec::new(),
+            announced: desired
+                .announcements
+                .iter()
+                .filter(|a| a.interface == "lo")
+                .map(|a| a.vip.octets())
+                .collect(),
+            frontends_of: HashMap::new(),
+        };
+        for f in &desired.frontends {
+            let protocol = match f.protocol {
+                gateway_agent::model::Protocol::Tcp => proto::TCP,
+                gateway_agent::model::Protocol::Udp => proto::UDP,
+            };
+            let vip = f.vip.octets();
+            let backends: Vec<Endpoint> = f
+                .backends
+                .iter()
+                .map(|b| (b.addr.octets(), b.port))
+                .collect();
+            for &(addr, port) in &backends {
+                world
+                    .frontends_of
+                    .entry((addr, port, protocol))
+                    .or_default()
+                    .push((vip, f.port));
+            }
+            world.services.insert((vip, f.port, protocol), backends);
+            if !world.vips.contains(&vip) {
+                world.vips.push(vip);
+            }
+        }
+        world
+    }
+}
+
+/// What the IPv4 header and the TCP/UDP header of a frame say, as far as they can be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    /// Not IPv4, or too short for the fixed IPv4 header: the destination cannot be read.
+    NotIpv4,
+    Malformed,
+    Fragment,
+    /// Neither TCP nor UDP.
+    OtherProtocol,
+    Flow(Flow),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Flow {
+    protocol: u8,
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    /// Offset of the L4 header, and of its checksum field.
+    l4: usize,
+    csum: usize,
+    /// Bytes the L4 checksum covers.
+    l4_len: usize,
+}
+
+/// The destination address, when the fixed IPv4 header is there to read it from, and the
+/// class of the packet.
+fn classify(frame: &[u8]) -> (Option<[u8; 4]>, Class) {
+    if frame.len() < 14 + 20 || frame[12..14] != ETH_IP {
+        return (None, Class::NotIpv4);
+    }
+    let ip = &frame[14..];
+    let dst: [u8; 4] = ip[16..20].try_into().unwrap();
+    let version = ip[0] >> 4;
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if version != 4 || ihl < 20 {
+        return (Some(dst), Class::Malformed);
+    }
+    let more_fragments = ip[6] & 0x20 != 0;
+    let offset = u16::from_be_bytes([ip[6] & 0x1f, ip[7]]);
+    if more_fragments || offset != 0 {
+        return (Some(dst), Class::Fragment);
+    }
+    let protocol = ip[9];
+    let l4_min = match protocol {
+        proto::TCP => 20,
+        proto::UDP => 8,
+        _ => return (Some(dst), Class::OtherProtocol),
+    };
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if total < ihl + l4_min || 14 + total > frame.len() {
+        return (Some(dst), Class::Malformed);
+    }
+    let l4 = 14 + ihl;
+    let covered = if protocol == proto::TCP {
+        let doff = usize::from(frame[l4 + 12] >> 4) * 4;
+        if doff < 20 || ihl + doff > total {
+            return (Some(dst), Class::Malformed);
+        }
+        total - ihl
+    } else {
+        let udp_len = usize::from(u16::from_be_bytes([frame[l4 + 4], frame[l4 + 5]]));
+        if udp_len < 8 || ihl + udp_len > total {
+            return (Some(dst), Class::Malformed);
+        }
+        udp_len
+    };
+    let port = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
+    let flow = Flow {
+        protocol,
+        src: ip[12..16].try_into().unwrap(),
+        dst,
+        sport: port(l4),
+        dport: port(l4 + 2),
+        l4,
+        csum: l4 + if protocol == proto::TCP { 16 } else { 6 },
+        l4_len: covered,
+    };
+    (Some(dst), Class::Flow(flow))
+}
+
+/// The two checksum residues of a flow's packet (0xffff: verifies); no L4 residue for a UDP
+/// datagram without checksum.
+fn residues(frame: &[u8], flow: &Flow) -> (u16, Option<u16>) {
+    let ihl = flow.l4 - 14;
+    let ip = residue(&frame[14..14 + ihl], 0);
+    if flow.protocol == proto::UDP && frame[flow.csum..flow.csum + 2] == [0, 0] {
+        return (ip, None);
+    }
+    let sum = pseudo_header(&frame[26..30], &frame[30..34], flow.protocol, flow.l4_len);
+    (
+        ip,
+        Some(residue(&frame[flow.l4..flow.l4 + flow.l4_len], sum)),
+    )
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Expect {
+    /// Passed on, unchanged.
+    Pass,
+    /// Dropped, unchanged, the counter moved by one.
+    Drop(Counter),
+    /// Turned into exactly this ARP reply and sent back out.
+    ArpReply(Vec<u8>),
+    /// Destination rewritten to one of these backends.
+    Dnat(Vec<Endpoint>),
+    /// Source rewritten to one of these frontends.
+    RevNat(Vec<Endpoint>),
+}
+
+impl Expect {
+    fn name(&self) -> String {
+        match self {
+            Expect::Pass => "pass".into(),
+            Expect::Drop(c) => c.name().into(),
+            Expect::ArpReply(_) => "arp_reply".into(),
+            Expect::Dnat(_) => "dnat".into(),
+            Expect::RevNat(_) => "rev_nat".into(),
+        }
+    }
+}
+
+fn expect_ingress(world: &World, frame: &[u8]) -> Expect {
+    if frame.len() >= 14 && frame[12..14] == ETH_ARP {
+        return expect_arp(world, frame);
+    }
+    let (dst, class) = classify(frame);
+    let Some(dst) = dst.filter(|d| world.vips.contains(d)) else {
+        return Expect::Pass;
+    };
+    match class {
+        Class::NotIpv4 => Expect::Pass,
+        Class::Malformed => Expect::Drop(Counter::DropMalformed),
+        Class::Fragment => Expect::Drop(Counter::DropFragment),
+        Class::OtherProtocol => Expect::Drop(Counter::DropUnknownPort),
+        Class::Flow(flow) => match world.services.get(&(dst, flow.dport, flow.protocol)) {
+            None => Expect::Drop(Counter::DropUnknownPort),
+            Some(backends) if backends.is_empty() => Expect::Drop(Counter::DropNoBackend),
+            Some(backends) => Expect::Dnat(backends.clone()),
+        },
+    }
+}
+
+fn expect_arp(world: &World, frame: &[u8]) -> Expect {
+    if frame.len() < 14 + 28 {
+        return Expect::Pass;
+    }
+    let arp = &frame[14..];
+    let (sha, spa, tpa) = (&arp[8..14], &arp[14..18], &arp[24..28]);
+    let request = arp[0..2] == [0, 1] // Ethernet
+        && arp[2..4] == ETH_IP
+        && arp[4] == 6
+        && arp[5] == 4
+        && arp[6..8] == [0, 1]
+        && spa != tpa; // gratuitous ARP asks nothing
+    if !request || !world.announced.iter().any(|v| v == tpa) {
+        return Expect::Pass;
+    }
+    let mut reply = Vec::with_capacity(frame.len());
+    reply.extend_from_slice(sha);
+    reply.extend_from_slice(&NODE_MAC);
+    reply.extend_from_slice(&ETH_ARP);
+    reply.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+    reply.extend_from_slice(&NODE_MAC);
+    reply.extend_from_slice(tpa);
+    reply.extend_from_slice(sha);
+    reply.extend_from_slice(spa);
+    reply.extend_from_slice(&frame[42..]);
+    Expect::ArpReply(reply)
+}
+
+/// A flow the ingress side balanced: (client, client port, protocol, VIP, VIP port).
+type FlowKey = ([u8; 4], u16, u8, [u8; 4], u16);
+
+fn expect_egress(world: &World, tracked: &HashMap<FlowKey, Endpoint>, frame: &[u8]) -> Expect {
+    let Class::Flow(flow) = classify(frame).1 else {
+        return Expect::Pass;
+    };
+    let backend = (flow.src, flow.sport);
+    let frontends: Vec<Endpoint> = world
+        .frontends_of
+        .get(&(flow.src, flow.sport, flow.protocol))
+        .into_iter()
+        .flatten()
+        .copied()
+        .filter(|&(vip, port)| {
+            tracked.get(&(flow.dst, flow.dport, flow.protocol, vip, port)) == Some(&backend)
+        })
+        .collect();
+    if frontends.is_empty() {
+        Expect::Pass
+    } else {
+        Expect::RevNat(frontends)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Running frames and judging the results.
+
+/// The counters whose every move the oracle predicts.
+const PREDICTED: [Counter; 8] = [
+    Counter::ArpReply,
+    Counter::RevNat,
+    Counter::DropUnknownPort,
+    Counter::DropNoBackend,
+    Counter::DropBackendGone,
+    Counter::DropFragment,
+    Counter::DropMalformed,
+    Counter::DropNatFailed,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Direction {
+    Ingress,
+    Egress,
+}
+
+struct Fuzzer {
+    h: Harness,
+    world: World,
+    seed: u64,
+    rng: Rng,
+    /// Flows balanced so far, with the backend each went to.
+    tracked: HashMap<FlowKey, Endpoint>,
+    /// The same keys, to pick from.
+    tracked_keys: Vec<FlowKey>,
+    /// Clients seen, to come back with (conntrack hits).
+    clients: Vec<Endpoint>,
+    /// The counters when last read, by `Counter as usize`.
+    counters: Vec<u64>,
+    /// Predicted counter moves since then, and what was run since then.
+    pending: Vec<u64>,
+    since_read: Vec<String>,
+    /// Frames run, by generator; outcomes, by direction and kind.
+    frames: BTreeMap<&'static str, usize>,
+    outcomes: BTreeMap<String, usize>,
+    refused: BTreeMap<String, usize>,
+    evicted: usize,
+    runs: usize,
+    /// Non-VIP addresses that share a VIP's filter bit.
+    twins: Vec<[u8; 4]>,
+}
+
+impl Fuzzer {
+    fn new(seed: u64) -> Self {
+        let h = Harness::new();
+        let counters = read_counters(&h);
+        Fuzzer {
+            h,
+            world: World::reference(),
+            seed,
+            rng: Rng(seed),
+            tracked: HashMap::new(),
+            tracked_keys: Vec::new(),
+            clients: vec![(CLIENT, 40000)],
+            counters,
+            pending: vec![0; Counter::COUNT as usize],
+            since_read: Vec::new(),
+            frames: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            evicted: 0,
+            runs: 0,
+            twins: filter_twins(),
+        }
+    }
+
+    fn fail(&self, n: usize, generator: &str, dir: Direction, frame: &[u8], why: String) -> ! {
+        panic!(
+            "seed {:#x} (FUZZ_SEED={}), frame #{n} from {generator:?}, {dir:?}:\n{why}\n\
+             frame: {}",
+            self.seed,
+            self.seed,
+            hex(frame)
+        )
+    }
+
+    /// Runs `frame` through ingress, then egress, and judges both.
+    fn run(&mut self, n: usize, generator: &'static str, frame: &[u8]) {
+        *self.frames.entry(generator).or_default() += 1;
+        for dir in [Direction::Ingress, Direction::Egress] {
+            self.run_one(n, generator, dir, frame);
+        }
+    }
+
+    fn run_one(&mut self, n: usize, generator: &'static str, dir: Direction, frame: &[u8]) {
+        let expect = match dir {
+            Direction::Ingress => expect_ingress(&self.world, frame),
+            Direction::Egress => expect_egress(&self.world, &self.tracked, frame),
+        };
+        let program = match dir {
+            Direction::Ingress => gateway_common::program_names::INGRESS,
+            Direction::Egress => gateway_common::program_names::EGRESS,
+        };
+        let (verdict, out) = match self.h.try_run(program, frame) {
+            Ok((verdict, out, _)) => (verdict, out),
+            Err(error) => {
+                // Only frames the kernel cannot make an skb of; the oracle says which.
+                if !kernel_refuses(frame) {
+                    self.fail(
+                        n,
+                        generator,
+                        dir,
+                        frame,
+                        format!("test_run failed: {error}"),
+                    );
+                }
+                *self.refused.entry(refusal(frame)).or_default() += 1;
+                return;
+            }
+        };
+        self.runs += 1;
+        let mut expect = expect;
+        if let Expect::RevNat(_) = &expect
+            && verdict == PASS
+            && out == frame
+            && self.evicted_from_conntrack(frame)
+        {
+            // The LRU table made room: the flow is no longer tracked, so not rewritten.
+            self.evicted += 1;
+            expect = Expect::Pass;
+        }
+        if let Err(why) = self.judge(&expect, frame, verdict, &out) {
+            let why = format!(
+                "expected {expect:?}, got verdict {verdict:#x}: {why}\noutput: {}",
+                hex(&out)
+            );
+            self.fail(n, generator, dir, frame, why);
+        }
+        let kind = format!("{dir:?} {}", expect.name()).to_lowercase();
+        *self.outcomes.entry(kind).or_default() += 1;
+
+        let moved = match &expect {
+            Expect::Drop(c) => Some(*c),
+            Expect::ArpReply(_) => Some(Counter::ArpReply),
+            Expect::RevNat(_) => Some(Counter::RevNat),
+            Expect::Pass | Expect::Dnat(_) => None,
+        };
+        if let Some(c) = moved {
+            self.pending[c as usize] += 1;
+        }
+        self.since_read
+            .push(format!("#{n} {generator} {dir:?} {}", hex(frame)));
+        if moved.is_some() || self.since_read.len() >= 512 {
+            self.check_counters(n, generator, dir, frame);
+        }
+    }
+
+    /// Whether the conntrack entry of the reply's flow is gone (LRU eviction).
+    fn evicted_from_conntrack(&self, frame: &[u8]) -> bool {
+        let Class::Flow(flow) = classify(frame).1 else {
+            return false;
+        };
+        self.world
+            .frontends_of
+            .get(&(flow.src, flow.sport, flow.protocol))
+            .into_iter()
+            .flatten()
+            .all(|&(vip, port)| {
+                let key = CtKey {
+                    client_addr: flow.dst,
+                    vip,
+                    client_port: flow.dport,
+                    vip_port: port,
+                    proto: flow.protocol,
+                    _pad: [0; 3],
+                };
+                self.h.dp.maps.conntrack.get(&key, 0).is_err()
+            })
+    }
+
+    fn judge(
+        &mut self,
+        expect: &Expect,
+        frame: &[u8],
+        verdict: u32,
+        out: &[u8],
+    ) -> Result<(), String> {
+        let unchanged = |want: u32| {
+            if verdict != want {
+                return Err(format!("verdict {verdict:#x}, expected {want:#x}"));
+            }
+            if out != frame {
+                return Err("the frame was changed".into());
+            }
+            Ok(())
+        };
+        match expect {
+            Expect::Pass => unchanged(PASS),
+            Expect::Drop(_) => unchanged(SHOT),
+            Expect::ArpReply(reply) => {
+                if verdict != REDIRECT || out != reply.as_slice() {
+                    return Err(format!("expected the reply {}", hex(reply)));
+                }
+                Ok(())
+            }
+            Expect::Dnat(backends) => {
+                let to = self.rewritten(frame, verdict, out, true)?;
+                if !backends.contains(&to) {
+                    return Err(format!("DNAT to {to:?}, not a backend of the service"));
+                }
+                let Class::Flow(flow) = classify(frame).1 else {
+                    unreachable!()
+                };
+                let key = (flow.src, flow.sport, flow.protocol, flow.dst, flow.dport);
+                if self.tracked.insert(key, to).is_none() {
+                    self.tracked_keys.push(key);
+                }
+                Ok(())
+            }
+            Expect::RevNat(frontends) => {
+                let from = self.rewritten(frame, verdict, out, false)?;
+                if !frontends.contains(&from) {
+                    return Err(format!("reverse NAT to {from:?}, not the flow's frontend"));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks a rewrite (of the destination or of the source) and returns the new address
+    /// and port.
+    fn rewritten(
+        &self,
+        frame: &[u8],
+        verdict: u32,
+        out: &[u8],
+        destination: bool,
+    ) -> Result<Endpoint, String> {
+        if verdict != OK {
+            return Err("expected TC_ACT_OK".into());
+        }
+        let Class::Flow(flow) = classify(frame).1 else {
+            unreachable!("only flows are rewritten")
+        };
+        if out.len() != frame.len() {
+            return Err("the length changed".into());
+        }
+        let (addr_at, port_at) = if destination {
+            (30, flow.l4 + 2)
+        } else {
+            (26, flow.l4)
+        };
+        let may_change = |i: usize| {
+            (24..26).contains(&i)
+                || (addr_at..addr_at + 4).contains(&i)
+                || (port_at..port_at + 2).contains(&i)
+                || (flow.csum..flow.csum + 2).contains(&i)
+        };
+        if let Some(i) = (0..frame.len()).find(|&i| frame[i] != out[i] && !may_change(i)) {
+            return Err(format!("byte {i} changed"));
+        }
+        let (ip_before, l4_before) = residues(frame, &flow);
+        let (ip_after, l4_after) = residues(out, &flow);
+        if ip_before != ip_after {
+            return Err(format!(
+                "IPv4 checksum residue {ip_before:#x} became {ip_after:#x}"
+            ));
+        }
+        if l4_before != l4_after {
+            return Err(format!(
+                "L4 checksum residue {l4_before:x?} became {l4_after:x?}"
+            ));
+        }
+        let ihl = flow.l4 - 14;
+        let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+        // The shared helper takes the L4 length from the IP header.
+        let helper_applies = flow.protocol == proto::TCP || flow.l4_len == total - ihl;
+        if ip_before == 0xffff && l4_before.is_none_or(|r| r == 0xffff) && helper_applies {
+            // A packet whose checksums verified: so do the output's.
+            assert_checksums(out);
+        }
+        Ok((
+            out[addr_at..addr_at + 4].try_into().unwrap(),
+            u16::from_be_bytes([out[port_at], out[port_at + 1]]),
+        ))
+    }
+
+    fn check_counters(&mut self, n: usize, generator: &str, dir: Direction, frame: &[u8]) {
+        let now = read_counters(&self.h);
+        for c in PREDICTED {
+            let moved = now[c as usize] - self.counters[c as usize];
+            let predicted = self.pending[c as usize];
+            if moved != predicted {
+                let why = format!(
+                    "counter {} moved by {moved}, predicted {predicted}, over these runs:\n{}",
+                    c.name(),
+                    self.since_read.join("\n")
+                );
+                self.fail(n, generator, dir, frame, why);
+            }
+        }
+        self.counters = now;
+        self.pending.fill(0);
+        self.since_read.clear();
+    }
+}
+
+fn read_counters(h: &Harness) -> Vec<u64> {
+    let mut counters = vec![0; Counter::COUNT as usize];
+    for (c, value) in h.dp.maps.counters().unwrap() {
+        counters[c as usize] = value;
+    }
+    counters
+}
+
+/// BPF_PROG_TEST_RUN makes an skb of the frame and refuses an IPv4 or IPv6 frame too short
+/// for its network header.
+fn kernel_refuses(frame: &[u8]) -> bool {
+    (frame[12..14] == ETH_IP && frame.len() < 14 + 20)
+        || (frame[12..14] == ETH_IPV6 && frame.len() < 14 + 40)
+}
+
+fn refusal(frame: &[u8]) -> String {
+    format!("EtherType {}", hex(&frame[12..14]))
+}
+
+// ---------------------------------------------------------------------------------------
+// Generators.
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+impl Fuzzer {
+    fn served(&self) -> Vec<Socket> {
+        let mut served: Vec<_> = self
+            .world
+            .services
+            .iter()
+            .filter(|(_, backends)| !backends.is_empty())
+            .map(|(&key, _)| key)
+            .collect();
+        served.sort();
+        served
+    }
+
+    /// A client, often one seen before (so flows come back to conntrack).
+    fn client(&mut self) -> Endpoint {
+        if self.rng.percent(30) {
+            return self.clients[self.rng.below(self.clients.len())];
+        }
+        let addr = if self.rng.percent(70) {
+            [192, 168, 10, self.rng.u8()]
+        } else {
+            self.rng.addr()
+        };
+        let port = if self.rng.percent(5) {
+            self.rng.pick(&[0, 1, 65535])
+        } else {
+            1024 + self.rng.below(64512) as u16
+        };
+        if self.clients.len() < 4096 {
+            self.clients.push((addr, port));
+        } else {
+            let i = self.rng.below(self.clients.len());
+            self.clients[i] = (addr, port);
+        }
+        (addr, port)
+    }
+
+    /// A VIP destination: mostly a served port, also the one without backends and ports
+    /// and protocols the VIP does not serve.
+    fn vip_target(&mut self) -> Socket {
+        let vip = self.rng.pick(&self.world.vips.clone());
+        match self.rng.below(10) {
+            0..=5 => {
+                let served = self.served();
+                served[self.rng.below(served.len())]
+            }
+            6 => (VIP_EMPTY, 80, proto::TCP),
+            7 => (
+                vip,
+                self.rng.u16(),
+                self.rng.pick(&[proto::TCP, proto::UDP]),
+            ),
+            8 => (vip, 80, proto::UDP),
+            _ => (vip, 53, proto::TCP),
+        }
+    }
+
+    fn tcp_flags(&mut self) -> u8 {
+        match self.rng.below(10) {
+            0..=3 => TCP_SYN,
+            4..=5 => TCP_ACK,
+            6 => TCP_ACK | 0x08,               // PSH
+            7 => TCP_ACK | 0x01,               // FIN
+            8 => self.rng.pick(&[0x04, 0x14]), // RST
+            _ => self.rng.u8(),
+        }
+    }
+
+    fn ip_options(&mut self) -> Vec<u8> {
+        let mut options = if self.rng.percent(60) {
+            match self.rng.below(5) {
+                0 => vec![1, 1, 1, 1],
+                1 => vec![0, 0, 0, 0],
+                2 => vec![7, 7, 4, 0, 0, 0, 0], // record route, one empty slot
+                3 => vec![68, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0], // timestamp
+                _ => vec![148, 4, 0, 0],        // router alert
+            }
+        } else {
+            let words = 1 + self.rng.below(10);
+            self.rng.bytes(words * 4)
+        };
+        while options.len() % 4 != 0 {
+            options.push(0);
+        }
+        options
+    }
+
+    /// Payload, TCP options, IP options and a missing UDP checksum, now and then.
+    fn dress(&mut self, p: &mut Packet) {
+        p.tcp_flags = self.tcp_flags();
+        let len = if self.rng.percent(50) {
+            0
+        } else {
+            self.rng.below(48)
+        };
+        p.payload = self.rng.bytes(len);
+        if self.rng.percent(10) {
+            p.tcp_options = match self.rng.below(3) {
+                0 => vec![2, 4, 5, 0xb4],
+                1 => vec![1, 1, 1, 1, 1, 1, 1, 0],
+                _ => {
+                    let words = 1 + self.rng.below(10);
+                    self.rng.bytes(words * 4)
+                }
+            };
+        }
+        if self.rng.percent(8) {
+            p.ip_options = self.ip_options();
+        }
+        p.udp_no_checksum = self.rng.percent(10);
+        if self.rng.percent(10) {
+            let len = 1 + self.rng.below(20);
+            p.trailer = self.rng.bytes(len);
+        }
+    }
+
+    fn vip_packet(&mut self) -> Packet {
+        let client = self.client();
+        let (vip, port, protocol) = self.vip_target();
+        let mut p = Packet::new(client, (vip, port), protocol);
+        self.dress(&mut p);
+        p
+    }
+
+    /// A reply from the backend of a balanced flow (often a recent one), now and then from
+    /// another port or to another client port: a flow that is not tracked.
+    fn reply_packet(&mut self) -> Packet {
+        if self.tracked_keys.is_empty() {
+            return self.vip_packet();
+        }
+        let n = self.tracked_keys.len();
+        let i = if self.rng.percent(50) {
+            n - 1 - self.rng.below(n.min(256))
+        } else {
+            self.rng.below(n)
+        };
+        let key = self.tracked_keys[i];
+        let (client, client_port, protocol, _, _) = key;
+        let (mut backend, mut backend_port) = self.tracked[&key];
+        let mut client_port = client_port;
+        match self.rng.below(20) {
+            0 => backend_port = backend_port.wrapping_add(1),
+            1 => client_port = client_port.wrapping_add(1),
+            2 => backend = self.rng.pick(&[POD_A, POD_B]),
+            _ => {}
+        }
+        let mut p = Packet::new((backend, backend_port), (client, client_port), protocol);
+        self.dress(&mut p);
+        p
+    }
+
+    fn non_vip_packet(&mut self) -> Packet {
+        let dst = loop {
+            let dst = match self.rng.below(4) {
+                0 => self.rng.addr(),
+                1 => [192, 168, 10, self.rng.u8()],
+                2 => NODE,
+                _ => self.twins[self.rng.below(self.twins.len())],
+            };
+            if !self.world.vips.contains(&dst) {
+                break dst;
+            }
+        };
+        let client = self.client();
+        let port = if self.rng.percent(50) {
+            80
+        } else {
+            self.rng.u16()
+        };
+        let protocol = self.rng.pick(&[proto::TCP, proto::UDP]);
+        let mut p = Packet::new(client, (dst, port), protocol);
+        self.dress(&mut p);
+        p
+    }
+
+    fn any_packet(&mut self) -> Packet {
+        match self.rng.below(5) {
+            0..=2 => self.vip_packet(),
+            3 => self.reply_packet(),
+            _ => self.non_vip_packet(),
+        }
+    }
+
+    fn arp(&mut self) -> Vec<u8> {
+        let sender = if self.rng.percent(80) {
+            [192, 168, 10, self.rng.u8()]
+        } else {
+            self.rng.addr()
+        };
+        let target = match self.rng.below(10) {
+            0..=4 => VIP_AFFINITY,
+            5 => VIP_RANDOM,
+            6 => sender, // gratuitous
+            7 => NODE,
+            _ => self.rng.addr(),
+        };
+        let mut frame = arp_frame(1, sender, target);
+        if self.rng.percent(30) {
+            let mac = self.rng.bytes(6); // another sender
+            frame[6..12].copy_from_slice(&mac);
+            frame[22..28].copy_from_slice(&mac);
+        }
+        if self.rng.percent(30) {
+            frame.resize(60, 0); // padded to the minimum frame
+            if self.rng.percent(50) {
+                let tail = self.rng.bytes(18);
+                frame[42..].copy_from_slice(&tail);
+            }
+        }
+        if self.rng.percent(50) {
+            match self.rng.below(7) {
+                0 => frame[14..16].copy_from_slice(&self.rng.u16().to_be_bytes()), // htype
+                1 => frame[16..18].copy_from_slice(&self.rng.u16().to_be_bytes()), // ptype
+                2 => frame[18] = self.rng.u8(),                                    // hlen
+                3 => frame[19] = self.rng.u8(),                                    // plen
+                4 => frame[20..22].copy_from_slice(&(self.rng.below(5) as u16).to_be_bytes()),
+                5 => {
+                    let cut = 14 + self.rng.below(frame.len() - 14);
+                    frame.truncate(cut);
+                }
+                _ => frame[0..6].copy_from_slice(&self.rng.bytes(6)), // unicast, anywhere
+            }
+        }
+        frame
+    }
+
+    fn ipv6(&mut self) -> Vec<u8> {
+        let p = self.vip_packet().frame();
+        let l4 = &p[14 + usize::from(p[14] & 0x0f) * 4..];
+        let any = self.rng.u8();
+        let next_header = self.rng.pick(&[proto::TCP, proto::UDP, 0, 58, any]);
+        let src: [u8; 16] = self.rng.bytes(16).try_into().unwrap();
+        // The destination: random, or a VIP as an IPv4-mapped address.
+        let mut dst = [0u8; 16];
+        if self.rng.percent(50) {
+            dst[10..12].copy_from_slice(&[0xff, 0xff]);
+            dst[12..].copy_from_slice(&self.rng.pick(&self.world.vips.clone()));
+        } else {
+            dst = self.rng.bytes(16).try_into().unwrap();
+        }
+        let mut frame = ipv6_frame(src, dst, next_header, l4);
+        if self.rng.percent(10) {
+            frame[12..14].copy_from_slice(&ETH_IP); // IPv6 under the IPv4 EtherType
+        }
+        frame
+    }
+
+    fn vlan(&mut self) -> Vec<u8> {
+        let inner = if self.rng.percent(20) {
+            arp_frame(1, CLIENT, VIP_AFFINITY)
+        } else {
+            self.vip_packet().frame()
+        };
+        let mut tci = self.rng.u16().to_be_bytes().to_vec();
+        let tags = match self.rng.below(3) {
+            0 => [ETH_VLAN.to_vec(), tci].concat(),
+            1 => {
+                let inner_tci = self.rng.u16().to_be_bytes().to_vec();
+                [ETH_QINQ.to_vec(), tci.clone(), ETH_VLAN.to_vec(), inner_tci].concat()
+            }
+            _ => {
+                tci.splice(0..0, [0x91, 0x00]); // the pre-standard QinQ tag
+                tci
+            }
+        };
+        [&inner[..12], &tags, &inner[12..]].concat()
+    }
+
+    /// A bad IHL, version, total length, UDP length or TCP data offset.
+    fn bad_lengths(&mut self) -> Vec<u8> {
+        let p = if self.rng.percent(80) {
+            self.vip_packet()
+        } else {
+            self.reply_packet()
+        };
+        let mut frame = p.frame();
+        let ihl = usize::from(frame[14] & 0x0f) * 4;
+        let l4 = 14 + ihl;
+        let total = u16::from_be_bytes([frame[16], frame[17]]);
+        match self.rng.below(5) {
+            0 => frame[14] = 0x40 | self.rng.below(16) as u8,
+            1 => frame[14] = (self.rng.below(16) as u8) << 4 | (frame[14] & 0x0f),
+            2 => {
+                let any = self.rng.u16();
+                let wrong = self.rng.pick(&[
+                    0,
+                    19,
+                    20,
+                    ihl as u16 + 7,
+                    ihl as u16 + 19,
+                    total - 1,
+                    total + 1,
+                    (frame.len() - 14 + 1) as u16,
+                    0xffff,
+                    any,
+                ]);
+                frame[16..18].copy_from_slice(&wrong.to_be_bytes());
+            }
+            3 if p.protocol == proto::UDP => {
+                let len = total - ihl as u16;
+                let any = self.rng.u16();
+                let wrong = self.rng.pick(&[0, 1, 7, len - 1, len + 1, 0xffff, any]);
+                frame[l4 + 4..l4 + 6].copy_from_slice(&wrong.to_be_bytes());
+            }
+            _ if p.protocol == proto::TCP => {
+                frame[l4 + 12] = (self.rng.below(16) as u8) << 4 | (frame[l4 + 12] & 0x0f);
+            }
+            _ => frame[16..18].copy_from_slice(&self.rng.u16().to_be_bytes()),
+        }
+        if self.rng.percent(80) {
+            fix_ip_checksum(&mut frame, 14);
+        }
+        frame
+    }
+
+    fn fragment(&mut self) -> Vec<u8> {
+        let mut frame = self.any_packet().frame();
+        let offset = 1 + self.rng.below(0x1fff) as u16;
+        let field: u16 = match self.rng.below(4) {
+            0 => 0x2000,          // the first fragment: MF, offset 0
+            1 => 0x2000 | offset, // a middle one
+            2 => offset,          // the last one
+            _ => 0x6000 | offset, // DF and MF together
+        };
+        frame[20..22].copy_from_slice(&field.to_be_bytes());
+        if self.rng.percent(80) {
+            fix_ip_checksum(&mut frame, 14);
+        }
+        frame
+    }
+
+    fn truncated(&mut self) -> Vec<u8> {
+        let mut frame = if self.rng.percent(15) {
+            arp_frame(1, CLIENT, VIP_AFFINITY)
+        } else {
+            self.any_packet().frame()
+        };
+        let cut = 14 + self.rng.below(frame.len() - 14);
+        frame.truncate(cut);
+        if frame[12..14] == ETH_IP && cut >= 34 && self.rng.percent(40) {
+            // Cut consistently: the total length says where the frame ends.
+            frame[16..18].copy_from_slice(&((cut - 14) as u16).to_be_bytes());
+            fix_ip_checksum(&mut frame, 14);
+        }
+        frame
+    }
+
+    fn random_bytes(&mut self) -> Vec<u8> {
+        let len = 14 + self.rng.below(300);
+        let mut frame = self.rng.bytes(len);
+        if self.rng.percent(60) {
+            let ether_type = self
+                .rng
+                .pick(&[ETH_IP, ETH_IP, ETH_ARP, ETH_IPV6, ETH_VLAN]);
+            frame[12..14].copy_from_slice(&ether_type);
+            if ether_type == ETH_IP && len >= 34 && self.rng.percent(50) {
+                let vip = self.rng.pick(&self.world.vips.clone());
+                frame[30..34].copy_from_slice(&vip);
+            }
+        }
+        frame
+    }
+
+    /// One random byte changed, often in the headers, with the IPv4 checksum now and then
+    /// made right again.
+    fn one_byte_changed(&mut self, mut frame: Vec<u8>) -> Vec<u8> {
+        let headers = (14 + 60 + 20).min(frame.len());
+        let i = if self.rng.percent(70) {
+            self.rng.below(headers)
+        } else {
+            self.rng.below(frame.len())
+        };
+        frame[i] ^= 1 + self.rng.below(255) as u8;
+        if self.rng.percent(30) {
+            fix_ip_checksum(&mut frame, 14);
+        }
+        frame
+    }
+
+    fn generate(&mut self) -> (&'static str, Vec<u8>) {
+        match self.rng.below(100) {
+            0..=13 => ("vip flow", self.vip_packet().frame()),
+            14..=31 => {
+                let frame = self.vip_packet().frame();
+                ("vip flow, one byte changed", self.one_byte_changed(frame))
+            }
+            32..=41 => ("reply", self.reply_packet().frame()),
+            42..=48 => {
+                let frame = self.reply_packet().frame();
+                ("reply, one byte changed", self.one_byte_changed(frame))
+            }
+            49..=54 => {
+                let mut p = self.any_packet();
+                p.ip_options = self.ip_options();
+                ("ip options", p.frame())
+            }
+            55..=60 => ("fragment", self.fragment()),
+            61..=68 => ("bad lengths", self.bad_lengths()),
+            69..=73 => ("truncated", self.truncated()),
+            74..=77 => ("vlan", self.vlan()),
+            78..=80 => ("ipv6", self.ipv6()),
+            81..=88 => ("arp", self.arp()),
+            89..=92 => ("random bytes", self.random_bytes()),
+            _ => {
+                let frame = self.non_vip_packet().frame();
+                if self.rng.percent(30) {
+                    ("not a vip, one byte changed", self.one_byte_changed(frame))
+                } else {
+                    ("not a vip", frame)
+                }
+            }
+        }
+    }
+
+    /// Every frame of a few templates cut at every length, as cut and with the IPv4 total
+    /// length saying where the cut is.
+    fn truncation_sweep(&mut self, n: &mut usize) {
+        let syn = Packet::new((CLIENT, 45000), (VIP_RANDOM, 80), proto::TCP).frame();
+        self.run(*n, "sweep: setup", &syn);
+        *n += 1;
+        let key = (CLIENT, 45000, proto::TCP, VIP_RANDOM, 80);
+        let backend = self.tracked[&key];
+
+        let mut tcp = Packet::new((CLIENT, 45001), (VIP_AFFINITY, 80), proto::TCP);
+        tcp.ip_options = vec![7, 7, 4, 0, 0, 0, 0, 0];
+        tcp.tcp_options = vec![2, 4, 5, 0xb4];
+        tcp.payload = b"GET / HTTP/1.1\r\n".to_vec();
+        let mut udp = Packet::new((CLIENT, 5353), (VIP_AFFINITY, 53), proto::UDP);
+        udp.payload = b"query".to_vec();
+        let mut reply = Packet::new(backend, (CLIENT, 45000), proto::TCP);
+        reply.tcp_flags = TCP_ACK;
+        reply.payload = b"HTTP/1.1 200 OK\r\n".to_vec();
+        let mut arp = arp_request(CLIENT, VIP_AFFINITY);
+        arp.resize(60, 0);
+        let mut vlan = tcp.frame();
+        vlan.splice(12..12, [0x81, 0x00, 0x00, 0x0a]);
+        let mut mapped_vip = [0u8; 16];
+        mapped_vip[10..].copy_from_slice(&[0xff, 0xff, 192, 168, 10, 49]);
+        let ipv6 = ipv6_frame([0xfd; 16], mapped_vip, proto::TCP, &tcp.frame()[14 + 28..]);
+        let templates = [tcp.frame(), udp.frame(), reply.frame(), arp, vlan, ipv6];
+        for template in templates {
+            for cut in 14..=template.len() {
+                let frame = &template[..cut];
+                self.run(*n, "sweep: cut", frame);
+                *n += 1;
+                if frame[12..14] == ETH_IP && cut >= 34 {
+                    let mut consistent = frame.to_vec();
+                    consistent[16..18].copy_from_slice(&((cut - 14) as u16).to_be_bytes());
+                    fix_ip_checksum(&mut consistent, 14);
+                    self.run(*n, "sweep: cut, total length too", &consistent);
+                    *n += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Addresses that share a VIP's filter bit: they take the datapath's slow way.
+fn filter_twins() -> Vec<[u8; 4]> {
+    let bits: Vec<_> = [VIP_AFFINITY, VIP_RANDOM, VIP_EMPTY]
+        .map(gateway_common::vip_filter_bit)
+        .to_vec();
+    (0u32..)
+        .map(|i| [10, (i >> 16) as u8, (i >> 8) as u8, i as u8])
+        .filter(|a| bits.contains(&gateway_common::vip_filter_bit(*a)))
+        .take(16)
+        .collect()
+}
+
+#[test]
+fn random_and_mutated_frames_are_rewritten_only_when_valid() {
+    let seed = std::env::var("FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_SEED);
+    eprintln!("fuzz_frames: seed {seed:#x} (FUZZ_SEED={seed})");
+    let mut f = Fuzzer::new(seed);
+    let mut n = 0;
+    f.truncation_sweep(&mut n);
+    for _ in 0..RANDOM_FRAMES {
+        let (generator, frame) = f.generate();
+        f.run(n, generator, &frame);
+        n += 1;
+    }
+    f.check_counters(n, "end", Direction::Egress, &[]);
+
+    eprintln!("{n} frames, {} program runs; by generator:", f.runs);
+    for (generator, count) in &f.frames {
+        eprintln!("  {count:7}  {generator}");
+    }
+    eprintln!("outcomes:");
+    for (outcome, count) in &f.outcomes {
+        eprintln!("  {count:7}  {outcome}");
+    }
+    eprintln!("refused by BPF_PROG_TEST_RUN: {:?}", f.refused);
+    eprintln!("replies whose flow the LRU evicted: {}", f.evicted);
+
+    assert!(n >= RANDOM_FRAMES);
+    // Every kind of outcome happened often enough for the properties to mean something.
+    for outcome in [
+        "ingress pass",
+        "ingress dnat",
+        "ingress arp_reply",
+        "ingress drop_unknown_port",
+        "ingress drop_no_backend",
+        "ingress drop_fragment",
+        "ingress drop_malformed",
+        "egress pass",
+        "egress rev_nat",
+    ] {
+        let count = f.outcomes.get(outcome).copied().unwrap_or(0);
+        assert!(count >= 500, "only {count} times {outcome}");
+    }
+}
