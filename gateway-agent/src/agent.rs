@@ -241,10 +241,12 @@ impl Agent {
                 self.applied = digest_before;
                 self.record.reloads += 1;
                 self.record.last_applied_unix = unix_now();
+                self.record.refused = 0;
             }
             Err(e) => {
                 error!("reload of {file} ({why}) refused, still serving the previous state: {e:#}");
                 self.record.last_error_unix = unix_now();
+                self.record.refused = 1;
                 write_text(&mut self.record.last_error, &format!("{e:#}"));
             }
         }

@@ -68,9 +68,11 @@ pub enum Op {
     DeleteRevNat(RevNatKey),
     /// Marks the backend removed: flows still pointing at it are dropped, not moved.
     DeactivateBackend(u32),
-    /// Affinity entries of these (service id, backend id) pairs point at a backend that no
-    /// longer serves the service.
-    ClearAffinity(BTreeSet<(u32, u32)>),
+    /// These backends (service id, backend id) no longer serve these services: their
+    /// affinity entries go, and their tracked flows are marked so the datapath drops them
+    /// (the backend may live on for another service, where the flow must not continue
+    /// half-NATed) rather than moving them mid-connection.
+    EndMemberships(BTreeSet<(u32, u32)>),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -433,7 +435,7 @@ pub fn diff(current: &MapState, target: &MapState) -> Vec<Op> {
         })
         .collect();
     if !ended.is_empty() {
-        ops.push(Op::ClearAffinity(ended));
+        ops.push(Op::EndMemberships(ended));
     }
     ops
 }
@@ -515,7 +517,7 @@ pub fn apply(state: &mut MapState, ops: &[Op]) {
             Op::DeactivateBackend(k) => {
                 state.backends.remove(k);
             }
-            Op::ResetBackendStats(_) | Op::ResetServiceStats(_) | Op::ClearAffinity(_) => {}
+            Op::ResetBackendStats(_) | Op::ResetServiceStats(_) | Op::EndMemberships(_) => {}
         }
     }
 }
@@ -697,7 +699,7 @@ mod tests {
         );
         assert!(ops.contains(&Op::DeactivateBackend(backend_id(&s1, POD_A))));
         // Affinity of ended memberships is cleared: a's members, and nothing of b's survivors.
-        let Some(Op::ClearAffinity(ended)) = ops.last() else {
+        let Some(Op::EndMemberships(ended)) = ops.last() else {
             panic!("{ops:?}")
         };
         let a = id_of(&s1, [192, 168, 10, 49]);

@@ -533,3 +533,48 @@ fn conntrack_evictions_of_a_full_table_can_be_counted() {
         "every flow beyond the table's size pushed one out"
     );
 }
+
+#[test]
+fn a_flow_whose_backend_left_its_service_is_dropped_even_if_the_backend_serves_another() {
+    let mut h = Harness::new();
+    // A flow to the external service on POD_A, and one to the internal service on POD_A.
+    let port = (46000u16..)
+        .find(|&p| {
+            let (_, out) = h.ingress(&tcp_frame((CLIENT, p), (VIP_RANDOM, 80), Tcp::Syn, b""));
+            ip_dst(&out).0 == POD_A
+        })
+        .unwrap();
+    let other = (47000u16..)
+        .find(|&p| {
+            let client = [192, 168, 10, (p % 200) as u8 + 20];
+            let (_, out) = h.ingress(&tcp_frame((client, p), (VIP_AFFINITY, 80), Tcp::Syn, b""));
+            ip_dst(&out).0 == POD_A
+        })
+        .unwrap();
+    // POD_A leaves the external service but still serves the internal one.
+    let mut desired = reference_state();
+    desired.frontends[2]
+        .backends
+        .retain(|b| b.addr != Ipv4Addr::from(POD_A));
+    h.program(&desired);
+    let gone = h.counter(Counter::DropBackendGone);
+    let frame = tcp_frame((CLIENT, port), (VIP_RANDOM, 80), Tcp::Ack, b"more");
+    assert_eq!(
+        h.ingress(&frame),
+        (SHOT, frame.clone()),
+        "not forwarded half-NATed"
+    );
+    assert_eq!(h.counter(Counter::DropBackendGone), gone + 1);
+    let client = [192, 168, 10, (other % 200) as u8 + 20];
+    let (v, out) = h.ingress(&tcp_frame(
+        (client, other),
+        (VIP_AFFINITY, 80),
+        Tcp::Ack,
+        b"more",
+    ));
+    assert_eq!(
+        (v, ip_dst(&out).0),
+        (OK, POD_A),
+        "the other service's flow goes on"
+    );
+}

@@ -360,6 +360,10 @@ pub struct AgentState {
     pub pid: u32,
     /// Reloads applied since the agent started.
     pub reloads: u32,
+    /// 1 while the file on disk is refused: the last reload failed, the state applied
+    /// before it is what is served.
+    pub refused: u32,
+    pub _pad: u32,
     pub started_unix: u64,
     pub last_applied_unix: u64,
     /// 0 when the last reload succeeded.
@@ -374,6 +378,8 @@ impl Default for AgentState {
         Self {
             pid: 0,
             reloads: 0,
+            refused: 0,
+            _pad: 0,
             started_unix: 0,
             last_applied_unix: 0,
             last_error_unix: 0,

@@ -86,7 +86,7 @@ mod tests {
         assert_eq!(size_of::<AffinityKey>(), 8);
         assert_eq!(size_of::<Affinity>(), 16);
         assert_eq!(size_of::<L2Entry>(), 16);
-        assert_eq!(size_of::<AgentState>(), 32 + 64 + 256 + 1024);
+        assert_eq!(size_of::<AgentState>(), 40 + 64 + 256 + 1024);
         assert_eq!(size_of::<RevNat>(), 4 + 8 * capacity::REVNAT_FRONTENDS);
         assert_eq!(size_of::<Traffic>(), 32);
     }

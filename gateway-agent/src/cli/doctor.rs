@@ -164,7 +164,7 @@ fn check_datapath(
             "start gateway-agent (systemctl start gateway-agent, or the DaemonSet's pod)",
         );
     }
-    if agent.last_error_unix > agent.last_applied_unix {
+    if agent.refused != 0 {
         f.add(
             Severity::Error,
             "configuration",

@@ -354,7 +354,7 @@ fn agent_view(state: &AgentState) -> AgentView {
         started_unix: state.started_unix,
         last_applied_unix: state.last_applied_unix,
         reloads: state.reloads,
-        rejected: (state.last_error_unix > state.last_applied_unix).then(|| RejectedView {
+        rejected: (state.refused != 0).then(|| RejectedView {
             at_unix: state.last_error_unix,
             error: read_text(&state.last_error).to_owned(),
         }),

@@ -181,12 +181,12 @@ impl Maps {
                 remove(&mut self.l2, k, "gw_l2")?;
                 remove(&mut self.garp, k, "gw_garp")?;
             }
-            Op::ClearAffinity(pairs) => self.clear_affinity(pairs)?,
+            Op::EndMemberships(pairs) => self.end_memberships(pairs)?,
         }
         Ok(())
     }
 
-    fn clear_affinity(&mut self, pairs: &BTreeSet<(u32, u32)>) -> Result<()> {
+    fn end_memberships(&mut self, pairs: &BTreeSet<(u32, u32)>) -> Result<()> {
         let stale: Vec<AffinityKey> = self
             .affinity
             .iter()
@@ -196,6 +196,25 @@ impl Maps {
             .collect();
         for k in stale {
             remove(&mut self.affinity, &k, "gw_affinity")?;
+        }
+        // The datapath keeps a flow only while its backend's address matches the entry's:
+        // clearing the entry's copy ends the flow the way a removed backend does.
+        let ended: Vec<(CtKey, CtEntry)> = self
+            .conntrack
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(_, v)| pairs.contains(&(v.service_id, v.backend_id)))
+            .collect();
+        for (k, mut v) in ended {
+            v.backend_addr = [0; 4];
+            v.backend_port = 0;
+            // BPF_EXIST: a flow that ended meanwhile is not brought back.
+            match self.conntrack.insert(k, v, 2) {
+                Ok(()) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).context("writing gw_ct"),
+            }
         }
         Ok(())
     }
