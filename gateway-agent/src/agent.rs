@@ -103,6 +103,9 @@ fn summary(desired: &DesiredState) -> String {
     )
 }
 
+/// An announcement that started: where, and the MAC it is answered from.
+type Announced = (L2Key, [u8; 6]);
+
 struct Agent {
     options: RunOptions,
     datapath: Datapath,
@@ -133,15 +136,33 @@ fn desired(
 }
 
 impl Agent {
-    /// Brings the maps to `desired`, make-before-break; returns the writes made.
-    fn apply(&mut self, desired: &DesiredState, interfaces: &[Interface]) -> Result<Vec<Op>> {
+    /// Brings the maps to `desired`, make-before-break; returns the number of writes and
+    /// the announcements that started.
+    fn apply(
+        &mut self,
+        desired: &DesiredState,
+        interfaces: &[Interface],
+    ) -> Result<(usize, Vec<Announced>)> {
         let target = plan::target(desired, interfaces, &self.state, &self.options.capacity)?;
-        let ops = plan::diff(&self.state, &target);
-        for op in &ops {
-            self.datapath.maps.apply(op)?;
-            plan::apply(&mut self.state, std::slice::from_ref(op));
+        let (mut writes, mut announced) = (0, Vec::new());
+        let maps = &mut self.datapath.maps;
+        let result = plan::diff_each(&self.state, &target, |op| {
+            maps.apply(&op)?;
+            writes += 1;
+            if let Op::PutL2(key, mac) = op {
+                announced.push((key, mac));
+            }
+            anyhow::Ok(())
+        });
+        match result {
+            Ok(()) => self.state = target,
+            // Some writes made it: what the maps hold now is the truth.
+            Err(e) => {
+                self.state = self.datapath.maps.read_state()?;
+                return Err(e);
+            }
         }
-        Ok(ops)
+        Ok((writes, announced))
     }
 
     fn start(options: RunOptions) -> Result<Self> {
@@ -183,7 +204,7 @@ impl Agent {
         ))?;
         agent.state = maps.read_state().context("adopting the pinned maps")?;
         let adopted = !agent.state.services.is_empty();
-        let writes = agent.apply(&desired, &interfaces)?.len();
+        let (writes, _) = agent.apply(&desired, &interfaces)?;
         // Attach only once the maps hold the full state: the first packet sees all of it.
         attach::attach_all(&mut agent.datapath, &agent.options.bpffs, &interfaces)?;
         // Every announcement is news after a (re)start: a node may have taken over meanwhile.
@@ -221,15 +242,13 @@ impl Agent {
         let result = (|| -> Result<String> {
             let interfaces = selected_interfaces(&self.options)?;
             let desired = desired(&self.options, &interfaces, &mut self.cache)?;
-            let ops = self.apply(&desired, &interfaces)?;
+            let (writes, announced) = self.apply(&desired, &interfaces)?;
             attach::attach_all(&mut self.datapath, &self.options.bpffs, &interfaces)?;
             let now = Instant::now();
-            for op in &ops {
-                if let Op::PutL2(key, mac) = op {
-                    self.garp.announce(*key, *mac, now);
-                }
+            for (key, mac) in announced {
+                self.garp.announce(key, mac, now);
             }
-            Ok(format!("{} ({} map writes)", summary(&desired), ops.len()))
+            Ok(format!("{} ({writes} map writes)", summary(&desired)))
         })();
         let file = self.options.config.display();
         match result {
