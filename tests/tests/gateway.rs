@@ -816,3 +816,40 @@ fn an_agent_started_with_a_bad_file_exits_and_touches_nothing() -> Result<()> {
     assert!(!net.contains("gw_"), "nothing attached: {net}");
     Ok(())
 }
+
+#[test]
+fn a_local_endpoint_becoming_ready_starts_the_announcement_with_gratuitous_arp() -> Result<()> {
+    // No ready pod anywhere for the external service: nobody announces .50.
+    let mut spec = two_local_backends_spec(&lab::unique_prefix("gwp"));
+    spec.pod_mut("envoy-w1a").ready = false;
+    spec.pod_mut("envoy-w1b").ready = false;
+    let c = Cluster::up(spec.clone(), &["w1"])?;
+    let w1 = c.agent("w1");
+    assert!(!w1.announced()?.contains(&VIP_EXTERNAL));
+    assert!(c.lab.client().arping(VIP_EXTERNAL)?.is_empty());
+    // envoy-w1a becomes ready: w1 is elected and says so at once.
+    spec.pod_mut("envoy-w1a").ready = true;
+    std::fs::write(&c.config, lab::config_yaml(&spec)?)?;
+    w1.reload()?;
+    let mut garp = 0;
+    for _ in 0..100 {
+        let l2 = w1.json(&["l2", "list"])?;
+        garp = l2
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["vip"] == VIP_EXTERNAL.to_string().as_str())
+            .map(|a| a["garp_sent"].as_u64().unwrap())
+            .sum();
+        if garp >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(garp >= 2, "gratuitous ARP for the new announcement: {garp}");
+    assert_eq!(
+        c.lab.client().arping(VIP_EXTERNAL)?,
+        vec![c.lab.node("w1").mac().to_owned()]
+    );
+    Ok(())
+}
