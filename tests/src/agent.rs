@@ -1,5 +1,6 @@
 //! The gateway agent running on a lab node, and its CLI run there.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -151,6 +152,25 @@ impl Agent {
         let out = self.cli(&args)?;
         serde_json::from_str(&out)
             .with_context(|| format!("parsing `{}` output: {out}", args.join(" ")))
+    }
+
+    /// The backend addresses (`ip:port`) programmed for `frontend` (`VIP:port/PROTO`).
+    pub fn backends(&self, frontend: &str) -> Result<BTreeSet<String>> {
+        let lb = self.json(&["lb", "list"])?;
+        let mut backends = BTreeSet::new();
+        for f in lb.as_array().context("lb list is not a list")? {
+            if f["frontend"] == frontend {
+                for b in f["backends"].as_array().context("backends")? {
+                    backends.insert(b["address"].as_str().context("address")?.to_owned());
+                }
+            }
+        }
+        Ok(backends)
+    }
+
+    /// The reload `status` reports as refused (null when the last one was applied).
+    pub fn refused_reload(&self) -> Result<Value> {
+        Ok(self.json(&["status"])?["agent"]["rejected"].clone())
     }
 
     /// The VIPs this node answers ARP for.

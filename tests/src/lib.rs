@@ -15,3 +15,24 @@ pub mod http;
 pub mod lab;
 pub mod netns;
 pub mod process;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+/// Probes until `done` holds of the value or `timeout` passes; returns the last value seen,
+/// so the caller's assertion on it says what was there when the wait ended.
+pub fn eventually<T>(
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<T>,
+    done: impl Fn(&T) -> bool,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let value = probe()?;
+        if done(&value) || Instant::now() > deadline {
+            return Ok(value);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}

@@ -15,6 +15,10 @@ use gateway_tests::netns::Netns;
 
 const VIP_INTERNAL: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 49);
 const VIP_EXTERNAL: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 50);
+/// How `lb list` names the external gateway's frontend.
+const FRONTEND_EXTERNAL: &str = "192.168.10.50:80/TCP";
+/// How long a reload, a refusal or gratuitous ARP may take to show.
+const WAIT: Duration = Duration::from_secs(5);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 10);
 const CLIENT_2: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 11);
 
@@ -468,35 +472,16 @@ fn sighup_applies_a_changed_file_and_a_bad_file_changes_nothing() -> Result<()> 
     let mut spec = two_local_backends_spec(&lab::unique_prefix("gwj"));
     let c = Cluster::up(spec.clone(), &["w1"])?;
     let w1 = c.agent("w1");
-    let backends = |agent: &Agent| -> Result<BTreeSet<String>> {
-        let lb = agent.json(&["lb", "list"])?;
-        Ok(lb
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|f| f["frontend"] == "192.168.10.50:80/TCP")
-            .flat_map(|f| f["backends"].as_array().unwrap().iter())
-            .map(|b| b["address"].as_str().unwrap().to_owned())
-            .collect())
-    };
-    let wait_for = |what: &str, done: &dyn Fn() -> Result<bool>| -> Result<()> {
-        for _ in 0..200 {
-            if done()? {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        bail!("timed out waiting for {what}:\n{}", w1.log())
-    };
-    assert_eq!(backends(w1)?.len(), 2);
+    let backends = || w1.backends(FRONTEND_EXTERNAL);
+    assert_eq!(backends()?.len(), 2);
 
     // envoy-w1b stops being ready: after SIGHUP only envoy-w1a serves.
     spec.pod_mut("envoy-w1b").ready = false;
     std::fs::write(&c.config, lab::config_yaml(&spec)?)?;
     w1.reload()?;
-    wait_for("the reload", &|| {
-        Ok(backends(w1)? == BTreeSet::from(["10.244.1.10:8080".to_owned()]))
-    })?;
+    let only_w1a = BTreeSet::from(["10.244.1.10:8080".to_owned()]);
+    let after = gateway_tests::eventually(WAIT, backends, |b| *b == only_w1a)?;
+    assert_eq!(after, only_w1a, "{}", w1.log());
     for _ in 0..6 {
         assert_eq!(
             c.get(&format!("http://{VIP_EXTERNAL}/"), None)?.backend,
@@ -510,17 +495,13 @@ fn sighup_applies_a_changed_file_and_a_bad_file_changes_nothing() -> Result<()> 
         "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {type: LoadBalancer, ports: [{port: 99999}]}\n",
     )?;
     w1.reload()?;
-    wait_for("the refusal", &|| Ok(w1.log().contains("reload of")))?;
-    let log = w1.log();
+    let log = gateway_tests::eventually(WAIT, || Ok(w1.log()), |l| l.contains("reload of"))?;
     assert!(log.contains("still serving the previous state"), "{log}");
     assert!(
         log.contains("Service/default/x: spec.ports[0].port"),
         "names object and field: {log}"
     );
-    assert_eq!(
-        backends(w1)?,
-        BTreeSet::from(["10.244.1.10:8080".to_owned()])
-    );
+    assert_eq!(backends()?, only_w1a);
     assert_eq!(
         c.get(&format!("http://{VIP_EXTERNAL}/"), None)?.backend,
         "envoy-w1a"
@@ -560,18 +541,15 @@ fn a_node_that_starts_announcing_sends_gratuitous_arp_and_clients_move_at_once()
     ])?;
     c.start("w1")?;
     let w1_mac = c.lab.node("w1").mac().to_owned();
-    let mut moved = false;
-    for _ in 0..100 {
-        if client_neighbour(&c.lab, VIP_EXTERNAL)?.as_deref() == Some(w1_mac.as_str()) {
-            moved = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        moved,
-        "the client's cache still says {:?}",
-        client_neighbour(&c.lab, VIP_EXTERNAL)?
+    let neighbour = gateway_tests::eventually(
+        WAIT,
+        || client_neighbour(&c.lab, VIP_EXTERNAL),
+        |mac| mac.as_deref() == Some(w1_mac.as_str()),
+    )?;
+    assert_eq!(
+        neighbour.as_deref(),
+        Some(w1_mac.as_str()),
+        "the client's cache still says {neighbour:?}"
     );
     // Counted per announcement: both forms, for a few rounds.
     std::thread::sleep(Duration::from_millis(2500));
@@ -591,31 +569,15 @@ fn a_changed_file_is_applied_without_a_signal_and_status_shows_a_refused_one() -
     let mut spec = two_local_backends_spec(&lab::unique_prefix("gwl"));
     let c = Cluster::up(spec.clone(), &["w1"])?;
     let w1 = c.agent("w1");
-    let lb_backends = || -> Result<usize> {
-        let lb = w1.json(&["lb", "list"])?;
-        Ok(lb
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|f| f["frontend"] == "192.168.10.50:80/TCP")
-            .map(|f| f["backends"].as_array().unwrap().len())
-            .sum())
-    };
+    let lb_backends = || Ok(w1.backends(FRONTEND_EXTERNAL)?.len());
     assert_eq!(lb_backends()?, 2);
     // An editor-style replace: write elsewhere, rename over the file.
     spec.pod_mut("envoy-w1b").ready = false;
     let tmp = c.config.with_extension("tmp");
     std::fs::write(&tmp, lab::config_yaml(&spec)?)?;
     std::fs::rename(&tmp, &c.config)?;
-    let mut applied = false;
-    for _ in 0..100 {
-        if lb_backends()? == 1 {
-            applied = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(applied, "{}", w1.log());
+    let after = gateway_tests::eventually(WAIT, lb_backends, |n| *n == 1)?;
+    assert_eq!(after, 1, "{}", w1.log());
     assert!(w1.log().contains("(file changed)"), "{}", w1.log());
     let status = w1.json(&["status"])?;
     assert_eq!(status["agent"]["reloads"], 1);
@@ -626,14 +588,7 @@ fn a_changed_file_is_applied_without_a_signal_and_status_shows_a_refused_one() -
         &c.config,
         "kind: Service\napiVersion: v1\nmetadata: {name: broken}\nspec: {type: LoadBalancer, ports: [{port: 70000}]}\n",
     )?;
-    let mut rejected = serde_json::Value::Null;
-    for _ in 0..100 {
-        rejected = w1.json(&["status"])?["agent"]["rejected"].clone();
-        if !rejected.is_null() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let rejected = gateway_tests::eventually(WAIT, || w1.refused_reload(), |r| !r.is_null())?;
     assert!(
         rejected["error"]
             .as_str()
@@ -766,14 +721,7 @@ fn objects_that_do_not_fit_the_maps_are_refused_and_the_previous_state_serves() 
     spec.services.push(extra);
     std::fs::write(&config, lab::config_yaml(&spec)?)?;
     w1.reload()?;
-    let mut rejected = serde_json::Value::Null;
-    for _ in 0..100 {
-        rejected = w1.json(&["status"])?["agent"]["rejected"].clone();
-        if !rejected.is_null() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let rejected = gateway_tests::eventually(WAIT, || w1.refused_reload(), |r| !r.is_null())?;
     let error = rejected["error"].as_str().unwrap_or_default();
     assert!(
         error.contains("6 services needed but the datapath holds at most 5"),
@@ -831,21 +779,17 @@ fn a_local_endpoint_becoming_ready_starts_the_announcement_with_gratuitous_arp()
     spec.pod_mut("envoy-w1a").ready = true;
     std::fs::write(&c.config, lab::config_yaml(&spec)?)?;
     w1.reload()?;
-    let mut garp = 0;
-    for _ in 0..100 {
+    let garp_sent = || -> Result<u64> {
         let l2 = w1.json(&["l2", "list"])?;
-        garp = l2
+        Ok(l2
             .as_array()
             .unwrap()
             .iter()
             .filter(|a| a["vip"] == VIP_EXTERNAL.to_string().as_str())
             .map(|a| a["garp_sent"].as_u64().unwrap())
-            .sum();
-        if garp >= 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            .sum())
+    };
+    let garp = gateway_tests::eventually(WAIT, garp_sent, |n| *n >= 2)?;
     assert!(garp >= 2, "gratuitous ARP for the new announcement: {garp}");
     assert_eq!(
         c.lab.client().arping(VIP_EXTERNAL)?,
