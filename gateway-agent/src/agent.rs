@@ -24,7 +24,7 @@ use crate::{
     capacity::Capacity,
     config::{self, DocumentCache},
     datapath::{Datapath, LoadOptions, attach, bpffs, garp, interfaces},
-    model::{self, DesiredState},
+    model::{self, DesiredState, ModelCache},
     plan::{self, Interface, MapState, Op},
 };
 
@@ -110,7 +110,11 @@ struct Agent {
     options: RunOptions,
     datapath: Datapath,
     state: MapState,
+    /// What `state` was planned from, so that a reload plans only what changed; `None` when
+    /// the maps hold something else (adopted at start, or a failed write).
+    planned: Option<DesiredState>,
     cache: DocumentCache,
+    model_cache: ModelCache,
     /// What `status` shows about this agent, pinned in `gw_agent`.
     record: AgentState,
     /// The file contents last applied.
@@ -124,11 +128,12 @@ fn desired(
     options: &RunOptions,
     interfaces: &[Interface],
     cache: &mut DocumentCache,
+    model_cache: &mut ModelCache,
 ) -> Result<DesiredState> {
     let config = config::load_cached(&options.config, cache).map_err(anyhow::Error::new)?;
     let names: Vec<String> = interfaces.iter().map(|i| i.name.clone()).collect();
-    let desired =
-        model::desired_state(&config, &options.node_name, &names).map_err(anyhow::Error::new)?;
+    let desired = model::desired_state_cached(&config, &options.node_name, &names, model_cache)
+        .map_err(anyhow::Error::new)?;
     for w in &desired.warnings {
         warn!("{w}");
     }
@@ -140,24 +145,43 @@ impl Agent {
     /// the announcements that started.
     fn apply(
         &mut self,
-        desired: &DesiredState,
+        desired: DesiredState,
         interfaces: &[Interface],
     ) -> Result<(usize, Vec<Announced>)> {
-        let target = plan::target(desired, interfaces, &self.state, &self.options.capacity)?;
+        let limits = &self.options.capacity;
         let (mut writes, mut announced) = (0, Vec::new());
         let maps = &mut self.datapath.maps;
-        let result = plan::diff_each(&self.state, &target, |op| {
+        let mut write = |op| {
             maps.apply(&op)?;
             writes += 1;
             if let Op::PutL2(key, mac) = op {
                 announced.push((key, mac));
             }
             anyhow::Ok(())
-        });
+        };
+        let result = match &self.planned {
+            Some(previous) => {
+                let change = plan::change(&self.state, previous, &desired, interfaces, limits)?;
+                let result = plan::diff_each(&change.before, &change.after, &mut write);
+                if result.is_ok() {
+                    self.state.apply(change);
+                }
+                result
+            }
+            None => {
+                let target = plan::target(&desired, interfaces, &self.state, limits)?;
+                let result = plan::diff_each(&self.state, &target, &mut write);
+                if result.is_ok() {
+                    self.state = target;
+                }
+                result
+            }
+        };
         match result {
-            Ok(()) => self.state = target,
+            Ok(()) => self.planned = Some(desired),
             // Some writes made it: what the maps hold now is the truth.
             Err(e) => {
+                self.planned = None;
                 self.state = self.datapath.maps.read_state()?;
                 return Err(e);
             }
@@ -171,8 +195,8 @@ impl Agent {
         // Validate everything before touching the kernel: a bad file must not replace (or
         // even pin anything next to) what a previous run left serving.
         let interfaces = selected_interfaces(&options)?;
-        let mut cache = DocumentCache::default();
-        let desired = desired(&options, &interfaces, &mut cache)?;
+        let (mut cache, mut model_cache) = (DocumentCache::default(), ModelCache::default());
+        let desired = desired(&options, &interfaces, &mut cache, &mut model_cache)?;
         bpffs::prepare(&options.bpffs)?;
         let datapath = Datapath::load(&LoadOptions {
             capacity: options.capacity,
@@ -190,7 +214,9 @@ impl Agent {
             options,
             datapath,
             state: MapState::default(),
+            planned: None,
             cache,
+            model_cache,
             record,
             applied: None,
             garp: garp::Schedule::default(),
@@ -204,7 +230,8 @@ impl Agent {
         ))?;
         agent.state = maps.read_state().context("adopting the pinned maps")?;
         let adopted = !agent.state.services.is_empty();
-        let (writes, _) = agent.apply(&desired, &interfaces)?;
+        let summary = summary(&desired);
+        let (writes, _) = agent.apply(desired, &interfaces)?;
         // Attach only once the maps hold the full state: the first packet sees all of it.
         attach::attach_all(&mut agent.datapath, &agent.options.bpffs, &interfaces)?;
         // Every announcement is news after a (re)start: a node may have taken over meanwhile.
@@ -219,7 +246,7 @@ impl Agent {
             "node {}: serving after {:.1?}: {} ({} map writes{}); programs on {}",
             agent.options.node_name,
             started.elapsed(),
-            summary(&desired),
+            summary,
             writes,
             if adopted {
                 ", adopted the pinned state"
@@ -241,14 +268,20 @@ impl Agent {
         let digest_before = digest(&self.options.config);
         let result = (|| -> Result<String> {
             let interfaces = selected_interfaces(&self.options)?;
-            let desired = desired(&self.options, &interfaces, &mut self.cache)?;
-            let (writes, announced) = self.apply(&desired, &interfaces)?;
+            let desired = desired(
+                &self.options,
+                &interfaces,
+                &mut self.cache,
+                &mut self.model_cache,
+            )?;
+            let summary = summary(&desired);
+            let (writes, announced) = self.apply(desired, &interfaces)?;
             attach::attach_all(&mut self.datapath, &self.options.bpffs, &interfaces)?;
             let now = Instant::now();
             for (key, mac) in announced {
                 self.garp.announce(key, mac, now);
             }
-            Ok(format!("{} ({writes} map writes)", summary(&desired)))
+            Ok(format!("{summary} ({writes} map writes)"))
         })();
         let file = self.options.config.display();
         match result {

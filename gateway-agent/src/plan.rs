@@ -163,19 +163,15 @@ pub fn target(
     let mut next = MapState::default();
 
     // Backends: one id per distinct (address, port, protocol).
-    let current_backend_ids: BTreeMap<(Ipv4, u16, u8), u32> = current
+    let current_backend_ids: BTreeMap<BackendKey, u32> = current
         .backends
         .iter()
         .map(|(&id, b)| ((b.addr, b.port, b.proto), id))
         .collect();
-    let wanted: BTreeSet<(Ipv4, u16, u8)> = desired
+    let wanted: BTreeSet<BackendKey> = desired
         .frontends
         .iter()
-        .flat_map(|f| {
-            f.backends
-                .iter()
-                .map(move |b| (b.addr.octets(), b.port, proto_number(f.protocol)))
-        })
+        .flat_map(|f| f.backends.iter().map(move |b| backend_key(f, b)))
         .collect();
     let mut backend_ids = IdAllocator::new(
         wanted
@@ -205,12 +201,6 @@ pub fn target(
     }
 
     // Services (frontends).
-    let service_key = |f: &crate::model::Frontend| ServiceKey {
-        vip: f.vip.octets(),
-        port: f.port,
-        proto: proto_number(f.protocol),
-        _pad: 0,
-    };
     let mut service_ids = IdAllocator::new(
         desired
             .frontends
@@ -227,54 +217,15 @@ pub fn target(
             Some(s) => s.id,
             None => service_ids.take(desired.frontends.len())?,
         };
-        let affinity = f.affinity_timeout_secs;
-        next.services.insert(
-            key,
-            Service {
-                affinity_timeout_ns: affinity.map_or(0, |s| u64::from(s) * timeouts::NS_PER_SEC),
-                id,
-                backend_count: u16::try_from(f.backends.len()).map_err(|_| {
-                    PlanError::Capacity {
-                        what: "backends in one service",
-                        needed: f.backends.len(),
-                        max: u16::MAX.into(),
-                    }
-                })?,
-                flags: if affinity.is_some() {
-                    SERVICE_F_AFFINITY
-                } else {
-                    0
-                },
-            },
-        );
-        let name = if f.port_name.is_empty() {
-            format!("{}/{}:{}", f.service.namespace, f.service.name, f.port)
-        } else {
-            format!("{}/{}:{}", f.service.namespace, f.service.name, f.port_name)
-        };
-        next.names.insert(id, name);
+        next.services.insert(key, service_entry(f, id)?);
+        next.names.insert(id, service_name(f));
         for (slot, b) in f.backends.iter().enumerate() {
-            let bkey = (b.addr.octets(), b.port, key.proto);
-            next.slots.insert(
-                SlotKey {
-                    service_id: id,
-                    slot: slot as u32 + 1,
-                },
-                backend_id_of[&bkey],
-            );
+            let bkey = backend_key(f, b);
+            next.slots.insert(slot_key(id, slot), backend_id_of[&bkey]);
             frontends_of_backend
-                .entry(RevNatKey {
-                    addr: bkey.0,
-                    port: bkey.1,
-                    proto: bkey.2,
-                    _pad: 0,
-                })
+                .entry(revnat_key(bkey))
                 .or_default()
-                .insert(RevNatFrontend {
-                    vip: key.vip,
-                    port: key.port,
-                    _pad: 0,
-                });
+                .insert(revnat_frontend(&key));
         }
         next.vips.entry(VipKey { addr: key.vip }).or_default().ports += 1;
         let bit = vip_filter_bit(key.vip);
@@ -289,39 +240,397 @@ pub fn target(
     }
 
     for (key, frontends) in frontends_of_backend {
-        if frontends.len() > capacity::REVNAT_FRONTENDS {
-            return Err(PlanError::TooManyFrontends {
-                backend: format!("{}:{}", Ipv4Addr::from(key.addr), key.port),
-                frontends: frontends
-                    .iter()
-                    .map(|f| format!("{}:{}", Ipv4Addr::from(f.vip), f.port))
-                    .collect(),
-            });
+        next.revnat.insert(key, revnat_entry(&key, &frontends)?);
+    }
+    next.l2 = announced(desired, interfaces);
+    Ok(next)
+}
+
+/// What a re-plan changes: every entry it touches, as the maps hold it now (`before`) and as
+/// it must become (`after`; a key missing there goes). [`diff_each`] of the two is the
+/// writes, and `MapState::apply` brings the state along once they are made.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Change {
+    pub before: MapState,
+    pub after: MapState,
+}
+
+/// The same as [`target`] followed by a [`diff`] against `current`, computed from what
+/// changed between `previous` and `desired` only: a reload that changes one service of
+/// 10,000 touches that service's entries, not everyone's. `current` must be what `target`
+/// made of `previous` (any interfaces: announcements are recomputed in full).
+pub fn change(
+    current: &MapState,
+    previous: &DesiredState,
+    desired: &DesiredState,
+    interfaces: &[Interface],
+    limits: &Capacity,
+) -> Result<Change, PlanError> {
+    fn by_key(state: &DesiredState) -> Vec<&crate::model::Frontend> {
+        let mut frontends: Vec<_> = state.frontends.iter().collect();
+        frontends.sort_by_key(|f| service_key(f));
+        frontends
+    }
+    // The frontends that go or change (as they were) and that come or change (as they are).
+    let (mut gone, mut coming) = (Vec::new(), Vec::new());
+    let (old, new) = (by_key(previous), by_key(desired));
+    let mut old = old.into_iter().peekable();
+    for f in new {
+        while let Some(o) = old.next_if(|o| service_key(o) < service_key(f)) {
+            gone.push(o);
         }
-        let mut revnat = RevNat {
-            count: frontends.len() as u32,
-            ..Default::default()
+        match old.next_if(|o| service_key(o) == service_key(f)) {
+            Some(o) if o == f => {}
+            Some(o) => {
+                gone.push(o);
+                coming.push(f);
+            }
+            None => coming.push(f),
+        }
+    }
+    gone.extend(old);
+
+    let mut change = Change::default();
+    let (before, after) = (&mut change.before, &mut change.after);
+    // What the frontends that go held, and which backends and VIPs they share with others.
+    let mut users: BTreeMap<BackendKey, BTreeSet<RevNatFrontend>> = BTreeMap::new();
+    let mut vip_ports: BTreeMap<VipKey, i64> = BTreeMap::new();
+    for f in &gone {
+        let key = service_key(f);
+        let Some(service) = current.services.get(&key) else {
+            continue;
         };
-        for (slot, f) in revnat.frontends.iter_mut().zip(frontends) {
-            *slot = f;
+        before.services.insert(key, *service);
+        if let Some(name) = current.names.get(&service.id) {
+            before.names.insert(service.id, name.clone());
         }
-        next.revnat.insert(key, revnat);
+        let slots = slot_key(service.id, 0)..slot_key(service.id + 1, 0);
+        before
+            .slots
+            .extend(current.slots.range(slots).map(|(k, v)| (*k, *v)));
+        for b in &f.backends {
+            users.entry(backend_key(f, b)).or_default();
+        }
+        *vip_ports.entry(VipKey { addr: key.vip }).or_default() -= 1;
+    }
+    for f in &coming {
+        for b in &f.backends {
+            users.entry(backend_key(f, b)).or_default();
+        }
+        *vip_ports
+            .entry(VipKey {
+                addr: f.vip.octets(),
+            })
+            .or_default() += 1;
+    }
+    // The frontends each affected backend serves afterwards: the current ones, less those
+    // that go, plus those that come.
+    for (&bkey, frontends) in &mut users {
+        if let Some(revnat) = current.revnat.get(&revnat_key(bkey)) {
+            let count = revnat.count as usize;
+            frontends.extend(&revnat.frontends[..count.min(revnat.frontends.len())]);
+        }
+    }
+    for f in &gone {
+        let key = revnat_frontend(&service_key(f));
+        for b in &f.backends {
+            if let Some(frontends) = users.get_mut(&backend_key(f, b)) {
+                frontends.remove(&key);
+            }
+        }
+    }
+    for f in &coming {
+        let key = revnat_frontend(&service_key(f));
+        for b in &f.backends {
+            if let Some(frontends) = users.get_mut(&backend_key(f, b)) {
+                frontends.insert(key);
+            }
+        }
     }
 
-    let by_name: BTreeMap<&str, &Interface> =
-        interfaces.iter().map(|i| (i.name.as_str(), i)).collect();
-    for a in &desired.announcements {
-        if let Some(iface) = by_name.get(a.interface.as_str()) {
-            next.l2.insert(
-                L2Key {
-                    ifindex: iface.index,
-                    vip: a.vip.octets(),
-                },
-                iface.mac,
-            );
+    // Backends: affected ones keep their ids; the ones that stop serving free theirs.
+    let mut backend_id_of: BTreeMap<BackendKey, u32> = BTreeMap::new();
+    for (&id, b) in &current.backends {
+        let bkey = (b.addr, b.port, b.proto);
+        if users.contains_key(&bkey) {
+            backend_id_of.insert(bkey, id);
+            before.backends.insert(id, *b);
         }
     }
-    Ok(next)
+    let freed: BTreeSet<u32> = users
+        .iter()
+        .filter(|(_, frontends)| frontends.is_empty())
+        .filter_map(|(bkey, _)| backend_id_of.get(bkey).copied())
+        .collect();
+    let backends_after = current.backends.len() - freed.len()
+        + users
+            .iter()
+            .filter(|(bkey, frontends)| !frontends.is_empty() && !backend_id_of.contains_key(bkey))
+            .count();
+    let mut backend_ids = None;
+    for (&bkey, frontends) in &users {
+        if frontends.is_empty() {
+            continue;
+        }
+        let id = match backend_id_of.get(&bkey) {
+            Some(&id) => id,
+            None => {
+                let ids = backend_ids.get_or_insert_with(|| {
+                    let used = current.backends.keys().filter(|id| !freed.contains(id));
+                    IdAllocator::new(used.copied().collect(), limits.backends, "backends")
+                });
+                let id = ids.take(backends_after)?;
+                backend_id_of.insert(bkey, id);
+                id
+            }
+        };
+        let (addr, port, proto) = bkey;
+        after.backends.insert(
+            id,
+            Backend {
+                addr,
+                port,
+                proto,
+                flags: BACKEND_F_ACTIVE,
+            },
+        );
+    }
+
+    // Services: a frontend that changes keeps its id, one that goes frees it.
+    let mut service_ids = None;
+    for f in &coming {
+        let key = service_key(f);
+        let id = match current.services.get(&key) {
+            Some(s) => s.id,
+            None => {
+                let ids = service_ids.get_or_insert_with(|| {
+                    let staying: BTreeSet<ServiceKey> =
+                        coming.iter().map(|f| service_key(f)).collect();
+                    let freed: BTreeSet<u32> = before
+                        .services
+                        .iter()
+                        .filter(|(key, _)| !staying.contains(key))
+                        .map(|(_, s)| s.id)
+                        .collect();
+                    let used = current.services.values().map(|s| s.id);
+                    let used = used.filter(|id| !freed.contains(id)).collect();
+                    IdAllocator::new(used, limits.services, "services")
+                });
+                ids.take(desired.frontends.len())?
+            }
+        };
+        after.services.insert(key, service_entry(f, id)?);
+        after.names.insert(id, service_name(f));
+        for (slot, b) in f.backends.iter().enumerate() {
+            after
+                .slots
+                .insert(slot_key(id, slot), backend_id_of[&backend_key(f, b)]);
+        }
+    }
+    let slots = current.slots.len() - before.slots.len() + after.slots.len();
+    if slots > limits.slots() as usize {
+        return Err(PlanError::Capacity {
+            what: "backend slots",
+            needed: slots,
+            max: limits.slots(),
+        });
+    }
+    for (bkey, frontends) in &users {
+        let key = revnat_key(*bkey);
+        if let Some(revnat) = current.revnat.get(&key) {
+            before.revnat.insert(key, *revnat);
+        }
+        if !frontends.is_empty() {
+            after.revnat.insert(key, revnat_entry(&key, frontends)?);
+        }
+    }
+
+    // VIPs by their number of ports, and the filter words of those that come or go.
+    let mut words = BTreeSet::new();
+    for (key, delta) in vip_ports {
+        let old = current.vips.get(&key).map_or(0, |v| v.ports);
+        let ports = i64::from(old) + delta;
+        if old > 0 {
+            before.vips.insert(key, VipInfo { ports: old });
+        }
+        if ports > 0 {
+            after.vips.insert(
+                key,
+                VipInfo {
+                    ports: ports as u32,
+                },
+            );
+        }
+        if (old > 0) != (ports > 0) {
+            words.insert(vip_filter_bit(key.addr) / 64);
+        }
+    }
+    if !words.is_empty() {
+        let vips = current
+            .vips
+            .keys()
+            .filter(|k| !before.vips.contains_key(k))
+            .chain(after.vips.keys());
+        for vip in vips {
+            let bit = vip_filter_bit(vip.addr);
+            if words.contains(&(bit / 64)) {
+                *after.vip_filter.entry(bit / 64).or_default() |= 1 << (bit % 64);
+            }
+        }
+        for word in words {
+            if let Some(&bits) = current.vip_filter.get(&word) {
+                before.vip_filter.insert(word, bits);
+            }
+        }
+    }
+
+    // Announcements are few and depend on the interfaces as well: compared in full.
+    let l2 = announced(desired, interfaces);
+    let _ = merge(&current.l2, &l2, |key, new, old| {
+        if let Some(&mac) = old {
+            before.l2.insert(*key, mac);
+        }
+        if let Some(&mac) = new {
+            after.l2.insert(*key, mac);
+        }
+        Ok::<(), std::convert::Infallible>(())
+    });
+    Ok(change)
+}
+
+impl MapState {
+    /// Brings the state along with a [`Change`] whose writes reached the maps.
+    pub fn apply(&mut self, change: Change) {
+        fn update<K: Ord, V>(
+            map: &mut BTreeMap<K, V>,
+            before: BTreeMap<K, V>,
+            after: BTreeMap<K, V>,
+        ) {
+            for key in before.keys() {
+                map.remove(key);
+            }
+            map.extend(after);
+        }
+        let Change { before, after } = change;
+        update(&mut self.vip_filter, before.vip_filter, after.vip_filter);
+        update(&mut self.vips, before.vips, after.vips);
+        update(&mut self.services, before.services, after.services);
+        update(&mut self.names, before.names, after.names);
+        update(&mut self.slots, before.slots, after.slots);
+        update(&mut self.backends, before.backends, after.backends);
+        update(&mut self.revnat, before.revnat, after.revnat);
+        update(&mut self.l2, before.l2, after.l2);
+    }
+}
+
+/// A backend as the maps key it: (address, port, protocol).
+type BackendKey = (Ipv4, u16, u8);
+
+fn backend_key(f: &crate::model::Frontend, b: &crate::model::BackendAddr) -> BackendKey {
+    (b.addr.octets(), b.port, proto_number(f.protocol))
+}
+
+fn service_key(f: &crate::model::Frontend) -> ServiceKey {
+    ServiceKey {
+        vip: f.vip.octets(),
+        port: f.port,
+        proto: proto_number(f.protocol),
+        _pad: 0,
+    }
+}
+
+/// Backend `slot` (0-based) of a service; slot 0 of the map is the service's own.
+fn slot_key(service_id: u32, slot: usize) -> SlotKey {
+    SlotKey {
+        service_id,
+        slot: slot as u32 + 1,
+    }
+}
+
+fn revnat_key((addr, port, proto): BackendKey) -> RevNatKey {
+    RevNatKey {
+        addr,
+        port,
+        proto,
+        _pad: 0,
+    }
+}
+
+fn revnat_frontend(key: &ServiceKey) -> RevNatFrontend {
+    RevNatFrontend {
+        vip: key.vip,
+        port: key.port,
+        _pad: 0,
+    }
+}
+
+fn service_entry(f: &crate::model::Frontend, id: u32) -> Result<Service, PlanError> {
+    let affinity = f.affinity_timeout_secs;
+    Ok(Service {
+        affinity_timeout_ns: affinity.map_or(0, |s| u64::from(s) * timeouts::NS_PER_SEC),
+        id,
+        backend_count: u16::try_from(f.backends.len()).map_err(|_| PlanError::Capacity {
+            what: "backends in one service",
+            needed: f.backends.len(),
+            max: u16::MAX.into(),
+        })?,
+        flags: if affinity.is_some() {
+            SERVICE_F_AFFINITY
+        } else {
+            0
+        },
+    })
+}
+
+/// What `lb list` and the counters call the frontend: `namespace/name:port-name`.
+fn service_name(f: &crate::model::Frontend) -> String {
+    if f.port_name.is_empty() {
+        format!("{}/{}:{}", f.service.namespace, f.service.name, f.port)
+    } else {
+        format!("{}/{}:{}", f.service.namespace, f.service.name, f.port_name)
+    }
+}
+
+/// The frontends one backend serves, as reverse NAT holds them.
+fn revnat_entry(
+    key: &RevNatKey,
+    frontends: &BTreeSet<RevNatFrontend>,
+) -> Result<RevNat, PlanError> {
+    if frontends.len() > capacity::REVNAT_FRONTENDS {
+        return Err(PlanError::TooManyFrontends {
+            backend: format!("{}:{}", Ipv4Addr::from(key.addr), key.port),
+            frontends: frontends
+                .iter()
+                .map(|f| format!("{}:{}", Ipv4Addr::from(f.vip), f.port))
+                .collect(),
+        });
+    }
+    let mut revnat = RevNat {
+        count: frontends.len() as u32,
+        ..Default::default()
+    };
+    for (slot, f) in revnat.frontends.iter_mut().zip(frontends) {
+        *slot = *f;
+    }
+    Ok(revnat)
+}
+
+/// The announcements on the interfaces this node has.
+fn announced(desired: &DesiredState, interfaces: &[Interface]) -> BTreeMap<L2Key, [u8; 6]> {
+    let by_name: BTreeMap<&str, &Interface> =
+        interfaces.iter().map(|i| (i.name.as_str(), i)).collect();
+    desired
+        .announcements
+        .iter()
+        .filter_map(|a| {
+            let iface = by_name.get(a.interface.as_str())?;
+            let key = L2Key {
+                ifindex: iface.index,
+                vip: a.vip.octets(),
+            };
+            Some((key, iface.mac))
+        })
+        .collect()
 }
 
 /// The ordered writes that turn `current` into `target` without a moment where a VIP is
@@ -574,6 +883,7 @@ pub fn backend_label(b: &Backend) -> String {
 mod tests {
     use super::*;
     use crate::config::ObjectRef;
+    use crate::config::fixtures::XorShift;
     use crate::model::{Announcement, BackendAddr, Frontend};
 
     fn svc(name: &str) -> ObjectRef {
@@ -848,5 +1158,110 @@ mod tests {
         d.announcements[0].interface = "eno1".into();
         let t = target(&d, &ens18(), &MapState::default(), &Capacity::default()).unwrap();
         assert!(t.l2.is_empty());
+    }
+
+    /// A random desired state over few VIPs, ports and backends, so that frontends share
+    /// backends and VIPs, and reverse NAT fills up.
+    fn random_desired(random: &mut XorShift, previous: &DesiredState) -> DesiredState {
+        let random_frontend = |random: &mut XorShift| {
+            let vip = random.below(6) as u8;
+            let mut backends: Vec<BackendAddr> = (0..random.below(5))
+                .map(|_| BackendAddr {
+                    addr: Ipv4Addr::new(10, 244, 1, random.below(8) as u8),
+                    port: [8080, 8443][random.below(2)],
+                })
+                .collect();
+            backends.sort();
+            backends.dedup();
+            Frontend {
+                service: svc(&format!("svc-{vip}")),
+                port_name: ["http", ""][random.below(2)].into(),
+                vip: Ipv4Addr::new(192, 168, 10, 40 + vip),
+                port: [80, 443, 53][random.below(3)],
+                protocol: [Protocol::Tcp, Protocol::Udp][random.below(2)],
+                affinity_timeout_secs: [Some(10800), None][random.below(2)],
+                backends,
+            }
+        };
+        let mut frontends = if random.chance(4) {
+            (0..random.below(12))
+                .map(|_| random_frontend(random))
+                .collect()
+        } else {
+            // A small edit of the previous state: one frontend goes, changes or comes.
+            let mut frontends = previous.frontends.clone();
+            match random.below(3) {
+                0 if !frontends.is_empty() => {
+                    frontends.remove(random.below(frontends.len()));
+                }
+                1 if !frontends.is_empty() => {
+                    let i = random.below(frontends.len());
+                    let changed = random_frontend(random);
+                    frontends[i].backends = changed.backends;
+                    frontends[i].affinity_timeout_secs = changed.affinity_timeout_secs;
+                }
+                _ => frontends.push(random_frontend(random)),
+            }
+            frontends
+        };
+        frontends.sort_by_key(|f| (f.vip, f.port, f.protocol));
+        frontends.dedup_by_key(|f| (f.vip, f.port, f.protocol));
+        let announcements = frontends
+            .iter()
+            .filter_map(|f| {
+                let interface = ["ens18", "eth9", "ens18"][random.below(3)];
+                (!random.chance(3)).then(|| Announcement {
+                    interface: interface.into(),
+                    vip: f.vip,
+                    service: f.service.clone(),
+                    policy: "l2-policy".into(),
+                })
+            })
+            .collect();
+        DesiredState {
+            frontends,
+            announcements,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_change_is_what_a_full_plan_would_write() {
+        let mut random = XorShift(0x9e37_79b9_7f4a_7c15);
+        for sequence in 0..40 {
+            let (mut state, mut previous) = (MapState::default(), DesiredState::default());
+            for round in 0..100 {
+                let desired = random_desired(&mut random, &previous);
+                let mut interfaces = ens18();
+                interfaces[0].index = [2, 3][random.below(2)];
+                // Now and then maps too small for it, to compare the refusals too.
+                let limits = if random.chance(5) {
+                    Capacity {
+                        services: 9,
+                        backends: 10,
+                        ..Capacity::default()
+                    }
+                } else {
+                    Capacity::default()
+                };
+                let at = format!("sequence {sequence}, round {round}");
+                let full = target(&desired, &interfaces, &state, &limits);
+                let change = change(&state, &previous, &desired, &interfaces, &limits);
+                match (full, change) {
+                    (Ok(full), Ok(change)) => {
+                        assert_eq!(
+                            diff(&change.before, &change.after),
+                            diff(&state, &full),
+                            "{at}"
+                        );
+                        state.apply(change);
+                        assert_eq!(state, full, "{at}");
+                        previous = desired;
+                    }
+                    (Err(full), Err(change)) => assert_eq!(change, full, "{at}"),
+                    (full, change) => panic!("{at}: {full:?} but {change:?}"),
+                }
+            }
+        }
     }
 }

@@ -36,6 +36,9 @@ enum Task {
         /// A short smoke run with small sizes (what the test suite runs)
         #[arg(long)]
         quick: bool,
+        /// Measure one part only and print its figures (no report is written)
+        #[arg(long, value_enum)]
+        only: Option<bench::Part>,
     },
     /// Set up, build, and run every test (what CI runs)
     Test,
@@ -49,7 +52,7 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::Lab { action } => lab::run(action, &workspace),
         Task::Demo => demo::run(&workspace),
-        Task::Bench { quick } => bench::run(&workspace, quick),
+        Task::Bench { quick, only } => bench::run(&workspace, quick, only),
         Task::Test => test::run(&workspace),
         Task::Soak => soak::run(&workspace),
     }

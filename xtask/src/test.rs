@@ -14,5 +14,5 @@ pub fn run(workspace: &Path) -> Result<()> {
     // the eBPF crate, which targets bpfel and is built by gateway-agent's build script.
     cmd::run(Command::new("cargo").arg("build").current_dir(workspace))?;
     cmd::run(Command::new("cargo").arg("test").current_dir(workspace))?;
-    bench::run(workspace, true)
+    bench::run(workspace, true, None)
 }

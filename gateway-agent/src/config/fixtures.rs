@@ -154,3 +154,19 @@ pub(crate) fn assert_line(lines: &[String], parts: &[&str]) {
         lines.join("\n")
     );
 }
+
+/// A small deterministic generator: a randomized test must fail the same way every run.
+pub(crate) struct XorShift(pub u64);
+
+impl XorShift {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+
+    pub(crate) fn chance(&mut self, one_in: usize) -> bool {
+        self.below(one_in) == 0
+    }
+}

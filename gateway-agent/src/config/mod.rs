@@ -77,25 +77,32 @@ pub struct Config {
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     pub nodes: Vec<Arc<Node>>,
     pub pools: Vec<IpPool>,
-    pub l2_policies: Vec<L2Policy>,
+    pub l2_policies: Vec<Arc<L2Policy>>,
     /// What was skipped or defaulted, sorted.
     pub warnings: Vec<ConfigWarning>,
 }
 
 impl Config {
-    /// The slices of `service`: one contiguous run of the sorted slices, found by binary
-    /// search (a cluster has as many slices as services).
-    pub fn slices_of(&self, service: &Service) -> &[Arc<EndpointSlice>] {
-        let key = (
-            service.object.namespace.as_str(),
-            service.object.name.as_str(),
-        );
+    /// Every service with its slices, walking both sorted lists together: slices are sorted
+    /// by service first, so each service's are one contiguous run.
+    pub fn services_with_slices(
+        &self,
+    ) -> impl Iterator<Item = (&Arc<Service>, &[Arc<EndpointSlice>])> {
         fn of(s: &EndpointSlice) -> (&str, &str) {
             (s.object.namespace.as_str(), s.service.as_str())
         }
-        let start = self.endpoint_slices.partition_point(|s| of(s) < key);
-        let len = self.endpoint_slices[start..].partition_point(|s| of(s) == key);
-        &self.endpoint_slices[start..start + len]
+        let mut rest = self.endpoint_slices.as_slice();
+        self.services.iter().map(move |service| {
+            let key = (
+                service.object.namespace.as_str(),
+                service.object.name.as_str(),
+            );
+            let start = rest.iter().take_while(|s| of(s) < key).count();
+            let len = rest[start..].iter().take_while(|s| of(s) == key).count();
+            let slices = &rest[start..start + len];
+            rest = &rest[start + len..];
+            (service, slices)
+        })
     }
 }
 
@@ -116,11 +123,20 @@ pub fn load_cached(path: &Path, cache: &mut DocumentCache) -> Result<Config, Con
             message: format!("cannot read: {error}"),
         }])
     })?;
-    parse::parse(&source, &text, cache)
+    parse_cached(&source, &text, cache)
 }
 
 /// Parses and validates `text`; `source` is the file name used in findings. Returns every
 /// error of the file, not just the first.
 pub fn parse(source: &str, text: &str) -> Result<Config, ConfigErrors> {
-    parse::parse(source, text, &mut DocumentCache::default())
+    parse_cached(source, text, &mut DocumentCache::default())
+}
+
+/// Like [`parse`], parsing only the documents that are not in `cache` from an earlier read.
+pub fn parse_cached(
+    source: &str,
+    text: &str,
+    cache: &mut DocumentCache,
+) -> Result<Config, ConfigErrors> {
+    parse::parse(source, text, cache)
 }

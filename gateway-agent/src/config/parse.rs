@@ -265,7 +265,7 @@ struct Objects {
     endpoint_slices: Vec<Arc<EndpointSlice>>,
     nodes: Vec<Arc<Node>>,
     pools: Vec<IpPool>,
-    l2_policies: Vec<L2Policy>,
+    l2_policies: Vec<Arc<L2Policy>>,
     /// Every object of a read kind (also Services of other types), with where it was
     /// written, to find duplicates.
     seen: Vec<(ObjectRef, String)>,
@@ -379,7 +379,7 @@ impl Objects {
             Kind::L2Policy => {
                 if let Some(raw) = typed::<CiliumL2AnnouncementPolicy>(document, &mut findings) {
                     self.l2_policies
-                        .extend(l2_policy(&raw, object.name.clone(), &mut findings));
+                        .extend(l2_policy(&raw, object.name.clone(), &mut findings).map(Arc::new));
                 }
             }
         }

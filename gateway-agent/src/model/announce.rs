@@ -18,6 +18,7 @@ pub(crate) fn policy_for<'c>(
         .l2_policies
         .iter()
         .filter(|policy| policy.load_balancer_ips && policy.service_selector.matches(&labels))
+        .map(|policy| &**policy)
         .collect();
     match selecting.as_slice() {
         [] => None,

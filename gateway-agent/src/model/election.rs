@@ -10,8 +10,9 @@
 //! becomes eligible.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
-use crate::config::{Config, Diagnostics, L2Policy, Node, Service};
+use crate::config::{Config, Diagnostics, EndpointSlice, L2Policy, Node, Service};
 
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -29,11 +30,12 @@ pub fn announcer_score(vip: Ipv4Addr, node_name: &str) -> u64 {
     fnv1a64(vip.octets().into_iter().chain(node_name.bytes()))
 }
 
-/// The node elected to announce `vip` of `service` under `policy`, or `None` (with a
-/// warning) when no node is eligible.
+/// The node elected to announce `vip` of `service` (with its `slices`) under `policy`, or
+/// `None` (with a warning) when no node is eligible.
 pub(crate) fn announcer<'c>(
     config: &'c Config,
     service: &Service,
+    slices: &[Arc<EndpointSlice>],
     vip: Ipv4Addr,
     policy: &L2Policy,
     diagnostics: &mut Diagnostics,
@@ -42,7 +44,7 @@ pub(crate) fn announcer<'c>(
         .nodes
         .iter()
         .filter(|node| node.ready && policy.node_selector.matches(&node.labels))
-        .filter(|node| has_ready_endpoint(config, service, &node.name));
+        .filter(|node| has_ready_endpoint(slices, &node.name));
     let elected = elect(eligible.map(|node| (announcer_score(vip, &node.name), &**node)));
     if elected.is_none() {
         diagnostics.warn(
@@ -65,9 +67,8 @@ fn elect<'n>(scored: impl Iterator<Item = (u64, &'n Node)>) -> Option<&'n Node> 
         .map(|(_, node)| node)
 }
 
-fn has_ready_endpoint(config: &Config, service: &Service, node_name: &str) -> bool {
-    config
-        .slices_of(service)
+fn has_ready_endpoint(slices: &[Arc<EndpointSlice>], node_name: &str) -> bool {
+    slices
         .iter()
         .flat_map(|slice| &slice.endpoints)
         .any(|endpoint| {

@@ -4,13 +4,14 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use super::{BackendAddr, Frontend};
-use crate::config::{Config, Diagnostics, EndpointSlice, Service, ServicePort, TargetPort};
+use crate::config::{Diagnostics, EndpointSlice, Service, ServicePort, TargetPort};
 
 pub(crate) fn frontends(
-    config: &Config,
     service: &Service,
+    slices: &[Arc<EndpointSlice>],
     vip: Ipv4Addr,
     node_name: &str,
     diagnostics: &mut Diagnostics,
@@ -21,7 +22,7 @@ pub(crate) fn frontends(
         .enumerate()
         .map(|(i, port)| {
             let mut backends = BTreeSet::new();
-            for slice in config.slices_of(service) {
+            for slice in slices {
                 let Some(backend_port) = backend_port(slice, port) else {
                     diagnostics.warn(
                         Some(&service.object),

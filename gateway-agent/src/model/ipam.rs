@@ -19,13 +19,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use super::selector::service_labels;
 use crate::config::{Config, Diagnostics, FieldAddr, IpBlock, IpPool, Service};
 
 /// A VIP granted to a service.
 pub(crate) struct Grant<'c> {
-    pub service: &'c Service,
+    pub service: &'c Arc<Service>,
     pub vip: Ipv4Addr,
     pub pool: &'c IpPool,
     /// Pass 1: the service asked for this VIP.
@@ -102,11 +103,10 @@ pub(crate) fn allocate<'c>(config: &'c Config, diagnostics: &mut Diagnostics) ->
 
     // Pass 3, for the services that neither request a VIP nor keep one.
     let claimed: BTreeSet<usize> = claims.iter().map(|claim| claim.service).collect();
-    let mut waiting: Vec<(usize, &Service)> = services
+    let mut waiting: Vec<(usize, &Arc<Service>)> = services
         .iter()
         .enumerate()
         .filter(|(i, service)| service.requested_vip.is_none() && !claimed.contains(i))
-        .map(|(i, service)| (i, &**service))
         .collect();
     waiting
         .sort_by_key(|&(_, service)| (service.created.is_none(), service.created, &service.object));

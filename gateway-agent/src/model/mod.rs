@@ -2,12 +2,16 @@
 //! (IPAM), selectors, node-local backends and which VIPs to announce on which interface.
 //! Pure functions only: no kernel, no clock, no I/O.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use crate::config::{
-    Config, ConfigErrors, ConfigWarning, Diagnostics, L2Policy, Node, ObjectRef, Service,
+    Config, ConfigError, ConfigErrors, ConfigWarning, Diagnostics, EndpointSlice, L2Policy, Node,
+    ObjectRef, Service,
 };
+use ipam::Grant;
 
 mod announce;
 mod election;
@@ -117,10 +121,17 @@ pub struct ClusterState {
 /// conflicts, requested VIPs no pool grants, exhausted pools, services selected by more than
 /// one L2 policy; all of them, not just the first.
 pub fn cluster_state(config: &Config) -> Result<ClusterState, ConfigErrors> {
-    let cluster = Cluster::compute(config)?;
+    let mut diagnostics = Diagnostics::new(&config.source);
+    let mut allocations = Vec::new();
+    for (grant, slices) in allocated(config, &mut diagnostics) {
+        let derived = derive(config, grant.service, slices, grant.vip, None);
+        diagnostics.absorb(derived.errors, derived.warnings);
+        allocations.push(allocation(&grant, derived.announcer));
+    }
+    let warnings = diagnostics.into_result()?;
     Ok(ClusterState {
-        allocations: cluster.entries.into_iter().map(|e| e.allocation).collect(),
-        warnings: render(&config.warnings, &cluster.warnings),
+        allocations,
+        warnings: render(&config.warnings, &warnings),
     })
 }
 
@@ -131,11 +142,56 @@ pub fn desired_state(
     node_name: &str,
     interfaces: &[String],
 ) -> Result<DesiredState, ConfigErrors> {
-    let Cluster {
-        entries,
-        warnings: mut model_warnings,
-    } = Cluster::compute(config)?;
+    desired_state_cached(config, node_name, interfaces, &mut ModelCache::default())
+}
+
+/// Like [`desired_state`], reusing what `cache` holds from an earlier run for every service
+/// whose objects are the same ones (the agent keeps one across reloads, next to the
+/// document cache that hands the same objects out again).
+pub fn desired_state_cached(
+    config: &Config,
+    node_name: &str,
+    interfaces: &[String],
+    cache: &mut ModelCache,
+) -> Result<DesiredState, ConfigErrors> {
+    let shared = Shared::of(config, node_name, interfaces);
+    if cache.shared.as_ref() != Some(&shared) {
+        cache.services.clear();
+    }
     let mut diagnostics = Diagnostics::new(&config.source);
+    let mut memos = HashMap::with_capacity(config.services.len());
+    let (mut frontends, mut announcements, mut allocations) = (Vec::new(), Vec::new(), Vec::new());
+    for (grant, slices) in allocated(config, &mut diagnostics) {
+        let key = Arc::as_ptr(grant.service) as usize;
+        let memo = match cache.services.remove(&key) {
+            Some(memo) if memo.fits(grant.service, slices, grant.vip) => memo,
+            _ => Memo {
+                service: Arc::clone(grant.service),
+                slices: slices.to_vec(),
+                vip: grant.vip,
+                derived: derive(
+                    config,
+                    grant.service,
+                    slices,
+                    grant.vip,
+                    Some((node_name, interfaces)),
+                ),
+            },
+        };
+        let derived = &memo.derived;
+        diagnostics.absorb(
+            derived.errors.iter().cloned(),
+            derived.warnings.iter().cloned(),
+        );
+        frontends.extend(derived.frontends.iter().cloned());
+        announcements.extend(derived.announcements.iter().cloned());
+        allocations.push(allocation(&grant, derived.announcer.clone()));
+        memos.insert(key, memo);
+    }
+    *cache = ModelCache {
+        shared: Some(shared),
+        services: memos,
+    };
     if !config.nodes.iter().any(|node| node.name == node_name) {
         diagnostics.warn(
             Some(&ObjectRef::cluster_scoped(Node::KIND, node_name)),
@@ -143,97 +199,167 @@ pub fn desired_state(
             "this node is not among the Node objects of the file: it announces nothing",
         );
     }
-
-    let mut frontends = Vec::new();
-    let mut announcements = Vec::new();
-    for entry in &entries {
-        if entry.allocation.traffic_policy != TrafficPolicy::Local {
-            continue;
-        }
-        frontends.extend(frontends::frontends(
-            config,
-            entry.service,
-            entry.allocation.vip,
-            node_name,
-            &mut diagnostics,
-        ));
-        if let Some(policy) = entry.policy
-            && entry.allocation.announcer.as_deref() == Some(node_name)
-        {
-            announcements.extend(announce::interfaces(policy, interfaces).map(|interface| {
-                Announcement {
-                    interface: interface.to_owned(),
-                    vip: entry.allocation.vip,
-                    service: entry.service.object.clone(),
-                    policy: policy.name.clone(),
-                }
-            }));
-        }
-    }
+    let warnings = diagnostics.into_result()?;
     frontends.sort_by_key(|f| (f.vip, f.port, f.protocol));
     announcements.sort();
-    model_warnings.extend(diagnostics.into_result()?);
-
     Ok(DesiredState {
         frontends,
         announcements,
-        allocations: entries.into_iter().map(|e| e.allocation).collect(),
-        warnings: render(&config.warnings, &model_warnings),
+        allocations,
+        warnings: render(&config.warnings, &warnings),
     })
 }
 
-/// One allocated service with what the node-specific part needs.
-struct Entry<'c> {
-    service: &'c Service,
-    allocation: Allocation,
-    /// The L2 policy announcing the VIP, if one selects the service.
-    policy: Option<&'c L2Policy>,
+/// Per-service results of earlier runs of [`desired_state_cached`]. A service's result is
+/// a function of its own objects (the service, its slices, its VIP) and of objects every
+/// service shares (nodes, L2 policies, this node's name and interfaces): it is reused while
+/// all of them are the very same `Arc`s, and everything is dropped when a shared one
+/// changes. VIP allocation is global and always runs in full.
+#[derive(Default)]
+pub struct ModelCache {
+    shared: Option<Shared>,
+    /// By the address of the service's `Arc`, which the memo holds so that no other object
+    /// takes that address while the memo lives.
+    services: HashMap<usize, Memo>,
 }
 
-/// What every node computes alike: allocations, policies, announcers.
-struct Cluster<'c> {
-    entries: Vec<Entry<'c>>,
+/// What every service's result depends on besides its own objects.
+#[derive(PartialEq)]
+struct Shared {
+    nodes: Vec<ByAddress<Node>>,
+    l2_policies: Vec<ByAddress<L2Policy>>,
+    node_name: String,
+    interfaces: Vec<String>,
+}
+
+impl Shared {
+    fn of(config: &Config, node_name: &str, interfaces: &[String]) -> Self {
+        Self {
+            nodes: config.nodes.iter().cloned().map(ByAddress).collect(),
+            l2_policies: config.l2_policies.iter().cloned().map(ByAddress).collect(),
+            node_name: node_name.to_owned(),
+            interfaces: interfaces.to_vec(),
+        }
+    }
+}
+
+/// An object compared by identity: the document cache hands out the same `Arc` for an
+/// unchanged document, and a new one for anything parsed again.
+struct ByAddress<T>(Arc<T>);
+
+impl<T> PartialEq for ByAddress<T> {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+struct Memo {
+    service: Arc<Service>,
+    slices: Vec<Arc<EndpointSlice>>,
+    vip: Ipv4Addr,
+    derived: Derived,
+}
+
+impl Memo {
+    /// The memo was made from these very objects and VIP.
+    fn fits(&self, service: &Arc<Service>, slices: &[Arc<EndpointSlice>], vip: Ipv4Addr) -> bool {
+        Arc::ptr_eq(&self.service, service)
+            && self.vip == vip
+            && self.slices.len() == slices.len()
+            && self
+                .slices
+                .iter()
+                .zip(slices)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+/// What one allocated service makes of the shared objects: its announcer and, on a node,
+/// its frontends and announcements there, with the findings on the way.
+struct Derived {
+    announcer: Option<String>,
+    frontends: Vec<Frontend>,
+    announcements: Vec<Announcement>,
+    errors: Vec<ConfigError>,
     warnings: Vec<ConfigWarning>,
 }
 
-impl<'c> Cluster<'c> {
-    fn compute(config: &'c Config) -> Result<Self, ConfigErrors> {
-        let mut diagnostics = Diagnostics::new(&config.source);
-        let mut entries = Vec::new();
-        for grant in ipam::allocate(config, &mut diagnostics) {
-            let service = grant.service;
-            // Checked for Cluster services too: two policies selecting one is wrong whatever
-            // its traffic policy.
-            let policy = announce::policy_for(config, service, &mut diagnostics);
-            let announcer = match service.traffic_policy {
-                TrafficPolicy::Local => {
-                    announcer(config, service, grant.vip, policy, &mut diagnostics)
-                }
-                TrafficPolicy::Cluster => {
-                    diagnostics.warn(
-                        Some(&service.object),
-                        "spec.externalTrafficPolicy",
-                        "Cluster is not supported yet, the service is not programmed: Cluster \
-                         SNATs and loses the client source IP; use Local",
-                    );
-                    None
-                }
-            };
-            entries.push(Entry {
-                service,
-                allocation: Allocation {
-                    service: service.object.clone(),
-                    vip: grant.vip,
-                    pool: grant.pool.name.clone(),
-                    requested: grant.requested,
-                    traffic_policy: service.traffic_policy,
-                    announcer: announcer.map(|node| node.name.clone()),
-                },
-                policy,
-            });
+/// Every service that gets a VIP, with its grant and its slices, in service order.
+fn allocated<'c>(
+    config: &'c Config,
+    diagnostics: &mut Diagnostics,
+) -> Vec<(Grant<'c>, &'c [Arc<EndpointSlice>])> {
+    let mut grants = ipam::allocate(config, diagnostics).into_iter().peekable();
+    config
+        .services_with_slices()
+        .filter_map(|(service, slices)| {
+            let grant = grants.next_if(|grant| Arc::ptr_eq(grant.service, service))?;
+            Some((grant, slices))
+        })
+        .collect()
+}
+
+fn allocation(grant: &Grant<'_>, announcer: Option<String>) -> Allocation {
+    Allocation {
+        service: grant.service.object.clone(),
+        vip: grant.vip,
+        pool: grant.pool.name.clone(),
+        requested: grant.requested,
+        traffic_policy: grant.service.traffic_policy,
+        announcer,
+    }
+}
+
+/// The service's part of the model; `node` (its name and interfaces) adds what that node
+/// programs and announces.
+fn derive(
+    config: &Config,
+    service: &Service,
+    slices: &[Arc<EndpointSlice>],
+    vip: Ipv4Addr,
+    node: Option<(&str, &[String])>,
+) -> Derived {
+    let mut diagnostics = Diagnostics::new(&config.source);
+    // Checked for Cluster services too: two policies selecting one is wrong whatever its
+    // traffic policy.
+    let policy = announce::policy_for(config, service, &mut diagnostics);
+    let announcer = match service.traffic_policy {
+        TrafficPolicy::Local => announcer(config, service, slices, vip, policy, &mut diagnostics),
+        TrafficPolicy::Cluster => {
+            diagnostics.warn(
+                Some(&service.object),
+                "spec.externalTrafficPolicy",
+                "Cluster is not supported yet, the service is not programmed: Cluster \
+                 SNATs and loses the client source IP; use Local",
+            );
+            None
         }
-        let warnings = diagnostics.into_result()?;
-        Ok(Self { entries, warnings })
+    };
+    let (mut frontends, mut announcements) = (Vec::new(), Vec::new());
+    if let Some((node_name, interfaces)) = node
+        && service.traffic_policy == TrafficPolicy::Local
+    {
+        frontends = frontends::frontends(service, slices, vip, node_name, &mut diagnostics);
+        if let Some(policy) = policy
+            && announcer.is_some_and(|node| node.name == node_name)
+        {
+            announcements = announce::interfaces(policy, interfaces)
+                .map(|interface| Announcement {
+                    interface: interface.to_owned(),
+                    vip,
+                    service: service.object.clone(),
+                    policy: policy.name.clone(),
+                })
+                .collect();
+        }
+    }
+    let (errors, warnings) = diagnostics.into_parts();
+    Derived {
+        announcer: announcer.map(|node| node.name.clone()),
+        frontends,
+        announcements,
+        errors,
+        warnings,
     }
 }
 
@@ -242,6 +368,7 @@ impl<'c> Cluster<'c> {
 fn announcer<'c>(
     config: &'c Config,
     service: &Service,
+    slices: &[Arc<EndpointSlice>],
     vip: Ipv4Addr,
     policy: Option<&L2Policy>,
     diagnostics: &mut Diagnostics,
@@ -257,7 +384,7 @@ fn announcer<'c>(
         );
         return None;
     };
-    election::announcer(config, service, vip, policy, diagnostics)
+    election::announcer(config, service, slices, vip, policy, diagnostics)
 }
 
 /// The file's and the model's warnings as sorted lines.
@@ -275,6 +402,7 @@ fn render(config: &[ConfigWarning], model: &[ConfigWarning]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DocumentCache;
     use crate::config::fixtures::*;
 
     const UPLINKS: [&str; 3] = ["lo", "ens18", "cilium_host"];
@@ -391,18 +519,6 @@ mod tests {
         );
     }
 
-    /// A small deterministic generator: the test must fail the same way every run.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 % n as u64) as usize
-        }
-    }
-
     #[test]
     fn document_order_does_not_matter() {
         // The reference plus services allocated in every pass, and a skipped kind.
@@ -435,6 +551,92 @@ mod tests {
             for (node, expected) in ["cp-1", "worker-1", "worker-2"].iter().zip(&expected) {
                 assert_eq!(&state(&text, node), expected, "round {round}, {node}");
             }
+        }
+    }
+
+    /// Each slot of a file: the versions of one document it may hold ("" for none).
+    fn slots() -> Vec<Vec<String>> {
+        let mut slots: Vec<Vec<String>> = REFERENCE
+            .split("\n---\n")
+            .map(|doc| {
+                let doc = format!("{}\n", doc.trim_end());
+                let mut versions = vec![doc.clone()];
+                for (from, to) in [
+                    ("status: \"True\"", "status: \"False\""),
+                    ("    - ^e.*", "    - ^eth1$"),
+                    ("10.0.1.10", "10.0.1.11"),
+                    ("ready: true", "ready: false"),
+                ] {
+                    if doc.contains(from) {
+                        versions.push(doc.replacen(from, to, 1));
+                    }
+                }
+                versions
+            })
+            .collect();
+        for i in 0..4 {
+            let name = format!("svc-{i}");
+            let service = service_doc("web", &name).local();
+            slots.push(vec![
+                service.yaml(),
+                service_doc("web", &name)
+                    .local()
+                    .requests("192.168.10.40")
+                    .yaml(),
+                service_doc("web", &name).yaml(),
+                String::new(),
+            ]);
+            let slice = |node: &str, ready: bool| {
+                format!(
+                    "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-a\n\
+                     \x20 namespace: web\n  labels:\n    kubernetes.io/service-name: {name}\n\
+                     addressType: IPv4\nendpoints:\n  - addresses: [10.0.{i}.20]\n    nodeName: {node}\n\
+                     \x20   conditions:\n      ready: {ready}\nports:\n  - name: http\n    port: 8080\n"
+                )
+            };
+            slots.push(vec![
+                slice("worker-1", true),
+                slice("worker-2", true),
+                slice("worker-1", false),
+                String::new(),
+            ]);
+        }
+        slots
+    }
+
+    #[test]
+    fn reusing_earlier_results_is_the_same_as_starting_over() {
+        let slots = slots();
+        let interfaces = ["ens18".to_owned(), "eth1".to_owned()];
+        let mut random = XorShift(0x0dd_ba11_c0ff_ee00);
+        let (mut documents, mut caches) = (DocumentCache::default(), ModelCache::default());
+        let mut chosen = vec![0; slots.len()];
+        for round in 0..400 {
+            // Mostly one document changes, as in a reload; sometimes several.
+            for _ in 0..1 + 3 * usize::from(random.chance(5)) {
+                let slot = random.below(slots.len());
+                chosen[slot] = random.below(slots[slot].len());
+            }
+            let text: String = chosen
+                .iter()
+                .zip(&slots)
+                .map(|(&v, versions)| versions[v].as_str())
+                .filter(|doc| !doc.is_empty())
+                .collect::<Vec<_>>()
+                .join("---\n");
+            let node = ["worker-1", "worker-2"][random.below(2)];
+            let config = crate::config::parse_cached(FILE, &text, &mut documents);
+            let fresh = crate::config::parse(FILE, &text);
+            let (Ok(config), Ok(fresh)) = (config, fresh) else {
+                panic!("round {round}: the file does not parse:\n{text}");
+            };
+            let cached = desired_state_cached(&config, node, &interfaces, &mut caches);
+            let expected = desired_state(&fresh, node, &interfaces);
+            assert_eq!(
+                cached.map_err(|e| e.to_string()),
+                expected.map_err(|e| e.to_string()),
+                "round {round} on {node}:\n{text}"
+            );
         }
     }
 }

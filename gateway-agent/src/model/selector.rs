@@ -10,16 +10,27 @@ use crate::config::{Operator, Requirement, Selector, Service};
 pub const SERVICE_NAMESPACE_PSEUDO_LABEL: &str = "io.kubernetes.service.namespace";
 pub const SERVICE_NAME_PSEUDO_LABEL: &str = "io.kubernetes.service.name";
 
+/// Labels a selector can look at.
+pub trait Labels {
+    fn value(&self, key: &str) -> Option<&str>;
+}
+
+impl Labels for BTreeMap<String, String> {
+    fn value(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
 impl Selector {
     /// Every requirement holds; a selector without requirements matches everything.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub fn matches(&self, labels: &impl Labels) -> bool {
         self.requirements.iter().all(|r| r.matches(labels))
     }
 }
 
 impl Requirement {
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let value = labels.get(&self.key);
+    pub fn matches(&self, labels: &impl Labels) -> bool {
+        let value = labels.value(&self.key);
         match &self.operator {
             Operator::In(values) => value.is_some_and(|v| values.contains(v)),
             Operator::NotIn(values) => value.is_none_or(|v| !values.contains(v)),
@@ -30,18 +41,23 @@ impl Requirement {
 }
 
 /// The labels pool and policy `serviceSelector`s see: the service's own plus the two
-/// pseudo-labels, which win over real labels of the same key as in Cilium.
-pub(crate) fn service_labels(service: &Service) -> BTreeMap<String, String> {
-    let mut labels = service.labels.clone();
-    labels.insert(
-        SERVICE_NAMESPACE_PSEUDO_LABEL.to_owned(),
-        service.object.namespace.clone(),
-    );
-    labels.insert(
-        SERVICE_NAME_PSEUDO_LABEL.to_owned(),
-        service.object.name.clone(),
-    );
-    labels
+/// pseudo-labels, which win over real labels of the same key as in Cilium. A view, not a
+/// copy: IPAM looks at every service's labels on every reload.
+pub(crate) struct ServiceLabels<'s>(&'s Service);
+
+impl Labels for ServiceLabels<'_> {
+    fn value(&self, key: &str) -> Option<&str> {
+        let object = &self.0.object;
+        match key {
+            SERVICE_NAMESPACE_PSEUDO_LABEL => Some(&object.namespace),
+            SERVICE_NAME_PSEUDO_LABEL => Some(&object.name),
+            _ => self.0.labels.value(key),
+        }
+    }
+}
+
+pub(crate) fn service_labels(service: &Service) -> ServiceLabels<'_> {
+    ServiceLabels(service)
 }
 
 #[cfg(test)]
@@ -147,20 +163,17 @@ mod tests {
         let config = reference();
         let labels = service_labels(&config.services[1]);
         assert_eq!(
-            labels
-                .get(SERVICE_NAMESPACE_PSEUDO_LABEL)
-                .map(String::as_str),
+            labels.value(SERVICE_NAMESPACE_PSEUDO_LABEL),
             Some("gateway")
         );
         assert_eq!(
-            labels.get(SERVICE_NAME_PSEUDO_LABEL).map(String::as_str),
+            labels.value(SERVICE_NAME_PSEUDO_LABEL),
             Some("cilium-gateway-gateway-internal")
         );
         assert_eq!(
-            labels
-                .get("io.cilium.gateway/owning-gateway")
-                .map(String::as_str),
+            labels.value("io.cilium.gateway/owning-gateway"),
             Some("gateway-internal")
         );
+        assert_eq!(labels.value("absent"), None);
     }
 }

@@ -9,7 +9,7 @@ mod e2e;
 mod objects;
 mod report;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
@@ -45,7 +45,22 @@ fn today() -> String {
         .unwrap_or_default()
 }
 
-pub fn run(workspace: &Path, quick: bool) -> Result<()> {
+/// A part of the benchmark that can be measured on its own.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Part {
+    /// The control plane: programming many services, and a one-service change
+    Control,
+}
+
+/// Where cargo builds, as cargo itself decides it.
+fn target_dir(workspace: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace.join(dir),
+        None => workspace.join("target"),
+    }
+}
+
+pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
     setup::run()?;
     let out = workspace.join("target").join("bench");
     std::fs::create_dir_all(&out)?;
@@ -59,7 +74,15 @@ pub fn run(workspace: &Path, quick: bool) -> Result<()> {
         build.arg("--release");
     }
     cmd::run(&mut build)?;
-    let binary = workspace.join("target").join(profile).join("gateway-agent");
+    let binary = target_dir(workspace).join(profile).join("gateway-agent");
+    let (services, per_service) = if quick { (100, 8) } else { (10_000, 8) };
+
+    if let Some(Part::Control) = only {
+        let lab = Lab::up(e2e::spec(&binary))?;
+        let control_plane = control::run(&lab, &binary, services, per_service)?;
+        println!("{}", serde_json::to_string_pretty(&control_plane)?);
+        return Ok(());
+    }
 
     eprintln!("== datapath cost per packet");
     let datapath_json = out.join("datapath.json");
@@ -92,7 +115,6 @@ pub fn run(workspace: &Path, quick: bool) -> Result<()> {
         }
     };
     let end_to_end = e2e::run(&lab, &binary, &settings)?;
-    let (services, per_service) = if quick { (100, 8) } else { (10_000, 8) };
     let control_plane = control::run(&lab, &binary, services, per_service)?;
     drop(lab);
 
