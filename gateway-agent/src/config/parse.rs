@@ -7,7 +7,7 @@
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
-use std::collections::HashMap;
+use std::cmp::Ordering;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
@@ -54,30 +54,31 @@ const KINDS: [(Kind, &str, &[&str]); 5] = [
 /// What `kubectl get -o yaml` prints for more than one object.
 const LIST: (&str, &str) = ("v1", "List");
 
-/// Documents parsed by an earlier read of the file, by the line they start at and a
-/// 128-bit digest of their text (two SipHash passes with different keys, and the length):
-/// a reload parses only the documents that changed (a one-service change in a file of
-/// 20,000 documents parses one document). The texts themselves are not kept.
+/// Documents parsed by an earlier read of the file, in file order, by the line they start
+/// at, their length and a SipHash digest of their text: a reload parses only the documents
+/// that changed (a one-service change in a file of 20,000 documents parses one document).
+/// A document is compared with the one that was where it is, and only with it: its key
+/// holds its line, so one that moves is parsed again anyway (its findings name that line).
+/// One comparison per document keeps a 64-bit digest ample. The texts are not kept.
 #[derive(Default)]
 pub struct DocumentCache {
-    documents: HashMap<DocumentKey, Parsed>,
+    documents: Vec<(DocumentKey, Parsed)>,
+    /// The objects of the last read, when it was valid, to patch rather than assemble again.
+    last: Option<Config>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct DocumentKey {
     line: usize,
     len: usize,
-    digest: [u64; 2],
+    digest: u64,
 }
 
 impl DocumentKey {
     fn of(document: &Document<'_>) -> Self {
-        let digest = [0u8, 1].map(|salt| {
-            let mut hasher = DefaultHasher::new();
-            salt.hash(&mut hasher);
-            document.text.hash(&mut hasher);
-            hasher.finish()
-        });
+        let mut hasher = DefaultHasher::new();
+        document.text.hash(&mut hasher);
+        let digest = hasher.finish();
         Self {
             line: document.line,
             len: document.text.len(),
@@ -99,24 +100,57 @@ pub(super) fn parse(
     text: &str,
     cache: &mut DocumentCache,
 ) -> Result<Config, ConfigErrors> {
-    let mut next = HashMap::new();
-    let mut order = Vec::new();
+    let mut earlier = std::mem::take(&mut cache.documents).into_iter();
+    let mut next = Vec::new();
+    // The documents parsed again, by index, with what was at their place before.
+    let mut reparsed = Vec::new();
     for document in documents(text) {
         let key = DocumentKey::of(&document);
-        let parsed = match cache.documents.remove(&key) {
-            Some(parsed) => parsed,
-            None => parse_document(source, &document)?,
-        };
-        order.push(key);
-        next.insert(key, parsed);
+        match earlier.next() {
+            Some((earlier_key, parsed)) if earlier_key == key => next.push((key, parsed)),
+            before => {
+                reparsed.push((next.len(), before.map(|(_, parsed)| parsed)));
+                next.push((key, parse_document(source, &document)?));
+            }
+        }
     }
+    let fewer_documents = earlier.next().is_some();
 
-    // The objects are shared with the cache, not copied.
     let mut diagnostics = Diagnostics::new(source);
+    for (_, parsed) in &next {
+        diagnostics.absorb(
+            parsed.errors.iter().cloned(),
+            parsed.warnings.iter().cloned(),
+        );
+    }
+    let patched = match cache.last.take() {
+        Some(last) if last.source == source && !fewer_documents => patch(last, &reparsed, &next),
+        _ => None,
+    };
+    let config = match patched {
+        Some(config) => config,
+        None => assemble(source, &next, &mut diagnostics),
+    };
+    cache.documents = next;
+    let config = Config {
+        warnings: diagnostics.into_result()?,
+        ..config
+    };
+    cache.last = Some(config.clone());
+    Ok(config)
+}
+
+/// The objects of every document, sorted so that nothing downstream depends on the order
+/// of the documents, and checked across documents. The objects are shared with the cache,
+/// not copied.
+fn assemble(
+    source: &str,
+    documents: &[(DocumentKey, Parsed)],
+    diagnostics: &mut Diagnostics,
+) -> Config {
     let (mut services, mut endpoint_slices, mut nodes) = (Vec::new(), Vec::new(), Vec::new());
     let (mut pools, mut l2_policies, mut seen) = (Vec::new(), Vec::new(), Vec::new());
-    for key in &order {
-        let parsed = &next[key];
+    for (_, parsed) in documents {
         let objects = &parsed.objects;
         services.extend(objects.services.iter().cloned());
         endpoint_slices.extend(objects.endpoint_slices.iter().cloned());
@@ -124,39 +158,101 @@ pub(super) fn parse(
         pools.extend(objects.pools.iter().cloned());
         l2_policies.extend(objects.l2_policies.iter().cloned());
         seen.extend(objects.seen.iter());
-        diagnostics.absorb(
-            parsed.errors.iter().cloned(),
-            parsed.warnings.iter().cloned(),
-        );
     }
-    // Sorted so that nothing downstream depends on the order of the documents.
-    services.sort_by(|a, b| a.object.cmp(&b.object));
-    // By service first, so a service's slices are one contiguous run (`Config::slices_of`).
-    endpoint_slices.sort_by(|a, b| {
-        (&a.object.namespace, &a.service, &a.object.name).cmp(&(
-            &b.object.namespace,
-            &b.service,
-            &b.object.name,
-        ))
-    });
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    services.sort_by(service_order);
+    endpoint_slices.sort_by(slice_order);
+    nodes.sort_by(node_order);
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     l2_policies.sort_by(|a, b| a.name.cmp(&b.name));
-
-    validate::duplicates(&seen, &mut diagnostics);
-    validate::overlapping_pools(&pools, &mut diagnostics);
-    cache.documents = next;
-
-    let warnings = diagnostics.into_result()?;
-    Ok(Config {
+    validate::duplicates(&seen, diagnostics);
+    validate::overlapping_pools(&pools, diagnostics);
+    Config {
         source: source.to_owned(),
         services,
         endpoint_slices,
         nodes,
         pools,
         l2_policies,
-        warnings,
-    })
+        warnings: Vec::new(),
+    }
+}
+
+/// Services are all of one kind: by namespace and name.
+fn service_order(a: &Arc<Service>, b: &Arc<Service>) -> Ordering {
+    let (a, b) = (&a.object, &b.object);
+    (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
+}
+
+/// By service first, so a service's slices are one contiguous run
+/// (`Config::services_with_slices`).
+fn slice_order(a: &Arc<EndpointSlice>, b: &Arc<EndpointSlice>) -> Ordering {
+    (&a.object.namespace, &a.service, &a.object.name).cmp(&(
+        &b.object.namespace,
+        &b.service,
+        &b.object.name,
+    ))
+}
+
+fn node_order(a: &Arc<Node>, b: &Arc<Node>) -> Ordering {
+    a.name.cmp(&b.name)
+}
+
+/// The last valid read with the objects of the re-parsed documents swapped in, provided
+/// each of those documents holds the objects it held before, by kind and name and where
+/// they sort (the usual edit: a field inside an object): the order and the checks across
+/// documents are then those of the last read. `None` when that is not so.
+fn patch(
+    mut last: Config,
+    reparsed: &[(usize, Option<Parsed>)],
+    documents: &[(DocumentKey, Parsed)],
+) -> Option<Config> {
+    for (at, before) in reparsed {
+        let (before, after) = (&before.as_ref()?.objects, &documents[*at].1.objects);
+        let pools_or_policies = [before, after]
+            .iter()
+            .any(|o| !o.pools.is_empty() || !o.l2_policies.is_empty());
+        if before.seen != after.seen || pools_or_policies {
+            return None;
+        }
+        swap(
+            &mut last.services,
+            &before.services,
+            &after.services,
+            service_order,
+        )?;
+        swap(
+            &mut last.endpoint_slices,
+            &before.endpoint_slices,
+            &after.endpoint_slices,
+            slice_order,
+        )?;
+        swap(&mut last.nodes, &before.nodes, &after.nodes, node_order)?;
+    }
+    Some(last)
+}
+
+/// Replaces each of `before` in `sorted` with its counterpart in `after`, which must sort
+/// at the same place.
+fn swap<T>(
+    sorted: &mut [Arc<T>],
+    before: &[Arc<T>],
+    after: &[Arc<T>],
+    order: fn(&Arc<T>, &Arc<T>) -> Ordering,
+) -> Option<()> {
+    if before.len() != after.len() {
+        return None;
+    }
+    for (old, new) in before.iter().zip(after) {
+        if order(old, new) != Ordering::Equal {
+            return None;
+        }
+        let at = sorted.binary_search_by(|s| order(s, old)).ok()?;
+        if !Arc::ptr_eq(&sorted[at], old) {
+            return None;
+        }
+        sorted[at] = Arc::clone(new);
+    }
+    Some(())
 }
 
 /// A syntax error with where it is in the file, for a document whose text starts
@@ -209,6 +305,12 @@ fn documents(text: &str) -> Vec<Document<'_>> {
     };
     for (i, line) in text.split_inclusive('\n').enumerate() {
         let number = i + 1;
+        // Most lines are inside a document whose content has started: only a marker there
+        // matters, and a marker starts with `-` or `.`.
+        if matches!(current, Some((_, _, Some(_)))) && !line.starts_with(['-', '.']) {
+            offset += line.len();
+            continue;
+        }
         let bare = line.trim_end_matches(['\n', '\r']);
         let marker = bare
             .strip_prefix("---")
@@ -712,5 +814,72 @@ mod tests {
             errors.starts_with("/nonexistent/objects.yaml: cannot read:"),
             "{errors}"
         );
+    }
+
+    #[test]
+    fn a_cached_read_is_the_same_as_a_fresh_one() {
+        // Each slot holds one of its versions, or nothing for "": edits inside objects (the
+        // patched case), renames, kind and type changes, duplicates, pools.
+        let slice = |name: &str, service: &str, address: &str| {
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n\
+                 \x20 namespace: web\n  labels:\n    kubernetes.io/service-name: {service}\n\
+                 addressType: IPv4\nendpoints:\n  - addresses: [{address}]\n    nodeName: worker-1\n"
+            )
+        };
+        let node = |name: &str, ready: &str| {
+            format!(
+                "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\nstatus:\n  conditions:\n\
+                 \x20   - type: Ready\n      status: \"{ready}\"\n"
+            )
+        };
+        let mut slots: Vec<Vec<String>> = vec![vec![REFERENCE.to_owned()]];
+        for i in 0..3 {
+            let (a, b) = (format!("svc-{i}"), format!("svc-{i}b"));
+            slots.push(vec![
+                lb_service("web", &a, ""),
+                lb_service("web", &a, "    - port: 81\n"),
+                lb_service("web", &b, ""),
+                lb_service("web", &a, "").replace("LoadBalancer", "ClusterIP"),
+                String::new(),
+            ]);
+            slots.push(vec![
+                slice(&format!("{a}-1"), &a, "10.0.0.1"),
+                slice(&format!("{a}-1"), &a, "10.0.0.2"),
+                slice(&format!("{a}-1"), &b, "10.0.0.1"),
+                slice(&format!("{a}-2"), &a, "10.0.0.1"),
+                String::new(),
+            ]);
+            slots.push(vec![
+                node(&format!("node-{i}"), "True"),
+                node(&format!("node-{i}"), "False"),
+                node("node-0", "True"),
+                pool_doc(&format!("pool-{i}"), "  blocks:\n    - cidr: 10.9.0.0/24\n"),
+                String::new(),
+            ]);
+        }
+        let mut random = XorShift(0x5eed_0fca_c4e5);
+        let mut cache = DocumentCache::default();
+        let mut chosen = vec![0; slots.len()];
+        for round in 0..500 {
+            for _ in 0..1 + 2 * usize::from(random.chance(4)) {
+                let slot = random.below(slots.len());
+                chosen[slot] = random.below(slots[slot].len());
+            }
+            let text: Vec<&str> = chosen
+                .iter()
+                .zip(&slots)
+                .map(|(&v, versions)| versions[v].as_str())
+                .filter(|doc| !doc.is_empty())
+                .collect();
+            let text = text.join("---\n");
+            let cached = super::parse(FILE, &text, &mut cache);
+            let fresh = super::parse(FILE, &text, &mut DocumentCache::default());
+            assert_eq!(
+                format!("{cached:?}"),
+                format!("{fresh:?}"),
+                "round {round}:\n{text}"
+            );
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! selectors or allocation (VIP conflicts, exhausted pools, competing L2 policies) are the
 //! model's.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use super::ObjectRef;
 use super::error::Diagnostics;
@@ -11,7 +11,7 @@ use super::pool::{IpBlock, IpPool};
 /// The same kind/namespace/name twice: the API server would have kept only one of them,
 /// and which one is a guess we refuse to make.
 pub(super) fn duplicates(seen: &[&(ObjectRef, String)], diagnostics: &mut Diagnostics) {
-    let mut first_seen: BTreeMap<&ObjectRef, &str> = BTreeMap::new();
+    let mut first_seen: HashMap<&ObjectRef, &str> = HashMap::with_capacity(seen.len());
     for (object, origin) in seen {
         match first_seen.get(object) {
             Some(first) => diagnostics.error(
