@@ -4,7 +4,6 @@
 //! attached and its maps pinned, so traffic keeps flowing and the next start adopts
 //! conntrack and affinity as they are.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -58,12 +57,9 @@ fn selected_interfaces(options: &RunOptions) -> Result<Vec<Interface>> {
     Ok(interfaces)
 }
 
-/// The file's contents, to tell a real change from an unrelated event in its directory.
+/// The file's documents, to tell a real change from an unrelated event in its directory.
 fn digest(path: &Path) -> Option<u64> {
-    let bytes = std::fs::read(path).ok()?;
-    let mut hasher = DefaultHasher::new();
-    bytes.hash(&mut hasher);
-    Some(hasher.finish())
+    Some(config::digest(&std::fs::read_to_string(path).ok()?))
 }
 
 /// Watches the file's directory: editors replace the file, Kubernetes swaps a symlink to
@@ -84,13 +80,23 @@ fn watch(path: &Path) -> Result<EventStream<Vec<u8>>> {
     Ok(inotify.into_event_stream(vec![0; 4096])?)
 }
 
+/// Announcements named in a log line; more are counted (a line naming 10,000 is unreadable).
+const NAMED_ANNOUNCEMENTS: usize = 8;
+
 fn summary(desired: &DesiredState) -> String {
     let backends: usize = desired.frontends.iter().map(|f| f.backends.len()).sum();
-    let announced: Vec<String> = desired
-        .announcements
+    let announcements = &desired.announcements;
+    let mut announced: Vec<String> = announcements
         .iter()
+        .take(NAMED_ANNOUNCEMENTS)
         .map(|a| format!("{} on {}", a.vip, a.interface))
         .collect();
+    if announcements.len() > NAMED_ANNOUNCEMENTS {
+        announced.push(format!(
+            "and {} more",
+            announcements.len() - NAMED_ANNOUNCEMENTS
+        ));
+    }
     format!(
         "{} frontends, {} backend slots; announcing {}",
         desired.frontends.len(),
@@ -117,7 +123,7 @@ struct Agent {
     model_cache: ModelCache,
     /// What `status` shows about this agent, pinned in `gw_agent`.
     record: AgentState,
-    /// The file contents last applied.
+    /// The digest of the documents last applied.
     applied: Option<u64>,
     garp: garp::Schedule,
     garp_sender: garp::Sender,
@@ -191,7 +197,6 @@ impl Agent {
 
     fn start(options: RunOptions) -> Result<Self> {
         let started = Instant::now();
-        let digest_before = digest(&options.config);
         // Validate everything before touching the kernel: a bad file must not replace (or
         // even pin anything next to) what a previous run left serving.
         let interfaces = selected_interfaces(&options)?;
@@ -239,7 +244,7 @@ impl Agent {
         for (key, mac) in &agent.state.l2 {
             agent.garp.announce(*key, *mac, now);
         }
-        agent.applied = digest_before;
+        agent.applied = Some(agent.cache.digest());
         agent.record.last_applied_unix = unix_now();
         agent.datapath.maps.write_agent(&agent.record)?;
         info!(
@@ -265,7 +270,6 @@ impl Agent {
     /// Re-reads the file and applies the difference; an invalid file changes nothing.
     fn reload(&mut self, why: &str) {
         let started = Instant::now();
-        let digest_before = digest(&self.options.config);
         let result = (|| -> Result<String> {
             let interfaces = selected_interfaces(&self.options)?;
             let desired = desired(
@@ -290,7 +294,7 @@ impl Agent {
                     "reloaded {file} ({why}) in {:.1?}: {line}",
                     started.elapsed()
                 );
-                self.applied = digest_before;
+                self.applied = Some(self.cache.digest());
                 self.record.reloads += 1;
                 self.record.last_applied_unix = unix_now();
                 self.record.refused = 0;

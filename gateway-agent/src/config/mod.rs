@@ -28,7 +28,7 @@ pub(crate) use error::Diagnostics;
 pub use error::{ConfigError, ConfigErrors, ConfigWarning};
 pub use l2policy::L2Policy;
 pub use node::Node;
-pub use parse::DocumentCache;
+pub use parse::{DocumentCache, digest};
 pub use pool::{IpBlock, IpPool};
 pub use selector::{Operator, Requirement, Selector};
 pub use service::{

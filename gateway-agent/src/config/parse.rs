@@ -67,6 +67,34 @@ pub struct DocumentCache {
     last: Option<Config>,
 }
 
+impl DocumentCache {
+    /// What the last read was made of: the same for a file whose documents are the same,
+    /// as [`digest`] computes it for a file not read yet.
+    pub fn digest(&self) -> u64 {
+        digest_of(self.documents.iter().map(|(key, _)| key))
+    }
+}
+
+/// A digest of the documents of `text`, to tell a change of the file that matters from
+/// one that does not without parsing it.
+pub fn digest(text: &str) -> u64 {
+    digest_of(
+        documents(text)
+            .iter()
+            .map(DocumentKey::of)
+            .collect::<Vec<_>>()
+            .iter(),
+    )
+}
+
+fn digest_of<'k>(keys: impl Iterator<Item = &'k DocumentKey>) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    for key in keys {
+        key.hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct DocumentKey {
     line: usize,
