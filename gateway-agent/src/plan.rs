@@ -268,7 +268,10 @@ pub fn change(
 ) -> Result<Change, PlanError> {
     fn by_key(state: &DesiredState) -> Vec<&crate::model::Frontend> {
         let mut frontends: Vec<_> = state.frontends.iter().collect();
-        frontends.sort_by_key(|f| service_key(f));
+        // The model sorts them so already; a hand-made state may not be.
+        if !frontends.is_sorted_by_key(|f| service_key(f)) {
+            frontends.sort_by_key(|f| service_key(f));
+        }
         frontends
     }
     // The frontends that go or change (as they were) and that come or change (as they are).

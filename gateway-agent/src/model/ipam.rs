@@ -102,11 +102,14 @@ pub(crate) fn allocate<'c>(config: &'c Config, diagnostics: &mut Diagnostics) ->
     }
 
     // Pass 3, for the services that neither request a VIP nor keep one.
-    let claimed: BTreeSet<usize> = claims.iter().map(|claim| claim.service).collect();
+    let mut claimed = vec![false; services.len()];
+    for claim in &claims {
+        claimed[claim.service] = true;
+    }
     let mut waiting: Vec<(usize, &Arc<Service>)> = services
         .iter()
         .enumerate()
-        .filter(|(i, service)| service.requested_vip.is_none() && !claimed.contains(i))
+        .filter(|(i, service)| service.requested_vip.is_none() && !claimed[*i])
         .collect();
     waiting
         .sort_by_key(|&(_, service)| (service.created.is_none(), service.created, &service.object));
