@@ -1,5 +1,5 @@
 //! Builds the eBPF object (gateway-ebpf, for the bpfel target, with the nightly toolchain and
-//! bpf-linker) twice and leaves both in OUT_DIR, where `datapath::object` embeds them: the
+//! bpf-linker) twice and leaves both in OUT_DIR (with the benchmark's wrapper object), where `datapath::object` embeds them: the
 //! agent is one self-contained binary. `gateway` has no logging code; `gateway-log` carries
 //! the aya-log debug events and is loaded only when debug logging is on.
 //!
@@ -17,6 +17,8 @@ use anyhow::{Context, Result, bail};
 
 const PACKAGE: &str = "gateway-ebpf";
 const BIN: &str = "gateway";
+/// The benchmark's frame-restoring wrapper; embedded only by `benches/datapath.rs`.
+const BENCH_BIN: &str = "gateway-bench";
 const TARGET: &str = "bpfel-unknown-none";
 const RUSTFLAGS: [&str; 4] = [
     "-Cdebuginfo=2",
@@ -25,7 +27,13 @@ const RUSTFLAGS: [&str; 4] = [
     "--cfg=bpf_target_arch=\"x86_64\"",
 ];
 
-fn build(ebpf_dir: &Path, target_dir: &Path, features: &[&str], out: &Path) -> Result<()> {
+/// Builds the eBPF binaries with `features` and copies each `(binary, destination)`.
+fn build(
+    ebpf_dir: &Path,
+    target_dir: &Path,
+    features: &[&str],
+    outputs: &[(&str, &Path)],
+) -> Result<()> {
     let mut cmd = Command::new("rustup");
     cmd.args([
         "run",
@@ -60,9 +68,11 @@ fn build(ebpf_dir: &Path, target_dir: &Path, features: &[&str], out: &Path) -> R
     if !output.status.success() {
         bail!("building the eBPF object failed:\n{stderr}");
     }
-    let built = target_dir.join(TARGET).join("release").join(BIN);
-    std::fs::copy(&built, out)
-        .with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
+    for (bin, out) in outputs {
+        let built = target_dir.join(TARGET).join("release").join(bin);
+        std::fs::copy(&built, out)
+            .with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
+    }
     Ok(())
 }
 
@@ -75,6 +85,19 @@ fn main() -> Result<()> {
     }
     let out = PathBuf::from(env::var("OUT_DIR").context("OUT_DIR")?);
     let target_dir = out.join("ebpf-target");
-    build(&ebpf_dir, &target_dir, &["log"], &out.join("gateway-log"))?;
-    build(&ebpf_dir, &target_dir, &[], &out.join("gateway"))
+    build(
+        &ebpf_dir,
+        &target_dir,
+        &["log"],
+        &[(BIN, &out.join("gateway-log"))],
+    )?;
+    build(
+        &ebpf_dir,
+        &target_dir,
+        &[],
+        &[
+            (BIN, &out.join("gateway")),
+            (BENCH_BIN, &out.join("gateway-bench")),
+        ],
+    )
 }

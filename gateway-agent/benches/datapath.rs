@@ -2,11 +2,19 @@
 //! program measured the same way in the same run.
 //!
 //! BPF_PROG_TEST_RUN does not restore the frame between repeats, so a rewriting program
-//! would measure its own output from the second pass on. Every run here is single-shot
-//! (repeat 1, a fresh copy of the frame), the kernel's own measure of that run is kept, and
-//! the median over many runs is reported, minus the floor's median (Katran's method). Every
-//! case checks the verdict and output bytes of its runs, so a figure can never come from the
-//! wrong path.
+//! would measure its own output from the second pass on. Each case is measured two ways:
+//!
+//! - warm: the `gateway-bench` wrapper restores the frame before every pass (a new flow
+//!   per pass where the case needs one) and tail-calls the measured program, many passes
+//!   per run; the floor is the same wrapper tail-calling the empty program, so the
+//!   wrapper's cost cancels. Every counter's change over a run must equal passes x what one
+//!   pass of the case does (e.g. one conntrack entry created, one affinity hit), and the
+//!   last pass's verdict and output bytes are checked.
+//! - single-shot: repeat 1 with a fresh frame, the kernel's own measure of each run, the
+//!   median over many runs minus the floor's (Katran's method); caches are cold, as for a
+//!   packet arriving after other work. Every run's verdict and output bytes are checked.
+//!
+//! Either way a figure can never come from the wrong path.
 //!
 //! `cargo bench -p gateway-agent --bench datapath -- [--quick] [--out FILE]` (root); writes
 //! JSON for `cargo xtask bench`.
@@ -14,10 +22,19 @@
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, ProgramArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
 use gateway_agent::capacity::Capacity;
 use gateway_agent::model::{DesiredState, Protocol};
-use gateway_common::{CtEntry, CtKey, program_names, proto};
+use gateway_common::{
+    Counter, CtEntry, CtKey,
+    bench::{self, BenchFrame, FRAME_MAX},
+    program_names, proto,
+};
 use serde::Serialize;
 
 #[path = "../tests/support/mod.rs"]
@@ -27,6 +44,20 @@ use support::*;
 const BACKEND_PORT: u16 = 8080;
 /// The client of the established flow and of the affinity-hit flows.
 const CLIENT_PORT: u16 = 40000;
+/// The client of the warm affinity-hit flows (its own, so its ports are all new).
+const CLIENT_WARM: [u8; 4] = [192, 168, 10, 20];
+/// The first client address of the warm affinity misses (one more per pass).
+const CLIENT_MISS_WARM: [u8; 4] = [100, 100, 0, 0];
+
+/// Offsets in an Ethernet + IPv4 (no options) + TCP frame.
+const IP_CSUM: u16 = 14 + 10;
+const IP_SRC_LOW: u16 = 14 + 12 + 2;
+const TCP_SPORT: u16 = 14 + 20;
+const TCP_CSUM: u16 = 14 + 20 + 16;
+
+/// The benchmark's wrapper object, built beside the datapath by build.rs.
+static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-bench"));
 
 #[derive(Serialize)]
 struct Measurement {
@@ -40,11 +71,18 @@ struct Measurement {
     ratio_to_floor: f64,
     verdict: &'static str,
     checked: String,
+    /// Warm: median over runs of the kernel's mean time per pass.
+    warm_ns: u64,
+    warm_floor_ns: u64,
+    warm_above_floor_ns: i64,
+    warm_checked: String,
 }
 
 #[derive(Serialize)]
 struct Report {
     runs_per_case: usize,
+    warm_runs: usize,
+    warm_passes_per_run: u32,
     measurements: Vec<Measurement>,
 }
 
@@ -109,6 +147,26 @@ struct Case {
     frame: Box<dyn Fn(usize) -> Vec<u8>>,
     /// Checks one run's verdict and output; returns what it checked.
     check: Box<Check>,
+    warm: Warm,
+}
+
+/// Which field the wrapper advances before every warm pass, so each pass is a new flow.
+#[derive(Clone, Copy)]
+enum Vary {
+    Nothing,
+    /// The TCP source port (same client: an affinity hit after the first).
+    SourcePort,
+    /// The low half of the client address (a new client: an affinity miss).
+    ClientAddress,
+}
+
+/// The warm measurement of a case: its first frame, and what one pass does to the counters.
+struct Warm {
+    frame: Vec<u8>,
+    vary: Vary,
+    per_pass: &'static [Counter],
+    /// Checks the last pass's verdict and output against the frame it was given.
+    check: Box<Check>,
 }
 
 fn verdict_name(v: u32) -> &'static str {
@@ -136,29 +194,86 @@ fn dnat_to_backend(verdict: u32, input: &[u8], out: &[u8]) -> Result<String> {
     ))
 }
 
-fn cases(backend_of_flow: ([u8; 4], u16)) -> Vec<Case> {
+fn passed_untouched(v: u32, input: &[u8], out: &[u8]) -> Result<String> {
+    ensure!(v == PASS && input == out, "passed untouched");
+    Ok("passed, bytes unchanged".into())
+}
+
+fn arp_answered(v: u32, _: &[u8], out: &[u8]) -> Result<String> {
+    ensure!(v == REDIRECT, "verdict {v}");
+    ensure!(
+        out[20..22] == [0, 2] && out[28..32] == VIP_AFFINITY,
+        "an ARP reply for the VIP"
+    );
+    Ok("ARP reply from the interface MAC".into())
+}
+
+fn reverse_natted(v: u32, _: &[u8], out: &[u8]) -> Result<String> {
+    ensure!(v == OK, "verdict {v}");
+    ensure!(
+        ip_src(out) == (VIP_AFFINITY, 80),
+        "source rewritten to the VIP"
+    );
+    assert_checksums(out);
+    Ok("src 192.168.10.49:80, checksums valid".into())
+}
+
+/// DNAT to `backend` in particular (the flow's, or the client's affinity backend).
+fn dnat_to(backend: ([u8; 4], u16), what: &'static str) -> Box<Check> {
+    Box::new(move |v, input, out| {
+        let checked = dnat_to_backend(v, input, out)?;
+        ensure!(ip_dst(out) == backend, "{what}");
+        Ok(format!("{checked}, {what}"))
+    })
+}
+
+/// The cases; `backend_of_flow` serves the established flow and the affinity client,
+/// `warm_backend` the warm affinity client.
+fn cases(backend_of_flow: ([u8; 4], u16), warm_backend: ([u8; 4], u16)) -> Vec<Case> {
+    let non_vip = tcp_frame((CLIENT, CLIENT_PORT), (NODE, 22), Tcp::Ack, b"");
+    let arp = arp_request(CLIENT, VIP_AFFINITY);
+    let established = tcp_frame(
+        (CLIENT, CLIENT_PORT),
+        (VIP_AFFINITY, 80),
+        Tcp::Ack,
+        b"GET / HTTP/1.1",
+    );
+    let reply = tcp_frame(
+        backend_of_flow,
+        (CLIENT, CLIENT_PORT),
+        Tcp::Ack,
+        b"HTTP/1.1 200 OK",
+    );
     vec![
         Case {
             name: "non-VIP packet",
             program: program_names::INGRESS,
-            frame: Box::new(|_| tcp_frame((CLIENT, CLIENT_PORT), (NODE, 22), Tcp::Ack, b"")),
-            check: Box::new(|v, input, out| {
-                ensure!(v == PASS && input == out, "passed untouched");
-                Ok("passed, bytes unchanged".into())
+            frame: Box::new({
+                let f = non_vip.clone();
+                move |_| f.clone()
             }),
+            check: Box::new(passed_untouched),
+            warm: Warm {
+                frame: non_vip,
+                vary: Vary::Nothing,
+                per_pass: &[],
+                check: Box::new(passed_untouched),
+            },
         },
         Case {
             name: "ARP request answered",
             program: program_names::INGRESS,
-            frame: Box::new(|_| arp_request(CLIENT, VIP_AFFINITY)),
-            check: Box::new(|v, _, out| {
-                ensure!(v == REDIRECT, "verdict {v}");
-                ensure!(
-                    out[20..22] == [0, 2] && out[28..32] == VIP_AFFINITY,
-                    "an ARP reply for the VIP"
-                );
-                Ok("ARP reply from the interface MAC".into())
+            frame: Box::new({
+                let f = arp.clone();
+                move |_| f.clone()
             }),
+            check: Box::new(arp_answered),
+            warm: Warm {
+                frame: arp,
+                vary: Vary::Nothing,
+                per_pass: &[Counter::ArpReply],
+                check: Box::new(arp_answered),
+            },
         },
         Case {
             name: "new flow, affinity miss",
@@ -169,6 +284,17 @@ fn cases(backend_of_flow: ([u8; 4], u16)) -> Vec<Case> {
                 tcp_frame((client, CLIENT_PORT), (VIP_AFFINITY, 80), Tcp::Syn, b"")
             }),
             check: Box::new(dnat_to_backend),
+            warm: Warm {
+                frame: tcp_frame(
+                    (CLIENT_MISS_WARM, CLIENT_PORT),
+                    (VIP_AFFINITY, 80),
+                    Tcp::Syn,
+                    b"",
+                ),
+                vary: Vary::ClientAddress,
+                per_pass: &[Counter::CtCreated],
+                check: Box::new(dnat_to_backend),
+            },
         },
         Case {
             name: "new flow, affinity hit",
@@ -182,49 +308,43 @@ fn cases(backend_of_flow: ([u8; 4], u16)) -> Vec<Case> {
                     b"",
                 )
             }),
-            check: Box::new(move |v, input, out| {
-                let checked = dnat_to_backend(v, input, out)?;
-                ensure!(ip_dst(out) == backend_of_flow, "the affinity backend");
-                Ok(format!("{checked}, the client's affinity backend"))
-            }),
+            check: dnat_to(backend_of_flow, "the client's affinity backend"),
+            warm: Warm {
+                frame: tcp_frame((CLIENT_WARM, 1024), (VIP_AFFINITY, 80), Tcp::Syn, b""),
+                vary: Vary::SourcePort,
+                per_pass: &[Counter::CtCreated, Counter::AffinityHit],
+                check: dnat_to(warm_backend, "the client's affinity backend"),
+            },
         },
         Case {
             name: "established flow",
             program: program_names::INGRESS,
-            frame: Box::new(|_| {
-                tcp_frame(
-                    (CLIENT, CLIENT_PORT),
-                    (VIP_AFFINITY, 80),
-                    Tcp::Ack,
-                    b"GET / HTTP/1.1",
-                )
+            frame: Box::new({
+                let f = established.clone();
+                move |_| f.clone()
             }),
-            check: Box::new(move |v, input, out| {
-                let checked = dnat_to_backend(v, input, out)?;
-                ensure!(ip_dst(out) == backend_of_flow, "the flow's backend");
-                Ok(format!("{checked}, the flow's backend"))
-            }),
+            check: dnat_to(backend_of_flow, "the flow's backend"),
+            warm: Warm {
+                frame: established,
+                vary: Vary::Nothing,
+                per_pass: &[],
+                check: dnat_to(backend_of_flow, "the flow's backend"),
+            },
         },
         Case {
             name: "reply reverse-NATed",
             program: program_names::EGRESS,
-            frame: Box::new(move |_| {
-                tcp_frame(
-                    backend_of_flow,
-                    (CLIENT, CLIENT_PORT),
-                    Tcp::Ack,
-                    b"HTTP/1.1 200 OK",
-                )
+            frame: Box::new({
+                let f = reply.clone();
+                move |_| f.clone()
             }),
-            check: Box::new(|v, _, out| {
-                ensure!(v == OK, "verdict {v}");
-                ensure!(
-                    ip_src(out) == (VIP_AFFINITY, 80),
-                    "source rewritten to the VIP"
-                );
-                assert_checksums(out);
-                Ok("src 192.168.10.49:80, checksums valid".into())
-            }),
+            check: Box::new(reverse_natted),
+            warm: Warm {
+                frame: reply,
+                vary: Vary::Nothing,
+                per_pass: &[Counter::RevNat],
+                check: Box::new(reverse_natted),
+            },
         },
     ]
 }
@@ -257,6 +377,135 @@ fn measure(
     Ok((times, verdict, checked))
 }
 
+/// The loaded wrapper: its program, the frame it restores and the program it tail-calls.
+struct Wrapper {
+    ebpf: Ebpf,
+}
+
+impl Wrapper {
+    fn load() -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .load(BENCH_OBJECT)
+            .context("loading the benchmark wrapper")?;
+        Self::program(&mut ebpf)?.load()?;
+        Ok(Self { ebpf })
+    }
+
+    fn program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+        Ok(ebpf
+            .program_mut(bench::PROGRAM)
+            .context("the wrapper program")?
+            .try_into()?)
+    }
+
+    /// Points the wrapper at `program` of the datapath, starting from `frame`.
+    fn prepare(&mut self, h: &mut Harness, program: &str, frame: &[u8], vary: Vary) -> Result<()> {
+        let fd = h.dp.program(program)?.fd()?;
+        let mut target =
+            ProgramArray::try_from(self.ebpf.map_mut(bench::TARGET_MAP).context("target")?)?;
+        target.set(0, fd, 0)?;
+        ensure!(frame.len() <= FRAME_MAX, "frame of {} bytes", frame.len());
+        let (vary_off, csum_offs) = match vary {
+            Vary::Nothing => (0, [0, 0]),
+            Vary::SourcePort => (TCP_SPORT, [TCP_CSUM, 0]),
+            // The address is in the IPv4 header and in the TCP pseudo-header.
+            Vary::ClientAddress => (IP_SRC_LOW, [IP_CSUM, TCP_CSUM]),
+        };
+        let mut value = BenchFrame {
+            len: frame.len() as u32,
+            vary_off,
+            csum_offs,
+            _pad: [0; 6],
+            frame: [0; FRAME_MAX],
+        };
+        value.frame[..frame.len()].copy_from_slice(frame);
+        self.frames()?.set(0, value, 0)?;
+        Ok(())
+    }
+
+    fn frames(&mut self) -> Result<Array<&mut aya::maps::MapData, BenchFrame>> {
+        Ok(Array::try_from(
+            self.ebpf.map_mut(bench::FRAME_MAP).context("frame")?,
+        )?)
+    }
+
+    /// The frame the last pass was given.
+    fn last_frame(&mut self) -> Result<Vec<u8>> {
+        let value = self.frames()?.get(&0, 0)?;
+        Ok(value.frame[..value.len as usize].to_vec())
+    }
+
+    /// One run of `passes` passes: the kernel's mean ns per pass, the last verdict and
+    /// output.
+    fn run(&mut self, frame_len: usize, passes: u32) -> Result<(u64, u32, Vec<u8>)> {
+        // The wrapper overwrites the frame before the first pass; only its length counts.
+        let input = vec![0u8; frame_len];
+        let mut out = vec![0u8; frame_len + 256];
+        let result = Self::program(&mut self.ebpf)?.test_run(TestRunOptions {
+            data_in: Some(&input),
+            data_out: Some(&mut out),
+            repeat: passes,
+            ..Default::default()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.duration.as_nanos() as u64, result.return_value, out))
+    }
+}
+
+/// Warm measurement of `program` from `frame`: the median over `runs` runs of the mean ns
+/// per pass. Every counter must change by exactly `passes x per_pass`, and the last pass's
+/// output must pass `check`; returns the figure and what was checked.
+#[allow(clippy::too_many_arguments)]
+fn measure_warm(
+    h: &mut Harness,
+    wrapper: &mut Wrapper,
+    program: &str,
+    frame: &[u8],
+    vary: Vary,
+    per_pass: &[Counter],
+    check: &Check,
+    (runs, passes): (usize, u32),
+) -> Result<(u64, String)> {
+    wrapper.prepare(h, program, frame, vary)?;
+    let before = h.dp.maps.counters()?;
+    let mut times = Vec::with_capacity(runs);
+    let mut last = None;
+    for _ in 0..runs {
+        let (ns, verdict, out) = wrapper.run(frame.len(), passes)?;
+        times.push(ns);
+        last = Some((verdict, out));
+    }
+    let after = h.dp.maps.counters()?;
+    let total = runs as u64 * passes as u64;
+    for ((counter, b), (_, a)) in before.iter().zip(&after) {
+        let want = if per_pass.contains(counter) { total } else { 0 };
+        ensure!(
+            a - b == want,
+            "{}: {} in {total} passes, expected {want}",
+            counter.name(),
+            a - b
+        );
+    }
+    let (verdict, out) = last.context("no runs")?;
+    let input = wrapper.last_frame()?;
+    let checked = check(verdict, &input, &out).context("the last pass")?;
+    times.sort_unstable();
+    let counted = if per_pass.is_empty() {
+        "no counter moved".to_owned()
+    } else {
+        per_pass
+            .iter()
+            .map(|c| c.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+            + " +1 per pass, no other counter moved"
+    };
+    Ok((
+        percentile(&times, 50),
+        format!("{total} passes: {counted}; last pass {checked}"),
+    ))
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -269,11 +518,16 @@ fn main() -> Result<()> {
     } else {
         (20_000, &[1, 1_000, 10_000], 100_000)
     };
+    // Warm runs x passes; at most 65,536 passes per case, as the wrapper varies 16 bits.
+    let warm: (usize, u32) = if quick { (5, 100) } else { (30, 1_000) };
 
     let mut report = Report {
         runs_per_case: runs,
+        warm_runs: warm.0,
+        warm_passes_per_run: warm.1,
         measurements: Vec::new(),
     };
+    let mut wrapper = Wrapper::load()?;
     for &n in sizes {
         let started = Instant::now();
         let capacity = Capacity {
@@ -283,36 +537,70 @@ fn main() -> Result<()> {
         let mut h = Harness::with(&services(n), capacity);
         prefill_conntrack(&mut h, prefill)?;
         // Open the established flow; its backend is also the affinity client's backend.
-        let (v, syn) = h.ingress(&tcp_frame(
-            (CLIENT, CLIENT_PORT),
-            (VIP_AFFINITY, 80),
-            Tcp::Syn,
-            b"",
-        ));
-        if v != OK {
-            bail!("opening the measured flow: verdict {v}");
-        }
-        let backend = ip_dst(&syn);
+        let mut open = |client: [u8; 4], port: u16| -> Result<([u8; 4], u16)> {
+            let (v, syn) = h.ingress(&tcp_frame(
+                (client, port),
+                (VIP_AFFINITY, 80),
+                Tcp::Syn,
+                b"",
+            ));
+            ensure!(v == OK, "opening a flow from {client:?}: verdict {v}");
+            Ok(ip_dst(&syn))
+        };
+        let backend = open(CLIENT, CLIENT_PORT)?;
+        // The warm affinity client's entry, so each of its passes is a hit.
+        let warm_backend = open(CLIENT_WARM, 999)?;
         eprintln!(
             "{n} services, {prefill} tracked flows: ready in {:?}",
             started.elapsed()
         );
+        let floor_frame = tcp_frame((CLIENT, CLIENT_PORT), (VIP_AFFINITY, 80), Tcp::Ack, b"");
         let (floor_times, _, _) = measure(
             &mut h,
             program_names::FLOOR,
             runs,
-            &|_| tcp_frame((CLIENT, CLIENT_PORT), (VIP_AFFINITY, 80), Tcp::Ack, b""),
+            &|_| floor_frame.clone(),
             &|v, _, _| {
                 ensure!(v == OK, "the floor returns TC_ACT_OK");
                 Ok("TC_ACT_OK".into())
             },
         )?;
         let floor = percentile(&floor_times, 50);
-        for case in cases(backend) {
+        for case in cases(backend, warm_backend) {
+            // The floor of the warm figure: the same wrapper work, into the empty program.
+            let (warm_floor, _) = measure_warm(
+                &mut h,
+                &mut wrapper,
+                program_names::FLOOR,
+                &case.warm.frame,
+                case.warm.vary,
+                &[],
+                &|v, _, _| {
+                    ensure!(v == OK, "the floor returns TC_ACT_OK");
+                    Ok("TC_ACT_OK".into())
+                },
+                warm,
+            )?;
+            let (warm_ns, warm_checked) = measure_warm(
+                &mut h,
+                &mut wrapper,
+                case.program,
+                &case.warm.frame,
+                case.warm.vary,
+                case.warm.per_pass,
+                &*case.warm.check,
+                warm,
+            )
+            .with_context(|| format!("{}, warm", case.name))?;
             let (times, verdict, checked) =
-                measure(&mut h, case.program, runs, &*case.frame, &*case.check)?;
+                measure(&mut h, case.program, runs, &*case.frame, &*case.check)
+                    .with_context(|| format!("{}, single-shot", case.name))?;
             let median = percentile(&times, 50);
-            eprintln!("  {:<26} {median:>5} ns (floor {floor} ns)", case.name);
+            eprintln!(
+                "  {:<26} warm {warm_ns:>4} ns (floor {warm_floor}), single-shot {median:>5} ns \
+                 (floor {floor})",
+                case.name
+            );
             report.measurements.push(Measurement {
                 case: case.name,
                 services: n,
@@ -324,6 +612,10 @@ fn main() -> Result<()> {
                 ratio_to_floor: median as f64 / floor.max(1) as f64,
                 verdict: verdict_name(verdict),
                 checked,
+                warm_ns,
+                warm_floor_ns: warm_floor,
+                warm_above_floor_ns: warm_ns as i64 - warm_floor as i64,
+                warm_checked,
             });
         }
     }

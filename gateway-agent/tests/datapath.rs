@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use gateway_agent::plan;
+use gateway_agent::{datapath::monotonic_ns, plan};
 use gateway_common::{Counter, CtKey, proto};
 
 mod support;
@@ -119,6 +119,13 @@ fn a_new_flow_is_dnated_to_a_backend_with_valid_checksums_and_the_client_address
     let entry = h.dp.maps.conntrack.get(&key, 0).expect("conntrack entry");
     assert_eq!(Ipv4Addr::from(entry.backend_addr), Ipv4Addr::from(addr));
     assert_eq!(h.counter(Counter::CtCreated), 1);
+    // Stamped with the agent's clock: ages in `ct list` are never negative or far off.
+    let now = monotonic_ns();
+    assert!(
+        entry.last_seen_ns <= now && now - entry.last_seen_ns < 1_000_000_000,
+        "stamped {} at agent time {now}",
+        entry.last_seen_ns
+    );
 
     // The rest of the flow follows the entry to the same backend.
     for _ in 0..5 {

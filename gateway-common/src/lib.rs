@@ -66,6 +66,30 @@ pub mod program_names {
     pub const FLOOR: &str = "gw_floor";
 }
 
+/// The benchmark's frame-restoring wrapper (the `gateway-bench` object, never loaded by the
+/// agent): BPF_PROG_TEST_RUN does not restore the frame between repeats, so the wrapper
+/// writes this frame back before every pass and tail-calls the measured program.
+pub mod bench {
+    pub const FRAME_MAP: &str = "gw_bench_frame";
+    pub const TARGET_MAP: &str = "gw_bench_target";
+    pub const PROGRAM: &str = "gw_bench";
+    /// The longest frame the wrapper restores.
+    pub const FRAME_MAX: usize = 128;
+
+    /// The frame of the next pass. With `vary_off` set (even offsets only), every pass first adds one to the
+    /// 16-bit big-endian field there (a new source port or client address per pass, so
+    /// each pass is a new flow) and updates the checksums at `csum_offs` (0: none) to match.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct BenchFrame {
+        pub len: u32,
+        pub vary_off: u16,
+        pub csum_offs: [u16; 2],
+        pub _pad: [u8; 6],
+        pub frame: [u8; FRAME_MAX],
+    }
+}
+
 /// Default capacities (the agent's `--*-max` flags override them at load time). Service and
 /// backend ids index per-CPU arrays, so they are bounded by these.
 pub mod capacity {

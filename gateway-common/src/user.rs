@@ -33,6 +33,7 @@ pod!(
     Traffic,
     ServiceName,
     AgentState,
+    bench::BenchFrame,
 );
 
 /// Writes `text` into a NUL-padded field, truncated on a character boundary.

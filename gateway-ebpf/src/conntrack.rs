@@ -3,21 +3,29 @@
 //! as absent, so no garbage collector is needed for correctness.
 
 use gateway_common::{
-    CT_F_ESTABLISHED, CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_RST, CT_F_TCP, CtEntry, CtKey,
+    CT_F_ESTABLISHED, CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_RST, CT_F_TCP, CtEntry, CtKey, Ipv4,
 };
 
 use crate::packet::Flow;
 
+/// The key of the flow `flow` belongs to, as the client sent it.
 #[inline(always)]
 pub fn key(flow: &Flow) -> CtKey {
-    CtKey {
-        client_addr: flow.saddr,
-        vip: flow.daddr,
-        client_port: flow.sport,
-        vip_port: flow.dport,
-        proto: flow.proto,
-        _pad: [0; 3],
-    }
+    key_of(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto)
+}
+
+/// The key of a client's flow to a VIP.
+#[inline(always)]
+pub fn key_of(client_addr: Ipv4, vip: Ipv4, client_port: u16, vip_port: u16, proto: u8) -> CtKey {
+    // Starting from zero rather than spelling out `_pad: [0; 3]`: LLVM lowers that 3-byte
+    // literal to a call to memset on every packet.
+    let mut key: CtKey = unsafe { core::mem::zeroed() };
+    key.client_addr = client_addr;
+    key.vip = vip;
+    key.client_port = client_port;
+    key.vip_port = vip_port;
+    key.proto = proto;
+    key
 }
 
 /// State bits a packet from the client adds to its flow.

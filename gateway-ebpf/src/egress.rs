@@ -1,13 +1,14 @@
 //! TC egress: replies from a backend on a tracked flow are rewritten back to VIP:port, so
 //! the client sees the address it connected to.
 
-use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_ktime_get_ns, programs::TcContext};
-use gateway_common::{Counter, CtKey, RevNatKey, capacity};
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use gateway_common::{Counter, RevNatKey, capacity};
 
 use crate::{
     PASS, conntrack, drop,
     maps::{CONNTRACK, REVNAT},
     nat::{self, Side},
+    now_ns,
     packet::{self, ETH_P_IP},
     stats::{Direction, account, count},
 };
@@ -42,14 +43,13 @@ pub fn run(ctx: &TcContext) -> i32 {
             break;
         }
         let frontend = revnat.frontends[i];
-        let key = CtKey {
-            client_addr: flow.daddr,
-            vip: frontend.vip,
-            client_port: flow.dport,
-            vip_port: frontend.port,
-            proto: flow.proto,
-            _pad: [0; 3],
-        };
+        let key = conntrack::key_of(
+            flow.daddr,
+            frontend.vip,
+            flow.dport,
+            frontend.port,
+            flow.proto,
+        );
         let Some(entry) = CONNTRACK.get_ptr_mut(&key) else {
             continue;
         };
@@ -57,11 +57,7 @@ pub fn run(ctx: &TcContext) -> i32 {
         if entry.backend_addr != flow.saddr || entry.backend_port != flow.sport {
             continue;
         }
-        conntrack::touch(
-            entry,
-            unsafe { bpf_ktime_get_ns() },
-            conntrack::backend_flags(&flow),
-        );
+        conntrack::touch(entry, now_ns(), conntrack::backend_flags(&flow));
         if nat::rewrite(ctx, &flow, Side::Source, frontend.vip, frontend.port).is_err() {
             return drop(ctx, Counter::DropNatFailed);
         }

@@ -1,12 +1,13 @@
 //! TC ingress: ARP for announced VIPs, and client -> VIP traffic balanced to a backend.
 
-use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use gateway_common::{Counter, CtEntry, Ipv4, VipKey, vip_filter_bit};
 
 use crate::{
     PASS, arp, conntrack, drop, lb, log,
     maps::{CONFIG, CONNTRACK, VIP_FILTER, VIPS},
     nat::{self, Side},
+    now_ns,
     packet::{self, ETH_P_ARP, ETH_P_IP, Flow},
     stats::{Direction, account, count},
 };
@@ -40,7 +41,7 @@ fn ipv4(ctx: &TcContext) -> i32 {
     let Some(config) = CONFIG.get(0) else {
         return PASS;
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     let key = conntrack::key(&flow);
 
     // Conntrack first: an established flow needs no other lookup but its backend's.

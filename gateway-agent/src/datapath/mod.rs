@@ -25,11 +25,11 @@ pub use maps::Maps;
 
 use crate::capacity::Capacity;
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, which stamps conntrack
-/// and affinity entries.
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`, which
+/// stamps conntrack and affinity entries.
 pub fn monotonic_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .expect("CLOCK_MONOTONIC is always available");
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .expect("CLOCK_MONOTONIC_COARSE is always available");
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 

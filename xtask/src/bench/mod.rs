@@ -124,6 +124,8 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
         machine: machine(),
         quick,
         runs_per_case: datapath.runs_per_case,
+        warm_runs: datapath.warm_runs,
+        warm_passes_per_run: datapath.warm_passes_per_run,
         datapath: datapath.measurements,
         end_to_end,
         control_plane,

@@ -24,11 +24,18 @@ pub struct PacketCost {
     pub ratio_to_floor: f64,
     pub verdict: String,
     pub checked: String,
+    /// Warm: many passes per run through the frame-restoring wrapper.
+    pub warm_ns: u64,
+    pub warm_floor_ns: u64,
+    pub warm_above_floor_ns: i64,
+    pub warm_checked: String,
 }
 
 #[derive(Deserialize)]
 pub struct DatapathRun {
     pub runs_per_case: usize,
+    pub warm_runs: usize,
+    pub warm_passes_per_run: u32,
     pub measurements: Vec<PacketCost>,
 }
 
@@ -46,6 +53,8 @@ pub struct Report {
     pub machine: String,
     pub quick: bool,
     pub runs_per_case: usize,
+    pub warm_runs: usize,
+    pub warm_passes_per_run: u32,
     pub datapath: Vec<PacketCost>,
     pub end_to_end: Vec<Throughput>,
     pub control_plane: ControlPlane,
@@ -86,24 +95,33 @@ pub fn checks(datapath: &[PacketCost], e2e: &[Throughput], control: &ControlPlan
         sizes.first().copied().unwrap_or(1),
         sizes.last().copied().unwrap_or(1),
     );
+    // Katran's figures are warm (many passes over one flow table), but for its cold one:
+    // the targets are checked on the warm figures, the cold ones are compared to its cold.
     for &n in &sizes {
         if let Some(c) = cost(datapath, ESTABLISHED, n) {
             check(
                 &mut out,
-                format!("established flow, {n} services: ns above the empty-TC floor"),
-                format!("{} ns", c.above_floor_ns),
+                format!("established flow, {n} services: ns above the empty-TC floor (warm)"),
+                format!("{} ns", c.warm_above_floor_ns),
                 "<= 60 ns (Katran: 62)".into(),
-                c.above_floor_ns <= 60,
+                c.warm_above_floor_ns <= 60,
+            );
+            check(
+                &mut out,
+                format!("established flow, {n} services: ns above the floor (single-shot, cold)"),
+                format!("{} ns", c.above_floor_ns),
+                "<= 280 ns (Katran, cold cache: 280)".into(),
+                c.above_floor_ns <= 280,
             );
         }
         for case in NEW_FLOWS {
             if let Some(c) = cost(datapath, case, n) {
                 check(
                     &mut out,
-                    format!("{case}, {n} services: ns above the floor"),
-                    format!("{} ns", c.above_floor_ns),
+                    format!("{case}, {n} services: ns above the floor (warm)"),
+                    format!("{} ns", c.warm_above_floor_ns),
                     "<= 450 ns (Katran: 460)".into(),
-                    c.above_floor_ns <= 450,
+                    c.warm_above_floor_ns <= 450,
                 );
             }
         }
@@ -112,10 +130,10 @@ pub fn checks(datapath: &[PacketCost], e2e: &[Throughput], control: &ControlPlan
         cost(datapath, ESTABLISHED, small),
         cost(datapath, ESTABLISHED, large),
     ) {
-        let ratio = b.median_ns as f64 / a.median_ns.max(1) as f64;
+        let ratio = b.warm_ns as f64 / a.warm_ns.max(1) as f64;
         check(
             &mut out,
-            format!("established flow at {large} vs {small} services"),
+            format!("established flow at {large} vs {small} services (warm)"),
             format!("{ratio:.2}x"),
             "<= 1.10x".into(),
             ratio <= 1.10,
@@ -222,28 +240,37 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(
         md,
-        "\n## Datapath cost per packet\n\nBPF_PROG_TEST_RUN, single-shot runs (repeat 1, a fresh frame each), median of {} runs per case, beside the empty TC program measured the same way. Every run's verdict and output bytes were checked.\n",
-        r.runs_per_case
+        "\n## Datapath cost per packet\n\nBPF_PROG_TEST_RUN, two ways, each beside the empty TC program measured the same way:\n\n\
+         - **warm**: a wrapper program restores the frame before every pass (a new flow per pass for the new-flow cases) and tail-calls the measured program; median of {} runs of {} passes (the kernel's mean per pass); the floor is the same wrapper tail-calling the empty program. Every counter's change over the runs was checked against what one pass of the case does, and the last pass's verdict and output bytes.\n\
+         - **single-shot**: repeat 1 with a fresh frame, median of {} runs (Katran's method): caches are as cold as for a packet after other work. Every run's verdict and output bytes were checked.\n",
+        r.warm_runs, r.warm_passes_per_run, r.runs_per_case
     );
     let _ = writeln!(
         md,
-        "| case | services | conntrack | ns/packet | p90 | floor | above floor | x floor | verdict | checked |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| case | services | conntrack | warm ns | warm floor | warm above floor | single-shot ns | p90 | floor | above floor | verdict | checked |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for c in &r.datapath {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} |",
+            "| {} | {} | {} | {} | {} | **{}** | {} | {} | {} | {} | {} | {} |",
             c.case,
             c.services,
             c.conntrack_entries,
+            c.warm_ns,
+            c.warm_floor_ns,
+            c.warm_above_floor_ns,
             c.median_ns,
             c.p90_ns,
             c.floor_ns,
             c.above_floor_ns,
-            c.ratio_to_floor,
             c.verdict,
             c.checked
         );
+    }
+    let _ = writeln!(md, "\nWarm checks, per case (the largest size):\n");
+    let largest = r.datapath.iter().map(|c| c.services).max().unwrap_or(0);
+    for c in r.datapath.iter().filter(|c| c.services == largest) {
+        let _ = writeln!(md, "- {}: {}", c.case, c.warm_checked);
     }
     let _ = writeln!(
         md,
@@ -357,7 +384,7 @@ fn panel(
     Ok(())
 }
 
-/// Two panels: datapath ns/packet against services per case (with the floor), and new
+/// Two panels: datapath ns/packet above the floor against services per case, and new
 /// connections/s against services per path.
 pub fn chart(r: &Report, path: &Path) -> Result<()> {
     let root = SVGBackend::new(path, (1100, 440)).into_drawing_area();
@@ -367,28 +394,21 @@ pub fn chart(r: &Report, path: &Path) -> Result<()> {
     let mut cases: Vec<String> = r.datapath.iter().map(|c| c.case.clone()).collect();
     cases.sort();
     cases.dedup();
-    let mut datapath: Series = cases
+    let datapath: Series = cases
         .into_iter()
         .map(|case| {
             let points = r
                 .datapath
                 .iter()
                 .filter(|c| c.case == case)
-                .map(|c| (c.services as f64, c.median_ns as f64))
+                .map(|c| (c.services as f64, c.warm_above_floor_ns.max(0) as f64))
                 .collect();
             (case, points)
         })
         .collect();
-    let mut floor: Vec<(f64, f64)> = r
-        .datapath
-        .iter()
-        .map(|c| (c.services as f64, c.floor_ns as f64))
-        .collect();
-    floor.dedup_by(|a, b| a.0 == b.0);
-    datapath.push(("empty TC program (floor)".into(), floor));
     panel(
         &left,
-        "datapath: ns/packet (BPF_PROG_TEST_RUN)",
+        "datapath: ns/packet above the empty program (warm)",
         "ns",
         datapath,
     )?;
