@@ -75,6 +75,21 @@ pub struct Throughput {
     pub socket_errors: u64,
 }
 
+/// Where the time of a connection goes: the datapath's own run time (BPF run-time
+/// statistics) during one more connection-rate run through the gateway. That run is not one
+/// of the measured rounds: the statistics cost two clock reads per program run.
+#[derive(Clone, Debug, Serialize)]
+pub struct DatapathTime {
+    pub services: usize,
+    pub connections_per_s: f64,
+    /// Program runs (packets through ingress and egress) per connection.
+    pub packets_per_connection: f64,
+    pub ns_per_packet: f64,
+    pub ns_per_connection: f64,
+    /// The datapath's run time as a share of all the machine's CPU time in the run.
+    pub cpu_share: f64,
+}
+
 pub struct Settings {
     pub sizes: Vec<usize>,
     pub rounds: usize,
@@ -99,6 +114,12 @@ fn pod_target(lab: &Lab) -> (Ipv4Addr, u16) {
 
 /// One wrk run from the client; returns requests/s and socket errors.
 fn wrk(lab: &Lab, url: &str, metric: Metric, seconds: u32) -> Result<(f64, u64)> {
+    let (rate, errors, _) = wrk_counted(lab, url, metric, seconds)?;
+    Ok((rate, errors))
+}
+
+/// Like [`wrk`], with the number of requests completed.
+fn wrk_counted(lab: &Lab, url: &str, metric: Metric, seconds: u32) -> Result<(f64, u64, u64)> {
     let duration = format!("{seconds}s");
     let mut args = vec!["wrk", "-t1", "-c", CONNECTIONS, "-d", &duration];
     if metric == Metric::NewConnections {
@@ -123,7 +144,112 @@ fn wrk(lab: &Lab, url: &str, metric: Metric, seconds: u32) -> Result<(f64, u64)>
     if out.contains("Non-2xx") {
         bail!("wrk saw HTTP errors on {url}:\n{out}");
     }
-    Ok((rate, errors))
+    // "  123456 requests in 5.00s, 98.76MB read"
+    let requests = out
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no request count in wrk output:\n{out}"))?;
+    Ok((rate, errors, requests))
+}
+
+/// Run time and run count of a program, from `bpftool -j prog show`.
+fn program_stats(prog_id: u64) -> Result<(u64, u64)> {
+    let out = cmd_output(&["bpftool", "-j", "prog", "show", "id", &prog_id.to_string()])?;
+    let info: serde_json::Value = serde_json::from_str(&out)?;
+    let field = |name: &str| info.get(name).and_then(|v| v.as_u64()).unwrap_or(0);
+    Ok((field("run_time_ns"), field("run_cnt")))
+}
+
+fn cmd_output(args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {args:?}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The programs the agent attached, from the links it pinned under `<bpffs>/links`.
+fn attached_programs(bpffs: &Path) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(bpffs.join("links"))? {
+        let path = entry?.path();
+        let out = cmd_output(&[
+            "bpftool",
+            "-j",
+            "link",
+            "show",
+            "pinned",
+            &path.to_string_lossy(),
+        ])?;
+        let link: serde_json::Value = serde_json::from_str(&out)?;
+        ids.push(
+            link.get("prog_id")
+                .and_then(|v| v.as_u64())
+                .with_context(|| format!("no prog_id for {}", path.display()))?,
+        );
+    }
+    anyhow::ensure!(
+        !ids.is_empty(),
+        "no attached programs under {}",
+        bpffs.display()
+    );
+    Ok(ids)
+}
+
+fn total_stats(ids: &[u64]) -> Result<(u64, u64)> {
+    let mut total = (0, 0);
+    for &id in ids {
+        let (ns, runs) = program_stats(id)?;
+        total = (total.0 + ns, total.1 + runs);
+    }
+    Ok(total)
+}
+
+/// One more connection-rate run through the gateway with BPF run-time statistics on.
+fn datapath_time(
+    lab: &Lab,
+    binary: &Path,
+    config: &Path,
+    services: usize,
+    seconds: u32,
+) -> Result<DatapathTime> {
+    let prepared = prepare(lab, Path3::Gateway, config, "", binary)?;
+    let result = (|| {
+        wrk(lab, &prepared.url, Metric::KeepAlive, 1)?;
+        let bpffs = prepared
+            .agent
+            .as_ref()
+            .context("the agent")?
+            .bpffs()
+            .to_owned();
+        let programs = attached_programs(&bpffs)?;
+        // Statistics stay on while this fd is open, and only then.
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("enabling BPF run-time statistics")?;
+        let before = total_stats(&programs)?;
+        let (rate, _, connections) =
+            wrk_counted(lab, &prepared.url, Metric::NewConnections, seconds)?;
+        let after = total_stats(&programs)?;
+        let (ns, runs) = (after.0 - before.0, after.1 - before.1);
+        let connections = connections.max(1) as f64;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        Ok(DatapathTime {
+            services,
+            connections_per_s: rate,
+            packets_per_connection: runs as f64 / connections,
+            ns_per_packet: ns as f64 / runs.max(1) as f64,
+            ns_per_connection: ns as f64 / connections,
+            cpu_share: ns as f64 / (seconds as f64 * 1e9 * cores),
+        })
+    })();
+    undo(lab, Path3::Gateway, prepared, binary)?;
+    result
 }
 
 fn iptables_restore(lab: &Lab, rules: &str) -> Result<()> {
@@ -243,9 +369,16 @@ pub fn wire(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
-pub fn run(lab: &Lab, binary: &Path, settings: &Settings) -> Result<Vec<Throughput>> {
+/// What the end-to-end runs measured.
+pub struct EndToEnd {
+    pub throughput: Vec<Throughput>,
+    pub datapath_time: Vec<DatapathTime>,
+}
+
+pub fn run(lab: &Lab, binary: &Path, settings: &Settings) -> Result<EndToEnd> {
     let (pod_addr, pod_port) = pod_target(lab);
     let mut results: BTreeMap<(usize, Path3, Metric), (Vec<f64>, u64)> = BTreeMap::new();
+    let mut datapath_times = Vec::new();
     for &services in &settings.sizes {
         let fillers = services.saturating_sub(1);
         let mut yaml = lab.config_yaml()?;
@@ -287,8 +420,18 @@ pub fn run(lab: &Lab, binary: &Path, settings: &Settings) -> Result<Vec<Throughp
                 undo(lab, path, prepared, binary)?;
             }
         }
+        let time = datapath_time(lab, binary, &config, services, settings.seconds)?;
+        eprintln!(
+            "  {services:>5} services: the datapath ran {:.0} ns per connection ({:.1} packets \
+             of {:.0} ns), {:.1} % of the CPU time",
+            time.ns_per_connection,
+            time.packets_per_connection,
+            time.ns_per_packet,
+            time.cpu_share * 100.0
+        );
+        datapath_times.push(time);
     }
-    Ok(results
+    let throughput = results
         .into_iter()
         .map(
             |((services, path, metric), (runs, socket_errors))| Throughput {
@@ -300,5 +443,9 @@ pub fn run(lab: &Lab, binary: &Path, settings: &Settings) -> Result<Vec<Throughp
                 socket_errors,
             },
         )
-        .collect())
+        .collect();
+    Ok(EndToEnd {
+        throughput,
+        datapath_time: datapath_times,
+    })
 }

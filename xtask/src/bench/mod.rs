@@ -118,7 +118,11 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
     let control_plane = control::run(&lab, &binary, services, per_service)?;
     drop(lab);
 
-    let checks = report::checks(&datapath.measurements, &end_to_end, &control_plane);
+    let checks = report::checks(
+        &datapath.measurements,
+        &end_to_end.throughput,
+        &control_plane,
+    );
     let report = report::Report {
         date: today(),
         machine: machine(),
@@ -127,7 +131,8 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
         warm_runs: datapath.warm_runs,
         warm_passes_per_run: datapath.warm_passes_per_run,
         datapath: datapath.measurements,
-        end_to_end,
+        end_to_end: end_to_end.throughput,
+        datapath_time: end_to_end.datapath_time,
         control_plane,
         checks,
     };

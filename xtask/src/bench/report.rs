@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::control::ControlPlane;
-use super::e2e::{Metric, Path3, Throughput};
+use super::e2e::{DatapathTime, Metric, Path3, Throughput};
 
 /// One datapath case as the datapath benchmark writes it.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -57,6 +57,7 @@ pub struct Report {
     pub warm_passes_per_run: u32,
     pub datapath: Vec<PacketCost>,
     pub end_to_end: Vec<Throughput>,
+    pub datapath_time: Vec<DatapathTime>,
     pub control_plane: ControlPlane,
     pub checks: Vec<Check>,
 }
@@ -296,6 +297,23 @@ pub fn markdown(r: &Report) -> String {
                 g / d.max(1.0)
             );
         }
+    }
+    let _ = writeln!(
+        md,
+        "\nWhere a connection's time goes: one more connection-rate run through the gateway with BPF run-time statistics on (not a measured round: the statistics cost two clock reads per program run), the datapath's own run time over ingress and egress.\n\n\
+         | services | connections/s | packets per connection | ns per packet | ns per connection | share of all CPU time |\n|---|---|---|---|---|---|"
+    );
+    for t in &r.datapath_time {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.1} | {:.0} | {:.0} | {:.1} % |",
+            t.services,
+            t.connections_per_s,
+            t.packets_per_connection,
+            t.ns_per_packet,
+            t.ns_per_connection,
+            t.cpu_share * 100.0
+        );
     }
     let c = &r.control_plane;
     let _ = writeln!(
