@@ -254,7 +254,7 @@ pub struct CtKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet in either direction.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the last packet in either direction.
     pub last_seen_ns: u64,
     pub backend_id: u32,
     pub service_id: u32,
@@ -312,7 +312,7 @@ pub struct AffinityKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Affinity {
-    /// `bpf_ktime_get_ns` of the last new flow that used this entry.
+    /// `bpf_ktime_get_coarse_ns` of the last new flow that used this entry.
     pub last_used_ns: u64,
     pub backend_id: u32,
     pub _pad: u32,
