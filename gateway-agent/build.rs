@@ -1,6 +1,6 @@
 //! Builds the eBPF object (gateway-ebpf, for the bpfel target, with the nightly toolchain and
-//! bpf-linker) twice and leaves both in OUT_DIR (with the benchmark's wrapper object), where `datapath::object` embeds them: the
-//! agent is one self-contained binary. `gateway` has no logging code; `gateway-log` carries
+//! bpf-linker) twice and leaves both in OUT_DIR, where `datapath::object` embeds them: the
+//! agent is one self-contained binary (the benchmark's wrapper object is left there too). `gateway` has no logging code; `gateway-log` carries
 //! the aya-log debug events and is loaded only when debug logging is on.
 //!
 //! This does what aya-build does, plus a code generation flag aya-build cannot pass (it

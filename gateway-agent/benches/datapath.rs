@@ -452,21 +452,23 @@ impl Wrapper {
     }
 }
 
-/// Warm measurement of `program` from `frame`: the median over `runs` runs of the mean ns
-/// per pass. Every counter must change by exactly `passes x per_pass`, and the last pass's
-/// output must pass `check`; returns the figure and what was checked.
-#[allow(clippy::too_many_arguments)]
+/// Warm measurement of `program` from `warm.frame`: the median over `runs` runs of the
+/// mean ns per pass. Every counter must change by exactly `passes x warm.per_pass`, and the
+/// last pass's output must pass `warm.check`; returns the figure and what was checked.
 fn measure_warm(
     h: &mut Harness,
     wrapper: &mut Wrapper,
     program: &str,
-    frame: &[u8],
-    vary: Vary,
-    per_pass: &[Counter],
-    check: &Check,
+    warm: &Warm,
     (runs, passes): (usize, u32),
 ) -> Result<(u64, String)> {
-    wrapper.prepare(h, program, frame, vary)?;
+    let Warm {
+        frame,
+        vary,
+        per_pass,
+        check,
+    } = warm;
+    wrapper.prepare(h, program, frame, *vary)?;
     let before = h.dp.maps.counters()?;
     let mut times = Vec::with_capacity(runs);
     let mut last = None;
@@ -568,30 +570,20 @@ fn main() -> Result<()> {
         let floor = percentile(&floor_times, 50);
         for case in cases(backend, warm_backend) {
             // The floor of the warm figure: the same wrapper work, into the empty program.
-            let (warm_floor, _) = measure_warm(
-                &mut h,
-                &mut wrapper,
-                program_names::FLOOR,
-                &case.warm.frame,
-                case.warm.vary,
-                &[],
-                &|v, _, _| {
+            let floor_run = Warm {
+                frame: case.warm.frame.clone(),
+                vary: case.warm.vary,
+                per_pass: &[],
+                check: Box::new(|v, _, _| {
                     ensure!(v == OK, "the floor returns TC_ACT_OK");
                     Ok("TC_ACT_OK".into())
-                },
-                warm,
-            )?;
-            let (warm_ns, warm_checked) = measure_warm(
-                &mut h,
-                &mut wrapper,
-                case.program,
-                &case.warm.frame,
-                case.warm.vary,
-                case.warm.per_pass,
-                &*case.warm.check,
-                warm,
-            )
-            .with_context(|| format!("{}, warm", case.name))?;
+                }),
+            };
+            let (warm_floor, _) =
+                measure_warm(&mut h, &mut wrapper, program_names::FLOOR, &floor_run, warm)?;
+            let (warm_ns, warm_checked) =
+                measure_warm(&mut h, &mut wrapper, case.program, &case.warm, warm)
+                    .with_context(|| format!("{}, warm", case.name))?;
             let (times, verdict, checked) =
                 measure(&mut h, case.program, runs, &*case.frame, &*case.check)
                     .with_context(|| format!("{}, single-shot", case.name))?;

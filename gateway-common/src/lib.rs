@@ -76,9 +76,10 @@ pub mod bench {
     /// The longest frame the wrapper restores.
     pub const FRAME_MAX: usize = 128;
 
-    /// The frame of the next pass. With `vary_off` set (even offsets only), every pass first adds one to the
-    /// 16-bit big-endian field there (a new source port or client address per pass, so
-    /// each pass is a new flow) and updates the checksums at `csum_offs` (0: none) to match.
+    /// The frame of the next pass. With `vary_off` set (even offsets only), every pass
+    /// first adds one to the 16-bit big-endian field there (a new source port or client
+    /// address per pass, so each pass is a new flow) and updates the checksums at
+    /// `csum_offs` (0: none) to match.
     #[repr(C)]
     #[derive(Clone, Copy, Debug)]
     pub struct BenchFrame {
@@ -254,7 +255,7 @@ pub struct CtKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
-    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the last packet in either direction.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the last packet either way.
     pub last_seen_ns: u64,
     pub backend_id: u32,
     pub service_id: u32,

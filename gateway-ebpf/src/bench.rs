@@ -35,7 +35,8 @@ fn write16(frame: &mut [u8; FRAME_MAX], off: usize, value: u16) {
     frame[off + 1] = lo;
 }
 
-/// Adds one to the varied field (at an even offset) and updates the checksums over it (RFC 1624).
+/// Adds one to the varied field (at an even offset) and updates the checksums over it
+/// (RFC 1624).
 #[inline(always)]
 fn next_flow(f: &mut BenchFrame) {
     // Fields are 16-bit aligned: masking keeps every access inside the frame for the
