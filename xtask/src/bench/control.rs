@@ -22,7 +22,8 @@ pub struct ControlPlane {
     pub program_wall_ms: f64,
     /// Peak resident set size of the agent (VmHWM).
     pub peak_rss_mib: f64,
-    /// A one-service change: re-read, validate, diff and apply, as the agent logs it.
+    /// A one-service change (one more backend in the file's first service, which moves
+    /// every line after it): re-read, validate, diff and apply, as the agent logs it.
     pub change_ms: f64,
     /// The same from outside: SIGHUP to the log line.
     pub change_wall_ms: f64,
@@ -87,13 +88,14 @@ pub fn run(lab: &Lab, binary: &Path, services: usize, per_service: usize) -> Res
     let program_ms = logged_ms(&serving, "serving after ")?;
     let peak_rss_mib = peak_rss_mib(agent.pid())?;
 
-    // One service changes: its first backend moves.
-    let mut changed = objects::filler_services(services, per_service, NODE);
-    let first = changed.find("- addresses: [").context("a backend")? + "- addresses: [".len();
-    changed.replace_range(
-        first..first + changed[first..].find(']').unwrap_or(0),
-        "10.127.0.1",
-    );
+    // One service changes as a real edit changes it: its EndpointSlice gains an endpoint,
+    // three lines that move every document after it.
+    let changed = objects::with_added_endpoint(
+        &objects::filler_services(services, per_service, NODE),
+        "10.127.0.1".parse()?,
+        NODE,
+    )
+    .context("a first EndpointSlice")?;
     std::fs::write(&config, base + &changed)?;
     let started = Instant::now();
     agent.reload()?;

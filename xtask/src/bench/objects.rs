@@ -82,6 +82,19 @@ endpoints:
     yaml
 }
 
+/// `yaml` (from [`filler_services`]) with one more ready endpoint on `node`, `addr`, at the
+/// head of the first EndpointSlice's list: the edit adds lines, so every document after it
+/// starts further down the file.
+pub fn with_added_endpoint(yaml: &str, addr: Ipv4Addr, node: &str) -> Option<String> {
+    let at = yaml.find("\nendpoints:\n")? + "\nendpoints:\n".len();
+    let mut changed = yaml.to_owned();
+    changed.insert_str(
+        at,
+        &format!("- addresses: [{addr}]\n  nodeName: {node}\n  conditions: {{ready: true}}\n"),
+    );
+    Some(changed)
+}
+
 /// One service for [`kube_proxy_rules`]: where it listens and its endpoints.
 pub struct ChainService {
     pub vip: Ipv4Addr,
@@ -177,5 +190,11 @@ mod tests {
         let yaml = filler_services(2, 3, "w1");
         assert_eq!(yaml.matches("kind: Service\n").count(), 2);
         assert_eq!(yaml.matches("nodeName: w1").count(), 6);
+        let changed = with_added_endpoint(&yaml, Ipv4Addr::new(10, 127, 0, 1), "w1").unwrap();
+        assert_eq!(changed.lines().count(), yaml.lines().count() + 3);
+        assert_eq!(changed.matches("nodeName: w1").count(), 7);
+        let first_slice = &changed[changed.find("kind: EndpointSlice").unwrap()..];
+        let first_slice = &first_slice[..first_slice.find("\n---").unwrap()];
+        assert!(first_slice.contains("- addresses: [10.127.0.1]\n  nodeName: w1\n"));
     }
 }

@@ -333,7 +333,7 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(md, "| peak RSS | {:.1} MiB | |", c.peak_rss_mib);
     let _ = writeln!(
         md,
-        "| one-service change (SIGHUP to applied, {} map writes) | {:.1} ms | {:.1} ms |",
+        "| one-service change: a backend added, shifting the lines after it (SIGHUP to applied, {} map writes) | {:.1} ms | {:.1} ms |",
         c.change_map_writes, c.change_ms, c.change_wall_ms
     );
     let _ = writeln!(md, "\n![scaling](chart.svg)");
