@@ -112,6 +112,15 @@ fn summary(desired: &DesiredState) -> String {
 /// An announcement that started: where, and the MAC it is answered from.
 type Announced = (L2Key, [u8; 6]);
 
+/// What [`Agent::apply`] did: the number of writes, the announcements that started, and
+/// the state planned before, handed back so that freeing it (10,000 services' worth) can
+/// wait until the change is reported.
+struct Applied {
+    writes: usize,
+    announced: Vec<Announced>,
+    previous: Option<DesiredState>,
+}
+
 struct Agent {
     options: RunOptions,
     datapath: Datapath,
@@ -147,13 +156,8 @@ fn desired(
 }
 
 impl Agent {
-    /// Brings the maps to `desired`, make-before-break; returns the number of writes and
-    /// the announcements that started.
-    fn apply(
-        &mut self,
-        desired: DesiredState,
-        interfaces: &[Interface],
-    ) -> Result<(usize, Vec<Announced>)> {
+    /// Brings the maps to `desired`, make-before-break.
+    fn apply(&mut self, desired: DesiredState, interfaces: &[Interface]) -> Result<Applied> {
         let limits = &self.options.capacity;
         let (mut writes, mut announced) = (0, Vec::new());
         let maps = &mut self.datapath.maps;
@@ -184,15 +188,18 @@ impl Agent {
             }
         };
         match result {
-            Ok(()) => self.planned = Some(desired),
+            Ok(()) => Ok(Applied {
+                writes,
+                announced,
+                previous: self.planned.replace(desired),
+            }),
             // Some writes made it: what the maps hold now is the truth.
             Err(e) => {
                 self.planned = None;
                 self.state = self.datapath.maps.read_state()?;
-                return Err(e);
+                Err(e)
             }
         }
-        Ok((writes, announced))
     }
 
     fn start(options: RunOptions) -> Result<Self> {
@@ -236,7 +243,7 @@ impl Agent {
         agent.state = maps.read_state().context("adopting the pinned maps")?;
         let adopted = !agent.state.services.is_empty();
         let summary = summary(&desired);
-        let (writes, _) = agent.apply(desired, &interfaces)?;
+        let writes = agent.apply(desired, &interfaces)?.writes;
         // Attach only once the maps hold the full state: the first packet sees all of it.
         attach::attach_all(&mut agent.datapath, &agent.options.bpffs, &interfaces)?;
         // Every announcement is news after a (re)start: a node may have taken over meanwhile.
@@ -270,7 +277,7 @@ impl Agent {
     /// Re-reads the file and applies the difference; an invalid file changes nothing.
     fn reload(&mut self, why: &str) {
         let started = Instant::now();
-        let result = (|| -> Result<String> {
+        let result = (|| -> Result<(String, Option<DesiredState>)> {
             let interfaces = selected_interfaces(&self.options)?;
             let desired = desired(
                 &self.options,
@@ -279,21 +286,24 @@ impl Agent {
                 &mut self.model_cache,
             )?;
             let summary = summary(&desired);
-            let (writes, announced) = self.apply(desired, &interfaces)?;
+            let applied = self.apply(desired, &interfaces)?;
             attach::attach_all(&mut self.datapath, &self.options.bpffs, &interfaces)?;
             let now = Instant::now();
-            for (key, mac) in announced {
+            for (key, mac) in applied.announced {
                 self.garp.announce(key, mac, now);
             }
-            Ok(format!("{summary} ({writes} map writes)"))
+            let line = format!("{summary} ({} map writes)", applied.writes);
+            Ok((line, applied.previous))
         })();
         let file = self.options.config.display();
         match result {
-            Ok(line) => {
+            Ok((line, previous)) => {
                 info!(
                     "reloaded {file} ({why}) in {:.1?}: {line}",
                     started.elapsed()
                 );
+                // Applied and reported: only now free what was planned before.
+                drop(previous);
                 self.applied = Some(self.cache.digest());
                 self.record.reloads += 1;
                 self.record.last_applied_unix = unix_now();

@@ -1191,9 +1191,10 @@ mod tests {
                 .map(|_| random_frontend(random))
                 .collect()
         } else {
-            // A small edit of the previous state: one frontend goes, changes or comes.
+            // A small edit of the previous state: one frontend goes, changes, gains a
+            // backend (the usual edit of a file) or comes.
             let mut frontends = previous.frontends.clone();
-            match random.below(3) {
+            match random.below(4) {
                 0 if !frontends.is_empty() => {
                     frontends.remove(random.below(frontends.len()));
                 }
@@ -1202,6 +1203,16 @@ mod tests {
                     let changed = random_frontend(random);
                     frontends[i].backends = changed.backends;
                     frontends[i].affinity_timeout_secs = changed.affinity_timeout_secs;
+                }
+                2 if !frontends.is_empty() => {
+                    let i = random.below(frontends.len());
+                    let backends = &mut frontends[i].backends;
+                    backends.push(BackendAddr {
+                        addr: Ipv4Addr::new(10, 244, 1, random.below(8) as u8),
+                        port: [8080, 8443][random.below(2)],
+                    });
+                    backends.sort();
+                    backends.dedup();
                 }
                 _ => frontends.push(random_frontend(random)),
             }

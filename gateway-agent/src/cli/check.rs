@@ -81,9 +81,9 @@ pub fn run(path: &Path, node: Option<&str>, json: bool) -> Result<ExitCode> {
         t.row(vec![
             format!("{}/{}", a.service.namespace, a.service.name),
             format!("{}{}", a.vip, if a.requested { " (requested)" } else { "" }),
-            a.pool.clone(),
+            a.pool.to_string(),
             format!("{:?}", a.traffic_policy),
-            a.announcer.clone().unwrap_or_else(|| "-".into()),
+            a.announcer.as_deref().unwrap_or("-").to_owned(),
         ]);
     }
     print!("{}", t.render());

@@ -8,6 +8,8 @@
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ use super::l2policy::{L2Policy, l2_policy};
 use super::node::{Node, node};
 use super::pool::{IpPool, pool};
 use super::service::{Service, is_load_balancer, service};
+use super::xxh64::xxh64;
 use super::{Config, ObjectRef, validate};
 
 /// The kinds read.
@@ -54,24 +57,29 @@ const KINDS: [(Kind, &str, &[&str]); 5] = [
 /// What `kubectl get -o yaml` prints for more than one object.
 const LIST: (&str, &str) = ("v1", "List");
 
-/// Documents parsed by an earlier read of the file, in file order, by the line they start
-/// at, their length and a SipHash digest of their text: a reload parses only the documents
-/// that changed (a one-service change in a file of 20,000 documents parses one document).
-/// A document is compared with the one that was where it is, and only with it: its key
-/// holds its line, so one that moves is parsed again anyway (its findings name that line).
-/// One comparison per document keeps a 64-bit digest ample. The texts are not kept.
+/// Documents parsed by earlier reads of the file, by content: a reload parses only the
+/// documents whose text is new (a one-service change in a file of 20,000 documents parses
+/// one document, whether or not it moves the lines after it). A document is looked up by
+/// its length and an XXH64 digest of its text, first at its own place, then among all of
+/// the last read's; a 64-bit digest is ample for that. The texts are not kept.
+///
+/// What a document makes of its text does not depend on where it stands: findings that
+/// name the line it starts at are the exception, and such a document is reused only at the
+/// same line. Duplicates are found, with their lines, after the documents are put together.
 #[derive(Default)]
 pub struct DocumentCache {
-    documents: Vec<(DocumentKey, Parsed)>,
-    /// The objects of the last read, when it was valid, to patch rather than assemble again.
+    /// The documents of the last valid read, in file order.
+    documents: Vec<Cached>,
+    /// The objects of that read, to patch rather than assemble again (none after a read
+    /// that was refused).
     last: Option<Config>,
 }
 
 impl DocumentCache {
-    /// What the last read was made of: the same for a file whose documents are the same,
-    /// as [`digest`] computes it for a file not read yet.
+    /// What the last valid read was made of: the same for a file whose documents are the
+    /// same, as [`digest`] computes it for a file not read yet.
     pub fn digest(&self) -> u64 {
-        digest_of(self.documents.iter().map(|(key, _)| key))
+        digest_of(self.documents.iter().map(|cached| &cached.key))
     }
 }
 
@@ -95,23 +103,49 @@ fn digest_of<'k>(keys: impl Iterator<Item = &'k DocumentKey>) -> u64 {
     hasher.finish()
 }
 
+/// What a document holds, wherever it stands.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct DocumentKey {
-    line: usize,
     len: usize,
     digest: u64,
 }
 
 impl DocumentKey {
     fn of(document: &Document<'_>) -> Self {
-        let mut hasher = DefaultHasher::new();
-        document.text.hash(&mut hasher);
-        let digest = hasher.finish();
         Self {
-            line: document.line,
             len: document.text.len(),
-            digest,
+            digest: xxh64(document.text.as_bytes(), 0),
         }
+    }
+}
+
+/// One document of a read: what it holds, where it stood, and what it made.
+#[derive(Clone)]
+struct Cached {
+    key: DocumentKey,
+    /// The line its content starts at (`Document::line`).
+    line: usize,
+    /// `parsed.objects.names_line`, and whether `parsed` holds findings: kept here so that
+    /// a reload walks this list without visiting 20,000 results spread over the heap.
+    names_line: bool,
+    findings: bool,
+    parsed: Arc<Parsed>,
+}
+
+impl Cached {
+    fn new(key: DocumentKey, line: usize, parsed: Arc<Parsed>) -> Self {
+        Self {
+            key,
+            line,
+            names_line: parsed.objects.names_line,
+            findings: !parsed.errors.is_empty() || !parsed.warnings.is_empty(),
+            parsed,
+        }
+    }
+
+    /// Its result holds for `document` (whose key is `key`) too.
+    fn fits(&self, key: &DocumentKey, document: &Document<'_>) -> bool {
+        self.key == *key && (!self.names_line || self.line == document.line)
     }
 }
 
@@ -128,42 +162,59 @@ pub(super) fn parse(
     text: &str,
     cache: &mut DocumentCache,
 ) -> Result<Config, ConfigErrors> {
-    let mut earlier = std::mem::take(&mut cache.documents).into_iter();
-    let mut next = Vec::new();
-    // The documents parsed again, by index, with what was at their place before.
-    let mut reparsed = Vec::new();
-    for document in documents(text) {
-        let key = DocumentKey::of(&document);
-        match earlier.next() {
-            Some((earlier_key, parsed)) if earlier_key == key => next.push((key, parsed)),
-            before => {
-                reparsed.push((next.len(), before.map(|(_, parsed)| parsed)));
-                next.push((key, parse_document(source, &document)?));
-            }
-        }
+    let earlier = &cache.documents;
+    // The earlier documents by content, made on the first one not found at its place.
+    let mut by_content: Option<HashMap<DocumentKey, usize>> = None;
+    let mut next = Vec::with_capacity(earlier.len());
+    for (at, document) in documents(text).iter().enumerate() {
+        let key = DocumentKey::of(document);
+        let reused = match earlier.get(at) {
+            Some(cached) if cached.fits(&key, document) => Some(Arc::clone(&cached.parsed)),
+            _ => by_content
+                .get_or_insert_with(|| {
+                    let mut index = HashMap::with_capacity(earlier.len());
+                    for (i, cached) in earlier.iter().enumerate() {
+                        index.entry(cached.key).or_insert(i);
+                    }
+                    index
+                })
+                .get(&key)
+                .map(|&i| &earlier[i])
+                .filter(|cached| cached.fits(&key, document))
+                .map(|cached| Arc::clone(&cached.parsed)),
+        };
+        let parsed = match reused {
+            Some(parsed) => parsed,
+            None => Arc::new(parse_document(source, document)?),
+        };
+        next.push(Cached::new(key, document.line, parsed));
     }
-    let fewer_documents = earlier.next().is_some();
 
     let mut diagnostics = Diagnostics::new(source);
-    for (_, parsed) in &next {
+    for cached in next.iter().filter(|cached| cached.findings) {
         diagnostics.absorb(
-            parsed.errors.iter().cloned(),
-            parsed.warnings.iter().cloned(),
+            cached.parsed.errors.iter().cloned(),
+            cached.parsed.warnings.iter().cloned(),
         );
     }
+    // Taken, not copied (a copy touches 20,000 objects): a read that turns out invalid
+    // leaves no last read to patch, and the next one assembles its objects afresh.
     let patched = match cache.last.take() {
-        Some(last) if last.source == source && !fewer_documents => patch(last, &reparsed, &next),
+        Some(last) if last.source == source && next.len() == earlier.len() => {
+            patch(last, earlier, &next)
+        }
         _ => None,
     };
     let config = match patched {
         Some(config) => config,
         None => assemble(source, &next, &mut diagnostics),
     };
-    cache.documents = next;
+    // Only a valid read replaces the cache: the next one is compared with what serves.
     let config = Config {
         warnings: diagnostics.into_result()?,
         ..config
     };
+    cache.documents = next;
     cache.last = Some(config.clone());
     Ok(config)
 }
@@ -171,21 +222,22 @@ pub(super) fn parse(
 /// The objects of every document, sorted so that nothing downstream depends on the order
 /// of the documents, and checked across documents. The objects are shared with the cache,
 /// not copied.
-fn assemble(
-    source: &str,
-    documents: &[(DocumentKey, Parsed)],
-    diagnostics: &mut Diagnostics,
-) -> Config {
+fn assemble(source: &str, documents: &[Cached], diagnostics: &mut Diagnostics) -> Config {
     let (mut services, mut endpoint_slices, mut nodes) = (Vec::new(), Vec::new(), Vec::new());
     let (mut pools, mut l2_policies, mut seen) = (Vec::new(), Vec::new(), Vec::new());
-    for (_, parsed) in documents {
-        let objects = &parsed.objects;
+    for cached in documents {
+        let objects = &cached.parsed.objects;
         services.extend(objects.services.iter().cloned());
         endpoint_slices.extend(objects.endpoint_slices.iter().cloned());
         nodes.extend(objects.nodes.iter().cloned());
         pools.extend(objects.pools.iter().cloned());
         l2_policies.extend(objects.l2_policies.iter().cloned());
-        seen.extend(objects.seen.iter());
+        seen.extend(
+            objects
+                .seen
+                .iter()
+                .map(|(object, item)| (object, Origin::new(cached.line, *item))),
+        );
     }
     services.sort_by(service_order);
     endpoint_slices.sort_by(slice_order);
@@ -229,19 +281,23 @@ fn node_order(a: &Arc<Node>, b: &Arc<Node>) -> Ordering {
 /// each of those documents holds the objects it held before, by kind and name and where
 /// they sort (the usual edit: a field inside an object): the order and the checks across
 /// documents are then those of the last read. `None` when that is not so.
-fn patch(
-    mut last: Config,
-    reparsed: &[(usize, Option<Parsed>)],
-    documents: &[(DocumentKey, Parsed)],
-) -> Option<Config> {
-    for (at, before) in reparsed {
-        let (before, after) = (&before.as_ref()?.objects, &documents[*at].1.objects);
+fn patch(mut last: Config, earlier: &[Cached], documents: &[Cached]) -> Option<Config> {
+    let changed: Vec<(&Objects, &Objects)> = earlier
+        .iter()
+        .zip(documents)
+        .filter(|(before, after)| !Arc::ptr_eq(&before.parsed, &after.parsed))
+        .map(|(before, after)| (&before.parsed.objects, &after.parsed.objects))
+        .collect();
+    let patchable = changed.iter().all(|(before, after)| {
         let pools_or_policies = [before, after]
             .iter()
             .any(|o| !o.pools.is_empty() || !o.l2_policies.is_empty());
-        if before.seen != after.seen || pools_or_policies {
-            return None;
-        }
+        before.seen == after.seen && !pools_or_policies
+    });
+    if !patchable {
+        return None;
+    }
+    for (before, after) in changed {
         swap(
             &mut last.services,
             &before.services,
@@ -377,8 +433,7 @@ fn parse_document(source: &str, document: &Document<'_>) -> Result<Parsed, Confi
             }])
         })?;
         if !value.is_null() {
-            let origin = format!("the document at line {}", document.line);
-            objects.collect(value, &origin, &mut diagnostics);
+            objects.collect(value, document.line, None, &mut diagnostics);
         }
     }
     let (errors, warnings) = diagnostics.into_parts();
@@ -396,21 +451,56 @@ struct Objects {
     nodes: Vec<Arc<Node>>,
     pools: Vec<IpPool>,
     l2_policies: Vec<Arc<L2Policy>>,
-    /// Every object of a read kind (also Services of other types), with where it was
-    /// written, to find duplicates.
-    seen: Vec<(ObjectRef, String)>,
+    /// Every object of a read kind (also Services of other types), with its place among
+    /// the items of a `List`, to find duplicates.
+    seen: Vec<(ObjectRef, Option<usize>)>,
+    /// A finding names the line the document starts at.
+    names_line: bool,
+}
+
+/// Where an object is written: a document (by the line its content starts at), or an item
+/// of the `List` there.
+#[derive(Clone, Copy)]
+pub(super) struct Origin {
+    line: usize,
+    item: Option<usize>,
+}
+
+impl Origin {
+    fn new(line: usize, item: Option<usize>) -> Self {
+        Self { line, item }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(item) = self.item {
+            write!(f, "items[{item}] of ")?;
+        }
+        write!(f, "the document at line {}", self.line)
+    }
 }
 
 impl Objects {
-    /// Reads one document (or one item of a `List`); `origin` says where it is written.
-    fn collect(&mut self, document: Value, origin: &str, diagnostics: &mut Diagnostics) {
+    /// Reads the document whose content starts at `line` (or item `item` of the `List`
+    /// there).
+    fn collect(
+        &mut self,
+        document: Value,
+        line: usize,
+        item: Option<usize>,
+        diagnostics: &mut Diagnostics,
+    ) {
+        let origin = Origin::new(line, item);
         let Value::Object(map) = &document else {
+            self.names_line = true;
             diagnostics.error(None, "", format!("{origin} is not a mapping"));
             return;
         };
         let text = |key: &str| map.get(key).and_then(Value::as_str).unwrap_or_default();
         let (api_version, kind) = (text("apiVersion"), text("kind"));
         if api_version.is_empty() || kind.is_empty() {
+            self.names_line = true;
             diagnostics.error(
                 None,
                 if api_version.is_empty() {
@@ -423,7 +513,7 @@ impl Objects {
             return;
         }
         if (api_version, kind) == LIST {
-            self.collect_list(&document, origin, diagnostics);
+            self.collect_list(&document, line, diagnostics);
             return;
         }
 
@@ -443,15 +533,19 @@ impl Objects {
             None => metadata("namespace").unwrap_or_default(),
         };
         let object = metadata("name").map(|name| ObjectRef {
-            kind: kind.to_owned(),
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
         });
 
         // Named by the object when it has a name: the line would change with document order.
+        let names_line = &mut self.names_line;
         let mut skip = |field: &str, why: String| match &object {
             Some(object) => diagnostics.warn(Some(object), field, format!("skipped: {why}")),
-            None => diagnostics.warn(None, field, format!("skipped {origin}: {why}")),
+            None => {
+                *names_line = true;
+                diagnostics.warn(None, field, format!("skipped {origin}: {why}"));
+            }
         };
         let Some(&(known, _, versions)) = known else {
             skip(
@@ -471,6 +565,7 @@ impl Objects {
             return;
         }
         let Some(object) = object else {
+            self.names_line = true;
             diagnostics.error(
                 None,
                 "metadata.name",
@@ -478,7 +573,7 @@ impl Objects {
             );
             return;
         };
-        self.seen.push((object.clone(), origin.to_owned()));
+        self.seen.push((object.clone(), item));
 
         let mut findings = diagnostics.object(&object);
         match known {
@@ -497,38 +592,45 @@ impl Objects {
             }
             Kind::Node => {
                 if let Some(raw) = typed::<core::Node>(document, &mut findings) {
-                    self.nodes.push(Arc::new(node(&raw, object.name.clone())));
+                    self.nodes
+                        .push(Arc::new(node(&raw, object.name.to_string())));
                 }
             }
             Kind::IpPool => {
                 if let Some(raw) = typed::<CiliumLoadBalancerIpPool>(document, &mut findings) {
                     self.pools
-                        .extend(pool(&raw, object.name.clone(), &mut findings));
+                        .extend(pool(&raw, object.name.to_string(), &mut findings));
                 }
             }
             Kind::L2Policy => {
                 if let Some(raw) = typed::<CiliumL2AnnouncementPolicy>(document, &mut findings) {
-                    self.l2_policies
-                        .extend(l2_policy(&raw, object.name.clone(), &mut findings).map(Arc::new));
+                    self.l2_policies.extend(
+                        l2_policy(&raw, object.name.to_string(), &mut findings).map(Arc::new),
+                    );
                 }
             }
         }
     }
 
-    fn collect_list(&mut self, list: &Value, origin: &str, diagnostics: &mut Diagnostics) {
+    fn collect_list(&mut self, list: &Value, line: usize, diagnostics: &mut Diagnostics) {
         match list.get("items") {
             Some(Value::Array(items)) => {
                 for (i, item) in items.iter().enumerate() {
-                    let origin = format!("items[{i}] of {origin}");
-                    self.collect(item.clone(), &origin, diagnostics);
+                    self.collect(item.clone(), line, Some(i), diagnostics);
                 }
             }
             None | Some(Value::Null) => {}
-            Some(_) => diagnostics.error(
-                None,
-                "items",
-                format!("the List in {origin} has no list of items"),
-            ),
+            Some(_) => {
+                self.names_line = true;
+                diagnostics.error(
+                    None,
+                    "items",
+                    format!(
+                        "the List in {} has no list of items",
+                        Origin::new(line, None)
+                    ),
+                );
+            }
         }
     }
 }
@@ -866,6 +968,8 @@ mod tests {
             let (a, b) = (format!("svc-{i}"), format!("svc-{i}b"));
             slots.push(vec![
                 lb_service("web", &a, ""),
+                // The same objects, moving every line after them.
+                format!("# a comment\n# and another\n{}", lb_service("web", &a, "")),
                 lb_service("web", &a, "    - port: 81\n"),
                 lb_service("web", &b, ""),
                 lb_service("web", &a, "").replace("LoadBalancer", "ClusterIP"),
@@ -886,10 +990,25 @@ mod tests {
                 String::new(),
             ]);
         }
+        // Documents whose findings name the line they start at, a List whose item
+        // duplicates a node, a syntax error: their messages must follow them as lines move.
+        slots.insert(
+            2,
+            vec![
+                String::new(),
+                "# only a comment\n".to_owned(),
+                "apiVersion: example.com/v1\nkind: Thing\n".to_owned(),
+                "apiVersion: v1\nkind: Node\nmetadata: {}\n".to_owned(),
+                "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Node\n  \
+                 metadata:\n    name: node-0\n"
+                    .to_owned(),
+                "apiVersion: v1\nkind: Node\nmetadata:\n  name: [broken\n".to_owned(),
+            ],
+        );
         let mut random = XorShift(0x5eed_0fca_c4e5);
         let mut cache = DocumentCache::default();
         let mut chosen = vec![0; slots.len()];
-        for round in 0..500 {
+        for round in 0..1000 {
             for _ in 0..1 + 2 * usize::from(random.chance(4)) {
                 let slot = random.below(slots.len());
                 chosen[slot] = random.below(slots[slot].len());

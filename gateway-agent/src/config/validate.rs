@@ -6,13 +6,14 @@ use std::collections::HashMap;
 
 use super::ObjectRef;
 use super::error::Diagnostics;
+use super::parse::Origin;
 use super::pool::{IpBlock, IpPool};
 
 /// The same kind/namespace/name twice: the API server would have kept only one of them,
 /// and which one is a guess we refuse to make.
-pub(super) fn duplicates(seen: &[&(ObjectRef, String)], diagnostics: &mut Diagnostics) {
-    let mut first_seen: HashMap<&ObjectRef, &str> = HashMap::with_capacity(seen.len());
-    for (object, origin) in seen {
+pub(super) fn duplicates(seen: &[(&ObjectRef, Origin)], diagnostics: &mut Diagnostics) {
+    let mut first_seen: HashMap<&ObjectRef, Origin> = HashMap::with_capacity(seen.len());
+    for &(object, origin) in seen {
         match first_seen.get(object) {
             Some(first) => diagnostics.error(
                 Some(object),

@@ -119,10 +119,10 @@ mod tests {
             .iter()
             .map(|a| {
                 (
-                    a.interface.clone(),
+                    a.interface.to_string(),
                     a.vip.to_string(),
-                    a.service.name.clone(),
-                    a.policy.clone(),
+                    a.service.name.to_string(),
+                    a.policy.to_string(),
                 )
             })
             .collect();

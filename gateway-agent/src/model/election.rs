@@ -131,7 +131,7 @@ mod tests {
             .unwrap_or_else(|errors| panic!("{errors}"))
             .allocations
             .into_iter()
-            .map(|a| (a.vip.to_string(), a.announcer))
+            .map(|a| (a.vip.to_string(), a.announcer.map(String::from)))
             .collect()
     }
 

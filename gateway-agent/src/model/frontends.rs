@@ -46,7 +46,7 @@ pub(crate) fn frontends(
             }
             Frontend {
                 service: service.object.clone(),
-                port_name: port.name.clone(),
+                port_name: port.name.as_str().into(),
                 vip,
                 port: port.port,
                 protocol: port.protocol,

@@ -335,7 +335,7 @@ mod tests {
             .iter()
             .map(|a| {
                 (
-                    a.service.name.clone(),
+                    a.service.name.to_string(),
                     a.vip.to_string(),
                     a.pool.as_str(),
                     a.requested,
@@ -468,7 +468,7 @@ mod tests {
         );
         let pools: Vec<String> = allocations(&documents(&docs))
             .into_iter()
-            .map(|a| a.pool)
+            .map(|a| a.pool.to_string())
             .collect();
         assert_eq!(pools, ["a-pool", "b-pool"]);
     }

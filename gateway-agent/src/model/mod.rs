@@ -8,8 +8,8 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use crate::config::{
-    Config, ConfigError, ConfigErrors, ConfigWarning, Diagnostics, EndpointSlice, L2Policy, Node,
-    ObjectRef, Service,
+    Config, ConfigError, ConfigErrors, ConfigWarning, Diagnostics, EndpointSlice, L2Policy, Name,
+    Node, ObjectRef, Service,
 };
 use ipam::Grant;
 
@@ -59,7 +59,7 @@ pub struct BackendAddr {
 pub struct Frontend {
     pub service: ObjectRef,
     /// `spec.ports[].name` (may be empty).
-    pub port_name: String,
+    pub port_name: Name,
     pub vip: Ipv4Addr,
     pub port: u16,
     pub protocol: Protocol,
@@ -73,11 +73,11 @@ pub struct Frontend {
 /// This node answers ARP for `vip` on `interface`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct Announcement {
-    pub interface: String,
+    pub interface: Name,
     pub vip: Ipv4Addr,
     pub service: ObjectRef,
     /// The CiliumL2AnnouncementPolicy that selected the service.
-    pub policy: String,
+    pub policy: Name,
 }
 
 /// The VIP of every LoadBalancer service, and who announces it (cluster-wide view).
@@ -86,12 +86,12 @@ pub struct Allocation {
     pub service: ObjectRef,
     pub vip: Ipv4Addr,
     /// The CiliumLoadBalancerIPPool the VIP belongs to.
-    pub pool: String,
+    pub pool: Name,
     /// Requested through `spec.loadBalancerIP` or `lbipam.cilium.io/ips`.
     pub requested: bool,
     pub traffic_policy: TrafficPolicy,
     /// The node elected to answer ARP for this VIP, if any node is eligible.
-    pub announcer: Option<String>,
+    pub announcer: Option<Name>,
 }
 
 /// Everything the datapath needs for this node, plus what `check` and `status` report.
@@ -163,21 +163,29 @@ pub fn desired_state_cached(
     let (mut frontends, mut announcements, mut allocations) = (Vec::new(), Vec::new(), Vec::new());
     for (grant, slices) in allocated(config, &mut diagnostics) {
         let key = Arc::as_ptr(grant.service) as usize;
-        let memo = match cache.services.remove(&key) {
+        let mut memo = match cache.services.remove(&key) {
             Some(memo) if memo.fits(grant.service, slices, grant.vip) => memo,
-            _ => Memo {
-                service: Arc::clone(grant.service),
-                slices: slices.to_vec(),
-                vip: grant.vip,
-                derived: derive(
+            _ => {
+                let derived = derive(
                     config,
                     grant.service,
                     slices,
                     grant.vip,
                     Some((node_name, interfaces)),
-                ),
-            },
+                );
+                Memo {
+                    service: Arc::clone(grant.service),
+                    slices: slices.to_vec(),
+                    vip: grant.vip,
+                    allocation: allocation(&grant, derived.announcer.clone()),
+                    derived,
+                }
+            }
         };
+        // The pool and the request are the grant's, which may change while the VIP stays.
+        if memo.allocation.pool != grant.pool.name || memo.allocation.requested != grant.requested {
+            memo.allocation = allocation(&grant, memo.derived.announcer.clone());
+        }
         let derived = &memo.derived;
         diagnostics.absorb(
             derived.errors.iter().cloned(),
@@ -185,7 +193,7 @@ pub fn desired_state_cached(
         );
         frontends.extend(derived.frontends.iter().cloned());
         announcements.extend(derived.announcements.iter().cloned());
-        allocations.push(allocation(&grant, derived.announcer.clone()));
+        allocations.push(memo.allocation.clone());
         memos.insert(key, memo);
     }
     *cache = ModelCache {
@@ -257,6 +265,8 @@ struct Memo {
     service: Arc<Service>,
     slices: Vec<Arc<EndpointSlice>>,
     vip: Ipv4Addr,
+    /// The service's allocation as of its last grant.
+    allocation: Allocation,
     derived: Derived,
 }
 
@@ -277,7 +287,7 @@ impl Memo {
 /// What one allocated service makes of the shared objects: its announcer and, on a node,
 /// its frontends and announcements there, with the findings on the way.
 struct Derived {
-    announcer: Option<String>,
+    announcer: Option<Name>,
     frontends: Vec<Frontend>,
     announcements: Vec<Announcement>,
     errors: Vec<ConfigError>,
@@ -299,11 +309,11 @@ fn allocated<'c>(
         .collect()
 }
 
-fn allocation(grant: &Grant<'_>, announcer: Option<String>) -> Allocation {
+fn allocation(grant: &Grant<'_>, announcer: Option<Name>) -> Allocation {
     Allocation {
         service: grant.service.object.clone(),
         vip: grant.vip,
-        pool: grant.pool.name.clone(),
+        pool: grant.pool.name.as_str().into(),
         requested: grant.requested,
         traffic_policy: grant.service.traffic_policy,
         announcer,
@@ -345,17 +355,17 @@ fn derive(
         {
             announcements = announce::interfaces(policy, interfaces)
                 .map(|interface| Announcement {
-                    interface: interface.to_owned(),
+                    interface: interface.into(),
                     vip,
                     service: service.object.clone(),
-                    policy: policy.name.clone(),
+                    policy: policy.name.as_str().into(),
                 })
                 .collect();
         }
     }
     let (errors, warnings) = diagnostics.into_parts();
     Derived {
-        announcer: announcer.map(|node| node.name.clone()),
+        announcer: announcer.map(|node| node.name.as_str().into()),
         frontends,
         announcements,
         errors,
@@ -579,6 +589,8 @@ mod tests {
             let service = service_doc("web", &name).local();
             slots.push(vec![
                 service.yaml(),
+                // The same objects a line further down, and what follows too.
+                format!("# moved down\n{}", service.yaml()),
                 service_doc("web", &name)
                     .local()
                     .requests("192.168.10.40")
@@ -596,6 +608,11 @@ mod tests {
             };
             slots.push(vec![
                 slice("worker-1", true),
+                // One more endpoint: the usual edit, which moves every line after it.
+                slice("worker-1", true).replace(
+                    "endpoints:\n",
+                    &format!("endpoints:\n  - addresses: [10.0.{i}.21]\n    nodeName: worker-1\n"),
+                ),
                 slice("worker-2", true),
                 slice("worker-1", false),
                 String::new(),
