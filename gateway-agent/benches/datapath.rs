@@ -532,8 +532,12 @@ fn main() -> Result<()> {
     let mut wrapper = Wrapper::load()?;
     for &n in sizes {
         let started = Instant::now();
+        // Room for the pre-filled flows and every flow and client the cases add: the LRU
+        // maps give each CPU its own share, and an eviction here (the established flow's
+        // entry, the warm client's affinity) would change the path a case measures.
         let capacity = Capacity {
-            conntrack: 262_144,
+            conntrack: 524_288,
+            affinity: 262_144,
             ..Capacity::default()
         };
         let mut h = Harness::with(&services(n), capacity);
