@@ -322,7 +322,7 @@ impl Agent {
     }
 
     fn send_garp(&mut self) {
-        for (key, mac) in self.garp.due(Instant::now()) {
+        for (key, mac) in self.garp.due(Instant::now(), garp::BATCH) {
             let L2Key { ifindex, vip } = key;
             let mut sent = 0;
             for frame in garp::frames(mac, vip) {
@@ -373,6 +373,9 @@ impl Agent {
                 }
                 _ = async { sleep_until(garp_due.unwrap_or_else(tokio::time::Instant::now)).await }, if garp_due.is_some() => {
                     self.send_garp();
+                    // More may still be due: let the runtime look at signals and file
+                    // events between slices rather than after the whole burst.
+                    tokio::task::yield_now().await;
                 }
                 guard = async { logger.as_mut().unwrap().readable_mut().await }, if logger.is_some() => {
                     let mut guard = guard?;

@@ -4,6 +4,7 @@
 //! a few times over a couple of seconds, so that clients and switches move over without
 //! waiting for their caches to expire.
 
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,10 @@ pub const ROUNDS: u32 = 3;
 pub const INTERVAL: Duration = Duration::from_secs(1);
 /// Frames in one round.
 pub const FRAMES_PER_ROUND: u64 = 2;
+/// Announcements sent per turn of the agent's loop. A node announcing ten thousand VIPs
+/// sends their rounds in slices, so a reload or a signal waits for one slice (about a
+/// millisecond), never for the whole burst (tens of milliseconds).
+pub const BATCH: usize = 256;
 
 const ETH_P_ARP: u16 = 0x0806;
 const BROADCAST: [u8; 6] = [0xff; 6];
@@ -95,7 +100,6 @@ impl Sender {
 }
 
 struct Pending {
-    key: L2Key,
     mac: [u8; 6],
     rounds_left: u32,
     next: Instant,
@@ -104,38 +108,44 @@ struct Pending {
 /// Announcements waiting for their next round of gratuitous ARP.
 #[derive(Default)]
 pub struct Schedule {
-    pending: Vec<Pending>,
+    pending: HashMap<L2Key, Pending>,
 }
 
 impl Schedule {
     /// Starts (or restarts) the rounds for an announcement, the first one now.
     pub fn announce(&mut self, key: L2Key, mac: [u8; 6], now: Instant) {
-        self.pending.retain(|p| p.key != key);
-        self.pending.push(Pending {
+        self.pending.insert(
             key,
-            mac,
-            rounds_left: ROUNDS,
-            next: now,
-        });
+            Pending {
+                mac,
+                rounds_left: ROUNDS,
+                next: now,
+            },
+        );
     }
 
     /// When the next round is due.
     pub fn next_due(&self) -> Option<Instant> {
-        self.pending.iter().map(|p| p.next).min()
+        self.pending.values().map(|p| p.next).min()
     }
 
-    /// The announcements whose round is due at `now`; their next round is scheduled.
-    pub fn due(&mut self, now: Instant) -> Vec<(L2Key, [u8; 6])> {
-        let mut due = Vec::new();
-        for p in &mut self.pending {
-            if p.next <= now {
-                due.push((p.key, p.mac));
-                p.rounds_left -= 1;
-                p.next = now + INTERVAL;
-            }
+    /// At most `limit` announcements whose round is due at `now`, those waiting longest
+    /// first; their next round is scheduled. The rest stay due.
+    pub fn due(&mut self, now: Instant, limit: usize) -> Vec<(L2Key, [u8; 6])> {
+        let mut due: Vec<(&L2Key, &mut Pending)> = self
+            .pending
+            .iter_mut()
+            .filter(|(_, p)| p.next <= now)
+            .collect();
+        due.sort_unstable_by_key(|(key, p)| (p.next, **key));
+        due.truncate(limit);
+        let sent = due.iter().map(|(key, p)| (**key, p.mac)).collect();
+        for (_, p) in due {
+            p.rounds_left -= 1;
+            p.next = now + INTERVAL;
         }
-        self.pending.retain(|p| p.rounds_left > 0);
-        due
+        self.pending.retain(|_, p| p.rounds_left > 0);
+        sent
     }
 }
 
@@ -180,10 +190,48 @@ mod tests {
         let mut now = t0;
         while let Some(next) = s.next_due() {
             now = now.max(next);
-            rounds += s.due(now).len();
+            rounds += s.due(now, BATCH).len();
         }
         assert_eq!(rounds, ROUNDS as usize);
         assert!(now - t0 >= INTERVAL * (ROUNDS - 1));
-        assert!(s.due(now + INTERVAL * 10).is_empty());
+        assert!(s.due(now + INTERVAL * 10, BATCH).is_empty());
+    }
+
+    #[test]
+    fn a_large_burst_goes_out_in_slices_and_every_announcement_gets_its_rounds() {
+        let mut s = Schedule::default();
+        let t0 = Instant::now();
+        let vips = 2 * BATCH + 10;
+        for i in 0..vips {
+            let key = L2Key {
+                ifindex: 2,
+                vip: [10, 96, (i >> 8) as u8, i as u8],
+            };
+            s.announce(key, MAC, t0);
+        }
+        // Announcing one again restarts it rather than adding a second entry.
+        s.announce(
+            L2Key {
+                ifindex: 2,
+                vip: [10, 96, 0, 0],
+            },
+            MAC,
+            t0,
+        );
+        let mut sent: HashMap<L2Key, u32> = HashMap::new();
+        let mut slices = 0;
+        let mut now = t0;
+        while let Some(next) = s.next_due() {
+            now = now.max(next);
+            let slice = s.due(now, BATCH);
+            assert!(!slice.is_empty() && slice.len() <= BATCH);
+            for (key, _) in slice {
+                *sent.entry(key).or_default() += 1;
+            }
+            slices += 1;
+        }
+        assert_eq!(sent.len(), vips);
+        assert!(sent.values().all(|&rounds| rounds == ROUNDS));
+        assert_eq!(slices, ROUNDS as usize * vips.div_ceil(BATCH));
     }
 }

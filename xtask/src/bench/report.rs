@@ -199,12 +199,17 @@ pub fn checks(datapath: &[PacketCost], e2e: &[Throughput], control: &ControlPlan
         "< 100 MiB".into(),
         c.peak_rss_mib < 100.0,
     );
+    // What an operator waits for: from the signal to the applied change, as seen from
+    // outside (the agent's own measure leaves out any wait before it starts).
     check(
         &mut out,
-        format!("{what}: one-service change applied"),
-        format!("{:.1} ms", c.change_ms),
+        format!("{what}: one-service change applied (SIGHUP to applied)"),
+        format!(
+            "{:.1} ms (agent's own measure {:.1} ms)",
+            c.change_wall_ms, c.change_ms
+        ),
         "< 50 ms".into(),
-        c.change_ms < 50.0,
+        c.change_wall_ms < 50.0,
     );
     out
 }
