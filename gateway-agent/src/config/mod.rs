@@ -22,7 +22,6 @@ mod pool;
 mod selector;
 mod service;
 mod validate;
-mod xxh64;
 
 pub use endpoints::{Endpoint, EndpointPort, EndpointSlice, SERVICE_NAME_LABEL};
 pub(crate) use error::Diagnostics;

@@ -24,8 +24,8 @@ use super::l2policy::{L2Policy, l2_policy};
 use super::node::{Node, node};
 use super::pool::{IpPool, pool};
 use super::service::{Service, is_load_balancer, service};
-use super::xxh64::xxh64;
 use super::{Config, ObjectRef, validate};
+use xxhash_rust::xxh64::xxh64;
 
 /// The kinds read.
 #[derive(Clone, Copy)]
@@ -111,6 +111,9 @@ struct DocumentKey {
 }
 
 impl DocumentKey {
+    /// XXH64 digests the 11 MB of a 10,000-service file in about a millisecond, where
+    /// SipHash takes six. It is not keyed, which is fine here: a document is only ever
+    /// compared with the documents of the last read of the same file.
     fn of(document: &Document<'_>) -> Self {
         Self {
             len: document.text.len(),
