@@ -112,7 +112,7 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
             sizes: vec![1, 10_000],
             // Two cores shared by wrk, nginx and the kernel: single runs vary by several
             // percent, the targets by less.
-            rounds: 5,
+            rounds: 7,
             seconds: 5,
         }
     };

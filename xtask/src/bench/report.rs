@@ -253,22 +253,24 @@ pub fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         md,
-        "| case | services | conntrack | warm ns | warm floor | warm above floor | single-shot ns | p90 | floor | above floor | verdict | checked |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| case | services | conntrack | warm ns | warm floor | warm above floor | warm x floor | single-shot ns | p90 | floor | above floor | x floor | verdict | checked |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for c in &r.datapath {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | **{}** | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | **{}** | {:.2} | {} | {} | {} | {} | {:.2} | {} | {} |",
             c.case,
             c.services,
             c.conntrack_entries,
             c.warm_ns,
             c.warm_floor_ns,
             c.warm_above_floor_ns,
+            c.warm_ns as f64 / c.warm_floor_ns.max(1) as f64,
             c.median_ns,
             c.p90_ns,
             c.floor_ns,
             c.above_floor_ns,
+            c.ratio_to_floor,
             c.verdict,
             c.checked
         );
