@@ -119,18 +119,21 @@ fn proto_number(p: Protocol) -> u8 {
     }
 }
 
-/// Lowest ids in `1..max` not in `used`, handed out in order.
-struct IdAllocator {
-    used: BTreeSet<u32>,
+/// Lowest ids in `1..max` not in `used`, handed out in order. `used` comes in increasing
+/// order and is read only as far as the ids handed out: a map's keys serve without being
+/// collected first (a reload that adds one backend to 80,000 reads the ids up to the first
+/// free one instead of copying all of them).
+struct IdAllocator<I: Iterator<Item = u32>> {
+    used: std::iter::Peekable<I>,
     next: u32,
     max: u32,
     what: &'static str,
 }
 
-impl IdAllocator {
-    fn new(used: BTreeSet<u32>, max: u32, what: &'static str) -> Self {
+impl<I: Iterator<Item = u32>> IdAllocator<I> {
+    fn new(used: impl IntoIterator<IntoIter = I>, max: u32, what: &'static str) -> Self {
         Self {
-            used,
+            used: used.into_iter().peekable(),
             next: 1,
             max,
             what,
@@ -138,8 +141,10 @@ impl IdAllocator {
     }
 
     fn take(&mut self, needed: usize) -> Result<u32, PlanError> {
-        while self.used.contains(&self.next) {
-            self.next += 1;
+        while let Some(id) = self.used.next_if(|&id| id <= self.next) {
+            if id == self.next {
+                self.next += 1;
+            }
         }
         if self.next >= self.max {
             return Err(PlanError::Capacity {
@@ -148,8 +153,8 @@ impl IdAllocator {
                 max: self.max - 1,
             });
         }
-        self.used.insert(self.next);
-        Ok(self.next)
+        self.next += 1;
+        Ok(self.next - 1)
     }
 }
 
@@ -177,7 +182,7 @@ pub fn target(
         wanted
             .iter()
             .filter_map(|k| current_backend_ids.get(k).copied())
-            .collect(),
+            .collect::<BTreeSet<_>>(),
         limits.backends,
         "backends",
     );
@@ -206,7 +211,7 @@ pub fn target(
             .frontends
             .iter()
             .filter_map(|f| current.services.get(&service_key(f)).map(|s| s.id))
-            .collect(),
+            .collect::<BTreeSet<_>>(),
         limits.services,
         "services",
     );
@@ -351,11 +356,12 @@ pub fn change(
         }
     }
 
-    // Backends: affected ones keep their ids; the ones that stop serving free theirs.
+    // Backends: affected ones keep their ids; the ones that stop serving free theirs. A
+    // backend's id is found through a frontend that uses it, rather than by walking all
+    // of them (80,000 at 10,000 services).
     let mut backend_id_of: BTreeMap<BackendKey, u32> = BTreeMap::new();
-    for (&id, b) in &current.backends {
-        let bkey = (b.addr, b.port, b.proto);
-        if users.contains_key(&bkey) {
+    for &bkey in users.keys() {
+        if let Some((id, b)) = current_backend(current, bkey) {
             backend_id_of.insert(bkey, id);
             before.backends.insert(id, *b);
         }
@@ -380,7 +386,7 @@ pub fn change(
             None => {
                 let ids = backend_ids.get_or_insert_with(|| {
                     let used = current.backends.keys().filter(|id| !freed.contains(id));
-                    IdAllocator::new(used.copied().collect(), limits.backends, "backends")
+                    IdAllocator::new(used.copied(), limits.backends, "backends")
                 });
                 let id = ids.take(backends_after)?;
                 backend_id_of.insert(bkey, id);
@@ -416,7 +422,7 @@ pub fn change(
                         .map(|(_, s)| s.id)
                         .collect();
                     let used = current.services.values().map(|s| s.id);
-                    let used = used.filter(|id| !freed.contains(id)).collect();
+                    let used: BTreeSet<u32> = used.filter(|id| !freed.contains(id)).collect();
                     IdAllocator::new(used, limits.services, "services")
                 });
                 ids.take(desired.frontends.len())?
@@ -499,6 +505,27 @@ pub fn change(
         Ok::<(), std::convert::Infallible>(())
     });
     Ok(change)
+}
+
+/// The backend `bkey` as `current` holds it, with its id. A state [`target`] made lists
+/// every frontend of a backend in its reverse NAT entry and points a slot of each at it.
+fn current_backend(current: &MapState, bkey: BackendKey) -> Option<(u32, &Backend)> {
+    let revnat = current.revnat.get(&revnat_key(bkey))?;
+    let count = (revnat.count as usize).min(revnat.frontends.len());
+    revnat.frontends[..count].iter().find_map(|frontend| {
+        let key = ServiceKey {
+            vip: frontend.vip,
+            port: frontend.port,
+            proto: bkey.2,
+            _pad: 0,
+        };
+        let id = current.services.get(&key)?.id;
+        let slots = current.slots.range(slot_key(id, 0)..slot_key(id + 1, 0));
+        slots.map(|(_, &backend)| backend).find_map(|backend| {
+            let b = current.backends.get(&backend)?;
+            ((b.addr, b.port, b.proto) == bkey).then_some((backend, b))
+        })
+    })
 }
 
 impl MapState {

@@ -167,6 +167,60 @@ impl fmt::Display for ObjectRef {
     }
 }
 
+/// A sorted list of objects, shared: a copy of a [`Config`] (the document cache keeps one to
+/// patch on the next read) does not touch each of 10,000 objects, and a read that changes
+/// one of them changes the list in place.
+#[derive(PartialEq)]
+pub struct SharedList<T>(Arc<Vec<Arc<T>>>);
+
+impl<T> SharedList<T> {
+    /// The list to change: the same one unless a copy of it is still around.
+    fn make_mut(&mut self) -> &mut [Arc<T>] {
+        Arc::<Vec<Arc<T>>>::make_mut(&mut self.0)
+    }
+}
+
+impl<T> Clone for SharedList<T> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<T> Default for SharedList<T> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+impl<T> From<Vec<Arc<T>>> for SharedList<T> {
+    fn from(objects: Vec<Arc<T>>) -> Self {
+        Self(Arc::new(objects))
+    }
+}
+
+impl<T> std::ops::Deref for SharedList<T> {
+    type Target = [Arc<T>];
+
+    fn deref(&self) -> &[Arc<T>] {
+        &self.0
+    }
+}
+
+impl<'o, T> IntoIterator for &'o SharedList<T> {
+    type Item = &'o Arc<T>;
+    type IntoIter = std::slice::Iter<'o, Arc<T>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for SharedList<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
 /// The validated objects of one file. Every list is sorted (services by namespace/name,
 /// slices by namespace/service/name, the rest by name), so nothing depends on the order of
 /// the documents.
@@ -175,9 +229,9 @@ pub struct Config {
     /// The file name every finding is reported against.
     pub source: String,
     /// The LoadBalancer services.
-    pub services: Vec<Arc<Service>>,
+    pub services: SharedList<Service>,
     /// The IPv4 slices that name their service.
-    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    pub endpoint_slices: SharedList<EndpointSlice>,
     pub nodes: Vec<Arc<Node>>,
     pub pools: Vec<IpPool>,
     pub l2_policies: Vec<Arc<L2Policy>>,
@@ -194,7 +248,7 @@ impl Config {
         fn of(s: &EndpointSlice) -> (&str, &str) {
             (s.object.namespace.as_str(), s.service.as_str())
         }
-        let mut rest = self.endpoint_slices.as_slice();
+        let mut rest = &self.endpoint_slices[..];
         self.services.iter().map(move |service| {
             let key = (
                 service.object.namespace.as_str(),

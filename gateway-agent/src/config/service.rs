@@ -304,9 +304,9 @@ mod tests {
     use super::*;
 
     fn only_service(text: &str) -> Service {
-        let mut config = parse_ok(text);
+        let config = parse_ok(text);
         assert_eq!(config.services.len(), 1);
-        std::sync::Arc::unwrap_or_clone(config.services.remove(0))
+        std::sync::Arc::unwrap_or_clone(config.services[0].clone())
     }
 
     #[test]
