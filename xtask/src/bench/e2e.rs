@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
+use aya::programs::links::{FdLink, PinnedLink};
 use gateway_tests::agent::{self, Agent};
 use gateway_tests::lab::{self, Lab, LabSpec};
 use serde::Serialize;
@@ -153,46 +154,15 @@ fn wrk_counted(lab: &Lab, url: &str, metric: Metric, seconds: u32) -> Result<(f6
     Ok((rate, errors, requests))
 }
 
-/// Run time and run count of a program, from `bpftool -j prog show`.
-fn program_stats(prog_id: u64) -> Result<(u64, u64)> {
-    let out = cmd_output(&["bpftool", "-j", "prog", "show", "id", &prog_id.to_string()])?;
-    let info: serde_json::Value = serde_json::from_str(&out)?;
-    let field = |name: &str| info.get(name).and_then(|v| v.as_u64()).unwrap_or(0);
-    Ok((field("run_time_ns"), field("run_cnt")))
-}
-
-fn cmd_output(args: &[&str]) -> Result<String> {
-    let out = std::process::Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .with_context(|| format!("running {args:?}"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// The programs the agent attached, from the links it pinned under `<bpffs>/links`.
-fn attached_programs(bpffs: &Path) -> Result<Vec<u64>> {
+fn attached_programs(bpffs: &Path) -> Result<Vec<u32>> {
     let mut ids = Vec::new();
     for entry in std::fs::read_dir(bpffs.join("links"))? {
         let path = entry?.path();
-        let out = cmd_output(&[
-            "bpftool",
-            "-j",
-            "link",
-            "show",
-            "pinned",
-            &path.to_string_lossy(),
-        ])?;
-        let link: serde_json::Value = serde_json::from_str(&out)?;
-        ids.push(
-            link.get("prog_id")
-                .and_then(|v| v.as_u64())
-                .with_context(|| format!("no prog_id for {}", path.display()))?,
+        let link = FdLink::from(
+            PinnedLink::from_pin(&path).with_context(|| format!("opening {}", path.display()))?,
         );
+        ids.push(link.info()?.program_id());
     }
     anyhow::ensure!(
         !ids.is_empty(),
@@ -202,11 +172,15 @@ fn attached_programs(bpffs: &Path) -> Result<Vec<u64>> {
     Ok(ids)
 }
 
-fn total_stats(ids: &[u64]) -> Result<(u64, u64)> {
+/// Run time (ns) and run count of the programs `ids`, summed.
+fn total_stats(ids: &[u32]) -> Result<(u64, u64)> {
     let mut total = (0, 0);
-    for &id in ids {
-        let (ns, runs) = program_stats(id)?;
-        total = (total.0 + ns, total.1 + runs);
+    for program in aya::programs::loaded_programs() {
+        let program = program?;
+        if ids.contains(&program.id()) {
+            total.0 += program.run_time().as_nanos() as u64;
+            total.1 += program.run_count();
+        }
     }
     Ok(total)
 }
