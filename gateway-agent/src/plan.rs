@@ -725,22 +725,20 @@ pub fn diff_each<E>(
         }
         Ok(())
     })?;
-    let mut name_deletes = Vec::new();
-    merge(&current.names, &target.names, |k, new, _| match new {
-        Some(v) => emit(Op::PutName(*k, v.clone())),
-        None => {
-            name_deletes.push(Op::DeleteName(*k));
-            Ok(())
-        }
-    })?;
-    let mut revnat_deletes = Vec::new();
-    merge(&current.revnat, &target.revnat, |k, new, _| match new {
-        Some(v) => emit(Op::PutRevNat(*k, *v)),
-        None => {
-            revnat_deletes.push(Op::DeleteRevNat(*k));
-            Ok(())
-        }
-    })?;
+    let name_deletes = put_or_defer(
+        &current.names,
+        &target.names,
+        |k, v| Op::PutName(*k, v.clone()),
+        |k| Op::DeleteName(*k),
+        &mut emit,
+    )?;
+    let revnat_deletes = put_or_defer(
+        &current.revnat,
+        &target.revnat,
+        |k, v| Op::PutRevNat(*k, *v),
+        |k| Op::DeleteRevNat(*k),
+        &mut emit,
+    )?;
     // A filter word first gains the bits of new VIPs (keeping the old ones), and loses the
     // bits of removed VIPs only after they are gone.
     let mut filter_shrinks = Vec::new();
@@ -758,22 +756,20 @@ pub fn diff_each<E>(
             Ok(())
         },
     )?;
-    let mut vip_deletes = Vec::new();
-    merge(&current.vips, &target.vips, |k, new, _| match new {
-        Some(v) => emit(Op::PutVip(*k, *v)),
-        None => {
-            vip_deletes.push(Op::DeleteVip(*k));
-            Ok(())
-        }
-    })?;
-    let mut l2_deletes = Vec::new();
-    merge(&current.l2, &target.l2, |k, new, _| match new {
-        Some(v) => emit(Op::PutL2(*k, *v)),
-        None => {
-            l2_deletes.push(Op::DeleteL2(*k));
-            Ok(())
-        }
-    })?;
+    let vip_deletes = put_or_defer(
+        &current.vips,
+        &target.vips,
+        |k, v| Op::PutVip(*k, *v),
+        |k| Op::DeleteVip(*k),
+        &mut emit,
+    )?;
+    let l2_deletes = put_or_defer(
+        &current.l2,
+        &target.l2,
+        |k, v| Op::PutL2(*k, *v),
+        |k| Op::DeleteL2(*k),
+        &mut emit,
+    )?;
 
     // Removals top-down: stop announcing first, free backends last.
     for group in [
@@ -808,6 +804,27 @@ pub fn diff_each<E>(
         emit(Op::EndMemberships(ended))?;
     }
     Ok(())
+}
+
+/// For a map whose entries need no other care: a key that arrives or changes is written
+/// now, through `emit`; the deletes of keys that go are returned, to be made after every
+/// addition.
+fn put_or_defer<K: Ord, V: PartialEq, E>(
+    current: &BTreeMap<K, V>,
+    target: &BTreeMap<K, V>,
+    put: impl Fn(&K, &V) -> Op,
+    delete: impl Fn(&K) -> Op,
+    emit: &mut impl FnMut(Op) -> Result<(), E>,
+) -> Result<Vec<Op>, E> {
+    let mut deletes = Vec::new();
+    merge(current, target, |k, new, _| {
+        match new {
+            Some(v) => emit(put(k, v))?,
+            None => deletes.push(delete(k)),
+        }
+        Ok(())
+    })?;
+    Ok(deletes)
 }
 
 /// Walks two maps together in key order (linear, no lookups) and calls `each(key, new,
