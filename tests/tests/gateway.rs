@@ -604,6 +604,38 @@ fn a_changed_file_is_applied_without_a_signal_and_status_shows_a_refused_one() -
     Ok(())
 }
 
+#[test]
+fn status_shows_packets_and_run_time_per_program_while_bpf_statistics_are_on() -> Result<()> {
+    let c = Cluster::up(two_local_backends_spec(&lab::unique_prefix("gws")), &["w1"])?;
+    let w1 = c.agent("w1");
+    let ingress = |status: &serde_json::Value| {
+        status["attachments"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["direction"] == "ingress"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    // Statistics on for this process's lifetime only (an fd; closed however the test ends).
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
+    let before = ingress(&w1.json(&["status"])?)["packets"]
+        .as_u64()
+        .unwrap_or(0);
+    for _ in 0..3 {
+        c.get(&format!("http://{VIP_EXTERNAL}/"), None)?;
+    }
+    let status = w1.json(&["status"])?;
+    let after = ingress(&status);
+    assert_eq!(after["attached"], true, "{status:#}");
+    // Three connections are at least 3 x (SYN, ACK, request, FIN) through ingress.
+    let packets = after["packets"].as_u64().unwrap_or(0);
+    assert!(packets >= before + 12, "{before} -> {packets}: {after:#}");
+    let ns = after["ns_per_packet"].as_f64().unwrap_or(0.0);
+    assert!(ns > 0.0 && ns < 100_000.0, "{after:#}");
+    let text = w1.cli(&["status"])?;
+    assert!(text.contains("NS/PACKET"), "{text}");
+    Ok(())
+}
+
 /// `gateway-agent doctor` on a node: its exit status and JSON findings.
 fn doctor(c: &Cluster, node: &str, extra: &[&str]) -> Result<(i32, serde_json::Value)> {
     let n = c.lab.node(node);

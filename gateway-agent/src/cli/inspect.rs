@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use aya::maps::IterableMap;
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::{ProgramInfo, SchedClassifier, TcAttachType};
 use gateway_common::{
     AgentState, BACKEND_F_ACTIVE, CT_F_ESTABLISHED, CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_RST,
     CT_F_TCP, Counter, CtEntry, DatapathConfig, SERVICE_F_AFFINITY, proto_name, read_text,
@@ -321,6 +321,10 @@ pub struct AttachmentView {
     pub direction: String,
     /// The gateway program is in the interface's tcx chain right now.
     pub attached: bool,
+    /// Packets the program ran for, and its mean run time per packet: counted by the kernel
+    /// only while BPF run-time statistics are on (`sysctl kernel.bpf_stats_enabled=1`).
+    pub packets: u64,
+    pub ns_per_packet: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -429,8 +433,14 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
         let Some((interface, direction)) = attach::parse_link_pin(&name) else {
             continue;
         };
+        let program = tcx_gateway_program(&interface, direction);
+        let packets = program.as_ref().map_or(0, |p| p.run_count());
         attachments.push(AttachmentView {
-            attached: tcx_has_gateway(&interface, direction),
+            attached: program.is_some(),
+            packets,
+            ns_per_packet: program
+                .filter(|_| packets > 0)
+                .map(|p| p.run_time().as_nanos() as f64 / packets as f64),
             interface,
             direction: direction.to_owned(),
         });
@@ -464,6 +474,11 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
 
 /// Whether the interface's tcx chain for `direction` holds one of our programs.
 pub(super) fn tcx_has_gateway(interface: &str, direction: &str) -> bool {
+    tcx_gateway_program(interface, direction).is_some()
+}
+
+/// Our program in the interface's tcx chain for `direction`, if it is there.
+fn tcx_gateway_program(interface: &str, direction: &str) -> Option<ProgramInfo> {
     let (attach_type, program) = match direction {
         "ingress" => (
             TcAttachType::Ingress,
@@ -471,8 +486,10 @@ pub(super) fn tcx_has_gateway(interface: &str, direction: &str) -> bool {
         ),
         _ => (TcAttachType::Egress, gateway_common::program_names::EGRESS),
     };
-    SchedClassifier::query_tcx(interface, attach_type)
-        .is_ok_and(|(_, programs)| programs.iter().any(|p| p.name_as_str() == Some(program)))
+    let (_, programs) = SchedClassifier::query_tcx(interface, attach_type).ok()?;
+    programs
+        .into_iter()
+        .find(|p| p.name_as_str() == Some(program))
 }
 
 pub fn render_status(s: &StatusView) -> String {
@@ -501,7 +518,13 @@ pub fn render_status(s: &StatusView) -> String {
         "datapath pinned at {}\nconntrack timeouts: TCP {}s, other {}s\n\n",
         s.bpffs, s.ct_tcp_timeout_secs, s.ct_any_timeout_secs
     ));
-    let mut t = Table::new(vec!["INTERFACE", "DIRECTION", "PROGRAM"]);
+    let mut t = Table::new(vec![
+        "INTERFACE",
+        "DIRECTION",
+        "PROGRAM",
+        "PACKETS",
+        "NS/PACKET",
+    ]);
     for a in &s.attachments {
         t.row(vec![
             a.interface.clone(),
@@ -512,9 +535,16 @@ pub fn render_status(s: &StatusView) -> String {
                 "NOT ATTACHED"
             }
             .into(),
+            a.packets.to_string(),
+            a.ns_per_packet.map_or("-".into(), |ns| format!("{ns:.0}")),
         ]);
     }
     out.push_str(&t.render());
+    if s.attachments.iter().all(|a| a.packets == 0) {
+        out.push_str(
+            "(packets and run time are counted while `sysctl kernel.bpf_stats_enabled=1`)\n",
+        );
+    }
     out.push_str(&format!(
         "\n{} VIPs, {} frontends, {} backends, {} announcements, {} tracked flows, {} affinity entries\n\
          conntrack: {} of {} entries, {} flows evicted when full\n\n",
