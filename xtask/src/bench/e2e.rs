@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
-use aya::programs::links::{FdLink, PinnedLink};
 use gateway_tests::agent::{self, Agent};
 use gateway_tests::lab::{self, Lab, LabSpec};
 use serde::Serialize;
@@ -154,35 +153,21 @@ fn wrk_counted(lab: &Lab, url: &str, metric: Metric, seconds: u32) -> Result<(f6
     Ok((rate, errors, requests))
 }
 
-/// The programs the agent attached, from the links it pinned under `<bpffs>/links`.
-fn attached_programs(bpffs: &Path) -> Result<Vec<u32>> {
-    let mut ids = Vec::new();
-    for entry in std::fs::read_dir(bpffs.join("links"))? {
-        let path = entry?.path();
-        let link = FdLink::from(
-            PinnedLink::from_pin(&path).with_context(|| format!("opening {}", path.display()))?,
-        );
-        ids.push(link.info()?.program_id());
-    }
-    anyhow::ensure!(
-        !ids.is_empty(),
-        "no attached programs under {}",
-        bpffs.display()
-    );
-    Ok(ids)
-}
-
-/// Run time (ns) and run count of the programs `ids`, summed.
-fn total_stats(ids: &[u32]) -> Result<(u64, u64)> {
-    let mut total = (0, 0);
-    for program in aya::programs::loaded_programs() {
-        let program = program?;
-        if ids.contains(&program.id()) {
-            total.0 += program.run_time().as_nanos() as u64;
-            total.1 += program.run_count();
-        }
-    }
-    Ok(total)
+/// Packets and run time (ns) of the agent's attached programs so far, as `status` reports
+/// them while BPF run-time statistics are on.
+fn run_totals(agent: &Agent) -> Result<(f64, f64)> {
+    let status = agent.json(&["status"])?;
+    let attachments = status["attachments"]
+        .as_array()
+        .context("status without attachments")?;
+    anyhow::ensure!(!attachments.is_empty(), "no attached programs: {status:#}");
+    Ok(attachments.iter().fold((0.0, 0.0), |(packets, ns), a| {
+        let p = a["packets"].as_f64().unwrap_or(0.0);
+        (
+            packets + p,
+            ns + p * a["ns_per_packet"].as_f64().unwrap_or(0.0),
+        )
+    }))
 }
 
 /// One more connection-rate run through the gateway with BPF run-time statistics on.
@@ -196,30 +181,24 @@ fn datapath_time(
     let prepared = prepare(lab, Path3::Gateway, config, "", binary)?;
     let result = (|| {
         wrk(lab, &prepared.url, Metric::KeepAlive, 1)?;
-        let bpffs = prepared
-            .agent
-            .as_ref()
-            .context("the agent")?
-            .bpffs()
-            .to_owned();
-        let programs = attached_programs(&bpffs)?;
+        let agent = prepared.agent.as_ref().context("the agent")?;
         // Statistics stay on while this fd is open, and only then.
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
             .context("enabling BPF run-time statistics")?;
-        let before = total_stats(&programs)?;
+        let before = run_totals(agent)?;
         let (rate, _, connections) =
             wrk_counted(lab, &prepared.url, Metric::NewConnections, seconds)?;
-        let after = total_stats(&programs)?;
-        let (ns, runs) = (after.0 - before.0, after.1 - before.1);
+        let after = run_totals(agent)?;
+        let (runs, ns) = (after.0 - before.0, after.1 - before.1);
         let connections = connections.max(1) as f64;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         Ok(DatapathTime {
             services,
             connections_per_s: rate,
-            packets_per_connection: runs as f64 / connections,
-            ns_per_packet: ns as f64 / runs.max(1) as f64,
-            ns_per_connection: ns as f64 / connections,
-            cpu_share: ns as f64 / (seconds as f64 * 1e9 * cores),
+            packets_per_connection: runs / connections,
+            ns_per_packet: ns / runs.max(1.0),
+            ns_per_connection: ns / connections,
+            cpu_share: ns / (seconds as f64 * 1e9 * cores),
         })
     })();
     undo(lab, Path3::Gateway, prepared, binary)?;
