@@ -193,16 +193,7 @@ pub fn target(
             None => backend_ids.take(wanted.len())?,
         };
         backend_id_of.insert(key, id);
-        let (addr, port, proto) = key;
-        next.backends.insert(
-            id,
-            Backend {
-                addr,
-                port,
-                proto,
-                flags: BACKEND_F_ACTIVE,
-            },
-        );
+        next.backends.insert(id, backend_entry(key));
     }
 
     // Services (frontends).
@@ -393,16 +384,7 @@ pub fn change(
                 id
             }
         };
-        let (addr, port, proto) = bkey;
-        after.backends.insert(
-            id,
-            Backend {
-                addr,
-                port,
-                proto,
-                flags: BACKEND_F_ACTIVE,
-            },
-        );
+        after.backends.insert(id, backend_entry(bkey));
     }
 
     // Services: a frontend that changes keeps its id, one that goes frees it.
@@ -591,6 +573,16 @@ fn revnat_frontend(key: &ServiceKey) -> RevNatFrontend {
         vip: key.vip,
         port: key.port,
         _pad: 0,
+    }
+}
+
+/// The `gw_backends` value of a backend in use.
+fn backend_entry((addr, port, proto): BackendKey) -> Backend {
+    Backend {
+        addr,
+        port,
+        proto,
+        flags: BACKEND_F_ACTIVE,
     }
 }
 
