@@ -214,6 +214,7 @@ impl Agent {
             capacity: options.capacity,
             pin_dir: Some(&options.bpffs),
             log_level: log::max_level(),
+            kern_ctx: crate::datapath::running_kern_ctx(),
         })?;
         let mut record = AgentState {
             pid: std::process::id(),

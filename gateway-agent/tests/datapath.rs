@@ -183,6 +183,84 @@ fn udp_is_balanced_and_a_zero_checksum_stays_zero() {
     assert_checksums(&out);
 }
 
+/// The datapath writes L4 checksums in place where it can read `ip_summed` (in
+/// BPF_PROG_TEST_RUN the frame is CHECKSUM_NONE); the result must be byte for byte what the
+/// kernel's own helpers write, for every rewrite and random contents, and for UDP's corner
+/// cases: a zero checksum ("none") stays zero, a result of zero goes out as 0xffff.
+#[test]
+fn checksums_written_in_place_equal_those_of_the_kernels_helpers() {
+    let kern_ctx = gateway_agent::datapath::running_kern_ctx()
+        .expect("this kernel's BTF has bpf_cast_to_kern_ctx and sk_buff.ip_summed");
+    let mut state = reference_state();
+    // One backend, so both datapaths balance each new flow to the same place.
+    state.frontends.push(frontend(
+        "single",
+        VIP_RANDOM,
+        443,
+        gateway_agent::model::Protocol::Tcp,
+        None,
+        &[(POD_B, 8443)],
+    ));
+    let capacity = gateway_agent::capacity::Capacity::default();
+    let mut in_place = Harness::with_kern_ctx(&state, capacity, Some(kern_ctx));
+    let mut helpers = Harness::with_kern_ctx(&state, capacity, None);
+    let mut both = |egress: bool, frame: &[u8]| {
+        let run = |h: &mut Harness| {
+            if egress {
+                h.egress(frame)
+            } else {
+                h.ingress(frame)
+            }
+        };
+        let (verdict, out) = run(&mut in_place);
+        assert_eq!((verdict, &out), (OK, &run(&mut helpers).1), "{frame:02x?}");
+        assert_checksums(&out);
+        out
+    };
+    let mut seed = 0x9e37_79b9_u32;
+    let mut random = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    for _ in 0..200 {
+        let r = random();
+        let client = [192, 168, (r >> 8) as u8, r as u8];
+        let port = 1024 + (r >> 16) as u16 % 60000;
+        let payload: Vec<u8> = (0..random() % 40).map(|_| random() as u8).collect();
+        both(
+            false,
+            &tcp_frame((client, port), (VIP_RANDOM, 443), Tcp::Syn, b""),
+        );
+        both(
+            false,
+            &tcp_frame((client, port), (VIP_RANDOM, 443), Tcp::Ack, &payload),
+        );
+        both(
+            true,
+            &tcp_frame((POD_B, 8443), (client, port), Tcp::Ack, &payload),
+        );
+        both(
+            false,
+            &udp_frame((client, port), (VIP_AFFINITY, 53), &payload),
+        );
+        both(true, &udp_frame((POD_A, 5353), (client, port), &payload));
+    }
+
+    // UDP: no checksum stays no checksum.
+    let mut none = udp_frame((CLIENT, 5000), (VIP_AFFINITY, 53), b"query");
+    none[40..42].copy_from_slice(&[0, 0]);
+    assert_eq!(&both(false, &none)[40..42], &[0, 0]);
+    // UDP: a datagram whose checksum after the rewrite is zero. With a payload word of 0 it
+    // comes out as C; with C in that word the sum of the rewritten datagram is 0xffff, so
+    // its checksum is 0, which UDP must send as 0xffff.
+    let with_word = |w: [u8; 2]| udp_frame((CLIENT, 5001), (VIP_AFFINITY, 53), &[w[0], w[1], 7]);
+    let c = both(false, &with_word([0, 0]));
+    let out = both(false, &with_word([c[40], c[41]]));
+    assert_eq!(&out[40..42], &[0xff, 0xff]);
+}
+
 /// Opens `flows` new connections (fresh source ports from `first_port`) and returns the
 /// backends they were sent to.
 fn backends_seen(h: &mut Harness, vip: [u8; 4], first_port: u16, flows: u16) -> BTreeSet<[u8; 4]> {

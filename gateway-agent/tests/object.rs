@@ -70,6 +70,7 @@ fn only_the_logging_object_carries_aya_log() {
         capacity: Default::default(),
         pin_dir: None,
         log_level: log::LevelFilter::Info,
+        kern_ctx: gateway_agent::datapath::running_kern_ctx(),
     })
     .unwrap();
     assert!(plain.ebpf.map("AYA_LOGS").is_none());
@@ -78,6 +79,7 @@ fn only_the_logging_object_carries_aya_log() {
         capacity: Default::default(),
         pin_dir: None,
         log_level: log::LevelFilter::Debug,
+        kern_ctx: gateway_agent::datapath::running_kern_ctx(),
     })
     .unwrap();
     assert!(logging.logger.is_some());

@@ -91,6 +91,27 @@ pub mod bench {
     }
 }
 
+/// How the datapath learns the frame's `ip_summed` (which `__sk_buff` does not show) so it
+/// can update L4 checksums itself instead of through two helper calls per rewrite.
+///
+/// aya cannot emit kfunc calls, so the datapath calls this helper number, which no kernel
+/// has; at load time the agent rewrites each such call into a call of the kfunc
+/// `bpf_cast_to_kern_ctx` (found in the running kernel's BTF), and writes the bit offset of
+/// `ip_summed` in `struct sk_buff` (also from that BTF) into the global [`IP_SUMMED_AT`].
+/// Left at 0 (no kernel BTF, no kfunc), the datapath never reaches the call (the verifier
+/// prunes it as dead code) and leaves every L4 checksum to the kernel's helpers.
+pub mod kern_ctx {
+    /// The placeholder helper number of `bpf_cast_to_kern_ctx` in the datapath's code.
+    pub const CAST_PLACEHOLDER: i32 = 0x6b63_7478; // "kctx"
+    /// The read-only global that holds `ip_summed`'s bit offset in `struct sk_buff`.
+    pub const IP_SUMMED_AT: &str = "GW_IP_SUMMED_AT";
+    /// `skb->ip_summed` values (include/linux/skbuff.h).
+    pub const CHECKSUM_NONE: u8 = 0;
+    pub const CHECKSUM_UNNECESSARY: u8 = 1;
+    pub const CHECKSUM_COMPLETE: u8 = 2;
+    pub const CHECKSUM_PARTIAL: u8 = 3;
+}
+
 /// Default capacities (the agent's `--*-max` flags override them at load time). Service and
 /// backend ids index per-CPU arrays, so they are bounded by these.
 pub mod capacity {

@@ -18,6 +18,7 @@ mod log;
 mod maps;
 mod nat;
 mod packet;
+mod skb;
 mod stats;
 
 use aya_ebpf::{

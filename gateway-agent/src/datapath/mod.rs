@@ -6,6 +6,7 @@ pub mod attach;
 pub mod bpffs;
 pub mod garp;
 pub mod interfaces;
+pub mod kern_ctx;
 pub mod maps;
 pub mod object;
 
@@ -18,9 +19,10 @@ use aya_log::EbpfLogger;
 use gateway_common::{
     Affinity, AffinityKey, AgentState, Backend, CtEntry, CtKey, DatapathConfig, L2Entry, L2Key,
     RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic, VipInfo, VipKey,
-    map_names, program_names,
+    kern_ctx as kern_ctx_names, map_names, program_names,
 };
 
+pub use kern_ctx::KernCtx;
 pub use maps::Maps;
 
 use crate::capacity::Capacity;
@@ -95,6 +97,26 @@ pub struct LoadOptions<'a> {
     /// Level of the datapath's own log events. Below `Debug` the object without any
     /// logging code is loaded, so logging costs the hot path nothing.
     pub log_level: log::LevelFilter,
+    /// Where the datapath learns `ip_summed` from (and then updates L4 checksums itself);
+    /// `None`: the kernel's checksum helpers for every rewrite.
+    pub kern_ctx: Option<KernCtx>,
+}
+
+/// Reading `skb->ip_summed` as the running kernel allows, or `None` (with the reason
+/// logged once) where it cannot: the datapath then uses the kernel's checksum helpers.
+pub fn running_kern_ctx() -> Option<KernCtx> {
+    static FOUND: std::sync::OnceLock<Option<KernCtx>> = std::sync::OnceLock::new();
+    *FOUND.get_or_init(
+        || match KernCtx::from_btf_file(Path::new(kern_ctx::VMLINUX_BTF)) {
+            Ok(found) => Some(found),
+            Err(e) => {
+                log::warn!(
+                    "L4 checksums through the kernel's helpers (about 50 ns more per rewrite): {e:#}"
+                );
+                None
+            }
+        },
+    )
 }
 
 /// The loaded object: programs (loaded, not yet attached) and typed maps.
@@ -128,6 +150,15 @@ impl Datapath {
             object::OBJECT_WITH_LOG
         } else {
             object::OBJECT
+        };
+        let patched;
+        let object = match &options.kern_ctx {
+            Some(k) => {
+                loader.override_global(kern_ctx_names::IP_SUMMED_AT, &k.ip_summed_at, true);
+                patched = kern_ctx::patch_object(object, k.cast_btf_id)?;
+                &patched[..]
+            }
+            None => object,
         };
         let mut ebpf = loader.load(object).context("loading the eBPF object")?;
         let logger = if with_log {

@@ -117,10 +117,25 @@ impl Harness {
 
     /// The programs with maps of `capacity`, serving `desired`.
     pub fn with(desired: &DesiredState, capacity: Capacity) -> Self {
+        Self::with_kern_ctx(
+            desired,
+            capacity,
+            gateway_agent::datapath::running_kern_ctx(),
+        )
+    }
+
+    /// As [`Harness::with`], with the datapath reading `ip_summed` as `kern_ctx` says
+    /// (`None`: L4 checksums through the kernel's helpers only).
+    pub fn with_kern_ctx(
+        desired: &DesiredState,
+        capacity: Capacity,
+        kern_ctx: Option<gateway_agent::datapath::KernCtx>,
+    ) -> Self {
         let dp = Datapath::load(&LoadOptions {
             capacity,
             pin_dir: None,
             log_level: log::LevelFilter::Off,
+            kern_ctx,
         })
         .expect("load datapath (run as root)");
         let mut h = Harness {
