@@ -240,6 +240,7 @@ impl Agent {
         maps.write_config(DatapathConfig::from_secs(
             agent.options.ct_tcp_timeout,
             agent.options.ct_any_timeout,
+            agent.datapath.clock,
         ))?;
         agent.state = maps.read_state().context("adopting the pinned maps")?;
         let adopted = !agent.state.services.is_empty();

@@ -119,11 +119,17 @@ fn a_new_flow_is_dnated_to_a_backend_with_valid_checksums_and_the_client_address
     let entry = h.dp.maps.conntrack.get(&key, 0).expect("conntrack entry");
     assert_eq!(Ipv4Addr::from(entry.backend_addr), Ipv4Addr::from(addr));
     assert_eq!(h.counter(Counter::CtCreated), 1);
-    // Stamped with the agent's clock: ages in `ct list` are never negative or far off.
+    // Stamped with the datapath's clock (jiffies), which reads as the agent's own to within
+    // a tick: ages in `ct list` are right to a few milliseconds.
     let now = monotonic_ns();
+    let tick = h.dp.clock.tick_ns;
     assert!(
-        entry.last_seen_ns <= now && now - entry.last_seen_ns < 1_000_000_000,
-        "stamped {} at agent time {now}",
+        (1_000_000..=10_000_000).contains(&tick),
+        "a tick of {tick} ns (HZ 100 to 1000)"
+    );
+    assert!(
+        entry.last_seen_ns.abs_diff(now) <= 2 * tick,
+        "stamped {} at agent time {now}, tick {tick}",
         entry.last_seen_ns
     );
 
@@ -140,6 +146,17 @@ fn a_new_flow_is_dnated_to_a_backend_with_valid_checksums_and_the_client_address
         assert_checksums(&out);
     }
     assert_eq!(h.counter(Counter::CtCreated), 1);
+
+    // And it keeps pace: 300 ms later, a packet's stamp moved as far as the agent's clock.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = (entry.last_seen_ns, now);
+    h.ingress(&tcp_frame((CLIENT, 40000), (VIP_AFFINITY, 80), Tcp::Ack, b""));
+    let entry = h.dp.maps.conntrack.get(&key, 0).unwrap();
+    let (stamped, elapsed) = (entry.last_seen_ns - before.0, monotonic_ns() - before.1);
+    assert!(
+        stamped.abs_diff(elapsed) <= 2 * tick && stamped >= 250_000_000,
+        "the stamp moved {stamped} ns while the agent's clock moved {elapsed} ns"
+    );
 }
 
 #[test]

@@ -61,7 +61,7 @@ fn libbpf_opens_and_loads_the_default_object() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     progs.sort();
-    assert_eq!(progs, ["gw_egress", "gw_floor", "gw_ingress"]);
+    assert_eq!(progs, ["gw_clock", "gw_egress", "gw_floor", "gw_ingress"]);
 }
 
 #[test]

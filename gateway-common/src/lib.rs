@@ -64,6 +64,9 @@ pub mod program_names {
     pub const EGRESS: &str = "gw_egress";
     /// An empty program returning TC_ACT_OK: the benchmarks' floor. Never attached.
     pub const FLOOR: &str = "gw_floor";
+    /// Reads jiffies and CLOCK_MONOTONIC_COARSE side by side: run once by the agent at
+    /// start through BPF_PROG_TEST_RUN, then unloaded. Never attached.
+    pub const CLOCK: &str = "gw_clock";
 }
 
 /// The benchmark's frame-restoring wrapper (the `gateway-bench` object, never loaded by the
@@ -276,7 +279,7 @@ pub struct CtKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
-    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the last packet either way.
+    /// The datapath's clock (see [`Clock`]; reads as CLOCK_MONOTONIC_COARSE) at the last packet either way.
     pub last_seen_ns: u64,
     pub backend_id: u32,
     pub service_id: u32,
@@ -334,7 +337,7 @@ pub struct AffinityKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Affinity {
-    /// `bpf_ktime_get_coarse_ns` of the last new flow that used this entry.
+    /// The datapath's clock (see [`Clock`]) at the last new flow that used this entry.
     pub last_used_ns: u64,
     pub backend_id: u32,
     pub _pad: u32,
@@ -366,16 +369,41 @@ pub struct DatapathConfig {
     pub ct_any_ns: u64,
     pub ct_syn_ns: u64,
     pub ct_close_ns: u64,
+    pub clock: Clock,
 }
 
 impl DatapathConfig {
-    pub const fn from_secs(ct_tcp: u64, ct_any: u64) -> Self {
+    pub const fn from_secs(ct_tcp: u64, ct_any: u64, clock: Clock) -> Self {
         Self {
             ct_tcp_ns: ct_tcp * timeouts::NS_PER_SEC,
             ct_any_ns: ct_any * timeouts::NS_PER_SEC,
             ct_syn_ns: timeouts::CT_SYN * timeouts::NS_PER_SEC,
             ct_close_ns: timeouts::CT_CLOSE * timeouts::NS_PER_SEC,
+            clock,
         }
+    }
+}
+
+/// The datapath's clock, which stamps conntrack and affinity entries: the kernel's jiffies
+/// scaled to nanoseconds and offset so it reads as CLOCK_MONOTONIC_COARSE (to within a tick,
+/// the resolution of both). The verifier inlines `bpf_jiffies64` into one load, where every
+/// ktime helper is a call (about 16 ns per packet on the benchmark VM); timeouts are seconds,
+/// so a tick's resolution will do. The agent measures `offset_ns` at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Clock {
+    /// Nanoseconds per jiffy (the resolution of CLOCK_MONOTONIC_COARSE).
+    pub tick_ns: u64,
+    /// CLOCK_MONOTONIC_COARSE minus jiffies x `tick_ns`, modulo 2^64.
+    pub offset_ns: u64,
+}
+
+impl Clock {
+    #[inline(always)]
+    pub const fn at(&self, jiffies: u64) -> u64 {
+        jiffies
+            .wrapping_mul(self.tick_ns)
+            .wrapping_add(self.offset_ns)
     }
 }
 

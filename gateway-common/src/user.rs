@@ -105,8 +105,19 @@ mod tests {
     }
 
     #[test]
+    fn the_clock_scales_jiffies_and_wraps_around() {
+        let clock = Clock {
+            tick_ns: 4_000_000,
+            offset_ns: 5u64.wrapping_sub(4_000_000 * 4_294_892_296),
+        };
+        // jiffies start 300 s before wrapping 32 bits (INITIAL_JIFFIES at HZ 250).
+        assert_eq!(clock.at(4_294_892_296), 5);
+        assert_eq!(clock.at(4_294_892_296 + 250), 1_000_000_005);
+    }
+
+    #[test]
     fn tcp_lifetimes_follow_the_state() {
-        let c = DatapathConfig::from_secs(21600, 3600);
+        let c = DatapathConfig::from_secs(21600, 3600, Clock::default());
         let mut e = CtEntry {
             flags: CT_F_TCP,
             ..Default::default()

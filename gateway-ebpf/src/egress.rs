@@ -6,7 +6,7 @@ use gateway_common::{Counter, RevNatKey, capacity};
 
 use crate::{
     PASS, conntrack, drop,
-    maps::{CONNTRACK, REVNAT},
+    maps::{CONFIG, CONNTRACK, REVNAT},
     nat::{self, Side},
     now_ns,
     packet::{self, ETH_P_IP},
@@ -57,7 +57,9 @@ pub fn run(ctx: &TcContext) -> i32 {
         if entry.backend_addr != flow.saddr || entry.backend_port != flow.sport {
             continue;
         }
-        conntrack::touch(entry, now_ns(), conntrack::backend_flags(&flow));
+        if let Some(config) = CONFIG.get(0) {
+            conntrack::touch(entry, now_ns(config), conntrack::backend_flags(&flow));
+        }
         if nat::rewrite(ctx, &flow, Side::Source, frontend.vip, frontend.port).is_err() {
             return drop(ctx, Counter::DropNatFailed);
         }

@@ -41,7 +41,7 @@ fn ipv4(ctx: &TcContext) -> i32 {
     let Some(config) = CONFIG.get(0) else {
         return PASS;
     };
-    let now = now_ns();
+    let now = now_ns(config);
     let key = conntrack::key(&flow);
 
     // Conntrack first: an established flow needs no other lookup but its backend's.

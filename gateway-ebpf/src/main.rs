@@ -26,7 +26,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use gateway_common::Counter;
+use gateway_common::{Counter, DatapathConfig};
 
 /// Not ours: let the next program (tcx) or the stack have it, untouched.
 pub const PASS: i32 = aya_ebpf::bindings::TC_ACT_UNSPEC;
@@ -41,6 +41,19 @@ pub fn gw_egress(ctx: TcContext) -> i32 {
     egress::run(&ctx)
 }
 
+/// Reads jiffies and CLOCK_MONOTONIC_COARSE side by side into the frame's first 16 bytes:
+/// the agent runs it once through BPF_PROG_TEST_RUN at start to set the datapath's clock
+/// (see `gateway_common::Clock`). Never attached.
+#[classifier]
+pub fn gw_clock(ctx: TcContext) -> i32 {
+    use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
+    let clocks = unsafe { [bpf_jiffies64(), bpf_ktime_get_coarse_ns()] };
+    match ctx.store(0, &clocks, 0) {
+        Ok(()) => TC_ACT_OK as i32,
+        Err(_) => TC_ACT_SHOT as i32,
+    }
+}
+
 /// The empty TC program: the floor `cargo xtask bench` measures the datapath against. The
 /// agent never loads it.
 #[classifier]
@@ -48,12 +61,13 @@ pub fn gw_floor(_ctx: TcContext) -> i32 {
     TC_ACT_OK as i32
 }
 
-/// The datapath's clock, CLOCK_MONOTONIC_COARSE: timeouts are seconds, so the last tick's
-/// time will do, and reading it costs no clock-source read (`bpf_ktime_get_ns` cost about
-/// 15 ns per packet on the benchmark VM). The agent reads the same clock.
+/// The datapath's clock (see `gateway_common::Clock`): jiffies, which the verifier inlines
+/// into a single load, in nanoseconds that read as CLOCK_MONOTONIC_COARSE.
 #[inline(always)]
-pub fn now_ns() -> u64 {
-    unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() }
+pub fn now_ns(config: &DatapathConfig) -> u64 {
+    config
+        .clock
+        .at(unsafe { aya_ebpf::helpers::bpf_jiffies64() })
 }
 
 #[inline(always)]

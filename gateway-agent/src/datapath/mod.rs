@@ -4,6 +4,7 @@
 
 pub mod attach;
 pub mod bpffs;
+pub mod clock;
 pub mod garp;
 pub mod interfaces;
 pub mod kern_ctx;
@@ -17,23 +18,16 @@ use anyhow::{Context, Result, bail};
 use aya::{Ebpf, EbpfLoader, maps::MapInfo, programs::SchedClassifier};
 use aya_log::EbpfLogger;
 use gateway_common::{
-    Affinity, AffinityKey, AgentState, Backend, CtEntry, CtKey, DatapathConfig, L2Entry, L2Key,
-    RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic, VipInfo, VipKey,
+    Affinity, AffinityKey, AgentState, Backend, Clock, CtEntry, CtKey, DatapathConfig, L2Entry,
+    L2Key, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic, VipInfo, VipKey,
     kern_ctx as kern_ctx_names, map_names, program_names,
 };
 
+pub use clock::monotonic_ns;
 pub use kern_ctx::KernCtx;
 pub use maps::Maps;
 
 use crate::capacity::Capacity;
-
-/// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`, which
-/// stamps conntrack and affinity entries.
-pub fn monotonic_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
-        .expect("CLOCK_MONOTONIC_COARSE is always available");
-    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-}
 
 /// Key and value sizes of every map: a pinned map from an agent with another layout must
 /// be refused, never reinterpreted.
@@ -125,6 +119,8 @@ pub struct Datapath {
     pub maps: Maps,
     /// Owns aya-log's ring buffer reader; must live as long as the programs.
     pub logger: Option<EbpfLogger<&'static dyn log::Log>>,
+    /// The datapath's clock on this machine, for `gw_config`.
+    pub clock: Clock,
 }
 
 impl Datapath {
@@ -171,8 +167,14 @@ impl Datapath {
                 .load()
                 .with_context(|| format!("loading program {name} (verifier)"))?;
         }
+        let clock = clock::measure(&mut ebpf)?;
         let maps = Maps::take(&mut ebpf)?;
-        Ok(Self { ebpf, maps, logger })
+        Ok(Self {
+            ebpf,
+            maps,
+            logger,
+            clock,
+        })
     }
 
     pub fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {

@@ -144,7 +144,7 @@ impl Harness {
             capacity,
         };
         h.dp.maps
-            .write_config(DatapathConfig::from_secs(21600, 3600))
+            .write_config(DatapathConfig::from_secs(21600, 3600, h.dp.clock))
             .unwrap();
         // The empty program the benchmark measures against; the agent never loads it.
         h.dp.program(program_names::FLOOR).unwrap().load().unwrap();
