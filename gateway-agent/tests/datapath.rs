@@ -150,7 +150,12 @@ fn a_new_flow_is_dnated_to_a_backend_with_valid_checksums_and_the_client_address
     // And it keeps pace: 300 ms later, a packet's stamp moved as far as the agent's clock.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let before = (entry.last_seen_ns, now);
-    h.ingress(&tcp_frame((CLIENT, 40000), (VIP_AFFINITY, 80), Tcp::Ack, b""));
+    h.ingress(&tcp_frame(
+        (CLIENT, 40000),
+        (VIP_AFFINITY, 80),
+        Tcp::Ack,
+        b"",
+    ));
     let entry = h.dp.maps.conntrack.get(&key, 0).unwrap();
     let (stamped, elapsed) = (entry.last_seen_ns - before.0, monotonic_ns() - before.1);
     assert!(

@@ -84,3 +84,56 @@ fn only_the_logging_object_carries_aya_log() {
     .unwrap();
     assert!(logging.logger.is_some());
 }
+
+/// Pins an empty map at `path` with these sizes, as another version of the agent would have.
+fn pin_map(path: &Path, kind: &str, key: u32, value: u32) {
+    let status = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(path)
+        .args([
+            "type",
+            kind,
+            "key",
+            &key.to_string(),
+            "value",
+            &value.to_string(),
+        ])
+        .args(["entries", "1", "name", "old"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "bpftool map create {}", path.display());
+}
+
+fn value_size(path: &Path) -> u32 {
+    aya::maps::MapInfo::from_pin(path).unwrap().value_size()
+}
+
+#[test]
+fn pinned_settings_of_another_layout_are_replaced_but_pinned_state_is_refused() {
+    let fs = PrivateBpffs::new("layouts");
+    let load = || {
+        Datapath::load(&LoadOptions {
+            capacity: Default::default(),
+            pin_dir: Some(fs.path()),
+            log_level: log::LevelFilter::Off,
+            kern_ctx: None,
+        })
+    };
+    let (config, affinity) = (fs.path().join("gw_config"), fs.path().join("gw_affinity"));
+    // gw_config as the previous version had it: timeouts only, 32 bytes.
+    pin_map(&config, "array", 4, 32);
+    pin_map(&affinity, "hash", 4, 8);
+    let refused = format!("{:#}", load().err().expect("a state map of another layout"));
+    assert!(
+        refused.contains("gw_affinity") && refused.contains("teardown"),
+        "{refused}"
+    );
+    // Refused before anything was replaced.
+    assert_eq!(value_size(&config), 32);
+
+    std::fs::remove_file(&affinity).unwrap();
+    let dp = load().unwrap();
+    let size = std::mem::size_of::<gateway_common::DatapathConfig>() as u32;
+    assert_eq!(value_size(&config), size);
+    drop(dp);
+}

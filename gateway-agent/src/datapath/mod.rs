@@ -12,7 +12,7 @@ pub mod maps;
 pub mod object;
 
 use std::mem::size_of;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use aya::{Ebpf, EbpfLoader, maps::MapInfo, programs::SchedClassifier};
@@ -132,7 +132,7 @@ impl Datapath {
         for (name, size) in options.capacity.map_sizes() {
             loader.map_max_entries(name, size);
         }
-        let pins: Vec<(&str, std::path::PathBuf)> = match options.pin_dir {
+        let pins: Vec<(&str, PathBuf)> = match options.pin_dir {
             Some(dir) => map_names::ALL.iter().map(|&n| (n, dir.join(n))).collect(),
             None => Vec::new(),
         };
@@ -189,8 +189,14 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier
         .with_context(|| format!("program {name} is not a TC classifier"))
 }
 
+/// Maps the agent writes whole at every start (settings and its own record): one pinned
+/// by a version with another layout is replaced rather than refused. Every other map holds
+/// state (services, flows, affinity, counters) and is never reinterpreted.
+const REWRITTEN_AT_START: [&str; 2] = [map_names::CONFIG, map_names::AGENT];
+
 fn check_pinned_layouts(dir: &Path, capacity: &Capacity) -> Result<()> {
     let sizes = capacity.map_sizes();
+    let mut replace: Vec<PathBuf> = Vec::new();
     for (name, key, value) in LAYOUTS {
         let path = dir.join(name);
         if !path.exists() {
@@ -199,6 +205,19 @@ fn check_pinned_layouts(dir: &Path, capacity: &Capacity) -> Result<()> {
         let info = MapInfo::from_pin(&path)
             .with_context(|| format!("inspecting pinned map {}", path.display()))?;
         if info.key_size() as usize != key || info.value_size() as usize != value {
+            if REWRITTEN_AT_START.contains(&name) {
+                // Nothing in it to keep: a new one is made and filled. Programs still
+                // attached from the previous version hold the old one until replaced.
+                log::info!(
+                    "pinned map {} has key/value sizes {}/{} (another version): replacing it                      with one of {key}/{value}",
+                    path.display(),
+                    info.key_size(),
+                    info.value_size()
+                );
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+                continue;
+            }
             bail!(
                 "pinned map {} has key/value sizes {}/{} but this agent uses {key}/{value}: it \
                  was left by an incompatible version; run `gateway-agent teardown --bpffs {}` \
@@ -223,6 +242,12 @@ fn check_pinned_layouts(dir: &Path, capacity: &Capacity) -> Result<()> {
                 dir.display()
             );
         }
+    }
+    // Only once every map that holds state was found usable: nothing in these to keep, a
+    // new one is made and filled. Programs still attached from the previous version hold
+    // the old one until they are replaced.
+    for path in replace {
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     }
     Ok(())
 }
