@@ -206,16 +206,14 @@ fn check_pinned_layouts(dir: &Path, capacity: &Capacity) -> Result<()> {
             .with_context(|| format!("inspecting pinned map {}", path.display()))?;
         if info.key_size() as usize != key || info.value_size() as usize != value {
             if REWRITTEN_AT_START.contains(&name) {
-                // Nothing in it to keep: a new one is made and filled. Programs still
-                // attached from the previous version hold the old one until replaced.
                 log::info!(
-                    "pinned map {} has key/value sizes {}/{} (another version): replacing it                      with one of {key}/{value}",
+                    "pinned map {} has key/value sizes {}/{} (another version): replacing it \
+                     with one of {key}/{value}",
                     path.display(),
                     info.key_size(),
                     info.value_size()
                 );
-                std::fs::remove_file(&path)
-                    .with_context(|| format!("removing {}", path.display()))?;
+                replace.push(path);
                 continue;
             }
             bail!(
