@@ -216,6 +216,14 @@ impl Agent {
             log_level: log::max_level(),
             kern_ctx: crate::datapath::running_kern_ctx(),
         })?;
+        match datapath.kern_ctx {
+            Some(k) => log::info!(
+                "L4 checksums updated in place (ip_summed at bit {} of sk_buff, read through \
+                 bpf_cast_to_kern_ctx)",
+                k.ip_summed_at
+            ),
+            None => log::info!("L4 checksums through the kernel's helpers"),
+        }
         let mut record = AgentState {
             pid: std::process::id(),
             started_unix: unix_now(),

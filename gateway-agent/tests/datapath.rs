@@ -283,6 +283,28 @@ fn checksums_written_in_place_equal_those_of_the_kernels_helpers() {
     assert_eq!(&out[40..42], &[0xff, 0xff]);
 }
 
+/// A kernel whose verifier refuses the in-place checksums (here: a kfunc id that is no
+/// function) still gets a working datapath, with the kernel's checksum helpers.
+#[test]
+fn a_refused_kfunc_falls_back_to_the_checksum_helpers() {
+    let running = gateway_agent::datapath::running_kern_ctx().unwrap();
+    let bogus = gateway_agent::datapath::KernCtx {
+        cast_btf_id: 1,
+        ..running
+    };
+    let mut h = Harness::with_kern_ctx(
+        &reference_state(),
+        gateway_agent::capacity::Capacity::default(),
+        Some(bogus),
+    );
+    assert_eq!(h.dp.kern_ctx, None);
+    let (verdict, out) = h.ingress(&tcp_frame((CLIENT, 40000), (VIP_RANDOM, 80), Tcp::Syn, b""));
+    assert_eq!(verdict, OK);
+    assert!([POD_A, POD_B].contains(&ip_dst(&out).0));
+    assert_checksums(&out);
+    assert_eq!(Harness::new().dp.kern_ctx, Some(running));
+}
+
 /// Opens `flows` new connections (fresh source ports from `first_port`) and returns the
 /// backends they were sent to.
 fn backends_seen(h: &mut Harness, vip: [u8; 4], first_port: u16, flows: u16) -> BTreeSet<[u8; 4]> {

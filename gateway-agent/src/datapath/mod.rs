@@ -121,6 +121,9 @@ pub struct Datapath {
     pub logger: Option<EbpfLogger<&'static dyn log::Log>>,
     /// The datapath's clock on this machine, for `gw_config`.
     pub clock: Clock,
+    /// How the loaded datapath reads `ip_summed` (`None`: it does not, and leaves L4
+    /// checksums to the kernel's helpers).
+    pub kern_ctx: Option<KernCtx>,
 }
 
 impl Datapath {
@@ -128,45 +131,25 @@ impl Datapath {
         if let Some(dir) = options.pin_dir {
             check_pinned_layouts(dir, &options.capacity)?;
         }
-        let mut loader = EbpfLoader::new();
-        for (name, size) in options.capacity.map_sizes() {
-            loader.map_max_entries(name, size);
-        }
-        let pins: Vec<(&str, PathBuf)> = match options.pin_dir {
-            Some(dir) => map_names::ALL.iter().map(|&n| (n, dir.join(n))).collect(),
-            None => Vec::new(),
-        };
-        for (name, path) in &pins {
-            loader.map_pin_path(name, path.as_path());
-        }
-        let with_log = options.log_level >= log::LevelFilter::Debug;
-        let level = options.log_level as u8;
-        loader.override_global(aya_log::LEVEL, &level, false);
-        let object = if with_log {
-            object::OBJECT_WITH_LOG
-        } else {
-            object::OBJECT
-        };
-        let patched;
-        let object = match &options.kern_ctx {
-            Some(k) => {
-                loader.override_global(kern_ctx_names::IP_SUMMED_AT, &k.ip_summed_at, true);
-                patched = kern_ctx::patch_object(object, k.cast_btf_id)?;
-                &patched[..]
+        let (mut ebpf, kern_ctx) = match load_object(options, options.kern_ctx) {
+            Ok(ebpf) => (ebpf, options.kern_ctx),
+            // A kernel whose verifier does not take the kfunc call or the read of ip_summed
+            // still gets a datapath: the same one with the kernel's checksum helpers.
+            Err(e) if options.kern_ctx.is_some() => {
+                log::warn!(
+                    "L4 checksums through the kernel's helpers: the datapath that updates them \
+                     in place was refused: {e:#}"
+                );
+                (load_object(options, None)?, None)
             }
-            None => object,
+            Err(e) => return Err(e),
         };
-        let mut ebpf = loader.load(object).context("loading the eBPF object")?;
+        let with_log = options.log_level >= log::LevelFilter::Debug;
         let logger = if with_log {
             Some(EbpfLogger::init(&mut ebpf).context("setting up datapath logging")?)
         } else {
             None
         };
-        for name in [program_names::INGRESS, program_names::EGRESS] {
-            program(&mut ebpf, name)?
-                .load()
-                .with_context(|| format!("loading program {name} (verifier)"))?;
-        }
         let clock = clock::measure(&mut ebpf)?;
         let maps = Maps::take(&mut ebpf)?;
         Ok(Self {
@@ -174,12 +157,52 @@ impl Datapath {
             maps,
             logger,
             clock,
+            kern_ctx,
         })
     }
 
     pub fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
         program(&mut self.ebpf, name)
     }
+}
+
+/// The object with its maps (pinned as `options` says) and the datapath programs loaded,
+/// reading `ip_summed` through `kern_ctx` where given.
+fn load_object(options: &LoadOptions, kern_ctx: Option<KernCtx>) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    for (name, size) in options.capacity.map_sizes() {
+        loader.map_max_entries(name, size);
+    }
+    let pins: Vec<(&str, PathBuf)> = match options.pin_dir {
+        Some(dir) => map_names::ALL.iter().map(|&n| (n, dir.join(n))).collect(),
+        None => Vec::new(),
+    };
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let level = options.log_level as u8;
+    loader.override_global(aya_log::LEVEL, &level, false);
+    let object = if options.log_level >= log::LevelFilter::Debug {
+        object::OBJECT_WITH_LOG
+    } else {
+        object::OBJECT
+    };
+    let patched;
+    let object = match &kern_ctx {
+        Some(k) => {
+            loader.override_global(kern_ctx_names::IP_SUMMED_AT, &k.ip_summed_at, true);
+            patched = kern_ctx::patch_object(object, k.cast_btf_id)?;
+            &patched[..]
+        }
+        None => object,
+    };
+    let mut ebpf = loader.load(object).context("loading the eBPF object")?;
+    for name in [program_names::INGRESS, program_names::EGRESS] {
+        program(&mut ebpf, name)?
+            .load()
+            .with_context(|| format!("loading program {name} (verifier)"))?;
+    }
+    Ok(ebpf)
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
