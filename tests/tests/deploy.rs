@@ -287,6 +287,10 @@ fn agent_serves_with_exactly_the_units_capabilities() -> Result<()> {
         .context("the agent announces nothing")?;
     let answer = lab.client().curl(&format!("http://{vip}/"), None)?;
     assert!(answer.contains("backend="), "{vip} answered {answer:?}");
+    // And they are enough for the faster datapath (the kfunc call and the read of
+    // ip_summed), not only for its fallback.
+    let log = agent.log();
+    assert!(log.contains("L4 checksums updated in place"), "{log}");
     Ok(())
 }
 
