@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
-use gateway_common::{AgentState, DatapathConfig, L2Key, write_text};
+use gateway_common::{AGENT_F_CHECKSUMS_IN_PLACE, AgentState, DatapathConfig, L2Key, write_text};
 use inotify::{EventStream, Inotify, WatchMask};
 use log::{error, info, warn};
 use regex::Regex;
@@ -37,6 +37,8 @@ pub struct RunOptions {
     pub bpffs: PathBuf,
     pub ct_tcp_timeout: u64,
     pub ct_any_timeout: u64,
+    /// Never update checksums in place (`--checksum-helpers`).
+    pub checksum_helpers: bool,
     pub capacity: Capacity,
 }
 
@@ -214,7 +216,11 @@ impl Agent {
             capacity: options.capacity,
             pin_dir: Some(&options.bpffs),
             log_level: log::max_level(),
-            kern_ctx: crate::datapath::running_kern_ctx(),
+            kern_ctx: if options.checksum_helpers {
+                None
+            } else {
+                crate::datapath::running_kern_ctx()
+            },
         })?;
         match datapath.kern_ctx {
             Some(k) => log::info!(
@@ -222,11 +228,19 @@ impl Agent {
                  bpf_cast_to_kern_ctx)",
                 k.ip_summed_at
             ),
+            None if options.checksum_helpers => {
+                log::info!("L4 checksums through the kernel's helpers (--checksum-helpers)")
+            }
             None => log::info!("L4 checksums through the kernel's helpers"),
         }
         let mut record = AgentState {
             pid: std::process::id(),
             started_unix: unix_now(),
+            flags: if datapath.kern_ctx.is_some() {
+                AGENT_F_CHECKSUMS_IN_PLACE
+            } else {
+                0
+            },
             ..Default::default()
         };
         write_text(&mut record.node_name, &options.node_name);

@@ -437,7 +437,8 @@ pub struct AgentState {
     /// 1 while the file on disk is refused: the last reload failed, the state applied
     /// before it is what is served.
     pub refused: u32,
-    pub _pad: u32,
+    /// `AGENT_F_*` bits: how the datapath it loaded runs.
+    pub flags: u32,
     pub started_unix: u64,
     pub last_applied_unix: u64,
     /// 0 when the last reload succeeded.
@@ -447,13 +448,17 @@ pub struct AgentState {
     pub last_error: [u8; 1024],
 }
 
+/// The datapath updates TCP/UDP checksums in place (it reads `ip_summed`, see [`kern_ctx`]);
+/// without it, through the kernel's helpers.
+pub const AGENT_F_CHECKSUMS_IN_PLACE: u32 = 1 << 0;
+
 impl Default for AgentState {
     fn default() -> Self {
         Self {
             pid: 0,
             reloads: 0,
             refused: 0,
-            _pad: 0,
+            flags: 0,
             started_unix: 0,
             last_applied_unix: 0,
             last_error_unix: 0,

@@ -365,7 +365,41 @@ fn offload(ns: &Netns, dev: &str, settings: &[&str]) -> Result<()> {
 
 #[test]
 fn checksums_stay_right_with_partial_and_with_full_checksums() -> Result<()> {
-    let c = Cluster::up(two_local_backends_spec(&lab::unique_prefix("gwh")), &["w1"])?;
+    checksums_stay_right(&[])
+}
+
+/// The same with the kernel's helpers doing every checksum update (`--checksum-helpers`):
+/// the path a kernel without BTF, or a `CHECKSUM_COMPLETE` frame, takes. The doctor and
+/// `status` say which one serves.
+#[test]
+fn checksums_stay_right_through_the_kernels_helpers() -> Result<()> {
+    checksums_stay_right(&["--checksum-helpers"])
+}
+
+fn checksums_stay_right(agent_flags: &[&str]) -> Result<()> {
+    let c = Cluster::up(two_local_backends_spec(&lab::unique_prefix("gwh")), &[])?;
+    let n = c.lab.node("w1");
+    // Stopped (dropped) before the lab goes.
+    let agent = Agent::launch(
+        &c.lab,
+        "w1",
+        &c.config,
+        &agent::binary()?,
+        n.bpffs_dir(),
+        agent_flags,
+    )?;
+    let helpers = !agent_flags.is_empty();
+    let status = agent.json(&["status"])?;
+    assert_eq!(
+        status["agent"]["checksums_in_place"], !helpers,
+        "{status:#}"
+    );
+    let (_, report) = doctor(&c, "w1", &[])?;
+    assert_eq!(
+        findings(&report, "datapath", "info").len(),
+        usize::from(helpers),
+        "{report:#}"
+    );
     let (client, w1) = (c.lab.client(), c.lab.node("w1"));
     let pods: Vec<_> = ["envoy-w1a", "envoy-w1b"].map(|p| c.lab.pod(p)).into();
     // Receivers verify every checksum: veth otherwise marks frames as already checked.
@@ -633,6 +667,9 @@ fn status_shows_packets_and_run_time_per_program_while_bpf_statistics_are_on() -
     assert!(ns > 0.0 && ns < 100_000.0, "{after:#}");
     let text = w1.cli(&["status"])?;
     assert!(text.contains("NS/PACKET"), "{text}");
+    // This kernel has BTF and bpf_cast_to_kern_ctx: the faster datapath is the one serving.
+    assert_eq!(status["agent"]["checksums_in_place"], true, "{status:#}");
+    assert!(text.contains("checksums updated in place"), "{text}");
     Ok(())
 }
 

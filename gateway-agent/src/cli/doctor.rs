@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use aya::maps::IterableMap;
-use gateway_common::{Counter, read_text, timeouts};
+use gateway_common::{AGENT_F_CHECKSUMS_IN_PLACE, Counter, read_text, timeouts};
 use regex::Regex;
 use serde::Serialize;
 
@@ -162,6 +162,15 @@ fn check_datapath(
             read_text(&agent.node_name),
             "not running: the datapath keeps serving the last state, but file changes are not applied and no gratuitous ARP is sent",
             "start gateway-agent (systemctl start gateway-agent, or the DaemonSet's pod)",
+        );
+    }
+    if running && agent.flags & AGENT_F_CHECKSUMS_IN_PLACE == 0 {
+        f.add(
+            Severity::Info,
+            "datapath",
+            read_text(&agent.node_name),
+            "TCP/UDP checksums go through the kernel's helpers (about 50 ns more per rewritten packet): the kernel has no BTF at /sys/kernel/btf/vmlinux, no kfunc bpf_cast_to_kern_ctx (Linux 6.3), or its verifier refused the in-place update (the agent's log at start says which)",
+            "run a kernel with CONFIG_DEBUG_INFO_BTF, Linux 6.3 or later",
         );
     }
     if agent.refused != 0 {

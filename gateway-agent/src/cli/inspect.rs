@@ -10,9 +10,9 @@ use anyhow::Result;
 use aya::maps::IterableMap;
 use aya::programs::{ProgramInfo, SchedClassifier, TcAttachType};
 use gateway_common::{
-    AgentState, BACKEND_F_ACTIVE, CT_F_ESTABLISHED, CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_RST,
-    CT_F_TCP, Counter, CtEntry, DatapathConfig, SERVICE_F_AFFINITY, proto_name, read_text,
-    timeouts::NS_PER_SEC,
+    AGENT_F_CHECKSUMS_IN_PLACE, AgentState, BACKEND_F_ACTIVE, CT_F_ESTABLISHED, CT_F_FIN_BACKEND,
+    CT_F_FIN_CLIENT, CT_F_RST, CT_F_TCP, Counter, CtEntry, DatapathConfig, SERVICE_F_AFFINITY,
+    proto_name, read_text, timeouts::NS_PER_SEC,
 };
 use serde::Serialize;
 
@@ -337,6 +337,9 @@ pub struct AgentView {
     pub started_unix: u64,
     pub last_applied_unix: u64,
     pub reloads: u32,
+    /// The datapath updates TCP/UDP checksums in place (false: through the kernel's
+    /// helpers, about 50 ns more per rewritten packet).
+    pub checksums_in_place: bool,
     /// The last reload that was refused, if it came after the last one applied: the file on
     /// disk is not what is being served.
     pub rejected: Option<RejectedView>,
@@ -358,6 +361,7 @@ fn agent_view(state: &AgentState) -> AgentView {
         started_unix: state.started_unix,
         last_applied_unix: state.last_applied_unix,
         reloads: state.reloads,
+        checksums_in_place: state.flags & AGENT_F_CHECKSUMS_IN_PLACE != 0,
         rejected: (state.refused != 0).then(|| RejectedView {
             at_unix: state.last_error_unix,
             error: read_text(&state.last_error).to_owned(),
@@ -515,8 +519,15 @@ pub fn render_status(s: &StatusView) -> String {
         ));
     }
     out.push_str(&format!(
-        "datapath pinned at {}\nconntrack timeouts: TCP {}s, other {}s\n\n",
-        s.bpffs, s.ct_tcp_timeout_secs, s.ct_any_timeout_secs
+        "datapath pinned at {}, checksums {}\nconntrack timeouts: TCP {}s, other {}s\n\n",
+        s.bpffs,
+        if a.checksums_in_place {
+            "updated in place"
+        } else {
+            "through the kernel's helpers"
+        },
+        s.ct_tcp_timeout_secs,
+        s.ct_any_timeout_secs
     ));
     let mut t = Table::new(vec![
         "INTERFACE",
