@@ -226,6 +226,21 @@ fn checksums_written_in_place_equal_those_of_the_kernels_helpers() {
     let capacity = gateway_agent::capacity::Capacity::default();
     let mut in_place = Harness::with_kern_ctx(&state, capacity, Some(kern_ctx));
     let mut helpers = Harness::with_kern_ctx(&state, capacity, None);
+    // The in-place code is in the loaded programs, not pruned as dead: the verifier was
+    // given ip_summed's offset (without it, only the helper path is left).
+    for program in [
+        gateway_common::program_names::INGRESS,
+        gateway_common::program_names::EGRESS,
+    ] {
+        let size = |h: &mut Harness| {
+            h.dp.program(program)
+                .unwrap()
+                .info()
+                .unwrap()
+                .size_translated()
+        };
+        assert!(size(&mut in_place) > size(&mut helpers), "{program}");
+    }
     let mut both = |egress: bool, frame: &[u8]| {
         let run = |h: &mut Harness| {
             if egress {
