@@ -89,7 +89,9 @@ fn arp_for_anything_else_goes_to_the_kernel_untouched() {
 fn a_new_flow_is_dnated_to_a_backend_with_valid_checksums_and_the_client_address_kept() {
     let mut h = Harness::new();
     let frame = tcp_frame((CLIENT, 40000), (VIP_AFFINITY, 80), Tcp::Syn, b"");
+    let sent = monotonic_ns();
     let (verdict, out) = h.ingress(&frame);
+    let sent = sent..=monotonic_ns();
     assert_eq!(verdict, OK);
     let (addr, port) = ip_dst(&out);
     assert!(
@@ -121,15 +123,19 @@ fn a_new_flow_is_dnated_to_a_backend_with_valid_checksums_and_the_client_address
     assert_eq!(h.counter(Counter::CtCreated), 1);
     // Stamped with the datapath's clock (jiffies), which reads as the agent's own to within
     // a tick: ages in `ct list` are right to a few milliseconds.
-    let now = monotonic_ns();
     let tick = h.dp.clock.tick_ns;
     assert!(
         (1_000_000..=10_000_000).contains(&tick),
         "a tick of {tick} ns (HZ 100 to 1000)"
     );
+    // Within two ticks of the agent's clock around the packet (one for either clock's tick,
+    // one for the offset measured at load).
+    let stamped_within = |stamp: u64, around: &std::ops::RangeInclusive<u64>| {
+        stamp + 2 * tick >= *around.start() && stamp <= around.end() + 2 * tick
+    };
     assert!(
-        entry.last_seen_ns.abs_diff(now) <= 2 * tick,
-        "stamped {} at agent time {now}, tick {tick}",
+        stamped_within(entry.last_seen_ns, &sent),
+        "stamped {} for a packet sent in {sent:?}, tick {tick}",
         entry.last_seen_ns
     );
 
@@ -147,20 +153,21 @@ fn a_new_flow_is_dnated_to_a_backend_with_valid_checksums_and_the_client_address
     }
     assert_eq!(h.counter(Counter::CtCreated), 1);
 
-    // And it keeps pace: 300 ms later, a packet's stamp moved as far as the agent's clock.
+    // And it keeps pace: 300 ms later, a packet is stamped with the agent's time again.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let before = (entry.last_seen_ns, now);
+    let later = monotonic_ns();
     h.ingress(&tcp_frame(
         (CLIENT, 40000),
         (VIP_AFFINITY, 80),
         Tcp::Ack,
         b"",
     ));
-    let entry = h.dp.maps.conntrack.get(&key, 0).unwrap();
-    let (stamped, elapsed) = (entry.last_seen_ns - before.0, monotonic_ns() - before.1);
+    let later = later..=monotonic_ns();
+    let stamp = h.dp.maps.conntrack.get(&key, 0).unwrap().last_seen_ns;
     assert!(
-        stamped.abs_diff(elapsed) <= 2 * tick && stamped >= 250_000_000,
-        "the stamp moved {stamped} ns while the agent's clock moved {elapsed} ns"
+        stamped_within(stamp, &later) && stamp - entry.last_seen_ns >= 250_000_000,
+        "stamped {stamp} for a packet sent in {later:?}, 300 ms after one stamped {}",
+        entry.last_seen_ns
     );
 }
 
