@@ -377,7 +377,8 @@ fn checksums_stay_right_through_the_kernels_helpers() -> Result<()> {
 }
 
 fn checksums_stay_right(agent_flags: &[&str]) -> Result<()> {
-    let c = Cluster::up(two_local_backends_spec(&lab::unique_prefix("gwh")), &[])?;
+    let c = Cluster::up(dns_spec(&lab::unique_prefix("gwh")), &[])?;
+    let _servers = udp_servers(&c)?;
     let n = c.lab.node("w1");
     // Stopped (dropped) before the lab goes.
     let agent = Agent::launch(
@@ -415,6 +416,10 @@ fn checksums_stay_right(agent_flags: &[&str]) -> Result<()> {
                     format!("{mode} checksums, request {i}: a bad checksum is a drop")
                 })?;
             ensure!(a.client.ip() == CLIENT);
+            let answer = udp_query(&c, i).with_context(|| {
+                format!("{mode} checksums, UDP query {i}: a bad checksum is a drop")
+            })?;
+            ensure!(answer.starts_with("backend="), "{answer}");
         }
         Ok(())
     };
@@ -434,48 +439,63 @@ fn checksums_stay_right(agent_flags: &[&str]) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn udp_is_balanced_to_local_backends_and_replies_come_from_the_vip() -> Result<()> {
-    const VIP_DNS: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 51);
-    let mut spec = two_local_backends_spec(&lab::unique_prefix("gwi"));
+const VIP_DNS: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 51);
+
+/// Two local backends, and a UDP service on `VIP_DNS`:53 in front of port 5353 of both.
+fn dns_spec(prefix: &str) -> LabSpec {
+    let mut spec = two_local_backends_spec(prefix);
     let mut dns = spec.service_mut("cilium-gateway-gateway-external").clone();
     dns.name = "dns".into();
     dns.requested_ip = Some(VIP_DNS);
     dns.ports = vec![PortSpec::udp("dns", 53, 5353)];
     spec.services.push(dns);
-    let c = Cluster::up(spec, &["w1"])?;
-    let mut servers = Vec::new();
-    for pod in ["envoy-w1a", "envoy-w1b"] {
-        let ns = c.lab.pod(pod).ns();
-        let reply = format!("SYSTEM:echo backend={pod}");
-        servers.push(c.lab.spawn(
-            ns,
-            &format!("udp-{pod}"),
-            ["socat", "UDP4-RECVFROM:5353,fork", &reply],
-        )?);
+    spec
+}
+
+/// A UDP server on port 5353 of each local backend, answering `backend=POD`.
+fn udp_servers(c: &Cluster) -> Result<Vec<gateway_tests::process::Process>> {
+    ["envoy-w1a", "envoy-w1b"]
+        .into_iter()
+        .map(|pod| {
+            let reply = format!("SYSTEM:echo backend={pod}");
+            c.lab.spawn(
+                c.lab.pod(pod).ns(),
+                &format!("udp-{pod}"),
+                ["socat", "UDP4-RECVFROM:5353,fork", &reply],
+            )
+        })
+        .collect()
+}
+
+/// One query to `VIP_DNS`:53 from a fresh client port; the answer.
+fn udp_query(c: &Cluster, i: u16) -> Result<String> {
+    // A connected socket only accepts datagrams from VIP:53: a reply that was not
+    // reverse-NATed would never arrive.
+    let socket = c
+        .lab
+        .client()
+        .ns()
+        .bind_udp(SocketAddr::from((CLIENT, 0)))?;
+    socket.connect((VIP_DNS, 53))?;
+    socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+    // socat may still be starting: a few retries per flow.
+    for _ in 0..10 {
+        socket.send(format!("query {i}").as_bytes())?;
+        let mut buf = [0u8; 256];
+        if let Ok(n) = socket.recv(&mut buf) {
+            return Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
+        }
     }
+    bail!("no answer from {VIP_DNS}:53 for flow {i}")
+}
+
+#[test]
+fn udp_is_balanced_to_local_backends_and_replies_come_from_the_vip() -> Result<()> {
+    let c = Cluster::up(dns_spec(&lab::unique_prefix("gwi")), &["w1"])?;
+    let servers = udp_servers(&c)?;
     let mut seen = BTreeSet::new();
     for i in 0..24u16 {
-        // A connected socket only accepts datagrams from VIP:53: a reply that was not
-        // reverse-NATed would never arrive.
-        let socket = c
-            .lab
-            .client()
-            .ns()
-            .bind_udp(SocketAddr::from((CLIENT, 0)))?;
-        socket.connect((VIP_DNS, 53))?;
-        socket.set_read_timeout(Some(Duration::from_millis(500)))?;
-        let mut answer = None;
-        // socat may still be starting: a few retries per flow.
-        for _ in 0..10 {
-            socket.send(format!("query {i}").as_bytes())?;
-            let mut buf = [0u8; 256];
-            if let Ok(n) = socket.recv(&mut buf) {
-                answer = Some(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
-                break;
-            }
-        }
-        seen.insert(answer.with_context(|| format!("no answer from {VIP_DNS}:53 for flow {i}"))?);
+        seen.insert(udp_query(&c, i)?);
     }
     assert_eq!(
         seen,
