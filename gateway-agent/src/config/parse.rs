@@ -13,6 +13,7 @@ use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
+use rustc_hash::FxBuildHasher;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -158,7 +159,7 @@ pub(super) fn parse(
 ) -> Result<Config, ConfigErrors> {
     let earlier = &cache.documents;
     // The earlier documents by content, made on the first one not found at its place.
-    let mut by_content: Option<HashMap<DocumentKey, usize, BuildDigestHasher>> = None;
+    let mut by_content: Option<HashMap<DocumentKey, usize, FxBuildHasher>> = None;
     let mut next = Vec::with_capacity(earlier.len());
     for (at, document) in documents(text).iter().enumerate() {
         let key = DocumentKey::of(document);
@@ -166,8 +167,7 @@ pub(super) fn parse(
             Some(cached) if cached.fits(&key, document) => Some(at),
             _ => by_content
                 .get_or_insert_with(|| {
-                    let mut index =
-                        HashMap::with_capacity_and_hasher(earlier.len(), BuildDigestHasher);
+                    let mut index = HashMap::with_capacity_and_hasher(earlier.len(), FxBuildHasher);
                     for (i, cached) in earlier.iter().enumerate() {
                         index.entry(cached.key).or_insert(i);
                     }
@@ -288,40 +288,6 @@ fn keep(earlier: Vec<Cached>, next: Vec<Read>) -> Vec<Cached> {
         });
     }
     documents
-}
-
-/// Hashes a [`DocumentKey`] by its digest, which is a hash already.
-#[derive(Clone, Copy, Default)]
-struct BuildDigestHasher;
-
-impl std::hash::BuildHasher for BuildDigestHasher {
-    type Hasher = DigestHasher;
-
-    fn build_hasher(&self) -> DigestHasher {
-        DigestHasher(0)
-    }
-}
-
-struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(u64::from(byte));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = self.0.rotate_left(17) ^ n;
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
 }
 
 /// The objects of every document, sorted so that nothing downstream depends on the order

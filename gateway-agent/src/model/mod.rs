@@ -13,6 +13,7 @@ use crate::config::{
     Node, ObjectRef, Service,
 };
 use ipam::Grant;
+use rustc_hash::FxBuildHasher;
 
 mod announce;
 mod election;
@@ -247,7 +248,7 @@ pub struct ModelCache {
     shared: Option<Shared>,
     /// By the address of the service's `Arc`, which the memo holds so that no other object
     /// takes that address while the memo lives.
-    services: HashMap<usize, Memo, BuildAddressHasher>,
+    services: HashMap<usize, Memo, FxBuildHasher>,
 }
 
 /// What every service's result depends on besides its own objects.
@@ -277,39 +278,6 @@ struct ByAddress<T>(Arc<T>);
 impl<T> PartialEq for ByAddress<T> {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-/// Hashes an address: distinct addresses are distinct keys already, they only need their
-/// bits spread (SipHash took a millisecond over 20,000 lookups and insertions).
-#[derive(Clone, Copy, Default)]
-struct BuildAddressHasher;
-
-impl std::hash::BuildHasher for BuildAddressHasher {
-    type Hasher = AddressHasher;
-
-    fn build_hasher(&self) -> AddressHasher {
-        AddressHasher(0)
-    }
-}
-
-struct AddressHasher(u64);
-
-impl std::hash::Hasher for AddressHasher {
-    fn finish(&self) -> u64 {
-        // Fibonacci hashing: the low bits of an address (all zero for aligned ones) reach
-        // every bit of the hash.
-        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_usize(&mut self, address: usize) {
-        self.0 = self.0.rotate_left(17) ^ address as u64;
     }
 }
 
