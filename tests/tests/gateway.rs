@@ -10,17 +10,18 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use gateway_tests::agent::{self, Agent};
 use gateway_tests::http::{Answer, request};
-use gateway_tests::lab::{self, Lab, LabSpec, PortSpec, SessionAffinity};
+use gateway_tests::lab::{
+    self, CLIENT, CLIENT_2, ENVOY_W1A, HTTP_PORT, Lab, LabSpec, PortSpec, SPARE_VIPS,
+    SessionAffinity, UNUSED_ADDR, VIP_EXTERNAL, VIP_INTERNAL,
+};
 use gateway_tests::netns::Netns;
 
-const VIP_INTERNAL: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 49);
-const VIP_EXTERNAL: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 50);
 /// How `lb list` names the external gateway's frontend.
-const FRONTEND_EXTERNAL: &str = "192.168.10.50:80/TCP";
+fn frontend_external() -> String {
+    format!("{VIP_EXTERNAL}:80/TCP")
+}
 /// How long a reload, a refusal or gratuitous ARP may take to show.
 const WAIT: Duration = Duration::from_secs(5);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 10);
-const CLIENT_2: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 11);
 
 /// A lab with the agent running on some of its nodes. Agents stop before the lab goes.
 struct Cluster {
@@ -105,10 +106,7 @@ fn arp_is_answered_by_exactly_one_worker_per_vip_and_only_for_announced_vips() -
         );
     }
     // An address of the pool that no service holds, and any other address: no answer.
-    for unannounced in [
-        Ipv4Addr::new(192, 168, 10, 51),
-        Ipv4Addr::new(192, 168, 10, 200),
-    ] {
+    for unannounced in [SPARE_VIPS[0], UNUSED_ADDR] {
         assert_eq!(
             client.arping(unannounced)?,
             Vec::<String>::new(),
@@ -156,22 +154,28 @@ fn requests_reach_a_local_backend_that_sees_the_client_address() -> Result<()> {
                 .unwrap()
                 .iter()
                 .any(|f| f["frontend"] == frontend.as_str()
-                    && f["client"].as_str().unwrap().starts_with("192.168.10.10:")),
+                    && f["client"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with(&format!("{CLIENT}:"))),
             "{flows:#}"
         );
     }
     // Each node programs only its own ready endpoints.
     for node in ["w1", "w2"] {
         let lb = c.agent(node).json(&["lb", "list"])?;
-        let prefix = if node == "w1" {
-            "10.244.1."
-        } else {
-            "10.244.2."
-        };
+        let own: BTreeSet<Ipv4Addr> = c
+            .lab
+            .pods()
+            .iter()
+            .filter(|p| p.node() == node)
+            .map(|p| p.addr())
+            .collect();
         for frontend in lb.as_array().unwrap() {
             for b in frontend["backends"].as_array().unwrap() {
+                let addr: SocketAddr = b["address"].as_str().unwrap().parse()?;
                 assert!(
-                    b["address"].as_str().unwrap().starts_with(prefix),
+                    matches!(addr.ip(), std::net::IpAddr::V4(ip) if own.contains(&ip)),
                     "{node}: {lb:#}"
                 );
             }
@@ -218,7 +222,10 @@ fn client_ip_affinity_holds_across_new_connections() -> Result<()> {
         .iter()
         .map(|a| a["client"].as_str().unwrap())
         .collect();
-    assert_eq!(clients, BTreeSet::from(["192.168.10.10", "192.168.10.11"]));
+    assert_eq!(
+        clients,
+        BTreeSet::from([CLIENT.to_string().as_str(), CLIENT_2.to_string().as_str()])
+    );
     let entry = &affinity.as_array().unwrap()[0];
     assert!(
         entry["expires_in_secs"].as_u64().unwrap() > 10700,
@@ -264,7 +271,7 @@ fn the_nodes_own_traffic_is_unaffected() -> Result<()> {
     client.ping(w1.addr())?;
     assert_eq!(
         client.curl(&format!("http://{}/", w1.addr()), None)?,
-        "node=w1 client=192.168.10.10\n"
+        format!("node=w1 client={CLIENT}\n")
     );
     // The node reaches the client and its own pods directly.
     w1.ns()
@@ -439,7 +446,7 @@ fn checksums_stay_right(agent_flags: &[&str]) -> Result<()> {
     Ok(())
 }
 
-const VIP_DNS: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 51);
+const VIP_DNS: Ipv4Addr = SPARE_VIPS[0];
 
 /// Two local backends, and a UDP service on `VIP_DNS`:53 in front of port 5353 of both.
 fn dns_spec(prefix: &str) -> LabSpec {
@@ -512,7 +519,8 @@ fn udp_is_balanced_to_local_backends_and_replies_come_from_the_vip() -> Result<(
         .filter(|f| f["state"] == "udp")
         .collect();
     assert!(udp.len() >= 24, "{flows:#}");
-    assert!(udp.iter().all(|f| f["frontend"] == "192.168.10.51:53/UDP"));
+    let frontend = format!("{VIP_DNS}:53/UDP");
+    assert!(udp.iter().all(|f| f["frontend"] == frontend.as_str()));
     assert!(
         udp[0]["expires_in_secs"].as_u64().unwrap() > 3500,
         "ct-any-timeout 3600 s"
@@ -526,14 +534,14 @@ fn sighup_applies_a_changed_file_and_a_bad_file_changes_nothing() -> Result<()> 
     let mut spec = two_local_backends_spec(&lab::unique_prefix("gwj"));
     let c = Cluster::up(spec.clone(), &["w1"])?;
     let w1 = c.agent("w1");
-    let backends = || w1.backends(FRONTEND_EXTERNAL);
+    let backends = || w1.backends(&frontend_external());
     assert_eq!(backends()?.len(), 2);
 
     // envoy-w1b stops being ready: after SIGHUP only envoy-w1a serves.
     spec.pod_mut("envoy-w1b").ready = false;
     std::fs::write(&c.config, lab::config_yaml(&spec)?)?;
     w1.reload()?;
-    let only_w1a = BTreeSet::from(["10.244.1.10:8080".to_owned()]);
+    let only_w1a = BTreeSet::from([format!("{ENVOY_W1A}:{HTTP_PORT}")]);
     let after = gateway_tests::eventually(WAIT, backends, |b| *b == only_w1a)?;
     assert_eq!(after, only_w1a, "{}", w1.log());
     for _ in 0..6 {
@@ -623,7 +631,7 @@ fn a_changed_file_is_applied_without_a_signal_and_status_shows_a_refused_one() -
     let mut spec = two_local_backends_spec(&lab::unique_prefix("gwl"));
     let c = Cluster::up(spec.clone(), &["w1"])?;
     let w1 = c.agent("w1");
-    let lb_backends = || Ok(w1.backends(FRONTEND_EXTERNAL)?.len());
+    let lb_backends = || Ok(w1.backends(&frontend_external())?.len());
     assert_eq!(lb_backends()?, 2);
     // An editor-style replace: write elsewhere, rename over the file.
     spec.pod_mut("envoy-w1b").ready = false;
@@ -806,7 +814,7 @@ fn objects_that_do_not_fit_the_maps_are_refused_and_the_previous_state_serves() 
     )?;
     let mut extra = spec.service_mut("cilium-gateway-gateway-external").clone();
     extra.name = "one-too-many".into();
-    extra.requested_ip = Some(Ipv4Addr::new(192, 168, 10, 52));
+    extra.requested_ip = Some(SPARE_VIPS[1]);
     spec.services.push(extra);
     std::fs::write(&config, lab::config_yaml(&spec)?)?;
     w1.reload()?;

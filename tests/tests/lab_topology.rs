@@ -2,12 +2,13 @@
 //! test using it panics. Needs root (network namespaces, mounts).
 
 use std::fs;
-use std::net::Ipv4Addr;
 use std::panic;
 use std::path::Path;
 
 use anyhow::Result;
-use gateway_tests::lab::{self, HTTP_PORT, HTTPS_PORT, Lab, LabSpec, NODE_HTTP_PORT};
+use gateway_tests::lab::{
+    self, CLIENT, CLIENT_2, HTTP_PORT, HTTPS_PORT, Lab, LabSpec, NODE_HTTP_PORT, VIP_EXTERNAL,
+};
 use gateway_tests::netns::{self, Netns};
 
 /// Asserts that nothing of lab `prefix` is left: no namespace, no bpffs mount, no run dir.
@@ -30,9 +31,8 @@ fn assert_gone(prefix: &str) {
 
 #[test]
 fn reference_lab_is_wired_as_specified_and_leaves_nothing_behind() -> Result<()> {
-    let secondary = Ipv4Addr::new(192, 168, 10, 11);
     let prefix = lab::unique_prefix("gwt");
-    let lab = Lab::up(LabSpec::reference(&prefix).with_client_addr(secondary))?;
+    let lab = Lab::up(LabSpec::reference(&prefix).with_client_addr(CLIENT_2))?;
     assert!(lab::is_mount_point(&lab.run_dir().join("bpffs"))?);
     let client = lab.client();
 
@@ -42,11 +42,11 @@ fn reference_lab_is_wired_as_specified_and_leaves_nothing_behind() -> Result<()>
         let url = format!("http://{}:{NODE_HTTP_PORT}/", node.addr());
         assert_eq!(
             client.curl(&url, None)?,
-            format!("node={} client=192.168.10.10\n", node.name())
+            format!("node={} client={CLIENT}\n", node.name())
         );
         assert_eq!(
-            client.curl(&url, Some(secondary))?,
-            format!("node={} client=192.168.10.11\n", node.name())
+            client.curl(&url, Some(CLIENT_2))?,
+            format!("node={} client={CLIENT_2}\n", node.name())
         );
     }
 
@@ -61,10 +61,7 @@ fn reference_lab_is_wired_as_specified_and_leaves_nothing_behind() -> Result<()>
         assert_eq!(node.mac(), mac);
         assert_eq!(client.arping(node.addr())?, [mac], "ARP reply for {name}");
     }
-    assert_eq!(
-        client.arping(Ipv4Addr::new(192, 168, 10, 50))?,
-        Vec::<String>::new()
-    );
+    assert_eq!(client.arping(VIP_EXTERNAL)?, Vec::<String>::new());
     client.flush_neigh()?;
 
     for pod in lab.pods() {
@@ -91,7 +88,7 @@ fn reference_lab_is_wired_as_specified_and_leaves_nothing_behind() -> Result<()>
     }
 
     // Two nodes claiming one address (an ARP conflict) show up as two replies.
-    let vip = Ipv4Addr::new(192, 168, 10, 50);
+    let vip = VIP_EXTERNAL;
     for name in ["w1", "w2"] {
         let node = lab.node(name);
         node.ns()

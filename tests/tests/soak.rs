@@ -19,8 +19,8 @@ use gateway_tests::agent::{self, Agent};
 use gateway_tests::http::request;
 use gateway_tests::lab::{self, Lab, LabSpec, PodSpec, PortSpec, SessionAffinity};
 
-const VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 50);
-const EXTRA_VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 52);
+const VIP: Ipv4Addr = lab::VIP_EXTERNAL;
+const EXTRA_VIP: Ipv4Addr = lab::SPARE_VIPS[1];
 
 struct Size {
     connections: usize,
@@ -52,7 +52,7 @@ fn spec(prefix: &str, round: usize) -> LabSpec {
     spec.pod_mut("envoy-w2a").ready = false;
     spec.node_mut("w1")
         .pods
-        .push(PodSpec::new("envoy-w1c", Ipv4Addr::new(10, 244, 1, 12)));
+        .push(PodSpec::new("envoy-w1c", lab::SPARE_POD_W1));
     spec.pod_mut("envoy-w1c").ready = round % 2 == 1;
     let external = spec.service_mut("cilium-gateway-gateway-external");
     external.session_affinity = SessionAffinity::None;

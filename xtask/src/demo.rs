@@ -15,11 +15,7 @@ use gateway_tests::lab::{self, Lab, LabSpec};
 
 use crate::{cmd, setup};
 
-const VIPS: [Ipv4Addr; 2] = [
-    Ipv4Addr::new(192, 168, 10, 49),
-    Ipv4Addr::new(192, 168, 10, 50),
-];
-const SECOND_CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 11);
+const VIPS: [Ipv4Addr; 2] = [lab::VIP_INTERNAL, lab::VIP_EXTERNAL];
 const REQUESTS: usize = 6;
 
 /// Every claim the demo makes is checked against what it observed.
@@ -68,7 +64,7 @@ pub fn run(workspace: &Path) -> Result<()> {
     let binary = agent::binary()?;
 
     section("lab: client, L2 segment, control plane cp1, workers w1 (2 envoy pods) and w2 (1)");
-    let spec = LabSpec::reference(&lab::unique_prefix("gwdemo")).with_client_addr(SECOND_CLIENT);
+    let spec = LabSpec::reference(&lab::unique_prefix("gwdemo")).with_client_addr(lab::CLIENT_2);
     let lab = Lab::up(spec.with_teardown_agent(&binary))?;
     let config = agent::write_config(&lab, &lab.config_yaml()?)?;
     println!("objects: {}", config.display());
@@ -125,7 +121,7 @@ pub fn run(workspace: &Path) -> Result<()> {
         let Some(announcer) = owners.first().cloned() else {
             continue;
         };
-        for source in [client.addr(), SECOND_CLIENT] {
+        for source in [client.addr(), lab::CLIENT_2] {
             let mut backends = Vec::new();
             for i in 0..REQUESTS {
                 let body = client.curl(&format!("http://{vip}/"), Some(source))?;

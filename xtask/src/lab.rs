@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use gateway_tests::lab::{
     BRIDGE, CLIENT_IFACE, HTTP_PORT, Lab, LabSpec, NODE_HTTP_PORT, NODE_UPLINK, POD_IFACE, SEGMENT,
-    SEGMENT_PREFIX_LEN,
+    SEGMENT_PREFIX_LEN, VIP_EXTERNAL,
 };
 
 const DEFAULT_PREFIX: &str = "gwlab";
@@ -107,12 +107,12 @@ fn print_summary(lab: &Lab, config: &Path) {
         w1.bpffs_dir().display(),
         w1ns = w1.ns().name()
     );
-    println!("  ip netns exec {client_ns} curl http://192.168.10.50/");
+    println!("  ip netns exec {client_ns} curl http://{VIP_EXTERNAL}/");
     println!(
         "  ip netns exec {client_ns} curl http://{}:{NODE_HTTP_PORT}/",
         w1.addr()
     );
-    println!("  ip netns exec {client_ns} arping -c 1 -I {CLIENT_IFACE} 192.168.10.50");
+    println!("  ip netns exec {client_ns} arping -c 1 -I {CLIENT_IFACE} {VIP_EXTERNAL}");
     println!(
         "  ip netns exec {} curl http://{}:{HTTP_PORT}/",
         w1.ns().name(),

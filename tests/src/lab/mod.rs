@@ -9,6 +9,9 @@
 //!       `-- {p}-w2   ens18 .112  lxc… -- {p}-envoy-w2a 10.244.2.10
 //! ```
 //!
+//! These addresses, the pool's and the VIPs are named once, as constants in `spec.rs`
+//! (re-exported here); tests and xtask use those names.
+//!
 //! Each pod runs nginx on 8080 and 8443 answering `backend=POD client=IP:PORT
 //! local=IP:PORT`; each node runs nginx on its own address port 80 answering `node=NODE
 //! client=IP`. One bpffs is mounted under the run directory; each node's agent gets its own
@@ -32,9 +35,11 @@ use anyhow::{Context, Result, ensure};
 pub use client::Client;
 pub use objects::config_yaml;
 pub use spec::{
-    CONTROL_PLANE_LABEL, HOSTNAME_LABEL, HTTP_PORT, HTTPS_PORT, L2PolicySpec, LabSpec,
-    LabelSelector, NodeSpec, OWNING_GATEWAY_LABEL, Operator, PodSpec, PoolSpec, PortSpec, Protocol,
-    Requirement, SEGMENT, SEGMENT_PREFIX_LEN, ServiceSpec, SessionAffinity, TrafficPolicy,
+    CLIENT, CLIENT_2, CONTROL_PLANE_LABEL, CP1_ADDR, ENVOY_W1A, ENVOY_W1B, ENVOY_W2A,
+    HOSTNAME_LABEL, HTTP_PORT, HTTPS_PORT, L2PolicySpec, LabSpec, LabelSelector, NodeSpec,
+    OWNING_GATEWAY_LABEL, Operator, POD_CIDR, POOL_CIDR, PodSpec, PoolSpec, PortSpec, Protocol,
+    Requirement, SEGMENT, SEGMENT_PREFIX_LEN, SPARE_POD_W1, SPARE_VIPS, ServiceSpec,
+    SessionAffinity, TrafficPolicy, UNUSED_ADDR, VIP_EXTERNAL, VIP_INTERNAL, W1_ADDR, W2_ADDR,
 };
 pub use teardown::{RUN_ROOT, is_mount_point, run_dir};
 pub use wiring::{BRIDGE, CLIENT_IFACE, NODE_UPLINK, POD_IFACE};

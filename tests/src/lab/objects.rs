@@ -203,7 +203,11 @@ fn protocol(port: &PortSpec) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use serde::Deserialize;
+
+    use crate::lab::{ENVOY_W1A, ENVOY_W1B, ENVOY_W2A, POOL_CIDR, VIP_EXTERNAL};
 
     use super::*;
 
@@ -249,7 +253,7 @@ mod tests {
         assert_eq!(
             find(&docs, "CiliumLoadBalancerIPPool", "first-pool")["spec"],
             json!({
-                "blocks": [{ "cidr": "192.168.10.32/27" }],
+                "blocks": [{ "cidr": POOL_CIDR }],
                 "allowFirstLastIPs": "No",
                 "serviceSelector": { "matchLabels": {} },
             })
@@ -268,7 +272,7 @@ mod tests {
         assert_eq!(external["metadata"]["namespace"], "gateway");
         assert_eq!(
             external["metadata"]["annotations"]["lbipam.cilium.io/ips"],
-            "192.168.10.50"
+            VIP_EXTERNAL.to_string()
         );
         assert_eq!(
             external["spec"],
@@ -293,13 +297,13 @@ mod tests {
             slice["metadata"]["labels"]["kubernetes.io/service-name"],
             "cilium-gateway-gateway-internal"
         );
-        let endpoints: Vec<(&str, &str, bool)> = slice["endpoints"]
+        let endpoints: Vec<(Ipv4Addr, &str, bool)> = slice["endpoints"]
             .as_array()
             .unwrap()
             .iter()
             .map(|e| {
                 (
-                    e["addresses"][0].as_str().unwrap(),
+                    e["addresses"][0].as_str().unwrap().parse().unwrap(),
                     e["nodeName"].as_str().unwrap(),
                     e["conditions"]["ready"].as_bool().unwrap(),
                 )
@@ -308,9 +312,9 @@ mod tests {
         assert_eq!(
             endpoints,
             [
-                ("10.244.1.10", "w1", true),
-                ("10.244.1.11", "w1", true),
-                ("10.244.2.10", "w2", true)
+                (ENVOY_W1A, "w1", true),
+                (ENVOY_W1B, "w1", true),
+                (ENVOY_W2A, "w2", true)
             ]
         );
         assert_eq!(

@@ -10,9 +10,37 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail, ensure};
 
+// The reference's addresses, named once: the lab, the tests and xtask take them from here.
+
 /// The flat L2 segment every node and the client sit on: 192.168.10.0/24.
 pub const SEGMENT: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 0);
 pub const SEGMENT_PREFIX_LEN: u8 = 24;
+/// The client's address on the segment, and a second one tests may add to it.
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 10);
+pub const CLIENT_2: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 11);
+/// The nodes' uplink addresses: the control plane cp1 and the workers w1 and w2.
+pub const CP1_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 110);
+pub const W1_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 111);
+pub const W2_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 112);
+/// A segment address that nobody holds and no pool contains.
+pub const UNUSED_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 200);
+/// The pool's one block, and the VIPs the reference's two gateways request from it.
+pub const POOL_CIDR: &str = "192.168.10.32/27";
+pub const VIP_INTERNAL: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 49);
+pub const VIP_EXTERNAL: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 50);
+/// Pool addresses no reference service holds, for the services tests add.
+pub const SPARE_VIPS: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(192, 168, 10, 51),
+    Ipv4Addr::new(192, 168, 10, 52),
+];
+/// The pod network, and the envoy-like pods: two on w1, one on w2.
+pub const POD_CIDR: &str = "10.244.0.0/16";
+pub const ENVOY_W1A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+pub const ENVOY_W1B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+pub const ENVOY_W2A: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
+/// An address of w1's pod network no reference pod holds, for a pod tests add.
+pub const SPARE_POD_W1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 12);
+
 pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 /// The label Cilium's gateway controller puts on a gateway's service and selects envoy by.
@@ -149,18 +177,17 @@ impl LabSpec {
         let pods = ["envoy-w1a", "envoy-w1b", "envoy-w2a"];
         Self {
             prefix: prefix.to_owned(),
-            client_addrs: vec![Ipv4Addr::new(192, 168, 10, 10)],
+            client_addrs: vec![CLIENT],
             nodes: vec![
-                NodeSpec::control_plane("cp1", Ipv4Addr::new(192, 168, 10, 110)),
-                NodeSpec::worker("w1", Ipv4Addr::new(192, 168, 10, 111))
-                    .with_pod(PodSpec::new(pods[0], Ipv4Addr::new(10, 244, 1, 10)))
-                    .with_pod(PodSpec::new(pods[1], Ipv4Addr::new(10, 244, 1, 11))),
-                NodeSpec::worker("w2", Ipv4Addr::new(192, 168, 10, 112))
-                    .with_pod(PodSpec::new(pods[2], Ipv4Addr::new(10, 244, 2, 10))),
+                NodeSpec::control_plane("cp1", CP1_ADDR),
+                NodeSpec::worker("w1", W1_ADDR)
+                    .with_pod(PodSpec::new(pods[0], ENVOY_W1A))
+                    .with_pod(PodSpec::new(pods[1], ENVOY_W1B)),
+                NodeSpec::worker("w2", W2_ADDR).with_pod(PodSpec::new(pods[2], ENVOY_W2A)),
             ],
             pools: vec![PoolSpec {
                 name: "first-pool".into(),
-                cidrs: vec!["192.168.10.32/27".into()],
+                cidrs: vec![POOL_CIDR.into()],
                 allow_first_last_ips: false,
                 service_selector: LabelSelector::default(),
             }],
@@ -178,8 +205,8 @@ impl LabSpec {
                 }),
             }],
             services: vec![
-                ServiceSpec::gateway("gateway-internal", Ipv4Addr::new(192, 168, 10, 49), &pods),
-                ServiceSpec::gateway("gateway-external", Ipv4Addr::new(192, 168, 10, 50), &pods),
+                ServiceSpec::gateway("gateway-internal", VIP_INTERNAL, &pods),
+                ServiceSpec::gateway("gateway-external", VIP_EXTERNAL, &pods),
             ],
             teardown_agent: None,
         }
@@ -476,7 +503,7 @@ mod tests {
             .flat_map(|n| n.pods.iter().map(PodSpec::host_iface))
             .collect();
         assert_eq!(names, ["lxcenvoyw1a", "lxcenvoyw1b", "lxcenvoyw2a"]);
-        let long = PodSpec::new("cilium-envoy-abcdefghij", Ipv4Addr::new(10, 244, 1, 9));
+        let long = PodSpec::new("cilium-envoy-abcdefghij", SPARE_POD_W1);
         assert_eq!(long.host_iface(), "lxcoyabcdefghij");
         assert!(long.host_iface().len() <= MAX_IFNAME);
     }
@@ -487,15 +514,13 @@ mod tests {
         let cases: Vec<(&str, Breakage)> = vec![
             ("prefix", |s| s.prefix = "gw-lab".into()),
             ("used twice", |s| s.nodes[1].addr = s.nodes[2].addr),
-            ("must be a host address", |s| {
-                s.client_addrs[0] = Ipv4Addr::new(10, 0, 0, 1)
-            }),
+            ("must be a host address", |s| s.client_addrs[0] = ENVOY_W1A),
             ("used twice", |s| s.nodes[1].name = "seg".into()),
             ("unknown pod", |s| {
                 s.services[0].backends.push("envoy-x".into())
             }),
             ("gateway", |s| {
-                s.nodes[1].pods[0].addr = Ipv4Addr::new(10, 244, 1, 1)
+                s.nodes[1].pods[0].addr = s.nodes[1].pods[0].gateway()
             }),
             ("node name", |s| s.nodes[0].name = "a-very-long-node".into()),
         ];

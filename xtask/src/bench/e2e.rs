@@ -18,7 +18,7 @@ use super::objects::{self, ChainService};
 pub const NODE: &str = "w1";
 const POD: &str = "envoy-w1a";
 /// The measured service: the reference's internal gateway.
-const VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 49);
+const VIP: Ipv4Addr = lab::VIP_INTERNAL;
 const CONNECTIONS: &str = "32";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -293,13 +293,7 @@ fn undo(lab: &Lab, path: Path3, prepared: Prepared, binary: &Path) -> Result<()>
 pub fn wire(lab: &Lab) -> Result<()> {
     let w1 = lab.node(NODE);
     let client = lab.client().ns();
-    client.ip(&[
-        "route",
-        "add",
-        "10.244.0.0/16",
-        "via",
-        &w1.addr().to_string(),
-    ])?;
+    client.ip(&["route", "add", lab::POD_CIDR, "via", &w1.addr().to_string()])?;
     client.ip(&[
         "neigh",
         "replace",

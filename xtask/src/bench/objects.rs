@@ -151,31 +151,28 @@ pub fn filler_chain_services(count: usize) -> Vec<ChainService> {
 
 #[cfg(test)]
 mod tests {
+    use gateway_tests::lab::{ENVOY_W1A, ENVOY_W1B, HTTP_PORT, VIP_INTERNAL};
+
     use super::*;
 
     #[test]
     fn kube_proxy_chains_choose_endpoints_like_kube_proxy() {
         let rules = kube_proxy_rules(&[ChainService {
-            vip: Ipv4Addr::new(192, 168, 10, 49),
+            vip: VIP_INTERNAL,
             port: 80,
-            endpoints: vec![
-                (Ipv4Addr::new(10, 244, 1, 10), 8080),
-                (Ipv4Addr::new(10, 244, 1, 11), 8080),
-            ],
+            endpoints: vec![(ENVOY_W1A, HTTP_PORT), (ENVOY_W1B, HTTP_PORT)],
         }]);
         assert!(rules.starts_with("*nat\n:KUBE-SERVICES - [0:0]\n"));
-        assert!(rules.contains(
-            "-A KUBE-SERVICES -d 192.168.10.49/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-0\n"
-        ));
+        assert!(rules.contains(&format!(
+            "-A KUBE-SERVICES -d {VIP_INTERNAL}/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-0\n"
+        )));
         assert!(rules.contains(
             "-A KUBE-SVC-0 -m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-0-0\n"
         ));
         assert!(rules.contains("-A KUBE-SVC-0 -j KUBE-SEP-0-1\n"));
-        assert!(
-            rules.contains(
-                "-A KUBE-SEP-0-1 -p tcp -m tcp -j DNAT --to-destination 10.244.1.11:8080\n"
-            )
-        );
+        assert!(rules.contains(&format!(
+            "-A KUBE-SEP-0-1 -p tcp -m tcp -j DNAT --to-destination {ENVOY_W1B}:{HTTP_PORT}\n"
+        )));
         assert!(rules.ends_with("COMMIT\n"));
     }
 
