@@ -486,7 +486,12 @@ fn daemonset_example_objects_pass_check() -> Result<()> {
             .args(["check", "--config"])
             .arg(&file),
     )?;
-    assert!(out.contains("valid"), "check said: {out}");
+    let verdict = format!("{}: valid", file.display());
+    assert_eq!(
+        out.lines().next(),
+        Some(verdict.as_str()),
+        "check said: {out}"
+    );
     Ok(())
 }
 
