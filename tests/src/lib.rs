@@ -6,11 +6,15 @@
 //! - [`process`]: running commands with errors that quote stderr; server guards.
 //! - [`netns`]: one network namespace, deleted with its processes on drop.
 //! - [`agent`]: the gateway agent on a lab node, and its CLI.
+//! - [`debian_root`]: a minimal Debian root with systemd, made by debootstrap and cached.
+//! - [`container`]: that root booted by systemd-nspawn in a lab node's network namespace.
 //! - [`http`]: the answers of the lab's pods, and requests on open connections.
 //! - [`lab`]: the reference topology (client, L2 segment, nodes, envoy-like pods) and the
 //!   Kubernetes-shaped objects that describe it.
 
 pub mod agent;
+pub mod container;
+pub mod debian_root;
 pub mod http;
 pub mod lab;
 pub mod netns;

@@ -1,20 +1,30 @@
 //! The deployment files in deploy/ kept honest: the systemd unit passes `systemd-analyze
-//! verify` and keeps its hardening; the agent serves with exactly the unit's capabilities and
-//! fails without any one of them; both bpffs guards mount once; the DaemonSet has what a
-//! node agent needs and its example objects validate; the Dockerfile builds the way `cargo
-//! xtask setup` installs. The capability and bpffs tests need root (a lab, mounts), and those
-//! that run the agent need it built (`cargo build -p gateway-agent`), like the lab tests.
+//! verify` and keeps its hardening; installed as the README says on a Debian booted with a
+//! real systemd (a container on a lab node), it does what an operator expects of start,
+//! reload, an edit, restart, a crash and stop; the agent serves with exactly the unit's
+//! capabilities and fails without any one of them; both bpffs guards mount once; the
+//! DaemonSet has what a node agent needs and its example objects validate; the Dockerfile
+//! builds the way `cargo xtask setup` installs. The lab, systemd and bpffs tests need root,
+//! and those that run the agent need it built (`cargo build -p gateway-agent`), like the lab
+//! tests; the systemd test boots the Debian root `cargo xtask test` caches under target/
+//! (building it first when it is missing).
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use gateway_tests::agent::{self, Agent};
-use gateway_tests::lab::{self, Lab, LabSpec};
+use gateway_tests::container::{Bind, Container, ContainerSpec};
+use gateway_tests::debian_root;
+use gateway_tests::eventually;
+use gateway_tests::http::{Answer, request};
+use gateway_tests::lab::{self, CLIENT, Lab, LabSpec, PortSpec, SPARE_VIPS, VIP_EXTERNAL};
 use gateway_tests::process::checked;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -27,6 +37,23 @@ const INSTALLED_AGENT: &str = "/usr/local/bin/gateway-agent";
 /// What the unit, the image and the DaemonSet all run.
 const RUN_ARGS: [&str; 3] = ["run", "--config", "/etc/gateway/objects.yaml"];
 const NODE: &str = "w1";
+/// The unit as systemd knows it once installed.
+const SERVICE: &str = "gateway-agent";
+/// What the unit and the CLI use as `--bpffs`, below the node's bpffs.
+const PIN_DIR: &str = "/sys/fs/bpf/gateway";
+/// The system calls the agent needs beyond systemd-nspawn's default filter.
+const AGENT_SYSTEM_CALLS: [&str; 2] = ["bpf", "perf_event_open"];
+/// Where the container sees the files the README's install steps take (read-only).
+const INSTALL_DIR: &str = "/root/gateway";
+/// The objects file inside the container.
+const OBJECTS: &str = "/etc/gateway/objects.yaml";
+/// How long systemd may take to start the agent (it loads and attaches the datapath), and
+/// a change of the file to show.
+const SETTLE: Duration = Duration::from_secs(60);
+/// What the agent logs once it serves after a start.
+fn start_line() -> String {
+    format!("node {NODE}: serving after")
+}
 
 fn read(path: &str) -> Result<String> {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
@@ -180,7 +207,7 @@ fn unit_runs_the_agent_hardened_and_leaves_the_datapath_on_stop() -> Result<()> 
         ("User", "root"),
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),
-        ("ReadWritePaths", "/sys/fs/bpf"),
+        ("ReadWritePaths", "-/sys/fs/bpf/gateway"),
         ("ProtectHome", "yes"),
         ("PrivateTmp", "yes"),
         ("PrivateDevices", "yes"),
@@ -202,6 +229,12 @@ fn unit_runs_the_agent_hardened_and_leaves_the_datapath_on_stop() -> Result<()> 
         "{UNIT}: Environment= {env:?}"
     );
     assert!(!unit.service("RestartSec")?.is_empty());
+    // The pin directory exists before the sandbox that makes it the one writable path.
+    assert_eq!(
+        unit.values("Service", "ExecStartPre").get(1),
+        Some(&format!("+/bin/mkdir -p {PIN_DIR}").as_str()),
+        "{UNIT}: ExecStartPre="
+    );
     assert_eq!(
         unit.capabilities()?,
         ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON", "CAP_NET_RAW"],
@@ -294,10 +327,322 @@ fn agent_serves_with_exactly_the_units_capabilities() -> Result<()> {
     Ok(())
 }
 
-/// The shell line the unit's ExecStartPre runs outside the sandbox, with systemd's `%%`
-/// unescaped.
+/// The README's steps for installing the unit, as a script to run from a directory that
+/// holds what they install (`target/release/gateway-agent`, `deploy/gateway-agent.service`,
+/// `objects.yaml`), with this node's name in /etc/default/gateway-agent.
+fn readme_install_script() -> Result<String> {
+    let readme = read("README.md")?;
+    let (_, section) = readme
+        .split_once("### With systemd")
+        .context("README.md has no `### With systemd` section")?;
+    let block = section
+        .split_once("```\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .context("README.md: no code block in `### With systemd`")?;
+    let example = "NODE_NAME=worker-2";
+    ensure!(
+        block.contains(example) && block.contains("systemctl enable --now gateway-agent"),
+        "README.md's install steps changed: teach this test the new ones:\n{block}"
+    );
+    Ok(block.replace(example, &format!("NODE_NAME={NODE}")))
+}
+
+/// Puts what the README's install steps take into `dir`, laid out as in the source tree:
+/// the agent the tests run (built beside them), the unit, and `objects`.
+fn stage_install(dir: &Path, objects: &str) -> Result<()> {
+    let files = [
+        ("target/release/gateway-agent", agent::binary()?),
+        (
+            "deploy/gateway-agent.service",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(UNIT),
+        ),
+    ];
+    for (to, from) in files {
+        let to = dir.join(to);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        fs::copy(&from, &to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    let objects_file = dir.join("objects.yaml");
+    fs::write(&objects_file, objects).with_context(|| format!("writing {}", objects_file.display()))
+}
+
+/// A node whose agent runs under the container's systemd, seen as an operator sees it:
+/// through systemctl, journalctl and the agent's CLI inside, and a client on the segment.
+struct SystemdNode<'a> {
+    lab: &'a Lab,
+    container: &'a Container,
+}
+
+impl SystemdNode<'_> {
+    /// The agent's process as systemd knows it; 0 while it does not run.
+    fn main_pid(&self) -> Result<u32> {
+        let pid = self.container.property(SERVICE, "MainPID")?;
+        pid.parse()
+            .with_context(|| format!("MainPID of {SERVICE} is {pid:?}"))
+    }
+
+    /// The agent's messages since the container booted.
+    fn journal(&self) -> Result<String> {
+        self.container.journal(SERVICE)
+    }
+
+    /// Waits until the journal holds `count` lines containing all of `parts`.
+    fn wait_for_journal(&self, parts: &[&str], count: usize) -> Result<()> {
+        let matching = |journal: &String| {
+            journal
+                .lines()
+                .filter(|l| parts.iter().all(|p| l.contains(p)))
+                .count()
+        };
+        let journal = eventually(SETTLE, || self.journal(), |j| matching(j) >= count)?;
+        ensure!(
+            matching(&journal) >= count,
+            "journalctl -u {SERVICE} did not show {count} line(s) with {parts:?} within {SETTLE:?}"
+        );
+        Ok(())
+    }
+
+    /// `gateway-agent status --output json` inside the container: the pins, read back.
+    fn status(&self) -> Result<serde_json::Value> {
+        let out = self
+            .container
+            .run(["gateway-agent", "status", "--output", "json"])?;
+        serde_json::from_str(&out).with_context(|| format!("gateway-agent status printed {out}"))
+    }
+
+    /// A new connection from the client to `vip`, answered by one of w1's pods, which saw
+    /// the client's own address.
+    fn served(&self, vip: Ipv4Addr) -> Result<Answer> {
+        let body = self
+            .lab
+            .client()
+            .curl(&format!("http://{vip}/"), None)
+            .with_context(|| format!("a new connection to {vip}"))?;
+        let answer = Answer::parse(&body)?;
+        ensure!(
+            self.lab.pod(&answer.backend).node() == NODE && answer.client.ip() == CLIENT,
+            "{vip} answered {answer:?}: not a pod of {NODE} seeing the client {CLIENT}"
+        );
+        Ok(answer)
+    }
+
+    /// Replaces the objects file inside the container as an editor does (a new file renamed
+    /// over the old), so the agent never reads half a file.
+    fn edit_objects(&self, spec: &LabSpec) -> Result<()> {
+        let new = self.container.path(&format!("{OBJECTS}.new"));
+        fs::write(&new, lab::config_yaml(spec)?)
+            .with_context(|| format!("writing {}", new.display()))?;
+        let file = self.container.path(OBJECTS);
+        fs::rename(&new, &file)
+            .with_context(|| format!("renaming {} to {}", new.display(), file.display()))
+    }
+}
+
+/// The reference with w2's pod not ready: only w1 is eligible, so it announces both VIPs.
+fn systemd_spec(prefix: &str) -> LabSpec {
+    let mut spec = LabSpec::reference(prefix);
+    spec.pod_mut("envoy-w2a").ready = false;
+    spec
+}
+
+/// `spec` with one more service on `vip`, port 80 to w1's pods.
+fn with_service(mut spec: LabSpec, name: &str, vip: Ipv4Addr) -> LabSpec {
+    let mut added = spec.service_mut("cilium-gateway-gateway-external").clone();
+    added.name = name.into();
+    added.requested_ip = Some(vip);
+    added.ports = vec![PortSpec::tcp("http", 80, lab::HTTP_PORT)];
+    spec.services.push(added);
+    spec
+}
+
+#[test]
+fn unit_serves_under_a_real_systemd_as_the_readme_installs_it() -> Result<()> {
+    let root = debian_root::bootable_root()?;
+    let spec = systemd_spec(&lab::unique_prefix("gwsd"));
+    let lab = Lab::up(spec.clone())?;
+    let install = lab.run_dir().join("install");
+    stage_install(&install, &lab.config_yaml()?)?;
+    // The node's bpffs, as systemd would have mounted it at boot.
+    let bpffs = lab.bpffs_dir(NODE).to_owned();
+    fs::create_dir_all(&bpffs).with_context(|| format!("creating {}", bpffs.display()))?;
+    let capabilities = unit()?.capabilities()?;
+    let capabilities: Vec<&str> = capabilities.iter().map(String::as_str).collect();
+    let container = Container::boot(&ContainerSpec {
+        name: &format!("{}-{NODE}", lab.prefix()),
+        hostname: NODE,
+        root: &root,
+        netns: lab.node(NODE).ns(),
+        binds: &[
+            Bind {
+                outside: &bpffs,
+                inside: "/sys/fs/bpf",
+                read_only: false,
+            },
+            Bind {
+                outside: &install,
+                inside: INSTALL_DIR,
+                read_only: true,
+            },
+        ],
+        capabilities: &capabilities,
+        system_calls: &AGENT_SYSTEM_CALLS,
+        log: &lab.run_dir().join("logs").join("container.log"),
+    })?;
+    let node = SystemdNode {
+        lab: &lab,
+        container: &container,
+    };
+    // Whatever fails, say what systemd says about the service.
+    operate(&node, spec).map_err(|e| anyhow!("{e:#}\n{}", container.report(SERVICE)))
+}
+
+/// What an operator does with the unit, and what each step must show.
+fn operate(node: &SystemdNode, spec: LabSpec) -> Result<()> {
+    let c = node.container;
+    let systemd = c.run(["systemctl", "--version"])?;
+    println!("{}", systemd.lines().next().unwrap_or_default());
+
+    // Installed and started as the README says.
+    c.shell(&format!("cd {INSTALL_DIR}\n{}", readme_install_script()?))
+        .context("the README's install steps")?;
+    node.wait_for_journal(&[&start_line()], 1)?;
+    ensure!(
+        c.property(SERVICE, "ActiveState")? == "active",
+        "after `systemctl enable --now`"
+    );
+    node.served(VIP_EXTERNAL)?;
+    let status = node.status()?;
+    ensure!(
+        status["agent"]["running"] == true
+            && status["agent"]["node_name"] == NODE
+            && status["agent"]["pid"] == node.main_pid()?,
+        "gateway-agent status does not show the agent systemd runs: {}",
+        status["agent"]
+    );
+    let attached: BTreeSet<String> = status["attachments"]
+        .as_array()
+        .context("status: attachments")?
+        .iter()
+        .filter(|a| a["attached"] == true)
+        .map(|a| {
+            format!(
+                "{}/{}",
+                a["interface"].as_str().unwrap_or("?"),
+                a["direction"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    ensure!(
+        attached == BTreeSet::from(["ens18/ingress".to_owned(), "ens18/egress".to_owned()]),
+        "status shows the programs on {attached:?}, not on ens18 both ways"
+    );
+
+    // A long-lived connection, which every later step must leave on its backend.
+    let mut held = node
+        .lab
+        .client()
+        .ns()
+        .connect_tcp(SocketAddr::from((VIP_EXTERNAL, 80)), Duration::from_secs(5))?;
+    held.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let backend = request(&mut held, VIP_EXTERNAL)?.backend;
+    let still_held = |held: &mut TcpStream, when: &str| -> Result<()> {
+        let answer = request(held, VIP_EXTERNAL)
+            .with_context(|| format!("the long-lived connection {when}"))?;
+        ensure!(
+            answer.backend == backend,
+            "the long-lived connection moved from {backend} to {} {when}",
+            answer.backend
+        );
+        Ok(())
+    };
+
+    // `systemctl reload` re-reads the file: the reload it triggers serves the added service.
+    let pid = node.main_pid()?;
+    let reloaded = with_service(spec, "reload-added", SPARE_VIPS[0]);
+    node.edit_objects(&reloaded)?;
+    c.systemctl(&["reload", SERVICE])?;
+    let vip = SPARE_VIPS[0].to_string();
+    node.wait_for_journal(&["(SIGHUP)", &vip], 1)?;
+    node.served(SPARE_VIPS[0])?;
+    ensure!(
+        node.main_pid()? == pid,
+        "`systemctl reload` restarted the agent"
+    );
+
+    // Editing the file is enough.
+    let edited = with_service(reloaded, "edit-added", SPARE_VIPS[1]);
+    let frontends: usize = edited.services.iter().map(|s| s.ports.len()).sum();
+    node.edit_objects(&edited)?;
+    node.wait_for_journal(&["(file changed)", &SPARE_VIPS[1].to_string()], 1)?;
+    node.served(SPARE_VIPS[1])?;
+
+    // `systemctl restart` adopts the datapath: the held connection keeps its backend.
+    c.systemctl(&["restart", SERVICE])?;
+    node.wait_for_journal(&[&start_line(), "adopted the pinned state"], 1)?;
+    ensure!(
+        node.main_pid()? != pid,
+        "`systemctl restart` left the agent running"
+    );
+    still_held(&mut held, "after `systemctl restart`")?;
+    node.served(VIP_EXTERNAL)?;
+
+    // A crash: systemd restarts the agent (Restart=on-failure), and the datapath serves
+    // while it is down.
+    c.systemctl(&["kill", "-s", "KILL", SERVICE])?;
+    let down = eventually(
+        SETTLE,
+        || c.property(SERVICE, "SubState"),
+        |s| s == "auto-restart",
+    )?;
+    ensure!(
+        down == "auto-restart",
+        "after SIGKILL the service is {down:?}, not waiting to restart"
+    );
+    node.served(VIP_EXTERNAL)?;
+    still_held(&mut held, "while the killed agent waits to restart")?;
+    // RestartSec=5s: the requests above were served in the meantime, not after it.
+    let after = c.property(SERVICE, "SubState")?;
+    ensure!(
+        after == "auto-restart",
+        "the agent was restarted ({after}) before the requests without it finished"
+    );
+    let restarts = eventually(SETTLE, || c.property(SERVICE, "NRestarts"), |n| n == "1")?;
+    ensure!(restarts == "1", "NRestarts={restarts} after one crash");
+    node.wait_for_journal(&[&start_line(), "adopted the pinned state"], 2)?;
+    ensure!(
+        c.property(SERVICE, "ActiveState")? == "active",
+        "after the restart"
+    );
+    still_held(&mut held, "after the restart that followed the crash")?;
+
+    // `systemctl stop` leaves the datapath serving, and the pins readable.
+    c.systemctl(&["stop", SERVICE])?;
+    ensure!(
+        c.property(SERVICE, "ActiveState")? == "inactive",
+        "after `systemctl stop`"
+    );
+    // The second time it says so: the first was `systemctl restart`'s stop.
+    node.wait_for_journal(&["the datapath stays attached and keeps serving"], 2)?;
+    node.served(VIP_EXTERNAL)?;
+    node.served(SPARE_VIPS[1])?;
+    still_held(&mut held, "after `systemctl stop`")?;
+    let status = node.status()?;
+    ensure!(
+        status["agent"]["running"] == false && status["frontends"] == frontends,
+        "gateway-agent status after stop, {frontends} frontends expected: {status:#}"
+    );
+    Ok(())
+}
+
+/// The shell line the unit's first ExecStartPre runs outside the sandbox, with systemd's
+/// `%%` unescaped.
 fn unit_bpffs_guard(unit: &Unit) -> Result<String> {
-    let line = unit.service("ExecStartPre")?;
+    let pre = unit.values("Service", "ExecStartPre");
+    let line = pre.first().context("the unit has no ExecStartPre")?;
     let script = line
         .strip_prefix("+/bin/sh -c '")
         .and_then(|s| s.strip_suffix('\''))

@@ -16,8 +16,10 @@ use crate::cmd;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// What the lab, the demo and the benchmarks run; systemd for `systemd-analyze verify` of
-/// deploy/gateway-agent.service (a Debian 12 container image has no systemd).
-const DEBIAN_PACKAGES: [&str; 13] = [
+/// deploy/gateway-agent.service (a Debian 12 container image has no systemd); debootstrap
+/// and systemd-container (systemd-nspawn) to boot a Debian with systemd as PID 1, where the
+/// deploy test runs the unit as an operator would.
+const DEBIAN_PACKAGES: [&str; 15] = [
     "bpftool",
     "iproute2",
     "arping",
@@ -31,6 +33,8 @@ const DEBIAN_PACKAGES: [&str; 13] = [
     "iptables",
     "nftables",
     "systemd",
+    "debootstrap",
+    "systemd-container",
 ];
 
 pub fn run() -> Result<()> {
