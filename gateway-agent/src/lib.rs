@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod capacity;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod datapath;
 pub mod model;

@@ -1,0 +1,141 @@
+//! Claims: which VIPs a node holds, each with its epoch (how often the VIP changed hands),
+//! versioned and synchronised to every peer in chunks over the heartbeats until the peer
+//! acknowledges the version.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use super::heartbeat::{CHUNK, Chunk};
+
+/// VIP -> epoch.
+pub type Claims = BTreeMap<Ipv4Addr, u32>;
+
+/// A peer's claims as far as we know them: the last complete version (kept across its
+/// restarts until the new incarnation's claims are complete) and one being assembled.
+#[derive(Clone, Debug, Default)]
+pub struct PeerClaims {
+    /// The incarnation and version of `claims`; `None` until one arrived in full.
+    pub complete: Option<(u64, u32)>,
+    pub claims: Claims,
+    assembling: Option<Assembly>,
+}
+
+#[derive(Clone, Debug)]
+struct Assembly {
+    incarnation: u64,
+    version: u32,
+    parts: BTreeMap<u16, Vec<(Ipv4Addr, u32)>>,
+    count: u16,
+}
+
+impl PeerClaims {
+    /// Adds a chunk of `incarnation`'s claims; true when it completed a newer version.
+    pub fn receive(&mut self, incarnation: u64, chunk: Chunk) -> bool {
+        if chunk.count == 0 || chunk.index >= chunk.count {
+            return false;
+        }
+        if self
+            .complete
+            .is_some_and(|done| done >= (incarnation, chunk.version))
+        {
+            return false;
+        }
+        let assembly = match &mut self.assembling {
+            Some(a) if (a.incarnation, a.version) == (incarnation, chunk.version) => a,
+            Some(a) if (a.incarnation, a.version) > (incarnation, chunk.version) => return false,
+            slot => slot.insert(Assembly {
+                incarnation,
+                version: chunk.version,
+                parts: BTreeMap::new(),
+                count: chunk.count,
+            }),
+        };
+        if assembly.count != chunk.count {
+            return false;
+        }
+        assembly.parts.insert(chunk.index, chunk.claims);
+        if assembly.parts.len() < usize::from(assembly.count) {
+            return false;
+        }
+        let assembly = self.assembling.take().expect("assembling");
+        self.claims = assembly.parts.into_values().flatten().collect();
+        self.complete = Some((assembly.incarnation, assembly.version));
+        true
+    }
+
+    /// The version of `incarnation`'s claims we hold in full, for the ack.
+    pub fn ack(&self, incarnation: u64) -> Option<(u64, u32)> {
+        self.complete.filter(|(inc, _)| *inc == incarnation)
+    }
+}
+
+/// Chunk `index` (wrapped into range) of `claims` at `version`, and how many there are.
+pub fn chunk(claims: &Claims, version: u32, index: u16) -> Chunk {
+    let count = claims.len().div_ceil(CHUNK).max(1);
+    let index = usize::from(index) % count;
+    Chunk {
+        version,
+        index: index as u16,
+        count: count as u16,
+        claims: claims
+            .iter()
+            .skip(index * CHUNK)
+            .take(CHUNK)
+            .map(|(vip, epoch)| (*vip, *epoch))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(n: u32) -> Claims {
+        (0..n)
+            .map(|i| (Ipv4Addr::from(0x0a00_0000 + i), i))
+            .collect()
+    }
+
+    #[test]
+    fn claims_arrive_in_chunks_in_any_order() {
+        let sent = claims(250);
+        let mut received = PeerClaims::default();
+        let chunks: Vec<Chunk> = (0..3).map(|i| chunk(&sent, 4, i)).collect();
+        assert!(chunks.iter().all(|c| c.count == 3));
+        assert!(!received.receive(9, chunks[2].clone()));
+        assert!(!received.receive(9, chunks[0].clone()));
+        assert!(received.receive(9, chunks[1].clone()));
+        assert_eq!(received.claims, sent);
+        assert_eq!(received.ack(9), Some((9, 4)));
+        assert_eq!(received.ack(10), None);
+        // A repeat of an older or the same version changes nothing.
+        assert!(!received.receive(9, chunk(&claims(1), 3, 0)));
+        assert!(!received.receive(9, chunks[1].clone()));
+        assert_eq!(received.claims, sent);
+    }
+
+    #[test]
+    fn an_empty_claim_set_is_one_empty_chunk() {
+        let empty = chunk(&Claims::new(), 1, 5);
+        assert_eq!((empty.index, empty.count), (0, 1));
+        let mut received = PeerClaims::default();
+        received.claims = claims(2);
+        assert!(received.receive(1, empty));
+        assert!(received.claims.is_empty());
+    }
+
+    #[test]
+    fn a_new_incarnation_replaces_the_old_claims_once_complete() {
+        let mut received = PeerClaims::default();
+        assert!(received.receive(1, chunk(&claims(150), 9, 0)) == false);
+        assert!(received.receive(1, chunk(&claims(150), 9, 1)));
+        // The restarted agent starts again at version 1: newer, since its incarnation is.
+        let restarted = claims(120);
+        assert!(!received.receive(2, chunk(&restarted, 1, 1)));
+        assert_eq!(received.claims, claims(150), "kept until complete");
+        assert!(received.receive(2, chunk(&restarted, 1, 0)));
+        assert_eq!(received.claims, restarted);
+        // A late chunk of the old incarnation is ignored.
+        assert!(!received.receive(1, chunk(&claims(1), 10, 0)));
+    }
+}

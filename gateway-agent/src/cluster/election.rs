@@ -1,0 +1,213 @@
+//! Who announces each VIP, computed identically by every agent from the same inputs: the
+//! nodes eligible for the VIP (from the objects), the nodes alive in the membership view,
+//! the draining ones, and every node's last known claims.
+//!
+//! - A live claimant keeps its VIP: a node that comes back takes nothing back, because
+//!   moving a VIP breaks its flows once more. Of two live claimants (a partition healed, or
+//!   two took over at once from different views) the higher epoch wins, then the higher
+//!   [`announcer_score`], then the name that sorts first; the loser stops at once.
+//! - A VIP without a live claimant goes to the best-scoring alive, eligible, non-draining
+//!   node (rendezvous hashing, as the model's election), at the highest epoch known + 1.
+//! - A node claims nothing it is not eligible for, and nothing while it drains.
+//!
+//! Claiming is not answering: a claim is answered only under a quorum's grants (see
+//! `lease`), which is what keeps two nodes from answering whatever the views.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use super::claims::Claims;
+use crate::model::announcer_score;
+
+pub struct View<'a> {
+    pub me: &'a str,
+    /// Alive in the membership view (or holding for a restart), `me` included.
+    pub alive: &'a BTreeSet<String>,
+    pub draining: &'a BTreeSet<String>,
+    /// Every node's last known claims, alive or not, `me`'s current ones included.
+    pub claims: &'a BTreeMap<String, Claims>,
+    /// For each VIP to announce, the nodes eligible for it.
+    pub eligible: &'a BTreeMap<Ipv4Addr, BTreeSet<String>>,
+}
+
+/// What `view.me` should claim.
+pub fn claims_for(view: &View) -> Claims {
+    let mut by_vip: BTreeMap<Ipv4Addr, Vec<(&str, u32)>> = BTreeMap::new();
+    for (node, claims) in view.claims {
+        for (vip, epoch) in claims {
+            by_vip.entry(*vip).or_default().push((node, *epoch));
+        }
+    }
+    let draining = view.draining.contains(view.me);
+    let mut mine = Claims::new();
+    for (vip, eligible) in view.eligible {
+        if draining || !eligible.contains(view.me) {
+            continue;
+        }
+        let claimants = by_vip.get(vip).map(Vec::as_slice).unwrap_or_default();
+        let live = claimants
+            .iter()
+            .filter(|(node, _)| view.alive.contains(*node));
+        let holder =
+            live.max_by_key(|(node, epoch)| (*epoch, announcer_score(*vip, node), Reverse(*node)));
+        match holder {
+            Some((node, epoch)) => {
+                if *node == view.me {
+                    mine.insert(*vip, *epoch);
+                }
+            }
+            None => {
+                let best = eligible
+                    .iter()
+                    .filter(|node| view.alive.contains(*node) && !view.draining.contains(*node))
+                    .max_by_key(|node| (announcer_score(*vip, node), Reverse(*node)));
+                if best.is_some_and(|node| node == view.me) {
+                    let epoch = claimants.iter().map(|(_, e)| *e).max().map_or(0, |e| e + 1);
+                    mine.insert(*vip, epoch);
+                }
+            }
+        }
+    }
+    mine
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VIP_49: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 49);
+    const VIP_50: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 50);
+    const NODES: [&str; 3] = ["cp-1", "worker-1", "worker-2"];
+
+    struct Case {
+        alive: BTreeSet<String>,
+        draining: BTreeSet<String>,
+        claims: BTreeMap<String, Claims>,
+        eligible: BTreeMap<Ipv4Addr, BTreeSet<String>>,
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    impl Case {
+        fn new() -> Self {
+            Case {
+                alive: set(&NODES),
+                draining: BTreeSet::new(),
+                claims: BTreeMap::new(),
+                eligible: [VIP_49, VIP_50].map(|vip| (vip, set(&NODES))).into(),
+            }
+        }
+
+        fn claim(mut self, node: &str, vip: Ipv4Addr, epoch: u32) -> Self {
+            self.claims
+                .entry(node.into())
+                .or_default()
+                .insert(vip, epoch);
+            self
+        }
+
+        /// VIP -> (node, epoch) for every node's decision; each VIP claimed by one node.
+        fn decide(&self) -> BTreeMap<Ipv4Addr, (String, u32)> {
+            let mut decided = BTreeMap::new();
+            for me in &self.alive {
+                let view = View {
+                    me,
+                    alive: &self.alive,
+                    draining: &self.draining,
+                    claims: &self.claims,
+                    eligible: &self.eligible,
+                };
+                for (vip, epoch) in claims_for(&view) {
+                    let previous = decided.insert(vip, (me.clone(), epoch));
+                    assert!(previous.is_none(), "{vip} claimed twice");
+                }
+            }
+            decided
+        }
+    }
+
+    fn best(vip: Ipv4Addr, among: &[&str]) -> String {
+        among
+            .iter()
+            .max_by_key(|n| (announcer_score(vip, n), Reverse(**n)))
+            .map(|n| n.to_string())
+            .expect("a node")
+    }
+
+    #[test]
+    fn unclaimed_vips_go_to_the_best_scoring_node_at_epoch_zero() {
+        let decided = Case::new().decide();
+        for vip in [VIP_49, VIP_50] {
+            assert_eq!(decided[&vip], (best(vip, &NODES), 0));
+        }
+    }
+
+    #[test]
+    fn a_live_claimant_keeps_its_vip_even_against_a_better_score() {
+        let weakest = NODES
+            .iter()
+            .min_by_key(|n| announcer_score(VIP_49, n))
+            .expect("a node");
+        let decided = Case::new().claim(weakest, VIP_49, 3).decide();
+        assert_eq!(decided[&VIP_49], (weakest.to_string(), 3));
+    }
+
+    #[test]
+    fn a_dead_claimants_vip_goes_to_the_best_live_node_at_the_next_epoch() {
+        let holder = best(VIP_49, &NODES);
+        let mut case = Case::new().claim(&holder, VIP_49, 4);
+        case.alive.remove(&holder);
+        let rest: Vec<&str> = NODES.iter().copied().filter(|n| *n != holder).collect();
+        assert_eq!(case.decide()[&VIP_49], (best(VIP_49, &rest), 5));
+        // Back alive with its old claim, and the new holder's: the later epoch stays.
+        let new_holder = best(VIP_49, &rest);
+        let mut back = case.claim(&new_holder, VIP_49, 5);
+        back.alive.insert(holder.clone());
+        assert_eq!(back.decide()[&VIP_49], (new_holder, 5));
+    }
+
+    #[test]
+    fn two_live_claimants_at_one_epoch_keep_the_better_score() {
+        let decided = Case::new()
+            .claim("worker-1", VIP_50, 2)
+            .claim("worker-2", VIP_50, 2)
+            .decide();
+        assert_eq!(
+            decided[&VIP_50],
+            (best(VIP_50, &["worker-1", "worker-2"]), 2)
+        );
+    }
+
+    #[test]
+    fn draining_and_ineligible_nodes_claim_nothing_and_release_their_claims() {
+        let holder = best(VIP_49, &NODES);
+        let mut case = Case::new().claim(&holder, VIP_49, 0);
+        case.draining.insert(holder.clone());
+        // The drainer lets go; the others still see its claim until it is withdrawn.
+        let view = View {
+            me: &holder,
+            alive: &case.alive,
+            draining: &case.draining,
+            claims: &case.claims,
+            eligible: &case.eligible,
+        };
+        assert!(claims_for(&view).is_empty());
+        case.claims.remove(&holder);
+        let rest: Vec<&str> = NODES.iter().copied().filter(|n| *n != holder).collect();
+        assert_eq!(case.decide()[&VIP_49].0, best(VIP_49, &rest));
+        // Not eligible: the same.
+        let mut case = Case::new().claim(&holder, VIP_49, 0);
+        case.eligible.get_mut(&VIP_49).expect("vip").remove(&holder);
+        assert!(!case.decide().contains_key(&VIP_49));
+    }
+
+    #[test]
+    fn no_eligible_live_node_means_no_claim() {
+        let mut case = Case::new();
+        case.eligible.insert(VIP_49, set(&["gone"]));
+        assert!(!case.decide().contains_key(&VIP_49));
+    }
+}
