@@ -1,5 +1,5 @@
-//! Claims: which VIPs a node holds, each with its epoch (how often the VIP changed hands),
-//! versioned and synchronised to every peer in chunks over the heartbeats until the peer
+//! Claims: which VIPs a node holds, each with its epoch (how often the VIP changed hands)
+//! and whether the node answers for it (holds a quorum's grants), versioned and synchronised to every peer in chunks over the heartbeats until the peer
 //! acknowledges the version.
 
 use std::collections::BTreeMap;
@@ -7,8 +7,14 @@ use std::net::Ipv4Addr;
 
 use super::heartbeat::{CHUNK, Chunk};
 
-/// VIP -> epoch.
-pub type Claims = BTreeMap<Ipv4Addr, u32>;
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Claim {
+    pub epoch: u32,
+    /// The claimant answers for it: of two claimants, the one answering keeps the VIP.
+    pub answered: bool,
+}
+
+pub type Claims = BTreeMap<Ipv4Addr, Claim>;
 
 /// A peer's claims as far as we know them: the last complete version (kept across its
 /// restarts until the new incarnation's claims are complete) and one being assembled.
@@ -24,7 +30,7 @@ pub struct PeerClaims {
 struct Assembly {
     incarnation: u64,
     version: u32,
-    parts: BTreeMap<u16, Vec<(Ipv4Addr, u32)>>,
+    parts: BTreeMap<u16, Vec<(Ipv4Addr, Claim)>>,
     count: u16,
 }
 
@@ -69,7 +75,7 @@ impl PeerClaims {
     }
 }
 
-/// Chunk `index` (wrapped into range) of `claims` at `version`, and how many there are.
+/// Chunk `index` (wrapped into range) of `claims` at `version`.
 pub fn chunk(claims: &Claims, version: u32, index: u16) -> Chunk {
     let count = claims.len().div_ceil(CHUNK).max(1);
     let index = usize::from(index) % count;
@@ -81,7 +87,7 @@ pub fn chunk(claims: &Claims, version: u32, index: u16) -> Chunk {
             .iter()
             .skip(index * CHUNK)
             .take(CHUNK)
-            .map(|(vip, epoch)| (*vip, *epoch))
+            .map(|(vip, claim)| (*vip, *claim))
             .collect(),
     }
 }
@@ -92,7 +98,13 @@ mod tests {
 
     fn claims(n: u32) -> Claims {
         (0..n)
-            .map(|i| (Ipv4Addr::from(0x0a00_0000 + i), i))
+            .map(|i| {
+                let claim = Claim {
+                    epoch: i,
+                    answered: i % 2 == 0,
+                };
+                (Ipv4Addr::from(0x0a00_0000 + i), claim)
+            })
             .collect()
     }
 

@@ -4,11 +4,17 @@
 //!
 //! - A live claimant keeps its VIP: a node that comes back takes nothing back, because
 //!   moving a VIP breaks its flows once more. Of two live claimants (a partition healed, or
-//!   two took over at once from different views) the higher epoch wins, then the higher
-//!   [`announcer_score`], then the name that sorts first; the loser stops at once.
+//!   two took over at once from different views) the one answering for it wins (a claim
+//!   made on the wrong side of a partition never was), then the higher epoch, then the
+//!   higher [`announcer_score`], then the name that sorts first; the loser stops at once.
 //! - A VIP without a live claimant goes to the best-scoring alive, eligible, non-draining
 //!   node (rendezvous hashing, as the model's election), at the highest epoch known + 1.
 //! - A node claims nothing it is not eligible for, and nothing while it drains.
+//! - A node makes no new claim unless a quorum of the members is alive in its view: cut off
+//!   with a minority it could not answer anyway, and a claim made there (at a higher epoch)
+//!   would take the VIP back from the majority's holder when the partition heals.
+//! - Where the cluster does not take over on silence (two nodes, see `lease::Takeover`), a
+//!   claimant keeps its VIPs until it withdraws them, dead or alive.
 //!
 //! Claiming is not answering: a claim is answered only under a quorum's grants (see
 //! `lease`), which is what keeps two nodes from answering whatever the views.
@@ -17,7 +23,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use super::claims::Claims;
+use super::claims::{Claim, Claims};
 use crate::model::announcer_score;
 
 pub struct View<'a> {
@@ -29,18 +35,22 @@ pub struct View<'a> {
     pub claims: &'a BTreeMap<String, Claims>,
     /// For each VIP to announce, the nodes eligible for it.
     pub eligible: &'a BTreeMap<Ipv4Addr, BTreeSet<String>>,
+    /// We hear from a quorum of the members (us included): new claims may be made.
+    pub quorate: bool,
+    /// Whether a claimant's VIPs are taken over when it dies (else only on withdrawal).
+    pub takeover_on_silence: bool,
 }
 
-/// What `view.me` should claim.
-pub fn claims_for(view: &View) -> Claims {
-    let mut by_vip: BTreeMap<Ipv4Addr, Vec<(&str, u32)>> = BTreeMap::new();
+/// What `view.me` should claim: VIP -> epoch.
+pub fn claims_for(view: &View) -> BTreeMap<Ipv4Addr, u32> {
+    let mut by_vip: BTreeMap<Ipv4Addr, Vec<(&str, Claim)>> = BTreeMap::new();
     for (node, claims) in view.claims {
-        for (vip, epoch) in claims {
-            by_vip.entry(*vip).or_default().push((node, *epoch));
+        for (vip, claim) in claims {
+            by_vip.entry(*vip).or_default().push((node, *claim));
         }
     }
     let draining = view.draining.contains(view.me);
-    let mut mine = Claims::new();
+    let mut mine = BTreeMap::new();
     for (vip, eligible) in view.eligible {
         if draining || !eligible.contains(view.me) {
             continue;
@@ -48,25 +58,36 @@ pub fn claims_for(view: &View) -> Claims {
         let claimants = by_vip.get(vip).map(Vec::as_slice).unwrap_or_default();
         let live = claimants
             .iter()
-            .filter(|(node, _)| view.alive.contains(*node));
-        let holder =
-            live.max_by_key(|(node, epoch)| (*epoch, announcer_score(*vip, node), Reverse(*node)));
+            .filter(|(node, _)| !view.takeover_on_silence || view.alive.contains(*node));
+        let holder = live.max_by_key(|(node, claim)| {
+            (
+                claim.answered,
+                claim.epoch,
+                announcer_score(*vip, node),
+                Reverse(*node),
+            )
+        });
         match holder {
-            Some((node, epoch)) => {
+            Some((node, claim)) => {
                 if *node == view.me {
-                    mine.insert(*vip, *epoch);
+                    mine.insert(*vip, claim.epoch);
                 }
             }
-            None => {
+            None if view.quorate => {
                 let best = eligible
                     .iter()
                     .filter(|node| view.alive.contains(*node) && !view.draining.contains(*node))
                     .max_by_key(|node| (announcer_score(*vip, node), Reverse(*node)));
                 if best.is_some_and(|node| node == view.me) {
-                    let epoch = claimants.iter().map(|(_, e)| *e).max().map_or(0, |e| e + 1);
+                    let epoch = claimants
+                        .iter()
+                        .map(|(_, c)| c.epoch)
+                        .max()
+                        .map_or(0, |e| e + 1);
                     mine.insert(*vip, epoch);
                 }
             }
+            None => {}
         }
     }
     mine
@@ -85,6 +106,7 @@ mod tests {
         draining: BTreeSet<String>,
         claims: BTreeMap<String, Claims>,
         eligible: BTreeMap<Ipv4Addr, BTreeSet<String>>,
+        takeover_on_silence: bool,
     }
 
     fn set(names: &[&str]) -> BTreeSet<String> {
@@ -98,14 +120,25 @@ mod tests {
                 draining: BTreeSet::new(),
                 claims: BTreeMap::new(),
                 eligible: [VIP_49, VIP_50].map(|vip| (vip, set(&NODES))).into(),
+                takeover_on_silence: true,
             }
         }
 
         fn claim(mut self, node: &str, vip: Ipv4Addr, epoch: u32) -> Self {
+            let claim = Claim {
+                epoch,
+                answered: false,
+            };
             self.claims
                 .entry(node.into())
                 .or_default()
-                .insert(vip, epoch);
+                .insert(vip, claim);
+            self
+        }
+
+        fn answering(mut self, node: &str, vip: Ipv4Addr) -> Self {
+            let claim = self.claims.get_mut(node).and_then(|c| c.get_mut(&vip));
+            claim.expect("claimed").answered = true;
             self
         }
 
@@ -119,6 +152,8 @@ mod tests {
                     draining: &self.draining,
                     claims: &self.claims,
                     eligible: &self.eligible,
+                    quorate: self.alive.len() >= 2,
+                    takeover_on_silence: self.takeover_on_silence,
                 };
                 for (vip, epoch) in claims_for(&view) {
                     let previous = decided.insert(vip, (me.clone(), epoch));
@@ -182,6 +217,17 @@ mod tests {
     }
 
     #[test]
+    fn of_two_live_claimants_the_one_answering_keeps_the_vip() {
+        // Claimed at a higher epoch by a node cut off with a minority, which never answered.
+        let decided = Case::new()
+            .claim("worker-1", VIP_50, 0)
+            .answering("worker-1", VIP_50)
+            .claim("worker-2", VIP_50, 1)
+            .decide();
+        assert_eq!(decided[&VIP_50], ("worker-1".to_owned(), 0));
+    }
+
+    #[test]
     fn draining_and_ineligible_nodes_claim_nothing_and_release_their_claims() {
         let holder = best(VIP_49, &NODES);
         let mut case = Case::new().claim(&holder, VIP_49, 0);
@@ -193,6 +239,8 @@ mod tests {
             draining: &case.draining,
             claims: &case.claims,
             eligible: &case.eligible,
+            quorate: true,
+            takeover_on_silence: true,
         };
         assert!(claims_for(&view).is_empty());
         case.claims.remove(&holder);
@@ -202,6 +250,30 @@ mod tests {
         let mut case = Case::new().claim(&holder, VIP_49, 0);
         case.eligible.get_mut(&VIP_49).expect("vip").remove(&holder);
         assert!(!case.decide().contains_key(&VIP_49));
+    }
+
+    #[test]
+    fn a_minority_makes_no_new_claim_but_keeps_its_own() {
+        let holder = best(VIP_49, &NODES);
+        let mut case = Case::new().claim(&holder, VIP_49, 1);
+        case.alive = set(&[&holder]);
+        // Alone of three: keeps .49, does not take .50.
+        assert_eq!(
+            case.decide(),
+            BTreeMap::from([(VIP_49, (holder.clone(), 1))])
+        );
+    }
+
+    #[test]
+    fn without_takeover_on_silence_a_dead_claimant_keeps_its_vip() {
+        let holder = best(VIP_49, &NODES);
+        let mut case = Case::new().claim(&holder, VIP_49, 1);
+        case.takeover_on_silence = false;
+        case.alive.remove(&holder);
+        assert!(!case.decide().contains_key(&VIP_49));
+        // Its withdrawal frees it.
+        case.claims.remove(&holder);
+        assert!(case.decide().contains_key(&VIP_49));
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-/// VIPs per claims chunk: 100 (address, epoch) pairs stay under 1,000 bytes.
+use super::claims::Claim;
+
+/// VIPs per claims chunk: 100 (address, epoch, answered) stay under 1,100 bytes.
 pub const CHUNK: usize = 100;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,13 +33,13 @@ pub struct Heartbeat {
     pub grant: Option<Grant>,
 }
 
-/// Part `index` of `count` of a claims version: sorted (VIP, epoch) pairs.
+/// Part `index` of `count` of a claims version, sorted by VIP.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chunk {
     pub version: u32,
     pub index: u16,
     pub count: u16,
-    pub claims: Vec<(Ipv4Addr, u32)>,
+    pub claims: Vec<(Ipv4Addr, Claim)>,
 }
 
 /// "You may answer for the VIPs of your claims `version`, except `denied`, until
@@ -86,7 +88,13 @@ mod tests {
                 index: 0,
                 count: 1,
                 claims: (0..CHUNK as u32)
-                    .map(|i| (Ipv4Addr::from(u32::MAX - i), u32::MAX))
+                    .map(|i| {
+                        let claim = Claim {
+                            epoch: u32::MAX,
+                            answered: true,
+                        };
+                        (Ipv4Addr::from(u32::MAX - i), claim)
+                    })
                     .collect(),
             }),
             ..Heartbeat::default()

@@ -7,4 +7,6 @@ pub mod identity;
 pub mod lease;
 pub mod membership;
 pub mod node;
+#[cfg(test)]
+mod sim;
 pub mod timing;

@@ -14,7 +14,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use super::auth::{Envelope, Key, Kind, Refusals, node_id};
-use super::claims::{self, Claims, PeerClaims};
+use super::claims::{self, Claim, Claims, PeerClaims};
 use super::election::{self, View};
 use super::heartbeat::{Grant, Heartbeat};
 use super::identity::{Member, Peer};
@@ -386,8 +386,8 @@ impl ClusterNode {
             self.next_heartbeat = now + timing::HEARTBEAT_PERIOD;
             self.urgent.extend(self.peers.keys().cloned());
         }
-        self.send_heartbeats(now);
         self.answer(now);
+        self.send_heartbeats(now);
         let horizon = now.saturating_sub(lease_bound(timing::LEASE) + timing::HEARTBEAT_PERIOD);
         while self.sent.front().is_some_and(|(_, at)| *at < horizon) {
             self.sent.pop_front();
@@ -444,18 +444,18 @@ impl ClusterNode {
             .values()
             .map(|p| (p.peer.name.clone(), p.claims.claims.clone()))
             .collect();
-        all.insert(
-            self.me.clone(),
-            self.claims.iter().map(|(vip, m)| (*vip, m.epoch)).collect(),
-        );
+        all.insert(self.me.clone(), self.published());
         let wanted = election::claims_for(&View {
             me: &self.me,
             alive: &alive,
             draining: &draining,
             claims: &all,
             eligible: &self.eligible,
+            quorate: 1 + self.peers.values().filter(|p| now <= p.bound()).count() >= self.quorum,
+            takeover_on_silence: self.takeover == Takeover::OnSilence,
         });
-        let current: Claims = self.claims.iter().map(|(vip, m)| (*vip, m.epoch)).collect();
+        let current: BTreeMap<Ipv4Addr, u32> =
+            self.claims.iter().map(|(vip, m)| (*vip, m.epoch)).collect();
         if wanted == current {
             return;
         }
@@ -506,12 +506,31 @@ impl ClusterNode {
                 gate = Some(gate.map_or(end, |g| g.min(end)));
             }
         }
+        if vips != self.announce.vips {
+            // Whether we answer decides conflicts: the others learn it with a new version.
+            self.version += 1;
+            self.urgent.extend(self.peers.keys().cloned());
+        }
         self.announce = Announce { vips, gate };
+    }
+
+    /// Our claims as the others see them.
+    fn published(&self) -> Claims {
+        self.claims
+            .iter()
+            .map(|(vip, mine)| {
+                let claim = Claim {
+                    epoch: mine.epoch,
+                    answered: self.announce.vips.contains(vip),
+                };
+                (*vip, claim)
+            })
+            .collect()
     }
 
     fn send_heartbeats(&mut self, now: Duration) {
         let may_grant = now >= self.started + lease_bound(timing::LEASE);
-        let mine: Claims = self.claims.iter().map(|(vip, m)| (*vip, m.epoch)).collect();
+        let mine = self.published();
         for name in std::mem::take(&mut self.urgent) {
             let Some(peer) = self.peers.get(&name) else {
                 continue;
