@@ -130,8 +130,10 @@ mod tests {
     fn an_empty_claim_set_is_one_empty_chunk() {
         let empty = chunk(&Claims::new(), 1, 5);
         assert_eq!((empty.index, empty.count), (0, 1));
-        let mut received = PeerClaims::default();
-        received.claims = claims(2);
+        let mut received = PeerClaims {
+            claims: claims(2),
+            ..PeerClaims::default()
+        };
         assert!(received.receive(1, empty));
         assert!(received.claims.is_empty());
     }
@@ -139,7 +141,7 @@ mod tests {
     #[test]
     fn a_new_incarnation_replaces_the_old_claims_once_complete() {
         let mut received = PeerClaims::default();
-        assert!(received.receive(1, chunk(&claims(150), 9, 0)) == false);
+        assert!(!received.receive(1, chunk(&claims(150), 9, 0)));
         assert!(received.receive(1, chunk(&claims(150), 9, 1)));
         // The restarted agent starts again at version 1: newer, since its incarnation is.
         let restarted = claims(120);

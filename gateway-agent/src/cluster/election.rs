@@ -68,11 +68,10 @@ pub fn claims_for(view: &View) -> BTreeMap<Ipv4Addr, u32> {
             )
         });
         match holder {
-            Some((node, claim)) => {
-                if *node == view.me {
-                    mine.insert(*vip, claim.epoch);
-                }
+            Some((node, claim)) if *node == view.me => {
+                mine.insert(*vip, claim.epoch);
             }
+            Some(_) => {}
             None if view.quorate => {
                 let best = eligible
                     .iter()

@@ -145,7 +145,7 @@ mod tests {
             withdrawn: false,
             bound: 500 * MS,
         };
-        assert!(holders.grant(VIP, "a", 0 * MS, Takeover::OnSilence, live));
+        assert!(holders.grant(VIP, "a", Duration::ZERO, Takeover::OnSilence, live));
         assert!(holders.grant(VIP, "a", 100 * MS, Takeover::OnSilence, live));
         assert!(!holders.grant(VIP, "b", 500 * MS, Takeover::OnSilence, live));
         assert_eq!(holders.holder(VIP), Some("a"));
@@ -185,9 +185,9 @@ mod tests {
         assert!(grant.covers(VIP, 5, 399 * MS));
         assert!(!grant.covers(VIP, 5, 400 * MS), "lapsed");
         assert!(
-            !grant.covers(VIP, 6, 0 * MS),
+            !grant.covers(VIP, 6, Duration::ZERO),
             "claimed after the grant's version"
         );
-        assert!(!grant.covers(Ipv4Addr::new(192, 168, 10, 50), 1, 0 * MS));
+        assert!(!grant.covers(Ipv4Addr::new(192, 168, 10, 50), 1, Duration::ZERO));
     }
 }

@@ -265,7 +265,13 @@ impl Sim {
             addr(i),
             self.incarnations,
             peers,
-            Some(Key::new(KEY).expect("key")),
+            // One schedule in four authenticates: HMAC-SHA256 unoptimized (debug builds)
+            // costs more than the rest of the simulation; the envelope, its replay window
+            // and everything else run in all of them.
+            self.scenario
+                .seed
+                .is_multiple_of(4)
+                .then(|| Key::new(KEY).expect("key")),
             Settings {
                 two_node_takeover: self.scenario.two_node_takeover,
                 ..Settings::default()
@@ -764,43 +770,111 @@ mod tests {
 
     #[test]
     fn a_crashed_announcer_is_replaced_within_the_bound_and_takes_nothing_back() {
-        let outcomes = family(1, 40, crash);
+        let outcomes = family(1, 30, crash);
         assert!(outcomes.iter().all(|o| !o.failovers.is_empty()) || outcomes.is_empty());
     }
 
     #[test]
     fn an_agent_back_within_its_lease_moves_nothing() {
-        family(2, 40, quick_restart);
+        family(2, 30, quick_restart);
     }
 
     #[test]
     fn a_graceful_restart_moves_nothing() {
-        family(3, 40, graceful_restart);
+        family(3, 20, graceful_restart);
     }
 
     #[test]
     fn a_cut_off_announcer_is_replaced_and_never_answers_with_the_new_one() {
-        let outcomes = family(4, 40, partition);
+        let outcomes = family(4, 30, partition);
         assert!(outcomes.iter().all(|o| !o.failovers.is_empty()) || outcomes.is_empty());
     }
 
     #[test]
     fn a_drain_hands_over_at_once_and_undrain_takes_nothing_back() {
-        family(5, 30, drain);
+        family(5, 20, drain);
     }
 
     #[test]
     fn an_announcer_no_longer_eligible_hands_over() {
-        family(6, 30, eligibility);
+        family(6, 20, eligibility);
     }
 
     #[test]
     fn random_faults_on_a_lossy_network_never_answer_twice() {
-        family(7, 60, chaos);
+        family(7, 40, chaos);
     }
 
     #[test]
     fn two_nodes_fail_over_only_when_told_to() {
-        family(8, 30, two_nodes);
+        family(8, 20, two_nodes);
+    }
+
+    fn percentile(sorted: &[Duration], p: usize) -> Duration {
+        sorted[(sorted.len() - 1) * p / 100]
+    }
+
+    /// The figures of the report: failover times with the chosen timings and the traffic
+    /// per node. `cargo test -p gateway-agent --lib cluster::sim::tests::measure --
+    /// --ignored --nocapture` (GW_SIM_SCHEDULES sets the schedules per kind).
+    #[test]
+    #[ignore = "a measurement, not a test: prints figures"]
+    fn measure() {
+        let count = schedules(200);
+        type Kind = (&'static str, fn(u64) -> Scenario);
+        let kinds: [Kind; 3] = [
+            ("node crash", |seed| {
+                let mut s = crash(seed);
+                s.faults[0].1 = Fault::CrashNode(HOLDER);
+                s
+            }),
+            ("agent crash", |seed| {
+                let mut s = crash(seed);
+                s.faults[0].1 = Fault::CrashAgent(HOLDER);
+                s
+            }),
+            ("partition", partition),
+        ];
+        for (kind, scenario) in kinds {
+            let mut times: Vec<Duration> = (0..count)
+                .flat_map(|i| Sim::new(scenario((9 << 32) | i)).run().failovers)
+                .filter(|(what, _)| *what != "drain")
+                .map(|(_, t)| t)
+                .collect();
+            times.sort();
+            println!(
+                "{kind:>12}: {} failovers, median {:?}, p90 {:?}, p99 {:?}, max {:?}",
+                times.len(),
+                percentile(&times, 50),
+                percentile(&times, 90),
+                percentile(&times, 99),
+                times.last().expect("failovers")
+            );
+        }
+        for nodes in [3, 10, 50] {
+            let settled = Duration::from_secs(3);
+            let end = settled + Duration::from_secs(5);
+            let quiet = |end| Scenario {
+                seed: 4, // keyed: the datagrams carry their tag
+                nodes,
+                vips: nodes,
+                two_node_takeover: false,
+                loss: 0.0,
+                duplicate: 0.0,
+                delay: (Duration::from_micros(50), Duration::from_micros(500)),
+                faults: Vec::new(),
+                end,
+                stay_from: None,
+                returns: None,
+            };
+            let before = Sim::new(quiet(settled)).run();
+            let after = Sim::new(quiet(end)).run();
+            let seconds = (end - settled).as_secs_f64() * nodes as f64;
+            println!(
+                "{nodes:>3} nodes: {:.0} datagrams/s and {:.1} kB/s sent per node",
+                (after.datagrams - before.datagrams) as f64 / seconds,
+                (after.bytes - before.bytes) as f64 / seconds / 1000.0
+            );
+        }
     }
 }
