@@ -6,7 +6,8 @@
 //! - ingress rewrites exactly the well-formed IPv4 TCP/UDP packets to a VIP port with
 //!   backends (DNAT to one of them); an ARP request for the announced VIP gets the exact
 //!   reply; every other frame comes out byte for byte unchanged, passed, or dropped with its
-//!   reason when it is addressed to a VIP (fragment, malformed, unknown port, no backend);
+//!   reason when it is addressed to a VIP (fragment, malformed, ICMP, unknown port, no
+//!   backend);
 //! - egress rewrites exactly the well-formed replies from a backend on a flow the ingress
 //!   side balanced to it (source back to the VIP port); everything else passes unchanged;
 //! - a rewrite changes only the address, the port and the two checksums, and keeps each
@@ -285,8 +286,8 @@ enum Class {
     NotIpv4,
     Malformed,
     Fragment,
-    /// Neither TCP nor UDP.
-    OtherProtocol,
+    /// Neither TCP nor UDP: this protocol.
+    OtherProtocol(u8),
     Flow(Flow),
 }
 
@@ -326,7 +327,7 @@ fn classify(frame: &[u8]) -> (Option<[u8; 4]>, Class) {
     let l4_min = match protocol {
         proto::TCP => 20,
         proto::UDP => 8,
-        _ => return (Some(dst), Class::OtherProtocol),
+        _ => return (Some(dst), Class::OtherProtocol(protocol)),
     };
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     if total < ihl + l4_min || 14 + total > frame.len() {
@@ -413,7 +414,8 @@ fn expect_ingress(world: &World, frame: &[u8]) -> Expect {
         Class::NotIpv4 => Expect::Pass,
         Class::Malformed => Expect::Drop(Counter::DropMalformed),
         Class::Fragment => Expect::Drop(Counter::DropFragment),
-        Class::OtherProtocol => Expect::Drop(Counter::DropUnknownPort),
+        Class::OtherProtocol(proto::ICMP) => Expect::Drop(Counter::DropIcmp),
+        Class::OtherProtocol(_) => Expect::Drop(Counter::DropUnknownPort),
         Class::Flow(flow) => match world.services.get(&(dst, flow.dport, flow.protocol)) {
             None => Expect::Drop(Counter::DropUnknownPort),
             Some(backends) if backends.is_empty() => Expect::Drop(Counter::DropNoBackend),
@@ -479,10 +481,11 @@ fn expect_egress(world: &World, tracked: &HashMap<FlowKey, Endpoint>, frame: &[u
 // Running frames and judging the results.
 
 /// The counters whose every move the oracle predicts.
-const PREDICTED: [Counter; 8] = [
+const PREDICTED: [Counter; 9] = [
     Counter::ArpReply,
     Counter::RevNat,
     Counter::DropUnknownPort,
+    Counter::DropIcmp,
     Counter::DropNoBackend,
     Counter::DropBackendGone,
     Counter::DropFragment,

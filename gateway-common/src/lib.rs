@@ -1,62 +1,35 @@
 //! The contract between the gateway datapath (kernel) and the agent (userspace).
 //!
-//! Everything that crosses the kernel boundary is defined here exactly once: map names,
-//! map key and value layouts, flag bits, counter indexes, capacities and default timeouts.
-//! All structs are `#[repr(C)]` with explicit padding so both sides (and `bpftool`, which
-//! reads the BTF) agree on every byte.
+//! Everything that crosses the kernel boundary is defined here exactly once: the map table
+//! ([`maps`]: names, kinds, key and value types, sizes), map key and value layouts, flag
+//! bits, counter indexes, capacities ([`capacity`]) and default timeouts, and the checksum
+//! arithmetic both sides use ([`csum`]). All structs are `#[repr(C)]` with explicit padding
+//! so both sides (and `bpftool`, which reads the BTF) agree on every byte; their sizes are
+//! asserted at compile time, so the eBPF build checks them as well.
 //!
 //! Representation, chosen so `bpftool map dump` reads naturally: IPv4 addresses are their
 //! four bytes as on the wire ([`Ipv4`], printed `[192,168,10,49]`), ports are plain numbers
 //! in host byte order (printed `443`); the datapath swaps a port with one instruction.
 #![no_std]
 
+pub mod capacity;
+pub mod csum;
+pub mod maps;
 #[cfg(feature = "user")]
 mod user;
+
+use core::mem::size_of;
+
+pub use maps::map_names;
 #[cfg(feature = "user")]
 pub use user::*;
 
 /// An IPv4 address: its four bytes in wire order.
 pub type Ipv4 = [u8; 4];
 
-/// Map names, as defined in the eBPF object and used as pin file names under `--bpffs`.
-/// Kept under 16 bytes so `bpftool` shows them whole.
-pub mod map_names {
-    pub const VIP_FILTER: &str = "gw_vip_filter";
-    pub const VIPS: &str = "gw_vips";
-    pub const SERVICES: &str = "gw_services";
-    pub const SLOTS: &str = "gw_slots";
-    pub const BACKENDS: &str = "gw_backends";
-    pub const REVNAT: &str = "gw_revnat";
-    pub const CONNTRACK: &str = "gw_ct";
-    pub const AFFINITY: &str = "gw_affinity";
-    pub const L2: &str = "gw_l2";
-    pub const CONFIG: &str = "gw_config";
-    pub const COUNTERS: &str = "gw_counters";
-    pub const SERVICE_STATS: &str = "gw_svc_stats";
-    pub const BACKEND_STATS: &str = "gw_be_stats";
-    pub const SERVICE_NAMES: &str = "gw_svc_names";
-    pub const AGENT: &str = "gw_agent";
-    pub const GARP: &str = "gw_garp";
-    /// Every map the agent pins.
-    pub const ALL: [&str; 16] = [
-        VIP_FILTER,
-        VIPS,
-        SERVICES,
-        SLOTS,
-        BACKENDS,
-        REVNAT,
-        CONNTRACK,
-        AFFINITY,
-        L2,
-        CONFIG,
-        COUNTERS,
-        SERVICE_STATS,
-        BACKEND_STATS,
-        SERVICE_NAMES,
-        AGENT,
-        GARP,
-    ];
-}
+/// EtherTypes (linux/if_ether.h), as numbers: a frame carries them big-endian.
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
 
 /// Program names (the `#[classifier]` functions) and their tcx link pin names.
 pub mod program_names {
@@ -92,6 +65,8 @@ pub mod bench {
         pub _pad: [u8; 6],
         pub frame: [u8; FRAME_MAX],
     }
+
+    const _: () = assert!(core::mem::size_of::<BenchFrame>() == 16 + FRAME_MAX);
 }
 
 /// How the datapath learns the frame's `ip_summed` (which `__sk_buff` does not show) so it
@@ -115,28 +90,6 @@ pub mod kern_ctx {
     pub const CHECKSUM_PARTIAL: u8 = 3;
 }
 
-/// Default capacities (the agent's `--*-max` flags override them at load time). Service and
-/// backend ids index per-CPU arrays, so they are bounded by these.
-pub mod capacity {
-    /// Frontends (VIP, port, protocol). Id 0 is never used.
-    pub const SERVICES: u32 = 16384;
-    /// Distinct backends (address, port, protocol). Id 0 is never used.
-    pub const BACKENDS: u32 = 65536;
-    /// Backend slots over all services.
-    pub const SLOTS: u32 = 262144;
-    /// Distinct VIP addresses.
-    pub const VIPS: u32 = 4096;
-    /// Tracked flows (LRU).
-    pub const CONNTRACK: u32 = 262144;
-    /// ClientIP affinity entries (LRU).
-    pub const AFFINITY: u32 = 65536;
-    /// (interface, VIP) announcements.
-    pub const L2: u32 = 4096;
-    /// Backends sharing one (address, port, protocol) across services that reverse NAT can
-    /// tell apart: a reply is matched against each candidate frontend's conntrack entry.
-    pub const REVNAT_FRONTENDS: usize = 4;
-}
-
 /// Default timeouts in seconds, as in the reference (`bpf.ctTcpTimeout`, `bpf.ctAnyTimeout`,
 /// `sessionAffinityTimeoutSeconds`).
 pub mod timeouts {
@@ -155,6 +108,7 @@ pub mod timeouts {
 
 /// IP protocol numbers as stored in keys.
 pub mod proto {
+    pub const ICMP: u8 = 1;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
 }
@@ -181,12 +135,16 @@ pub struct VipKey {
     pub addr: Ipv4,
 }
 
+const _: () = assert!(size_of::<VipKey>() == 4);
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipInfo {
     /// Number of frontends (ports) on this VIP; informational.
     pub ports: u32,
 }
+
+const _: () = assert!(size_of::<VipInfo>() == 4);
 
 /// `gw_services` key: one frontend.
 #[repr(C)]
@@ -197,6 +155,8 @@ pub struct ServiceKey {
     pub proto: u8,
     pub _pad: u8,
 }
+
+const _: () = assert!(size_of::<ServiceKey>() == 8);
 
 /// `gw_services` value.
 #[repr(C)]
@@ -211,6 +171,8 @@ pub struct Service {
     pub flags: u16,
 }
 
+const _: () = assert!(size_of::<Service>() == 16);
+
 /// The service keeps ClientIP session affinity.
 pub const SERVICE_F_AFFINITY: u16 = 1 << 0;
 
@@ -222,6 +184,8 @@ pub struct SlotKey {
     pub slot: u32,
 }
 
+const _: () = assert!(size_of::<SlotKey>() == 8);
+
 /// `gw_backends`: array indexed by backend id. An entry with [`BACKEND_F_ACTIVE`] clear is a
 /// removed backend: flows still pointing at it are dropped, never moved.
 #[repr(C)]
@@ -232,6 +196,8 @@ pub struct Backend {
     pub proto: u8,
     pub flags: u8,
 }
+
+const _: () = assert!(size_of::<Backend>() == 8);
 
 pub const BACKEND_F_ACTIVE: u8 = 1 << 0;
 
@@ -245,6 +211,8 @@ pub struct RevNatKey {
     pub _pad: u8,
 }
 
+const _: () = assert!(size_of::<RevNatKey>() == 8);
+
 /// A frontend a reply may have to be rewritten to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -254,6 +222,8 @@ pub struct Frontend {
     pub _pad: u16,
 }
 
+const _: () = assert!(size_of::<Frontend>() == 8);
+
 /// `gw_revnat` value: the frontends this backend serves (at most
 /// [`capacity::REVNAT_FRONTENDS`]); the conntrack entry decides which one a reply belongs to.
 #[repr(C)]
@@ -262,6 +232,8 @@ pub struct RevNat {
     pub count: u32,
     pub frontends: [Frontend; capacity::REVNAT_FRONTENDS],
 }
+
+const _: () = assert!(size_of::<RevNat>() == 4 + 8 * capacity::REVNAT_FRONTENDS);
 
 /// `gw_ct` key: the flow as the client sent it (client -> VIP).
 #[repr(C)]
@@ -274,6 +246,8 @@ pub struct CtKey {
     pub proto: u8,
     pub _pad: [u8; 3],
 }
+
+const _: () = assert!(size_of::<CtKey>() == 16);
 
 /// `gw_ct` value: one per flow.
 #[repr(C)]
@@ -291,6 +265,8 @@ pub struct CtEntry {
     pub flags: u16,
 }
 
+const _: () = assert!(size_of::<CtEntry>() == 24);
+
 /// TCP: a packet other than a bare SYN came from the client (the handshake completed).
 pub const CT_F_ESTABLISHED: u16 = 1 << 0;
 /// TCP: FIN from the client.
@@ -303,15 +279,21 @@ pub const CT_F_RST: u16 = 1 << 3;
 pub const CT_F_TCP: u16 = 1 << 4;
 
 impl CtEntry {
+    /// The TCP connection is over: an RST, or a FIN both ways. A new SYN on the same tuple is
+    /// a new connection, balanced afresh.
+    #[inline(always)]
+    pub fn is_closed(&self) -> bool {
+        self.flags & CT_F_RST != 0
+            || self.flags & (CT_F_FIN_CLIENT | CT_F_FIN_BACKEND)
+                == CT_F_FIN_CLIENT | CT_F_FIN_BACKEND
+    }
+
     /// The lifetime of this entry after its last packet, in nanoseconds, given `config`.
     #[inline(always)]
     pub fn lifetime_ns(&self, config: &DatapathConfig) -> u64 {
         if self.flags & CT_F_TCP == 0 {
             config.ct_any_ns
-        } else if self.flags & CT_F_RST != 0
-            || self.flags & (CT_F_FIN_CLIENT | CT_F_FIN_BACKEND)
-                == CT_F_FIN_CLIENT | CT_F_FIN_BACKEND
-        {
+        } else if self.is_closed() {
             config.ct_close_ns
         } else if self.flags & CT_F_ESTABLISHED != 0 {
             config.ct_tcp_ns
@@ -334,6 +316,8 @@ pub struct AffinityKey {
     pub service_id: u32,
 }
 
+const _: () = assert!(size_of::<AffinityKey>() == 8);
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Affinity {
@@ -343,6 +327,8 @@ pub struct Affinity {
     pub _pad: u32,
 }
 
+const _: () = assert!(size_of::<Affinity>() == 16);
+
 /// `gw_l2` key: this node answers ARP for `vip` on interface `ifindex`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -350,6 +336,8 @@ pub struct L2Key {
     pub ifindex: u32,
     pub vip: Ipv4,
 }
+
+const _: () = assert!(size_of::<L2Key>() == 8);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -361,6 +349,8 @@ pub struct L2Entry {
     pub _pad: [u8; 2],
 }
 
+const _: () = assert!(size_of::<L2Entry>() == 16);
+
 /// `gw_config`: one-element array written by the agent at start.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -371,6 +361,8 @@ pub struct DatapathConfig {
     pub ct_close_ns: u64,
     pub clock: Clock,
 }
+
+const _: () = assert!(size_of::<DatapathConfig>() == 48);
 
 impl DatapathConfig {
     pub const fn from_secs(ct_tcp: u64, ct_any: u64, clock: Clock) -> Self {
@@ -398,6 +390,8 @@ pub struct Clock {
     pub offset_ns: u64,
 }
 
+const _: () = assert!(size_of::<Clock>() == 16);
+
 impl Clock {
     #[inline(always)]
     pub const fn at(&self, jiffies: u64) -> u64 {
@@ -414,6 +408,8 @@ impl Clock {
 pub struct ServiceName {
     pub name: [u8; 96],
 }
+
+const _: () = assert!(size_of::<ServiceName>() == 96);
 
 impl Default for ServiceName {
     fn default() -> Self {
@@ -448,6 +444,8 @@ pub struct AgentState {
     pub last_error: [u8; 1024],
 }
 
+const _: () = assert!(size_of::<AgentState>() == 40 + 64 + 256 + 1024);
+
 /// The datapath updates TCP/UDP checksums in place (it reads `ip_summed`, see [`kern_ctx`]);
 /// without it, through the kernel's helpers.
 pub const AGENT_F_CHECKSUMS_IN_PLACE: u32 = 1 << 0;
@@ -481,6 +479,8 @@ pub struct Traffic {
     pub rev_bytes: u64,
 }
 
+const _: () = assert!(size_of::<Traffic>() == 32);
+
 /// `gw_counters`: per-CPU array of u64 indexed by these. Every drop has a named reason.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -508,10 +508,12 @@ pub enum Counter {
     /// A new connection took over the conntrack entry of a closed one with the same tuple
     /// (so `ct_created` minus this minus the entries present is what LRU evicted).
     CtReplaced,
+    /// Drop: ICMP addressed to a VIP (neither answered nor balanced).
+    DropIcmp,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::CtReplaced as u32 + 1;
+    pub const COUNT: u32 = Counter::DropIcmp as u32 + 1;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::ArpReply,
         Counter::CtCreated,
@@ -524,6 +526,7 @@ impl Counter {
         Counter::DropMalformed,
         Counter::DropNatFailed,
         Counter::CtReplaced,
+        Counter::DropIcmp,
     ];
 
     /// Stable, human and JSON name.
@@ -540,6 +543,7 @@ impl Counter {
             Counter::DropMalformed => "drop_malformed",
             Counter::DropNatFailed => "drop_nat_failed",
             Counter::CtReplaced => "ct_replaced",
+            Counter::DropIcmp => "drop_icmp",
         }
     }
 }

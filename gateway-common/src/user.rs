@@ -77,22 +77,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn layouts_have_no_implicit_padding() {
-        use core::mem::size_of;
-        assert_eq!(size_of::<ServiceKey>(), 8);
-        assert_eq!(size_of::<Service>(), 16);
-        assert_eq!(size_of::<Backend>(), 8);
-        assert_eq!(size_of::<CtKey>(), 16);
-        assert_eq!(size_of::<CtEntry>(), 24);
-        assert_eq!(size_of::<AffinityKey>(), 8);
-        assert_eq!(size_of::<Affinity>(), 16);
-        assert_eq!(size_of::<L2Entry>(), 16);
-        assert_eq!(size_of::<AgentState>(), 40 + 64 + 256 + 1024);
-        assert_eq!(size_of::<RevNat>(), 4 + 8 * capacity::REVNAT_FRONTENDS);
-        assert_eq!(size_of::<Traffic>(), 32);
-    }
-
-    #[test]
     fn service_names_round_trip_and_truncate() {
         assert_eq!(
             ServiceName::new("gateway/gw:http").as_str(),

@@ -3,30 +3,28 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
-use gateway_common::{Counter, L2Key};
-use network_types::{arp::ArpHdr, eth::EthHdr};
+use aya_ebpf::helpers::bpf_redirect;
+use gateway_common::{Counter, ETH_P_IP, L2Key};
 
 use crate::{
     PASS,
     maps::L2,
-    packet::{ETH_HLEN, ptr_at},
+    packet::{ArpFrame, Packet},
     stats::count,
 };
 
 const ARPHRD_ETHER: [u8; 2] = [0, 1];
-const ETH_P_IP: [u8; 2] = [0x08, 0x00];
 const ARPOP_REQUEST: [u8; 2] = [0, 1];
 const ARPOP_REPLY: [u8; 2] = [0, 2];
 
 #[inline(always)]
-pub fn respond(ctx: &TcContext) -> i32 {
-    let (Some(eth), Some(arp)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<ArpHdr>(ctx, ETH_HLEN)) else {
+pub fn respond(pkt: &mut Packet) -> i32 {
+    let ifindex = pkt.ifindex();
+    let Some(ArpFrame { eth, arp }) = pkt.header_mut::<ArpFrame>(0) else {
         return PASS;
     };
-    let (eth, arp) = unsafe { (&mut *eth, &mut *arp) };
     if arp.htype != ARPHRD_ETHER
-        || arp.ptype != ETH_P_IP
+        || arp.ptype != ETH_P_IP.to_be_bytes()
         || arp.hlen != 6
         || arp.plen != 4
         || arp.oper != ARPOP_REQUEST
@@ -35,11 +33,12 @@ pub fn respond(ctx: &TcContext) -> i32 {
     {
         return PASS;
     }
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let vip = arp.tpa;
-    let Some(entry) = L2.get_ptr_mut(&L2Key { ifindex, vip }) else {
+    let Some(entry) = L2.get_ptr_mut(L2Key { ifindex, vip }) else {
         return PASS;
     };
+    // SAFETY: a value found in a hash map stays valid until the program returns (the kernel
+    // frees replaced and deleted elements after an RCU grace period).
     let mac = unsafe { (*entry).mac };
 
     // Turn the request into the reply in place and send it back out of the same interface.
@@ -53,9 +52,11 @@ pub fn respond(ctx: &TcContext) -> i32 {
 
     // The BPF target has no compare-and-swap, so `AtomicU64::fetch_add` is unavailable; the
     // intrinsic lowers to the BPF atomic add instruction.
+    // SAFETY: `entry` is valid as above, and the counter is a naturally aligned u64.
     unsafe {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).arp_replies, 1)
     };
     count(Counter::ArpReply);
+    // SAFETY: plain helper call with an interface index and no flags.
     unsafe { bpf_redirect(ifindex, 0) as i32 }
 }

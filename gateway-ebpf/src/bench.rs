@@ -15,7 +15,10 @@ use aya_ebpf::{
     macros::{btf_map, classifier},
     programs::TcContext,
 };
-use gateway_common::bench::{BenchFrame, FRAME_MAX};
+use gateway_common::{
+    bench::{BenchFrame, FRAME_MAX},
+    csum::{diff2, update_complete},
+};
 
 #[btf_map(name = "gw_bench_frame")]
 static FRAME: Array<BenchFrame, 1> = Array::new();
@@ -24,19 +27,17 @@ static FRAME: Array<BenchFrame, 1> = Array::new();
 static TARGET: ProgramArray<1> = ProgramArray::new();
 
 #[inline(always)]
-fn read16(frame: &[u8; FRAME_MAX], off: usize) -> u16 {
-    u16::from_be_bytes([frame[off], frame[off + 1]])
+fn read16(frame: &[u8; FRAME_MAX], off: usize) -> [u8; 2] {
+    [frame[off], frame[off + 1]]
 }
 
 #[inline(always)]
-fn write16(frame: &mut [u8; FRAME_MAX], off: usize, value: u16) {
-    let [hi, lo] = value.to_be_bytes();
+fn write16(frame: &mut [u8; FRAME_MAX], off: usize, [hi, lo]: [u8; 2]) {
     frame[off] = hi;
     frame[off + 1] = lo;
 }
 
-/// Adds one to the varied field (at an even offset) and updates the checksums over it
-/// (RFC 1624).
+/// Adds one to the varied field (at an even offset) and updates the checksums over it.
 #[inline(always)]
 fn next_flow(f: &mut BenchFrame) {
     // Fields are 16-bit aligned: masking keeps every access inside the frame for the
@@ -45,32 +46,34 @@ fn next_flow(f: &mut BenchFrame) {
     if off == 0 {
         return;
     }
-    let old = read16(&f.frame, off);
+    let old = u16::from_be_bytes(read16(&f.frame, off));
     let new = old.wrapping_add(1);
-    write16(&mut f.frame, off, new);
+    write16(&mut f.frame, off, new.to_be_bytes());
     for csum_off in f.csum_offs {
         let csum_off = csum_off as usize & (FRAME_MAX - 2);
         if csum_off == 0 {
             continue;
         }
-        let mut sum = (!read16(&f.frame, csum_off)) as u32 + (!old) as u32 + new as u32;
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        write16(&mut f.frame, csum_off, !(sum as u16));
+        let check = update_complete(read16(&f.frame, csum_off), diff2(old, new));
+        write16(&mut f.frame, csum_off, check);
     }
 }
 
 #[classifier]
 pub fn gw_bench(ctx: TcContext) -> i32 {
     let Some(f) = FRAME.get_ptr_mut(0) else {
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     };
+    // SAFETY: the array's only element, valid until the program returns; only the
+    // benchmark's single-threaded runs touch it.
     let f = unsafe { &mut *f };
     next_flow(f);
     let len = f.len;
     if len == 0 || len as usize > FRAME_MAX || len != ctx.len() {
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     }
+    // SAFETY: `len` bytes of the frame buffer, which holds FRAME_MAX >= len, into the
+    // program's own skb (whose length is `len`).
     let stored = unsafe {
         bpf_skb_store_bytes(
             ctx.skb.skb as *mut _,
@@ -81,11 +84,12 @@ pub fn gw_bench(ctx: TcContext) -> i32 {
         )
     };
     if stored != 0 {
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     }
+    // SAFETY: a tail call from the program's own context; it does not return on success.
     unsafe { TARGET.tail_call(&ctx, 0) };
     // Only reached if the slot is empty: a misconfigured benchmark, not a measurement.
-    TC_ACT_SHOT as i32
+    TC_ACT_SHOT
 }
 
 #[cfg(not(test))]

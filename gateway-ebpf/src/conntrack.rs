@@ -1,6 +1,7 @@
 //! Connection tracking: one LRU entry per flow, keyed by the flow as the client sent it.
-//! Lifetimes follow the TCP state (see `CtEntry::lifetime_ns`); expired entries are treated
-//! as absent, so no garbage collector is needed for correctness.
+//! Lifetimes follow the TCP state (see `CtEntry::lifetime_ns`, and `CtEntry::is_closed` for a
+//! connection that is over); expired entries are treated as absent, so no garbage collector
+//! is needed for correctness.
 
 use gateway_common::{
     CT_F_ESTABLISHED, CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_RST, CT_F_TCP, CtEntry, CtKey, Ipv4,
@@ -19,6 +20,7 @@ pub fn key(flow: &Flow) -> CtKey {
 pub fn key_of(client_addr: Ipv4, vip: Ipv4, client_port: u16, vip_port: u16, proto: u8) -> CtKey {
     // Starting from zero rather than spelling out `_pad: [0; 3]`: LLVM lowers that 3-byte
     // literal to a call to memset on every packet.
+    // SAFETY: `CtKey` is made of integers only: all zeros is a valid key.
     let mut key: CtKey = unsafe { core::mem::zeroed() };
     key.client_addr = client_addr;
     key.vip = vip;
@@ -58,14 +60,6 @@ pub fn backend_flags(flow: &Flow) -> u16 {
         flags |= CT_F_RST;
     }
     flags
-}
-
-/// The connection is over (RST, or FIN both ways): a new SYN on the same tuple is a new
-/// connection and may be balanced afresh.
-#[inline(always)]
-pub fn is_closing(entry: &CtEntry) -> bool {
-    entry.flags & CT_F_RST != 0
-        || entry.flags & (CT_F_FIN_CLIENT | CT_F_FIN_BACKEND) == CT_F_FIN_CLIENT | CT_F_FIN_BACKEND
 }
 
 #[inline(always)]

@@ -35,7 +35,11 @@ pub fn select(flow: &Flow, now: u64) -> Result<Selection, Counter> {
         proto: flow.proto,
         _pad: 0,
     };
-    let service = unsafe { *SERVICES.get_ptr(&key).ok_or(Counter::DropUnknownPort)? };
+    let service = SERVICES.get_ptr(key).ok_or(Counter::DropUnknownPort)?;
+    // SAFETY: a value found in a hash map stays valid until the program returns (the kernel
+    // frees replaced and deleted elements after an RCU grace period); the agent replaces a
+    // service whole, never field by field.
+    let service = unsafe { *service };
     if service.backend_count == 0 {
         return Err(Counter::DropNoBackend);
     }
@@ -46,7 +50,8 @@ pub fn select(flow: &Flow, now: u64) -> Result<Selection, Counter> {
         client_addr: flow.saddr,
         service_id: service.id,
     };
-    if let Some(entry) = AFFINITY.get_ptr_mut(&affinity_key) {
+    if let Some(entry) = AFFINITY.get_ptr_mut(affinity_key) {
+        // SAFETY: as for `service` above.
         let affinity = unsafe { &mut *entry };
         // An entry pointing at a removed backend is ignored and replaced below.
         if now.saturating_sub(affinity.last_used_ns) <= service.affinity_timeout_ns
@@ -70,12 +75,13 @@ pub fn select(flow: &Flow, now: u64) -> Result<Selection, Counter> {
 /// A uniformly random slot among the service's backends.
 #[inline(always)]
 fn pick(service_id: u32, backend_count: u16) -> Result<Selection, Counter> {
+    // SAFETY: a helper without arguments.
     let slot = unsafe { bpf_get_prandom_u32() } % backend_count as u32 + 1;
-    let backend_id = unsafe {
-        *SLOTS
-            .get_ptr(&SlotKey { service_id, slot })
-            .ok_or(Counter::DropNoBackend)?
-    };
+    let backend_id = SLOTS
+        .get_ptr(SlotKey { service_id, slot })
+        .ok_or(Counter::DropNoBackend)?;
+    // SAFETY: as for `service` in `select`.
+    let backend_id = unsafe { *backend_id };
     let backend = active_backend(backend_id).ok_or(Counter::DropNoBackend)?;
     Ok(Selection {
         service_id,
@@ -89,7 +95,7 @@ fn pick(service_id: u32, backend_count: u16) -> Result<Selection, Counter> {
 fn remember(key: &AffinityKey, backend_id: u32, now: u64) {
     let _ = AFFINITY.insert(
         key,
-        &Affinity {
+        Affinity {
             last_used_ns: now,
             backend_id,
             _pad: 0,

@@ -1,9 +1,10 @@
 //! The gateway datapath: TC programs attached at ingress and egress of the node's uplinks.
 //!
-//! One concern per module, as in Cilium's bpf/lib: `packet` (parsing), `arp` (L2
-//! announcement), `lb` (service lookup, backend selection, affinity), `conntrack`, `nat`
-//! (rewrites and checksums), `stats` (counters), `maps`; `ingress` and `egress` tie them
-//! together. Every drop is counted under a named reason.
+//! One concern per module, as in Cilium's bpf/lib: `packet` (every access to the frame, and
+//! header parsing), `arp` (L2 announcement), `lb` (service lookup, backend selection,
+//! affinity), `conntrack`, `nat` (rewrites and checksums), `skb` (`ip_summed`), `stats`
+//! (counters), `maps` (expanded from gateway-common's map table), `log` (debug events);
+//! `ingress` and `egress` tie them together. Every drop is counted under a named reason.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -28,17 +29,19 @@ use aya_ebpf::{
 };
 use gateway_common::{Counter, DatapathConfig};
 
+use crate::packet::Packet;
+
 /// Not ours: let the next program (tcx) or the stack have it, untouched.
 pub const PASS: i32 = aya_ebpf::bindings::TC_ACT_UNSPEC;
 
 #[classifier]
 pub fn gw_ingress(ctx: TcContext) -> i32 {
-    ingress::run(&ctx)
+    ingress::run(&mut Packet::new(&ctx))
 }
 
 #[classifier]
 pub fn gw_egress(ctx: TcContext) -> i32 {
-    egress::run(&ctx)
+    egress::run(&mut Packet::new(&ctx))
 }
 
 /// Reads jiffies and CLOCK_MONOTONIC_COARSE side by side into the frame's first 16 bytes:
@@ -47,10 +50,11 @@ pub fn gw_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn gw_clock(ctx: TcContext) -> i32 {
     use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
+    // SAFETY: helpers without arguments.
     let clocks = unsafe { [bpf_jiffies64(), bpf_ktime_get_coarse_ns()] };
     match ctx.store(0, &clocks, 0) {
-        Ok(()) => TC_ACT_OK as i32,
-        Err(_) => TC_ACT_SHOT as i32,
+        Ok(()) => TC_ACT_OK,
+        Err(_) => TC_ACT_SHOT,
     }
 }
 
@@ -58,23 +62,24 @@ pub fn gw_clock(ctx: TcContext) -> i32 {
 /// agent never loads it.
 #[classifier]
 pub fn gw_floor(_ctx: TcContext) -> i32 {
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 /// The datapath's clock (see `gateway_common::Clock`): jiffies, which the verifier inlines
 /// into a single load, in nanoseconds that read as CLOCK_MONOTONIC_COARSE.
 #[inline(always)]
 pub fn now_ns(config: &DatapathConfig) -> u64 {
+    // SAFETY: a helper without arguments.
     config
         .clock
         .at(unsafe { aya_ebpf::helpers::bpf_jiffies64() })
 }
 
 #[inline(always)]
-pub fn drop(ctx: &TcContext, reason: Counter) -> i32 {
+pub fn drop(pkt: &Packet, reason: Counter) -> i32 {
     stats::count(reason);
-    log::debug!(ctx, "drop: {}", reason.name());
-    TC_ACT_SHOT as i32
+    log::debug!(pkt.ctx(), "drop: {}", reason.name());
+    TC_ACT_SHOT
 }
 
 #[cfg(not(test))]

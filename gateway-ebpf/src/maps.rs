@@ -1,6 +1,6 @@
-//! Every map of the datapath, as BTF maps so `bpftool map dump` prints field names.
-//! Names and layouts come from `gateway_common`; the agent pins each map under `--bpffs`
-//! by the same name and may resize the capacities at load time.
+//! Every map of the datapath, expanded from gateway-common's map table (`map_table!`): as BTF
+//! maps, so `bpftool map dump` prints field names, with the sizes of the default capacity
+//! (the agent sets its own at load time and pins each map under `--bpffs` by its name).
 
 use aya_ebpf::{
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -9,68 +9,49 @@ use aya_ebpf::{
 use gateway_common::{
     Affinity, AffinityKey, AgentState, Backend, Counter, CtEntry, CtKey, DatapathConfig, GarpCount,
     L2Entry, L2Key, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic,
-    VIP_FILTER_WORDS, VipInfo, VipKey, capacity,
+    VIP_FILTER_WORDS, VipInfo, VipKey,
+    capacity::Capacity,
+    maps::{Kind, Size},
 };
 
-#[btf_map(name = "gw_vip_filter")]
-pub static VIP_FILTER: Array<u64, { VIP_FILTER_WORDS as usize }> = Array::new();
+/// One BTF map static of the table's `kind`, holding `entries`.
+macro_rules! btf_map_static {
+    ($(#[$doc:meta])* $static:ident $name:tt Array<$key:ty => $value:ty> $entries:expr) => {
+        $(#[$doc])*
+        #[btf_map(name = $name)]
+        pub static $static: Array<$value, { $entries }> = Array::new();
+    };
+    ($(#[$doc:meta])* $static:ident $name:tt Hash<$key:ty => $value:ty> $entries:expr) => {
+        $(#[$doc])*
+        #[btf_map(name = $name)]
+        pub static $static: HashMap<$key, $value, { $entries }> = HashMap::new();
+    };
+    ($(#[$doc:meta])* $static:ident $name:tt LruHash<$key:ty => $value:ty> $entries:expr) => {
+        $(#[$doc])*
+        #[btf_map(name = $name)]
+        pub static $static: LruHashMap<$key, $value, { $entries }, { Kind::LruHash.flags() as usize }> =
+            LruHashMap::new();
+    };
+    ($(#[$doc:meta])* $static:ident $name:tt PerCpuArray<$key:ty => $value:ty> $entries:expr) => {
+        $(#[$doc])*
+        #[btf_map(name = $name)]
+        pub static $static: PerCpuArray<$value, { $entries }> = PerCpuArray::new();
+    };
+}
 
-#[btf_map(name = "gw_vips")]
-pub static VIPS: HashMap<VipKey, VipInfo, { capacity::VIPS as usize }> = HashMap::new();
+macro_rules! btf_maps {
+    ($(
+        $(#[$doc:meta])*
+        $static:ident $handle:ident $name:tt:
+            $kind:ident<$key:ty => $value:ty> = $size:ident $(($entries:expr))?,
+    )*) => {
+        $(
+            btf_map_static!(
+                $(#[$doc])* $static $name $kind<$key => $value>
+                Size::$size $(($entries))?.entries(&Capacity::DEFAULT) as usize
+            );
+        )*
+    };
+}
 
-#[btf_map(name = "gw_services")]
-pub static SERVICES: HashMap<ServiceKey, Service, { capacity::SERVICES as usize }> = HashMap::new();
-
-#[btf_map(name = "gw_slots")]
-pub static SLOTS: HashMap<SlotKey, u32, { capacity::SLOTS as usize }> = HashMap::new();
-
-#[btf_map(name = "gw_backends")]
-pub static BACKENDS: Array<Backend, { capacity::BACKENDS as usize }> = Array::new();
-
-#[btf_map(name = "gw_revnat")]
-pub static REVNAT: HashMap<RevNatKey, RevNat, { capacity::BACKENDS as usize }> = HashMap::new();
-
-/// Per-CPU LRU lists: inserting a new flow never takes a lock shared with other CPUs (as in
-/// Katran). Each CPU evicts from its own share of the table.
-const NO_COMMON_LRU: usize = aya_ebpf::bindings::BPF_F_NO_COMMON_LRU as usize;
-
-#[btf_map(name = "gw_ct")]
-pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { capacity::CONNTRACK as usize }, NO_COMMON_LRU> =
-    LruHashMap::new();
-
-#[btf_map(name = "gw_affinity")]
-pub static AFFINITY: LruHashMap<
-    AffinityKey,
-    Affinity,
-    { capacity::AFFINITY as usize },
-    NO_COMMON_LRU,
-> = LruHashMap::new();
-
-#[btf_map(name = "gw_l2")]
-pub static L2: HashMap<L2Key, L2Entry, { capacity::L2 as usize }> = HashMap::new();
-
-#[btf_map(name = "gw_config")]
-pub static CONFIG: Array<DatapathConfig, 1> = Array::new();
-
-#[btf_map(name = "gw_counters")]
-pub static COUNTERS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
-
-#[btf_map(name = "gw_svc_stats")]
-pub static SERVICE_STATS: PerCpuArray<Traffic, { capacity::SERVICES as usize }> =
-    PerCpuArray::new();
-
-#[btf_map(name = "gw_be_stats")]
-pub static BACKEND_STATS: PerCpuArray<Traffic, { capacity::BACKENDS as usize }> =
-    PerCpuArray::new();
-
-#[btf_map(name = "gw_svc_names")]
-pub static SERVICE_NAMES: HashMap<u32, ServiceName, { capacity::SERVICES as usize }> =
-    HashMap::new();
-
-/// The agent's own state (see `AgentState`); the programs never touch it.
-#[btf_map(name = "gw_agent")]
-pub static AGENT: Array<AgentState, 1> = Array::new();
-
-/// Gratuitous ARP counts (see `GarpCount`); the programs never touch it.
-#[btf_map(name = "gw_garp")]
-pub static GARP: HashMap<L2Key, GarpCount, { capacity::L2 as usize }> = HashMap::new();
+gateway_common::map_table!(btf_maps);

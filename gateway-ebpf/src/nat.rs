@@ -1,4 +1,5 @@
-//! Address and port rewriting with incremental checksum updates (RFC 1624).
+//! Address and port rewriting with incremental checksum updates (RFC 1624; the arithmetic is
+//! `gateway_common::csum`).
 //!
 //! How the L4 checksum field is updated depends on `skb->ip_summed`, which the datapath
 //! reads through the kfunc `bpf_cast_to_kern_ctx` (see `skb`): a `CHECKSUM_PARTIAL` frame
@@ -10,18 +11,16 @@
 //! helper calls per rewrite (about 50 ns on the benchmark VM, where each call and return is
 //! expensive). The IPv4 header checksum is always complete and always written in place.
 
-use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    programs::TcContext,
-};
+use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
 use gateway_common::{
     Ipv4,
+    csum::{diff2, diff4, update_complete, update_seed},
     kern_ctx::{CHECKSUM_NONE, CHECKSUM_PARTIAL, CHECKSUM_UNNECESSARY},
 };
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
-    packet::{ETH_HLEN, Flow, ptr_at},
+    packet::{ETH_HLEN, Flow, Packet},
     skb,
 };
 
@@ -36,79 +35,41 @@ pub enum Side {
 
 pub struct NatFailed;
 
-/// The ones'-complement sum of a 16-bit word, as the checksum adds it.
-#[inline(always)]
-fn word(b: [u8; 2]) -> u32 {
-    u16::from_be_bytes(b) as u32
-}
-
-/// What replacing `from` by `to` adds to a ones'-complement sum (RFC 1624: ~m + m').
-#[inline(always)]
-fn diff4(from: Ipv4, to: Ipv4) -> u32 {
-    let w = |b: Ipv4, i: usize| word([b[i], b[i + 1]]);
-    (!w(from, 0) & 0xffff) + (!w(from, 2) & 0xffff) + w(to, 0) + w(to, 2)
-}
-
-#[inline(always)]
-fn diff2(from: u16, to: u16) -> u32 {
-    (!from as u32 & 0xffff) + to as u32
-}
-
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
-}
-
-/// A complete checksum field after a change of `diff` (RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m')).
-#[inline(always)]
-fn update_complete(check: [u8; 2], diff: u32) -> [u8; 2] {
-    (!fold((!u16::from_be_bytes(check)) as u32 + diff)).to_be_bytes()
-}
-
-/// The pseudo-header seed of a `CHECKSUM_PARTIAL` frame after a change of `diff`: the seed is
-/// a plain sum (the device complements it once it has added the segment).
-#[inline(always)]
-fn update_seed(seed: [u8; 2], diff: u32) -> [u8; 2] {
-    fold(word(seed) + diff).to_be_bytes()
-}
-
 /// Rewrites one side of `flow` to `addr:port` (port in host byte order).
 #[inline(always)]
 pub fn rewrite(
-    ctx: &TcContext,
+    pkt: &mut Packet,
     flow: &Flow,
     side: Side,
     addr: Ipv4,
     port: u16,
 ) -> Result<(), NatFailed> {
-    let (old_addr, old_port, port_off) = match side {
-        Side::Destination => (flow.daddr, flow.dport, flow.l4_off + 2),
-        Side::Source => (flow.saddr, flow.sport, flow.l4_off),
+    let (old_addr, old_port) = match side {
+        Side::Destination => (flow.daddr, flow.dport),
+        Side::Source => (flow.saddr, flow.sport),
     };
-    match skb::ip_summed(ctx) {
+    let port_off = flow.port_off(side == Side::Destination);
+    match skb::ip_summed(pkt.ctx()) {
         // The field holds the pseudo-header sum only: the address is in it, the port not.
         Some(CHECKSUM_PARTIAL) => {
-            update_l4_check(ctx, flow, |check| update_seed(check, diff4(old_addr, addr)))?
+            update_l4_check(pkt, flow, |check| update_seed(check, diff4(old_addr, addr)))?
         }
         // A complete checksum, and no skb->csum to keep in step: all in place.
-        Some(CHECKSUM_NONE | CHECKSUM_UNNECESSARY) => update_l4_check(ctx, flow, |check| {
+        Some(CHECKSUM_NONE | CHECKSUM_UNNECESSARY) => update_l4_check(pkt, flow, |check| {
             update_complete(check, diff4(old_addr, addr) + diff2(old_port, port))
         })?,
         // CHECKSUM_COMPLETE (skb->csum covers the frame and must follow the address), or
         // `ip_summed` unknown: the kernel's helpers.
-        _ => l4_csum_replace(ctx, flow, old_addr, addr, old_port, port)?,
+        _ => l4_csum_replace(pkt, flow, old_addr, addr, old_port, port)?,
     }
-    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or(NatFailed)?;
-    let ports = ptr_at::<[u8; 2]>(ctx, port_off).ok_or(NatFailed)?;
-    let ip = unsafe { &mut *ip };
+    let ip = pkt.header_mut::<Ipv4Hdr>(ETH_HLEN).ok_or(NatFailed)?;
     ip.check = update_complete(ip.check, diff4(old_addr, addr));
     match side {
         Side::Destination => ip.dst_addr = addr,
         Side::Source => ip.src_addr = addr,
     }
-    unsafe { *ports = port.to_be_bytes() };
+    let ports = pkt.header_mut::<[u8; 2]>(port_off).ok_or(NatFailed)?;
+    *ports = port.to_be_bytes();
     Ok(())
 }
 
@@ -116,12 +77,11 @@ pub fn rewrite(
 /// zero and a result of zero is sent as 0xffff, as the kernel's `BPF_F_MARK_MANGLED_0` does.
 #[inline(always)]
 fn update_l4_check(
-    ctx: &TcContext,
+    pkt: &mut Packet,
     flow: &Flow,
     update: impl FnOnce([u8; 2]) -> [u8; 2],
 ) -> Result<(), NatFailed> {
-    let check = ptr_at::<[u8; 2]>(ctx, flow.csum_off).ok_or(NatFailed)?;
-    let check = unsafe { &mut *check };
+    let check = pkt.header_mut::<[u8; 2]>(flow.csum_off).ok_or(NatFailed)?;
     if flow.is_tcp() {
         *check = update(*check);
     } else if *check != [0, 0] {
@@ -133,10 +93,10 @@ fn update_l4_check(
 
 /// The L4 checksum through the kernel's helpers, which know `ip_summed` themselves: the
 /// address change with `BPF_F_PSEUDO_HDR` (it also moves skb->csum), the port change only
-/// into a complete checksum. The helpers may move the data: pointers are taken afresh after.
+/// into a complete checksum. The helpers may move the data: headers are taken afresh after.
 #[inline(always)]
 fn l4_csum_replace(
-    ctx: &TcContext,
+    pkt: &mut Packet,
     flow: &Flow,
     old_addr: Ipv4,
     addr: Ipv4,
@@ -154,7 +114,7 @@ fn l4_csum_replace(
             u32::from_ne_bytes(old_addr) as u64,
             u32::from_ne_bytes(addr) as u64,
         );
-        ctx.l4_csum_replace(
+        pkt.l4_csum_replace(
             flow.csum_off,
             from,
             to,
@@ -163,7 +123,7 @@ fn l4_csum_replace(
         .map_err(|_| NatFailed)?;
     }
     if old_port != port {
-        ctx.l4_csum_replace(
+        pkt.l4_csum_replace(
             flow.csum_off,
             old_port.to_be() as u64,
             port.to_be() as u64,

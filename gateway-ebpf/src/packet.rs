@@ -1,16 +1,14 @@
-//! Packet parsing: bounds-checked access to the Ethernet, ARP, IPv4 and TCP/UDP headers.
-//! Nothing here writes; a frame that fails a check is never rewritten.
+//! The frame: [`Packet`] holds every access to packet memory (bounds-checked the way the
+//! verifier needs it), and the Ethernet, ARP, IPv4 and TCP/UDP headers are parsed here.
+//! Nothing here writes on its own; a frame that fails a check is never rewritten.
 
-use core::mem::size_of;
+use core::mem::{align_of, offset_of, size_of};
 
-use aya_ebpf::programs::TcContext;
-use gateway_common::{Counter, Ipv4, proto};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
+use aya_ebpf::{cty::c_long, programs::TcContext};
+use gateway_common::{Counter, ETH_P_ARP, ETH_P_IP, Ipv4, proto};
+use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 
 pub const ETH_HLEN: usize = EthHdr::LEN;
-/// EtherTypes in network byte order, as read from the frame.
-pub const ETH_P_IP: u16 = 0x0800u16.to_be();
-pub const ETH_P_ARP: u16 = 0x0806u16.to_be();
 
 const TCP_FLAG_FIN: u8 = 0x01;
 const TCP_FLAG_SYN: u8 = 0x02;
@@ -36,41 +34,165 @@ impl TcpHdr {
     pub const LEN: usize = size_of::<TcpHdr>();
 }
 
-/// A pointer to a `T` at `offset`, if the whole `T` lies inside the linear packet data.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + size_of::<T>() > end {
-        return None;
-    }
-    Some((start + offset) as *mut T)
+/// The ports, which open a TCP and a UDP header alike.
+#[repr(C)]
+pub struct Ports {
+    pub source: [u8; 2],
+    pub dest: [u8; 2],
 }
 
-/// Like [`ptr_at`], but first pulls non-linear data in when the frame is long enough: a
-/// veth or GRO frame may carry its L4 header outside the linear part.
-#[inline(always)]
-pub fn pull_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
-    if let Some(p) = ptr_at::<T>(ctx, offset) {
-        return Some(p);
+const _: () = assert!(
+    offset_of!(TcpHdr, source) == offset_of!(Ports, source)
+        && offset_of!(TcpHdr, dest) == offset_of!(Ports, dest)
+        && offset_of!(UdpHdr, src) == offset_of!(Ports, source)
+        && offset_of!(UdpHdr, dst) == offset_of!(Ports, dest)
+);
+
+/// An ARP packet over Ethernet, as one header: the request is answered in place.
+#[repr(C)]
+pub struct ArpFrame {
+    pub eth: EthHdr,
+    pub arp: ArpHdr,
+}
+
+/// Types [`Packet`] hands out references to, in packet memory.
+///
+/// # Safety
+///
+/// `#[repr(C)]`, made only of integers and arrays of them (any bytes are a valid value), and
+/// aligned to at most 2: the kernel starts a frame at an even address (its buffers and
+/// headroom are aligned, and `NET_IP_ALIGN` is 0 or 2). Only `EthHdr` (its `u16` EtherType)
+/// needs more than 1.
+pub unsafe trait Header {}
+
+macro_rules! headers {
+    ($($t:ty),+) => {
+        $(
+            // SAFETY: each type is repr(C) with byte and integer fields only; the assertion
+            // below bounds its alignment.
+            unsafe impl Header for $t {}
+            const _: () = assert!(align_of::<$t>() <= 2);
+        )+
+    };
+}
+
+headers!(EthHdr, ArpFrame, Ipv4Hdr, TcpHdr, UdpHdr, Ports, [u8; 2]);
+
+/// The frame of one program run. Headers are borrowed from it: a shared borrow to read, an
+/// exclusive one to write, and none may be held across a call that can move the frame
+/// ([`Packet::pull`], [`Packet::l4_csum_replace`]), which the verifier would refuse at load.
+pub struct Packet<'a> {
+    ctx: &'a TcContext,
+}
+
+impl<'a> Packet<'a> {
+    #[inline(always)]
+    pub fn new(ctx: &'a TcContext) -> Self {
+        Self { ctx }
     }
-    let need = (offset + size_of::<T>()) as u32;
-    if ctx.len() < need || ctx.pull_data(need).is_err() {
-        return None;
+
+    /// The program's context, for what does not touch packet memory (log events).
+    #[inline(always)]
+    pub fn ctx(&self) -> &'a TcContext {
+        self.ctx
     }
-    ptr_at::<T>(ctx, offset)
+
+    /// Length of the whole frame, linear or not.
+    #[inline(always)]
+    pub fn len(&self) -> u32 {
+        self.ctx.len()
+    }
+
+    /// The interface the frame arrived on (ingress) or leaves by (egress).
+    #[inline(always)]
+    pub fn ifindex(&self) -> u32 {
+        // SAFETY: `skb` is the program's own `__sk_buff` context, valid for the whole run.
+        unsafe { (*self.ctx.skb.skb).ifindex }
+    }
+
+    /// Where a `T` at `offset` is, if all of it lies inside the linear data: the comparison
+    /// against `data_end` is the one the verifier needs to allow the access.
+    #[inline(always)]
+    fn ptr_at<T: Header>(&self, offset: usize) -> Option<*mut T> {
+        let start = self.ctx.data();
+        let end = self.ctx.data_end();
+        if start + offset + size_of::<T>() > end {
+            return None;
+        }
+        let p = (start + offset) as *mut T;
+        // SAFETY: packet data is kernel memory, never at address 0. Said to the compiler, it
+        // spares a null test of the references made from `p` (`None` of an `Option<&T>` is
+        // null) on every packet.
+        unsafe { core::hint::assert_unchecked(!p.is_null()) };
+        Some(p)
+    }
+
+    /// The `T` at `offset`, if the linear data holds all of it.
+    #[inline(always)]
+    pub fn header<T: Header>(&self, offset: usize) -> Option<&T> {
+        let p = self.ptr_at::<T>(offset)?;
+        // SAFETY: `ptr_at` checked that the whole `T` lies in the frame's linear data, which
+        // stays put while `self` is borrowed (only `&mut self` calls can move it); any bytes
+        // are a `T`, and its alignment is met (see `Header`).
+        Some(unsafe { &*p })
+    }
+
+    /// The `T` at `offset` to write to, if the linear data holds all of it.
+    #[inline(always)]
+    pub fn header_mut<T: Header>(&mut self, offset: usize) -> Option<&mut T> {
+        let p = self.ptr_at::<T>(offset)?;
+        // SAFETY: as in `header`; the exclusive borrow of `self` keeps any other reference
+        // into the frame from being alive at the same time.
+        Some(unsafe { &mut *p })
+    }
+
+    /// Like [`Packet::header`], but first pulls non-linear data in when the frame is long
+    /// enough: a veth or GRO frame may carry its L4 header outside the linear part.
+    #[inline(always)]
+    pub fn pull<T: Header>(&mut self, offset: usize) -> Option<&T> {
+        let p = match self.ptr_at::<T>(offset) {
+            Some(p) => p,
+            None => {
+                let need = (offset + size_of::<T>()) as u32;
+                if self.ctx.len() < need || self.ctx.pull_data(need).is_err() {
+                    return None;
+                }
+                self.ptr_at::<T>(offset)?
+            }
+        };
+        // SAFETY: as in `header`, for the data as it is after the pull.
+        Some(unsafe { &*p })
+    }
+
+    /// `bpf_l4_csum_replace` on the checksum field at `offset`; the kernel may move the frame.
+    #[inline(always)]
+    pub fn l4_csum_replace(
+        &mut self,
+        offset: usize,
+        from: u64,
+        to: u64,
+        flags: u64,
+    ) -> Result<(), c_long> {
+        self.ctx.l4_csum_replace(offset, from, to, flags)
+    }
+}
+
+/// What the Ethernet header carries, as far as the datapath cares.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum EtherType {
+    Ipv4,
+    Arp,
+    Other,
 }
 
 #[inline(always)]
-pub fn ether_type(ctx: &TcContext) -> Option<u16> {
-    let eth = ptr_at::<EthHdr>(ctx, 0)?;
-    Some(unsafe { (*eth).ether_type })
-}
-
-/// The IPv4 header, if the frame is long enough to hold one.
-#[inline(always)]
-pub fn ipv4(ctx: &TcContext) -> Option<*mut Ipv4Hdr> {
-    ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)
+pub fn ether_type(pkt: &Packet) -> EtherType {
+    match pkt.header::<EthHdr>(0).map(|eth| eth.ether_type) {
+        // The field as it sits in the frame: big-endian.
+        Some(t) if t == ETH_P_IP.to_be() => EtherType::Ipv4,
+        Some(t) if t == ETH_P_ARP.to_be() => EtherType::Arp,
+        _ => EtherType::Other,
+    }
 }
 
 /// Why an IPv4 packet cannot be load-balanced.
@@ -81,7 +203,9 @@ pub enum Invalid {
     Malformed,
     /// A fragment: only the first carries ports, so no fragment can be balanced safely.
     Fragment,
-    /// Neither TCP nor UDP.
+    /// ICMP: neither answered nor balanced.
+    Icmp,
+    /// Neither TCP, UDP nor ICMP.
     Protocol,
 }
 
@@ -92,9 +216,53 @@ impl Invalid {
         match self {
             Invalid::Malformed => Counter::DropMalformed,
             Invalid::Fragment => Counter::DropFragment,
+            Invalid::Icmp => Counter::DropIcmp,
             Invalid::Protocol => Counter::DropUnknownPort,
         }
     }
+}
+
+/// What a valid IPv4 header of a TCP or UDP packet says (its bytes may be gone once the L4
+/// header is pulled in).
+#[derive(Clone, Copy)]
+pub struct Ipv4Packet {
+    pub saddr: Ipv4,
+    pub daddr: Ipv4,
+    pub proto: u8,
+    /// Header length in bytes.
+    pub ihl: usize,
+    pub tot_len: usize,
+}
+
+/// Validates the IPv4 header of a frame of `frame_len` bytes, up to the protocol.
+#[inline(always)]
+pub fn ipv4(ip: &Ipv4Hdr, frame_len: u32) -> Result<Ipv4Packet, Invalid> {
+    let ihl = (ip.vihl & 0x0f) as usize * 4;
+    if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+        return Err(Invalid::Malformed);
+    }
+    // More-fragments flag or a non-zero offset.
+    if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
+        return Err(Invalid::Fragment);
+    }
+    let proto = ip.proto;
+    let l4_len = match proto {
+        proto::TCP => TcpHdr::LEN,
+        proto::UDP => UdpHdr::LEN,
+        proto::ICMP => return Err(Invalid::Icmp),
+        _ => return Err(Invalid::Protocol),
+    };
+    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if tot_len < ihl + l4_len || ETH_HLEN + tot_len > frame_len as usize {
+        return Err(Invalid::Malformed);
+    }
+    Ok(Ipv4Packet {
+        saddr: ip.src_addr,
+        daddr: ip.dst_addr,
+        proto,
+        ihl,
+        tot_len,
+    })
 }
 
 /// A TCP or UDP packet over IPv4 with every header it needs inside the frame.
@@ -135,36 +303,32 @@ impl Flow {
     pub fn is_rst(&self) -> bool {
         self.tcp_flags & TCP_FLAG_RST != 0
     }
+
+    /// Offset of the port field of this end of the flow.
+    #[inline(always)]
+    pub fn port_off(&self, destination: bool) -> usize {
+        self.l4_off
+            + if destination {
+                offset_of!(Ports, dest)
+            } else {
+                offset_of!(Ports, source)
+            }
+    }
 }
 
-/// Validates the IPv4 header at `ip` and reads the TCP/UDP ports.
+/// Reads the TCP/UDP header of the valid IPv4 packet `ip`.
 #[inline(always)]
-pub fn flow(ctx: &TcContext, ip: *mut Ipv4Hdr) -> Result<Flow, Invalid> {
-    let ip = unsafe { &*ip };
-    let ihl = (ip.vihl & 0x0f) as usize * 4;
-    if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
-        return Err(Invalid::Malformed);
-    }
-    // More-fragments flag or a non-zero offset.
-    if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
-        return Err(Invalid::Fragment);
-    }
-    let proto = ip.proto;
-    let l4_len = match proto {
-        proto::TCP => TcpHdr::LEN,
-        proto::UDP => UdpHdr::LEN,
-        _ => return Err(Invalid::Protocol),
-    };
-    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-    if tot_len < ihl + l4_len || ETH_HLEN + tot_len > ctx.len() as usize {
-        return Err(Invalid::Malformed);
-    }
-    let saddr = ip.src_addr;
-    let daddr = ip.dst_addr;
+pub fn flow(pkt: &mut Packet, ip: Ipv4Packet) -> Result<Flow, Invalid> {
+    let Ipv4Packet {
+        saddr,
+        daddr,
+        proto,
+        ihl,
+        tot_len,
+    } = ip;
     let l4_off = ETH_HLEN + ihl;
     if proto == proto::TCP {
-        let tcp = pull_at::<TcpHdr>(ctx, l4_off).ok_or(Invalid::Malformed)?;
-        let tcp = unsafe { &*tcp };
+        let tcp = pkt.pull::<TcpHdr>(l4_off).ok_or(Invalid::Malformed)?;
         let doff = (tcp.doff >> 4) as usize * 4;
         if doff < TcpHdr::LEN || ihl + doff > tot_len {
             return Err(Invalid::Malformed);
@@ -177,11 +341,10 @@ pub fn flow(ctx: &TcContext, ip: *mut Ipv4Hdr) -> Result<Flow, Invalid> {
             proto,
             tcp_flags: tcp.flags,
             l4_off,
-            csum_off: l4_off + 16,
+            csum_off: l4_off + offset_of!(TcpHdr, check),
         })
     } else {
-        let udp = pull_at::<UdpHdr>(ctx, l4_off).ok_or(Invalid::Malformed)?;
-        let udp = unsafe { &*udp };
+        let udp = pkt.pull::<UdpHdr>(l4_off).ok_or(Invalid::Malformed)?;
         // The datagram must fit in the packet: a UDP length past the IPv4 total length is a
         // truncated datagram the receiving stack drops, so not one to balance.
         let udp_len = u16::from_be_bytes(udp.len) as usize;
@@ -196,7 +359,7 @@ pub fn flow(ctx: &TcContext, ip: *mut Ipv4Hdr) -> Result<Flow, Invalid> {
             proto,
             tcp_flags: 0,
             l4_off,
-            csum_off: l4_off + 6,
+            csum_off: l4_off + offset_of!(UdpHdr, check),
         })
     }
 }

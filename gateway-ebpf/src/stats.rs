@@ -7,6 +7,8 @@ use crate::maps::{BACKEND_STATS, COUNTERS, SERVICE_STATS};
 #[inline(always)]
 pub fn count(counter: Counter) {
     if let Some(c) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: this CPU's slot of a per-CPU array, which only this program run touches
+        // until it returns (programs run with migration disabled).
         unsafe { *c += 1 };
     }
 }
@@ -30,6 +32,7 @@ pub fn account(service_id: u32, backend_id: u32, bytes: u32, dir: Direction) {
 #[inline(always)]
 fn add(traffic: Option<*mut Traffic>, bytes: u32, dir: Direction) {
     let Some(t) = traffic else { return };
+    // SAFETY: as in `count`.
     let t = unsafe { &mut *t };
     if dir == Direction::Forward {
         t.fwd_packets += 1;

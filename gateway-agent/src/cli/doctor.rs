@@ -18,7 +18,10 @@ use serde::Serialize;
 use super::inspect;
 use super::table::Table;
 use crate::config::{self, Config};
-use crate::datapath::{Maps, attach, interfaces};
+use crate::datapath::{
+    Maps, attach, interfaces,
+    tcx::{self, Direction},
+};
 use crate::model::{self, TrafficPolicy, selector::service_labels};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -187,17 +190,16 @@ fn check_datapath(
     }
 
     // Programs attached on every selected device.
-    let pins: Vec<(String, String)> = attach::pinned_links(p.bpffs)?
+    let pins: Vec<(String, Direction)> = attach::pinned_links(p.bpffs)?
         .iter()
-        .filter_map(|pin| {
-            attach::parse_link_pin(&pin.file_name()?.to_string_lossy())
-                .map(|(i, d)| (i, d.to_owned()))
-        })
+        .filter_map(|pin| attach::parse_link_pin(&pin.file_name()?.to_string_lossy()))
         .collect();
     for iface in interfaces::matching(p.devices)? {
-        for direction in ["ingress", "egress"] {
-            let pinned = pins.iter().any(|(i, d)| *i == iface.name && d == direction);
-            let attached = pinned && inspect::tcx_has_gateway(&iface.name, direction);
+        for direction in Direction::ALL {
+            let pinned = pins
+                .iter()
+                .any(|(i, d)| *i == iface.name && *d == direction);
+            let attached = pinned && tcx::gateway_program(&iface.name, direction).is_some();
             if attached {
                 f.add(
                     Severity::Ok,

@@ -8,7 +8,6 @@ use std::path::Path;
 
 use anyhow::Result;
 use aya::maps::IterableMap;
-use aya::programs::{ProgramInfo, SchedClassifier, TcAttachType};
 use gateway_common::{
     AGENT_F_CHECKSUMS_IN_PLACE, AgentState, BACKEND_F_ACTIVE, CT_F_ESTABLISHED, CT_F_FIN_BACKEND,
     CT_F_FIN_CLIENT, CT_F_RST, CT_F_TCP, Counter, CtEntry, DatapathConfig, SERVICE_F_AFFINITY,
@@ -21,6 +20,7 @@ use crate::datapath::{
     Maps, attach,
     interfaces::{self},
     monotonic_ns,
+    tcx::{self, Direction},
 };
 use crate::plan::frontend_label;
 
@@ -126,10 +126,12 @@ pub struct FlowView {
 fn flow_state(e: &CtEntry) -> &'static str {
     if e.flags & CT_F_TCP == 0 {
         "udp"
-    } else if e.flags & CT_F_RST != 0 {
-        "reset"
-    } else if e.flags & (CT_F_FIN_CLIENT | CT_F_FIN_BACKEND) == CT_F_FIN_CLIENT | CT_F_FIN_BACKEND {
-        "closed"
+    } else if e.is_closed() {
+        if e.flags & CT_F_RST != 0 {
+            "reset"
+        } else {
+            "closed"
+        }
     } else if e.flags & (CT_F_FIN_CLIENT | CT_F_FIN_BACKEND) != 0 {
         "closing"
     } else if e.flags & CT_F_ESTABLISHED != 0 {
@@ -318,7 +320,7 @@ pub fn render_announcements(views: &[AnnouncementView]) -> String {
 #[derive(Serialize)]
 pub struct AttachmentView {
     pub interface: String,
-    pub direction: String,
+    pub direction: Direction,
     /// The gateway program is in the interface's tcx chain right now.
     pub attached: bool,
     /// Packets the program ran for, and its mean run time per packet: counted by the kernel
@@ -437,7 +439,7 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
         let Some((interface, direction)) = attach::parse_link_pin(&name) else {
             continue;
         };
-        let program = tcx_gateway_program(&interface, direction);
+        let program = tcx::gateway_program(&interface, direction);
         let packets = program.as_ref().map_or(0, |p| p.run_count());
         attachments.push(AttachmentView {
             attached: program.is_some(),
@@ -446,7 +448,7 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
                 .filter(|_| packets > 0)
                 .map(|p| p.run_time().as_nanos() as f64 / packets as f64),
             interface,
-            direction: direction.to_owned(),
+            direction,
         });
     }
     Ok(StatusView {
@@ -474,26 +476,6 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
             .collect(),
         services: services(maps)?,
     })
-}
-
-/// Whether the interface's tcx chain for `direction` holds one of our programs.
-pub(super) fn tcx_has_gateway(interface: &str, direction: &str) -> bool {
-    tcx_gateway_program(interface, direction).is_some()
-}
-
-/// Our program in the interface's tcx chain for `direction`, if it is there.
-fn tcx_gateway_program(interface: &str, direction: &str) -> Option<ProgramInfo> {
-    let (attach_type, program) = match direction {
-        "ingress" => (
-            TcAttachType::Ingress,
-            gateway_common::program_names::INGRESS,
-        ),
-        _ => (TcAttachType::Egress, gateway_common::program_names::EGRESS),
-    };
-    let (_, programs) = SchedClassifier::query_tcx(interface, attach_type).ok()?;
-    programs
-        .into_iter()
-        .find(|p| p.name_as_str() == Some(program))
 }
 
 pub fn render_status(s: &StatusView) -> String {
@@ -539,7 +521,7 @@ pub fn render_status(s: &StatusView) -> String {
     for a in &s.attachments {
         t.row(vec![
             a.interface.clone(),
-            a.direction.clone(),
+            a.direction.to_string(),
             if a.attached {
                 "attached"
             } else {

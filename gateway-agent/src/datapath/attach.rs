@@ -8,19 +8,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use aya::programs::{
-    SchedClassifier, TcAttachType,
+    SchedClassifier,
     links::{FdLink, PinnedLink},
     tc::SchedClassifierLink,
 };
-use gateway_common::program_names;
 use log::{info, warn};
 
-use crate::{datapath::Datapath, plan::Interface};
-
-pub const DIRECTIONS: [(TcAttachType, &str, &str); 2] = [
-    (TcAttachType::Ingress, program_names::INGRESS, "ingress"),
-    (TcAttachType::Egress, program_names::EGRESS, "egress"),
-];
+use crate::{
+    datapath::{Datapath, tcx::Direction},
+    plan::Interface,
+};
 
 fn links_dir(bpffs: &Path) -> PathBuf {
     bpffs.join("links")
@@ -29,16 +26,16 @@ fn links_dir(bpffs: &Path) -> PathBuf {
 /// `<bpffs>/links/<interface>@<ifindex>-<direction>`: the index tells a re-created interface
 /// of the same name from the one the link was made for. bpffs refuses dots in names
 /// (reserved), so a dot in an interface name (a VLAN like `ens18.100`) is written as `%`.
-pub fn link_pin(bpffs: &Path, iface: &Interface, direction: &str) -> PathBuf {
+pub fn link_pin(bpffs: &Path, iface: &Interface, direction: Direction) -> PathBuf {
     let name = iface.name.replace('.', "%");
     links_dir(bpffs).join(format!("{name}@{}-{direction}", iface.index))
 }
 
 /// The interface name and direction of a link pin's file name.
-pub fn parse_link_pin(file_name: &str) -> Option<(String, &str)> {
+pub fn parse_link_pin(file_name: &str) -> Option<(String, Direction)> {
     let (rest, direction) = file_name.rsplit_once('-')?;
     let (name, _ifindex) = rest.rsplit_once('@')?;
-    Some((name.replace('%', "."), direction))
+    Some((name.replace('%', "."), Direction::from_name(direction)?))
 }
 
 /// Attaches ingress and egress programs to every interface, replacing the programs of
@@ -47,8 +44,8 @@ pub fn parse_link_pin(file_name: &str) -> Option<(String, &str)> {
 pub fn attach_all(datapath: &mut Datapath, bpffs: &Path, interfaces: &[Interface]) -> Result<()> {
     fs::create_dir_all(links_dir(bpffs)).context("creating the links directory")?;
     let mut wanted = BTreeSet::new();
-    for (attach_type, program_name, direction) in DIRECTIONS {
-        let program = datapath.program(program_name)?;
+    for direction in Direction::ALL {
+        let program = datapath.program(direction.program())?;
         for iface in interfaces {
             let pin = link_pin(bpffs, iface, direction);
             wanted.insert(pin.clone());
@@ -68,7 +65,7 @@ pub fn attach_all(datapath: &mut Datapath, bpffs: &Path, interfaces: &[Interface
                 }
             }
             let id = program
-                .attach(&iface.name, attach_type)
+                .attach(&iface.name, direction.attach_type())
                 .with_context(|| format!("attaching {direction} program to {}", iface.name))?;
             let link: FdLink = program.take_link(id)?.try_into().context("tcx link")?;
             link.pin(&pin)
@@ -150,19 +147,23 @@ mod tests {
             index: 7,
             mac: [0; 6],
         };
-        let pin = link_pin(Path::new("/b"), &vlan, "egress");
+        let pin = link_pin(Path::new("/b"), &vlan, Direction::Egress);
         let file = pin.file_name().unwrap().to_str().unwrap();
         assert_eq!(file, "ens18%100@7-egress");
-        assert_eq!(parse_link_pin(file), Some(("ens18.100".into(), "egress")));
+        assert_eq!(
+            parse_link_pin(file),
+            Some(("ens18.100".into(), Direction::Egress))
+        );
         let dashed = Interface {
             name: "br-lan".into(),
             index: 3,
             mac: [0; 6],
         };
-        let pin = link_pin(Path::new("/b"), &dashed, "ingress");
+        let pin = link_pin(Path::new("/b"), &dashed, Direction::Ingress);
         assert_eq!(
             parse_link_pin(pin.file_name().unwrap().to_str().unwrap()),
-            Some(("br-lan".into(), "ingress"))
+            Some(("br-lan".into(), Direction::Ingress))
         );
+        assert_eq!(parse_link_pin("ens18@2-sideways"), None);
     }
 }

@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use gateway_common::{Ipv4, L2Key};
+use gateway_common::{ETH_P_ARP, ETH_P_IP, Ipv4, L2Key};
 use nix::libc;
 
 /// Rounds per announcement, `INTERVAL` apart; each round sends both forms.
@@ -22,7 +22,6 @@ pub const FRAMES_PER_ROUND: u64 = 2;
 /// millisecond), never for the whole burst (tens of milliseconds).
 pub const BATCH: usize = 256;
 
-const ETH_P_ARP: u16 = 0x0806;
 const BROADCAST: [u8; 6] = [0xff; 6];
 
 /// The two gratuitous frames for `vip` from `mac`: a request (RFC 5227 announcement: target
@@ -33,7 +32,9 @@ pub fn frames(mac: [u8; 6], vip: Ipv4) -> [[u8; 42]; 2] {
         f[0..6].copy_from_slice(&BROADCAST);
         f[6..12].copy_from_slice(&mac);
         f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
-        f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, op]);
+        let [ip_hi, ip_lo] = ETH_P_IP.to_be_bytes();
+        // Ethernet hardware addresses (6 bytes), IPv4 protocol addresses (4).
+        f[14..22].copy_from_slice(&[0, 1, ip_hi, ip_lo, 6, 4, 0, op]);
         f[22..28].copy_from_slice(&mac);
         f[28..32].copy_from_slice(&vip);
         f[32..38].copy_from_slice(&tha);
@@ -64,8 +65,8 @@ impl Sender {
                 std::io::Error::last_os_error()
             );
         }
-        // SAFETY: fd is a fresh, valid descriptor nobody else owns.
         Ok(Self {
+            // SAFETY: fd is a fresh, valid descriptor nobody else owns.
             socket: unsafe { OwnedFd::from_raw_fd(fd) },
         })
     }

@@ -1,6 +1,6 @@
-//! Typed handles on every datapath map, whether just loaded or opened from their pins by a
-//! read-only command in another process; reading the agent-managed state back, and writing
-//! plan operations.
+//! Typed handles on every datapath map (expanded from gateway-common's map table), whether
+//! just loaded or opened from their pins by a read-only command in another process; reading
+//! the agent-managed state back, and writing plan operations.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -13,30 +13,45 @@ use aya::{
 };
 use gateway_common::{
     Affinity, AffinityKey, AgentState, BACKEND_F_ACTIVE, Backend, Counter, CtEntry, CtKey,
-    DatapathConfig, L2Entry, L2Key, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey,
-    Traffic, VipInfo, VipKey, map_names,
+    DatapathConfig, GarpCount, L2Entry, L2Key, RevNat, RevNatKey, Service, ServiceKey, ServiceName,
+    SlotKey, Traffic, VipInfo, VipKey, map_names,
 };
 
 use crate::plan::{MapState, Op};
 
-pub struct Maps {
-    pub agent: Array<MapData, AgentState>,
-    pub garp: HashMap<MapData, L2Key, u64>,
-    pub vip_filter: Array<MapData, u64>,
-    pub vips: HashMap<MapData, VipKey, VipInfo>,
-    pub services: HashMap<MapData, ServiceKey, Service>,
-    pub names: HashMap<MapData, u32, ServiceName>,
-    pub slots: HashMap<MapData, SlotKey, u32>,
-    pub backends: Array<MapData, Backend>,
-    pub revnat: HashMap<MapData, RevNatKey, RevNat>,
-    pub conntrack: HashMap<MapData, CtKey, CtEntry>,
-    pub affinity: HashMap<MapData, AffinityKey, Affinity>,
-    pub l2: HashMap<MapData, L2Key, L2Entry>,
-    pub config: Array<MapData, DatapathConfig>,
-    pub counters: PerCpuArray<MapData, u64>,
-    pub service_stats: PerCpuArray<MapData, Traffic>,
-    pub backend_stats: PerCpuArray<MapData, Traffic>,
+/// aya's handle on a map of the table's `kind`.
+macro_rules! handle {
+    (Array<$key:ty => $value:ty>) => { Array<MapData, $value> };
+    (Hash<$key:ty => $value:ty>) => { HashMap<MapData, $key, $value> };
+    (LruHash<$key:ty => $value:ty>) => { HashMap<MapData, $key, $value> };
+    (PerCpuArray<$key:ty => $value:ty>) => { PerCpuArray<MapData, $value> };
 }
+
+macro_rules! handles {
+    ($(
+        $(#[$doc:meta])*
+        $static:ident $handle:ident $name:literal:
+            $kind:ident<$key:ty => $value:ty> = $size:ident $(($entries:expr))?,
+    )*) => {
+        pub struct Maps {
+            $(
+                $(#[$doc])*
+                pub $handle: handle!($kind<$key => $value>),
+            )*
+        }
+
+        impl Maps {
+            /// Every handle, from the map of its name that `get` finds.
+            fn build(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
+                Ok(Self {
+                    $($handle: typed($name, get($name)?)?,)*
+                })
+            }
+        }
+    };
+}
+
+gateway_common::map_table!(handles);
 
 /// Converts a generic map into its typed handle, naming the map on failure.
 fn typed<T: TryFrom<Map, Error = MapError>>(name: &str, map: Map) -> Result<T> {
@@ -65,34 +80,6 @@ impl Maps {
             let data = MapData::from_pin(&path)
                 .with_context(|| format!("opening pinned map {}", path.display()))?;
             Map::from_map_data(data).with_context(|| format!("pinned map {}", path.display()))
-        })
-    }
-
-    fn build(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
-        let mut next = |name: &'static str| get(name).map(|m| (name, m));
-        macro_rules! field {
-            ($name:expr) => {{
-                let (name, map) = next($name)?;
-                typed(name, map)?
-            }};
-        }
-        Ok(Self {
-            agent: field!(map_names::AGENT),
-            garp: field!(map_names::GARP),
-            vip_filter: field!(map_names::VIP_FILTER),
-            vips: field!(map_names::VIPS),
-            services: field!(map_names::SERVICES),
-            names: field!(map_names::SERVICE_NAMES),
-            slots: field!(map_names::SLOTS),
-            backends: field!(map_names::BACKENDS),
-            revnat: field!(map_names::REVNAT),
-            conntrack: field!(map_names::CONNTRACK),
-            affinity: field!(map_names::AFFINITY),
-            l2: field!(map_names::L2),
-            config: field!(map_names::CONFIG),
-            counters: field!(map_names::COUNTERS),
-            service_stats: field!(map_names::SERVICE_STATS),
-            backend_stats: field!(map_names::BACKEND_STATS),
         })
     }
 

@@ -1,6 +1,7 @@
 //! The thin layer that touches the kernel: load the embedded object with its maps pinned
-//! under `--bpffs` (adopting maps a previous run left there), attach the programs with tcx
-//! links that are pinned too, and remove all of it on `teardown`.
+//! under `--bpffs` (adopting maps a previous run left there, checked against the map table),
+//! attach the programs with tcx links that are pinned too, and remove all of it on
+//! `teardown`.
 
 pub mod attach;
 pub mod bpffs;
@@ -10,77 +11,24 @@ pub mod interfaces;
 pub mod kern_ctx;
 pub mod maps;
 pub mod object;
+pub mod tcx;
 
-use std::mem::size_of;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use aya::{Ebpf, EbpfLoader, maps::MapInfo, programs::SchedClassifier};
 use aya_log::EbpfLogger;
 use gateway_common::{
-    Affinity, AffinityKey, AgentState, Backend, Clock, CtEntry, CtKey, DatapathConfig, L2Entry,
-    L2Key, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic, VipInfo, VipKey,
-    kern_ctx as kern_ctx_names, map_names, program_names,
+    Clock, kern_ctx as kern_ctx_names,
+    maps::{MAPS, map_names},
+    program_names,
 };
 
 pub use clock::monotonic_ns;
 pub use kern_ctx::KernCtx;
 pub use maps::Maps;
 
-use crate::capacity::Capacity;
-
-/// Key and value sizes of every map: a pinned map from an agent with another layout must
-/// be refused, never reinterpreted.
-const LAYOUTS: [(&str, usize, usize); 16] = [
-    (map_names::GARP, size_of::<L2Key>(), size_of::<u64>()),
-    (map_names::AGENT, size_of::<u32>(), size_of::<AgentState>()),
-    (map_names::VIP_FILTER, size_of::<u32>(), size_of::<u64>()),
-    (map_names::VIPS, size_of::<VipKey>(), size_of::<VipInfo>()),
-    (
-        map_names::SERVICES,
-        size_of::<ServiceKey>(),
-        size_of::<Service>(),
-    ),
-    (
-        map_names::SERVICE_NAMES,
-        size_of::<u32>(),
-        size_of::<ServiceName>(),
-    ),
-    (map_names::SLOTS, size_of::<SlotKey>(), size_of::<u32>()),
-    (map_names::BACKENDS, size_of::<u32>(), size_of::<Backend>()),
-    (
-        map_names::REVNAT,
-        size_of::<RevNatKey>(),
-        size_of::<RevNat>(),
-    ),
-    (
-        map_names::CONNTRACK,
-        size_of::<CtKey>(),
-        size_of::<CtEntry>(),
-    ),
-    (
-        map_names::AFFINITY,
-        size_of::<AffinityKey>(),
-        size_of::<Affinity>(),
-    ),
-    (map_names::L2, size_of::<L2Key>(), size_of::<L2Entry>()),
-    (
-        map_names::CONFIG,
-        size_of::<u32>(),
-        size_of::<DatapathConfig>(),
-    ),
-    (map_names::COUNTERS, size_of::<u32>(), size_of::<u64>()),
-    (
-        map_names::SERVICE_STATS,
-        size_of::<u32>(),
-        size_of::<Traffic>(),
-    ),
-    (
-        map_names::BACKEND_STATS,
-        size_of::<u32>(),
-        size_of::<Traffic>(),
-    ),
-];
+use crate::capacity::{Capacity, map_sizes};
 
 pub struct LoadOptions<'a> {
     /// Map sizes.
@@ -170,11 +118,11 @@ impl Datapath {
 /// reading `ip_summed` through `kern_ctx` where given.
 fn load_object(options: &LoadOptions, kern_ctx: Option<KernCtx>) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
-    for (name, size) in options.capacity.map_sizes() {
+    for (name, size) in map_sizes(&options.capacity) {
         loader.map_max_entries(name, size);
     }
     let pins: Vec<(&str, PathBuf)> = match options.pin_dir {
-        Some(dir) => map_names::ALL.iter().map(|&n| (n, dir.join(n))).collect(),
+        Some(dir) => MAPS.iter().map(|m| (m.name, dir.join(m.name))).collect(),
         None => Vec::new(),
     };
     for (name, path) in &pins {
@@ -217,10 +165,11 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier
 /// state (services, flows, affinity, counters) and is never reinterpreted.
 const REWRITTEN_AT_START: [&str; 2] = [map_names::CONFIG, map_names::AGENT];
 
+/// A pinned map from an agent with another layout must be refused, never reinterpreted.
 fn check_pinned_layouts(dir: &Path, capacity: &Capacity) -> Result<()> {
-    let sizes = capacity.map_sizes();
     let mut replace: Vec<PathBuf> = Vec::new();
-    for (name, key, value) in LAYOUTS {
+    for map in MAPS {
+        let (name, key, value) = (map.name, map.key_size, map.value_size);
         let path = dir.join(name);
         if !path.exists() {
             continue;
@@ -249,10 +198,7 @@ fn check_pinned_layouts(dir: &Path, capacity: &Capacity) -> Result<()> {
                 dir.display()
             );
         }
-        let wanted = sizes
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or(0, |(_, s)| *s);
+        let wanted = map.size.entries(capacity);
         if info.max_entries() != wanted {
             bail!(
                 "pinned map {} holds {} entries but the --*-max flags ask for {wanted}: keep the \
@@ -276,7 +222,7 @@ fn check_pinned_layouts(dir: &Path, capacity: &Capacity) -> Result<()> {
 /// Detaches every pinned link and removes every pin under `dir`; returns what it removed.
 pub fn teardown(dir: &Path) -> Result<Vec<String>> {
     let mut removed = attach::detach_all(dir)?;
-    for name in map_names::ALL {
+    for name in MAPS.iter().map(|m| m.name) {
         let path = dir.join(name);
         if path.exists() {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;

@@ -245,6 +245,16 @@ pub fn udp_frame(src: ([u8; 4], u16), dst: ([u8; 4], u16), payload: &[u8]) -> Ve
     v
 }
 
+pub fn icmp_echo_request(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+        .ipv4(src, dst, 64)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut v, b"ping")
+        .unwrap();
+    v
+}
+
 pub fn arp_request(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
     let mut v = vec![0xff; 6];
     v.extend_from_slice(&CLIENT_MAC);

@@ -1,0 +1,169 @@
+//! The map table: every map of the datapath, declared once. The eBPF statics
+//! (gateway-ebpf `maps`), the agent's typed handles (`datapath::Maps`), [`MAPS`] (which the
+//! agent checks pinned maps against and sizes maps from) and [`map_names`] are all expanded
+//! from [`map_table!`], so a map added, renamed or retyped there changes every side at once.
+
+use core::mem::size_of;
+
+use crate::{
+    Affinity, AffinityKey, AgentState, Backend, Counter, CtEntry, CtKey, DatapathConfig, GarpCount,
+    L2Entry, L2Key, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic,
+    VIP_FILTER_WORDS, VipInfo, VipKey, capacity::Capacity,
+};
+
+/// Every map, one line each:
+///
+/// ```text
+/// STATIC handle "name": Kind<Key => Value> = Size,
+/// ```
+///
+/// the eBPF static, the field of the agent's `Maps`, the map's name (in the object, and of
+/// its pin under `--bpffs`; under 16 bytes so `bpftool` shows it whole), its [`Kind`], key
+/// and value types, and its [`Size`]. Arrays are indexed by `u32`.
+///
+/// `map_table!(callback)` expands to `callback! { <the lines> }`. The names in the lines are
+/// resolved where the callback expands them: import the key and value types there (a
+/// missing one is a compile error naming it).
+#[macro_export]
+macro_rules! map_table {
+    ($callback:ident) => {
+        $callback! {
+            /// A bitmap of 2^20 bits with the bit of every VIP's hash set (see
+            /// `vip_filter_bit`): the node's own traffic is passed after this one lookup.
+            VIP_FILTER vip_filter "gw_vip_filter": Array<u32 => u64> = Fixed(VIP_FILTER_WORDS),
+            /// VIP -> number of frontends; a VIP packet that matches no frontend is dropped.
+            VIPS vips "gw_vips": Hash<VipKey => VipInfo> = Services,
+            /// (VIP, port, protocol) -> the frontend: id, backend count, affinity.
+            SERVICES services "gw_services": Hash<ServiceKey => Service> = Services,
+            /// (service id, slot 1..n) -> backend id.
+            SLOTS slots "gw_slots": Hash<SlotKey => u32> = Slots,
+            /// Backend id -> address, port, protocol, active.
+            BACKENDS backends "gw_backends": Array<u32 => Backend> = Backends,
+            /// Backend (address, port, protocol) -> the frontends it serves.
+            REVNAT revnat "gw_revnat": Hash<RevNatKey => RevNat> = Backends,
+            /// Conntrack: the flow as the client sent it -> backend, state, last seen.
+            CONNTRACK conntrack "gw_ct": LruHash<CtKey => CtEntry> = Conntrack,
+            /// ClientIP affinity: (client, service id) -> backend, last used.
+            AFFINITY affinity "gw_affinity": LruHash<AffinityKey => Affinity> = Affinity,
+            /// (ifindex, VIP) -> the interface's MAC, ARP replies sent.
+            L2 l2 "gw_l2": Hash<L2Key => L2Entry> = Services,
+            /// Conntrack timeouts and the datapath's clock, written by the agent at start.
+            CONFIG config "gw_config": Array<u32 => DatapathConfig> = Fixed(1),
+            /// Per-CPU counters, indexed by `Counter`.
+            COUNTERS counters "gw_counters": PerCpuArray<u32 => u64> = Fixed(Counter::COUNT),
+            /// Per-CPU traffic per service id.
+            SERVICE_STATS service_stats "gw_svc_stats": PerCpuArray<u32 => Traffic> = Services,
+            /// Per-CPU traffic per backend id.
+            BACKEND_STATS backend_stats "gw_be_stats": PerCpuArray<u32 => Traffic> = Backends,
+            /// Service id -> `namespace/name:port-name`; the programs never touch it.
+            SERVICE_NAMES names "gw_svc_names": Hash<u32 => ServiceName> = Services,
+            /// The agent's own state (see `AgentState`); the programs never touch it.
+            AGENT agent "gw_agent": Array<u32 => AgentState> = Fixed(1),
+            /// Gratuitous ARP frames sent per announcement; the programs never touch it.
+            GARP garp "gw_garp": Hash<L2Key => GarpCount> = Services,
+        }
+    };
+}
+
+/// The kind of a map, as the kernel knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Array,
+    Hash,
+    /// An LRU hash with per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`): inserting a new entry never
+    /// takes a lock shared with other CPUs (as in Katran); each CPU evicts from its own share
+    /// of the table.
+    LruHash,
+    PerCpuArray,
+}
+
+impl Kind {
+    /// `BPF_MAP_TYPE_*`.
+    pub const fn map_type(self) -> u32 {
+        match self {
+            Kind::Hash => 1,
+            Kind::Array => 2,
+            Kind::PerCpuArray => 6,
+            Kind::LruHash => 9,
+        }
+    }
+
+    /// `map_flags`.
+    pub const fn flags(self) -> u32 {
+        const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+        match self {
+            Kind::LruHash => BPF_F_NO_COMMON_LRU,
+            Kind::Array | Kind::Hash | Kind::PerCpuArray => 0,
+        }
+    }
+}
+
+/// How a map's `max_entries` follows from the capacity flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Size {
+    /// Always this many, whatever the flags.
+    Fixed(u32),
+    /// One per frontend (`--services-max`): VIPs and announcements are bounded by it too.
+    Services,
+    /// One per backend (`--backends-max`).
+    Backends,
+    /// Backend slots over all services ([`Capacity::slots`]).
+    Slots,
+    /// `--ct-max`.
+    Conntrack,
+    /// `--affinity-max`.
+    Affinity,
+}
+
+impl Size {
+    pub const fn entries(self, capacity: &Capacity) -> u32 {
+        match self {
+            Size::Fixed(n) => n,
+            Size::Services => capacity.services,
+            Size::Backends => capacity.backends,
+            Size::Slots => capacity.slots(),
+            Size::Conntrack => capacity.conntrack,
+            Size::Affinity => capacity.affinity,
+        }
+    }
+}
+
+/// One map of the table, as the agent checks and sizes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapDef {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub key_size: usize,
+    pub value_size: usize,
+    pub size: Size,
+}
+
+macro_rules! map_defs {
+    ($(
+        $(#[$doc:meta])*
+        $static:ident $handle:ident $name:literal:
+            $kind:ident<$key:ty => $value:ty> = $size:ident $(($entries:expr))?,
+    )*) => {
+        /// Every map of the datapath; the agent pins each under `--bpffs` by its name.
+        pub const MAPS: &[MapDef] = &[$(
+            MapDef {
+                name: $name,
+                kind: Kind::$kind,
+                key_size: size_of::<$key>(),
+                value_size: size_of::<$value>(),
+                size: Size::$size $(($entries))?,
+            },
+        )*];
+
+        /// Map names, as defined in the eBPF object and used as pin file names.
+        pub mod map_names {
+            $(
+                $(#[$doc])*
+                pub const $static: &str = $name;
+            )*
+        }
+    };
+}
+
+map_table!(map_defs);
+
