@@ -1,11 +1,61 @@
-//! The embedded eBPF objects: the default one opens and loads with libbpf (bpftool), so
-//! libbpf-based tools can work with it; the logging one carries aya-log's ring buffer.
-//! Needs root; loads into a private bpffs that is unmounted afterwards.
+//! The embedded eBPF objects: their maps are the map table's; the default one opens and
+//! loads with libbpf (bpftool), so libbpf-based tools can work with it; the logging one
+//! carries aya-log's ring buffer. Needs root; loads into a private bpffs that is unmounted
+//! afterwards.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use gateway_agent::datapath::{Datapath, LoadOptions, object};
+use gateway_common::{capacity::Capacity, maps::MAPS};
+
+/// Both objects define exactly the table's maps, each as the table says: kind and flags, key
+/// and value sizes (from the BTF of the key and value types), and the entries of the default
+/// capacity.
+#[test]
+fn the_objects_maps_are_those_of_the_map_table() {
+    for (what, elf) in [
+        ("default", object::OBJECT),
+        ("logging", object::OBJECT_WITH_LOG),
+    ] {
+        let parsed = aya_obj::Object::parse(elf).unwrap();
+        let mut btf_maps: BTreeMap<&str, &aya_obj::Map> = parsed
+            .maps
+            .iter()
+            .filter(|(_, m)| matches!(m, aya_obj::Map::Btf(_)))
+            .map(|(name, m)| (name.as_str(), m))
+            .collect();
+        for def in MAPS {
+            let m = btf_maps
+                .remove(def.name)
+                .unwrap_or_else(|| panic!("the {what} object has no BTF map {}", def.name));
+            assert_eq!(
+                (
+                    m.map_type(),
+                    m.map_flags(),
+                    m.key_size(),
+                    m.value_size(),
+                    m.max_entries()
+                ),
+                (
+                    def.kind.map_type(),
+                    def.kind.flags(),
+                    def.key_size as u32,
+                    def.value_size as u32,
+                    def.size.entries(&Capacity::DEFAULT)
+                ),
+                "{what} object, map {} (type, flags, key, value, entries)",
+                def.name
+            );
+        }
+        assert!(
+            btf_maps.is_empty(),
+            "the {what} object has maps the table does not list: {:?}",
+            btf_maps.keys()
+        );
+    }
+}
 
 /// A bpf filesystem mounted on a fresh directory, unmounted (freeing every pin) on drop.
 struct PrivateBpffs(PathBuf);

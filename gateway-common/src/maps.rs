@@ -166,4 +166,3 @@ macro_rules! map_defs {
 }
 
 map_table!(map_defs);
-
