@@ -49,12 +49,6 @@ const CLIENT_WARM: [u8; 4] = [192, 168, 10, 20];
 /// The first client address of the warm affinity misses (one more per pass).
 const CLIENT_MISS_WARM: [u8; 4] = [100, 100, 0, 0];
 
-/// Offsets in an Ethernet + IPv4 (no options) + TCP frame.
-const IP_CSUM: u16 = 14 + 10;
-const IP_SRC_LOW: u16 = 14 + 12 + 2;
-const TCP_SPORT: u16 = 14 + 20;
-const TCP_CSUM: u16 = 14 + 20 + 16;
-
 /// The benchmark's wrapper object, built beside the datapath by build.rs.
 static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-bench"));
@@ -405,16 +399,17 @@ impl Wrapper {
             ProgramArray::try_from(self.ebpf.map_mut(bench::TARGET_MAP).context("target")?)?;
         target.set(0, fd, 0)?;
         ensure!(frame.len() <= FRAME_MAX, "frame of {} bytes", frame.len());
+        // The source port opens the TCP header; the client address's low half is in the
+        // IPv4 header and in the TCP pseudo-header.
         let (vary_off, csum_offs) = match vary {
             Vary::Nothing => (0, [0, 0]),
-            Vary::SourcePort => (TCP_SPORT, [TCP_CSUM, 0]),
-            // The address is in the IPv4 header and in the TCP pseudo-header.
-            Vary::ClientAddress => (IP_SRC_LOW, [IP_CSUM, TCP_CSUM]),
+            Vary::SourcePort => (L4, [TCP_CHECK, 0]),
+            Vary::ClientAddress => (IP_SRC + 2, [IP_CHECK, TCP_CHECK]),
         };
         let mut value = BenchFrame {
             len: frame.len() as u32,
-            vary_off,
-            csum_offs,
+            vary_off: vary_off as u16,
+            csum_offs: csum_offs.map(|off| off as u16),
             _pad: [0; 6],
             frame: [0; FRAME_MAX],
         };

@@ -10,7 +10,7 @@ use gateway_agent::{datapath::monotonic_ns, plan};
 use gateway_common::{Counter, CtKey, proto};
 
 mod support;
-use support::*;
+use support::{rng::Rng, *};
 
 #[test]
 fn traffic_to_a_non_vip_address_passes_untouched() {
@@ -40,7 +40,7 @@ fn an_address_sharing_a_vips_filter_bit_still_passes_untouched() {
         assert_eq!(h.ingress(&frame), (PASS, frame.clone()));
     }
     let mut malformed = tcp_frame((CLIENT, 40000), (twin, 80), Tcp::Ack, b"x");
-    malformed[20] |= 0x20; // a fragment
+    malformed[IP_FRAGMENT] |= 0x20; // a fragment
     assert_eq!(h.ingress(&malformed), (PASS, malformed.clone()));
     assert_eq!(
         h.counter(Counter::DropUnknownPort) + h.counter(Counter::DropFragment),
@@ -199,10 +199,14 @@ fn udp_is_balanced_and_a_zero_checksum_stays_zero() {
     assert_checksums(&out);
 
     let mut no_csum = frame.clone();
-    no_csum[40..42].copy_from_slice(&[0, 0]);
+    no_csum[UDP_CHECK..UDP_CHECK + 2].copy_from_slice(&[0, 0]);
     let (verdict, out) = h.ingress(&no_csum);
     assert_eq!(verdict, OK);
-    assert_eq!(&out[40..42], &[0, 0], "a UDP checksum of zero means none");
+    assert_eq!(
+        &out[UDP_CHECK..UDP_CHECK + 2],
+        &[0, 0],
+        "a UDP checksum of zero means none"
+    );
     assert_checksums(&out);
 
     let reply = udp_frame((POD_A, 5353), (CLIENT, 5000), b"answer");
@@ -261,18 +265,12 @@ fn checksums_written_in_place_equal_those_of_the_kernels_helpers() {
         assert_checksums(&out);
         out
     };
-    let mut seed = 0x9e37_79b9_u32;
-    let mut random = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
-        seed
-    };
+    let mut rng = Rng::new(0x9e37_79b9);
     for _ in 0..200 {
-        let r = random();
-        let client = [192, 168, (r >> 8) as u8, r as u8];
-        let port = 1024 + (r >> 16) as u16 % 60000;
-        let payload: Vec<u8> = (0..random() % 40).map(|_| random() as u8).collect();
+        let client = [192, 168, rng.u8(), rng.u8()];
+        let port = 1024 + rng.below(60000) as u16;
+        let len = rng.below(40);
+        let payload = rng.bytes(len);
         both(
             false,
             &tcp_frame((client, port), (VIP_RANDOM, 443), Tcp::Syn, b""),
@@ -294,15 +292,15 @@ fn checksums_written_in_place_equal_those_of_the_kernels_helpers() {
 
     // UDP: no checksum stays no checksum.
     let mut none = udp_frame((CLIENT, 5000), (VIP_AFFINITY, 53), b"query");
-    none[40..42].copy_from_slice(&[0, 0]);
-    assert_eq!(&both(false, &none)[40..42], &[0, 0]);
+    none[UDP_CHECK..UDP_CHECK + 2].copy_from_slice(&[0, 0]);
+    assert_eq!(&both(false, &none)[UDP_CHECK..UDP_CHECK + 2], &[0, 0]);
     // UDP: a datagram whose checksum after the rewrite is zero. With a payload word of 0 it
     // comes out as C; with C in that word the sum of the rewritten datagram is 0xffff, so
     // its checksum is 0, which UDP must send as 0xffff.
     let with_word = |w: [u8; 2]| udp_frame((CLIENT, 5001), (VIP_AFFINITY, 53), &[w[0], w[1], 7]);
     let c = both(false, &with_word([0, 0]));
-    let out = both(false, &with_word([c[40], c[41]]));
-    assert_eq!(&out[40..42], &[0xff, 0xff]);
+    let out = both(false, &with_word([c[UDP_CHECK], c[UDP_CHECK + 1]]));
+    assert_eq!(&out[UDP_CHECK..UDP_CHECK + 2], &[0xff, 0xff]);
 }
 
 /// A kernel whose verifier refuses the in-place checksums (here: a kfunc id that is no
@@ -513,19 +511,19 @@ fn truncated_and_malformed_frames_are_never_rewritten() {
     // its lengths.
     let mut cases = vec![good[..40].to_vec()];
     let mut options_cut = good[..40].to_vec();
-    options_cut[14] = 0x4f; // IHL 15: 60 bytes of header, the frame holds 26
+    options_cut[IP] = 0x4f; // IHL 15: 60 bytes of header, the frame holds 26
     cases.push(options_cut);
     let mut bad_ihl = good.clone();
-    bad_ihl[14] = 0x44; // IHL 4 (< 20 bytes)
+    bad_ihl[IP] = 0x44; // IHL 4 (< 20 bytes)
     cases.push(bad_ihl);
     let mut long_total = good.clone();
-    long_total[16..18].copy_from_slice(&2000u16.to_be_bytes());
+    long_total[IP_TOTAL_LEN..IP_TOTAL_LEN + 2].copy_from_slice(&2000u16.to_be_bytes());
     cases.push(long_total);
     let mut short_total = good.clone();
-    short_total[16..18].copy_from_slice(&30u16.to_be_bytes());
+    short_total[IP_TOTAL_LEN..IP_TOTAL_LEN + 2].copy_from_slice(&30u16.to_be_bytes());
     cases.push(short_total);
     let mut bad_doff = good.clone();
-    bad_doff[46] = 0x20; // data offset 2 words
+    bad_doff[TCP_DATA_OFFSET] = 0x20; // data offset 2 words
     cases.push(bad_doff);
     for frame in &cases {
         assert_eq!(h.ingress(frame), (SHOT, frame.clone()));
@@ -543,15 +541,13 @@ fn a_udp_length_past_the_ipv4_total_length_is_malformed() {
     let mut cases = Vec::new();
     for udp_len in [14u16, 0xffff, 7, 0] {
         let mut frame = good.clone();
-        frame[38..40].copy_from_slice(&udp_len.to_be_bytes());
+        frame[UDP_LEN..UDP_LEN + 2].copy_from_slice(&udp_len.to_be_bytes());
         cases.push(frame);
     }
     // Cut after the UDP header, the total length saying so, the UDP length still 13.
     let mut cut = good[..42].to_vec();
-    cut[16..18].copy_from_slice(&28u16.to_be_bytes());
-    cut[24..26].copy_from_slice(&[0, 0]);
-    let csum = !(ones_sum(&cut[14..34], 0) as u16);
-    cut[24..26].copy_from_slice(&csum.to_be_bytes());
+    cut[IP_TOTAL_LEN..IP_TOTAL_LEN + 2].copy_from_slice(&28u16.to_be_bytes());
+    fix_ip_checksum(&mut cut, IP);
     cases.push(cut);
     for frame in &cases {
         assert_eq!(h.ingress(frame), (SHOT, frame.clone()));
@@ -561,7 +557,7 @@ fn a_udp_length_past_the_ipv4_total_length_is_malformed() {
     let (_, out) = h.ingress(&good);
     assert_eq!(ip_dst(&out), (POD_A, 5353));
     let mut reply = udp_frame((POD_A, 5353), (CLIENT, 5000), b"answer");
-    reply[38..40].copy_from_slice(&15u16.to_be_bytes());
+    reply[UDP_LEN..UDP_LEN + 2].copy_from_slice(&15u16.to_be_bytes());
     assert_eq!(h.egress(&reply), (PASS, reply.clone()));
     assert_eq!(h.counter(Counter::CtCreated), 1);
 }
@@ -570,9 +566,9 @@ fn a_udp_length_past_the_ipv4_total_length_is_malformed() {
 fn fragments_to_a_vip_are_dropped_deliberately() {
     let mut h = Harness::new();
     let mut first = tcp_frame((CLIENT, 40000), (VIP_AFFINITY, 80), Tcp::Ack, b"payload");
-    first[20] |= 0x20; // more fragments
+    first[IP_FRAGMENT] |= 0x20; // more fragments
     let mut later = tcp_frame((CLIENT, 40000), (VIP_AFFINITY, 80), Tcp::Ack, b"payload");
-    later[21] = 0x10; // offset
+    later[IP_FRAGMENT + 1] = 0x10; // offset
     for frame in [first, later] {
         assert_eq!(h.ingress(&frame), (SHOT, frame.clone()));
     }
@@ -584,15 +580,13 @@ fn ip_options_are_skipped_to_find_the_ports() {
     let mut h = Harness::new();
     let plain = tcp_frame((CLIENT, 40000), (VIP_RANDOM, 80), Tcp::Syn, b"");
     // Insert 4 bytes of options (NOPs + EOL) and fix lengths and the header checksum.
-    let mut frame = plain[..34].to_vec();
+    let mut frame = plain[..L4].to_vec();
     frame.extend_from_slice(&[1, 1, 1, 0]);
-    frame.extend_from_slice(&plain[34..]);
-    frame[14] = 0x46;
-    let total = u16::from_be_bytes([frame[16], frame[17]]) + 4;
-    frame[16..18].copy_from_slice(&total.to_be_bytes());
-    frame[24..26].copy_from_slice(&[0, 0]);
-    let csum = !(ones_sum(&frame[14..38], 0) as u16);
-    frame[24..26].copy_from_slice(&csum.to_be_bytes());
+    frame.extend_from_slice(&plain[L4..]);
+    frame[IP] = 0x46;
+    let total = u16::from_be_bytes([frame[IP_TOTAL_LEN], frame[IP_TOTAL_LEN + 1]]) + 4;
+    frame[IP_TOTAL_LEN..IP_TOTAL_LEN + 2].copy_from_slice(&total.to_be_bytes());
+    fix_ip_checksum(&mut frame, IP);
     assert_checksums(&frame);
     let (verdict, out) = h.ingress(&frame);
     assert_eq!(verdict, OK);

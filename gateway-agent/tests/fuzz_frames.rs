@@ -26,204 +26,20 @@
 //! and generator, the frame and the output in hex.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 
+use gateway_agent::datapath::tcx::Direction;
 use gateway_common::{Counter, CtKey, proto};
 
 mod support;
-use support::*;
+use support::{rng::Rng, *};
 
 /// Random frames on top of the deterministic truncation sweep.
 const RANDOM_FRAMES: usize = 100_000;
 const DEFAULT_SEED: u64 = 0x6761_7465_7761_7921;
 
-const ETH_IP: [u8; 2] = [0x08, 0x00];
-const ETH_ARP: [u8; 2] = [0x08, 0x06];
-const ETH_IPV6: [u8; 2] = [0x86, 0xdd];
-const ETH_VLAN: [u8; 2] = [0x81, 0x00];
-const ETH_QINQ: [u8; 2] = [0x88, 0xa8];
-
-/// SplitMix64: tiny, seedable, and the same on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn percent(&mut self, p: u64) -> bool {
-        self.next() % 100 < p
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-
-    fn u8(&mut self) -> u8 {
-        self.next() as u8
-    }
-
-    fn u16(&mut self) -> u16 {
-        self.next() as u16
-    }
-
-    fn addr(&mut self) -> [u8; 4] {
-        (self.next() as u32).to_be_bytes()
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.u8()).collect()
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-// ---------------------------------------------------------------------------------------
-// Building frames by hand, so that every field can be made wrong.
-
-/// One's complement sum, folded, with the two zeros taken as one (0xffff: verifies).
-fn residue(data: &[u8], initial: u32) -> u16 {
-    match ones_sum(data, initial) as u16 {
-        0 => 0xffff,
-        r => r,
-    }
-}
-
-fn fix_ip_checksum(frame: &mut [u8], ip: usize) {
-    let ihl = usize::from(frame[ip] & 0x0f) * 4;
-    if ihl < 20 || frame.len() < ip + ihl {
-        return;
-    }
-    frame[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
-    let sum = !(ones_sum(&frame[ip..ip + ihl], 0) as u16);
-    frame[ip + 10..ip + 12].copy_from_slice(&sum.to_be_bytes());
-}
-
-fn pseudo_header(src: &[u8], dst: &[u8], protocol: u8, len: usize) -> u32 {
-    let mut pseudo = Vec::with_capacity(12);
-    pseudo.extend_from_slice(src);
-    pseudo.extend_from_slice(dst);
-    pseudo.extend_from_slice(&[0, protocol]);
-    pseudo.extend_from_slice(&(len as u16).to_be_bytes());
-    ones_sum(&pseudo, 0)
-}
-
-/// An Ethernet + IPv4 frame of a well-formed TCP segment or UDP datagram, checksums right.
-#[derive(Clone)]
-struct Packet {
-    src: [u8; 4],
-    dst: [u8; 4],
-    protocol: u8,
-    sport: u16,
-    dport: u16,
-    tcp_flags: u8,
-    ip_options: Vec<u8>,
-    tcp_options: Vec<u8>,
-    payload: Vec<u8>,
-    /// A UDP checksum of zero: none.
-    udp_no_checksum: bool,
-    /// Bytes after the IPv4 packet (Ethernet padding, a trailer).
-    trailer: Vec<u8>,
-}
-
-impl Packet {
-    fn new(src: Endpoint, dst: Endpoint, protocol: u8) -> Self {
-        Packet {
-            src: src.0,
-            dst: dst.0,
-            protocol,
-            sport: src.1,
-            dport: dst.1,
-            tcp_flags: 0x02,
-            ip_options: Vec::new(),
-            tcp_options: Vec::new(),
-            payload: Vec::new(),
-            udp_no_checksum: false,
-            trailer: Vec::new(),
-        }
-    }
-
-    fn frame(&self) -> Vec<u8> {
-        let mut l4 = Vec::new();
-        l4.extend_from_slice(&self.sport.to_be_bytes());
-        l4.extend_from_slice(&self.dport.to_be_bytes());
-        if self.protocol == proto::TCP {
-            let doff = (20 + self.tcp_options.len()) / 4;
-            l4.extend_from_slice(&[0, 0, 0x10, 0x00, 0, 0, 0, 1]); // seq, ack
-            l4.extend_from_slice(&[(doff as u8) << 4, self.tcp_flags, 0xff, 0xff, 0, 0, 0, 0]);
-            l4.extend_from_slice(&self.tcp_options);
-        } else {
-            let len = (8 + self.payload.len()) as u16;
-            l4.extend_from_slice(&len.to_be_bytes());
-            l4.extend_from_slice(&[0, 0]);
-        }
-        l4.extend_from_slice(&self.payload);
-        let csum_at = if self.protocol == proto::TCP { 16 } else { 6 };
-        if !(self.protocol == proto::UDP && self.udp_no_checksum) {
-            let sum = pseudo_header(&self.src, &self.dst, self.protocol, l4.len());
-            let mut csum = !(ones_sum(&l4, sum) as u16);
-            if csum == 0 && self.protocol == proto::UDP {
-                csum = 0xffff;
-            }
-            l4[csum_at..csum_at + 2].copy_from_slice(&csum.to_be_bytes());
-        }
-
-        let ihl = 20 + self.ip_options.len();
-        let mut frame = Vec::with_capacity(14 + ihl + l4.len());
-        frame.extend_from_slice(&NODE_MAC);
-        frame.extend_from_slice(&CLIENT_MAC);
-        frame.extend_from_slice(&ETH_IP);
-        frame.push(0x40 | (ihl / 4) as u8);
-        frame.push(0);
-        frame.extend_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
-        frame.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, 64, self.protocol, 0, 0]);
-        frame.extend_from_slice(&self.src);
-        frame.extend_from_slice(&self.dst);
-        frame.extend_from_slice(&self.ip_options);
-        frame.extend_from_slice(&l4);
-        fix_ip_checksum(&mut frame, 14);
-        frame.extend_from_slice(&self.trailer);
-        frame
-    }
-}
-
-fn arp_frame(op: u16, sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
-    let mut frame = arp_request(sender, target);
-    frame[20..22].copy_from_slice(&op.to_be_bytes());
-    frame
-}
-
-fn ipv6_frame(src: [u8; 16], dst: [u8; 16], next_header: u8, payload: &[u8]) -> Vec<u8> {
-    let mut frame = NODE_MAC.to_vec();
-    frame.extend_from_slice(&CLIENT_MAC);
-    frame.extend_from_slice(&ETH_IPV6);
-    frame.extend_from_slice(&[0x60, 0, 0, 0]);
-    frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    frame.extend_from_slice(&[next_header, 64]);
-    frame.extend_from_slice(&src);
-    frame.extend_from_slice(&dst);
-    frame.extend_from_slice(payload);
-    frame
-}
-
 // ---------------------------------------------------------------------------------------
 // The oracle.
 
-/// An address and a port.
-type Endpoint = ([u8; 4], u16);
 /// An address, a port and a protocol.
 type Socket = ([u8; 4], u16, u8);
 
@@ -493,12 +309,6 @@ const PREDICTED: [Counter; 9] = [
     Counter::DropNatFailed,
 ];
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Direction {
-    Ingress,
-    Egress,
-}
-
 struct Fuzzer {
     h: Harness,
     world: World,
@@ -533,7 +343,7 @@ impl Fuzzer {
             h,
             world: World::reference(),
             seed,
-            rng: Rng(seed),
+            rng: Rng::new(seed),
             tracked: HashMap::new(),
             tracked_keys: Vec::new(),
             clients: vec![(CLIENT, 40000)],
@@ -562,7 +372,7 @@ impl Fuzzer {
     /// Runs `frame` through ingress, then egress, and judges both.
     fn run(&mut self, n: usize, generator: &'static str, frame: &[u8]) {
         *self.frames.entry(generator).or_default() += 1;
-        for dir in [Direction::Ingress, Direction::Egress] {
+        for dir in Direction::ALL {
             self.run_one(n, generator, dir, frame);
         }
     }
@@ -572,11 +382,7 @@ impl Fuzzer {
             Direction::Ingress => expect_ingress(&self.world, frame),
             Direction::Egress => expect_egress(&self.world, &self.tracked, frame),
         };
-        let program = match dir {
-            Direction::Ingress => gateway_common::program_names::INGRESS,
-            Direction::Egress => gateway_common::program_names::EGRESS,
-        };
-        let (verdict, out) = match self.h.try_run(program, frame) {
+        let (verdict, out) = match self.h.try_run(dir.program(), frame) {
             Ok((verdict, out, _)) => (verdict, out),
             Err(error) => {
                 // Only frames the kernel cannot make an skb of; the oracle says which.
@@ -611,7 +417,7 @@ impl Fuzzer {
             );
             self.fail(n, generator, dir, frame, why);
         }
-        let kind = format!("{dir:?} {}", expect.name()).to_lowercase();
+        let kind = format!("{dir} {}", expect.name());
         *self.outcomes.entry(kind).or_default() += 1;
 
         let moved = match &expect {
@@ -802,9 +608,6 @@ fn refusal(frame: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------
 // Generators.
 
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
-
 impl Fuzzer {
     fn served(&self) -> Vec<Socket> {
         let mut served: Vec<_> = self
@@ -866,9 +669,9 @@ impl Fuzzer {
         match self.rng.below(10) {
             0..=3 => TCP_SYN,
             4..=5 => TCP_ACK,
-            6 => TCP_ACK | 0x08,               // PSH
-            7 => TCP_ACK | 0x01,               // FIN
-            8 => self.rng.pick(&[0x04, 0x14]), // RST
+            6 => TCP_ACK | TCP_PSH,
+            7 => TCP_ACK | TCP_FIN,
+            8 => self.rng.pick(&[TCP_RST, TCP_RST | TCP_ACK]),
             _ => self.rng.u8(),
         }
     }
@@ -1152,6 +955,29 @@ impl Fuzzer {
         frame
     }
 
+    /// ICMP, mostly to a VIP: an echo request or any other type, now and then with IP
+    /// options.
+    fn icmp(&mut self) -> Vec<u8> {
+        let dst = if self.rng.percent(70) {
+            self.rng.pick(&self.world.vips.clone())
+        } else {
+            self.rng.addr()
+        };
+        let client = self.client();
+        let mut p = Packet::new(client, (dst, self.rng.u16()), proto::ICMP);
+        let len = self.rng.below(48);
+        p.payload = self.rng.bytes(len);
+        if self.rng.percent(10) {
+            p.ip_options = self.ip_options();
+        }
+        let mut frame = p.frame();
+        if self.rng.percent(30) {
+            let l4 = IP + usize::from(frame[IP] & 0x0f) * 4;
+            frame[l4] = self.rng.u8(); // another type
+        }
+        frame
+    }
+
     fn random_bytes(&mut self) -> Vec<u8> {
         let len = 14 + self.rng.below(300);
         let mut frame = self.rng.bytes(len);
@@ -1207,7 +1033,8 @@ impl Fuzzer {
             74..=77 => ("vlan", self.vlan()),
             78..=80 => ("ipv6", self.ipv6()),
             81..=88 => ("arp", self.arp()),
-            89..=92 => ("random bytes", self.random_bytes()),
+            89..=90 => ("random bytes", self.random_bytes()),
+            91..=92 => ("icmp", self.icmp()),
             _ => {
                 let frame = self.non_vip_packet().frame();
                 if self.rng.percent(30) {
@@ -1309,6 +1136,7 @@ fn random_and_mutated_frames_are_rewritten_only_when_valid() {
         "ingress dnat",
         "ingress arp_reply",
         "ingress drop_unknown_port",
+        "ingress drop_icmp",
         "ingress drop_no_backend",
         "ingress drop_fragment",
         "ingress drop_malformed",

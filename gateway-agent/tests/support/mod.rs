@@ -1,10 +1,15 @@
-//! Shared by the datapath tests and the datapath benchmark: crafted frames, checksum
-//! verification, and a harness that loads the real programs with private maps programmed by
-//! the agent's own plan code.
+//! Shared by the datapath tests, the frame fuzzer and the datapath benchmark: the harness
+//! that loads the real programs with private maps programmed by the agent's own plan code,
+//! the reference topology's addresses, the frame builder and checksum toolkit (`frame`) and
+//! the seeded random generator (`rng`).
 #![allow(dead_code)] // each user takes what it needs
 
+pub mod frame;
+pub mod rng;
+
+pub use frame::*;
+
 use aya::programs::{ProgramError, TestRun, TestRunOptions};
-use etherparse::PacketBuilder;
 use gateway_agent::{
     capacity::Capacity,
     config::ObjectRef,
@@ -12,7 +17,7 @@ use gateway_agent::{
     model::{Announcement, BackendAddr, DesiredState, Frontend, Protocol},
     plan::{self, Interface, MapState},
 };
-use gateway_common::{Counter, DatapathConfig, program_names, proto};
+use gateway_common::{Counter, DatapathConfig, program_names};
 
 pub const PASS: u32 = -1i32 as u32;
 pub const OK: u32 = 0;
@@ -212,105 +217,4 @@ impl Harness {
             .unwrap()
             .1
     }
-}
-
-#[derive(Clone, Copy)]
-pub enum Tcp {
-    Syn,
-    Ack,
-    Fin,
-}
-
-pub fn tcp_frame(src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: Tcp, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
-        .ipv4(src.0, dst.0, 64)
-        .tcp(src.1, dst.1, 1000, 65535);
-    let b = match flags {
-        Tcp::Syn => b.syn(),
-        Tcp::Ack => b.ack(1),
-        Tcp::Fin => b.ack(1).fin(),
-    };
-    let mut v = Vec::new();
-    b.write(&mut v, payload).unwrap();
-    v
-}
-
-pub fn udp_frame(src: ([u8; 4], u16), dst: ([u8; 4], u16), payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
-        .ipv4(src.0, dst.0, 64)
-        .udp(src.1, dst.1)
-        .write(&mut v, payload)
-        .unwrap();
-    v
-}
-
-pub fn icmp_echo_request(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
-        .ipv4(src, dst, 64)
-        .icmpv4_echo_request(7, 1)
-        .write(&mut v, b"ping")
-        .unwrap();
-    v
-}
-
-pub fn arp_request(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
-    let mut v = vec![0xff; 6];
-    v.extend_from_slice(&CLIENT_MAC);
-    v.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
-    v.extend_from_slice(&CLIENT_MAC);
-    v.extend_from_slice(&sender);
-    v.extend_from_slice(&[0; 6]);
-    v.extend_from_slice(&target);
-    v
-}
-
-/// One's complement sum over 16-bit words.
-pub fn ones_sum(data: &[u8], mut sum: u32) -> u32 {
-    for chunk in data.chunks(2) {
-        let word = if chunk.len() == 2 {
-            u16::from_be_bytes([chunk[0], chunk[1]])
-        } else {
-            u16::from_be_bytes([chunk[0], 0])
-        };
-        sum += u32::from(word);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum
-}
-
-/// Asserts that the IPv4 header checksum and the TCP/UDP checksum of `frame` verify.
-pub fn assert_checksums(frame: &[u8]) {
-    let ip = &frame[14..];
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    assert_eq!(ones_sum(&ip[..ihl], 0), 0xffff, "IPv4 header checksum");
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let l4 = &ip[ihl..total];
-    if ip[9] == proto::UDP && l4[6..8] == [0, 0] {
-        return; // no checksum
-    }
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&ip[12..20]);
-    pseudo.extend_from_slice(&[0, ip[9]]);
-    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-    assert_eq!(ones_sum(l4, ones_sum(&pseudo, 0)), 0xffff, "L4 checksum");
-}
-
-pub fn ip_dst(frame: &[u8]) -> ([u8; 4], u16) {
-    let l4 = 14 + usize::from(frame[14] & 0x0f) * 4;
-    (
-        frame[30..34].try_into().unwrap(),
-        u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]),
-    )
-}
-
-pub fn ip_src(frame: &[u8]) -> ([u8; 4], u16) {
-    let l4 = 14 + usize::from(frame[14] & 0x0f) * 4;
-    (
-        frame[26..30].try_into().unwrap(),
-        u16::from_be_bytes([frame[l4], frame[l4 + 1]]),
-    )
 }
