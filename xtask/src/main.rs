@@ -22,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what a fresh machine needs: rust-src for nightly, bpf-linker, Debian packages
+    /// Install what a fresh machine needs: rust-src and clippy for nightly, bpf-linker, Debian
+    /// packages
     Setup,
     /// Build or remove the lab topology (network namespaces; needs root)
     Lab {

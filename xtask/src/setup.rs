@@ -38,15 +38,16 @@ const DEBIAN_PACKAGES: [&str; 15] = [
 ];
 
 pub fn run() -> Result<()> {
-    rust_src()?;
+    nightly_components()?;
     bpf_linker()?;
     debian_packages()?;
     println!("setup: done");
     Ok(())
 }
 
-/// The eBPF crate is built with nightly's `-Z build-std`, which needs the std sources.
-fn rust_src() -> Result<()> {
+/// The eBPF crate is built with nightly's `-Z build-std`, which needs the std sources, and
+/// linted with nightly's clippy (`cargo xtask test`).
+fn nightly_components() -> Result<()> {
     let installed = checked(Command::new("rustup").args([
         "component",
         "list",
@@ -54,17 +55,20 @@ fn rust_src() -> Result<()> {
         "--toolchain",
         "nightly",
     ]))?;
-    if installed.lines().any(|c| c.starts_with("rust-src")) {
-        println!("setup: rust-src for nightly is installed");
-        return Ok(());
+    for component in ["rust-src", "clippy"] {
+        if installed.lines().any(|c| c.starts_with(component)) {
+            println!("setup: {component} for nightly is installed");
+            continue;
+        }
+        cmd::run(Command::new("rustup").args([
+            "component",
+            "add",
+            component,
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
-    cmd::run(Command::new("rustup").args([
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        "nightly",
-    ]))
+    Ok(())
 }
 
 /// bpf-linker must use the same LLVM as the rustc that emits the bitcode. No LLVM of that
