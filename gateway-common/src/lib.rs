@@ -31,7 +31,7 @@ pub type Ipv4 = [u8; 4];
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
 
-/// Program names (the `#[classifier]` functions) and their tcx link pin names.
+/// Program names (the `#[classifier]` functions).
 pub mod program_names {
     pub const INGRESS: &str = "gw_ingress";
     pub const EGRESS: &str = "gw_egress";
