@@ -1,11 +1,13 @@
 //! Builds the eBPF object (gateway-ebpf, for the bpfel target, with the nightly toolchain and
 //! bpf-linker) twice and leaves both in OUT_DIR, where `datapath::object` embeds them: the
-//! agent is one self-contained binary (the benchmark's wrapper object is left there too). `gateway` has no logging code; `gateway-log` carries
-//! the aya-log debug events and is loaded only when debug logging is on.
+//! agent is one self-contained binary (the benchmark's wrapper object is left there too).
+//! `gateway` has no logging code; `gateway-log` carries the aya-log debug events and is
+//! loaded only when debug logging is on.
 //!
 //! This does what aya-build does, plus a code generation flag aya-build cannot pass (it
 //! replaces the rustflags): BPF ISA v3, with 32-bit ALU and jump instructions (fewer,
-//! cheaper instructions; kernel 5.1 and later).
+//! cheaper instructions; kernel 5.1 and later). The workspace's clippy lints do not run here
+//! (rustc ignores them): `cargo xtask test` runs clippy on the eBPF crate itself.
 
 use std::{
     env,

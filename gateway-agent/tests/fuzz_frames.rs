@@ -22,8 +22,10 @@
 //! of at least 20 bytes within the total length, a UDP length of at least 8 within it, and
 //! not a fragment. IP options are carried opaquely, as are the checksums.
 //!
-//! Seeded: `FUZZ_SEED=<u64>` replays a run; a failure prints the seed, the frame's number
-//! and generator, the frame and the output in hex.
+//! Frames come from the shared builder (`support/frame.rs`: byte by byte, so any field can
+//! be made wrong) and are judged with its checksum oracle. Seeded (`support/rng.rs`):
+//! `FUZZ_SEED=<u64>` replays a run; a failure prints the seed, the frame's number and
+//! generator, the frame and the output in hex.
 
 use std::collections::{BTreeMap, HashMap};
 
