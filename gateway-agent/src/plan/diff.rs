@@ -1,0 +1,297 @@
+//! The ordered, make-before-break writes from one map state to another.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use gateway_common::SlotKey;
+
+use super::{MapState, Op};
+
+/// The ordered writes that turn `current` into `target` without a moment where a VIP is
+/// announced or a service points at something that does not exist yet: additions bottom-up
+/// (backends, slots, services, reverse NAT, VIPs, announcements), then removals top-down.
+pub fn diff(current: &MapState, target: &MapState) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let _ = diff_each(current, target, |op| {
+        ops.push(op);
+        Ok::<(), std::convert::Infallible>(())
+    });
+    ops
+}
+
+/// [`diff`], handing each write to `emit` as soon as it is known rather than collecting
+/// them (programming 10,000 services from scratch is 400,000 writes). Additions come first,
+/// as they are found; removals (few, after a reload) are held back until after them.
+pub fn diff_each<E>(
+    current: &MapState,
+    target: &MapState,
+    mut emit: impl FnMut(Op) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut backend_deletes = Vec::new();
+    merge(&current.backends, &target.backends, |id, new, old| {
+        match new {
+            Some(b) => {
+                if old.is_none() {
+                    emit(Op::ResetBackendStats(*id))?;
+                }
+                emit(Op::PutBackend(*id, *b))?;
+            }
+            None => backend_deletes.push(Op::DeactivateBackend(*id)),
+        }
+        Ok(())
+    })?;
+
+    // A slot that changes or goes may end its old backend's membership of the service.
+    let mut maybe_ended = BTreeSet::new();
+    let mut slot_deletes = Vec::new();
+    merge(&current.slots, &target.slots, |k, new, old| {
+        if let Some(&old) = old {
+            maybe_ended.insert((k.service_id, old));
+        }
+        match new {
+            Some(b) => emit(Op::PutSlot(*k, *b))?,
+            None => slot_deletes.push(Op::DeleteSlot(*k)),
+        }
+        Ok(())
+    })?;
+
+    let current_ids: BTreeSet<u32> = current.services.values().map(|s| s.id).collect();
+    let mut service_deletes = Vec::new();
+    merge(&current.services, &target.services, |k, new, _| {
+        match new {
+            Some(s) => {
+                if !current_ids.contains(&s.id) {
+                    emit(Op::ResetServiceStats(s.id))?;
+                }
+                emit(Op::PutService(*k, *s))?;
+            }
+            None => service_deletes.push(Op::DeleteService(*k)),
+        }
+        Ok(())
+    })?;
+    let name_deletes = put_or_defer(
+        &current.names,
+        &target.names,
+        |k, v| Op::PutName(*k, v.clone()),
+        |k| Op::DeleteName(*k),
+        &mut emit,
+    )?;
+    let revnat_deletes = put_or_defer(
+        &current.revnat,
+        &target.revnat,
+        |k, v| Op::PutRevNat(*k, *v),
+        |k| Op::DeleteRevNat(*k),
+        &mut emit,
+    )?;
+    // A filter word first gains the bits of new VIPs (keeping the old ones), and loses the
+    // bits of removed VIPs only after they are gone.
+    let mut filter_shrinks = Vec::new();
+    merge(
+        &current.vip_filter,
+        &target.vip_filter,
+        |&word, new, old| {
+            let (bits, old) = (new.copied().unwrap_or(0), old.copied().unwrap_or(0));
+            if old & !bits != 0 {
+                filter_shrinks.push(Op::ShrinkVipFilter(word, bits));
+            }
+            if old | bits != old {
+                emit(Op::PutVipFilter(word, old | bits))?;
+            }
+            Ok(())
+        },
+    )?;
+    let vip_deletes = put_or_defer(
+        &current.vips,
+        &target.vips,
+        |k, v| Op::PutVip(*k, *v),
+        |k| Op::DeleteVip(*k),
+        &mut emit,
+    )?;
+    let l2_deletes = put_or_defer(
+        &current.l2,
+        &target.l2,
+        |k, v| Op::PutL2(*k, *v),
+        |k| Op::DeleteL2(*k),
+        &mut emit,
+    )?;
+
+    // Removals top-down: stop announcing first, free backends last.
+    for group in [
+        l2_deletes,
+        vip_deletes,
+        filter_shrinks,
+        service_deletes,
+        name_deletes,
+        slot_deletes,
+        revnat_deletes,
+        backend_deletes,
+    ] {
+        for op in group {
+            emit(op)?;
+        }
+    }
+    // Memberships that really ended: the backend is in none of the service's target slots.
+    let ended: BTreeSet<(u32, u32)> = maybe_ended
+        .into_iter()
+        .filter(|&(service_id, backend)| {
+            let slots = SlotKey {
+                service_id,
+                slot: 0,
+            }..SlotKey {
+                service_id: service_id + 1,
+                slot: 0,
+            };
+            !target.slots.range(slots).any(|(_, &b)| b == backend)
+        })
+        .collect();
+    if !ended.is_empty() {
+        emit(Op::EndMemberships(ended))?;
+    }
+    Ok(())
+}
+
+/// For a map whose entries need no other care: a key that arrives or changes is written
+/// now, through `emit`; the deletes of keys that go are returned, to be made after every
+/// addition.
+fn put_or_defer<K: Ord, V: PartialEq, E>(
+    current: &BTreeMap<K, V>,
+    target: &BTreeMap<K, V>,
+    put: impl Fn(&K, &V) -> Op,
+    delete: impl Fn(&K) -> Op,
+    emit: &mut impl FnMut(Op) -> Result<(), E>,
+) -> Result<Vec<Op>, E> {
+    let mut deletes = Vec::new();
+    merge(current, target, |k, new, _| {
+        match new {
+            Some(v) => emit(put(k, v))?,
+            None => deletes.push(delete(k)),
+        }
+        Ok(())
+    })?;
+    Ok(deletes)
+}
+
+/// Walks two maps together in key order (linear, no lookups) and calls `each(key, new,
+/// old)` for every key whose value differs: `new` is `None` for a key only in `current`,
+/// `old` is `None` for a key only in `target`.
+pub(super) fn merge<'a, K: Ord, V: PartialEq, E>(
+    current: &'a BTreeMap<K, V>,
+    target: &'a BTreeMap<K, V>,
+    mut each: impl FnMut(&'a K, Option<&'a V>, Option<&'a V>) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut old = current.iter().peekable();
+    for (k, v) in target {
+        while let Some((ok, ov)) = old.next_if(|(ok, _)| *ok < k) {
+            each(ok, None, Some(ov))?;
+        }
+        match old.next_if(|(ok, _)| *ok == k) {
+            Some((_, ov)) if ov == v => {}
+            ov => each(k, Some(v), ov.map(|(_, ov)| ov))?,
+        }
+    }
+    for (ok, ov) in old {
+        each(ok, None, Some(ov))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    use gateway_common::{SERVICE_F_AFFINITY, timeouts, vip_filter_bit};
+
+    use crate::plan::fixtures::*;
+
+    #[test]
+    fn a_fresh_state_is_built_bottom_up() {
+        let d = desired(vec![frontend(
+            "gw",
+            [192, 168, 10, 49],
+            80,
+            &[POD_A, POD_B],
+        )]);
+        let (ops, state) = step(&MapState::default(), &d);
+        let pos = |pred: &dyn Fn(&Op) -> bool| ops.iter().position(pred).unwrap();
+        let backend = pos(&|o| matches!(o, Op::PutBackend(..)));
+        let slot = pos(&|o| matches!(o, Op::PutSlot(..)));
+        let service = pos(&|o| matches!(o, Op::PutService(..)));
+        let vip = pos(&|o| matches!(o, Op::PutVip(..)));
+        let l2 = pos(&|o| matches!(o, Op::PutL2(..)));
+        assert!(
+            backend < slot && slot < service && service < vip && vip < l2,
+            "{ops:?}"
+        );
+        assert_eq!(state.services.len(), 1);
+        let s = state.services.values().next().unwrap();
+        assert_eq!((s.id, s.backend_count, s.flags), (1, 2, SERVICE_F_AFFINITY));
+        assert_eq!(s.affinity_timeout_ns, 10800 * timeouts::NS_PER_SEC);
+        assert_eq!(
+            state.backends.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(state.l2.len(), 1);
+        assert_eq!(state.names[&1], "gateway/gw:http");
+        let rn = state.revnat.values().next().unwrap();
+        assert_eq!(rn.count, 1);
+        assert_eq!(
+            Ipv4Addr::from(rn.frontends[0].vip),
+            Ipv4Addr::new(192, 168, 10, 49)
+        );
+    }
+
+    #[test]
+    fn the_same_desired_state_needs_no_writes() {
+        let d = desired(vec![frontend(
+            "gw",
+            [192, 168, 10, 49],
+            80,
+            &[POD_A, POD_B],
+        )]);
+        let (_, state) = step(&MapState::default(), &d);
+        let (ops, _) = step(&state, &d);
+        assert!(ops.is_empty(), "{ops:?}");
+    }
+
+    #[test]
+    fn removals_stop_the_announcement_first_and_free_backends_last() {
+        let d1 = desired(vec![frontend("a", [192, 168, 10, 49], 80, &[POD_A])]);
+        let (_, s1) = step(&MapState::default(), &d1);
+        let (ops, s2) = step(&s1, &desired(vec![]));
+        assert!(matches!(ops.first(), Some(Op::DeleteL2(_))), "{ops:?}");
+        let deactivate = ops
+            .iter()
+            .position(|o| matches!(o, Op::DeactivateBackend(_)))
+            .unwrap();
+        let slot = ops
+            .iter()
+            .position(|o| matches!(o, Op::DeleteSlot(_)))
+            .unwrap();
+        assert!(slot < deactivate);
+        assert_eq!(s2, MapState::default());
+    }
+
+    #[test]
+    fn the_vip_filter_gains_bits_before_vips_and_loses_them_after() {
+        let (_, s1) = step(
+            &MapState::default(),
+            &desired(vec![frontend("a", [192, 168, 10, 49], 80, &[POD_A])]),
+        );
+        let bit = vip_filter_bit([192, 168, 10, 49]);
+        assert_eq!(
+            s1.vip_filter,
+            BTreeMap::from([(bit / 64, 1u64 << (bit % 64))])
+        );
+        let (ops, s2) = step(&s1, &desired(vec![]));
+        let vip = ops
+            .iter()
+            .position(|o| matches!(o, Op::DeleteVip(_)))
+            .unwrap();
+        let filter = ops
+            .iter()
+            .position(|o| matches!(o, Op::ShrinkVipFilter(..)))
+            .unwrap();
+        assert!(vip < filter, "{ops:?}");
+        assert!(s2.vip_filter.is_empty());
+    }
+}

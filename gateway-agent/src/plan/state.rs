@@ -1,0 +1,91 @@
+//! The agent-managed content of the maps, the writes that change it, and a re-plan's
+//! before and after.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use gateway_common::{
+    Backend, L2Key, RevNat, RevNatKey, Service, ServiceKey, SlotKey, VipInfo, VipKey,
+};
+
+/// The agent-managed content of the maps. Conntrack, affinity and counters belong to the
+/// datapath and are not part of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapState {
+    /// `gw_vip_filter` words that are not zero.
+    pub vip_filter: BTreeMap<u32, u64>,
+    pub vips: BTreeMap<VipKey, VipInfo>,
+    pub services: BTreeMap<ServiceKey, Service>,
+    pub names: BTreeMap<u32, String>,
+    pub slots: BTreeMap<SlotKey, u32>,
+    /// Active backends by id.
+    pub backends: BTreeMap<u32, Backend>,
+    pub revnat: BTreeMap<RevNatKey, RevNat>,
+    /// Announcements: (interface, VIP) -> the interface's MAC.
+    pub l2: BTreeMap<L2Key, [u8; 6]>,
+}
+
+/// One write to the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    PutBackend(u32, Backend),
+    /// A newly assigned backend id starts with zeroed counters.
+    ResetBackendStats(u32),
+    PutSlot(SlotKey, u32),
+    PutService(ServiceKey, Service),
+    PutName(u32, String),
+    ResetServiceStats(u32),
+    PutRevNat(RevNatKey, RevNat),
+    PutVip(VipKey, VipInfo),
+    /// A `gw_vip_filter` word gains bits (before the VIPs it covers are added) ...
+    PutVipFilter(u32, u64),
+    /// ... or loses them (after the VIPs are gone).
+    ShrinkVipFilter(u32, u64),
+    PutL2(L2Key, [u8; 6]),
+    DeleteL2(L2Key),
+    DeleteVip(VipKey),
+    DeleteService(ServiceKey),
+    DeleteName(u32),
+    DeleteSlot(SlotKey),
+    DeleteRevNat(RevNatKey),
+    /// Marks the backend removed: flows still pointing at it are dropped, not moved.
+    DeactivateBackend(u32),
+    /// These backends (service id, backend id) no longer serve these services: their
+    /// affinity entries go, and their tracked flows are marked so the datapath drops them
+    /// (the backend may live on for another service, where the flow must not continue
+    /// half-NATed) rather than moving them mid-connection.
+    EndMemberships(BTreeSet<(u32, u32)>),
+}
+
+/// What a re-plan changes: every entry it touches, as the maps hold it now (`before`) and as
+/// it must become (`after`; a key missing there goes). [`diff_each`](super::diff_each) of
+/// the two is the writes, and `MapState::apply` brings the state along once they are made.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Change {
+    pub before: MapState,
+    pub after: MapState,
+}
+
+impl MapState {
+    /// Brings the state along with a [`Change`] whose writes reached the maps.
+    pub fn apply(&mut self, change: Change) {
+        fn update<K: Ord, V>(
+            map: &mut BTreeMap<K, V>,
+            before: BTreeMap<K, V>,
+            after: BTreeMap<K, V>,
+        ) {
+            for key in before.keys() {
+                map.remove(key);
+            }
+            map.extend(after);
+        }
+        let Change { before, after } = change;
+        update(&mut self.vip_filter, before.vip_filter, after.vip_filter);
+        update(&mut self.vips, before.vips, after.vips);
+        update(&mut self.services, before.services, after.services);
+        update(&mut self.names, before.names, after.names);
+        update(&mut self.slots, before.slots, after.slots);
+        update(&mut self.backends, before.backends, after.backends);
+        update(&mut self.revnat, before.revnat, after.revnat);
+        update(&mut self.l2, before.l2, after.l2);
+    }
+}

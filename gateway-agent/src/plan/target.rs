@@ -1,0 +1,224 @@
+//! The full plan: the map contents that serve a desired state.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use gateway_common::{Frontend as RevNatFrontend, RevNatKey, VipKey, vip_filter_bit};
+
+use super::entries::{
+    BackendKey, announced, backend_entry, backend_key, revnat_entry, revnat_frontend, revnat_key,
+    service_entry, service_key, service_name, slot_key,
+};
+use super::ids::IdAllocator;
+use super::{Interface, MapState, PlanError};
+use crate::capacity::Capacity;
+use crate::model::DesiredState;
+
+/// The map contents that serve `desired` on `interfaces`, keeping `current`'s ids.
+pub fn target(
+    desired: &DesiredState,
+    interfaces: &[Interface],
+    current: &MapState,
+    limits: &Capacity,
+) -> Result<MapState, PlanError> {
+    let mut next = MapState::default();
+
+    // Backends: one id per distinct (address, port, protocol).
+    let current_backend_ids: BTreeMap<BackendKey, u32> = current
+        .backends
+        .iter()
+        .map(|(&id, b)| ((b.addr, b.port, b.proto), id))
+        .collect();
+    let wanted: BTreeSet<BackendKey> = desired
+        .frontends
+        .iter()
+        .flat_map(|f| f.backends.iter().map(move |b| backend_key(f, b)))
+        .collect();
+    let mut backend_ids = IdAllocator::new(
+        wanted
+            .iter()
+            .filter_map(|k| current_backend_ids.get(k).copied())
+            .collect::<BTreeSet<_>>(),
+        limits.backends,
+        "backends",
+    );
+    let mut backend_id_of = BTreeMap::new();
+    for &key in &wanted {
+        let id = match current_backend_ids.get(&key) {
+            Some(&id) => id,
+            None => backend_ids.take(wanted.len())?,
+        };
+        backend_id_of.insert(key, id);
+        next.backends.insert(id, backend_entry(key));
+    }
+
+    // Services (frontends).
+    let mut service_ids = IdAllocator::new(
+        desired
+            .frontends
+            .iter()
+            .filter_map(|f| current.services.get(&service_key(f)).map(|s| s.id))
+            .collect::<BTreeSet<_>>(),
+        limits.services,
+        "services",
+    );
+    let mut frontends_of_backend: BTreeMap<RevNatKey, BTreeSet<RevNatFrontend>> = BTreeMap::new();
+    for f in &desired.frontends {
+        let key = service_key(f);
+        let id = match current.services.get(&key) {
+            Some(s) => s.id,
+            None => service_ids.take(desired.frontends.len())?,
+        };
+        next.services.insert(key, service_entry(f, id)?);
+        next.names.insert(id, service_name(f));
+        for (slot, b) in f.backends.iter().enumerate() {
+            let bkey = backend_key(f, b);
+            next.slots.insert(slot_key(id, slot), backend_id_of[&bkey]);
+            frontends_of_backend
+                .entry(revnat_key(bkey))
+                .or_default()
+                .insert(revnat_frontend(&key));
+        }
+        next.vips.entry(VipKey { addr: key.vip }).or_default().ports += 1;
+        let bit = vip_filter_bit(key.vip);
+        *next.vip_filter.entry(bit / 64).or_default() |= 1 << (bit % 64);
+    }
+    if next.slots.len() > limits.slots() as usize {
+        return Err(PlanError::Capacity {
+            what: "backend slots",
+            needed: next.slots.len(),
+            max: limits.slots(),
+        });
+    }
+
+    for (key, frontends) in frontends_of_backend {
+        next.revnat.insert(key, revnat_entry(&key, &frontends)?);
+    }
+    next.l2 = announced(desired, interfaces);
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    use crate::plan::Op;
+    use crate::plan::fixtures::*;
+
+    #[test]
+    fn surviving_services_and_backends_keep_their_ids() {
+        let d1 = desired(vec![
+            frontend("a", [192, 168, 10, 49], 80, &[POD_A, POD_B]),
+            frontend("b", [192, 168, 10, 50], 80, &[POD_C]),
+        ]);
+        let (_, s1) = step(&MapState::default(), &d1);
+        // Remove service a and backend A; add a new service before b in key order.
+        let d2 = desired(vec![
+            frontend("new", [192, 168, 10, 40], 80, &[POD_C]),
+            frontend("b", [192, 168, 10, 50], 80, &[POD_C, POD_B]),
+        ]);
+        let (ops, s2) = step(&s1, &d2);
+        let id_of = |s: &MapState, vip: [u8; 4]| {
+            s.services
+                .iter()
+                .find(|(k, _)| Ipv4Addr::from(k.vip) == Ipv4Addr::from(vip))
+                .unwrap()
+                .1
+                .id
+        };
+        assert_eq!(
+            id_of(&s1, [192, 168, 10, 50]),
+            id_of(&s2, [192, 168, 10, 50])
+        );
+        let backend_id = |s: &MapState, (a, p): ([u8; 4], u16)| {
+            *s.backends
+                .iter()
+                .find(|(_, b)| Ipv4Addr::from(b.addr) == Ipv4Addr::from(a) && b.port == p)
+                .unwrap()
+                .0
+        };
+        assert_eq!(backend_id(&s1, POD_B), backend_id(&s2, POD_B));
+        assert_eq!(backend_id(&s1, POD_C), backend_id(&s2, POD_C));
+        // The removed service's id is free again and the new service takes the lowest one.
+        assert_eq!(
+            id_of(&s2, [192, 168, 10, 40]),
+            id_of(&s1, [192, 168, 10, 49])
+        );
+        assert!(ops.contains(&Op::DeactivateBackend(backend_id(&s1, POD_A))));
+        // Affinity of ended memberships is cleared: a's members, and nothing of b's survivors.
+        let Some(Op::EndMemberships(ended)) = ops.last() else {
+            panic!("{ops:?}")
+        };
+        let a = id_of(&s1, [192, 168, 10, 49]);
+        assert_eq!(
+            ended,
+            &BTreeSet::from([(a, backend_id(&s1, POD_A)), (a, backend_id(&s1, POD_B))])
+        );
+    }
+
+    #[test]
+    fn a_backend_shared_by_two_frontends_reverse_nats_to_both() {
+        let d = desired(vec![
+            frontend("a", [192, 168, 10, 49], 80, &[POD_A]),
+            frontend("b", [192, 168, 10, 50], 80, &[POD_A]),
+        ]);
+        let (_, s) = step(&MapState::default(), &d);
+        assert_eq!(s.backends.len(), 1);
+        let rn = s.revnat.values().next().unwrap();
+        assert_eq!(rn.count, 2);
+    }
+
+    #[test]
+    fn too_many_frontends_on_one_backend_is_refused() {
+        let fronts = (0..5)
+            .map(|i| frontend("x", [192, 168, 10, 40 + i], 80, &[POD_A]))
+            .collect();
+        let err = target(
+            &desired(fronts),
+            &ens18(),
+            &MapState::default(),
+            &Capacity::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("10.244.1.10:8080 serves 5 frontends"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_state_larger_than_the_maps_is_refused() {
+        let d = desired(vec![
+            frontend("a", [192, 168, 10, 49], 80, &[POD_A]),
+            frontend("b", [192, 168, 10, 50], 80, &[POD_A]),
+        ]);
+        let small = Capacity {
+            services: 2,
+            ..Capacity::default()
+        };
+        let err = target(&d, &ens18(), &MapState::default(), &small).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "2 services needed but the datapath holds at most 1"
+        );
+        let small = Capacity {
+            backends: 2,
+            ..Capacity::default()
+        };
+        let d = desired(vec![frontend("a", [192, 168, 10, 49], 80, &[POD_A, POD_B])]);
+        let err = target(&d, &ens18(), &MapState::default(), &small).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "2 backends needed but the datapath holds at most 1"
+        );
+    }
+
+    #[test]
+    fn announcements_only_on_known_interfaces() {
+        let mut d = desired(vec![frontend("a", [192, 168, 10, 49], 80, &[POD_A])]);
+        d.announcements[0].interface = "eno1".into();
+        let t = target(&d, &ens18(), &MapState::default(), &Capacity::default()).unwrap();
+        assert!(t.l2.is_empty());
+    }
+}
