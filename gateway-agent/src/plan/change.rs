@@ -8,13 +8,13 @@ use gateway_common::{
 
 use super::diff::merge;
 use super::entries::{
-    BackendKey, announced, backend_entry, backend_key, revnat_entry, revnat_frontend, revnat_key,
-    service_entry, service_key, service_name, slot_key,
+    BackendKey, announced, put_frontend, revnat_entry, revnat_frontend, revnat_frontends,
+    service_key, slots_of,
 };
 use super::ids::IdAllocator;
 use super::{Change, Interface, MapState, PlanError};
 use crate::capacity::Capacity;
-use crate::model::DesiredState;
+use crate::model::{DesiredState, Frontend};
 
 /// The same as [`target`](super::target()) followed by a [`diff`](super::diff()) against
 /// `current`, computed from what changed between `previous` and `desired` only: a reload
@@ -28,19 +28,48 @@ pub fn change(
     interfaces: &[Interface],
     limits: &Capacity,
 ) -> Result<Change, PlanError> {
-    fn by_key(state: &DesiredState) -> Vec<&crate::model::Frontend> {
-        let mut frontends: Vec<_> = state.frontends.iter().collect();
-        // The model sorts them so already; a hand-made state may not be.
-        if !frontends.is_sorted_by_key(|f| service_key(f)) {
-            frontends.sort_by_key(|f| service_key(f));
-        }
-        frontends
-    }
-    // The frontends that go or change (as they were) and that come or change (as they are).
+    let edits = edits(current, previous, desired);
+    let mut change = Change::default();
+    release_services(current, &edits.gone, &mut change.before);
+    let served = frontends_of_affected_backends(current, &edits);
+    let backend_ids = plan_backends(current, &served, limits, &mut change)?;
+    let services_needed = desired.frontends.len();
+    plan_services(
+        current,
+        &edits.coming,
+        services_needed,
+        &backend_ids,
+        limits,
+        &mut change,
+    )?;
+    check_slot_capacity(current, &change, limits)?;
+    plan_revnat(current, &served, &mut change)?;
+    plan_vips(current, vip_port_changes(&edits), &mut change);
+    plan_announcements(current, desired, interfaces, &mut change);
+    Ok(change)
+}
+
+/// The frontends a reload edits. A frontend that changes is in both lists.
+struct Edits<'a> {
+    /// Those that go or change, as they were (the maps hold their services).
+    gone: Vec<&'a Frontend>,
+    /// Those that come or change, as they are.
+    coming: Vec<&'a Frontend>,
+}
+
+/// Each backend a gone or coming frontend lists, with the frontends it serves once the
+/// change is made (none: it stops serving).
+type FrontendsOfBackend = BTreeMap<BackendKey, BTreeSet<RevNatFrontend>>;
+
+/// Compares the two desired states frontend by frontend, in service key order.
+fn edits<'a>(
+    current: &MapState,
+    previous: &'a DesiredState,
+    desired: &'a DesiredState,
+) -> Edits<'a> {
     let (mut gone, mut coming) = (Vec::new(), Vec::new());
-    let (old, new) = (by_key(previous), by_key(desired));
-    let mut old = old.into_iter().peekable();
-    for f in new {
+    let mut old = by_service_key(previous).into_iter().peekable();
+    for f in by_service_key(desired) {
         while let Some(o) = old.next_if(|o| service_key(o) < service_key(f)) {
             gone.push(o);
         }
@@ -54,13 +83,22 @@ pub fn change(
         }
     }
     gone.extend(old);
+    gone.retain(|f| current.services.contains_key(&service_key(f)));
+    Edits { gone, coming }
+}
 
-    let mut change = Change::default();
-    let (before, after) = (&mut change.before, &mut change.after);
-    // What the frontends that go held, and which backends and VIPs they share with others.
-    let mut users: BTreeMap<BackendKey, BTreeSet<RevNatFrontend>> = BTreeMap::new();
-    let mut vip_ports: BTreeMap<VipKey, i64> = BTreeMap::new();
-    for f in &gone {
+fn by_service_key(state: &DesiredState) -> Vec<&Frontend> {
+    let mut frontends: Vec<_> = state.frontends.iter().collect();
+    // The model sorts them so already; a hand-made state may not be.
+    if !frontends.is_sorted_by_key(|f| service_key(f)) {
+        frontends.sort_by_key(|f| service_key(f));
+    }
+    frontends
+}
+
+/// Records the service entries, names and backend slots of the frontends that go.
+fn release_services(current: &MapState, gone: &[&Frontend], before: &mut MapState) {
+    for f in gone {
         let key = service_key(f);
         let Some(service) = current.services.get(&key) else {
             continue;
@@ -69,122 +107,175 @@ pub fn change(
         if let Some(name) = current.names.get(&service.id) {
             before.names.insert(service.id, name.clone());
         }
-        let slots = slot_key(service.id, 0)..slot_key(service.id + 1, 0);
-        before
-            .slots
-            .extend(current.slots.range(slots).map(|(k, v)| (*k, *v)));
-        for b in &f.backends {
-            users.entry(backend_key(f, b)).or_default();
-        }
-        *vip_ports.entry(VipKey { addr: key.vip }).or_default() -= 1;
+        let slots = current.slots.range(slots_of(service.id));
+        before.slots.extend(slots.map(|(k, v)| (*k, *v)));
     }
-    for f in &coming {
-        for b in &f.backends {
-            users.entry(backend_key(f, b)).or_default();
-        }
-        *vip_ports
-            .entry(VipKey {
-                addr: f.vip.octets(),
-            })
-            .or_default() += 1;
-    }
-    // The frontends each affected backend serves afterwards: the current ones, less those
-    // that go, plus those that come.
-    for (&bkey, frontends) in &mut users {
-        if let Some(revnat) = current.revnat.get(&revnat_key(bkey)) {
-            let count = revnat.count as usize;
-            frontends.extend(&revnat.frontends[..count.min(revnat.frontends.len())]);
-        }
-    }
-    for f in &gone {
-        let key = revnat_frontend(&service_key(f));
-        for b in &f.backends {
-            if let Some(frontends) = users.get_mut(&backend_key(f, b)) {
-                frontends.remove(&key);
-            }
-        }
-    }
-    for f in &coming {
-        let key = revnat_frontend(&service_key(f));
-        for b in &f.backends {
-            if let Some(frontends) = users.get_mut(&backend_key(f, b)) {
-                frontends.insert(key);
-            }
-        }
-    }
+}
 
-    // Backends: affected ones keep their ids; the ones that stop serving free theirs. A
-    // backend's id is found through a frontend that uses it, rather than by walking all
-    // of them (80,000 at 10,000 services).
-    let mut backend_id_of: BTreeMap<BackendKey, u32> = BTreeMap::new();
-    for &bkey in users.keys() {
-        if let Some((id, b)) = current_backend(current, bkey) {
-            backend_id_of.insert(bkey, id);
-            before.backends.insert(id, *b);
+/// The frontends each affected backend serves afterwards: those its reverse NAT entry
+/// holds now, less those that go, plus those that come.
+fn frontends_of_affected_backends(current: &MapState, edits: &Edits) -> FrontendsOfBackend {
+    fn frontends_of<'s>(
+        served: &'s mut FrontendsOfBackend,
+        current: &MapState,
+        backend: BackendKey,
+    ) -> &'s mut BTreeSet<RevNatFrontend> {
+        served.entry(backend).or_insert_with(|| {
+            let revnat = current.revnat.get(&backend.revnat_key());
+            revnat
+                .map(revnat_frontends)
+                .unwrap_or_default()
+                .iter()
+                .copied()
+                .collect()
+        })
+    }
+    let mut served = FrontendsOfBackend::new();
+    for f in &edits.gone {
+        let frontend = revnat_frontend(&service_key(f));
+        for b in &f.backends {
+            frontends_of(&mut served, current, BackendKey::of(f, b)).remove(&frontend);
         }
     }
-    let freed: BTreeSet<u32> = users
+    for f in &edits.coming {
+        let frontend = revnat_frontend(&service_key(f));
+        for b in &f.backends {
+            frontends_of(&mut served, current, BackendKey::of(f, b)).insert(frontend);
+        }
+    }
+    served
+}
+
+/// Backends: an affected one the maps hold keeps its id, one that stops serving frees it,
+/// and one that starts serving takes the lowest free id. Returns every affected backend's id.
+fn plan_backends(
+    current: &MapState,
+    served: &FrontendsOfBackend,
+    limits: &Capacity,
+    change: &mut Change,
+) -> Result<BTreeMap<BackendKey, u32>, PlanError> {
+    let mut ids = held_backend_ids(current, served, &mut change.before);
+    let freed: BTreeSet<u32> = served
         .iter()
         .filter(|(_, frontends)| frontends.is_empty())
-        .filter_map(|(bkey, _)| backend_id_of.get(bkey).copied())
+        .filter_map(|(backend, _)| ids.get(backend).copied())
         .collect();
-    let backends_after = current.backends.len() - freed.len()
-        + users
-            .iter()
-            .filter(|(bkey, frontends)| !frontends.is_empty() && !backend_id_of.contains_key(bkey))
-            .count();
-    let mut backend_ids = None;
-    for (&bkey, frontends) in &users {
+    let starting = served
+        .iter()
+        .filter(|(backend, frontends)| !frontends.is_empty() && !ids.contains_key(backend));
+    let needed = current.backends.len() - freed.len() + starting.count();
+    let mut allocator = None;
+    for (&backend, frontends) in served {
         if frontends.is_empty() {
             continue;
         }
-        let id = match backend_id_of.get(&bkey) {
+        let id = match ids.get(&backend) {
             Some(&id) => id,
             None => {
-                let ids = backend_ids.get_or_insert_with(|| {
+                let allocator = allocator.get_or_insert_with(|| {
                     let used = current.backends.keys().filter(|id| !freed.contains(id));
                     IdAllocator::new(used.copied(), limits.backends, "backends")
                 });
-                let id = ids.take(backends_after)?;
-                backend_id_of.insert(bkey, id);
+                let id = allocator.take(needed)?;
+                ids.insert(backend, id);
                 id
             }
         };
-        after.backends.insert(id, backend_entry(bkey));
+        change.after.backends.insert(id, backend.entry());
     }
+    Ok(ids)
+}
 
-    // Services: a frontend that changes keeps its id, one that goes frees it.
-    let mut service_ids = None;
-    for f in &coming {
-        let key = service_key(f);
-        let id = match current.services.get(&key) {
+/// The ids the maps hold for the affected backends, which `before` records. Each is found
+/// through a frontend that uses it rather than by walking every backend (80,000 at 10,000
+/// services).
+fn held_backend_ids(
+    current: &MapState,
+    served: &FrontendsOfBackend,
+    before: &mut MapState,
+) -> BTreeMap<BackendKey, u32> {
+    let mut ids = BTreeMap::new();
+    for &backend in served.keys() {
+        if let Some(held) = held_backend(current, backend) {
+            ids.insert(backend, held.id);
+            before.backends.insert(held.id, held.entry);
+        }
+    }
+    ids
+}
+
+/// A backend as the maps hold it.
+struct HeldBackend {
+    id: u32,
+    entry: Backend,
+}
+
+/// `backend` as `current` holds it. A state [`target`](super::target()) made lists every
+/// frontend of a backend in its reverse NAT entry and points a slot of each at it.
+fn held_backend(current: &MapState, backend: BackendKey) -> Option<HeldBackend> {
+    let revnat = current.revnat.get(&backend.revnat_key())?;
+    revnat_frontends(revnat).iter().find_map(|frontend| {
+        let key = ServiceKey {
+            vip: frontend.vip,
+            port: frontend.port,
+            proto: backend.proto,
+            _pad: 0,
+        };
+        let service = current.services.get(&key)?;
+        let slots = current.slots.range(slots_of(service.id));
+        slots.map(|(_, &id)| id).find_map(|id| {
+            let entry = *current.backends.get(&id)?;
+            (BackendKey::of_entry(&entry) == backend).then_some(HeldBackend { id, entry })
+        })
+    })
+}
+
+/// Services: a frontend that changes keeps its id, one that comes takes the lowest id free
+/// once the frontends that go have freed theirs.
+fn plan_services(
+    current: &MapState,
+    coming: &[&Frontend],
+    services_needed: usize,
+    backend_ids: &BTreeMap<BackendKey, u32>,
+    limits: &Capacity,
+    change: &mut Change,
+) -> Result<(), PlanError> {
+    let mut allocator = None;
+    for f in coming {
+        let id = match current.services.get(&service_key(f)) {
             Some(s) => s.id,
             None => {
-                let ids = service_ids.get_or_insert_with(|| {
-                    let staying: BTreeSet<ServiceKey> =
-                        coming.iter().map(|f| service_key(f)).collect();
-                    let freed: BTreeSet<u32> = before
-                        .services
-                        .iter()
-                        .filter(|(key, _)| !staying.contains(key))
-                        .map(|(_, s)| s.id)
-                        .collect();
+                let allocator = allocator.get_or_insert_with(|| {
+                    let freed = freed_service_ids(&change.before, coming);
                     let used = current.services.values().map(|s| s.id);
                     let used: BTreeSet<u32> = used.filter(|id| !freed.contains(id)).collect();
                     IdAllocator::new(used, limits.services, "services")
                 });
-                ids.take(desired.frontends.len())?
+                allocator.take(services_needed)?
             }
         };
-        after.services.insert(key, service_entry(f, id)?);
-        after.names.insert(id, service_name(f));
-        for (slot, b) in f.backends.iter().enumerate() {
-            after
-                .slots
-                .insert(slot_key(id, slot), backend_id_of[&backend_key(f, b)]);
-        }
+        put_frontend(&mut change.after, f, id, backend_ids)?;
     }
-    let slots = current.slots.len() - before.slots.len() + after.slots.len();
+    Ok(())
+}
+
+/// The ids of the services that go and do not come back changed.
+fn freed_service_ids(before: &MapState, coming: &[&Frontend]) -> BTreeSet<u32> {
+    let staying: BTreeSet<ServiceKey> = coming.iter().map(|f| service_key(f)).collect();
+    before
+        .services
+        .iter()
+        .filter(|(key, _)| !staying.contains(key))
+        .map(|(_, s)| s.id)
+        .collect()
+}
+
+fn check_slot_capacity(
+    current: &MapState,
+    change: &Change,
+    limits: &Capacity,
+) -> Result<(), PlanError> {
+    let slots = current.slots.len() - change.before.slots.len() + change.after.slots.len();
     if slots > limits.slots() as usize {
         return Err(PlanError::Capacity {
             what: "backend slots",
@@ -192,89 +283,112 @@ pub fn change(
             max: limits.slots(),
         });
     }
-    for (bkey, frontends) in &users {
-        let key = revnat_key(*bkey);
+    Ok(())
+}
+
+/// Reverse NAT: each affected backend's entry, as it is and (unless the backend stops
+/// serving) as it becomes.
+fn plan_revnat(
+    current: &MapState,
+    served: &FrontendsOfBackend,
+    change: &mut Change,
+) -> Result<(), PlanError> {
+    for (&backend, frontends) in served {
+        let key = backend.revnat_key();
         if let Some(revnat) = current.revnat.get(&key) {
-            before.revnat.insert(key, *revnat);
+            change.before.revnat.insert(key, *revnat);
         }
         if !frontends.is_empty() {
-            after.revnat.insert(key, revnat_entry(&key, frontends)?);
+            change
+                .after
+                .revnat
+                .insert(key, revnat_entry(backend, frontends)?);
         }
     }
+    Ok(())
+}
 
-    // VIPs by their number of ports, and the filter words of those that come or go.
+/// How many ports each VIP of a gone or coming frontend gains (or, negative, loses).
+fn vip_port_changes(edits: &Edits) -> BTreeMap<VipKey, i64> {
+    let mut changes = BTreeMap::new();
+    for f in &edits.gone {
+        *changes
+            .entry(VipKey {
+                addr: f.vip.octets(),
+            })
+            .or_default() -= 1;
+    }
+    for f in &edits.coming {
+        *changes
+            .entry(VipKey {
+                addr: f.vip.octets(),
+            })
+            .or_default() += 1;
+    }
+    changes
+}
+
+/// VIPs by their number of ports; a VIP that comes or goes changes its filter word too.
+fn plan_vips(current: &MapState, port_changes: BTreeMap<VipKey, i64>, change: &mut Change) {
     let mut words = BTreeSet::new();
-    for (key, delta) in vip_ports {
+    for (key, delta) in port_changes {
         let old = current.vips.get(&key).map_or(0, |v| v.ports);
         let ports = i64::from(old) + delta;
         if old > 0 {
-            before.vips.insert(key, VipInfo { ports: old });
+            change.before.vips.insert(key, VipInfo { ports: old });
         }
         if ports > 0 {
-            after.vips.insert(
-                key,
-                VipInfo {
-                    ports: ports as u32,
-                },
-            );
+            let ports = ports as u32;
+            change.after.vips.insert(key, VipInfo { ports });
         }
         if (old > 0) != (ports > 0) {
             words.insert(vip_filter_bit(key.addr) / 64);
         }
     }
-    if !words.is_empty() {
-        let vips = current
-            .vips
-            .keys()
-            .filter(|k| !before.vips.contains_key(k))
-            .chain(after.vips.keys());
-        for vip in vips {
-            let bit = vip_filter_bit(vip.addr);
-            if words.contains(&(bit / 64)) {
-                *after.vip_filter.entry(bit / 64).or_default() |= 1 << (bit % 64);
-            }
-        }
-        for word in words {
-            if let Some(&bits) = current.vip_filter.get(&word) {
-                before.vip_filter.insert(word, bits);
-            }
+    plan_vip_filter(current, &words, change);
+}
+
+/// The `gw_vip_filter` `words`, rebuilt from the VIPs the change leaves.
+fn plan_vip_filter(current: &MapState, words: &BTreeSet<u32>, change: &mut Change) {
+    if words.is_empty() {
+        return;
+    }
+    let (before, after) = (&mut change.before, &mut change.after);
+    let vips = current
+        .vips
+        .keys()
+        .filter(|k| !before.vips.contains_key(k))
+        .chain(after.vips.keys());
+    for vip in vips {
+        let bit = vip_filter_bit(vip.addr);
+        if words.contains(&(bit / 64)) {
+            *after.vip_filter.entry(bit / 64).or_default() |= 1 << (bit % 64);
         }
     }
+    for &word in words {
+        if let Some(&bits) = current.vip_filter.get(&word) {
+            before.vip_filter.insert(word, bits);
+        }
+    }
+}
 
-    // Announcements are few and depend on the interfaces as well: compared in full.
-    let l2 = announced(desired, interfaces);
-    let _ = merge(&current.l2, &l2, |key, new, old| {
+/// Announcements are few and depend on the interfaces as well: compared in full.
+fn plan_announcements(
+    current: &MapState,
+    desired: &DesiredState,
+    interfaces: &[Interface],
+    change: &mut Change,
+) {
+    let wanted = announced(desired, interfaces);
+    let _ = merge(&current.l2, &wanted, |key, new, old| {
         if let Some(&mac) = old {
-            before.l2.insert(*key, mac);
+            change.before.l2.insert(*key, mac);
         }
         if let Some(&mac) = new {
-            after.l2.insert(*key, mac);
+            change.after.l2.insert(*key, mac);
         }
         Ok::<(), std::convert::Infallible>(())
     });
-    Ok(change)
-}
-
-/// The backend `bkey` as `current` holds it, with its id. A state
-/// [`target`](super::target()) made lists every frontend of a backend in its reverse NAT
-/// entry and points a slot of each at it.
-fn current_backend(current: &MapState, bkey: BackendKey) -> Option<(u32, &Backend)> {
-    let revnat = current.revnat.get(&revnat_key(bkey))?;
-    let count = (revnat.count as usize).min(revnat.frontends.len());
-    revnat.frontends[..count].iter().find_map(|frontend| {
-        let key = ServiceKey {
-            vip: frontend.vip,
-            port: frontend.port,
-            proto: bkey.2,
-            _pad: 0,
-        };
-        let id = current.services.get(&key)?.id;
-        let slots = current.slots.range(slot_key(id, 0)..slot_key(id + 1, 0));
-        slots.map(|(_, &backend)| backend).find_map(|backend| {
-            let b = current.backends.get(&backend)?;
-            ((b.addr, b.port, b.proto) == bkey).then_some((backend, b))
-        })
-    })
 }
 
 #[cfg(test)]

@@ -3,30 +3,73 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::ops::Range;
 
 use gateway_common::{
     BACKEND_F_ACTIVE, Backend, Frontend as RevNatFrontend, Ipv4, L2Key, RevNat, RevNatKey,
     SERVICE_F_AFFINITY, Service, ServiceKey, SlotKey, capacity, proto, timeouts,
 };
 
-use super::{Interface, PlanError};
-use crate::model::{DesiredState, Protocol};
+use super::{Interface, MapState, PlanError};
+use crate::model::{BackendAddr, DesiredState, Frontend, Protocol};
 
-pub(super) fn proto_number(p: Protocol) -> u8 {
+fn proto_number(p: Protocol) -> u8 {
     match p {
         Protocol::Tcp => proto::TCP,
         Protocol::Udp => proto::UDP,
     }
 }
 
-/// A backend as the maps key it: (address, port, protocol).
-pub(super) type BackendKey = (Ipv4, u16, u8);
-
-pub(super) fn backend_key(f: &crate::model::Frontend, b: &crate::model::BackendAddr) -> BackendKey {
-    (b.addr.octets(), b.port, proto_number(f.protocol))
+/// A backend as the maps tell backends apart: one id, one `gw_backends` entry and one
+/// reverse NAT entry for every frontend that lists the same address, port and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct BackendKey {
+    pub(super) addr: Ipv4,
+    pub(super) port: u16,
+    pub(super) proto: u8,
 }
 
-pub(super) fn service_key(f: &crate::model::Frontend) -> ServiceKey {
+impl BackendKey {
+    /// Backend `b` of frontend `f`, which gives it its protocol.
+    pub(super) fn of(f: &Frontend, b: &BackendAddr) -> Self {
+        Self {
+            addr: b.addr.octets(),
+            port: b.port,
+            proto: proto_number(f.protocol),
+        }
+    }
+
+    /// The backend a `gw_backends` entry holds.
+    pub(super) fn of_entry(b: &Backend) -> Self {
+        Self {
+            addr: b.addr,
+            port: b.port,
+            proto: b.proto,
+        }
+    }
+
+    /// The `gw_backends` value of the backend in use.
+    pub(super) fn entry(self) -> Backend {
+        Backend {
+            addr: self.addr,
+            port: self.port,
+            proto: self.proto,
+            flags: BACKEND_F_ACTIVE,
+        }
+    }
+
+    /// The key of the backend's reverse NAT entry.
+    pub(super) fn revnat_key(self) -> RevNatKey {
+        RevNatKey {
+            addr: self.addr,
+            port: self.port,
+            proto: self.proto,
+            _pad: 0,
+        }
+    }
+}
+
+pub(super) fn service_key(f: &Frontend) -> ServiceKey {
     ServiceKey {
         vip: f.vip.octets(),
         port: f.port,
@@ -36,20 +79,16 @@ pub(super) fn service_key(f: &crate::model::Frontend) -> ServiceKey {
 }
 
 /// Backend `slot` (0-based) of a service; slot 0 of the map is the service's own.
-pub(super) fn slot_key(service_id: u32, slot: usize) -> SlotKey {
+fn slot_key(service_id: u32, slot: usize) -> SlotKey {
     SlotKey {
         service_id,
         slot: slot as u32 + 1,
     }
 }
 
-pub(super) fn revnat_key((addr, port, proto): BackendKey) -> RevNatKey {
-    RevNatKey {
-        addr,
-        port,
-        proto,
-        _pad: 0,
-    }
+/// Every backend slot of service `service_id`.
+pub(super) fn slots_of(service_id: u32) -> Range<SlotKey> {
+    slot_key(service_id, 0)..slot_key(service_id + 1, 0)
 }
 
 pub(super) fn revnat_frontend(key: &ServiceKey) -> RevNatFrontend {
@@ -60,17 +99,7 @@ pub(super) fn revnat_frontend(key: &ServiceKey) -> RevNatFrontend {
     }
 }
 
-/// The `gw_backends` value of a backend in use.
-pub(super) fn backend_entry((addr, port, proto): BackendKey) -> Backend {
-    Backend {
-        addr,
-        port,
-        proto,
-        flags: BACKEND_F_ACTIVE,
-    }
-}
-
-pub(super) fn service_entry(f: &crate::model::Frontend, id: u32) -> Result<Service, PlanError> {
+fn service_entry(f: &Frontend, id: u32) -> Result<Service, PlanError> {
     let affinity = f.affinity_timeout_secs;
     Ok(Service {
         affinity_timeout_ns: affinity.map_or(0, |s| u64::from(s) * timeouts::NS_PER_SEC),
@@ -89,7 +118,7 @@ pub(super) fn service_entry(f: &crate::model::Frontend, id: u32) -> Result<Servi
 }
 
 /// What `lb list` and the counters call the frontend: `namespace/name:port-name`.
-pub(super) fn service_name(f: &crate::model::Frontend) -> String {
+fn service_name(f: &Frontend) -> String {
     if f.port_name.is_empty() {
         format!("{}/{}:{}", f.service.namespace, f.service.name, f.port)
     } else {
@@ -97,14 +126,39 @@ pub(super) fn service_name(f: &crate::model::Frontend) -> String {
     }
 }
 
+/// Writes frontend `f`, under service id `id`, into `state`: its service entry, its name,
+/// and one slot per backend pointing at the backend's id in `backend_ids`.
+pub(super) fn put_frontend(
+    state: &mut MapState,
+    f: &Frontend,
+    id: u32,
+    backend_ids: &BTreeMap<BackendKey, u32>,
+) -> Result<(), PlanError> {
+    state.services.insert(service_key(f), service_entry(f, id)?);
+    state.names.insert(id, service_name(f));
+    for (slot, b) in f.backends.iter().enumerate() {
+        let backend = BackendKey::of(f, b);
+        state
+            .slots
+            .insert(slot_key(id, slot), backend_ids[&backend]);
+    }
+    Ok(())
+}
+
+/// The frontends a reverse NAT entry holds.
+pub(super) fn revnat_frontends(revnat: &RevNat) -> &[RevNatFrontend] {
+    let count = (revnat.count as usize).min(revnat.frontends.len());
+    &revnat.frontends[..count]
+}
+
 /// The frontends one backend serves, as reverse NAT holds them.
 pub(super) fn revnat_entry(
-    key: &RevNatKey,
+    backend: BackendKey,
     frontends: &BTreeSet<RevNatFrontend>,
 ) -> Result<RevNat, PlanError> {
     if frontends.len() > capacity::REVNAT_FRONTENDS {
         return Err(PlanError::TooManyFrontends {
-            backend: format!("{}:{}", Ipv4Addr::from(key.addr), key.port),
+            backend: format!("{}:{}", Ipv4Addr::from(backend.addr), backend.port),
             frontends: frontends
                 .iter()
                 .map(|f| format!("{}:{}", Ipv4Addr::from(f.vip), f.port))

@@ -2,11 +2,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use gateway_common::{Frontend as RevNatFrontend, RevNatKey, VipKey, vip_filter_bit};
+use gateway_common::{Frontend as RevNatFrontend, VipKey, vip_filter_bit};
 
 use super::entries::{
-    BackendKey, announced, backend_entry, backend_key, revnat_entry, revnat_frontend, revnat_key,
-    service_entry, service_key, service_name, slot_key,
+    BackendKey, announced, put_frontend, revnat_entry, revnat_frontend, service_key,
 };
 use super::ids::IdAllocator;
 use super::{Interface, MapState, PlanError};
@@ -26,12 +25,12 @@ pub fn target(
     let current_backend_ids: BTreeMap<BackendKey, u32> = current
         .backends
         .iter()
-        .map(|(&id, b)| ((b.addr, b.port, b.proto), id))
+        .map(|(&id, b)| (BackendKey::of_entry(b), id))
         .collect();
     let wanted: BTreeSet<BackendKey> = desired
         .frontends
         .iter()
-        .flat_map(|f| f.backends.iter().map(move |b| backend_key(f, b)))
+        .flat_map(|f| f.backends.iter().map(move |b| BackendKey::of(f, b)))
         .collect();
     let mut backend_ids = IdAllocator::new(
         wanted
@@ -42,13 +41,13 @@ pub fn target(
         "backends",
     );
     let mut backend_id_of = BTreeMap::new();
-    for &key in &wanted {
-        let id = match current_backend_ids.get(&key) {
+    for &backend in &wanted {
+        let id = match current_backend_ids.get(&backend) {
             Some(&id) => id,
             None => backend_ids.take(wanted.len())?,
         };
-        backend_id_of.insert(key, id);
-        next.backends.insert(id, backend_entry(key));
+        backend_id_of.insert(backend, id);
+        next.backends.insert(id, backend.entry());
     }
 
     // Services (frontends).
@@ -61,20 +60,17 @@ pub fn target(
         limits.services,
         "services",
     );
-    let mut frontends_of_backend: BTreeMap<RevNatKey, BTreeSet<RevNatFrontend>> = BTreeMap::new();
+    let mut frontends_of_backend: BTreeMap<BackendKey, BTreeSet<RevNatFrontend>> = BTreeMap::new();
     for f in &desired.frontends {
         let key = service_key(f);
         let id = match current.services.get(&key) {
             Some(s) => s.id,
             None => service_ids.take(desired.frontends.len())?,
         };
-        next.services.insert(key, service_entry(f, id)?);
-        next.names.insert(id, service_name(f));
-        for (slot, b) in f.backends.iter().enumerate() {
-            let bkey = backend_key(f, b);
-            next.slots.insert(slot_key(id, slot), backend_id_of[&bkey]);
+        put_frontend(&mut next, f, id, &backend_id_of)?;
+        for b in &f.backends {
             frontends_of_backend
-                .entry(revnat_key(bkey))
+                .entry(BackendKey::of(f, b))
                 .or_default()
                 .insert(revnat_frontend(&key));
         }
@@ -90,8 +86,9 @@ pub fn target(
         });
     }
 
-    for (key, frontends) in frontends_of_backend {
-        next.revnat.insert(key, revnat_entry(&key, &frontends)?);
+    for (backend, frontends) in frontends_of_backend {
+        next.revnat
+            .insert(backend.revnat_key(), revnat_entry(backend, &frontends)?);
     }
     next.l2 = announced(desired, interfaces);
     Ok(next)
