@@ -3,6 +3,11 @@
 //! changes nothing (the error is logged and kept for `status`). Stopping leaves the datapath
 //! attached and its maps pinned, so traffic keeps flowing and the next start adopts
 //! conntrack and affinity as they are.
+//!
+//! Every read goes source -> store -> model -> plan -> datapath: the file source turns the
+//! file into a batch of events, the store applies it, the model computes this node's state
+//! from the store, and the plan's writes bring the maps there. A read refused anywhere on
+//! the way (the maps' writes included) leaves the store and the source as they were.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -21,10 +26,11 @@ use tokio::{
 
 use crate::{
     capacity::Capacity,
-    config::{self, DocumentCache},
     datapath::{Datapath, LoadOptions, attach, bpffs, garp, interfaces},
     model::{self, DesiredState, ModelCache},
     plan::{self, Interface, MapState, Op},
+    source::file::{self, Documents, FileSource},
+    store::{Store, Undo},
 };
 
 /// Editors write a file in several steps: act once it has been quiet this long.
@@ -61,7 +67,7 @@ fn selected_interfaces(options: &RunOptions) -> Result<Vec<Interface>> {
 
 /// The file's documents, to tell a real change from an unrelated event in its directory.
 fn digest(path: &Path) -> Option<u64> {
-    Some(config::digest(&std::fs::read_to_string(path).ok()?))
+    Some(file::digest(&std::fs::read_to_string(path).ok()?))
 }
 
 /// Watches the file's directory: editors replace the file, Kubernetes swaps a symlink to
@@ -130,8 +136,7 @@ struct Agent {
     /// What `state` was planned from, so that a reload plans only what changed; `None` when
     /// the maps hold something else (adopted at start, or a failed write).
     planned: Option<DesiredState>,
-    cache: DocumentCache,
-    model_cache: ModelCache,
+    objects: Objects,
     /// What `status` shows about this agent, pinned in `gw_agent`.
     record: AgentState,
     /// The digest of the documents last applied.
@@ -140,21 +145,67 @@ struct Agent {
     garp_sender: garp::Sender,
 }
 
-/// What this node must serve, from the file; nothing is touched when it is invalid.
-fn desired(
-    options: &RunOptions,
-    interfaces: &[Interface],
-    cache: &mut DocumentCache,
-    model_cache: &mut ModelCache,
-) -> Result<DesiredState> {
-    let config = config::load_cached(&options.config, cache).map_err(anyhow::Error::new)?;
-    let names: Vec<String> = interfaces.iter().map(|i| i.name.clone()).collect();
-    let desired = model::desired_state_cached(&config, &options.node_name, &names, model_cache)
-        .map_err(anyhow::Error::new)?;
-    for w in &desired.warnings {
-        warn!("{w}");
+/// Where the objects come from and what the model made of them last: the file source, the
+/// store it feeds, and the model's per-service results.
+struct Objects {
+    source: FileSource,
+    store: Store,
+    model: ModelCache,
+}
+
+/// A read of the file that the store and the model took, not served yet: what it asks of
+/// the maps, and what keeps or drops it once the maps are written or refused it.
+struct Proposal {
+    desired: DesiredState,
+    undo: Undo,
+    documents: Documents,
+}
+
+impl Objects {
+    fn new(path: &Path) -> Self {
+        let source = FileSource::new(path);
+        let store = Store::new(source.name());
+        Self {
+            source,
+            store,
+            model: ModelCache::default(),
+        }
     }
-    Ok(desired)
+
+    /// What this node must serve, from the file. A read refused by the source, the store or
+    /// the model changes neither the source nor the store.
+    fn propose(&mut self, node_name: &str, interfaces: &[Interface]) -> Result<Proposal> {
+        let update = self.source.read()?;
+        let undo = self.store.apply(update.batch)?;
+        let names: Vec<String> = interfaces.iter().map(|i| i.name.clone()).collect();
+        let config = self.store.config();
+        match model::desired_state_cached(config, node_name, &names, &mut self.model) {
+            Ok(desired) => {
+                for w in &desired.warnings {
+                    warn!("{w}");
+                }
+                Ok(Proposal {
+                    desired,
+                    undo,
+                    documents: update.documents,
+                })
+            }
+            Err(errors) => {
+                self.store.undo(undo);
+                Err(errors.into())
+            }
+        }
+    }
+
+    /// The proposal's state is served: the next read is compared with its file.
+    fn keep(&mut self, documents: Documents) {
+        self.source.accept(documents);
+    }
+
+    /// The proposal's state was refused: the store goes back to what serves.
+    fn take_back(&mut self, undo: Undo) {
+        self.store.undo(undo);
+    }
 }
 
 impl Agent {
@@ -209,8 +260,8 @@ impl Agent {
         // Validate everything before touching the kernel: a bad file must not replace (or
         // even pin anything next to) what a previous run left serving.
         let interfaces = selected_interfaces(&options)?;
-        let (mut cache, mut model_cache) = (DocumentCache::default(), ModelCache::default());
-        let desired = desired(&options, &interfaces, &mut cache, &mut model_cache)?;
+        let mut objects = Objects::new(&options.config);
+        let proposal = objects.propose(&options.node_name, &interfaces)?;
         bpffs::prepare(&options.bpffs)?;
         let datapath = Datapath::load(&LoadOptions {
             capacity: options.capacity,
@@ -250,8 +301,7 @@ impl Agent {
             datapath,
             state: MapState::default(),
             planned: None,
-            cache,
-            model_cache,
+            objects,
             record,
             applied: None,
             garp: garp::Schedule::default(),
@@ -266,8 +316,9 @@ impl Agent {
         ))?;
         agent.state = maps.read_state().context("adopting the pinned maps")?;
         let adopted = !agent.state.services.is_empty();
-        let summary = summary(&desired);
-        let writes = agent.apply(desired, &interfaces)?.writes;
+        let summary = summary(&proposal.desired);
+        let writes = agent.apply(proposal.desired, &interfaces)?.writes;
+        agent.objects.keep(proposal.documents);
         // Attach only once the maps hold the full state: the first packet sees all of it.
         attach::attach_all(&mut agent.datapath, &agent.options.bpffs, &interfaces)?;
         // Every announcement is news after a (re)start: a node may have taken over meanwhile.
@@ -275,7 +326,7 @@ impl Agent {
         for (key, mac) in &agent.state.l2 {
             agent.garp.announce(*key, *mac, now);
         }
-        agent.applied = Some(agent.cache.digest());
+        agent.applied = Some(agent.objects.source.digest());
         agent.record.last_applied_unix = unix_now();
         agent.datapath.maps.write_agent(&agent.record)?;
         info!(
@@ -303,14 +354,20 @@ impl Agent {
         let started = Instant::now();
         let result = (|| -> Result<(String, Option<DesiredState>)> {
             let interfaces = selected_interfaces(&self.options)?;
-            let desired = desired(
-                &self.options,
-                &interfaces,
-                &mut self.cache,
-                &mut self.model_cache,
-            )?;
+            let Proposal {
+                desired,
+                undo,
+                documents,
+            } = self.objects.propose(&self.options.node_name, &interfaces)?;
             let summary = summary(&desired);
-            let applied = self.apply(desired, &interfaces)?;
+            let applied = match self.apply(desired, &interfaces) {
+                Ok(applied) => applied,
+                Err(e) => {
+                    self.objects.take_back(undo);
+                    return Err(e);
+                }
+            };
+            self.objects.keep(documents);
             attach::attach_all(&mut self.datapath, &self.options.bpffs, &interfaces)?;
             let now = Instant::now();
             for (key, mac) in applied.announced {
@@ -328,7 +385,7 @@ impl Agent {
                 );
                 // Applied and reported: only now free what was planned before.
                 drop(previous);
-                self.applied = Some(self.cache.digest());
+                self.applied = Some(self.objects.source.digest());
                 self.record.reloads += 1;
                 self.record.last_applied_unix = unix_now();
                 self.record.refused = 0;

@@ -1,9 +1,20 @@
 //! gateway-agent: reads Kubernetes-shaped objects, computes what this node must serve and
 //! announce, and programs the gateway eBPF datapath.
 //!
-//! The data flows one way: `config` (parse + validate) -> `model` (desired state for this
-//! node, pure) -> `plan` (diff against the pinned maps, pure) -> `datapath` (apply, attach).
-//! `cli` holds the commands and their output.
+//! The data flows one way, one module per step:
+//!
+//! | module | step |
+//! | --- | --- |
+//! | `source` | reads the objects (`source::file`: a YAML file) and turns them into events: an object added or changed, an object removed, a kind replaced whole |
+//! | `store` | holds the current objects, applies a batch of events whole or not at all, checks the objects across each other |
+//! | `config` | the objects' types and their validation, one kind per file; `Config`, the objects as the store hands them on |
+//! | `model` | the desired state of this node from the store's objects: VIP allocation, election, frontends, announcements (pure) |
+//! | `plan` | the difference between the desired state and the pinned maps, as ordered writes (pure) |
+//! | `datapath` | loads, pins and attaches the programs, writes the maps, sends gratuitous ARP |
+//! | `agent` | the run loop: source -> store -> model -> plan -> datapath, on start and on every change |
+//! | `cli` | the commands and their output: `check` and `doctor` read the objects as the agent does |
+//! | `cluster` | failover between nodes: membership, who announces each VIP (not wired into the run loop yet) |
+//! | `capacity` | map sizes from the capacity flags |
 
 pub mod agent;
 pub mod capacity;
@@ -13,3 +24,5 @@ pub mod config;
 pub mod datapath;
 pub mod model;
 pub mod plan;
+pub mod source;
+pub mod store;

@@ -1,5 +1,5 @@
-//! Bad input, tried and survived: the config parser, the validator and the model fed
-//! arbitrary text, mutations of the reference file and structured random objects.
+//! Bad input, tried and survived: the file source, the store and the model fed arbitrary
+//! text, mutations of the reference file and structured random objects.
 //!
 //! Properties, for every input: nothing panics; every error and warning names the file
 //! first; when the file parses, the cluster-wide and the per-node model agree on success
@@ -10,8 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use gateway_agent::config::{self, Config};
+use gateway_agent::config::Config;
 use gateway_agent::model;
+use gateway_agent::source::file;
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use serde_json::{Value, json};
@@ -43,7 +44,7 @@ fn named(findings: impl IntoIterator<Item = String>) -> Result<(), TestCaseError
 
 /// The whole pipeline on `text`, with the properties above.
 fn check(text: &str) -> Result<(), TestCaseError> {
-    let config = match config::parse(SOURCE, text) {
+    let config = match file::parse(SOURCE, text) {
         Ok(config) => config,
         Err(errors) => {
             prop_assert!(!errors.0.is_empty(), "an error without findings");
@@ -775,7 +776,7 @@ fn within(limit: Duration, text: String) -> Result<(), TestCaseError> {
 }
 
 fn parse_errors(text: &str) -> Vec<String> {
-    match config::parse(SOURCE, text) {
+    match file::parse(SOURCE, text) {
         Ok(_) => Vec::new(),
         Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
     }

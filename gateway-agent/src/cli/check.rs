@@ -1,5 +1,6 @@
-//! `gateway-agent check`: validates the file as the agent would, without touching the
-//! kernel, and shows the cluster-wide VIP allocation (identical on every node).
+//! `gateway-agent check`: validates the file as the agent would (the file source into a
+//! store, then the model), without touching the kernel, and shows the cluster-wide VIP
+//! allocation (identical on every node).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -9,8 +10,9 @@ use serde::Serialize;
 
 use super::table::Table;
 use crate::{
-    config::{self, ConfigErrors},
+    config::ConfigErrors,
     model::{self, Allocation, Frontend},
+    source::file,
 };
 
 #[derive(Serialize)]
@@ -43,7 +45,7 @@ fn failed(path: &Path, errors: ConfigErrors, json: bool) -> Result<ExitCode> {
 }
 
 pub fn run(path: &Path, node: Option<&str>, json: bool) -> Result<ExitCode> {
-    let config = match config::load(path) {
+    let config = match file::load(path) {
         Ok(c) => c,
         Err(errors) => return failed(path, errors, json),
     };

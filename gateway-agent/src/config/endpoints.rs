@@ -4,9 +4,8 @@ use std::net::Ipv4Addr;
 
 use k8s_openapi::api::discovery::v1 as discovery;
 
-use super::ObjectRef;
 use super::error::ObjectDiagnostics;
-use crate::model::Protocol;
+use super::{ObjectRef, Protocol};
 
 /// The label that ties a slice to its service (in the slice's namespace).
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

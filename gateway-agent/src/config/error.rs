@@ -1,4 +1,4 @@
-//! Errors and warnings about the objects of one file. Every finding names the file, the
+//! Errors and warnings about the objects of one source. Every finding names the file, the
 //! object (when there is one) and the field, so `check` output points at what to fix.
 
 use std::fmt;
@@ -142,6 +142,15 @@ impl Diagnostics {
     ) {
         self.errors.extend(errors);
         self.warnings.extend(warnings);
+    }
+
+    pub(crate) fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
+    /// The errors, when there are any (see [`Self::has_errors`]).
+    pub(crate) fn into_errors(self) -> ConfigErrors {
+        ConfigErrors(self.errors)
     }
 
     /// The findings as they are, errors and warnings.

@@ -1,6 +1,7 @@
 //! Test fixtures: the reference's objects, and helpers to write variations of them.
 
-use super::{Config, parse};
+use super::Config;
+use crate::source::file::parse;
 
 /// The reference's pool, L2 policy, two gateway services, three nodes and envoy slices.
 pub(crate) const REFERENCE: &str = include_str!("../../testdata/reference.yaml");

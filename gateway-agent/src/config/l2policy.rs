@@ -20,6 +20,22 @@ pub struct L2Policy {
     pub service_selector: Selector,
 }
 
+/// Regexes compare by their pattern: the same pattern matches the same interfaces.
+impl PartialEq for L2Policy {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.interfaces.len() == other.interfaces.len()
+            && self
+                .interfaces
+                .iter()
+                .zip(&other.interfaces)
+                .all(|(a, b)| a.as_str() == b.as_str())
+            && self.load_balancer_ips == other.load_balancer_ips
+            && self.node_selector == other.node_selector
+            && self.service_selector == other.service_selector
+    }
+}
+
 impl L2Policy {
     pub const KIND: &str = "CiliumL2AnnouncementPolicy";
 

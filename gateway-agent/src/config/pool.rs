@@ -255,7 +255,7 @@ mod tests {
     use super::*;
 
     fn only_pool(spec: &str) -> IpPool {
-        parse_ok(&pool_doc("p", spec)).pools.remove(0)
+        IpPool::clone(&parse_ok(&pool_doc("p", spec)).pools[0])
     }
 
     fn block(field: &str, first: [u8; 4], last: [u8; 4], reserved_ends: bool) -> IpBlock {
@@ -269,7 +269,7 @@ mod tests {
 
     #[test]
     fn reads_the_reference_pool() {
-        let pool = reference().pools.remove(0);
+        let pool = IpPool::clone(&reference().pools[0]);
         assert_eq!(
             pool.object().to_string(),
             "CiliumLoadBalancerIPPool/first-pool"
@@ -341,7 +341,7 @@ mod tests {
 
     #[test]
     fn block_membership() {
-        let pool = reference().pools.remove(0);
+        let pool = IpPool::clone(&reference().pools[0]);
         assert!(pool.block_of(Ipv4Addr::new(192, 168, 10, 32)).is_some());
         assert!(pool.block_of(Ipv4Addr::new(192, 168, 10, 63)).is_some());
         assert!(pool.block_of(Ipv4Addr::new(192, 168, 10, 31)).is_none());
@@ -355,7 +355,7 @@ mod tests {
             "  blocks:\n    - cidr: \"2004::/64\"\n    - start: \"2004:1::1\"\n      stop: \"2004:1::9\"\n\
              \x20   - cidr: 10.0.0.7/24\n",
         );
-        let pool = parse_ok(&text).pools.remove(0);
+        let pool = IpPool::clone(&parse_ok(&text).pools[0]);
         assert_eq!(
             pool.blocks,
             [block(

@@ -8,9 +8,8 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 
-use super::ObjectRef;
 use super::error::ObjectDiagnostics;
-use crate::model::{Protocol, TrafficPolicy};
+use super::{ObjectRef, Protocol};
 
 /// Cilium LB-IPAM's annotation requesting VIPs (comma-separated).
 pub const LB_IPAM_IPS_ANNOTATION: &str = "lbipam.cilium.io/ips";
@@ -43,6 +42,13 @@ pub struct Service {
 pub struct FieldAddr {
     pub addr: Ipv4Addr,
     pub field: String,
+}
+
+/// `spec.externalTrafficPolicy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum TrafficPolicy {
+    Local,
+    Cluster,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -138,7 +138,7 @@ impl<'c> Allocator<'c> {
         self.config
             .pools
             .iter()
-            .find_map(|pool| pool.block_of(addr).map(|block| (pool, block)))
+            .find_map(|pool| pool.block_of(addr).map(|block| (&**pool, block)))
     }
 
     /// Pass 1: the pool that grants `requested`, or an error saying why none does.
@@ -235,6 +235,7 @@ impl<'c> Allocator<'c> {
             .pools
             .iter()
             .filter(|pool| !pool.disabled && pool.service_selector.matches(&labels))
+            .map(|pool| &**pool)
             .collect();
         if candidates.is_empty() {
             diagnostics.error(

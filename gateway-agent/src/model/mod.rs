@@ -4,13 +4,12 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use crate::config::{
     Config, ConfigError, ConfigErrors, ConfigWarning, Diagnostics, EndpointSlice, L2Policy, Name,
-    Node, ObjectRef, Service,
+    Node, ObjectRef, Service, ServiceWithSlices,
 };
 use ipam::Grant;
 use rustc_hash::FxBuildHasher;
@@ -21,33 +20,10 @@ mod frontends;
 mod ipam;
 pub(crate) mod selector;
 
+// The model's output carries them: its users find them here too.
+pub use crate::config::{Protocol, TrafficPolicy};
 pub use election::announcer_score;
 pub use selector::{SERVICE_NAME_PSEUDO_LABEL, SERVICE_NAMESPACE_PSEUDO_LABEL};
-
-/// L4 protocol of a service port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub enum Protocol {
-    #[serde(rename = "TCP")]
-    Tcp,
-    #[serde(rename = "UDP")]
-    Udp,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-        })
-    }
-}
-
-/// `spec.externalTrafficPolicy`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub enum TrafficPolicy {
-    Local,
-    Cluster,
-}
 
 /// One backend of a frontend; its protocol is the frontend's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -125,10 +101,11 @@ pub struct ClusterState {
 pub fn cluster_state(config: &Config) -> Result<ClusterState, ConfigErrors> {
     let mut diagnostics = Diagnostics::new(&config.source);
     let mut allocations = Vec::new();
-    for (grant, slices) in allocated(config, &mut diagnostics) {
-        let derived = derive(config, grant.service, slices, grant.vip, None);
-        diagnostics.absorb(derived.errors, derived.warnings);
-        allocations.push(allocation(&grant, derived.announcer));
+    for allocated in allocated(config, &mut diagnostics) {
+        let grant = &allocated.grant;
+        let model = model_service(config, grant.service, allocated.slices, grant.vip, None);
+        diagnostics.absorb(model.errors, model.warnings);
+        allocations.push(allocation(grant, model.announcer));
     }
     let warnings = diagnostics.into_result()?;
     Ok(ClusterState {
@@ -148,18 +125,22 @@ pub fn desired_state(
 }
 
 /// Like [`desired_state`], reusing what `cache` holds from an earlier run for every service
-/// whose objects are the same ones (the agent keeps one across reloads, next to the
-/// document cache that hands the same objects out again).
+/// whose objects are the same ones (the agent keeps one across reloads, next to the store
+/// that keeps the `Arc` of every object that did not change).
 pub fn desired_state_cached(
     config: &Config,
     node_name: &str,
     interfaces: &[String],
     cache: &mut ModelCache,
 ) -> Result<DesiredState, ConfigErrors> {
-    let shared = Shared::of(config, node_name, interfaces);
-    if cache.shared.as_ref() != Some(&shared) {
+    let common = CommonInputs::of(config, node_name, interfaces);
+    if cache.common.as_ref() != Some(&common) {
         cache.services.clear();
     }
+    let this_node = ThisNode {
+        name: node_name,
+        interfaces,
+    };
     let mut diagnostics = Diagnostics::new(&config.source);
     let services = config.services.len();
     let (mut frontends, mut announcements, mut allocations) = (
@@ -167,59 +148,53 @@ pub fn desired_state_cached(
         Vec::with_capacity(services),
         Vec::with_capacity(services),
     );
-    // The memos are updated where they are: a new map of 10,000 each time (megabytes of
+    // The entries are updated where they are: a new map of 10,000 each time (megabytes of
     // fresh pages) cost more than the services that changed.
-    for (grant, slices) in allocated(config, &mut diagnostics) {
+    for AllocatedService { grant, slices } in allocated(config, &mut diagnostics) {
         let key = Arc::as_ptr(grant.service) as usize;
-        let memo = match cache.services.entry(key) {
+        let modelled = match cache.services.entry(key) {
             Entry::Occupied(entry) if entry.get().fits(grant.service, slices, grant.vip) => {
                 entry.into_mut()
             }
             entry => {
-                let derived = derive(
-                    config,
-                    grant.service,
-                    slices,
-                    grant.vip,
-                    Some((node_name, interfaces)),
-                );
-                let memo = Memo {
+                let model =
+                    model_service(config, grant.service, slices, grant.vip, Some(&this_node));
+                let modelled = ModelledService {
                     service: Arc::clone(grant.service),
                     slices: slices.to_vec(),
                     vip: grant.vip,
-                    allocation: allocation(&grant, derived.announcer.clone()),
-                    derived,
+                    allocation: allocation(&grant, model.announcer.clone()),
+                    model,
                     used: false,
                 };
                 match entry {
                     Entry::Occupied(entry) => {
                         let slot = entry.into_mut();
-                        *slot = memo;
+                        *slot = modelled;
                         slot
                     }
-                    Entry::Vacant(entry) => entry.insert(memo),
+                    Entry::Vacant(entry) => entry.insert(modelled),
                 }
             }
         };
-        memo.used = true;
+        modelled.used = true;
         // The pool and the request are the grant's, which may change while the VIP stays.
-        if memo.allocation.pool != grant.pool.name || memo.allocation.requested != grant.requested {
-            memo.allocation = allocation(&grant, memo.derived.announcer.clone());
+        if modelled.allocation.pool != grant.pool.name
+            || modelled.allocation.requested != grant.requested
+        {
+            modelled.allocation = allocation(&grant, modelled.model.announcer.clone());
         }
-        let derived = &memo.derived;
-        diagnostics.absorb(
-            derived.errors.iter().cloned(),
-            derived.warnings.iter().cloned(),
-        );
-        frontends.extend(derived.frontends.iter().cloned());
-        announcements.extend(derived.announcements.iter().cloned());
-        allocations.push(memo.allocation.clone());
+        let model = &modelled.model;
+        diagnostics.absorb(model.errors.iter().cloned(), model.warnings.iter().cloned());
+        frontends.extend(model.frontends.iter().cloned());
+        announcements.extend(model.announcements.iter().cloned());
+        allocations.push(modelled.allocation.clone());
     }
     // Only the services of this run stay.
     cache
         .services
-        .retain(|_, memo| std::mem::replace(&mut memo.used, false));
-    cache.shared = Some(shared);
+        .retain(|_, modelled| std::mem::replace(&mut modelled.used, false));
+    cache.common = Some(common);
     if !config.nodes.iter().any(|node| node.name == node_name) {
         diagnostics.warn(
             Some(&ObjectRef::cluster_scoped(Node::KIND, node_name)),
@@ -240,27 +215,27 @@ pub fn desired_state_cached(
 
 /// Per-service results of earlier runs of [`desired_state_cached`]. A service's result is
 /// a function of its own objects (the service, its slices, its VIP) and of objects every
-/// service shares (nodes, L2 policies, this node's name and interfaces): it is reused while
-/// all of them are the very same `Arc`s, and everything is dropped when a shared one
-/// changes. VIP allocation is global and always runs in full.
+/// service depends on (nodes, L2 policies, this node's name and interfaces): it is reused
+/// while all of them are the very same `Arc`s, and everything is dropped when one of the
+/// latter changes. VIP allocation is global and always runs in full.
 #[derive(Default)]
 pub struct ModelCache {
-    shared: Option<Shared>,
-    /// By the address of the service's `Arc`, which the memo holds so that no other object
-    /// takes that address while the memo lives.
-    services: HashMap<usize, Memo, FxBuildHasher>,
+    common: Option<CommonInputs>,
+    /// By the address of the service's `Arc`, which the entry holds so that no other object
+    /// takes that address while the entry lives.
+    services: HashMap<usize, ModelledService, FxBuildHasher>,
 }
 
 /// What every service's result depends on besides its own objects.
 #[derive(PartialEq)]
-struct Shared {
+struct CommonInputs {
     nodes: Vec<ByAddress<Node>>,
     l2_policies: Vec<ByAddress<L2Policy>>,
     node_name: String,
     interfaces: Vec<String>,
 }
 
-impl Shared {
+impl CommonInputs {
     fn of(config: &Config, node_name: &str, interfaces: &[String]) -> Self {
         Self {
             nodes: config.nodes.iter().cloned().map(ByAddress).collect(),
@@ -271,8 +246,8 @@ impl Shared {
     }
 }
 
-/// An object compared by identity: the document cache hands out the same `Arc` for an
-/// unchanged document, and a new one for anything parsed again.
+/// An object compared by identity: the store keeps the same `Arc` for an object that did
+/// not change, and a new one for anything that did.
 struct ByAddress<T>(Arc<T>);
 
 impl<T> PartialEq for ByAddress<T> {
@@ -281,19 +256,20 @@ impl<T> PartialEq for ByAddress<T> {
     }
 }
 
-struct Memo {
+/// A service as last modelled: the objects and VIP it was modelled from, and the result.
+struct ModelledService {
     service: Arc<Service>,
     slices: Vec<Arc<EndpointSlice>>,
     vip: Ipv4Addr,
     /// The service's allocation as of its last grant.
     allocation: Allocation,
-    derived: Derived,
+    model: ServiceModel,
     /// Found by the current run (the others are dropped at its end).
     used: bool,
 }
 
-impl Memo {
-    /// The memo was made from these very objects and VIP.
+impl ModelledService {
+    /// The entry was made from these very objects and VIP.
     fn fits(&self, service: &Arc<Service>, slices: &[Arc<EndpointSlice>], vip: Ipv4Addr) -> bool {
         Arc::ptr_eq(&self.service, service)
             && self.vip == vip
@@ -306,9 +282,9 @@ impl Memo {
     }
 }
 
-/// What one allocated service makes of the shared objects: its announcer and, on a node,
-/// its frontends and announcements there, with the findings on the way.
-struct Derived {
+/// What one allocated service makes of the objects: its announcer and, on a node, its
+/// frontends and announcements there, with the findings on the way.
+struct ServiceModel {
     announcer: Option<Name>,
     frontends: Vec<Frontend>,
     announcements: Vec<Announcement>,
@@ -316,17 +292,27 @@ struct Derived {
     warnings: Vec<ConfigWarning>,
 }
 
-/// Every service that gets a VIP, with its grant and its slices, in service order.
-fn allocated<'c>(
-    config: &'c Config,
-    diagnostics: &mut Diagnostics,
-) -> Vec<(Grant<'c>, &'c [Arc<EndpointSlice>])> {
+/// A service that gets a VIP: its grant and its slices.
+struct AllocatedService<'c> {
+    grant: Grant<'c>,
+    slices: &'c [Arc<EndpointSlice>],
+}
+
+/// The node the model is computed for.
+struct ThisNode<'n> {
+    name: &'n str,
+    /// Its interfaces' names.
+    interfaces: &'n [String],
+}
+
+/// Every service that gets a VIP, in service order.
+fn allocated<'c>(config: &'c Config, diagnostics: &mut Diagnostics) -> Vec<AllocatedService<'c>> {
     let mut grants = ipam::allocate(config, diagnostics).into_iter().peekable();
     config
         .services_with_slices()
-        .filter_map(|(service, slices)| {
+        .filter_map(|ServiceWithSlices { service, slices }| {
             let grant = grants.next_if(|grant| Arc::ptr_eq(grant.service, service))?;
-            Some((grant, slices))
+            Some(AllocatedService { grant, slices })
         })
         .collect()
 }
@@ -342,15 +328,14 @@ fn allocation(grant: &Grant<'_>, announcer: Option<Name>) -> Allocation {
     }
 }
 
-/// The service's part of the model; `node` (its name and interfaces) adds what that node
-/// programs and announces.
-fn derive(
+/// The service's part of the model; `node` adds what that node programs and announces.
+fn model_service(
     config: &Config,
     service: &Service,
     slices: &[Arc<EndpointSlice>],
     vip: Ipv4Addr,
-    node: Option<(&str, &[String])>,
-) -> Derived {
+    node: Option<&ThisNode<'_>>,
+) -> ServiceModel {
     let mut diagnostics = Diagnostics::new(&config.source);
     // Checked for Cluster services too: two policies selecting one is wrong whatever its
     // traffic policy.
@@ -368,14 +353,14 @@ fn derive(
         }
     };
     let (mut frontends, mut announcements) = (Vec::new(), Vec::new());
-    if let Some((node_name, interfaces)) = node
+    if let Some(node) = node
         && service.traffic_policy == TrafficPolicy::Local
     {
-        frontends = frontends::frontends(service, slices, vip, node_name, &mut diagnostics);
+        frontends = frontends::frontends(service, slices, vip, node.name, &mut diagnostics);
         if let Some(policy) = policy
-            && announcer.is_some_and(|node| node.name == node_name)
+            && announcer.is_some_and(|announcer| announcer.name == node.name)
         {
-            announcements = announce::interfaces(policy, interfaces)
+            announcements = announce::interfaces(policy, node.interfaces)
                 .map(|interface| Announcement {
                     interface: interface.into(),
                     vip,
@@ -386,7 +371,7 @@ fn derive(
         }
     }
     let (errors, warnings) = diagnostics.into_parts();
-    Derived {
+    ServiceModel {
         announcer: announcer.map(|node| node.name.as_str().into()),
         frontends,
         announcements,
@@ -434,8 +419,9 @@ fn render(config: &[ConfigWarning], model: &[ConfigWarning]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DocumentCache;
     use crate::config::fixtures::*;
+    use crate::source::file::{FileSource, parse};
+    use crate::store::Store;
 
     const UPLINKS: [&str; 3] = ["lo", "ens18", "cilium_host"];
 
@@ -648,7 +634,10 @@ mod tests {
         let slots = slots();
         let interfaces = ["ens18".to_owned(), "eth1".to_owned()];
         let mut random = XorShift(0x0dd_ba11_c0ff_ee00);
-        let (mut documents, mut caches) = (DocumentCache::default(), ModelCache::default());
+        // As the agent keeps them: a refused state is taken back out of the store.
+        let source = std::path::Path::new(FILE);
+        let (mut source, mut store) = (FileSource::new(source), Store::new(FILE));
+        let mut caches = ModelCache::default();
         let mut chosen = vec![0; slots.len()];
         for round in 0..400 {
             // Mostly one document changes, as in a reload; sometimes several.
@@ -664,12 +653,15 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join("---\n");
             let node = ["worker-1", "worker-2"][random.below(2)];
-            let config = crate::config::parse_cached(FILE, &text, &mut documents);
-            let fresh = crate::config::parse(FILE, &text);
-            let (Ok(config), Ok(fresh)) = (config, fresh) else {
+            let update = source.read_text(&text);
+            let fresh = parse(FILE, &text);
+            let (Ok(update), Ok(fresh)) = (update, fresh) else {
                 panic!("round {round}: the file does not parse:\n{text}");
             };
-            let cached = desired_state_cached(&config, node, &interfaces, &mut caches);
+            let Ok(undo) = store.apply(update.batch) else {
+                panic!("round {round}: the store refuses the file:\n{text}");
+            };
+            let cached = desired_state_cached(store.config(), node, &interfaces, &mut caches);
             let expected = desired_state(&fresh, node, &interfaces);
             // Only this run's services are remembered.
             if let Ok(state) = &cached {
@@ -679,11 +671,17 @@ mod tests {
                     "round {round}"
                 );
             }
+            let refused = cached.is_err();
             assert_eq!(
                 cached.map_err(|e| e.to_string()),
                 expected.map_err(|e| e.to_string()),
                 "round {round} on {node}:\n{text}"
             );
+            if refused {
+                store.undo(undo);
+            } else {
+                source.accept(update.documents);
+            }
         }
     }
 }

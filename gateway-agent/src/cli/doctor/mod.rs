@@ -21,9 +21,9 @@ use anyhow::Result;
 use gateway_common::read_text;
 use regex::Regex;
 
-use crate::config;
 use crate::datapath::Maps;
 use crate::model;
+use crate::source::file;
 
 /// What the doctor looks at.
 pub struct Patient<'a> {
@@ -49,7 +49,7 @@ pub fn run(p: &Patient<'_>, json: bool) -> Result<ExitCode> {
             .filter(|n| !n.is_empty())
     });
     let config = match &config_path {
-        Some(path) => match config::load(path) {
+        Some(path) => match file::load(path) {
             Ok(config) => Some(config),
             Err(errors) => {
                 findings.extend(objects::invalid_file(path, &errors));

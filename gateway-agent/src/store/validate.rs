@@ -1,36 +1,15 @@
-//! Checks across objects of one file: duplicates and overlapping pools. Checks that need
-//! selectors or allocation (VIP conflicts, exhausted pools, competing L2 policies) are the
-//! model's.
+//! Checks across the objects the store holds. Checks that need selectors or allocation
+//! (VIP conflicts, exhausted pools, competing L2 policies) are the model's; duplicates
+//! cannot happen in a store (one object per `ObjectRef`), a file's are its source's.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::ObjectRef;
-use super::error::Diagnostics;
-use super::parse::Origin;
-use super::pool::{IpBlock, IpPool};
-
-/// The same kind/namespace/name twice: the API server would have kept only one of them,
-/// and which one is a guess we refuse to make.
-pub(super) fn duplicates(seen: &[(&ObjectRef, Origin)], diagnostics: &mut Diagnostics) {
-    let mut first_seen: HashMap<&ObjectRef, Origin> = HashMap::with_capacity(seen.len());
-    for &(object, origin) in seen {
-        match first_seen.get(object) {
-            Some(first) => diagnostics.error(
-                Some(object),
-                "",
-                format!("duplicate object: defined in {first} and again in {origin}"),
-            ),
-            None => {
-                first_seen.insert(object, origin);
-            }
-        }
-    }
-}
+use crate::config::{Diagnostics, IpBlock, IpPool};
 
 /// Blocks that share an address, within one pool or across pools (disabled ones too): an
 /// address must belong to exactly one pool for allocation to be unambiguous. `pools` are
 /// sorted by name; the error is reported on the later pool and names the earlier one.
-pub(super) fn overlapping_pools(pools: &[IpPool], diagnostics: &mut Diagnostics) {
+pub(crate) fn overlapping_pools(pools: &[Arc<IpPool>], diagnostics: &mut Diagnostics) {
     let overlap = |a: &IpBlock, b: &IpBlock| a.first <= b.last && b.first <= a.last;
     for (i, pool) in pools.iter().enumerate() {
         for (j, block) in pool.blocks.iter().enumerate() {
@@ -69,7 +48,7 @@ pub(super) fn overlapping_pools(pools: &[IpPool], diagnostics: &mut Diagnostics)
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::*;
+    use crate::config::fixtures::*;
 
     fn pool(name: &str, blocks: &str) -> String {
         pool_doc(name, &format!("  blocks:\n{blocks}"))

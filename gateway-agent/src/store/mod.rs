@@ -1,0 +1,437 @@
+//! The store: the current objects of one source, which the model reads.
+//!
+//! A source (`crate::source`) turns what it reads into [`Batch`]es of [`Event`]s keyed by
+//! [`ObjectRef`]: an object added or changed ([`Event::Apply`]), an object gone
+//! ([`Event::Delete`]), or every object of a kind at once ([`Event::ReplaceKind`], what a
+//! watch's relist delivers; the file source's first read is one). The store applies a batch
+//! whole or not at all: after the events, it checks the objects across each other
+//! (`validate`), and a batch that fails leaves nothing changed. [`Store::undo`] takes an
+//! applied batch back, for a caller whose later checks (the model's) refuse what it made.
+//!
+//! The objects are kept in the sorted lists of [`Config`], changed in place by binary
+//! search: an object that does not change keeps its `Arc` through every batch (an object
+//! applied equal to the one held changes nothing), which is what lets the model reuse what
+//! it made of it. What a source found about an object (its warnings) lives with the object
+//! and goes when it goes; what it found about nothing it delivered is the source's own.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use rustc_hash::FxBuildHasher;
+
+use crate::config::{
+    Config, ConfigErrors, ConfigWarning, Diagnostics, EndpointSlice, IpPool, Kind, L2Policy, Name,
+    Node, Object, ObjectRef, Service, SortedList, l2_policy_order, node_order, pool_order,
+    service_order, slice_order,
+};
+
+pub(crate) mod validate;
+
+/// An object as a source delivers it, with what the source found about it (warnings: an
+/// object with errors is not delivered).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub object: Object,
+    pub findings: Vec<ConfigWarning>,
+}
+
+impl Entry {
+    /// An object about which nothing was found.
+    pub fn new(object: Object) -> Self {
+        Self {
+            object,
+            findings: Vec::new(),
+        }
+    }
+}
+
+/// One change of the objects a source holds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// The object was added or changed: the store holds this version from now on.
+    Apply(Entry),
+    /// The object is gone (nothing happens when the store does not hold it).
+    Delete(ObjectRef),
+    /// These are all the objects of the kind: any other of that kind goes. Every entry is
+    /// of the kind (others are ignored).
+    ReplaceKind(Kind, Vec<Entry>),
+}
+
+/// Events that take the objects from one consistent state to the next.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Batch {
+    pub events: Vec<Event>,
+    /// What the source found about nothing it delivered (a document it could not read, an
+    /// object of a kind not read), replacing what it found before; `None` keeps that.
+    pub source_findings: Option<Vec<ConfigWarning>>,
+}
+
+/// What takes an applied batch back: the events that restore what it changed.
+pub struct Undo(Batch);
+
+/// The current objects of one source, with what the source found about them.
+pub struct Store {
+    config: Config,
+    /// The findings about each object held that has any.
+    findings: BTreeMap<ObjectRef, Vec<ConfigWarning>>,
+    source_findings: Vec<ConfigWarning>,
+    /// Each slice held, by its name: slices sort by the service they name first, which
+    /// their `ObjectRef` does not say.
+    slices: HashMap<SliceName, Arc<EndpointSlice>, FxBuildHasher>,
+}
+
+/// What a batch touched, to know what to check and recompute after it.
+#[derive(Default)]
+struct Touched {
+    pools: bool,
+    findings: bool,
+}
+
+impl Store {
+    /// An empty store; `source` names the source in every finding.
+    pub fn new(source: &str) -> Self {
+        Self {
+            config: Config {
+                source: source.to_owned(),
+                ..Config::default()
+            },
+            findings: BTreeMap::new(),
+            source_findings: Vec::new(),
+            slices: HashMap::default(),
+        }
+    }
+
+    /// The objects, as the model reads them.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn into_config(self) -> Config {
+        self.config
+    }
+
+    /// Applies `batch` whole, or, when the objects it makes do not hold together (e.g.
+    /// overlapping pools), not at all: the errors say why.
+    pub fn apply(&mut self, batch: Batch) -> Result<Undo, ConfigErrors> {
+        let (undo, touched) = self.apply_unchecked(batch);
+        if touched.pools {
+            let mut diagnostics = Diagnostics::new(&self.config.source);
+            validate::overlapping_pools(&self.config.pools, &mut diagnostics);
+            if let Err(errors) = diagnostics.into_result() {
+                self.undo(undo);
+                return Err(errors);
+            }
+        }
+        Ok(undo)
+    }
+
+    /// Takes back the batch `undo` came from; nothing else may have been applied since.
+    pub fn undo(&mut self, undo: Undo) {
+        let _ = self.apply_unchecked(undo.0);
+    }
+
+    fn apply_unchecked(&mut self, batch: Batch) -> (Undo, Touched) {
+        let mut touched = Touched::default();
+        let mut restore = Vec::new();
+        for event in batch.events {
+            restore.extend(match event {
+                Event::Apply(entry) => Some(self.apply_entry(entry, &mut touched)),
+                Event::Delete(object) => self.delete(object, &mut touched),
+                Event::ReplaceKind(kind, entries) => {
+                    Some(self.replace_kind(kind, entries, &mut touched))
+                }
+            });
+        }
+        let source_findings = batch.source_findings.map(|findings| {
+            touched.findings = true;
+            std::mem::replace(&mut self.source_findings, findings)
+        });
+        if touched.findings {
+            self.refresh_warnings();
+        }
+        // Applied last to first, each restores what its event found.
+        restore.reverse();
+        let undo = Undo(Batch {
+            events: restore,
+            source_findings,
+        });
+        (undo, touched)
+    }
+
+    /// Applies `entry`; returns the event that restores what was there.
+    fn apply_entry(&mut self, entry: Entry, touched: &mut Touched) -> Event {
+        let object = entry.object.object_ref();
+        touched.pools |= entry.object.kind() == Kind::IpPool;
+        let previous = match entry.object {
+            Object::Service(service) => put(&mut self.config, service),
+            Object::EndpointSlice(slice) => {
+                put_slice(&mut self.config.endpoint_slices, &mut self.slices, slice)
+                    .map(Object::EndpointSlice)
+            }
+            Object::Node(node) => put(&mut self.config, node),
+            Object::IpPool(pool) => put(&mut self.config, pool),
+            Object::L2Policy(policy) => put(&mut self.config, policy),
+        };
+        let findings = self.set_findings(&object, entry.findings, touched);
+        match previous {
+            Some(object) => Event::Apply(Entry { object, findings }),
+            None => Event::Delete(object),
+        }
+    }
+
+    /// Deletes `object`; returns the event that restores it, if it was held.
+    fn delete(&mut self, object: ObjectRef, touched: &mut Touched) -> Option<Event> {
+        let kind = Kind::named(&object.kind)?;
+        touched.pools |= kind == Kind::IpPool;
+        let name = object.name.as_str();
+        let config = &mut self.config;
+        let previous = match kind {
+            Kind::Service => take::<Service>(config, |held| {
+                let held = &held.object;
+                (&held.namespace, &held.name).cmp(&(&object.namespace, &object.name))
+            }),
+            Kind::EndpointSlice => {
+                let key = SliceName {
+                    namespace: object.namespace.clone(),
+                    name: object.name.clone(),
+                };
+                self.slices.remove(&key).and_then(|held| {
+                    take::<EndpointSlice>(config, |slice| slice_order(slice, &held))
+                })
+            }
+            Kind::Node => take::<Node>(config, |held| held.name.as_str().cmp(name)),
+            Kind::IpPool => take::<IpPool>(config, |held| held.name.as_str().cmp(name)),
+            Kind::L2Policy => take::<L2Policy>(config, |held| held.name.as_str().cmp(name)),
+        };
+        let findings = self.set_findings(&object, Vec::new(), touched);
+        previous.map(|object| Event::Apply(Entry { object, findings }))
+    }
+
+    /// Makes `entries` all the objects of `kind`; returns the event that restores the
+    /// objects held before.
+    fn replace_kind(&mut self, kind: Kind, entries: Vec<Entry>, touched: &mut Touched) -> Event {
+        touched.pools |= kind == Kind::IpPool;
+        let mut previous_findings = BTreeMap::new();
+        self.findings.retain(|object, findings| {
+            let of_kind = object.kind == kind.name();
+            if of_kind {
+                previous_findings.insert(object.clone(), std::mem::take(findings));
+            }
+            !of_kind
+        });
+        touched.findings |= !previous_findings.is_empty();
+        let mut objects = Vec::with_capacity(entries.len());
+        for entry in entries {
+            debug_assert_eq!(entry.object.kind(), kind, "an entry of another kind");
+            if entry.object.kind() != kind {
+                continue;
+            }
+            if !entry.findings.is_empty() {
+                touched.findings = true;
+                self.findings
+                    .insert(entry.object.object_ref(), entry.findings);
+            }
+            objects.push(entry.object);
+        }
+        let config = &mut self.config;
+        let previous = match kind {
+            Kind::Service => replace_all::<Service>(config, objects),
+            Kind::EndpointSlice => {
+                let previous = replace_all::<EndpointSlice>(config, objects);
+                self.slices = config
+                    .endpoint_slices
+                    .iter()
+                    .map(|slice| (SliceName::of(slice), Arc::clone(slice)))
+                    .collect();
+                previous
+            }
+            Kind::Node => replace_all::<Node>(config, objects),
+            Kind::IpPool => replace_all::<IpPool>(config, objects),
+            Kind::L2Policy => replace_all::<L2Policy>(config, objects),
+        };
+        let previous = previous
+            .into_iter()
+            .map(|object| {
+                let findings = if previous_findings.is_empty() {
+                    Vec::new()
+                } else {
+                    previous_findings
+                        .remove(&object.object_ref())
+                        .unwrap_or_default()
+                };
+                Entry { object, findings }
+            })
+            .collect();
+        Event::ReplaceKind(kind, previous)
+    }
+
+    /// Sets what was found about `object`, returning what was found before.
+    fn set_findings(
+        &mut self,
+        object: &ObjectRef,
+        findings: Vec<ConfigWarning>,
+        touched: &mut Touched,
+    ) -> Vec<ConfigWarning> {
+        let previous = if findings.is_empty() {
+            self.findings.remove(object)
+        } else {
+            self.findings.insert(object.clone(), findings)
+        };
+        touched.findings |= previous.is_some() || self.findings.contains_key(object);
+        previous.unwrap_or_default()
+    }
+
+    /// The warnings of every object and of the source, sorted and deduplicated so that they
+    /// do not depend on the order the source delivered them in.
+    fn refresh_warnings(&mut self) {
+        let mut warnings: Vec<ConfigWarning> = self
+            .findings
+            .values()
+            .flatten()
+            .chain(&self.source_findings)
+            .cloned()
+            .collect();
+        warnings.sort();
+        warnings.dedup();
+        self.config.warnings = warnings;
+    }
+}
+
+/// A kind as the store keeps it: its list in [`Config`] and the order of that list.
+trait Held: PartialEq + Sized {
+    fn list(config: &mut Config) -> &mut SortedList<Self>;
+    fn order(a: &Self, b: &Self) -> Ordering;
+    fn object(held: Arc<Self>) -> Object;
+    fn of(object: Object) -> Option<Arc<Self>>;
+}
+
+macro_rules! held {
+    ($type:ty, $variant:ident, $list:ident, $order:ident) => {
+        impl Held for $type {
+            fn list(config: &mut Config) -> &mut SortedList<Self> {
+                &mut config.$list
+            }
+            fn order(a: &Self, b: &Self) -> Ordering {
+                $order(a, b)
+            }
+            fn object(held: Arc<Self>) -> Object {
+                Object::$variant(held)
+            }
+            fn of(object: Object) -> Option<Arc<Self>> {
+                match object {
+                    Object::$variant(held) => Some(held),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+held!(Service, Service, services, service_order);
+held!(EndpointSlice, EndpointSlice, endpoint_slices, slice_order);
+held!(Node, Node, nodes, node_order);
+held!(IpPool, IpPool, pools, pool_order);
+held!(L2Policy, L2Policy, l2_policies, l2_policy_order);
+
+/// Puts `object` where it sorts in its list, in place of the object held there, which is
+/// returned (the held one stays when it is equal: it is returned too).
+fn put<T: Held>(config: &mut Config, object: Arc<T>) -> Option<Object> {
+    put_in(T::list(config), object).map(T::object)
+}
+
+fn put_in<T: Held>(list: &mut SortedList<T>, object: Arc<T>) -> Option<Arc<T>> {
+    match list.search(|held| T::order(held, &object)) {
+        Ok(at) if *list[at] == *object => Some(Arc::clone(&list[at])),
+        Ok(at) => Some(list.replace(at, object)),
+        Err(at) => {
+            list.insert(at, object);
+            None
+        }
+    }
+}
+
+/// [`put`] for a slice, which moves when the service it names changes.
+fn put_slice(
+    list: &mut SortedList<EndpointSlice>,
+    index: &mut HashMap<SliceName, Arc<EndpointSlice>, FxBuildHasher>,
+    slice: Arc<EndpointSlice>,
+) -> Option<Arc<EndpointSlice>> {
+    let moved = index
+        .get(&SliceName::of(&slice))
+        .filter(|held| slice_order(held, &slice) != Ordering::Equal)
+        .cloned();
+    let previous = match moved {
+        Some(held) => {
+            let at = list.search(|s| slice_order(s, &held)).ok();
+            let previous = at.map(|at| list.remove(at));
+            put_in(list, Arc::clone(&slice));
+            previous
+        }
+        None => put_in(list, Arc::clone(&slice)),
+    };
+    // What the list holds now: the slice held before when it is equal.
+    let held = match &previous {
+        Some(previous) if Arc::ptr_eq(previous, &slice) || **previous == *slice => {
+            Arc::clone(previous)
+        }
+        _ => slice,
+    };
+    index.insert(SliceName::of(&held), held);
+    previous
+}
+
+/// A slice's namespace and name.
+#[derive(PartialEq, Eq, Hash)]
+struct SliceName {
+    namespace: Name,
+    name: Name,
+}
+
+impl SliceName {
+    fn of(slice: &EndpointSlice) -> Self {
+        Self {
+            namespace: slice.object.namespace.clone(),
+            name: slice.object.name.clone(),
+        }
+    }
+}
+
+/// Takes the object `probe` finds out of its list.
+fn take<T: Held>(config: &mut Config, probe: impl FnMut(&T) -> Ordering) -> Option<Object> {
+    let list = T::list(config);
+    let at = list.search(probe).ok()?;
+    Some(T::object(list.remove(at)))
+}
+
+/// Replaces every object of `T`'s list with those of `objects`, keeping the `Arc` of each
+/// held object that an equal one replaces. Returns the objects held before.
+fn replace_all<T: Held>(config: &mut Config, objects: Vec<Object>) -> Vec<Object> {
+    let list = T::list(config);
+    let mut next: Vec<Arc<T>> = objects.into_iter().filter_map(T::of).collect();
+    next.sort_by(|a, b| T::order(a, b));
+    // Both sorted: one walk finds each object's counterpart.
+    let held = &list[..];
+    let mut at = 0;
+    for object in &mut next {
+        while at < held.len() && T::order(&held[at], object) == Ordering::Less {
+            at += 1;
+        }
+        if let Some(same) = held.get(at)
+            && T::order(same, object) == Ordering::Equal
+            && !Arc::ptr_eq(same, object)
+            && **same == **object
+        {
+            *object = Arc::clone(same);
+        }
+    }
+    let next = SortedList::from_sorted(next, T::order);
+    std::mem::replace(list, next)
+        .into_vec()
+        .into_iter()
+        .map(T::object)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
