@@ -76,9 +76,9 @@ pub struct Store {
     /// The findings about each object held that has any.
     findings: BTreeMap<ObjectRef, Vec<ConfigWarning>>,
     source_findings: Vec<ConfigWarning>,
-    /// Each slice held, by its name: slices sort by the service they name first, which
-    /// their `ObjectRef` does not say.
-    slices: HashMap<SliceName, Arc<EndpointSlice>, FxBuildHasher>,
+    /// Where each slice is: slices sort by the service they name first, which their
+    /// `ObjectRef` does not say.
+    slices: SliceIndex,
 }
 
 /// What a batch touched, to know what to check and recompute after it.
@@ -98,7 +98,7 @@ impl Store {
             },
             findings: BTreeMap::new(),
             source_findings: Vec::new(),
-            slices: HashMap::default(),
+            slices: SliceIndex::default(),
         }
     }
 
@@ -166,7 +166,7 @@ impl Store {
         let previous = match entry.object {
             Object::Service(service) => put(&mut self.config, service),
             Object::EndpointSlice(slice) => {
-                put_slice(&mut self.config.endpoint_slices, &mut self.slices, slice)
+                (self.slices.put(&mut self.config.endpoint_slices, slice))
                     .map(Object::EndpointSlice)
             }
             Object::Node(node) => put(&mut self.config, node),
@@ -192,13 +192,11 @@ impl Store {
                 (&held.namespace, &held.name).cmp(&(&object.namespace, &object.name))
             }),
             Kind::EndpointSlice => {
-                let key = SliceName {
+                let name = SliceName {
                     namespace: object.namespace.clone(),
                     name: object.name.clone(),
                 };
-                self.slices.remove(&key).and_then(|held| {
-                    take::<EndpointSlice>(config, |slice| slice_order(slice, &held))
-                })
+                (self.slices.take(&mut config.endpoint_slices, &name)).map(Object::EndpointSlice)
             }
             Kind::Node => take::<Node>(config, |held| held.name.as_str().cmp(name)),
             Kind::IpPool => take::<IpPool>(config, |held| held.name.as_str().cmp(name)),
@@ -238,13 +236,8 @@ impl Store {
         let previous = match kind {
             Kind::Service => replace_all::<Service>(config, objects),
             Kind::EndpointSlice => {
-                let previous = replace_all::<EndpointSlice>(config, objects);
-                self.slices = config
-                    .endpoint_slices
-                    .iter()
-                    .map(|slice| (SliceName::of(slice), Arc::clone(slice)))
-                    .collect();
-                previous
+                self.slices = SliceIndex::default();
+                replace_all::<EndpointSlice>(config, objects)
             }
             Kind::Node => replace_all::<Node>(config, objects),
             Kind::IpPool => replace_all::<IpPool>(config, objects),
@@ -351,34 +344,55 @@ fn put_in<T: Held>(list: &mut SortedList<T>, object: Arc<T>) -> Option<Arc<T>> {
     }
 }
 
-/// [`put`] for a slice, which moves when the service it names changes.
-fn put_slice(
-    list: &mut SortedList<EndpointSlice>,
-    index: &mut HashMap<SliceName, Arc<EndpointSlice>, FxBuildHasher>,
-    slice: Arc<EndpointSlice>,
-) -> Option<Arc<EndpointSlice>> {
-    let moved = index
-        .get(&SliceName::of(&slice))
-        .filter(|held| slice_order(held, &slice) != Ordering::Equal)
-        .cloned();
-    let previous = match moved {
-        Some(held) => {
-            let at = list.search(|s| slice_order(s, &held)).ok();
-            let previous = at.map(|at| list.remove(at));
-            put_in(list, Arc::clone(&slice));
-            previous
+/// Each slice by its name, made the first time a slice is looked for by name (a slice
+/// deleted, added, or moved to another service): a relist, and an edit of a slice that
+/// stays where it is, do without.
+#[derive(Default)]
+struct SliceIndex(Option<HashMap<SliceName, Arc<EndpointSlice>, FxBuildHasher>>);
+
+impl SliceIndex {
+    fn of<'i>(
+        &'i mut self,
+        list: &SortedList<EndpointSlice>,
+    ) -> &'i mut HashMap<SliceName, Arc<EndpointSlice>, FxBuildHasher> {
+        self.0.get_or_insert_with(|| {
+            list.iter()
+                .map(|slice| (SliceName::of(slice), Arc::clone(slice)))
+                .collect()
+        })
+    }
+
+    /// [`put`] for a slice, which moves when the service it names changes.
+    fn put(
+        &mut self,
+        list: &mut SortedList<EndpointSlice>,
+        slice: Arc<EndpointSlice>,
+    ) -> Option<Arc<EndpointSlice>> {
+        // Where it sorts holds it unless it is new or names another service now.
+        if let Ok(at) = list.search(|held| slice_order(held, &slice)) {
+            let previous = put_in(list, slice);
+            if let Some(index) = &mut self.0 {
+                index.insert(SliceName::of(&list[at]), Arc::clone(&list[at]));
+            }
+            return previous;
         }
-        None => put_in(list, Arc::clone(&slice)),
-    };
-    // What the list holds now: the slice held before when it is equal.
-    let held = match &previous {
-        Some(previous) if Arc::ptr_eq(previous, &slice) || **previous == *slice => {
-            Arc::clone(previous)
-        }
-        _ => slice,
-    };
-    index.insert(SliceName::of(&held), held);
-    previous
+        let name = SliceName::of(&slice);
+        let previous = self.take(list, &name);
+        put_in(list, Arc::clone(&slice));
+        self.of(list).insert(name, slice);
+        previous
+    }
+
+    /// Takes the slice called `name` out of `list`.
+    fn take(
+        &mut self,
+        list: &mut SortedList<EndpointSlice>,
+        name: &SliceName,
+    ) -> Option<Arc<EndpointSlice>> {
+        let held = self.of(list).remove(name)?;
+        let at = list.search(|slice| slice_order(slice, &held)).ok()?;
+        Some(list.remove(at))
+    }
 }
 
 /// A slice's namespace and name.

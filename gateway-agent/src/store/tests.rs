@@ -171,6 +171,32 @@ fn a_slice_moves_with_the_service_it_names_and_is_deleted_by_its_name() {
     let gone = slice("s2", "c", "10.0.0.2").object.clone();
     store.apply(batch(vec![Event::Delete(gone)])).unwrap();
     assert_eq!(order(&store), ["a:s3", "d:s1"]);
+    // The same after a relist, which leaves the slices to be found by name afresh.
+    let relisted = [slice("s1", "d", "10.0.0.1"), slice("s4", "b", "10.0.0.4")];
+    let entries = relisted
+        .into_iter()
+        .map(|s| Entry::new(Object::EndpointSlice(s)))
+        .collect();
+    store
+        .apply(batch(vec![Event::ReplaceKind(
+            Kind::EndpointSlice,
+            entries,
+        )]))
+        .unwrap();
+    assert_eq!(order(&store), ["b:s4", "d:s1"]);
+    store
+        .apply(batch(vec![
+            apply(Object::EndpointSlice(slice("s4", "e", "10.0.0.4"))),
+            Event::Delete(slice("s1", "d", "10.0.0.1").object.clone()),
+            apply(Object::EndpointSlice(slice("s4", "e", "10.0.0.5"))),
+        ]))
+        .unwrap();
+    assert_eq!(order(&store), ["e:s4"]);
+    let held = &store.config().endpoint_slices[0];
+    assert_eq!(
+        held.endpoints[0].addresses,
+        ["10.0.0.5".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
 }
 
 #[test]
