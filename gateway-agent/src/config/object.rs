@@ -85,12 +85,6 @@ impl Kind {
     }
 }
 
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 /// A validated object of any kind. The value is shared: the store, the source that made
 /// it and the model's cache hold the same one, and an object that did not change keeps its
 /// `Arc` (which is how the model knows to reuse what it made of it).

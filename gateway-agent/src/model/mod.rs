@@ -1,5 +1,6 @@
-//! The desired state of THIS node, computed from the validated objects: VIP allocation
-//! (IPAM), selectors, node-local backends and which VIPs to announce on which interface.
+//! The desired state of THIS node, computed from the objects the store holds (`Config`):
+//! VIP allocation (`ipam`), selectors (`selector`), node-local backends (`frontends`), the
+//! announcing policy and its interfaces (`announce`) and the announcing node (`election`).
 //! Pure functions only: no kernel, no clock, no I/O.
 
 use std::collections::HashMap;
