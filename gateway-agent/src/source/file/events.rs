@@ -1,8 +1,9 @@
 //! The events that take the store from the file's accepted read to this one. Only the
 //! documents that changed say anything: the objects of a document that left are deleted
-//! unless a new document delivers them again, and every object of a new document is applied.
-//! When most of the file changed (or nothing was accepted yet), every kind is sent whole,
-//! as a watch's relist is: one sort beats thousands of insertions.
+//! unless a new document delivers them again, and the objects of a new document are
+//! applied unless a document that left delivered them just the same. When most of the
+//! file changed (or nothing was accepted yet), every kind is sent whole, as a watch's
+//! relist is: one sort beats thousands of insertions.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
