@@ -17,7 +17,7 @@ use gateway_common::{
     SlotKey, Traffic, VipInfo, VipKey, map_names,
 };
 
-use crate::plan::{MapState, Op};
+use crate::plan::{MapState, Membership, Op};
 
 /// aya's handle on a map of the table's `kind`.
 macro_rules! handle {
@@ -168,17 +168,22 @@ impl Maps {
                 remove(&mut self.l2, k, "gw_l2")?;
                 remove(&mut self.garp, k, "gw_garp")?;
             }
-            Op::EndMemberships(pairs) => self.end_memberships(pairs)?,
+            Op::EndMemberships(ended) => self.end_memberships(ended)?,
         }
         Ok(())
     }
 
-    fn end_memberships(&mut self, pairs: &BTreeSet<(u32, u32)>) -> Result<()> {
+    fn end_memberships(&mut self, ended: &BTreeSet<Membership>) -> Result<()> {
         let stale: Vec<AffinityKey> = self
             .affinity
             .iter()
             .filter_map(|e| e.ok())
-            .filter(|(k, v)| pairs.contains(&(k.service_id, v.backend_id)))
+            .filter(|(k, v)| {
+                ended.contains(&Membership {
+                    service_id: k.service_id,
+                    backend_id: v.backend_id,
+                })
+            })
             .map(|(k, _)| k)
             .collect();
         for k in stale {
@@ -186,13 +191,18 @@ impl Maps {
         }
         // The datapath keeps a flow only while its backend's address matches the entry's:
         // clearing the entry's copy ends the flow the way a removed backend does.
-        let ended: Vec<(CtKey, CtEntry)> = self
+        let flows: Vec<(CtKey, CtEntry)> = self
             .conntrack
             .iter()
             .filter_map(|e| e.ok())
-            .filter(|(_, v)| pairs.contains(&(v.service_id, v.backend_id)))
+            .filter(|(_, v)| {
+                ended.contains(&Membership {
+                    service_id: v.service_id,
+                    backend_id: v.backend_id,
+                })
+            })
             .collect();
-        for (k, mut v) in ended {
+        for (k, mut v) in flows {
             v.backend_addr = [0; 4];
             v.backend_port = 0;
             // BPF_EXIST: a flow that ended meanwhile is not brought back.

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use gateway_common::SlotKey;
 
-use super::{MapState, Op};
+use super::{MapState, Membership, Op};
 
 /// The ordered writes that turn `current` into `target` without a moment where a VIP is
 /// announced or a service points at something that does not exist yet: additions bottom-up
@@ -45,7 +45,10 @@ pub fn diff_each<E>(
     let mut slot_deletes = Vec::new();
     merge(&current.slots, &target.slots, |k, new, old| {
         if let Some(&old) = old {
-            maybe_ended.insert((k.service_id, old));
+            maybe_ended.insert(Membership {
+                service_id: k.service_id,
+                backend_id: old,
+            });
         }
         match new {
             Some(b) => emit(Op::PutSlot(*k, *b))?,
@@ -130,18 +133,23 @@ pub fn diff_each<E>(
         }
     }
     // Memberships that really ended: the backend is in none of the service's target slots.
-    let ended: BTreeSet<(u32, u32)> = maybe_ended
+    let ended: BTreeSet<Membership> = maybe_ended
         .into_iter()
-        .filter(|&(service_id, backend)| {
-            let slots = SlotKey {
-                service_id,
-                slot: 0,
-            }..SlotKey {
-                service_id: service_id + 1,
-                slot: 0,
-            };
-            !target.slots.range(slots).any(|(_, &b)| b == backend)
-        })
+        .filter(
+            |&Membership {
+                 service_id,
+                 backend_id,
+             }| {
+                let slots = SlotKey {
+                    service_id,
+                    slot: 0,
+                }..SlotKey {
+                    service_id: service_id + 1,
+                    slot: 0,
+                };
+                !target.slots.range(slots).any(|(_, &b)| b == backend_id)
+            },
+        )
         .collect();
     if !ended.is_empty() {
         emit(Op::EndMemberships(ended))?;

@@ -28,7 +28,7 @@ pub use change::change;
 pub use diff::{diff, diff_each};
 pub use entries::{backend_label, frontend_label};
 pub use error::PlanError;
-pub use state::{Change, MapState, Op};
+pub use state::{Change, MapState, Membership, Op};
 pub use target::target;
 
 /// A network interface of this node, as the datapath sees it.

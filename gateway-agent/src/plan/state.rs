@@ -53,7 +53,15 @@ pub enum Op {
     /// affinity entries go, and their tracked flows are marked so the datapath drops them
     /// (the backend may live on for another service, where the flow must not continue
     /// half-NATed) rather than moving them mid-connection.
-    EndMemberships(BTreeSet<(u32, u32)>),
+    EndMemberships(BTreeSet<Membership>),
+}
+
+/// A backend serving a frontend: the pair whose affinity entries and tracked flows end
+/// when the backend leaves the frontend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Membership {
+    pub service_id: u32,
+    pub backend_id: u32,
 }
 
 /// What a re-plan changes: every entry it touches, as the maps hold it now (`before`) and as

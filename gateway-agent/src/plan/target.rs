@@ -99,8 +99,8 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    use crate::plan::Op;
     use crate::plan::fixtures::*;
+    use crate::plan::{Membership, Op};
 
     #[test]
     fn surviving_services_and_backends_keep_their_ids() {
@@ -149,7 +149,16 @@ mod tests {
         let a = id_of(&s1, [192, 168, 10, 49]);
         assert_eq!(
             ended,
-            &BTreeSet::from([(a, backend_id(&s1, POD_A)), (a, backend_id(&s1, POD_B))])
+            &BTreeSet::from([
+                Membership {
+                    service_id: a,
+                    backend_id: backend_id(&s1, POD_A)
+                },
+                Membership {
+                    service_id: a,
+                    backend_id: backend_id(&s1, POD_B)
+                }
+            ])
         );
     }
 

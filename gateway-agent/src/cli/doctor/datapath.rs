@@ -319,7 +319,7 @@ struct DropRule {
     meaning: &'static str,
 }
 
-const DROPS: [DropRule; 3] = [
+const DROPS: [DropRule; 4] = [
     DropRule {
         counter: Counter::DropBackendGone,
         meaning: "packets of flows whose backend was removed were dropped",
@@ -331,6 +331,10 @@ const DROPS: [DropRule; 3] = [
     DropRule {
         counter: Counter::DropUnknownPort,
         meaning: "packets reached a VIP on a port it does not serve",
+    },
+    DropRule {
+        counter: Counter::DropIcmp,
+        meaning: "ICMP packets to a VIP were dropped (pings and ICMP errors for VIPs are not handled yet)",
     },
 ];
 
