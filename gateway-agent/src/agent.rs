@@ -9,6 +9,7 @@
 //! from the store, and the plan's writes bring the maps there. A read refused anywhere on
 //! the way (the maps' writes included) leaves the store and the source as they were.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,6 +28,7 @@ use tokio::{
 use crate::{
     capacity::Capacity,
     datapath::{Datapath, LoadOptions, attach, bpffs, garp, interfaces},
+    metrics::{AgentMetrics, Endpoint},
     model::{self, DesiredState, ModelCache},
     plan::{self, Interface, MapState, Op},
     source::file::{self, Documents, FileSource},
@@ -46,6 +48,8 @@ pub struct RunOptions {
     /// Never update checksums in place (`--checksum-helpers`).
     pub checksum_helpers: bool,
     pub capacity: Capacity,
+    /// Serve Prometheus metrics there (`--metrics-address`).
+    pub metrics_address: Option<SocketAddr>,
 }
 
 fn unix_now() -> u64 {
@@ -143,6 +147,7 @@ struct Agent {
     applied: Option<u64>,
     garp: garp::Schedule,
     garp_sender: garp::Sender,
+    metrics: AgentMetrics,
 }
 
 /// Where the objects come from and what the model made of them last: the file source, the
@@ -212,13 +217,19 @@ impl Agent {
     /// Brings the maps to `desired`, make-before-break.
     fn apply(&mut self, desired: DesiredState, interfaces: &[Interface]) -> Result<Applied> {
         let limits = &self.options.capacity;
-        let (mut writes, mut announced) = (0, Vec::new());
+        let (mut writes, mut announced, mut gained, mut lost) = (0, Vec::new(), 0, 0);
         let maps = &mut self.datapath.maps;
+        let l2 = &self.state.l2;
         let mut write = |op| {
             maps.apply(&op)?;
             writes += 1;
-            if let Op::PutL2(key, mac) = op {
-                announced.push((key, mac));
+            match op {
+                Op::PutL2(key, mac) => {
+                    gained += usize::from(!l2.contains_key(&key));
+                    announced.push((key, mac));
+                }
+                Op::DeleteL2(_) => lost += 1,
+                _ => {}
             }
             anyhow::Ok(())
         };
@@ -240,6 +251,7 @@ impl Agent {
                 result
             }
         };
+        self.metrics.announcements(gained, lost);
         match result {
             Ok(()) => Ok(Applied {
                 writes,
@@ -306,6 +318,7 @@ impl Agent {
             applied: None,
             garp: garp::Schedule::default(),
             garp_sender: garp::Sender::new()?,
+            metrics: AgentMetrics::default(),
         };
 
         let maps = &mut agent.datapath.maps;
@@ -385,6 +398,7 @@ impl Agent {
                 );
                 // Applied and reported: only now free what was planned before.
                 drop(previous);
+                self.metrics.reload_applied(started.elapsed());
                 self.applied = Some(self.objects.source.digest());
                 self.record.reloads += 1;
                 self.record.last_applied_unix = unix_now();
@@ -392,6 +406,7 @@ impl Agent {
             }
             Err(e) => {
                 error!("reload of {file} ({why}) refused, still serving the previous state: {e:#}");
+                self.metrics.reload_refused(started.elapsed());
                 self.record.last_error_unix = unix_now();
                 self.record.refused = 1;
                 write_text(&mut self.record.last_error, &format!("{e:#}"));
@@ -474,5 +489,13 @@ impl Agent {
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {
-    Agent::start(options)?.serve().await
+    let endpoint = match options.metrics_address {
+        Some(address) => Some(Endpoint::bind(address).await?),
+        None => None,
+    };
+    let agent = Agent::start(options)?;
+    if let Some(endpoint) = endpoint {
+        endpoint.serve(&agent.options.bpffs, agent.metrics.clone())?;
+    }
+    agent.serve().await
 }

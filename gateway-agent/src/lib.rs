@@ -22,6 +22,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod datapath;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod source;

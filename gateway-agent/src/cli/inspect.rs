@@ -1,6 +1,7 @@
 //! Read-only views of a running (or stopped) datapath, from its pinned maps alone:
 //! `status`, `lb list`, `ct list`, `affinity list`, `l2 list`. Each view is a plain
-//! serializable struct (for `--output json`) with a table rendering for humans.
+//! serializable struct (for `--output json`) with a table rendering for humans. The metrics
+//! endpoint (`run --metrics-address`) reads the maps through these same readers.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -30,18 +31,23 @@ pub struct BackendView {
     pub address: String,
     pub packets: u64,
     pub bytes: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
 }
 
 #[derive(Serialize)]
 pub struct ServiceView {
     pub frontend: String,
+    /// `namespace/name:port`, the port by its name when it has one.
     pub service: String,
+    pub protocol: &'static str,
     pub id: u32,
     pub affinity_timeout_secs: Option<u64>,
     pub backends: Vec<BackendView>,
     pub packets: u64,
     pub bytes: u64,
     pub reply_packets: u64,
+    pub reply_bytes: u64,
 }
 
 /// `lb list`: every frontend with its backends, flags and counters, ordered by VIP:port.
@@ -67,12 +73,15 @@ pub fn services(maps: &Maps) -> Result<Vec<ServiceView>> {
                 address: crate::plan::backend_label(b),
                 packets: t.fwd_packets,
                 bytes: t.fwd_bytes,
+                reply_packets: t.rev_packets,
+                reply_bytes: t.rev_bytes,
             });
         }
         let t = maps.service_traffic(service.id)?;
         views.push(ServiceView {
             frontend: frontend_label(key),
             service: state.names.get(&service.id).cloned().unwrap_or_default(),
+            protocol: proto_name(key.proto),
             id: service.id,
             affinity_timeout_secs: (service.flags & SERVICE_F_AFFINITY != 0)
                 .then_some(service.affinity_timeout_ns / NS_PER_SEC),
@@ -80,6 +89,7 @@ pub fn services(maps: &Maps) -> Result<Vec<ServiceView>> {
             packets: t.fwd_packets,
             bytes: t.fwd_bytes,
             reply_packets: t.rev_packets,
+            reply_bytes: t.rev_bytes,
         });
     }
     Ok(views)
@@ -326,7 +336,64 @@ pub struct AttachmentView {
     /// Packets the program ran for, and its mean run time per packet: counted by the kernel
     /// only while BPF run-time statistics are on (`sysctl kernel.bpf_stats_enabled=1`).
     pub packets: u64,
+    pub run_time_ns: u64,
     pub ns_per_packet: Option<f64>,
+}
+
+/// The programs pinned under `bpffs`, per interface and direction, and whether each is in
+/// its interface's tcx chain now, with the kernel's run-time statistics.
+pub fn attachments(bpffs: &Path) -> Result<Vec<AttachmentView>> {
+    let mut attachments = Vec::new();
+    for pin in attach::pinned_links(bpffs)? {
+        let name = pin
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let Some((interface, direction)) = attach::parse_link_pin(&name) else {
+            continue;
+        };
+        let program = tcx::gateway_program(&interface, direction);
+        let packets = program.as_ref().map_or(0, |p| p.run_count());
+        let run_time_ns = program
+            .as_ref()
+            .map_or(0, |p| p.run_time().as_nanos() as u64);
+        attachments.push(AttachmentView {
+            attached: program.is_some(),
+            packets,
+            run_time_ns,
+            ns_per_packet: (packets > 0).then(|| run_time_ns as f64 / packets as f64),
+            interface,
+            direction,
+        });
+    }
+    Ok(attachments)
+}
+
+/// How full conntrack and affinity are.
+pub struct Fill {
+    /// Conntrack entries present (live or expired) and the table's size.
+    pub conntrack_entries: usize,
+    pub conntrack_max: u32,
+    /// Flows LRU eviction took out of a full table (created, minus taken-over tuples,
+    /// minus present).
+    pub conntrack_evicted: u64,
+    pub affinities: usize,
+    pub affinity_max: u32,
+}
+
+/// Conntrack and affinity fill, from the maps and the datapath's `counters`.
+pub fn fill(maps: &Maps, counters: &BTreeMap<Counter, u64>) -> Result<Fill> {
+    let counter = |c| counters.get(&c).copied().unwrap_or(0);
+    let conntrack_entries = maps.conntrack.keys().count();
+    Ok(Fill {
+        conntrack_entries,
+        conntrack_max: maps.conntrack.map().info()?.max_entries(),
+        conntrack_evicted: counter(Counter::CtCreated)
+            .saturating_sub(counter(Counter::CtReplaced) + conntrack_entries as u64),
+        affinities: maps.affinity.keys().count(),
+        affinity_max: maps.affinity.map().info()?.max_entries(),
+    })
 }
 
 #[derive(Serialize)]
@@ -425,38 +492,15 @@ pub struct StatusView {
 /// `status`: configuration, attachments, map fill and counters.
 pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
     let counters: BTreeMap<Counter, u64> = maps.counters()?.into_iter().collect();
-    let counter = |c| counters.get(&c).copied().unwrap_or(0);
-    let conntrack_entries = maps.conntrack.keys().count();
+    let fill = fill(maps, &counters)?;
     let config: DatapathConfig = maps.read_config()?;
     let state = maps.read_state()?;
-    let mut attachments = Vec::new();
-    for pin in attach::pinned_links(bpffs)? {
-        let name = pin
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        let Some((interface, direction)) = attach::parse_link_pin(&name) else {
-            continue;
-        };
-        let program = tcx::gateway_program(&interface, direction);
-        let packets = program.as_ref().map_or(0, |p| p.run_count());
-        attachments.push(AttachmentView {
-            attached: program.is_some(),
-            packets,
-            ns_per_packet: program
-                .filter(|_| packets > 0)
-                .map(|p| p.run_time().as_nanos() as f64 / packets as f64),
-            interface,
-            direction,
-        });
-    }
     Ok(StatusView {
         agent: agent_view(&maps.read_agent()?),
         bpffs: bpffs.display().to_string(),
         ct_tcp_timeout_secs: config.ct_tcp_ns / NS_PER_SEC,
         ct_any_timeout_secs: config.ct_any_ns / NS_PER_SEC,
-        attachments,
+        attachments: attachments(bpffs)?,
         vips: state.vips.len(),
         frontends: state.services.len(),
         backends: state.backends.len(),
@@ -464,16 +508,11 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
         slots: state.slots.len(),
         revnat: state.revnat.len(),
         flows: flows(maps)?.len(),
-        conntrack_entries,
-        conntrack_max: maps.conntrack.map().info()?.max_entries(),
-        conntrack_evicted: counter(Counter::CtCreated)
-            .saturating_sub(counter(Counter::CtReplaced) + conntrack_entries as u64),
-        affinities: maps.affinity.keys().count(),
-        counters: maps
-            .counters()?
-            .into_iter()
-            .map(|(c, v)| (c.name(), v))
-            .collect(),
+        conntrack_entries: fill.conntrack_entries,
+        conntrack_max: fill.conntrack_max,
+        conntrack_evicted: fill.conntrack_evicted,
+        affinities: fill.affinities,
+        counters: counters.into_iter().map(|(c, v)| (c.name(), v)).collect(),
         services: services(maps)?,
     })
 }

@@ -2,9 +2,10 @@
 
 mod check;
 mod doctor;
-mod inspect;
+pub(crate) mod inspect;
 mod table;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -136,6 +137,9 @@ struct RunArgs {
     /// ClientIP affinity map size (LRU).
     #[arg(long, default_value_t = capacity::AFFINITY)]
     affinity_max: u32,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off when not given).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_address: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -198,6 +202,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     conntrack: args.ct_max,
                     affinity: args.affinity_max,
                 },
+                metrics_address: args.metrics_address,
             }))?;
             Ok(ExitCode::SUCCESS)
         }
