@@ -9,6 +9,7 @@
 //! - [`debian_root`]: a minimal Debian root with systemd, made by debootstrap and cached.
 //! - [`container`]: that root booted by systemd-nspawn in a lab node's network namespace.
 //! - [`http`]: the answers of the lab's pods, and requests on open connections.
+//! - [`prometheus`]: a real Prometheus server in a lab namespace, queried through its API.
 //! - [`lab`]: the reference topology (client, L2 segment, nodes, envoy-like pods) and the
 //!   Kubernetes-shaped objects that describe it.
 
@@ -19,6 +20,7 @@ pub mod http;
 pub mod lab;
 pub mod netns;
 pub mod process;
+pub mod prometheus;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! the kernel's run-time statistics of the attached programs. Reading never touches the
 //! datapath: it only looks up map entries and program info.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
@@ -151,10 +151,21 @@ fn single(value: u64) -> [([(&'static str, &'static str); 0], u64); 1] {
     [([], value)]
 }
 
-/// A backend's traffic, once per backend however many frontends list it.
-struct BackendTraffic<'a> {
+fn backend_labels<'a>(
+    address: &'a str,
     protocol: &'static str,
-    services: BTreeSet<&'a str>,
+    direction: &'static str,
+) -> [(&'static str, &'a str); 3] {
+    [
+        ("backend", address),
+        ("protocol", protocol),
+        ("direction", direction),
+    ]
+}
+
+/// A backend's traffic, once per backend however many frontends list it (the reference's
+/// envoy pods serve every gateway's service): a backend is its address, port and protocol.
+struct BackendTraffic {
     packets: u64,
     bytes: u64,
     reply_packets: u64,
@@ -162,21 +173,18 @@ struct BackendTraffic<'a> {
 }
 
 impl Snapshot {
-    fn backends(&self) -> BTreeMap<&str, BackendTraffic<'_>> {
+    fn backends(&self) -> BTreeMap<(&str, &'static str), BackendTraffic> {
         let mut backends = BTreeMap::new();
         for s in &self.services {
             for b in &s.backends {
-                let t = backends
-                    .entry(b.address.as_str())
+                backends
+                    .entry((b.address.as_str(), s.protocol))
                     .or_insert_with(|| BackendTraffic {
-                        protocol: s.protocol,
-                        services: BTreeSet::new(),
                         packets: b.packets,
                         bytes: b.bytes,
                         reply_packets: b.reply_packets,
                         reply_bytes: b.reply_bytes,
                     });
-                t.services.insert(service_and_port(&s.service).0);
             }
         }
         backends
@@ -219,27 +227,16 @@ impl Snapshot {
         )?;
 
         let backends = self.backends();
-        let backend = |address: &str, t: &BackendTraffic, direction: &'static str| {
-            [
-                ("backend", address.to_owned()),
-                ("protocol", t.protocol.to_owned()),
-                (
-                    "service",
-                    t.services.iter().copied().collect::<Vec<_>>().join(","),
-                ),
-                ("direction", direction.to_owned()),
-            ]
-        };
         let per_backend = |packets: bool| {
-            backends.iter().flat_map(move |(address, t)| {
+            backends.iter().flat_map(move |(&(address, protocol), t)| {
                 let (request, reply) = if packets {
                     (t.packets, t.reply_packets)
                 } else {
                     (t.bytes, t.reply_bytes)
                 };
                 [
-                    (backend(address, t, REQUEST), request),
-                    (backend(address, t, REPLY), reply),
+                    (backend_labels(address, protocol, REQUEST), request),
+                    (backend_labels(address, protocol, REPLY), reply),
                 ]
             })
         };

@@ -202,7 +202,7 @@ fn per_cpu_sums_show_per_frontend_and_once_per_backend() {
         5.0
     );
     // Two frontends list the backend; its counters show once, not twice.
-    let backend = r#"{backend="10.244.1.10:8080",protocol="TCP",service="gateway/cilium-gateway-gateway-external",direction="request"}"#;
+    let backend = r#"{backend="10.244.1.10:8080",protocol="TCP",direction="request"}"#;
     assert_eq!(
         value(&text, &format!("gateway_backend_packets_total{backend}")),
         10.0
