@@ -348,6 +348,36 @@ fn readme_install_script() -> Result<String> {
     Ok(block.replace(example, &format!("NODE_NAME={NODE}")))
 }
 
+/// Where the unit's agent serves metrics once turned on, on the node's own address.
+const METRICS_PORT: u16 = 9655;
+/// The Prometheus server the README's metrics drop-in lets in.
+const README_SCRAPER: &str = "192.168.10.5";
+
+/// The README's steps for turning metrics on under the unit (the drop-in, the restart),
+/// letting `scraper` in.
+fn readme_metrics_script(scraper: Ipv4Addr) -> Result<String> {
+    let readme = read("README.md")?;
+    let (_, section) = readme
+        .split_once("### With systemd")
+        .context("README.md has no `### With systemd` section")?;
+    let block = section
+        .split("```")
+        .find(|block| block.contains("metrics.conf <<'END'"))
+        .context("README.md: no metrics drop-in in `### With systemd`")?;
+    let allow = format!("IPAddressAllow={README_SCRAPER}");
+    ensure!(
+        block.contains(&allow)
+            && block.contains("RestrictAddressFamilies=AF_INET")
+            && block.contains("systemctl restart gateway-agent"),
+        "README.md's metrics steps changed: teach this test the new ones:\n{block}"
+    );
+    // The block is indented under its list item.
+    let script: Vec<&str> = block.lines().map(str::trim_start).collect();
+    Ok(script
+        .join("\n")
+        .replace(&allow, &format!("IPAddressAllow={scraper}")))
+}
+
 /// Puts what the README's install steps take into `dir`, laid out as in the source tree:
 /// the agent the tests run (built beside them), the unit, and `objects`.
 fn stage_install(dir: &Path, objects: &str) -> Result<()> {
@@ -580,9 +610,27 @@ fn operate(node: &SystemdNode, spec: LabSpec) -> Result<()> {
     node.wait_for_journal(&["(file changed)", &SPARE_VIPS[1].to_string()], 1)?;
     node.served(SPARE_VIPS[1])?;
 
-    // `systemctl restart` adopts the datapath: the held connection keeps its backend.
-    c.systemctl(&["restart", SERVICE])?;
+    // Metrics turned on as the README says: the flag in /etc/default, the drop-in that
+    // allows an IPv4 socket and lets the client in, and `systemctl restart`, which adopts
+    // the datapath: the held connection keeps its backend.
+    let metrics = SocketAddr::from((node.lab.node(NODE).addr(), METRICS_PORT));
+    c.shell(&format!(
+        "sed -i 's|^GATEWAY_AGENT_ARGS=\"\\(.*\\)\"$|GATEWAY_AGENT_ARGS=\"\\1 --metrics-address {metrics}\"|' \
+         /etc/default/gateway-agent\n{}",
+        readme_metrics_script(CLIENT)?
+    ))
+    .context("the README's metrics steps")?;
     node.wait_for_journal(&[&start_line(), "adopted the pinned state"], 1)?;
+    let exposition = node
+        .lab
+        .client()
+        .curl(&format!("http://{metrics}/metrics"), None)
+        .context("metrics under the unit with the README's drop-in")?;
+    ensure!(
+        exposition.contains("gateway_build_info{version=")
+            && exposition.contains("gateway_reloads_total{result=\"applied\"} 0"),
+        "{exposition}"
+    );
     ensure!(
         node.main_pid()? != pid,
         "`systemctl restart` left the agent running"
@@ -761,7 +809,25 @@ fn daemonset_runs_the_agent_on_every_node_in_the_node_network() -> Result<()> {
     assert!(grace.is_some_and(|g| g <= 30), "grace period {grace:?}");
 
     let agent = named(&pod["containers"], "agent")?;
-    assert_eq!(strings(&agent["args"]), RUN_ARGS);
+    // Metrics on, at the port the pod names `metrics` and its annotations point scrapers at.
+    let args = strings(&agent["args"]);
+    assert_eq!(args[..RUN_ARGS.len()], RUN_ARGS);
+    assert_eq!(
+        args[RUN_ARGS.len()..],
+        ["--metrics-address", "0.0.0.0:9655"]
+    );
+    assert_eq!(
+        named(&agent["ports"], "metrics")?,
+        &json!({"name": "metrics", "containerPort": 9655, "protocol": "TCP"})
+    );
+    assert_eq!(
+        spec["template"]["metadata"]["annotations"],
+        json!({
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": "9655",
+            "prometheus.io/path": "/metrics"
+        })
+    );
     assert_eq!(
         named(&agent["env"], "NODE_NAME")?["valueFrom"],
         json!({"fieldRef": {"fieldPath": "spec.nodeName"}})

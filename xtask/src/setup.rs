@@ -36,6 +36,13 @@ const DEBIAN_PACKAGES: [&str; 15] = [
     "debootstrap",
     "systemd-container",
 ];
+/// The metrics test's Prometheus server and `promtool`, without the node exporter Debian
+/// recommends with it (a daemon nothing here uses).
+const WITHOUT_RECOMMENDS: [&str; 1] = ["prometheus"];
+
+fn all_packages() -> impl Iterator<Item = &'static str> {
+    DEBIAN_PACKAGES.into_iter().chain(WITHOUT_RECOMMENDS)
+}
 
 pub fn run() -> Result<()> {
     nightly_components()?;
@@ -159,18 +166,27 @@ fn debian_packages() -> Result<()> {
     if missing.is_empty() {
         println!(
             "setup: Debian packages are installed ({})",
-            DEBIAN_PACKAGES.join(" ")
+            all_packages().collect::<Vec<_>>().join(" ")
         );
         return Ok(());
     }
     println!("setup: installing Debian packages {}", missing.join(" "));
     cmd::run(Command::new("apt-get").arg("update"))?;
-    cmd::run(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y"])
-            .args(&missing),
-    )
+    let (lean, full): (Vec<&str>, Vec<&str>) = missing
+        .into_iter()
+        .partition(|p| WITHOUT_RECOMMENDS.contains(p));
+    for (packages, options) in [(full, &[][..]), (lean, &["--no-install-recommends"][..])] {
+        if !packages.is_empty() {
+            cmd::run(
+                Command::new("apt-get")
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .args(["install", "-y"])
+                    .args(options)
+                    .args(&packages),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn missing_packages() -> Result<Vec<&'static str>> {
@@ -178,7 +194,7 @@ fn missing_packages() -> Result<Vec<&'static str>> {
     // others: read its output either way.
     let out = Command::new("dpkg-query")
         .args(["-W", "-f", "${Package} ${Status}\n"])
-        .args(DEBIAN_PACKAGES)
+        .args(all_packages())
         .output()
         .context("cannot run dpkg-query")?;
     let listing = String::from_utf8_lossy(&out.stdout);
@@ -187,10 +203,7 @@ fn missing_packages() -> Result<Vec<&'static str>> {
         .filter(|line| line.ends_with(" install ok installed"))
         .filter_map(|line| line.split_whitespace().next())
         .collect();
-    Ok(DEBIAN_PACKAGES
-        .into_iter()
-        .filter(|p| !installed.contains(p))
-        .collect())
+    Ok(all_packages().filter(|p| !installed.contains(p)).collect())
 }
 
 #[cfg(test)]
