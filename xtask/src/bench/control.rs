@@ -1,7 +1,8 @@
 //! Control plane: how long the real agent binary takes, and how much memory, to program many
-//! services with several backends each from one file, and to apply a one-service change on
-//! top of that state (SIGHUP).
+//! services with several backends each from one file, to apply a one-service change on top
+//! of that state (SIGHUP), and to answer a metrics scrape of it all.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,37 @@ pub struct ControlPlane {
     /// The same from outside: SIGHUP to the log line.
     pub change_wall_ms: f64,
     pub change_map_writes: u64,
+    /// One `GET /metrics` over the full state, as curl on the node times it, and its size.
+    pub scrape_ms: f64,
+    pub scrape_kib: f64,
+    /// Peak resident set size of the agent once it has answered that scrape.
+    pub scrape_peak_rss_mib: f64,
+}
+
+/// Where the agent under test serves its metrics (on the node's own address).
+const METRICS_PORT: u16 = 9655;
+
+/// Times one scrape of `endpoint` from the node itself: (milliseconds, KiB).
+fn scrape(lab: &Lab, endpoint: SocketAddr) -> Result<(f64, f64)> {
+    let out = lab.node(NODE).ns().run([
+        "curl",
+        "-sS",
+        "--fail",
+        "--max-time",
+        "60",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{time_total} %{size_download}",
+        &format!("http://{endpoint}/metrics"),
+    ])?;
+    let (seconds, bytes) = out
+        .split_once(' ')
+        .with_context(|| format!("curl -w printed {out:?}"))?;
+    Ok((
+        seconds.parse::<f64>()? * 1000.0,
+        bytes.trim().parse::<f64>()? / 1024.0,
+    ))
 }
 
 /// Parses a `{:.1?}` Duration as the agent logs it (e.g. `812.4ms`, `1.2s`, `950.0µs`).
@@ -74,6 +106,7 @@ pub fn run(lab: &Lab, binary: &Path, services: usize, per_service: usize) -> Res
     )?;
     let bpffs = lab.run_dir().join("bpffs").join("control");
 
+    let metrics = SocketAddr::from((lab.node(NODE).addr(), METRICS_PORT));
     let started = Instant::now();
     let mut agent = Agent::launch(
         lab,
@@ -81,12 +114,19 @@ pub fn run(lab: &Lab, binary: &Path, services: usize, per_service: usize) -> Res
         &config,
         binary,
         &bpffs,
-        &["--backends-max", "131072"],
+        &[
+            "--backends-max",
+            "131072",
+            "--metrics-address",
+            &metrics.to_string(),
+        ],
     )?;
     let program_wall_ms = started.elapsed().as_secs_f64() * 1000.0;
     let serving = agent.wait_for_log("serving after", Duration::from_secs(1))?;
     let program_ms = logged_ms(&serving, "serving after ")?;
     let peak_rss_mib = peak_rss_mib(agent.pid())?;
+    let (scrape_ms, scrape_kib) = scrape(lab, metrics)?;
+    let scrape_peak_rss_mib = self::peak_rss_mib(agent.pid())?;
 
     // One service changes as a real edit changes it: its EndpointSlice gains an endpoint,
     // three lines that move every document after it.
@@ -118,6 +158,9 @@ pub fn run(lab: &Lab, binary: &Path, services: usize, per_service: usize) -> Res
         change_ms,
         change_wall_ms,
         change_map_writes,
+        scrape_ms,
+        scrape_kib,
+        scrape_peak_rss_mib,
     })
 }
 

@@ -343,6 +343,11 @@ pub fn markdown(r: &Report) -> String {
         "| one-service change: a backend added, shifting the lines after it (SIGHUP to applied, {} map writes) | {:.1} ms | {:.1} ms |",
         c.change_map_writes, c.change_ms, c.change_wall_ms
     );
+    let _ = writeln!(
+        md,
+        "| a metrics scrape over all of it ({:.0} KiB; peak RSS {:.1} MiB after it) | | {:.0} ms |",
+        c.scrape_kib, c.scrape_peak_rss_mib, c.scrape_ms
+    );
     let _ = writeln!(md, "\n![scaling](chart.svg)");
     md
 }
