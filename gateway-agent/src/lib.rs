@@ -13,6 +13,7 @@
 //! | `datapath` | loads, pins and attaches the programs, writes the maps, sends gratuitous ARP |
 //! | `agent` | the run loop: source -> store -> model -> plan -> datapath, on start and on every change |
 //! | `cli` | the commands and their output: `check` and `doctor` read the objects as the agent does |
+//! | `metrics` | `run --metrics-address`: what the pinned maps and the run loop count, for Prometheus |
 //! | `cluster` | failover between nodes: membership, who announces each VIP (not wired into the run loop yet) |
 //! | `capacity` | map sizes from the capacity flags |
 
