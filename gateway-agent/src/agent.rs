@@ -27,6 +27,7 @@ use tokio::{
 
 use crate::{
     capacity::Capacity,
+    config::{Finding, LoadBalancerClasses, Severity},
     datapath::{Datapath, LoadOptions, attach, bpffs, garp, interfaces},
     metrics::{AgentMetrics, Endpoint},
     model::{self, DesiredState, ModelCache},
@@ -50,6 +51,8 @@ pub struct RunOptions {
     pub capacity: Capacity,
     /// Serve Prometheus metrics there (`--metrics-address`).
     pub metrics_address: Option<SocketAddr>,
+    /// The loadBalancerClasses served besides the default ones.
+    pub classes: LoadBalancerClasses,
 }
 
 fn unix_now() -> u64 {
@@ -151,11 +154,13 @@ struct Agent {
 }
 
 /// Where the objects come from and what the model made of them last: the file source, the
-/// store it feeds, and the model's per-service results.
+/// store it feeds, the model's per-service results, and the findings of the state served.
 struct Objects {
     source: FileSource,
     store: Store,
     model: ModelCache,
+    /// Logged when they appear, not on every reload.
+    findings: Vec<Finding>,
 }
 
 /// A read of the file that the store and the model took, not served yet: what it asks of
@@ -167,44 +172,44 @@ struct Proposal {
 }
 
 impl Objects {
-    fn new(path: &Path) -> Self {
-        let source = FileSource::new(path);
+    fn new(path: &Path, classes: LoadBalancerClasses) -> Self {
+        let source = FileSource::new(path, classes);
         let store = Store::new(source.name());
         Self {
             source,
             store,
             model: ModelCache::default(),
+            findings: Vec::new(),
         }
     }
 
-    /// What this node must serve, from the file. A read refused by the source, the store or
-    /// the model changes neither the source nor the store.
+    /// What this node must serve, from the file. A read the source refuses changes neither
+    /// the source nor the store; one object's trouble is in the state's findings.
     fn propose(&mut self, node_name: &str, interfaces: &[Interface]) -> Result<Proposal> {
         let update = self.source.read()?;
-        let undo = self.store.apply(update.batch)?;
+        let undo = self.store.apply(update.batch);
         let names: Vec<String> = interfaces.iter().map(|i| i.name.clone()).collect();
         let config = self.store.config();
-        match model::desired_state_cached(config, node_name, &names, &mut self.model) {
-            Ok(desired) => {
-                for w in &desired.warnings {
-                    warn!("{w}");
-                }
-                Ok(Proposal {
-                    desired,
-                    undo,
-                    documents: update.documents,
-                })
-            }
-            Err(errors) => {
-                self.store.undo(undo);
-                Err(errors.into())
-            }
-        }
+        let desired = model::desired_state_cached(config, node_name, &names, &mut self.model);
+        Ok(Proposal {
+            desired,
+            undo,
+            documents: update.documents,
+        })
     }
 
-    /// The proposal's state is served: the next read is compared with its file.
-    fn keep(&mut self, documents: Documents) {
+    /// The proposal's state, with these findings, is served: the next read is compared with
+    /// its file, and the findings not logged before are.
+    fn keep(&mut self, documents: Documents, findings: Vec<Finding>) {
         self.source.accept(documents);
+        let before: std::collections::BTreeSet<&Finding> = self.findings.iter().collect();
+        for f in findings.iter().filter(|f| !before.contains(f)) {
+            match f.severity {
+                Severity::Info => info!("{f} ({})", f.reason),
+                Severity::Warning | Severity::Error => warn!("{f} ({})", f.reason),
+            }
+        }
+        self.findings = findings;
     }
 
     /// The proposal's state was refused: the store goes back to what serves.
@@ -272,7 +277,7 @@ impl Agent {
         // Validate everything before touching the kernel: a bad file must not replace (or
         // even pin anything next to) what a previous run left serving.
         let interfaces = selected_interfaces(&options)?;
-        let mut objects = Objects::new(&options.config);
+        let mut objects = Objects::new(&options.config, options.classes.clone());
         let proposal = objects.propose(&options.node_name, &interfaces)?;
         bpffs::prepare(&options.bpffs)?;
         let datapath = Datapath::load(&LoadOptions {
@@ -330,8 +335,10 @@ impl Agent {
         agent.state = maps.read_state().context("adopting the pinned maps")?;
         let adopted = !agent.state.services.is_empty();
         let summary = summary(&proposal.desired);
+        let findings = proposal.desired.findings.clone();
         let writes = agent.apply(proposal.desired, &interfaces)?.writes;
-        agent.objects.keep(proposal.documents);
+        agent.objects.keep(proposal.documents, findings);
+        record_findings(&mut agent.record, &agent.objects.findings);
         // Attach only once the maps hold the full state: the first packet sees all of it.
         attach::attach_all(&mut agent.datapath, &agent.options.bpffs, &interfaces)?;
         // Every announcement is news after a (re)start: a node may have taken over meanwhile.
@@ -373,6 +380,7 @@ impl Agent {
                 documents,
             } = self.objects.propose(&self.options.node_name, &interfaces)?;
             let summary = summary(&desired);
+            let findings = desired.findings.clone();
             let applied = match self.apply(desired, &interfaces) {
                 Ok(applied) => applied,
                 Err(e) => {
@@ -380,7 +388,8 @@ impl Agent {
                     return Err(e);
                 }
             };
-            self.objects.keep(documents);
+            self.objects.keep(documents, findings);
+            record_findings(&mut self.record, &self.objects.findings);
             attach::attach_all(&mut self.datapath, &self.options.bpffs, &interfaces)?;
             let now = Instant::now();
             for (key, mac) in applied.announced {
@@ -486,6 +495,26 @@ impl Agent {
         );
         Ok(())
     }
+}
+
+/// The findings about the objects served, for `status`: how many say something is not
+/// served, and as many lines as fit, the most severe first.
+fn record_findings(record: &mut AgentState, findings: &[Finding]) {
+    let mut sorted: Vec<&Finding> = findings.iter().collect();
+    sorted.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    record.findings = sorted
+        .iter()
+        .filter(|f| f.severity > Severity::Info)
+        .count() as u32;
+    let mut text = String::new();
+    for f in sorted {
+        let line = format!("{} {} {f}\n", f.severity, f.reason);
+        if text.len() + line.len() > record.findings_text.len() {
+            break;
+        }
+        text.push_str(&line);
+    }
+    write_text(&mut record.findings_text, &text);
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {

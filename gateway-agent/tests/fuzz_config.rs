@@ -1,10 +1,10 @@
 //! Bad input, tried and survived: the file source, the store and the model fed arbitrary
 //! text, mutations of the reference file and structured random objects.
 //!
-//! Properties, for every input: nothing panics; every error and warning names the file
-//! first; when the file parses, the cluster-wide and the per-node model agree on success
-//! and, when they succeed, on the allocations, no two services share a VIP, every VIP lies
-//! in the pool it is said to come from, and no VIP port is programmed twice.
+//! Properties, for every input: nothing panics; every error and finding names the file
+//! first; when the file parses, the cluster-wide and the per-node model agree on what every
+//! service and pool gets, two services share a VIP only under one sharing key, every VIP
+//! lies in the pool it is said to come from, and no VIP port is programmed twice.
 //! Case counts are fixed here (not taken from PROPTEST_CASES) so every run tries as much.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,59 +53,66 @@ fn check(text: &str) -> Result<(), TestCaseError> {
         }
     };
     prop_assert_eq!(&config.source, SOURCE);
-    named(config.warnings.iter().map(ToString::to_string))?;
+    named(config.findings.iter().map(ToString::to_string))?;
     check_model(&config)
 }
 
 fn check_model(config: &Config) -> Result<(), TestCaseError> {
     let cluster = model::cluster_state(config);
     let node = model::desired_state(config, "worker-1", &["ens18".into()]);
-    match (&cluster, &node) {
-        (Err(a), Err(b)) => {
-            prop_assert!(!a.0.is_empty() && !b.0.is_empty());
-            named(a.0.iter().chain(&b.0).map(ToString::to_string))?;
+    named(
+        cluster
+            .findings
+            .iter()
+            .chain(&node.findings)
+            .map(ToString::to_string),
+    )?;
+    prop_assert_eq!(&cluster.services, &node.services);
+    prop_assert_eq!(&cluster.pools, &node.pools);
+    // VIP -> the services on it.
+    let mut vips: BTreeMap<std::net::Ipv4Addr, Vec<&str>> = BTreeMap::new();
+    for status in &cluster.services {
+        let service = config
+            .services
+            .iter()
+            .find(|s| s.object == status.service)
+            .expect("a status per service");
+        for vip in &status.vips {
+            let key = service.sharing.as_ref().map_or("", |s| s.key.as_str());
+            vips.entry(vip.vip).or_default().push(key);
+            let pool = config.pools.iter().find(|p| p.name == vip.pool);
+            let block = pool.and_then(|p| p.block_of(vip.vip));
+            prop_assert!(block.is_some(), "{} is not in pool {}", vip.vip, vip.pool);
         }
-        (Ok(cluster), Ok(node)) => {
-            named(cluster.warnings.iter().chain(&node.warnings).cloned())?;
-            prop_assert_eq!(&cluster.allocations, &node.allocations);
-            let mut vips = BTreeSet::new();
-            for allocation in &cluster.allocations {
-                prop_assert!(
-                    vips.insert(allocation.vip),
-                    "VIP {} allocated twice",
-                    allocation.vip
-                );
-                let pool = config.pools.iter().find(|p| p.name == allocation.pool);
-                let block = pool.and_then(|p| p.block_of(allocation.vip));
-                prop_assert!(
-                    block.is_some(),
-                    "{} is not in pool {}",
-                    allocation.vip,
-                    allocation.pool
-                );
-            }
-            let mut ports = BTreeSet::new();
-            for f in &node.frontends {
-                prop_assert!(vips.contains(&f.vip), "frontend on unallocated {}", f.vip);
-                prop_assert!(
-                    ports.insert((f.vip, f.port, f.protocol)),
-                    "{}:{}/{} programmed twice",
-                    f.vip,
-                    f.port,
-                    f.protocol
-                );
-            }
-            for a in &node.announcements {
-                prop_assert_eq!(&a.interface, "ens18");
-                prop_assert!(vips.contains(&a.vip));
-            }
-        }
-        _ => prop_assert!(
-            false,
-            "cluster and node views disagree: {:?} vs {:?}",
-            cluster.as_ref().err().map(ToString::to_string),
-            node.as_ref().err().map(ToString::to_string)
-        ),
+    }
+    for (vip, keys) in &vips {
+        prop_assert!(
+            keys.len() == 1 || keys.iter().all(|k| !k.is_empty() && *k == keys[0]),
+            "VIP {vip} shared without one sharing key: {keys:?}"
+        );
+    }
+    let mut ports = BTreeSet::new();
+    for f in &node.frontends {
+        let external = config
+            .services
+            .iter()
+            .any(|s| s.external_ips.iter().any(|ip| ip.addr == f.vip));
+        prop_assert!(
+            vips.contains_key(&f.vip) || external,
+            "frontend on unallocated {}",
+            f.vip
+        );
+        prop_assert!(
+            ports.insert((f.vip, f.port, f.protocol)),
+            "{}:{}/{} programmed twice",
+            f.vip,
+            f.port,
+            f.protocol
+        );
+    }
+    for a in &node.announcements {
+        prop_assert_eq!(&a.interface, "ens18");
+        prop_assert!(ports.iter().any(|(vip, _, _)| *vip == a.vip) || vips.contains_key(&a.vip));
     }
     Ok(())
 }

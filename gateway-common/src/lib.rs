@@ -439,12 +439,18 @@ pub struct AgentState {
     pub last_applied_unix: u64,
     /// 0 when the last reload succeeded.
     pub last_error_unix: u64,
+    /// Warning and error findings about the objects served: what of them is not served.
+    pub findings: u32,
+    pub _pad: u32,
     pub node_name: [u8; 64],
     pub config: [u8; 256],
     pub last_error: [u8; 1024],
+    /// The findings about the objects served, one per line, the most severe first:
+    /// `severity Reason object: field: message`; as many as fit.
+    pub findings_text: [u8; 4096],
 }
 
-const _: () = assert!(size_of::<AgentState>() == 40 + 64 + 256 + 1024);
+const _: () = assert!(size_of::<AgentState>() == 48 + 64 + 256 + 1024 + 4096);
 
 /// The datapath updates TCP/UDP checksums in place (it reads `ip_summed`, see [`kern_ctx`]);
 /// without it, through the kernel's helpers.
@@ -460,9 +466,12 @@ impl Default for AgentState {
             started_unix: 0,
             last_applied_unix: 0,
             last_error_unix: 0,
+            findings: 0,
+            _pad: 0,
             node_name: [0; 64],
             config: [0; 256],
             last_error: [0; 1024],
+            findings_text: [0; 4096],
         }
     }
 }

@@ -412,6 +412,11 @@ pub struct AgentView {
     /// The last reload that was refused, if it came after the last one applied: the file on
     /// disk is not what is being served.
     pub rejected: Option<RejectedView>,
+    /// Warning and error findings about the objects served: what of them is not served.
+    pub objects_not_served: u32,
+    /// The findings about the objects served (`severity Reason finding`), the most severe
+    /// first, as many as the agent's record holds.
+    pub findings: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -435,6 +440,11 @@ fn agent_view(state: &AgentState) -> AgentView {
             at_unix: state.last_error_unix,
             error: read_text(&state.last_error).to_owned(),
         }),
+        objects_not_served: state.findings,
+        findings: read_text(&state.findings_text)
+            .lines()
+            .map(str::to_owned)
+            .collect(),
     }
 }
 
@@ -538,6 +548,25 @@ pub fn render_status(s: &StatusView) -> String {
             utc(r.at_unix),
             r.error
         ));
+    }
+    if !a.findings.is_empty() {
+        let listed = a
+            .findings
+            .iter()
+            .filter(|f| !f.starts_with("info "))
+            .count();
+        out.push_str(&format!(
+            "objects: {} warnings or errors (what is not served, and why){}\n",
+            a.objects_not_served,
+            if listed < a.objects_not_served as usize {
+                format!(", the first {listed} listed")
+            } else {
+                String::new()
+            }
+        ));
+        for finding in &a.findings {
+            out.push_str(&format!("  {finding}\n"));
+        }
     }
     out.push_str(&format!(
         "datapath pinned at {}, checksums {}\nconntrack timeouts: TCP {}s, other {}s\n\n",

@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::{
     agent::{self, RunOptions},
     capacity::Capacity,
+    config::LoadBalancerClasses,
     datapath::{self, Maps},
 };
 
@@ -38,13 +39,19 @@ struct Cli {
 enum Command {
     /// Program the datapath from the objects in FILE and keep serving (SIGHUP re-reads it).
     Run(RunArgs),
-    /// Validate FILE without touching the kernel; print the VIP allocation.
+    /// Judge FILE as `run` would, without touching the kernel; print what every Service and
+    /// pool gets. Exit status: 0 valid, 1 served in part (findings say what is not served),
+    /// 2 refused.
     Check {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
-        /// Also show what this node would serve.
+        /// Judge only this node, and show what it would serve (default: every Node object).
         #[arg(long, env = "NODE_NAME")]
         node_name: Option<String>,
+        #[command(flatten)]
+        classes: ClassArgs,
+        #[command(flatten)]
+        capacity: CapacityArgs,
         #[command(flatten)]
         output: OutputArg,
     },
@@ -83,6 +90,8 @@ enum Command {
         /// Interfaces that should carry the programs (regex), as given to `run`.
         #[arg(long, default_value = "^e")]
         devices: Regex,
+        #[command(flatten)]
+        classes: ClassArgs,
         #[command(flatten)]
         output: OutputArg,
     },
@@ -125,6 +134,33 @@ struct RunArgs {
     /// out when chasing a checksum problem.
     #[arg(long)]
     checksum_helpers: bool,
+    #[command(flatten)]
+    classes: ClassArgs,
+    #[command(flatten)]
+    capacity: CapacityArgs,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off when not given).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_address: Option<SocketAddr>,
+}
+
+/// The `spec.loadBalancerClass`es served besides none and `io.cilium/l2-announcer`.
+#[derive(Args)]
+struct ClassArgs {
+    /// Also serve Services of this loadBalancerClass (repeatable); Services of any other
+    /// class are left to their controller.
+    #[arg(long = "load-balancer-class", value_name = "CLASS")]
+    load_balancer_classes: Vec<String>,
+}
+
+impl ClassArgs {
+    fn classes(self) -> LoadBalancerClasses {
+        LoadBalancerClasses::new(self.load_balancer_classes)
+    }
+}
+
+/// Map sizes.
+#[derive(Args)]
+struct CapacityArgs {
     /// Frontend (VIP:port/protocol) map size; also bounds VIPs and announcements.
     #[arg(long, default_value_t = capacity::SERVICES)]
     services_max: u32,
@@ -137,9 +173,17 @@ struct RunArgs {
     /// ClientIP affinity map size (LRU).
     #[arg(long, default_value_t = capacity::AFFINITY)]
     affinity_max: u32,
-    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off when not given).
-    #[arg(long, value_name = "ADDR:PORT")]
-    metrics_address: Option<SocketAddr>,
+}
+
+impl CapacityArgs {
+    fn capacity(&self) -> Capacity {
+        Capacity {
+            services: self.services_max,
+            backends: self.backends_max,
+            conntrack: self.ct_max,
+            affinity: self.affinity_max,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -196,12 +240,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 ct_tcp_timeout: args.ct_tcp_timeout,
                 ct_any_timeout: args.ct_any_timeout,
                 checksum_helpers: args.checksum_helpers,
-                capacity: Capacity {
-                    services: args.services_max,
-                    backends: args.backends_max,
-                    conntrack: args.ct_max,
-                    affinity: args.affinity_max,
-                },
+                capacity: args.capacity.capacity(),
+                classes: args.classes.classes(),
                 metrics_address: args.metrics_address,
             }))?;
             Ok(ExitCode::SUCCESS)
@@ -209,8 +249,16 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Check {
             config,
             node_name,
+            classes,
+            capacity,
             output,
-        } => check::run(&config, node_name.as_deref(), output.output == Output::Json),
+        } => check::run(&check::Check {
+            path: &config,
+            node: node_name.as_deref(),
+            classes: classes.classes(),
+            capacity: capacity.capacity(),
+            json: output.output == Output::Json,
+        }),
         Command::Status(args) => view(&args, inspect::status, inspect::render_status),
         Command::Lb {
             command: ListCommand::List(args),
@@ -245,6 +293,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             node_name,
             bpffs,
             devices,
+            classes,
             output,
         } => doctor::run(
             &doctor::Patient {
@@ -252,6 +301,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 node_name,
                 bpffs: &bpffs,
                 devices: &devices,
+                classes: classes.classes(),
             },
             output.output == Output::Json,
         ),
@@ -264,14 +314,18 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Parses the command line, runs the command, and turns errors into a message and exit 1.
+/// Parses the command line, runs the command, and turns errors into a message and an exit
+/// status: 2 when the objects are refused (`check`'s rule), 1 for any other failure.
 pub fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match dispatch(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            match check::Verdict::of_error(&e) {
+                Some(verdict) => ExitCode::from(verdict.exit_status()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

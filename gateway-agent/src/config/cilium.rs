@@ -2,12 +2,15 @@
 //! fields (status, ...) are ignored like the API server's clients do; the kind and name are
 //! read before these shapes are.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::Deserialize;
 
 /// `cilium.io/v2alpha1` or `cilium.io/v2` `CiliumLoadBalancerIPPool`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct CiliumLoadBalancerIpPool {
+    /// Its creation time decides which of two overlapping pools conflicts.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: IpPoolSpec,
 }
@@ -39,7 +42,6 @@ pub(crate) struct CiliumL2AnnouncementPolicy {
     pub spec: L2PolicySpec,
 }
 
-/// `externalIPs` is not read: external IPs are not served.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct L2PolicySpec {
@@ -47,6 +49,9 @@ pub(crate) struct L2PolicySpec {
     /// Cilium's default is false: a policy that does not say so announces no LB IPs.
     #[serde(default, rename = "loadBalancerIPs")]
     pub load_balancer_ips: bool,
+    /// Cilium's default is false: `spec.externalIPs` are announced only when a policy says so.
+    #[serde(default, rename = "externalIPs")]
+    pub external_ips: bool,
     pub node_selector: Option<LabelSelector>,
     pub service_selector: Option<LabelSelector>,
 }

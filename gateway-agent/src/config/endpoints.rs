@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use k8s_openapi::api::discovery::v1 as discovery;
 
 use super::error::ObjectDiagnostics;
-use super::{ObjectRef, Protocol};
+use super::{ObjectRef, Protocol, Reason};
 
 /// The label that ties a slice to its service (in the slice's namespace).
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -41,8 +41,8 @@ impl EndpointSlice {
     pub const KIND: &str = "EndpointSlice";
 }
 
-/// Validates a slice. `None` when it is skipped (not IPv4, or not tied to a service; with a
-/// warning) or invalid (with an error).
+/// Converts a slice; `None`, with a finding, when it is not served (not IPv4, or not tied to
+/// a service). An address or port that cannot be read is skipped with a finding.
 pub(crate) fn endpoint_slice(
     raw: &discovery::EndpointSlice,
     object: ObjectRef,
@@ -51,7 +51,8 @@ pub(crate) fn endpoint_slice(
     match raw.address_type.as_str() {
         "IPv4" => {}
         "IPv6" | "FQDN" => {
-            diagnostics.warn(
+            diagnostics.info(
+                Reason::SliceNotServed,
                 "addressType",
                 format!(
                     "{} slice skipped: only IPv4 backends are served",
@@ -62,9 +63,13 @@ pub(crate) fn endpoint_slice(
         }
         // k8s-openapi reads a missing addressType as "".
         other => {
-            diagnostics.error(
+            diagnostics.warn(
+                Reason::SliceNotServed,
                 "addressType",
-                format!("unknown address type {other:?} (expected IPv4, IPv6 or FQDN)"),
+                format!(
+                    "unknown address type {other:?} (expected IPv4, IPv6 or FQDN): the slice is \
+                     skipped"
+                ),
             );
             return None;
         }
@@ -76,6 +81,7 @@ pub(crate) fn endpoint_slice(
         .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
     else {
         diagnostics.warn(
+            Reason::SliceNotServed,
             "metadata.labels",
             format!("no {SERVICE_NAME_LABEL} label: the slice belongs to no service, skipped"),
         );
@@ -88,9 +94,10 @@ pub(crate) fn endpoint_slice(
         for (j, text) in raw.addresses.iter().enumerate() {
             match text.parse::<Ipv4Addr>() {
                 Ok(addr) => addresses.push(addr),
-                Err(_) => diagnostics.error(
+                Err(_) => diagnostics.warn(
+                    Reason::InvalidAddress,
                     format!("endpoints[{i}].addresses[{j}]"),
-                    format!("{text:?} is not an IPv4 address"),
+                    format!("{text:?} is not an IPv4 address; the address is skipped"),
                 ),
             }
         }
@@ -113,9 +120,10 @@ pub(crate) fn endpoint_slice(
             // SCTP is valid Kubernetes but can never match a served port.
             Some("SCTP") => continue,
             Some(other) => {
-                diagnostics.error(
+                diagnostics.warn(
+                    Reason::UnsupportedProtocol,
                     format!("ports[{i}].protocol"),
-                    format!("unknown protocol {other:?}"),
+                    format!("unknown protocol {other:?}; the port is skipped"),
                 );
                 continue;
             }
@@ -128,14 +136,15 @@ pub(crate) fn endpoint_slice(
                 port,
                 protocol,
             }),
-            _ => diagnostics.error(
+            _ => diagnostics.warn(
+                Reason::InvalidPort,
                 format!("ports[{i}].port"),
-                format!("port {number} is outside 1..=65535"),
+                format!("port {number} is outside 1..=65535; the port is skipped"),
             ),
         }
     }
 
-    diagnostics.finish(EndpointSlice {
+    Some(EndpointSlice {
         object,
         service: service.clone(),
         endpoints,
@@ -246,7 +255,7 @@ mod tests {
             );
             assert!(parse_ok(&text).endpoint_slices.is_empty());
             assert_line(
-                &parse_warnings(&text),
+                &parse_findings(&text),
                 &[
                     "objects.yaml: EndpointSlice/web/shop-abc: addressType:",
                     &format!("{address_type} slice skipped"),
@@ -261,46 +270,53 @@ mod tests {
             .replace("  labels:\n    kubernetes.io/service-name: shop\n", "");
         assert!(parse_ok(&text).endpoint_slices.is_empty());
         assert_line(
-            &parse_warnings(&text),
+            &parse_findings(&text),
             &["EndpointSlice/web/shop-abc: metadata.labels: no kubernetes.io/service-name label"],
         );
     }
 
     #[test]
-    fn invalid_slices_name_object_and_field() {
+    fn what_cannot_be_read_is_skipped_and_the_rest_serves() {
         let cases = [
             (
                 slice(
                     "IPv4",
-                    "endpoints:\n  - addresses: [10.0.0.1, 10.0.0.256]\n",
+                    "endpoints:\n  - addresses: [10.0.0.1, 10.0.0.256]\nports:\n  - port: 80\n",
                 ),
-                "endpoints[0].addresses[1]: \"10.0.0.256\" is not an IPv4 address",
-            ),
-            (
-                slice("IPv4", "endpoints: []\nports:\n  - port: 65536\n"),
-                "ports[0].port: port 65536 is outside 1..=65535",
+                "endpoints[0].addresses[1]: \"10.0.0.256\" is not an IPv4 address; the address is skipped",
             ),
             (
                 slice(
                     "IPv4",
-                    "endpoints: []\nports:\n  - port: 80\n    protocol: HTTP\n",
+                    "endpoints:\n  - addresses: [10.0.0.1]\nports:\n  - port: 80\n  - port: 65536\n",
                 ),
-                "ports[0].protocol: unknown protocol \"HTTP\"",
+                "ports[1].port: port 65536 is outside 1..=65535; the port is skipped",
             ),
             (
-                slice("IPv5", "endpoints: []\n"),
-                "addressType: unknown address type \"IPv5\"",
+                slice(
+                    "IPv4",
+                    "endpoints:\n  - addresses: [10.0.0.1]\nports:\n  - port: 80\n  - port: 80\n    protocol: HTTP\n",
+                ),
+                "ports[1].protocol: unknown protocol \"HTTP\"; the port is skipped",
             ),
         ];
         for (text, expected) in cases {
-            let errors = parse_errors(&text);
-            assert_eq!(errors.len(), 1, "{errors:#?}");
-            assert_line(
-                &errors,
-                &[&format!(
+            let config = parse_ok(&text);
+            let slice = &config.endpoint_slices[0];
+            assert_eq!(slice.endpoints[0].addresses, [Ipv4Addr::new(10, 0, 0, 1)]);
+            assert_eq!(slice.ports.len(), 1);
+            assert_eq!(
+                parse_findings(&text),
+                [format!(
                     "objects.yaml: EndpointSlice/web/shop-abc: {expected}"
-                )],
+                )]
             );
         }
+        let unknown = slice("IPv5", "endpoints: []\n");
+        assert!(parse_ok(&unknown).endpoint_slices.is_empty());
+        assert_line(
+            &parse_findings(&unknown),
+            &["EndpointSlice/web/shop-abc: addressType: unknown address type \"IPv5\""],
+        );
     }
 }

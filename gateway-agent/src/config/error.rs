@@ -1,11 +1,20 @@
-//! Errors and warnings about the objects of one source. Every finding names the file, the
-//! object (when there is one) and the field, so `check` output points at what to fix.
+//! What refuses a whole file ([`ConfigError`]), and the collector of a pass's errors and
+//! findings ([`Diagnostics`]). Every error and finding names the file, the object (when
+//! there is one) and the field, so `check` output points at what to fix.
+//!
+//! The rule of what refuses the file: only what leaves the agent unable to tell which
+//! object is meant or what it says. A YAML syntax error; a document that is not a mapping,
+//! or has no `apiVersion`, `kind` or (for a kind the agent reads) `metadata.name`; an object
+//! that does not deserialize into its API shape (`port: eighty`); the same object written
+//! twice; a file that cannot be read. Everything else (values of the right type that the
+//! agent cannot serve, or that the API server would reject) is a [`Finding`] on its object,
+//! and the rest of the file serves.
 
 use std::fmt;
 
-use super::ObjectRef;
+use super::{Finding, ObjectRef, Reason, Severity};
 
-/// One problem that makes the file unusable.
+/// One problem that makes the file unusable: the whole file is refused.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ConfigError {
     pub file: String,
@@ -16,21 +25,12 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// Something the agent works around (skips, ignores or defaults) but the operator should know.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-pub struct ConfigWarning {
-    pub file: String,
-    pub object: Option<ObjectRef>,
-    pub field: String,
-    pub message: String,
-}
-
 /// Every error found in a file, in the order found.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
 /// `FILE: Kind/ns/name: field: message`, leaving out the parts that are absent.
-fn write_finding(
+pub(super) fn write_finding(
     f: &mut fmt::Formatter<'_>,
     file: &str,
     object: Option<&ObjectRef>,
@@ -61,18 +61,6 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-impl fmt::Display for ConfigWarning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_finding(
-            f,
-            &self.file,
-            self.object.as_ref(),
-            &self.field,
-            &self.message,
-        )
-    }
-}
-
 /// One error per line.
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -88,13 +76,13 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Collects the findings of one pass over a file, so that all of them are reported at once
-/// rather than only the first.
+/// Collects the errors and findings of one pass over a source, so that all of them are
+/// reported at once rather than only the first.
 #[derive(Debug)]
 pub(crate) struct Diagnostics {
     file: String,
     errors: Vec<ConfigError>,
-    warnings: Vec<ConfigWarning>,
+    findings: Vec<Finding>,
 }
 
 impl Diagnostics {
@@ -102,11 +90,12 @@ impl Diagnostics {
         Self {
             file: file.to_owned(),
             errors: Vec::new(),
-            warnings: Vec::new(),
+            findings: Vec::new(),
         }
     }
 
-    pub(crate) fn error(
+    /// An error that refuses the whole file (see the module's rule).
+    pub(crate) fn fatal(
         &mut self,
         object: Option<&ObjectRef>,
         field: impl Into<String>,
@@ -120,28 +109,33 @@ impl Diagnostics {
         });
     }
 
-    pub(crate) fn warn(
+    /// A finding about `object` (or about the source, when `None`).
+    pub(crate) fn find(
         &mut self,
+        severity: Severity,
+        reason: Reason,
         object: Option<&ObjectRef>,
         field: impl Into<String>,
         message: impl Into<String>,
     ) {
-        self.warnings.push(ConfigWarning {
+        self.findings.push(Finding {
             file: self.file.clone(),
             object: object.cloned(),
             field: field.into(),
             message: message.into(),
+            reason,
+            severity,
         });
     }
 
-    /// Adds findings made in another pass (a document parsed on its own).
+    /// Adds errors and findings made in another pass (a document parsed on its own).
     pub(crate) fn absorb(
         &mut self,
         errors: impl IntoIterator<Item = ConfigError>,
-        warnings: impl IntoIterator<Item = ConfigWarning>,
+        findings: impl IntoIterator<Item = Finding>,
     ) {
         self.errors.extend(errors);
-        self.warnings.extend(warnings);
+        self.findings.extend(findings);
     }
 
     pub(crate) fn has_errors(&self) -> bool {
@@ -153,53 +147,68 @@ impl Diagnostics {
         ConfigErrors(self.errors)
     }
 
-    /// The findings as they are, errors and warnings.
-    pub(crate) fn into_parts(self) -> (Vec<ConfigError>, Vec<ConfigWarning>) {
-        (self.errors, self.warnings)
+    /// The errors and findings as they are.
+    pub(crate) fn into_parts(self) -> (Vec<ConfigError>, Vec<Finding>) {
+        (self.errors, self.findings)
     }
 
-    /// Findings about one object; `ObjectDiagnostics::finish` tells whether it was valid.
+    /// The findings, sorted and deduplicated so that they do not depend on the order the
+    /// objects came in; the caller knows there were no errors.
+    pub(crate) fn into_findings(self) -> Vec<Finding> {
+        debug_assert!(self.errors.is_empty(), "{:?}", self.errors);
+        let mut findings = self.findings;
+        findings.sort();
+        findings.dedup();
+        findings
+    }
+
+    /// Errors and findings about one object.
     pub(crate) fn object<'a>(&'a mut self, object: &'a ObjectRef) -> ObjectDiagnostics<'a> {
-        let errors_before = self.errors.len();
         ObjectDiagnostics {
             diagnostics: self,
             object,
-            errors_before,
-        }
-    }
-
-    /// The warnings sorted and deduplicated, so that they do not depend on document order.
-    pub(crate) fn into_result(self) -> Result<Vec<ConfigWarning>, ConfigErrors> {
-        if self.errors.is_empty() {
-            let mut warnings = self.warnings;
-            warnings.sort();
-            warnings.dedup();
-            Ok(warnings)
-        } else {
-            Err(ConfigErrors(self.errors))
         }
     }
 }
 
-/// The findings about one object, with a way to know whether any of them was an error.
+/// The errors and findings about one object, as its kind's conversion makes them.
 pub(crate) struct ObjectDiagnostics<'a> {
     diagnostics: &'a mut Diagnostics,
     object: &'a ObjectRef,
-    errors_before: usize,
 }
 
 impl ObjectDiagnostics<'_> {
-    pub(crate) fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.diagnostics.error(Some(self.object), field, message);
+    /// The object does not deserialize into its shape: the file is refused.
+    pub(crate) fn fatal(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.diagnostics.fatal(Some(self.object), field, message);
     }
 
-    pub(crate) fn warn(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.diagnostics.warn(Some(self.object), field, message);
+    pub(crate) fn info(
+        &mut self,
+        reason: Reason,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        (self.diagnostics).find(Severity::Info, reason, Some(self.object), field, message);
     }
 
-    /// `value` if no error was recorded for this object since it was opened.
-    pub(crate) fn finish<T>(&self, value: T) -> Option<T> {
-        (self.diagnostics.errors.len() == self.errors_before).then_some(value)
+    pub(crate) fn warn(
+        &mut self,
+        reason: Reason,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        (self.diagnostics).find(Severity::Warning, reason, Some(self.object), field, message);
+    }
+
+    /// The object, or what `field` asks for, is not served.
+    pub(crate) fn refuse(
+        &mut self,
+        reason: Reason,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        (self.diagnostics).find(Severity::Error, reason, Some(self.object), field, message);
     }
 }
 
@@ -243,9 +252,9 @@ mod tests {
     #[test]
     fn errors_display_one_per_line() {
         let mut diagnostics = Diagnostics::new("f.yaml");
-        diagnostics.error(Some(&service("a")), "spec", "first");
-        diagnostics.error(None, "", "second");
-        let errors = diagnostics.into_result().unwrap_err();
+        diagnostics.fatal(Some(&service("a")), "spec", "first");
+        diagnostics.fatal(None, "", "second");
+        let errors = diagnostics.into_errors();
         assert_eq!(
             errors.to_string(),
             "f.yaml: Service/gateway/a: spec: first\nf.yaml: second"
@@ -253,14 +262,29 @@ mod tests {
     }
 
     #[test]
-    fn object_finish_is_none_after_an_error_and_warnings_do_not_count() {
+    fn findings_are_sorted_and_deduplicated() {
         let mut diagnostics = Diagnostics::new("f.yaml");
-        let a = service("a");
-        let mut object = diagnostics.object(&a);
-        object.warn("spec", "just so you know");
-        assert_eq!(object.finish(1), Some(1));
-        let mut object = diagnostics.object(&a);
-        object.error("spec", "broken");
-        assert_eq!(object.finish(2), None);
+        let (a, b) = (service("a"), service("b"));
+        diagnostics
+            .object(&b)
+            .warn(Reason::InvalidPort, "spec.ports[0].port", "bad");
+        diagnostics
+            .object(&a)
+            .info(Reason::IPv6NotServed, "spec", "later");
+        diagnostics
+            .object(&b)
+            .warn(Reason::InvalidPort, "spec.ports[0].port", "bad");
+        diagnostics.find(Severity::Info, Reason::KindNotRead, None, "", "skipped");
+        let findings: Vec<String> = (diagnostics.into_findings().iter())
+            .map(|f| format!("{} {} {f}", f.severity, f.reason))
+            .collect();
+        assert_eq!(
+            findings,
+            [
+                "info KindNotRead f.yaml: skipped",
+                "info IPv6NotServed f.yaml: Service/gateway/a: spec: later",
+                "warning InvalidPort f.yaml: Service/gateway/b: spec.ports[0].port: bad",
+            ]
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Test fixtures: the reference's objects, and helpers to write variations of them.
 
-use super::Config;
+use super::{Config, Finding, Reason, Severity};
 use crate::source::file::parse;
 
 /// The reference's pool, L2 policy, two gateway services, three nodes and envoy slices.
@@ -21,13 +21,27 @@ pub(crate) fn parse_errors(text: &str) -> Vec<String> {
     }
 }
 
-/// The warnings of `text`, one line each.
-pub(crate) fn parse_warnings(text: &str) -> Vec<String> {
+/// The source's findings about `text`, one line each.
+pub(crate) fn parse_findings(text: &str) -> Vec<String> {
     parse_ok(text)
-        .warnings
+        .findings
         .iter()
         .map(ToString::to_string)
         .collect()
+}
+
+/// The source's findings about `text` as (severity, reason, line).
+pub(crate) fn parse_reasons(text: &str) -> Vec<(Severity, Reason, String)> {
+    parse_ok(text)
+        .findings
+        .iter()
+        .map(|f| (f.severity, f.reason, f.to_string()))
+        .collect()
+}
+
+/// Findings one line each.
+pub(crate) fn lines(findings: &[Finding]) -> Vec<String> {
+    findings.iter().map(ToString::to_string).collect()
 }
 
 pub(crate) fn reference() -> Config {
@@ -63,14 +77,18 @@ pub(crate) fn pool_doc(name: &str, spec: &str) -> String {
     )
 }
 
-/// A LoadBalancer service with TCP ports 80 and 443, built up for IPAM and election tests.
+/// A LoadBalancer service with TCP ports 80 and 443 (unless told otherwise), built up for
+/// IPAM and election tests.
+#[derive(Clone)]
 pub(crate) struct ServiceDoc {
     namespace: String,
     name: String,
     metadata: Vec<String>,
+    annotations: Vec<String>,
     labels: Vec<String>,
     spec: Vec<String>,
-    status_ip: Option<String>,
+    ports: Option<String>,
+    status_ips: Vec<String>,
 }
 
 pub(crate) fn service_doc(namespace: &str, name: &str) -> ServiceDoc {
@@ -78,9 +96,11 @@ pub(crate) fn service_doc(namespace: &str, name: &str) -> ServiceDoc {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
         metadata: Vec::new(),
+        annotations: Vec::new(),
         labels: Vec::new(),
         spec: Vec::new(),
-        status_ip: None,
+        ports: None,
+        status_ips: Vec::new(),
     }
 }
 
@@ -91,17 +111,39 @@ impl ServiceDoc {
         self
     }
 
-    /// Requests `ip` through the LB-IPAM annotation.
-    pub(crate) fn requests(mut self, ip: &str) -> Self {
-        self.metadata.push(format!(
-            "  annotations:\n    lbipam.cilium.io/ips: \"{ip}\""
-        ));
+    /// Requests `ip` (a comma-separated list) through the LB-IPAM annotation.
+    pub(crate) fn requests(self, ip: &str) -> Self {
+        self.annotate("lbipam.cilium.io/ips", ip)
+    }
+
+    /// Shares its VIPs under `key`.
+    pub(crate) fn sharing(self, key: &str) -> Self {
+        self.annotate("lbipam.cilium.io/sharing-key", key)
+    }
+
+    pub(crate) fn annotate(mut self, key: &str, value: &str) -> Self {
+        self.annotations.push(format!("    {key}: \"{value}\""));
         self
     }
 
-    /// Carries `ip` in its status, as a previous allocation.
+    /// Carries `ip` in its status, as a previous allocation (once per call, in order).
     pub(crate) fn holds(mut self, ip: &str) -> Self {
-        self.status_ip = Some(ip.to_owned());
+        self.status_ips.push(ip.to_owned());
+        self
+    }
+
+    /// `spec:` lines (indented by 2).
+    pub(crate) fn spec(mut self, lines: &str) -> Self {
+        self.spec.push(lines.trim_end().to_owned());
+        self
+    }
+
+    /// Its ports instead of 80 and 443: (port, protocol) pairs.
+    pub(crate) fn ports(mut self, ports: &[(u16, &str)]) -> Self {
+        let lines: Vec<String> = (ports.iter())
+            .map(|(port, protocol)| format!("    - port: {port}\n      protocol: {protocol}"))
+            .collect();
+        self.ports = Some(format!("  ports:\n{}", lines.join("\n")));
         self
     }
 
@@ -124,6 +166,10 @@ impl ServiceDoc {
             format!("  namespace: {}", self.namespace),
         ];
         lines.extend(self.metadata.iter().cloned());
+        if !self.annotations.is_empty() {
+            lines.push("  annotations:".to_owned());
+            lines.extend(self.annotations.iter().cloned());
+        }
         if !self.labels.is_empty() {
             lines.push("  labels:".to_owned());
             lines.extend(self.labels.iter().cloned());
@@ -131,14 +177,13 @@ impl ServiceDoc {
         lines.push("spec:".to_owned());
         lines.push("  type: LoadBalancer".to_owned());
         lines.extend(self.spec.iter().cloned());
-        lines.push(
+        lines.push(self.ports.clone().unwrap_or_else(|| {
             "  ports:\n    - name: http\n      port: 80\n    - name: https\n      port: 443"
-                .to_owned(),
-        );
-        if let Some(ip) = &self.status_ip {
-            lines.push(format!(
-                "status:\n  loadBalancer:\n    ingress:\n      - ip: {ip}"
-            ));
+                .to_owned()
+        }));
+        if !self.status_ips.is_empty() {
+            lines.push("status:\n  loadBalancer:\n    ingress:".to_owned());
+            lines.extend(self.status_ips.iter().map(|ip| format!("      - ip: {ip}")));
         }
         lines.join("\n") + "\n"
     }

@@ -1,12 +1,17 @@
 //! `CiliumL2AnnouncementPolicy`: which services' VIPs are answered for in ARP, by which
 //! nodes, on which interfaces.
+//!
+//! A policy that cannot be read whole (an interface regex that does not compile, a
+//! selector Kubernetes would reject) is not delivered: announcing on other interfaces or
+//! nodes than the ones meant would be worse than not announcing, and the finding says why.
+//! Several policies selecting one service are merged by the model, as Cilium does.
 
 use regex::Regex;
 
-use super::ObjectRef;
 use super::cilium::CiliumL2AnnouncementPolicy;
 use super::error::ObjectDiagnostics;
 use super::selector::{Selector, selector};
+use super::{ObjectRef, Reason};
 
 #[derive(Clone, Debug)]
 pub struct L2Policy {
@@ -14,8 +19,11 @@ pub struct L2Policy {
     /// `spec.interfaces`: an interface is used if any regex matches anywhere in its name (Go's
     /// `regexp.MatchString`, unanchored). Empty means every interface.
     pub interfaces: Vec<Regex>,
-    /// `spec.loadBalancerIPs`; false (Cilium's default) announces no VIP at all.
+    /// `spec.loadBalancerIPs`: the Services' VIPs are announced (Cilium's default: false).
     pub load_balancer_ips: bool,
+    /// `spec.externalIPs`: the Services' `spec.externalIPs` are announced and served
+    /// (Cilium's default: false).
+    pub external_ips: bool,
     pub node_selector: Selector,
     pub service_selector: Selector,
 }
@@ -31,6 +39,7 @@ impl PartialEq for L2Policy {
                 .zip(&other.interfaces)
                 .all(|(a, b)| a.as_str() == b.as_str())
             && self.load_balancer_ips == other.load_balancer_ips
+            && self.external_ips == other.external_ips
             && self.node_selector == other.node_selector
             && self.service_selector == other.service_selector
     }
@@ -44,41 +53,59 @@ impl L2Policy {
     }
 }
 
+/// The policy, or `None` (with a finding for each field that cannot be read).
 pub(crate) fn l2_policy(
     raw: &CiliumL2AnnouncementPolicy,
     name: String,
     diagnostics: &mut ObjectDiagnostics<'_>,
 ) -> Option<L2Policy> {
+    let mut readable = true;
     let mut interfaces = Vec::new();
     for (i, pattern) in raw.spec.interfaces.iter().flatten().enumerate() {
         match Regex::new(pattern) {
             Ok(regex) => interfaces.push(regex),
-            Err(error) => diagnostics.error(
-                format!("spec.interfaces[{i}]"),
-                format!("bad regex {pattern:?}: {}", last_line(&error.to_string())),
-            ),
+            Err(error) => {
+                readable = false;
+                diagnostics.refuse(
+                    Reason::InvalidInterfaceRegex,
+                    format!("spec.interfaces[{i}]"),
+                    format!(
+                        "bad regex {pattern:?}: {}; the policy announces nothing",
+                        last_line(&error.to_string())
+                    ),
+                );
+            }
         }
     }
-    if !raw.spec.load_balancer_ips {
+    let (load_balancer_ips, external_ips) = (raw.spec.load_balancer_ips, raw.spec.external_ips);
+    if !load_balancer_ips && !external_ips {
         diagnostics.warn(
+            Reason::AnnouncesNothing,
             "spec.loadBalancerIPs",
-            "not true: this policy announces no LoadBalancer VIP",
+            "neither loadBalancerIPs nor externalIPs is true: this policy announces nothing",
         );
     }
-    let node_selector = selector(
-        raw.spec.node_selector.as_ref(),
-        "spec.nodeSelector",
-        diagnostics,
-    );
-    let service_selector = selector(
-        raw.spec.service_selector.as_ref(),
-        "spec.serviceSelector",
-        diagnostics,
-    );
-    diagnostics.finish(L2Policy {
+    let mut selector_at = |raw, field| match selector(raw, field) {
+        Ok(selector) => selector,
+        Err(errors) => {
+            readable = false;
+            for error in errors {
+                diagnostics.refuse(
+                    Reason::InvalidSelector,
+                    error.field,
+                    format!("{}; the policy announces nothing", error.message),
+                );
+            }
+            Selector::default()
+        }
+    };
+    let node_selector = selector_at(raw.spec.node_selector.as_ref(), "spec.nodeSelector");
+    let service_selector = selector_at(raw.spec.service_selector.as_ref(), "spec.serviceSelector");
+    readable.then_some(L2Policy {
         name,
         interfaces,
-        load_balancer_ips: raw.spec.load_balancer_ips,
+        load_balancer_ips,
+        external_ips,
         node_selector,
         service_selector,
     })
@@ -97,7 +124,7 @@ fn last_line(message: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::*;
-    use super::super::{Operator, Requirement};
+    use super::super::{Operator, Requirement, Severity};
 
     fn policy_doc(spec: &str) -> String {
         format!(
@@ -127,49 +154,49 @@ mod tests {
     }
 
     #[test]
-    fn load_balancer_ips_defaults_to_false_with_a_warning() {
+    fn ip_kinds_default_to_false_and_a_policy_announcing_neither_is_told() {
         let text = policy_doc("  externalIPs: true\n");
         let policy = parse_ok(&text).l2_policies.remove(0);
-        assert!(!policy.load_balancer_ips);
+        assert!(!policy.load_balancer_ips && policy.external_ips);
         assert!(policy.interfaces.is_empty());
-        assert_line(
-            &parse_warnings(&text),
-            &["CiliumL2AnnouncementPolicy/p: spec.loadBalancerIPs: not true"],
-        );
-    }
-
-    #[test]
-    fn bad_regexes_name_the_entry() {
-        let errors = parse_errors(&policy_doc(
-            "  loadBalancerIPs: true\n  interfaces:\n    - ^eth[0-9]+\n    - \"(ens\"\n",
-        ));
+        assert_eq!(parse_findings(&text), Vec::<String>::new());
+        let neither = policy_doc("  interfaces: [eth0]\n");
         assert_eq!(
-            errors,
+            parse_findings(&neither),
             [
-                "objects.yaml: CiliumL2AnnouncementPolicy/p: spec.interfaces[1]: bad regex \"(ens\": unclosed group"
+                "objects.yaml: CiliumL2AnnouncementPolicy/p: spec.loadBalancerIPs: neither \
+              loadBalancerIPs nor externalIPs is true: this policy announces nothing"
             ]
         );
     }
 
+    /// A policy that cannot be read whole is not delivered, with every reason.
     #[test]
-    fn selector_errors_name_the_selector() {
-        let errors = parse_errors(&policy_doc(
-            "  loadBalancerIPs: true\n  nodeSelector:\n    matchExpressions:\n\
-             \x20     - key: zone\n        operator: In\n\
-             \x20     - key: gpu\n        operator: Exists\n        values: [\"yes\"]\n",
-        ));
-        assert_eq!(errors.len(), 2, "{errors:#?}");
-        assert_line(
-            &errors,
-            &[
-                "CiliumL2AnnouncementPolicy/p: spec.nodeSelector.matchExpressions[0].values: operator In needs at least one value",
-            ],
-        );
-        assert_line(
-            &errors,
-            &[
-                "CiliumL2AnnouncementPolicy/p: spec.nodeSelector.matchExpressions[1].values: operator Exists takes no values",
-            ],
-        );
+    fn unreadable_policies_announce_nothing_and_say_why() {
+        let cases: [(&str, &[&str]); 2] = [
+            (
+                "  loadBalancerIPs: true\n  interfaces:\n    - ^eth[0-9]+\n    - \"(ens\"\n",
+                &[
+                    "objects.yaml: CiliumL2AnnouncementPolicy/p: spec.interfaces[1]: bad regex \"(ens\": unclosed group; the policy announces nothing",
+                ],
+            ),
+            (
+                "  loadBalancerIPs: true\n  nodeSelector:\n    matchExpressions:\n\
+                 \x20     - key: zone\n        operator: In\n\
+                 \x20     - key: gpu\n        operator: Exists\n        values: [\"yes\"]\n",
+                &[
+                    "objects.yaml: CiliumL2AnnouncementPolicy/p: spec.nodeSelector.matchExpressions[0].values: operator In needs at least one value; the policy announces nothing",
+                    "objects.yaml: CiliumL2AnnouncementPolicy/p: spec.nodeSelector.matchExpressions[1].values: operator Exists takes no values; the policy announces nothing",
+                ],
+            ),
+        ];
+        for (spec, expected) in cases {
+            let text = policy_doc(spec);
+            assert!(parse_ok(&text).l2_policies.is_empty(), "{spec}");
+            let findings = parse_reasons(&text);
+            assert!(findings.iter().all(|(s, _, _)| *s == Severity::Error));
+            let lines: Vec<&str> = findings.iter().map(|(_, _, l)| l.as_str()).collect();
+            assert_eq!(lines, expected);
+        }
     }
 }

@@ -1,22 +1,34 @@
 //! `CiliumLoadBalancerIPPool`: the address blocks VIPs are allocated from.
+//!
+//! A block that cannot be read is skipped with a finding and the others serve. A pool whose
+//! serviceSelector cannot be read is delivered broken ([`IpPool::broken`]): like a disabled
+//! one, it keeps the VIPs Services hold in their status and allocates nothing new, so a
+//! typo in a pool never moves the VIPs it gave out.
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::ObjectRef;
+use k8s_openapi::jiff::Timestamp;
+
 use super::cilium::{CiliumLoadBalancerIpPool, IpPoolBlock};
 use super::error::ObjectDiagnostics;
 use super::selector::{Selector, selector};
+use super::{ObjectRef, Reason};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpPool {
     pub name: String,
+    /// `metadata.creationTimestamp`: of two overlapping pools the newer one conflicts.
+    pub created: Option<Timestamp>,
     /// The IPv4 blocks, `spec.blocks` then the deprecated `spec.cidrs`, as written. IPv6
-    /// blocks are skipped with a warning: the datapath serves IPv4 only.
+    /// blocks are skipped with a finding: the datapath serves IPv4 only.
     pub blocks: Vec<IpBlock>,
     pub service_selector: Selector,
     /// `spec.disabled`: nothing new is allocated from the pool, but a VIP a service already
     /// holds (in its status) stays.
     pub disabled: bool,
+    /// Why the pool allocates nothing new though it is not disabled (its serviceSelector
+    /// cannot be read); it keeps what Services hold, as a disabled pool does.
+    pub broken: Option<String>,
 }
 
 /// An inclusive range of addresses.
@@ -53,6 +65,12 @@ impl IpBlock {
         self.reserved_ends && (addr == self.first || addr == self.last)
     }
 
+    /// The addresses that can be handed out.
+    pub fn allocatable(&self) -> u64 {
+        let size = u64::from(u32::from(self.last)) - u64::from(u32::from(self.first)) + 1;
+        size - if self.reserved_ends { 2 } else { 0 }
+    }
+
     /// `first/len` when the block is a whole prefix, `first-last` otherwise.
     pub fn describe(&self) -> String {
         let first = u64::from(u32::from(self.first));
@@ -77,9 +95,10 @@ fn allow_first_last_ips(raw: Option<&str>, diagnostics: &mut ObjectDiagnostics<'
         None | Some("Yes") => true,
         Some("No") => false,
         Some(other) => {
-            diagnostics.error(
+            diagnostics.warn(
+                Reason::InvalidAllowFirstLastIPs,
                 "spec.allowFirstLastIPs",
-                format!("{other:?} is neither \"Yes\" nor \"No\""),
+                format!("{other:?} is neither \"Yes\" nor \"No\": read as \"Yes\", as Cilium does"),
             );
             true
         }
@@ -90,7 +109,7 @@ pub(crate) fn pool(
     raw: &CiliumLoadBalancerIpPool,
     name: String,
     diagnostics: &mut ObjectDiagnostics<'_>,
-) -> Option<IpPool> {
+) -> IpPool {
     let allow_first_last =
         allow_first_last_ips(raw.spec.allow_first_last_ips.as_deref(), diagnostics);
     let written = [
@@ -106,57 +125,90 @@ pub(crate) fn pool(
             }
         }
     }
-    let service_selector = selector(
-        raw.spec.service_selector.as_ref(),
-        "spec.serviceSelector",
-        diagnostics,
-    );
-    diagnostics.finish(IpPool {
+    let (service_selector, broken) =
+        match selector(raw.spec.service_selector.as_ref(), "spec.serviceSelector") {
+            Ok(selector) => (selector, None),
+            Err(errors) => {
+                for error in &errors {
+                    diagnostics.warn(
+                        Reason::InvalidSelector,
+                        &error.field,
+                        format!(
+                            "{}: the pool allocates nothing new (it keeps what Services hold)",
+                            error.message
+                        ),
+                    );
+                }
+                let why = format!("{}: {}", errors[0].field, errors[0].message);
+                (Selector::default(), Some(why))
+            }
+        };
+    IpPool {
         name,
+        created: raw.metadata.creation_timestamp.as_ref().map(|t| t.0),
         blocks,
         service_selector,
         disabled: raw.spec.disabled,
-    })
+        broken,
+    }
 }
 
 fn non_empty(text: &Option<String>) -> Option<&str> {
     text.as_deref().map(str::trim).filter(|t| !t.is_empty())
 }
 
+/// The block, or `None` with a finding saying why it is skipped.
 fn block(
     raw: &IpPoolBlock,
     field: String,
     allow_first_last: bool,
     diagnostics: &mut ObjectDiagnostics<'_>,
 ) -> Option<IpBlock> {
-    match (
+    let result = match (
         non_empty(&raw.cidr),
         non_empty(&raw.start),
         non_empty(&raw.stop),
     ) {
-        (Some(cidr), None, None) => cidr_block(cidr, field, allow_first_last, diagnostics),
-        (Some(_), _, _) => {
-            diagnostics.error(field, "set either cidr or start/stop, not both");
-            None
-        }
-        (None, Some(start), stop) => range_block(start, stop, field, diagnostics),
-        (None, None, Some(_)) => {
-            diagnostics.error(format!("{field}.start"), "stop without start");
-            None
-        }
-        (None, None, None) => {
-            diagnostics.error(field, "needs a cidr or a start (and optional stop)");
+        (Some(cidr), None, None) => cidr_block(cidr, &field, allow_first_last, diagnostics),
+        (Some(_), _, _) => Err((
+            field.clone(),
+            "set either cidr or start/stop, not both".into(),
+        )),
+        (None, Some(start), stop) => range_block(start, stop, &field, diagnostics),
+        (None, None, Some(_)) => Err((format!("{field}.start"), "stop without start".into())),
+        (None, None, None) => Err((
+            field.clone(),
+            "needs a cidr or a start (and optional stop)".into(),
+        )),
+    };
+    match result {
+        Ok(block) => block.map(|(first, last, reserved_ends)| IpBlock {
+            field,
+            first,
+            last,
+            reserved_ends,
+        }),
+        Err((at, why)) => {
+            diagnostics.warn(
+                Reason::InvalidBlock,
+                at,
+                format!("{why}; the block is skipped"),
+            );
             None
         }
     }
 }
 
+/// A block read: its first and last address and whether its ends are reserved, or `None`
+/// when it is skipped with a finding already made (IPv6).
+type Read = Result<Option<(Ipv4Addr, Ipv4Addr, bool)>, (String, String)>;
+
 fn cidr_block(
     text: &str,
-    field: String,
+    field: &str,
     allow_first_last: bool,
     diagnostics: &mut ObjectDiagnostics<'_>,
-) -> Option<IpBlock> {
+) -> Read {
     let at = format!("{field}.cidr");
     let parsed = text.split_once('/').and_then(|(addr, len)| {
         let addr = addr.parse::<IpAddr>().ok()?;
@@ -165,40 +217,35 @@ fn cidr_block(
         (len <= max).then_some((addr, len))
     });
     match parsed {
-        None => {
-            diagnostics.error(
-                at,
-                format!("{text:?} is not a CIDR (address/prefix-length)"),
-            );
-            None
-        }
+        None => Err((
+            at,
+            format!("{text:?} is not a CIDR (address/prefix-length)"),
+        )),
         Some((IpAddr::V6(_), _)) => {
-            diagnostics.warn(
+            diagnostics.info(
+                Reason::IPv6NotServed,
                 at,
                 format!("IPv6 block {text} skipped: only IPv4 is served"),
             );
-            None
+            Ok(None)
         }
         Some((IpAddr::V4(addr), len)) => {
             let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
             let first = u32::from(addr) & mask;
             let last = first | !mask;
             if first != u32::from(addr) {
-                diagnostics.warn(
-                    at.clone(),
+                diagnostics.info(
+                    Reason::HostBitsSet,
+                    at,
                     format!(
                         "{text} has host bits set; the block is {}/{len}",
                         Ipv4Addr::from(first)
                     ),
                 );
             }
-            Some(IpBlock {
-                field,
-                first: first.into(),
-                last: last.into(),
-                // Reserving both ends of a /31 or /32 would leave nothing to allocate.
-                reserved_ends: !allow_first_last && last - first >= 2,
-            })
+            // Reserving both ends of a /31 or /32 would leave nothing to allocate.
+            let reserved_ends = !allow_first_last && last - first >= 2;
+            Ok(Some((first.into(), last.into(), reserved_ends)))
         }
     }
 }
@@ -206,51 +253,46 @@ fn cidr_block(
 fn range_block(
     start: &str,
     stop: Option<&str>,
-    field: String,
+    field: &str,
     diagnostics: &mut ObjectDiagnostics<'_>,
-) -> Option<IpBlock> {
-    let parse = |text: &str, name: &str, diagnostics: &mut ObjectDiagnostics<'_>| {
-        let parsed = text.parse::<IpAddr>().ok();
-        if parsed.is_none() {
-            diagnostics.error(
+) -> Read {
+    let parse = |text: &str, name: &str| {
+        text.parse::<IpAddr>().map_err(|_| {
+            (
                 format!("{field}.{name}"),
                 format!("{text:?} is not an IP address"),
-            );
-        }
-        parsed
+            )
+        })
     };
-    let first = parse(start, "start", diagnostics);
+    let first = parse(start, "start")?;
     let last = match stop {
-        Some(stop) => parse(stop, "stop", diagnostics),
+        Some(stop) => parse(stop, "stop")?,
         None => first,
     };
-    match (first?, last?) {
-        (IpAddr::V4(first), IpAddr::V4(last)) if last < first => {
-            diagnostics.error(
-                format!("{field}.stop"),
-                format!("stop {last} is below start {first}"),
-            );
-            None
-        }
-        (IpAddr::V4(first), IpAddr::V4(last)) => Some(IpBlock {
-            field,
-            first,
-            last,
-            reserved_ends: false,
-        }),
+    match (first, last) {
+        (IpAddr::V4(first), IpAddr::V4(last)) if last < first => Err((
+            format!("{field}.stop"),
+            format!("stop {last} is below start {first}"),
+        )),
+        (IpAddr::V4(first), IpAddr::V4(last)) => Ok(Some((first, last, false))),
         (IpAddr::V6(_), IpAddr::V6(_)) => {
-            diagnostics.warn(field, "IPv6 range skipped: only IPv4 is served");
-            None
+            diagnostics.info(
+                Reason::IPv6NotServed,
+                field,
+                "IPv6 range skipped: only IPv4 is served",
+            );
+            Ok(None)
         }
-        _ => {
-            diagnostics.error(field, "start and stop are of different address families");
-            None
-        }
+        _ => Err((
+            field.to_owned(),
+            "start and stop are of different address families".into(),
+        )),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::Severity;
     use super::super::fixtures::*;
     use super::*;
 
@@ -365,7 +407,7 @@ mod tests {
                 false
             )]
         );
-        let warnings = parse_warnings(&text);
+        let warnings = parse_findings(&text);
         assert_line(
             &warnings,
             &["CiliumLoadBalancerIPPool/p: spec.blocks[0].cidr: IPv6 block 2004::/64 skipped"],
@@ -381,66 +423,99 @@ mod tests {
     }
 
     #[test]
-    fn invalid_pools_name_object_and_field() {
+    fn blocks_that_cannot_be_read_are_skipped_and_the_others_serve() {
         let cases = [
             (
-                "  blocks:\n    - cidr: 10.0.0.0/33\n",
+                "    - cidr: 10.0.0.0/33\n",
                 "spec.blocks[0].cidr: \"10.0.0.0/33\" is not a CIDR",
             ),
             (
-                "  blocks:\n    - cidr: 10.0.0.0\n",
+                "    - cidr: 10.0.0.0\n",
                 "spec.blocks[0].cidr: \"10.0.0.0\" is not a CIDR",
             ),
             (
-                "  cidrs:\n    - cidr: banana/24\n",
-                "spec.cidrs[0].cidr: \"banana/24\" is not a CIDR",
-            ),
-            (
-                "  blocks:\n    - start: 10.0.0.9\n      stop: 10.0.0.1\n",
+                "    - start: 10.0.0.9\n      stop: 10.0.0.1\n",
                 "spec.blocks[0].stop: stop 10.0.0.1 is below start 10.0.0.9",
             ),
             (
-                "  blocks:\n    - start: 10.0.0.x\n",
+                "    - start: 10.0.0.x\n",
                 "spec.blocks[0].start: \"10.0.0.x\" is not an IP address",
             ),
             (
-                "  blocks:\n    - start: 10.0.0.1\n      stop: \"2001::1\"\n",
+                "    - start: 10.0.0.1\n      stop: \"2001::1\"\n",
                 "spec.blocks[0]: start and stop are of different address families",
             ),
             (
-                "  blocks:\n    - cidr: 10.0.0.0/24\n      start: 10.0.0.1\n",
+                "    - cidr: 10.0.0.0/24\n      start: 10.0.0.1\n",
                 "spec.blocks[0]: set either cidr or start/stop, not both",
             ),
             (
-                "  blocks:\n    - stop: 10.0.0.1\n",
+                "    - stop: 10.0.0.1\n",
                 "spec.blocks[0].start: stop without start",
             ),
-            (
-                "  blocks:\n    - {}\n",
-                "spec.blocks[0]: needs a cidr or a start",
-            ),
-            (
-                "  allowFirstLastIPs: \"no\"\n  blocks: []\n",
-                "spec.allowFirstLastIPs: \"no\" is neither \"Yes\" nor \"No\"",
-            ),
-            (
-                "  disabled: \"yes\"\n",
-                "spec.disabled: invalid type: string \"yes\", expected a boolean",
-            ),
-            (
-                "  serviceSelector:\n    matchExpressions:\n      - key: a\n        operator: Equals\n",
-                "spec.serviceSelector.matchExpressions[0].operator: unknown operator \"Equals\"",
-            ),
+            ("    - {}\n", "spec.blocks[0]: needs a cidr or a start"),
         ];
-        for (spec, expected) in cases {
-            let errors = parse_errors(&pool_doc("p", spec));
-            assert_eq!(errors.len(), 1, "{errors:#?}");
+        for (bad, expected) in cases {
+            let text = pool_doc("p", &format!("  blocks:\n{bad}    - cidr: 10.9.0.0/30\n"));
+            let pool = IpPool::clone(&parse_ok(&text).pools[0]);
+            assert_eq!(
+                pool.blocks,
+                [block("spec.blocks[1]", [10, 9, 0, 0], [10, 9, 0, 3], false)],
+                "{bad}"
+            );
+            let findings = parse_reasons(&text);
+            assert_eq!(findings.len(), 1, "{findings:#?}");
+            let (severity, reason, line) = &findings[0];
+            assert_eq!(
+                (*severity, *reason),
+                (Severity::Warning, Reason::InvalidBlock)
+            );
             assert_line(
-                &errors,
-                &[&format!(
-                    "objects.yaml: CiliumLoadBalancerIPPool/p: {expected}"
-                )],
+                std::slice::from_ref(line),
+                &[
+                    &format!("objects.yaml: CiliumLoadBalancerIPPool/p: {expected}"),
+                    "; the block is skipped",
+                ],
             );
         }
+    }
+
+    #[test]
+    fn a_pool_with_an_unreadable_selector_is_broken_and_an_odd_allow_first_last_reads_as_yes() {
+        let text = pool_doc(
+            "p",
+            "  allowFirstLastIPs: \"no\"\n  blocks:\n    - cidr: 10.0.0.0/24\n  serviceSelector:\n\
+             \x20   matchExpressions:\n      - key: a\n        operator: Equals\n",
+        );
+        let pool = IpPool::clone(&parse_ok(&text).pools[0]);
+        assert!(!pool.blocks[0].reserved_ends);
+        assert_eq!(
+            pool.broken.as_deref(),
+            Some(
+                "spec.serviceSelector.matchExpressions[0].operator: unknown operator \"Equals\" (expected In, NotIn, Exists or DoesNotExist)"
+            )
+        );
+        let reasons: Vec<(Severity, Reason)> = parse_reasons(&text)
+            .into_iter()
+            .map(|(s, r, _)| (s, r))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (Severity::Warning, Reason::InvalidAllowFirstLastIPs),
+                (Severity::Warning, Reason::InvalidSelector),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pool_that_does_not_deserialize_refuses_the_file() {
+        let errors = parse_errors(&pool_doc("p", "  disabled: \"yes\"\n"));
+        assert_eq!(
+            errors,
+            [
+                "objects.yaml: CiliumLoadBalancerIPPool/p: spec.disabled: invalid type: string \"yes\", expected a boolean"
+            ]
+        );
     }
 }

@@ -5,8 +5,6 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use super::error::ObjectDiagnostics;
-
 /// A validated label selector: every requirement must hold. No requirement selects
 /// everything, which is what Cilium does for an absent or empty pool or policy selector.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -31,19 +29,29 @@ pub enum Operator {
     DoesNotExist,
 }
 
-/// Validates `raw` found at `field` (e.g. `spec.serviceSelector`).
+/// Why a selector is not valid: the field and the message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct SelectorError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Validates `raw` found at `field` (e.g. `spec.serviceSelector`): every invalid
+/// requirement, or the selector. A selector with an invalid requirement selects nothing
+/// reliably, so what it was meant for decides what happens (the caller's finding).
 pub(crate) fn selector(
     raw: Option<&LabelSelector>,
     field: &str,
-    diagnostics: &mut ObjectDiagnostics<'_>,
-) -> Selector {
+) -> Result<Selector, Vec<SelectorError>> {
     let Some(raw) = raw else {
-        return Selector::default();
+        return Ok(Selector::default());
     };
+    let mut errors = Vec::new();
+    let mut error = |field: String, message: String| errors.push(SelectorError { field, message });
     let mut requirements = Vec::new();
     for (key, value) in raw.match_labels.iter().flatten() {
         if key.is_empty() {
-            diagnostics.error(format!("{field}.matchLabels"), "empty label key");
+            error(format!("{field}.matchLabels"), "empty label key".into());
             continue;
         }
         requirements.push(Requirement {
@@ -54,20 +62,20 @@ pub(crate) fn selector(
     for (i, expression) in raw.match_expressions.iter().flatten().enumerate() {
         let at = format!("{field}.matchExpressions[{i}]");
         if expression.key.is_empty() {
-            diagnostics.error(format!("{at}.key"), "empty label key");
+            error(format!("{at}.key"), "empty label key".into());
             continue;
         }
         let values: BTreeSet<String> = expression.values.iter().flatten().cloned().collect();
         let operator = match expression.operator.as_str() {
             "In" | "NotIn" if values.is_empty() => {
-                diagnostics.error(
+                error(
                     format!("{at}.values"),
                     format!("operator {} needs at least one value", expression.operator),
                 );
                 continue;
             }
             "Exists" | "DoesNotExist" if !values.is_empty() => {
-                diagnostics.error(
+                error(
                     format!("{at}.values"),
                     format!("operator {} takes no values", expression.operator),
                 );
@@ -78,7 +86,7 @@ pub(crate) fn selector(
             "Exists" => Operator::Exists,
             "DoesNotExist" => Operator::DoesNotExist,
             other => {
-                diagnostics.error(
+                error(
                     format!("{at}.operator"),
                     format!(
                         "unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"
@@ -92,15 +100,17 @@ pub(crate) fn selector(
             operator,
         });
     }
-    Selector { requirements }
+    if errors.is_empty() {
+        Ok(Selector { requirements })
+    } else {
+        Err(errors)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
-    use super::super::ObjectRef;
-    use super::super::error::Diagnostics;
     use super::*;
 
     fn expression(key: &str, operator: &str, values: &[&str]) -> LabelSelectorRequirement {
@@ -112,18 +122,16 @@ mod tests {
     }
 
     fn validate(raw: Option<&LabelSelector>) -> (Selector, Vec<String>) {
-        let object = ObjectRef::cluster_scoped("CiliumLoadBalancerIPPool", "p");
-        let mut diagnostics = Diagnostics::new("f.yaml");
-        let selector = selector(
-            raw,
-            "spec.serviceSelector",
-            &mut diagnostics.object(&object),
-        );
-        let errors = match diagnostics.into_result() {
-            Ok(_) => Vec::new(),
-            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
-        };
-        (selector, errors)
+        match selector(raw, "spec.serviceSelector") {
+            Ok(selector) => (selector, Vec::new()),
+            Err(errors) => (
+                Selector::default(),
+                errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect(),
+            ),
+        }
     }
 
     #[test]
@@ -188,7 +196,7 @@ mod tests {
             ]),
         };
         let (_, errors) = validate(Some(&raw));
-        let prefix = "f.yaml: CiliumLoadBalancerIPPool/p: spec.serviceSelector";
+        let prefix = "spec.serviceSelector";
         assert_eq!(
             errors,
             [

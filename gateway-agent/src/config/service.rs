@@ -1,5 +1,11 @@
-//! `v1 Service` of `type: LoadBalancer`: ports, traffic policy, affinity, the requested VIP
-//! and the VIP a previous allocation left in `status`.
+//! `v1 Service` of `type: LoadBalancer`: ports, traffic policy, affinity, the VIPs requested
+//! and shared, the external IPs, the IP families, and the VIPs a previous allocation left
+//! in `status`.
+//!
+//! A Service is delivered whenever it is a LoadBalancer of a class this agent serves, also
+//! when it cannot be served: then it carries why ([`Service::unservable`]), which LB-IPAM
+//! puts in its condition instead of a VIP. A port that cannot be served is skipped with a
+//! finding; the others serve.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -9,39 +15,96 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 
 use super::error::ObjectDiagnostics;
-use super::{ObjectRef, Protocol};
+use super::{ObjectRef, Protocol, Reason};
 
 /// Cilium LB-IPAM's annotation requesting VIPs (comma-separated).
 pub const LB_IPAM_IPS_ANNOTATION: &str = "lbipam.cilium.io/ips";
 /// The older spelling Cilium still honours when the annotation above is absent.
 pub const LB_IPAM_IPS_ANNOTATION_ALIAS: &str = "io.cilium/lb-ipam-ips";
+/// Services with the same value share their VIPs when their ports do not clash.
+pub const LB_IPAM_SHARING_KEY_ANNOTATION: &str = "lbipam.cilium.io/sharing-key";
+pub const LB_IPAM_SHARING_KEY_ANNOTATION_ALIAS: &str = "io.cilium/lb-ipam-sharing-key";
+/// The other namespaces (comma-separated, or `*`) a Service may share its VIPs with; both
+/// Services must allow each other.
+pub const LB_IPAM_SHARING_CROSS_NAMESPACE_ANNOTATION: &str =
+    "lbipam.cilium.io/sharing-cross-namespace";
+pub const LB_IPAM_SHARING_CROSS_NAMESPACE_ANNOTATION_ALIAS: &str =
+    "io.cilium/lb-ipam-sharing-cross-namespace";
+/// The class of Cilium's L2 announcer, which this agent stands in for.
+pub const L2_ANNOUNCER_CLASS: &str = "io.cilium/l2-announcer";
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10_800;
 /// Kubernetes rejects ClientIP timeouts above one day.
 pub const MAX_AFFINITY_TIMEOUT_SECS: u32 = 86_400;
 
-/// A validated LoadBalancer service.
+/// A LoadBalancer service of a class this agent serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
     pub object: ObjectRef,
     pub labels: BTreeMap<String, String>,
-    /// `metadata.creationTimestamp`: orders dynamic allocation, oldest first.
+    /// `metadata.creationTimestamp`: orders allocation, oldest first.
     pub created: Option<Timestamp>,
+    /// `spec.selector`: Local services share a VIP only when they select the same pods.
+    pub selector: BTreeMap<String, String>,
     pub ports: Vec<ServicePort>,
     pub traffic_policy: TrafficPolicy,
     /// `Some(seconds)` when `sessionAffinity: ClientIP`.
     pub affinity_timeout_secs: Option<u32>,
-    /// The one IPv4 VIP asked for through `spec.loadBalancerIP` or the LB-IPAM annotation.
-    pub requested_vip: Option<FieldAddr>,
+    /// The IPv4 VIPs asked for through `spec.loadBalancerIP` and the LB-IPAM annotation,
+    /// each once, in the order written.
+    pub requested_vips: Vec<FieldAddr>,
     /// IPv4 addresses of `status.loadBalancer.ingress[]`, in order: a previous allocation.
     pub status_vips: Vec<FieldAddr>,
+    /// `lbipam.cilium.io/sharing-key`, with the namespaces it may be shared across.
+    pub sharing: Option<Sharing>,
+    /// `spec.externalIPs` (IPv4): served where an L2 policy with `externalIPs: true`
+    /// announces them.
+    pub external_ips: Vec<FieldAddr>,
+    /// IPv6 is asked for besides IPv4 (a dual-stack Service): the IPv4 VIP is served and
+    /// the IPv6 half is not yet.
+    pub ipv6: Option<Ipv6Wanted>,
+    /// Why the Service gets no VIP whatever the pools hold (an IPv6-only Service, a field
+    /// Kubernetes would reject); the finding says it too.
+    pub unservable: Option<Unservable>,
 }
 
-/// An address together with the field it was read from, so IPAM errors can point at it.
+/// An address together with the field it was read from, so findings can point at it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldAddr {
     pub addr: Ipv4Addr,
     pub field: String,
+}
+
+/// The sharing key of a Service and whom it may share with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sharing {
+    pub key: String,
+    /// The other namespaces allowed (`*` is every one); the Service's own always is.
+    pub cross_namespace: Vec<String>,
+}
+
+impl Sharing {
+    /// This side allows sharing with a Service in `namespace`.
+    pub fn allows(&self, own: &str, namespace: &str) -> bool {
+        own == namespace
+            || (self.cross_namespace.iter()).any(|allowed| allowed == "*" || allowed == namespace)
+    }
+}
+
+/// How the Service asks for IPv6 besides IPv4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ipv6Wanted {
+    /// `PreferDualStack`, or IPv6 addresses requested beside IPv4 ones: satisfied without.
+    Preferred,
+    /// `RequireDualStack`: not satisfied without, though the IPv4 VIP serves.
+    Required,
+}
+
+/// Why a Service is not served at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unservable {
+    pub reason: Reason,
+    pub message: String,
 }
 
 /// `spec.externalTrafficPolicy`.
@@ -72,7 +135,29 @@ impl Service {
     pub const KIND: &str = "Service";
 }
 
-/// Whether `raw` is one of the services this agent serves; other types are ignored.
+/// The `spec.loadBalancerClass`es this agent serves: none set, Cilium's L2 announcer's,
+/// and those named with `--load-balancer-class`. A Service of any other class is another
+/// controller's: it gets no VIP, no ARP and no finding beyond one info line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadBalancerClasses {
+    also: Vec<String>,
+}
+
+impl LoadBalancerClasses {
+    /// The default classes and `also`.
+    pub fn new(also: Vec<String>) -> Self {
+        Self { also }
+    }
+
+    pub fn serves(&self, class: Option<&str>) -> bool {
+        match class {
+            None => true,
+            Some(class) => class == L2_ANNOUNCER_CLASS || self.also.iter().any(|c| c == class),
+        }
+    }
+}
+
+/// Whether `raw` is a LoadBalancer service; other types are ignored.
 pub(crate) fn is_load_balancer(raw: &core::Service) -> bool {
     raw.spec
         .as_ref()
@@ -80,57 +165,145 @@ pub(crate) fn is_load_balancer(raw: &core::Service) -> bool {
         .is_some_and(|t| t == "LoadBalancer")
 }
 
-/// Validates a LoadBalancer service; `None` if any error was recorded.
+/// Converts a LoadBalancer service; `None` (with an info line) when its class is another
+/// controller's.
 pub(crate) fn service(
     raw: &core::Service,
     object: ObjectRef,
+    classes: &LoadBalancerClasses,
     diagnostics: &mut ObjectDiagnostics<'_>,
 ) -> Option<Service> {
     let no_spec = core::ServiceSpec::default();
     let spec = raw.spec.as_ref().unwrap_or(&no_spec);
+    let class = spec.load_balancer_class.as_deref();
+    if !classes.serves(class) {
+        diagnostics.info(
+            Reason::LoadBalancerClassNotServed,
+            "spec.loadBalancerClass",
+            format!(
+                "{:?} is another controller's class: left alone (no VIP, no ARP)",
+                class.unwrap_or_default()
+            ),
+        );
+        return None;
+    }
+    let mut unservable = None;
+    let mut refuse =
+        |diagnostics: &mut ObjectDiagnostics<'_>, reason: Reason, field: &str, message: String| {
+            diagnostics.refuse(reason, field, message.clone());
+            unservable.get_or_insert(Unservable { reason, message });
+        };
     let ports = ports(spec.ports.as_deref().unwrap_or_default(), diagnostics);
     let traffic_policy = match spec.external_traffic_policy.as_deref() {
         None | Some("Cluster") => TrafficPolicy::Cluster,
         Some("Local") => TrafficPolicy::Local,
         Some(other) => {
-            diagnostics.error(
+            refuse(
+                diagnostics,
+                Reason::InvalidTrafficPolicy,
                 "spec.externalTrafficPolicy",
-                format!("unknown policy {other:?} (expected Local or Cluster)"),
+                format!("unknown policy {other:?} (expected Local or Cluster): not served"),
             );
             TrafficPolicy::Cluster
         }
     };
-    let affinity_timeout_secs = affinity(spec, diagnostics);
-    let requested_vip = requested_vip(raw, diagnostics);
-    let status_vips = status_vips(raw, diagnostics);
+    let affinity_timeout_secs = match affinity(spec) {
+        Ok(timeout) => timeout,
+        Err((field, message)) => {
+            refuse(
+                diagnostics,
+                Reason::InvalidSessionAffinity,
+                field,
+                format!("{message}: not served"),
+            );
+            None
+        }
+    };
+    let requested = requested_vips(raw);
+    for (field, text) in &requested.invalid {
+        refuse(
+            diagnostics,
+            Reason::InvalidRequestedIP,
+            field,
+            format!("{text:?} is not an IP address: not served"),
+        );
+    }
+    let families = families(spec);
+    if families.v6_only {
+        refuse(
+            diagnostics,
+            Reason::IPv6NotServed,
+            "spec.ipFamilies",
+            format!(
+                "an IPv6-only Service ({}): IPv6 is not served yet, and no IPv4 VIP is given \
+                 in its place",
+                families.written
+            ),
+        );
+    } else if requested.v4.is_empty()
+        && let Some((field, addr)) = requested.v6.first()
+    {
+        refuse(
+            diagnostics,
+            Reason::IPv6NotServed,
+            field,
+            format!(
+                "requests only IPv6 ({addr}): IPv6 is not served yet, and no IPv4 VIP is \
+                 given in its place"
+            ),
+        );
+    }
+    let ipv6 = if unservable.is_some() {
+        None
+    } else if families.v6_required {
+        diagnostics.warn(
+            Reason::IPv6NotServed,
+            "spec.ipFamilyPolicy",
+            "RequireDualStack: the IPv4 VIP is served, IPv6 is not served yet",
+        );
+        Some(Ipv6Wanted::Required)
+    } else if families.v6_preferred || !requested.v6.is_empty() {
+        let field = match requested.v6.first() {
+            Some((field, _)) => field.as_str(),
+            None => "spec.ipFamilyPolicy",
+        };
+        diagnostics.info(
+            Reason::IPv6NotServed,
+            field,
+            "dual-stack: the IPv4 VIP is served, IPv6 is not served yet",
+        );
+        Some(Ipv6Wanted::Preferred)
+    } else {
+        None
+    };
     let service = Service {
         object,
         labels: raw.metadata.labels.clone().unwrap_or_default(),
         created: raw.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        selector: spec.selector.clone().unwrap_or_default(),
         ports,
         traffic_policy,
         affinity_timeout_secs,
-        requested_vip,
-        status_vips,
+        requested_vips: requested.v4,
+        status_vips: status_vips(raw, diagnostics),
+        sharing: sharing(raw),
+        external_ips: external_ips(spec, diagnostics),
+        ipv6,
+        unservable,
     };
-    diagnostics.finish(service)
+    Some(service)
 }
 
 /// k8s-openapi reads a missing required port as 0, so 0 also means "absent".
-fn port_number(value: i32, field: &str, diagnostics: &mut ObjectDiagnostics<'_>) -> Option<u16> {
+fn port_number(value: i32) -> Result<u16, String> {
     match u16::try_from(value) {
-        Ok(port) if port != 0 => Some(port),
-        Ok(_) => {
-            diagnostics.error(field, "0 or missing: a port in 1..=65535 is required");
-            None
-        }
-        Err(_) => {
-            diagnostics.error(field, format!("port {value} is outside 1..=65535"));
-            None
-        }
+        Ok(port) if port != 0 => Ok(port),
+        Ok(_) => Err("0 or missing: a port in 1..=65535 is required".to_owned()),
+        Err(_) => Err(format!("port {value} is outside 1..=65535")),
     }
 }
 
+/// The ports that can be served; each other one is skipped with a finding.
 fn ports(raw: &[core::ServicePort], diagnostics: &mut ObjectDiagnostics<'_>) -> Vec<ServicePort> {
     let mut ports: Vec<ServicePort> = Vec::new();
     for (i, raw) in raw.iter().enumerate() {
@@ -139,26 +312,41 @@ fn ports(raw: &[core::ServicePort], diagnostics: &mut ObjectDiagnostics<'_>) -> 
             None | Some("TCP") => Protocol::Tcp,
             Some("UDP") => Protocol::Udp,
             Some(other) => {
-                diagnostics.error(
+                diagnostics.warn(
+                    Reason::UnsupportedProtocol,
                     format!("{at}.protocol"),
-                    format!("unsupported protocol {other:?}: only TCP and UDP are served"),
+                    format!(
+                        "unsupported protocol {other:?}: only TCP and UDP are served; the port \
+                         is skipped"
+                    ),
                 );
                 continue;
             }
         };
-        let Some(port) = port_number(raw.port, &format!("{at}.port"), diagnostics) else {
-            continue;
+        let port = match port_number(raw.port) {
+            Ok(port) => port,
+            Err(why) => {
+                let message = format!("{why}; the port is skipped");
+                diagnostics.warn(Reason::InvalidPort, format!("{at}.port"), message);
+                continue;
+            }
         };
         let target_port = match &raw.target_port {
             None => TargetPort::Number(port),
-            Some(IntOrString::Int(n)) => {
-                match port_number(*n, &format!("{at}.targetPort"), diagnostics) {
-                    Some(n) => TargetPort::Number(n),
-                    None => continue,
+            Some(IntOrString::Int(n)) => match port_number(*n) {
+                Ok(n) => TargetPort::Number(n),
+                Err(why) => {
+                    let message = format!("{why}; the port is skipped");
+                    diagnostics.warn(Reason::InvalidPort, format!("{at}.targetPort"), message);
+                    continue;
                 }
-            }
+            },
             Some(IntOrString::String(name)) if name.is_empty() => {
-                diagnostics.error(format!("{at}.targetPort"), "empty port name");
+                diagnostics.warn(
+                    Reason::InvalidPort,
+                    format!("{at}.targetPort"),
+                    "empty port name; the port is skipped",
+                );
                 continue;
             }
             Some(IntOrString::String(name)) => TargetPort::Named(name.clone()),
@@ -167,9 +355,10 @@ fn ports(raw: &[core::ServicePort], diagnostics: &mut ObjectDiagnostics<'_>) -> 
             .iter()
             .position(|p| p.port == port && p.protocol == protocol)
         {
-            diagnostics.error(
+            diagnostics.warn(
+                Reason::DuplicatePort,
                 format!("{at}.port"),
-                format!("{port}/{protocol} is already spec.ports[{j}]"),
+                format!("{port}/{protocol} is already spec.ports[{j}]; the port is skipped"),
             );
             continue;
         }
@@ -183,9 +372,10 @@ fn ports(raw: &[core::ServicePort], diagnostics: &mut ObjectDiagnostics<'_>) -> 
     ports
 }
 
-fn affinity(spec: &core::ServiceSpec, diagnostics: &mut ObjectDiagnostics<'_>) -> Option<u32> {
+/// The ClientIP timeout, or the field and why it is not one Kubernetes accepts.
+fn affinity(spec: &core::ServiceSpec) -> Result<Option<u32>, (&'static str, String)> {
     match spec.session_affinity.as_deref() {
-        None | Some("None") => None,
+        None | Some("None") => Ok(None),
         Some("ClientIP") => {
             let timeout = spec
                 .session_affinity_config
@@ -193,36 +383,46 @@ fn affinity(spec: &core::ServiceSpec, diagnostics: &mut ObjectDiagnostics<'_>) -
                 .and_then(|c| c.client_ip.as_ref())
                 .and_then(|c| c.timeout_seconds);
             match timeout {
-                None => Some(DEFAULT_AFFINITY_TIMEOUT_SECS),
+                None => Ok(Some(DEFAULT_AFFINITY_TIMEOUT_SECS)),
                 Some(secs) => match u32::try_from(secs) {
-                    Ok(secs) if (1..=MAX_AFFINITY_TIMEOUT_SECS).contains(&secs) => Some(secs),
-                    _ => {
-                        diagnostics.error(
-                            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
-                            format!("{secs} is outside 1..={MAX_AFFINITY_TIMEOUT_SECS}"),
-                        );
-                        None
-                    }
+                    Ok(secs) if (1..=MAX_AFFINITY_TIMEOUT_SECS).contains(&secs) => Ok(Some(secs)),
+                    _ => Err((
+                        "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                        format!("{secs} is outside 1..={MAX_AFFINITY_TIMEOUT_SECS}"),
+                    )),
                 },
             }
         }
-        Some(other) => {
-            diagnostics.error(
-                "spec.sessionAffinity",
-                format!("unknown affinity {other:?} (expected None or ClientIP)"),
-            );
-            None
-        }
+        Some(other) => Err((
+            "spec.sessionAffinity",
+            format!("unknown affinity {other:?} (expected None or ClientIP)"),
+        )),
     }
 }
 
-/// Cilium takes the union of `spec.loadBalancerIP` and the annotation; we serve one IPv4
-/// VIP per service, so more than one distinct IPv4 address is an error. IPv6 entries are
-/// ignored with a warning: the datapath is IPv4 only.
-fn requested_vip(
-    raw: &core::Service,
-    diagnostics: &mut ObjectDiagnostics<'_>,
-) -> Option<FieldAddr> {
+/// The addresses a Service requests, by family, each with the field it is written in.
+#[derive(Default)]
+struct Requested {
+    v4: Vec<FieldAddr>,
+    v6: Vec<(String, std::net::Ipv6Addr)>,
+    /// Entries that are not addresses: (field, text).
+    invalid: Vec<(String, String)>,
+}
+
+/// The value of the first of `keys` the Service is annotated with (and not blank).
+fn annotation<'s>(
+    raw: &'s core::Service,
+    keys: [&'static str; 2],
+) -> Option<(&'static str, &'s str)> {
+    let annotations = raw.metadata.annotations.as_ref()?;
+    keys.into_iter().find_map(|key| {
+        let value = annotations.get(key)?;
+        (!value.trim().is_empty()).then_some((key, value.as_str()))
+    })
+}
+
+/// The union of `spec.loadBalancerIP` and the LB-IPAM annotation, as Cilium takes it.
+fn requested_vips(raw: &core::Service) -> Requested {
     let mut entries: Vec<(String, &str)> = Vec::new();
     if let Some(ip) = raw
         .spec
@@ -231,21 +431,13 @@ fn requested_vip(
     {
         entries.push(("spec.loadBalancerIP".to_owned(), ip));
     }
-    let annotations = raw.metadata.annotations.as_ref();
-    let annotation = [LB_IPAM_IPS_ANNOTATION, LB_IPAM_IPS_ANNOTATION_ALIAS]
-        .into_iter()
-        .find_map(|key| {
-            annotations
-                .and_then(|a| a.get(key))
-                .filter(|value| !value.trim().is_empty())
-                .map(|value| (key, value))
-        });
-    if let Some((key, value)) = annotation {
+    if let Some((key, value)) =
+        annotation(raw, [LB_IPAM_IPS_ANNOTATION, LB_IPAM_IPS_ANNOTATION_ALIAS])
+    {
         let field = format!("metadata.annotations[{key:?}]");
         entries.extend(value.split(',').map(|ip| (field.clone(), ip)));
     }
-
-    let mut requested: Vec<FieldAddr> = Vec::new();
+    let mut requested = Requested::default();
     for (field, text) in entries {
         let text = text.trim();
         if text.is_empty() {
@@ -253,30 +445,58 @@ fn requested_vip(
         }
         match text.parse::<IpAddr>() {
             Ok(IpAddr::V4(addr)) => {
-                if !requested.iter().any(|r| r.addr == addr) {
-                    requested.push(FieldAddr { addr, field });
+                if !requested.v4.iter().any(|r| r.addr == addr) {
+                    requested.v4.push(FieldAddr { addr, field });
                 }
             }
-            Ok(IpAddr::V6(addr)) => diagnostics.warn(
-                field,
-                format!("IPv6 address {addr} ignored: only IPv4 VIPs are served"),
-            ),
-            Err(_) => diagnostics.error(field, format!("{text:?} is not an IP address")),
+            Ok(IpAddr::V6(addr)) => requested.v6.push((field, addr)),
+            Err(_) => requested.invalid.push((field, text.to_owned())),
         }
     }
-    if let [first, second, ..] = requested.as_slice() {
-        let all: Vec<String> = requested.iter().map(|r| r.addr.to_string()).collect();
-        diagnostics.error(
-            second.field.clone(),
-            format!(
-                "requests {} IPv4 VIPs ({}): one VIP per service is served, keep only one",
-                requested.len(),
-                all.join(", ")
-            ),
-        );
-        return Some(first.clone());
+    requested
+}
+
+/// What `spec.ipFamilyPolicy` and `spec.ipFamilies` ask for, read as Cilium's LB-IPAM
+/// reads them.
+struct Families {
+    v6_only: bool,
+    v6_preferred: bool,
+    v6_required: bool,
+    /// The fields as written, for the finding.
+    written: String,
+}
+
+fn families(spec: &core::ServiceSpec) -> Families {
+    let families = spec.ip_families.as_deref().unwrap_or_default();
+    let policy = spec.ip_family_policy.as_deref();
+    let first_is_v6 = families.first().is_some_and(|f| f == "IPv6");
+    let has = |family: &str| families.is_empty() || families.iter().any(|f| f == family);
+    let written = format!(
+        "spec.ipFamilyPolicy: {}, spec.ipFamilies: [{}]",
+        policy.unwrap_or("-"),
+        families.join(", ")
+    );
+    match policy {
+        Some("RequireDualStack") => Families {
+            v6_only: false,
+            v6_preferred: false,
+            v6_required: true,
+            written,
+        },
+        Some("PreferDualStack") => Families {
+            v6_only: !has("IPv4"),
+            v6_preferred: has("IPv4") && has("IPv6"),
+            v6_required: false,
+            written,
+        },
+        // SingleStack, or no policy: the first family.
+        _ => Families {
+            v6_only: first_is_v6,
+            v6_preferred: false,
+            v6_required: false,
+            written,
+        },
     }
-    requested.into_iter().next()
 }
 
 fn status_vips(raw: &core::Service, diagnostics: &mut ObjectDiagnostics<'_>) -> Vec<FieldAddr> {
@@ -296,16 +516,79 @@ fn status_vips(raw: &core::Service, diagnostics: &mut ObjectDiagnostics<'_>) -> 
             Ok(IpAddr::V4(addr)) => vips.push(FieldAddr { addr, field }),
             // The IPv6 half of a dual-stack allocation: not ours to serve, nothing to say.
             Ok(IpAddr::V6(_)) => {}
-            Err(_) => diagnostics.error(field, format!("{text:?} is not an IP address")),
+            Err(_) => diagnostics.warn(
+                Reason::InvalidAddress,
+                field,
+                format!("{text:?} is not an IP address; the entry is ignored"),
+            ),
         }
     }
     vips
+}
+
+fn sharing(raw: &core::Service) -> Option<Sharing> {
+    let key = annotation(
+        raw,
+        [
+            LB_IPAM_SHARING_KEY_ANNOTATION,
+            LB_IPAM_SHARING_KEY_ANNOTATION_ALIAS,
+        ],
+    )?
+    .1;
+    let cross_namespace = annotation(
+        raw,
+        [
+            LB_IPAM_SHARING_CROSS_NAMESPACE_ANNOTATION,
+            LB_IPAM_SHARING_CROSS_NAMESPACE_ANNOTATION_ALIAS,
+        ],
+    )
+    .map(|(_, value)| {
+        (value.split(','))
+            .map(str::trim)
+            .filter(|namespace| !namespace.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+    .unwrap_or_default();
+    Some(Sharing {
+        key: key.to_owned(),
+        cross_namespace,
+    })
+}
+
+fn external_ips(
+    spec: &core::ServiceSpec,
+    diagnostics: &mut ObjectDiagnostics<'_>,
+) -> Vec<FieldAddr> {
+    let mut ips: Vec<FieldAddr> = Vec::new();
+    for (i, text) in spec.external_ips.iter().flatten().enumerate() {
+        let field = format!("spec.externalIPs[{i}]");
+        match text.trim().parse::<IpAddr>() {
+            Ok(IpAddr::V4(addr)) => {
+                if !ips.iter().any(|ip| ip.addr == addr) {
+                    ips.push(FieldAddr { addr, field });
+                }
+            }
+            Ok(IpAddr::V6(addr)) => diagnostics.info(
+                Reason::IPv6NotServed,
+                field,
+                format!("IPv6 external IP {addr} is not served yet"),
+            ),
+            Err(_) => diagnostics.warn(
+                Reason::InvalidAddress,
+                field,
+                format!("{text:?} is not an IP address; the entry is ignored"),
+            ),
+        }
+    }
+    ips
 }
 
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
 
+    use super::super::Severity;
     use super::super::fixtures::*;
     use super::*;
 
@@ -354,12 +637,23 @@ mod tests {
             ]
         );
         assert_eq!(
-            internal.requested_vip,
-            Some(FieldAddr {
+            internal.requested_vips,
+            [FieldAddr {
                 addr: Ipv4Addr::new(192, 168, 10, 49),
                 field: "metadata.annotations[\"lbipam.cilium.io/ips\"]".into(),
-            })
+            }]
         );
+        assert_eq!(
+            internal
+                .selector
+                .get("io.cilium.gateway/owning-gateway")
+                .map(String::as_str),
+            Some("gateway-internal")
+        );
+        assert_eq!(internal.sharing, None);
+        assert_eq!(internal.external_ips, []);
+        assert_eq!(internal.ipv6, None);
+        assert_eq!(internal.unservable, None);
         assert_eq!(
             internal.status_vips,
             [FieldAddr {
@@ -368,8 +662,8 @@ mod tests {
             }]
         );
         assert_eq!(
-            config.services[0].requested_vip.as_ref().map(|r| r.addr),
-            Some(Ipv4Addr::new(192, 168, 10, 50))
+            config.services[0].requested_vips[0].addr,
+            Ipv4Addr::new(192, 168, 10, 50)
         );
     }
 
@@ -378,7 +672,7 @@ mod tests {
         let service = only_service(&lb_service("web", "shop", ""));
         assert_eq!(service.traffic_policy, TrafficPolicy::Cluster);
         assert_eq!(service.affinity_timeout_secs, None);
-        assert_eq!(service.requested_vip, None);
+        assert_eq!(service.requested_vips, []);
         assert_eq!(service.status_vips, []);
         assert_eq!(service.created, None);
         assert_eq!(
@@ -449,24 +743,34 @@ mod tests {
         }
     }
 
+    fn with_metadata(annotations: &str, spec: &str) -> String {
+        lb_service("web", "shop", spec).replace(
+            "  namespace: web\n",
+            &format!("  namespace: web\n  annotations:\n{annotations}"),
+        )
+    }
+
+    /// (requested addresses, their fields) of one service.
+    fn requested(text: &str) -> Vec<(String, String)> {
+        (only_service(text).requested_vips.iter())
+            .map(|r| (r.addr.to_string(), r.field.clone()))
+            .collect()
+    }
+
     #[test]
     fn requested_vip_sources() {
-        let with_metadata = |annotations: &str, spec: &str| {
-            lb_service("web", "shop", spec).replace(
-                "  namespace: web\n",
-                &format!("  namespace: web\n  annotations:\n{annotations}"),
-            )
-        };
-        let cases = [
+        let annotation = "metadata.annotations[\"lbipam.cilium.io/ips\"]";
+        let cases: Vec<(String, Vec<(&str, &str)>)> = vec![
             (
                 with_metadata("    x: y\n", "  loadBalancerIP: 192.168.10.40\n"),
-                "192.168.10.40",
-                "spec.loadBalancerIP",
+                vec![("192.168.10.40", "spec.loadBalancerIP")],
             ),
             (
                 with_metadata("    io.cilium/lb-ipam-ips: 192.168.10.41\n", ""),
-                "192.168.10.41",
-                "metadata.annotations[\"io.cilium/lb-ipam-ips\"]",
+                vec![(
+                    "192.168.10.41",
+                    "metadata.annotations[\"io.cilium/lb-ipam-ips\"]",
+                )],
             ),
             // Dual-stack request: the IPv4 entry is the VIP.
             (
@@ -474,8 +778,7 @@ mod tests {
                     "    lbipam.cilium.io/ips: \"2001:db8::1, 192.168.10.42\"\n",
                     "",
                 ),
-                "192.168.10.42",
-                "metadata.annotations[\"lbipam.cilium.io/ips\"]",
+                vec![("192.168.10.42", annotation)],
             ),
             // The same address twice is one request.
             (
@@ -483,27 +786,180 @@ mod tests {
                     "    lbipam.cilium.io/ips: 192.168.10.43\n",
                     "  loadBalancerIP: 192.168.10.43\n",
                 ),
-                "192.168.10.43",
-                "spec.loadBalancerIP",
+                vec![("192.168.10.43", "spec.loadBalancerIP")],
+            ),
+            // Several, in the order written: the union of both fields, as Cilium takes it.
+            (
+                with_metadata(
+                    "    lbipam.cilium.io/ips: \"192.168.10.45,192.168.10.44\"\n",
+                    "  loadBalancerIP: 192.168.10.46\n",
+                ),
+                vec![
+                    ("192.168.10.46", "spec.loadBalancerIP"),
+                    ("192.168.10.45", annotation),
+                    ("192.168.10.44", annotation),
+                ],
             ),
         ];
-        for (text, addr, field) in cases {
-            let service = only_service(&text);
-            let requested = service.requested_vip.expect("a requested VIP");
-            assert_eq!(requested.addr.to_string(), addr, "{text}");
-            assert_eq!(requested.field, field, "{text}");
+        for (text, expected) in cases {
+            let expected: Vec<(String, String)> = (expected.into_iter())
+                .map(|(a, f)| (a.to_owned(), f.to_owned()))
+                .collect();
+            assert_eq!(requested(&text), expected, "{text}");
         }
-        let warnings = parse_warnings(&with_metadata(
+        let findings = parse_reasons(&with_metadata(
             "    lbipam.cilium.io/ips: \"2001:db8::1, 192.168.10.42\"\n",
             "",
         ));
-        assert_line(
-            &warnings,
-            &[
-                "objects.yaml: Service/web/shop: metadata.annotations[\"lbipam.cilium.io/ips\"]",
-                "IPv6 address 2001:db8::1 ignored",
-            ],
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        let (severity, reason, line) = &findings[0];
+        assert_eq!(
+            (*severity, *reason),
+            (Severity::Info, Reason::IPv6NotServed)
         );
+        assert!(
+            line.starts_with(&format!(
+                "objects.yaml: Service/web/shop: {annotation}: dual-stack"
+            )),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn ip_families() {
+        let families = |spec: &str| {
+            let service = only_service(&lb_service("web", "shop", spec));
+            let (unservable, ipv6) = (service.unservable.map(|u| u.reason), service.ipv6);
+            let reasons: Vec<(Severity, Reason)> =
+                (parse_reasons(&lb_service("web", "shop", spec)).into_iter())
+                    .map(|(severity, reason, _)| (severity, reason))
+                    .collect();
+            (unservable, ipv6, reasons)
+        };
+        let v6 = Some(Reason::IPv6NotServed);
+        let cases = [
+            ("", (None, None, vec![])),
+            (
+                "  ipFamilies: [IPv4]\n  ipFamilyPolicy: SingleStack\n",
+                (None, None, vec![]),
+            ),
+            // IPv6-only: no VIP, and never an IPv4 one in its place.
+            (
+                "  ipFamilies: [IPv6]\n  ipFamilyPolicy: SingleStack\n",
+                (v6, None, vec![(Severity::Error, Reason::IPv6NotServed)]),
+            ),
+            (
+                "  ipFamilies: [IPv6, IPv4]\n",
+                (v6, None, vec![(Severity::Error, Reason::IPv6NotServed)]),
+            ),
+            (
+                "  ipFamilies: [IPv6]\n  ipFamilyPolicy: PreferDualStack\n",
+                (v6, None, vec![(Severity::Error, Reason::IPv6NotServed)]),
+            ),
+            // Dual-stack: the IPv4 VIP, and a note.
+            (
+                "  ipFamilies: [IPv6, IPv4]\n  ipFamilyPolicy: PreferDualStack\n",
+                (
+                    None,
+                    Some(Ipv6Wanted::Preferred),
+                    vec![(Severity::Info, Reason::IPv6NotServed)],
+                ),
+            ),
+            (
+                "  ipFamilyPolicy: RequireDualStack\n",
+                (
+                    None,
+                    Some(Ipv6Wanted::Required),
+                    vec![(Severity::Warning, Reason::IPv6NotServed)],
+                ),
+            ),
+            // Only IPv6 requested: refused, as an IPv6-only service.
+            (
+                "  loadBalancerIP: \"2001:db8::7\"\n",
+                (v6, None, vec![(Severity::Error, Reason::IPv6NotServed)]),
+            ),
+        ];
+        for (spec, expected) in cases {
+            assert_eq!(families(spec), expected, "{spec}");
+        }
+        let (_, _, line) = &parse_reasons(&lb_service("web", "shop", "  ipFamilies: [IPv6]\n"))[0];
+        assert!(
+            line.contains("spec.ipFamilies: an IPv6-only Service (spec.ipFamilyPolicy: -, spec.ipFamilies: [IPv6]): IPv6 is not served yet, and no IPv4 VIP is given in its place"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn sharing_keys_and_external_ips() {
+        let text = with_metadata(
+            "    lbipam.cilium.io/sharing-key: dns\n    lbipam.cilium.io/sharing-cross-namespace: \"kube-system, web-2\"\n",
+            "  externalIPs: [\"192.168.10.70\", \"2001:db8::70\", \"192.168.10.70\", nope]\n",
+        );
+        let service = only_service(&text);
+        let sharing = service.sharing.clone().expect("a sharing key");
+        assert_eq!(sharing.key, "dns");
+        assert_eq!(sharing.cross_namespace, ["kube-system", "web-2"]);
+        assert!(sharing.allows("web", "web") && sharing.allows("web", "web-2"));
+        assert!(!sharing.allows("web", "other"));
+        let everyone = crate::config::Sharing {
+            key: "k".into(),
+            cross_namespace: vec!["*".into()],
+        };
+        assert!(everyone.allows("a", "b"));
+        assert_eq!(
+            service.external_ips,
+            [FieldAddr {
+                addr: Ipv4Addr::new(192, 168, 10, 70),
+                field: "spec.externalIPs[0]".into(),
+            }]
+        );
+        let reasons: Vec<(Severity, Reason)> = parse_reasons(&text)
+            .into_iter()
+            .map(|(s, r, _)| (s, r))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (Severity::Info, Reason::IPv6NotServed),
+                (Severity::Warning, Reason::InvalidAddress),
+            ]
+        );
+    }
+
+    #[test]
+    fn other_load_balancer_classes_are_left_alone_with_one_info_line() {
+        // An SCTP port too, which a served Service would be told about.
+        let classed = |class: &str| {
+            lb_service(
+                "web",
+                "shop",
+                &format!("    - port: 9\n      protocol: SCTP\n  loadBalancerClass: {class}\n"),
+            )
+        };
+        // Served: no class, Cilium's L2 announcer, and one named by a flag.
+        assert_eq!(parse_ok(&lb_service("web", "shop", "")).services.len(), 1);
+        assert_eq!(
+            parse_ok(&classed("io.cilium/l2-announcer")).services.len(),
+            1
+        );
+        let metallb = classed("metallb.io/metallb");
+        let config = parse_ok(&metallb);
+        assert!(config.services.is_empty());
+        assert_eq!(
+            parse_findings(&metallb),
+            [
+                "objects.yaml: Service/web/shop: spec.loadBalancerClass: \"metallb.io/metallb\" is another controller's class: left alone (no VIP, no ARP)"
+            ]
+        );
+        assert_eq!(config.findings[0].severity, Severity::Info);
+        let source = crate::source::file::FileSource::new(
+            std::path::Path::new(FILE),
+            LoadBalancerClasses::new(vec!["metallb.io/metallb".into()]),
+        );
+        let update = source.read_text(&metallb).expect("parses");
+        let mut store = crate::store::Store::new(FILE);
+        store.apply(update.batch);
+        assert_eq!(store.config().services.len(), 1);
     }
 
     #[test]
@@ -524,103 +980,65 @@ mod tests {
     }
 
     #[test]
-    fn invalid_services_name_object_and_field() {
-        let annotated = |value: &str| {
-            lb_service("web", "shop", "").replace(
-                "  namespace: web\n",
-                &format!(
-                    "  namespace: web\n  annotations:\n    lbipam.cilium.io/ips: \"{value}\"\n"
-                ),
-            )
-        };
-        let cases: Vec<(String, &str, &str)> = vec![
+    fn ports_that_cannot_be_served_are_skipped_and_the_others_serve() {
+        let cases: Vec<(String, Reason, &str, &str)> = vec![
             (
                 lb_service("web", "shop", "    - port: 9\n      protocol: SCTP\n"),
+                Reason::UnsupportedProtocol,
                 "spec.ports[1].protocol",
-                "unsupported protocol \"SCTP\": only TCP and UDP are served",
+                "unsupported protocol \"SCTP\": only TCP and UDP are served; the port is skipped",
             ),
             (
                 lb_service("web", "shop", "    - port: 70000\n"),
+                Reason::InvalidPort,
                 "spec.ports[1].port",
-                "port 70000 is outside 1..=65535",
+                "port 70000 is outside 1..=65535; the port is skipped",
             ),
             (
                 lb_service("web", "shop", "    - name: x\n"),
+                Reason::InvalidPort,
                 "spec.ports[1].port",
                 "0 or missing",
             ),
             (
                 lb_service("web", "shop", "    - port: 81\n      targetPort: -1\n"),
+                Reason::InvalidPort,
                 "spec.ports[1].targetPort",
                 "port -1 is outside 1..=65535",
             ),
             (
                 lb_service("web", "shop", "    - port: 81\n      targetPort: \"\"\n"),
+                Reason::InvalidPort,
                 "spec.ports[1].targetPort",
                 "empty port name",
             ),
             (
                 lb_service("web", "shop", "    - port: 80\n      protocol: TCP\n"),
+                Reason::DuplicatePort,
                 "spec.ports[1].port",
                 "80/TCP is already spec.ports[0]",
-            ),
-            (
-                lb_service("web", "shop", "  externalTrafficPolicy: local\n"),
-                "spec.externalTrafficPolicy",
-                "unknown policy \"local\"",
-            ),
-            (
-                lb_service("web", "shop", "  sessionAffinity: Cookie\n"),
-                "spec.sessionAffinity",
-                "unknown affinity \"Cookie\"",
-            ),
-            (
-                lb_service(
-                    "web",
-                    "shop",
-                    "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 0\n",
-                ),
-                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
-                "0 is outside 1..=86400",
-            ),
-            (
-                lb_service(
-                    "web",
-                    "shop",
-                    "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 86401\n",
-                ),
-                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
-                "86401 is outside 1..=86400",
-            ),
-            (
-                lb_service("web", "shop", "  loadBalancerIP: 192.168.10.300\n"),
-                "spec.loadBalancerIP",
-                "\"192.168.10.300\" is not an IP address",
-            ),
-            (
-                annotated("192.168.10.49,192.168.10.50"),
-                "metadata.annotations[\"lbipam.cilium.io/ips\"]",
-                "requests 2 IPv4 VIPs (192.168.10.49, 192.168.10.50): one VIP per service",
-            ),
-            (
-                annotated("192.168.10.49, banana"),
-                "metadata.annotations[\"lbipam.cilium.io/ips\"]",
-                "\"banana\" is not an IP address",
             ),
             (
                 format!(
                     "{}status:\n  loadBalancer:\n    ingress:\n      - ip: nope\n",
                     lb_service("web", "shop", "")
                 ),
+                Reason::InvalidAddress,
                 "status.loadBalancer.ingress[0].ip",
-                "\"nope\" is not an IP address",
+                "\"nope\" is not an IP address; the entry is ignored",
             ),
         ];
-        for (text, field, message) in cases {
-            let errors = parse_errors(&text);
-            assert_eq!(errors.len(), 1, "{errors:#?}");
+        for (text, reason, field, message) in cases {
+            let service = only_service(&text);
+            assert_eq!(service.unservable, None, "{text}");
+            assert_eq!(service.ports.len(), 1, "{text}");
+            assert_eq!(service.ports[0].port, 80, "{text}");
+            let findings = parse_reasons(&text);
+            assert_eq!(findings.len(), 1, "{findings:#?}");
+            let (severity, found, line) = &findings[0];
+            assert_eq!((*severity, *found), (Severity::Warning, reason), "{line}");
             assert_line(
-                &errors,
+                std::slice::from_ref(line),
                 &[
                     &format!("objects.yaml: Service/web/shop: {field}: "),
                     message,
@@ -630,16 +1048,77 @@ mod tests {
     }
 
     #[test]
-    fn two_requested_addresses_across_fields_are_an_error() {
-        let text = lb_service("web", "shop", "  loadBalancerIP: 192.168.10.40\n").replace(
-            "  namespace: web\n",
-            "  namespace: web\n  annotations:\n    lbipam.cilium.io/ips: 192.168.10.41\n",
-        );
-        assert_line(
-            &parse_errors(&text),
-            &[
-                "Service/web/shop: metadata.annotations[\"lbipam.cilium.io/ips\"]: requests 2 IPv4 VIPs",
-            ],
-        );
+    fn a_service_that_cannot_be_served_is_delivered_with_why() {
+        let annotated = |value: &str| {
+            lb_service("web", "shop", "").replace(
+                "  namespace: web\n",
+                &format!(
+                    "  namespace: web\n  annotations:\n    lbipam.cilium.io/ips: \"{value}\"\n"
+                ),
+            )
+        };
+        let cases: Vec<(String, Reason, &str, &str)> = vec![
+            (
+                lb_service("web", "shop", "  externalTrafficPolicy: local\n"),
+                Reason::InvalidTrafficPolicy,
+                "spec.externalTrafficPolicy",
+                "unknown policy \"local\"",
+            ),
+            (
+                lb_service("web", "shop", "  sessionAffinity: Cookie\n"),
+                Reason::InvalidSessionAffinity,
+                "spec.sessionAffinity",
+                "unknown affinity \"Cookie\"",
+            ),
+            (
+                lb_service(
+                    "web",
+                    "shop",
+                    "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 0\n",
+                ),
+                Reason::InvalidSessionAffinity,
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                "0 is outside 1..=86400",
+            ),
+            (
+                lb_service(
+                    "web",
+                    "shop",
+                    "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 86401\n",
+                ),
+                Reason::InvalidSessionAffinity,
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                "86401 is outside 1..=86400",
+            ),
+            (
+                lb_service("web", "shop", "  loadBalancerIP: 192.168.10.300\n"),
+                Reason::InvalidRequestedIP,
+                "spec.loadBalancerIP",
+                "\"192.168.10.300\" is not an IP address: not served",
+            ),
+            (
+                annotated("192.168.10.49, banana"),
+                Reason::InvalidRequestedIP,
+                "metadata.annotations[\"lbipam.cilium.io/ips\"]",
+                "\"banana\" is not an IP address",
+            ),
+        ];
+        for (text, reason, field, message) in cases {
+            let service = only_service(&text);
+            let unservable = service.unservable.expect("unservable");
+            assert_eq!(unservable.reason, reason, "{text}");
+            assert!(unservable.message.contains(message), "{unservable:?}");
+            let findings = parse_reasons(&text);
+            assert_eq!(findings.len(), 1, "{findings:#?}");
+            let (severity, found, line) = &findings[0];
+            assert_eq!((*severity, *found), (Severity::Error, reason));
+            assert_line(
+                std::slice::from_ref(line),
+                &[
+                    &format!("objects.yaml: Service/web/shop: {field}: "),
+                    message,
+                ],
+            );
+        }
     }
 }

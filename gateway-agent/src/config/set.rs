@@ -3,7 +3,7 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use super::{ConfigWarning, EndpointSlice, IpPool, L2Policy, Node, Service, SortedList};
+use super::{EndpointSlice, Finding, IpPool, L2Policy, Node, Service, SortedList};
 
 /// The validated objects of one source. Every list is sorted (services by namespace/name,
 /// slices by namespace/service/name, the rest by name), so nothing depends on the order in
@@ -19,8 +19,8 @@ pub struct Config {
     pub nodes: SortedList<Node>,
     pub pools: SortedList<IpPool>,
     pub l2_policies: SortedList<L2Policy>,
-    /// What the source skipped or defaulted, sorted.
-    pub warnings: Vec<ConfigWarning>,
+    /// What the source found about the objects (and about itself), sorted.
+    pub findings: Vec<Finding>,
 }
 
 /// A service with the slices that name it.

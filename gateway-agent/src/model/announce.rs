@@ -1,47 +1,63 @@
-//! L2 announcement policies: which one announces a service's VIP, and on which of this
-//! node's interfaces.
+//! L2 announcement policies: which ones announce a service's addresses, and on which of
+//! this node's interfaces.
+//!
+//! Several policies selecting one service are merged, as Cilium merges them: the address
+//! is announced by one node, elected among the nodes any of them selects, on the
+//! interfaces of every one of them that selects that node. The reference's "only ONE policy
+//! should exist" is about Cilium's ARP conflicts, which the election rules out here.
 
-use crate::config::{Config, Diagnostics, L2Policy, Service};
+use crate::config::{Config, L2Policy, Service};
 
 use super::selector::service_labels;
 
-/// The policy that announces `service`'s VIP: the one with `loadBalancerIPs: true` whose
-/// serviceSelector selects it. More than one is an error (the reference: "Only ONE policy
-/// should exist. Having multiple policies causes ARP conflicts"), reported naming them all.
-pub(crate) fn policy_for<'c>(
-    config: &'c Config,
-    service: &Service,
-    diagnostics: &mut Diagnostics,
-) -> Option<&'c L2Policy> {
-    let labels = service_labels(service);
-    let selecting: Vec<&L2Policy> = config
-        .l2_policies
-        .iter()
-        .filter(|policy| policy.load_balancer_ips && policy.service_selector.matches(&labels))
-        .map(|policy| &**policy)
-        .collect();
-    match selecting.as_slice() {
-        [] => None,
-        [policy] => Some(policy),
-        many => {
-            let names: Vec<String> = many.iter().map(|p| p.object().to_string()).collect();
-            diagnostics.error(
-                Some(&service.object),
-                "metadata.labels",
-                format!(
-                    "selected by {} L2 announcement policies ({}): only one may select a \
-                     service, or nodes answer ARP for its VIP in conflict",
-                    many.len(),
-                    names.join(", ")
-                ),
-            );
-            None
+/// What kind of address a service is announced on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum AddressKind {
+    /// A VIP LB-IPAM granted: announced by policies with `loadBalancerIPs: true`.
+    LoadBalancer,
+    /// One of `spec.externalIPs`: announced by policies with `externalIPs: true`.
+    External,
+}
+
+impl AddressKind {
+    fn announced_by(self, policy: &L2Policy) -> bool {
+        match self {
+            AddressKind::LoadBalancer => policy.load_balancer_ips,
+            AddressKind::External => policy.external_ips,
         }
     }
 }
 
+/// The policies (indexes into `config.l2_policies`, so by name) that announce `service`'s
+/// addresses of `kind`: those announcing that kind whose serviceSelector selects it.
+pub(crate) fn policies_for(config: &Config, service: &Service, kind: AddressKind) -> Vec<usize> {
+    let labels = service_labels(service);
+    (config.l2_policies.iter().enumerate())
+        .filter(|(_, policy)| kind.announced_by(policy) && policy.service_selector.matches(&labels))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// For each policy (by index), the interfaces among `interfaces` it announces on when it
+/// selects this node (`labels` of its Node object, `None` when there is none): sorted and
+/// deduplicated; empty for a policy that does not select the node.
+pub(crate) fn interfaces_by_policy(
+    config: &Config,
+    node: Option<&crate::config::Node>,
+    interfaces: &[String],
+) -> Vec<Vec<String>> {
+    (config.l2_policies.iter())
+        .map(|policy| match node {
+            Some(node) if policy.node_selector.matches(&node.labels) => {
+                matching(policy, interfaces).map(str::to_owned).collect()
+            }
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
 /// The interfaces among `interfaces` that `policy` announces on, sorted and deduplicated.
-pub(crate) fn interfaces<'i>(
+pub(crate) fn matching<'i>(
     policy: &L2Policy,
     interfaces: &'i [String],
 ) -> impl Iterator<Item = &'i str> {
@@ -59,11 +75,13 @@ pub(crate) fn interfaces<'i>(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use regex::Regex;
 
     use super::*;
-    use crate::config::Selector;
     use crate::config::fixtures::*;
+    use crate::config::{Reason, Selector};
     use crate::model::{cluster_state, desired_state};
 
     fn policy(patterns: &[&str]) -> L2Policy {
@@ -74,6 +92,7 @@ mod tests {
                 .map(|p| Regex::new(p).expect("valid regex"))
                 .collect(),
             load_balancer_ips: true,
+            external_ips: false,
             node_selector: Selector::default(),
             service_selector: Selector::default(),
         }
@@ -103,18 +122,19 @@ mod tests {
             (&["^bond"], &[]),
         ];
         for (patterns, expected) in cases {
-            let matched: Vec<&str> = interfaces(&policy(patterns), &node).collect();
+            let matched: Vec<&str> = matching(&policy(patterns), &node).collect();
             assert_eq!(matched, expected, "{patterns:?}");
         }
     }
 
-    #[test]
-    fn the_announcer_announces_on_every_matching_interface() {
-        let config = reference();
-        let interfaces = ["lo", "eth1", "ens18", "wlan0"].map(String::from);
-        let state =
-            desired_state(&config, "worker-2", &interfaces).unwrap_or_else(|e| panic!("{e}"));
-        let announced: Vec<(String, String, String, String)> = state
+    /// (interface, VIP, service, policy) of each announcement of `node`.
+    fn announced(
+        text: &str,
+        node: &str,
+        interfaces: &[&str],
+    ) -> Vec<(String, String, String, String)> {
+        let interfaces: Vec<String> = interfaces.iter().map(|i| i.to_string()).collect();
+        desired_state(&parse_ok(text), node, &interfaces)
             .announcements
             .iter()
             .map(|a| {
@@ -125,10 +145,14 @@ mod tests {
                     a.policy.to_string(),
                 )
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn the_announcer_announces_on_every_matching_interface() {
         let internal = "cilium-gateway-gateway-internal".to_owned();
         assert_eq!(
-            announced,
+            announced(REFERENCE, "worker-2", &["lo", "eth1", "ens18", "wlan0"]),
             [
                 (
                     "ens18".into(),
@@ -149,46 +173,106 @@ mod tests {
     fn second_policy(spec: &str) -> String {
         format!(
             "apiVersion: cilium.io/v2alpha1\nkind: CiliumL2AnnouncementPolicy\nmetadata:\n  name: l2-announcement\n\
-             spec:\n  interfaces: [\"^eth[0-9]+\"]\n{spec}"
+             spec:\n  interfaces: [\"^wl\"]\n{spec}"
         )
     }
 
-    #[test]
-    fn two_policies_selecting_a_service_are_an_error_naming_all() {
-        // The reference's "OLD - BROKEN" setup: a second, overlapping policy.
-        let text = reference_with(&second_policy("  loadBalancerIPs: true\n"));
-        let errors = match cluster_state(&parse_ok(&text)) {
-            Ok(_) => panic!("expected errors"),
-            Err(errors) => errors.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        };
-        assert_eq!(errors.len(), 2, "{errors:#?}");
-        for service in ["internal", "external"] {
-            assert_line(
-                &errors,
-                &[
-                    &format!(
-                        "objects.yaml: Service/gateway/cilium-gateway-gateway-{service}: metadata.labels:"
-                    ),
-                    "selected by 2 L2 announcement policies (CiliumL2AnnouncementPolicy/l2-announcement, CiliumL2AnnouncementPolicy/l2-policy)",
-                ],
-            );
+    /// VIP -> the nodes that announce it.
+    fn announcers(text: &str) -> BTreeMap<String, Vec<&'static str>> {
+        let mut by_vip: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        for node in ["cp-1", "worker-1", "worker-2"] {
+            for (_, vip, _, _) in announced(text, node, &["ens18", "wlan0"]) {
+                let nodes = by_vip.entry(vip).or_default();
+                if !nodes.contains(&node) {
+                    nodes.push(node);
+                }
+            }
         }
+        by_vip
     }
 
     #[test]
-    fn policies_that_do_not_compete_are_fine() {
+    fn two_policies_selecting_a_service_are_merged_into_one_announcement() {
+        // The reference's "OLD - BROKEN" setup: a second, overlapping policy. It also
+        // selects the control plane, where neither gateway has an endpoint.
+        let text = reference_with(&second_policy("  loadBalancerIPs: true\n"));
+        let state = cluster_state(&parse_ok(&text));
+        assert!(state.findings.is_empty(), "{:#?}", state.findings);
+        // One node per VIP, the same as with the one policy.
+        assert_eq!(announcers(&text), announcers(REFERENCE));
+        // On the interfaces of both policies: ens18 from l2-policy, wlan0 from the second.
+        assert_eq!(
+            announced(&text, "worker-2", &["ens18", "wlan0"]),
+            [
+                (
+                    "ens18".into(),
+                    "192.168.10.49".into(),
+                    "cilium-gateway-gateway-internal".into(),
+                    "l2-policy".into()
+                ),
+                (
+                    "wlan0".into(),
+                    "192.168.10.49".into(),
+                    "cilium-gateway-gateway-internal".into(),
+                    "l2-announcement".into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_node_announces_when_any_selecting_policy_picks_it() {
+        // l2-policy keeps the control plane out; a second policy picks only worker-1 and
+        // announces on wlan0. worker-2 is out of the first: both VIPs go to worker-1, the
+        // only node either policy picks that runs an endpoint (cp-1 runs none).
+        let text = edit(
+            &reference_with(&second_policy(
+                "  loadBalancerIPs: true\n  nodeSelector:\n    matchLabels:\n      kubernetes.io/hostname: worker-1\n",
+            )),
+            "        operator: DoesNotExist\n",
+            "        operator: DoesNotExist\n      - key: kubernetes.io/hostname\n        operator: NotIn\n        values: [worker-2]\n",
+        );
+        assert_eq!(
+            announcers(&text),
+            BTreeMap::from([
+                ("192.168.10.49".to_owned(), vec!["worker-1"]),
+                ("192.168.10.50".to_owned(), vec!["worker-1"]),
+            ])
+        );
+        // worker-1: ens18 from l2-policy, wlan0 from the second.
+        let interfaces: Vec<String> = announced(&text, "worker-1", &["ens18", "wlan0"])
+            .into_iter()
+            .map(|(interface, vip, _, _)| format!("{vip} {interface}"))
+            .collect();
+        assert_eq!(
+            interfaces,
+            [
+                "192.168.10.49 ens18",
+                "192.168.10.50 ens18",
+                "192.168.10.49 wlan0",
+                "192.168.10.50 wlan0"
+            ]
+        );
+    }
+
+    #[test]
+    fn policies_that_announce_other_kinds_or_services_do_not_join() {
         let cases = [
             // Announces no LB IPs at all.
-            second_policy("  loadBalancerIPs: false\n"),
+            second_policy("  externalIPs: true\n"),
             // Selects a service that is not one of the gateways.
             second_policy(
                 "  loadBalancerIPs: true\n  serviceSelector:\n    matchLabels:\n      app: other\n",
             ),
         ];
         for extra in cases {
-            let state =
-                cluster_state(&parse_ok(&reference_with(&extra))).unwrap_or_else(|e| panic!("{e}"));
-            assert!(state.allocations.iter().all(|a| a.announcer.is_some()));
+            let text = reference_with(&extra);
+            assert_eq!(announcers(&text), announcers(REFERENCE));
+            assert!(
+                announced(&text, "worker-2", &["ens18", "wlan0"])
+                    .iter()
+                    .all(|(interface, ..)| interface == "ens18")
+            );
         }
     }
 
@@ -200,17 +284,19 @@ mod tests {
             "  loadBalancerIPs: true\n  serviceSelector:\n    matchLabels:\n\
              \x20     io.cilium.gateway/owning-gateway: gateway-external\n",
         );
-        let state = cluster_state(&parse_ok(&text)).unwrap_or_else(|e| panic!("{e}"));
-        let internal = &state.allocations[1];
+        let state = cluster_state(&parse_ok(&text));
+        let internal = &state.services[1];
         assert_eq!(internal.service.name, "cilium-gateway-gateway-internal");
-        assert_eq!(internal.announcer, None);
-        assert!(state.allocations[0].announcer.is_some());
+        assert_eq!(internal.vips[0].announcer, None);
+        assert!(state.services[0].vips[0].announcer.is_some());
+        let lines: Vec<String> = state.findings.iter().map(ToString::to_string).collect();
         assert_line(
-            &state.warnings,
+            &lines,
             &[
                 "objects.yaml: Service/gateway/cilium-gateway-gateway-internal: no CiliumL2AnnouncementPolicy",
                 "VIP 192.168.10.49 is not announced",
             ],
         );
+        assert_eq!(state.findings[0].reason, Reason::NoAnnouncementPolicy);
     }
 }

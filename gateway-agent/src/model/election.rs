@@ -1,9 +1,10 @@
 //! Which node answers ARP for a VIP: exactly one, and every node agrees without talking to
 //! the others (Cilium takes a Kubernetes lease; we have only the file).
 //!
-//! The eligible nodes are the Node objects that the announcing policy's nodeSelector
+//! The eligible nodes are the Node objects that the nodeSelector of an announcing policy
 //! selects, that are Ready and that run at least one ready endpoint of the service (with
-//! externalTrafficPolicy Local a node without one would drop the traffic it attracts). The
+//! externalTrafficPolicy Local a node without one would drop the traffic it attracts); for
+//! an address several services share, the nodes eligible for every one of them. The
 //! announcer is the eligible node with the highest [`announcer_score`]; on a tie the name
 //! that sorts first. Hashing the VIP with the name (rendezvous hashing) spreads VIPs over
 //! the nodes and moves a VIP only when its own announcer leaves or a better-scoring node
@@ -12,7 +13,7 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use crate::config::{Config, Diagnostics, EndpointSlice, L2Policy, Node, Service};
+use crate::config::{Config, EndpointSlice, Node, Service, TrafficPolicy};
 
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -30,41 +31,50 @@ pub fn announcer_score(vip: Ipv4Addr, node_name: &str) -> u64 {
     fnv1a64(vip.octets().into_iter().chain(node_name.bytes()))
 }
 
-/// The node elected to announce `vip` of `service` (with its `slices`) under `policy`, or
-/// `None` (with a warning) when no node is eligible.
-pub(crate) fn announcer<'c>(
-    config: &'c Config,
+/// The nodes (indexes into `config.nodes`) that may announce an address of `service`
+/// under `policies` (indexes into `config.l2_policies`): Ready, selected by the
+/// nodeSelector of any of the policies, and, for a Local service, running a ready endpoint
+/// of it.
+pub(crate) fn eligible(
+    config: &Config,
     service: &Service,
     slices: &[Arc<EndpointSlice>],
-    vip: Ipv4Addr,
-    policy: &L2Policy,
-    diagnostics: &mut Diagnostics,
-) -> Option<&'c Node> {
-    let eligible = config
-        .nodes
-        .iter()
-        .filter(|node| node.ready && policy.node_selector.matches(&node.labels))
-        .filter(|node| has_ready_endpoint(slices, &node.name));
-    let elected = elect(eligible.map(|node| (announcer_score(vip, &node.name), &**node)));
-    if elected.is_none() {
-        diagnostics.warn(
-            Some(&service.object),
-            "",
-            format!(
-                "no node can announce VIP {vip}: none is Ready, selected by the nodeSelector \
-                 of {} and running a ready endpoint of the service",
-                policy.object()
-            ),
-        );
-    }
-    elected
+    policies: &[usize],
+) -> Vec<usize> {
+    let local = service.traffic_policy == TrafficPolicy::Local;
+    (config.nodes.iter().enumerate())
+        .filter(|(_, node)| {
+            node.ready
+                && (policies.iter())
+                    .any(|&p| config.l2_policies[p].node_selector.matches(&node.labels))
+                && (!local || has_ready_endpoint(slices, &node.name))
+        })
+        .map(|(i, _)| i)
+        .collect()
 }
 
-/// The highest score wins; of equal scores, the name that sorts first.
-fn elect<'n>(scored: impl Iterator<Item = (u64, &'n Node)>) -> Option<&'n Node> {
+/// Of the `eligible` nodes (indexes into `nodes`), the one that announces `vip`: the
+/// highest score wins; of equal scores, the name that sorts first.
+pub(crate) fn elect(
+    nodes: &[Arc<Node>],
+    vip: Ipv4Addr,
+    eligible: impl Iterator<Item = usize>,
+) -> Option<usize> {
+    best(eligible.map(|i| {
+        (
+            announcer_score(vip, &nodes[i].name),
+            nodes[i].name.as_str(),
+            i,
+        )
+    }))
+}
+
+/// Of (score, name, index), the index of the highest score; of equal scores, of the name
+/// that sorts first.
+fn best<'n>(scored: impl Iterator<Item = (u64, &'n str, usize)>) -> Option<usize> {
     scored
-        .max_by(|(a_score, a), (b_score, b)| a_score.cmp(b_score).then_with(|| b.name.cmp(&a.name)))
-        .map(|(_, node)| node)
+        .max_by(|(a_score, a, _), (b_score, b, _)| a_score.cmp(b_score).then_with(|| b.cmp(a)))
+        .map(|(_, _, i)| i)
 }
 
 fn has_ready_endpoint(slices: &[Arc<EndpointSlice>], node_name: &str) -> bool {
@@ -112,26 +122,24 @@ mod tests {
 
     #[test]
     fn a_tie_goes_to_the_name_that_sorts_first() {
-        let node = |name: &str| Node {
-            name: name.into(),
-            labels: BTreeMap::new(),
-            ready: true,
-        };
-        let (a, b, c) = (node("a"), node("b"), node("c"));
-        let elected = elect([(7, &b), (7, &a), (3, &c)].into_iter());
-        assert_eq!(elected.map(|n| n.name.as_str()), Some("a"));
-        let elected = elect([(7, &b), (9, &c), (7, &a)].into_iter());
-        assert_eq!(elected.map(|n| n.name.as_str()), Some("c"));
-        assert!(elect(std::iter::empty()).is_none());
+        assert_eq!(
+            best([(7, "b", 1), (7, "a", 0), (3, "c", 2)].into_iter()),
+            Some(0)
+        );
+        assert_eq!(
+            best([(7, "b", 1), (9, "c", 2), (7, "a", 0)].into_iter()),
+            Some(2)
+        );
+        assert_eq!(best(std::iter::empty()), None);
     }
 
-    /// VIP -> announcer, as recorded in the cluster-wide allocations.
+    /// VIP -> announcer, as recorded in the cluster-wide status.
     fn announcers(text: &str) -> BTreeMap<String, Option<String>> {
         cluster_state(&parse_ok(text))
-            .unwrap_or_else(|errors| panic!("{errors}"))
-            .allocations
+            .services
             .into_iter()
-            .map(|a| (a.vip.to_string(), a.announcer.map(String::from)))
+            .flat_map(|s| s.vips)
+            .map(|v| (v.vip.to_string(), v.announcer.map(String::from)))
             .collect()
     }
 
@@ -141,8 +149,7 @@ mod tests {
         let interfaces = ["ens18".to_owned(), "lo".to_owned()];
         let mut by_vip: BTreeMap<String, Vec<&str>> = BTreeMap::new();
         for node in NODES {
-            let state = desired_state(&config, node, &interfaces)
-                .unwrap_or_else(|errors| panic!("{errors}"));
+            let state = desired_state(&config, node, &interfaces);
             for announcement in state.announcements {
                 by_vip
                     .entry(announcement.vip.to_string())
@@ -273,13 +280,13 @@ mod tests {
         );
         assert!(announcers(&text).values().all(Option::is_none));
         assert!(announced_by(&text).is_empty());
-        let warnings = cluster_state(&parse_ok(&text))
-            .unwrap_or_else(|e| panic!("{e}"))
-            .warnings;
+        let warnings: Vec<String> = (cluster_state(&parse_ok(&text)).findings.iter())
+            .map(ToString::to_string)
+            .collect();
         assert_line(
             &warnings,
             &[
-                "objects.yaml: Service/gateway/cilium-gateway-gateway-internal: no node can announce VIP 192.168.10.49",
+                "objects.yaml: Service/gateway/cilium-gateway-gateway-internal: no node can announce 192.168.10.49",
                 "CiliumL2AnnouncementPolicy/l2-policy",
             ],
         );

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use super::{BackendAddr, Frontend};
-use crate::config::{Diagnostics, EndpointSlice, Service, ServicePort, TargetPort};
+use crate::config::{Diagnostics, EndpointSlice, Reason, Service, ServicePort, TargetPort};
 
 pub(crate) fn frontends(
     service: &Service,
@@ -24,7 +24,9 @@ pub(crate) fn frontends(
             let mut backends = BTreeSet::new();
             for slice in slices {
                 let Some(backend_port) = backend_port(slice, port) else {
-                    diagnostics.warn(
+                    diagnostics.find(
+                        crate::config::Severity::Warning,
+                        Reason::NamedPortUnresolved,
                         Some(&service.object),
                         format!("spec.ports[{i}].targetPort"),
                         format!(
@@ -80,7 +82,7 @@ mod tests {
     use crate::model::{BackendAddr, DesiredState, Protocol, desired_state};
 
     fn state(text: &str, node: &str) -> DesiredState {
-        desired_state(&parse_ok(text), node, &[]).unwrap_or_else(|e| panic!("{e}"))
+        desired_state(&parse_ok(text), node, &[])
     }
 
     fn backend(addr: [u8; 4], port: u16) -> BackendAddr {
@@ -226,7 +228,7 @@ mod tests {
         assert_eq!(shop.len(), 1);
         assert!(shop[0].backends.is_empty());
         assert_line(
-            &state.warnings,
+            &lines(&state.findings),
             &[
                 "objects.yaml: Service/web/shop: spec.ports[0].targetPort: EndpointSlice/web/shop-a has no port named \"web\"",
             ],

@@ -1,215 +1,157 @@
-//! LB-IPAM: which VIP each LoadBalancer service gets.
+//! LB-IPAM: which VIPs each LoadBalancer service gets, and why a Service gets none.
 //!
-//! A pure function of the file, so every node computes the same allocation. Three passes:
-//! 1. a requested VIP (`spec.loadBalancerIP` or the LB-IPAM annotation) is granted if a pool
-//!    that selects the service holds it; anything else is an error;
-//! 2. a service that requests nothing keeps the first VIP of its status that lies in a pool
-//!    selecting it (how an export carries a previous allocation, and how Cilium re-reads it
-//!    after a restart); a disabled pool still honours what services already hold;
-//! 3. every other service gets the lowest free address of the first enabled pool (by name)
-//!    that selects it and has one, services taken oldest `creationTimestamp` first (absent
-//!    last), then by namespace and name.
+//! A pure function of the objects (their status and creation times included), so every
+//! node, leader or not, computes the same allocation, and nothing depends on the order the
+//! objects came in. One Service's trouble stays with it: a request that cannot be met is
+//! refused on that Service (its condition says which request and why), and every other
+//! Service is allocated as if it were not there.
 //!
-//! Two services claiming one VIP (by request or status, in any combination) is an error, not
-//! a race to win: that is what makes passes 1 and 2 independent of every other service.
-//! Hence: removing a service never moves a VIP that is requested or in status; adding a
-//! service never moves another's VIP if it is newer than the services allocated in pass 3
-//! (as a new object is) or they all carry their VIP in status; and document order never
-//! matters.
+//! 1. Pools: overlapping pools are settled first (`pools`): a conflicting, disabled or
+//!    broken pool allocates nothing new but keeps what Services hold.
+//! 2. Claims: a Service that requests VIPs (`spec.loadBalancerIP`, `lbipam.cilium.io/ips`)
+//!    claims each of them; one that requests nothing claims the VIPs of its status that a
+//!    pool selecting it holds (how a restarted agent, or a new leader, finds the previous
+//!    allocation). A claim a pool cannot grant is refused with Cilium's reason.
+//! 3. Each claimed address goes to its claimants in order: holders (the address is in
+//!    their status) before newcomers, then the oldest `creationTimestamp` (absent last),
+//!    then namespace and name. The first takes it; each later one joins it only when all
+//!    of them share a sharing key and can share (`compatible`), else its claim is refused
+//!    (`AlreadyAllocated`, `IncompatibleSharing`).
+//! 4. Every other Service (no request, nothing kept) is allocated in the same order: with
+//!    a sharing key, onto the lowest address of that key it can share; otherwise the lowest
+//!    free address of the first usable pool (by name) that selects it and has one.
+//!
+//! Hence: removing a Service never moves a VIP that is requested or in status; adding one
+//! never moves another's VIP if it is newer than the Services allocated in step 4 (as a new
+//! object is) or they all carry their VIP in status.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use super::pools::{PoolState, Pools};
 use super::selector::service_labels;
-use crate::config::{Config, Diagnostics, FieldAddr, IpBlock, IpPool, Service};
+use super::status::PoolStatus;
+use crate::config::{
+    Config, Diagnostics, FieldAddr, IpPool, Ipv6Wanted, Reason, Service, Severity, TrafficPolicy,
+};
 
 /// A VIP granted to a service.
+#[derive(Clone, Copy)]
 pub(crate) struct Grant<'c> {
-    pub service: &'c Arc<Service>,
     pub vip: Ipv4Addr,
     pub pool: &'c IpPool,
-    /// Pass 1: the service asked for this VIP.
+    /// The service asked for this VIP.
     pub requested: bool,
 }
 
-/// A service's claim on a VIP in pass 1 or 2.
+/// What LB-IPAM decided for one Service.
+pub(crate) struct Outcome<'c> {
+    /// Sorted by VIP.
+    pub vips: Vec<Grant<'c>>,
+    pub satisfied: bool,
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// What LB-IPAM decided for every Service (in `Config::services` order) and pool.
+pub(crate) struct Allocation<'c> {
+    pub services: Vec<Outcome<'c>>,
+    /// The Services on each VIP, by index: more than one when they share it.
+    pub holders: BTreeMap<Ipv4Addr, Vec<usize>>,
+    pub pools: Vec<PoolStatus>,
+}
+
+/// A Service's claim on an address in step 2.
 struct Claim<'c> {
-    /// Index into `Config::services`.
     service: usize,
     at: &'c FieldAddr,
     pool: &'c IpPool,
     requested: bool,
+    /// The address is in the Service's status.
+    held: bool,
 }
 
-/// The VIP of every service that gets one, in service (namespace, name) order. Services
-/// that get none have an error recorded in `diagnostics`.
-pub(crate) fn allocate<'c>(config: &'c Config, diagnostics: &mut Diagnostics) -> Vec<Grant<'c>> {
-    let allocator = Allocator { config };
-    let services = &config.services;
+/// An address given out: its pool and the Services on it.
+struct Holder<'c> {
+    pool: &'c IpPool,
+    services: Vec<usize>,
+}
 
-    // Passes 1 and 2, requests first: when one service requests the VIP another holds in
-    // its status, the holder is the one reported.
+/// The first request of a Service that failed.
+struct Failure {
+    reason: Reason,
+    message: String,
+}
+
+pub(crate) fn allocate<'c>(config: &'c Config, diagnostics: &mut Diagnostics) -> Allocation<'c> {
+    let pools = Pools::of(&config.pools, diagnostics);
+    let services = &config.services[..];
+    let mut grants: Vec<Vec<Grant<'c>>> = vec![Vec::new(); services.len()];
+    let mut failures: Vec<Option<Failure>> = services.iter().map(|_| None).collect();
+    // A request refused: an error finding, and the Service's condition if it is the first.
+    let mut fail = |diagnostics: &mut Diagnostics,
+                    service: usize,
+                    reason: Reason,
+                    field: &str,
+                    message: String| {
+        let object = &services[service].object;
+        diagnostics.find(
+            Severity::Error,
+            reason,
+            Some(object),
+            field,
+            message.clone(),
+        );
+        failures[service].get_or_insert(Failure { reason, message });
+    };
+
+    // Step 2.
     let mut claims = Vec::new();
     for (i, service) in services.iter().enumerate() {
-        if let Some(requested) = &service.requested_vip
-            && let Some(pool) = allocator.grant_requested(service, requested, diagnostics)
-        {
-            claims.push(Claim {
-                service: i,
-                at: requested,
-                pool,
-                requested: true,
-            });
-        }
-    }
-    for (i, service) in services.iter().enumerate() {
-        if service.requested_vip.is_none()
-            && let Some((held, pool)) = allocator.kept_from_status(service, diagnostics)
-        {
-            claims.push(Claim {
-                service: i,
-                at: held,
-                pool,
-                requested: false,
-            });
-        }
-    }
-
-    let mut grants: Vec<Option<Grant<'c>>> = services.iter().map(|_| None).collect();
-    let mut holders: BTreeMap<Ipv4Addr, &Claim<'c>> = BTreeMap::new();
-    for claim in &claims {
-        let service = &services[claim.service];
-        if let Some(first) = holders.get(&claim.at.addr) {
-            diagnostics.error(
-                Some(&service.object),
-                claim.at.field.clone(),
-                format!(
-                    "VIP {} is also claimed by {} ({}): two services cannot share a VIP \
-                     (lbipam.cilium.io/sharing-key is not supported)",
-                    claim.at.addr, services[first.service].object, first.at.field
-                ),
-            );
+        if service.unservable.is_some() {
             continue;
         }
-        holders.insert(claim.at.addr, claim);
-        grants[claim.service] = Some(Grant {
-            service,
-            vip: claim.at.addr,
-            pool: claim.pool,
-            requested: claim.requested,
-        });
-    }
-
-    // Pass 3, for the services that neither request a VIP nor keep one.
-    let mut claimed = vec![false; services.len()];
-    for claim in &claims {
-        claimed[claim.service] = true;
-    }
-    let mut waiting: Vec<(usize, &Arc<Service>)> = services
-        .iter()
-        .enumerate()
-        .filter(|(i, service)| service.requested_vip.is_none() && !claimed[*i])
-        .collect();
-    waiting
-        .sort_by_key(|&(_, service)| (service.created.is_none(), service.created, &service.object));
-    let mut taken: BTreeSet<Ipv4Addr> = holders.into_keys().collect();
-    for (i, service) in waiting {
-        if let Some((vip, pool)) = allocator.allocate_free(service, &taken, diagnostics) {
-            taken.insert(vip);
-            grants[i] = Some(Grant {
-                service,
-                vip,
-                pool,
-                requested: false,
-            });
-        }
-    }
-    grants.into_iter().flatten().collect()
-}
-
-struct Allocator<'c> {
-    config: &'c Config,
-}
-
-impl<'c> Allocator<'c> {
-    /// The pool and block holding `addr` (pools do not overlap: validation saw to it).
-    fn locate(&self, addr: Ipv4Addr) -> Option<(&'c IpPool, &'c IpBlock)> {
-        self.config
-            .pools
-            .iter()
-            .find_map(|pool| pool.block_of(addr).map(|block| (&**pool, block)))
-    }
-
-    /// Pass 1: the pool that grants `requested`, or an error saying why none does.
-    fn grant_requested(
-        &self,
-        service: &Service,
-        requested: &FieldAddr,
-        diagnostics: &mut Diagnostics,
-    ) -> Option<&'c IpPool> {
-        let addr = requested.addr;
-        let refuse = |diagnostics: &mut Diagnostics, why: String| {
-            diagnostics.error(
-                Some(&service.object),
-                requested.field.clone(),
-                format!("requested VIP {addr} {why}"),
-            );
-            None
-        };
-        let Some((pool, block)) = self.locate(addr) else {
-            return refuse(
-                diagnostics,
-                "is outside every CiliumLoadBalancerIPPool".to_owned(),
-            );
-        };
-        if !pool.service_selector.matches(&service_labels(service)) {
-            return refuse(
-                diagnostics,
-                format!(
-                    "is in {} whose serviceSelector does not select this service",
-                    pool.object()
+        for requested in &service.requested_vips {
+            let held = service.status_vips.iter().any(|s| s.addr == requested.addr);
+            match grant_request(&pools, service, requested.addr, held) {
+                Ok(pool) => claims.push(Claim {
+                    service: i,
+                    at: requested,
+                    pool,
+                    requested: true,
+                    held,
+                }),
+                Err((reason, why)) => fail(
+                    diagnostics,
+                    i,
+                    reason,
+                    &requested.field,
+                    format!("requested VIP {} {why}", requested.addr),
                 ),
-            );
+            }
         }
-        if block.is_reserved(addr) {
-            return refuse(
-                diagnostics,
-                format!(
-                    "is the first or last address of {} {} ({}), reserved by \
-                     allowFirstLastIPs: No",
-                    pool.object(),
-                    block.field,
-                    block.describe()
-                ),
-            );
+        if !service.requested_vips.is_empty() {
+            continue;
         }
-        let already_held = service.status_vips.iter().any(|s| s.addr == addr);
-        if pool.disabled && !already_held {
-            return refuse(
-                diagnostics,
-                format!("is in {} which is disabled", pool.object()),
-            );
+        let mut kept = false;
+        for held in &service.status_vips {
+            if let Some(pool) = keep_held(&pools, service, held.addr) {
+                kept = true;
+                claims.push(Claim {
+                    service: i,
+                    at: held,
+                    pool,
+                    requested: false,
+                    held: true,
+                });
+            }
         }
-        Some(pool)
-    }
-
-    /// Pass 2: the status VIP the service keeps, with its pool.
-    fn kept_from_status<'s>(
-        &self,
-        service: &'s Service,
-        diagnostics: &mut Diagnostics,
-    ) -> Option<(&'s FieldAddr, &'c IpPool)> {
-        let labels = service_labels(service);
-        let kept = service.status_vips.iter().find_map(|held| {
-            let (pool, block) = self.locate(held.addr)?;
-            (pool.service_selector.matches(&labels) && !block.is_reserved(held.addr))
-                .then_some((held, pool))
-        });
-        if kept.is_none()
-            && let Some(stale) = service.status_vips.first()
-        {
-            diagnostics.warn(
+        if !kept && let Some(stale) = service.status_vips.first() {
+            diagnostics.find(
+                Severity::Warning,
+                Reason::StaleStatusIP,
                 Some(&service.object),
                 stale.field.clone(),
                 format!(
@@ -219,61 +161,397 @@ impl<'c> Allocator<'c> {
                 ),
             );
         }
-        kept
     }
 
-    /// Pass 3: the lowest free address of the first selecting enabled pool that has one.
-    fn allocate_free(
-        &self,
-        service: &Service,
-        taken: &BTreeSet<Ipv4Addr>,
-        diagnostics: &mut Diagnostics,
-    ) -> Option<(Ipv4Addr, &'c IpPool)> {
-        let labels = service_labels(service);
-        let candidates: Vec<&IpPool> = self
-            .config
-            .pools
-            .iter()
-            .filter(|pool| !pool.disabled && pool.service_selector.matches(&labels))
-            .map(|pool| &**pool)
-            .collect();
-        if candidates.is_empty() {
-            diagnostics.error(
-                Some(&service.object),
-                "metadata.labels",
-                "no enabled CiliumLoadBalancerIPPool selects this service: it gets no VIP",
-            );
-            return None;
+    // Step 3.
+    claims.sort_by(|a, b| {
+        (a.at.addr.cmp(&b.at.addr))
+            .then_with(|| (!a.held).cmp(&!b.held))
+            .then_with(|| allocation_order(&services[a.service], &services[b.service]))
+    });
+    let mut holders: BTreeMap<Ipv4Addr, Holder<'c>> = BTreeMap::new();
+    for claim in &claims {
+        let (addr, service) = (claim.at.addr, &services[claim.service]);
+        let holder = holders.entry(addr).or_insert_with(|| Holder {
+            pool: claim.pool,
+            services: Vec::new(),
+        });
+        if holder.services.contains(&claim.service) {
+            continue;
         }
-        let found = candidates
-            .iter()
-            .find_map(|pool| lowest_free(pool, taken).map(|vip| (vip, *pool)));
-        if found.is_none() {
-            let names: Vec<String> = candidates.iter().map(|p| p.object().to_string()).collect();
-            diagnostics.error(
+        match joins(services, &holder.services, claim.service) {
+            Ok(()) => {
+                holder.services.push(claim.service);
+                grants[claim.service].push(Grant {
+                    vip: addr,
+                    pool: holder.pool,
+                    requested: claim.requested,
+                });
+            }
+            Err(refusal) if claim.requested => fail(
+                diagnostics,
+                claim.service,
+                refusal.reason,
+                &claim.at.field,
+                format!("requested VIP {addr} {}", refusal.why),
+            ),
+            Err(refusal) => diagnostics.find(
+                Severity::Warning,
+                Reason::StaleStatusIP,
                 Some(&service.object),
-                "",
-                format!(
-                    "pool exhausted: no free address left in {}",
-                    names.join(", ")
-                ),
-            );
+                claim.at.field.clone(),
+                format!("{addr} {}; it is not kept", refusal.why),
+            ),
         }
-        found
+    }
+
+    // Step 4.
+    let mut waiting: Vec<usize> = (0..services.len())
+        .filter(|&i| {
+            let service = &services[i];
+            service.unservable.is_none()
+                && service.requested_vips.is_empty()
+                && grants[i].is_empty()
+        })
+        .collect();
+    waiting.sort_by(|&a, &b| allocation_order(&services[a], &services[b]));
+    let mut by_key: BTreeMap<&str, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    for (addr, holder) in &holders {
+        for &i in &holder.services {
+            if let Some(sharing) = &services[i].sharing {
+                by_key.entry(&sharing.key).or_default().insert(*addr);
+            }
+        }
+    }
+    let mut free = FreeAddresses::new(&pools, holders.keys().copied().collect());
+    for i in waiting {
+        let service = &services[i];
+        let shared = service.sharing.as_ref().and_then(|sharing| {
+            let addrs = by_key.get(sharing.key.as_str())?;
+            addrs
+                .iter()
+                .find(|addr| joins(services, &holders[addr].services, i).is_ok())
+                .copied()
+        });
+        if let Some(addr) = shared {
+            let holder = holders.get_mut(&addr).expect("a key's address is held");
+            holder.services.push(i);
+            grants[i].push(Grant {
+                vip: addr,
+                pool: holder.pool,
+                requested: false,
+            });
+            continue;
+        }
+        match free.take(service) {
+            Ok((vip, pool)) => {
+                holders.insert(
+                    vip,
+                    Holder {
+                        pool,
+                        services: vec![i],
+                    },
+                );
+                if let Some(sharing) = &service.sharing {
+                    by_key.entry(&sharing.key).or_default().insert(vip);
+                }
+                grants[i].push(Grant {
+                    vip,
+                    pool,
+                    requested: false,
+                });
+            }
+            Err((reason, message)) => fail(diagnostics, i, reason, "", message),
+        }
+    }
+
+    let pool_statuses = pool_statuses(&pools, &holders);
+    let outcomes = (services.iter().zip(grants).zip(failures))
+        .map(|((service, mut vips), failure)| {
+            vips.sort_by_key(|grant| grant.vip);
+            outcome(service, vips, failure)
+        })
+        .collect();
+    Allocation {
+        services: outcomes,
+        holders: (holders.into_iter())
+            .map(|(addr, holder)| (addr, holder.services))
+            .collect(),
+        pools: pool_statuses,
     }
 }
 
-/// The numerically lowest address of `pool` that is neither reserved nor taken. Walks each
-/// block from its start, so the work is bounded by the number of taken addresses.
-fn lowest_free(pool: &IpPool, taken: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
-    pool.blocks
-        .iter()
-        .filter_map(|block| {
-            (u32::from(block.first)..=u32::from(block.last))
-                .map(Ipv4Addr::from)
-                .find(|addr| !block.is_reserved(*addr) && !taken.contains(addr))
+/// Oldest `creationTimestamp` first (absent last), then by namespace and name.
+fn allocation_order(a: &Service, b: &Service) -> Ordering {
+    (a.created.is_none(), a.created, &a.object).cmp(&(b.created.is_none(), b.created, &b.object))
+}
+
+/// The condition of a Service, from what it was granted and what failed.
+fn outcome<'c>(service: &Service, vips: Vec<Grant<'c>>, failure: Option<Failure>) -> Outcome<'c> {
+    let (satisfied, reason, message) = if let Some(unservable) = &service.unservable {
+        (false, unservable.reason, unservable.message.clone())
+    } else if let Some(failure) = failure {
+        (false, failure.reason, failure.message)
+    } else if service.ipv6 == Some(Ipv6Wanted::Required) {
+        (
+            false,
+            Reason::IPv6NotServed,
+            "RequireDualStack: the IPv4 VIP is served, IPv6 is not served yet".to_owned(),
+        )
+    } else if service.ipv6 == Some(Ipv6Wanted::Preferred) {
+        (
+            true,
+            Reason::Satisfied,
+            "the IPv6 half is not served yet".to_owned(),
+        )
+    } else {
+        (true, Reason::Satisfied, String::new())
+    };
+    Outcome {
+        vips,
+        satisfied,
+        reason,
+        message,
+    }
+}
+
+/// Why a claim on an address is refused.
+struct Refusal {
+    reason: Reason,
+    why: String,
+}
+
+/// Whether Service `joiner` may join the Services `on` an address: all of them must be able
+/// to share with it.
+fn joins(services: &[Arc<Service>], on: &[usize], joiner: usize) -> Result<(), Refusal> {
+    let service = &services[joiner];
+    for &held in on {
+        let holder = &services[held];
+        if let Err(why) = compatible(holder, service) {
+            let reason = if service.sharing.is_none() {
+                Reason::AlreadyAllocated
+            } else {
+                Reason::IncompatibleSharing
+            };
+            return Err(Refusal {
+                reason,
+                why: format!("is held by {}, which it cannot share: {why}", holder.object),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether two Services can share a VIP, as Cilium's LB-IPAM decides it, except that ports
+/// clash only with the same protocol too (the datapath keys frontends by VIP, port and
+/// protocol, so the DNS pair of a TCP and a UDP Service on port 53 shares).
+pub(crate) fn compatible(a: &Service, b: &Service) -> Result<(), String> {
+    let (Some(a_key), Some(b_key)) = (&a.sharing, &b.sharing) else {
+        return Err("no lbipam.cilium.io/sharing-key on both".to_owned());
+    };
+    if a_key.key != b_key.key {
+        return Err(format!(
+            "a different sharing key ({:?}, {:?})",
+            a_key.key, b_key.key
+        ));
+    }
+    let (a_ns, b_ns) = (&a.object.namespace, &b.object.namespace);
+    if !a_key.allows(a_ns, b_ns) || !b_key.allows(b_ns, a_ns) {
+        return Err(format!(
+            "namespaces {a_ns} and {b_ns} are not both allowed by \
+             lbipam.cilium.io/sharing-cross-namespace"
+        ));
+    }
+    if let Some(port) = (a.ports.iter())
+        .find(|p| (b.ports.iter()).any(|q| q.port == p.port && q.protocol == p.protocol))
+    {
+        return Err(format!("both serve {}/{}", port.port, port.protocol));
+    }
+    if a.traffic_policy != b.traffic_policy {
+        return Err("different externalTrafficPolicy".to_owned());
+    }
+    if a.traffic_policy == TrafficPolicy::Local
+        && (a.selector.is_empty() || a.selector != b.selector)
+    {
+        return Err(
+            "externalTrafficPolicy Local, but they do not select the same pods (spec.selector)"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// Step 2 for a request: the pool that grants `addr` to `service`, or why none does.
+fn grant_request<'c>(
+    pools: &Pools<'c>,
+    service: &Service,
+    addr: Ipv4Addr,
+    held: bool,
+) -> Result<&'c IpPool, (Reason, String)> {
+    let holding = pools.holding(addr);
+    let Some(&(first, _, _)) = holding.first() else {
+        return Err((
+            Reason::RequestedIPNotInPool,
+            "is outside every CiliumLoadBalancerIPPool".to_owned(),
+        ));
+    };
+    let labels = service_labels(service);
+    let mut refusal = None;
+    for (pool, block, state) in holding {
+        let why = if !pool.service_selector.matches(&labels) || *state == PoolState::Broken {
+            (
+                Reason::PoolSelectorMismatch,
+                format!(
+                    "is in {} whose serviceSelector does not select this service",
+                    pool.object()
+                ),
+            )
+        } else if block.is_reserved(addr) {
+            (
+                Reason::RequestedIPReserved,
+                format!(
+                    "is the first or last address of {} {} ({}), reserved by \
+                     allowFirstLastIPs: No",
+                    pool.object(),
+                    block.field,
+                    block.describe()
+                ),
+            )
+        } else if state.usable() || held {
+            // A disabled or conflicting pool keeps what the Service already holds.
+            return Ok(pool);
+        } else if let PoolState::Conflicting(why) = state {
+            (
+                Reason::PoolConflict,
+                format!("is in {}, which conflicts: {why}", pool.object()),
+            )
+        } else {
+            (
+                Reason::PoolDisabled,
+                format!("is in {} which is disabled", pool.object()),
+            )
+        };
+        refusal.get_or_insert(why);
+    }
+    Err(refusal.unwrap_or_else(|| {
+        (
+            Reason::PoolSelectorMismatch,
+            format!("is in {}", first.object()),
+        )
+    }))
+}
+
+/// Step 2 without a request: the pool that keeps `addr`, which `service` holds in its status.
+fn keep_held<'c>(pools: &Pools<'c>, service: &Service, addr: Ipv4Addr) -> Option<&'c IpPool> {
+    let labels = service_labels(service);
+    (pools.holding(addr).into_iter()).find_map(|(pool, block, state)| {
+        let selects = *state == PoolState::Broken || pool.service_selector.matches(&labels);
+        (selects && !block.is_reserved(addr)).then_some(pool)
+    })
+}
+
+/// The free addresses of the usable pools, lowest first. Step 4 only ever takes
+/// addresses, so each block's search resumes where its last one ended: allocating
+/// thousands of Services walks each block once.
+struct FreeAddresses<'p, 'c> {
+    pools: &'p Pools<'c>,
+    taken: BTreeSet<Ipv4Addr>,
+    /// Per pool and block, the lowest address that may still be free.
+    from: Vec<Vec<u64>>,
+}
+
+impl<'p, 'c> FreeAddresses<'p, 'c> {
+    fn new(pools: &'p Pools<'c>, taken: BTreeSet<Ipv4Addr>) -> Self {
+        let from = (pools.pools.iter())
+            .map(|pool| {
+                (pool.blocks.iter())
+                    .map(|block| u64::from(u32::from(block.first)))
+                    .collect()
+            })
+            .collect();
+        Self { pools, taken, from }
+    }
+
+    /// The lowest free address of the first usable pool (by name) that selects `service`
+    /// and has one.
+    fn take(&mut self, service: &Service) -> Result<(Ipv4Addr, &'c IpPool), (Reason, String)> {
+        let labels = service_labels(service);
+        let mut candidates = Vec::new();
+        for (i, (pool, state)) in self.pools.pools.iter().zip(&self.pools.states).enumerate() {
+            if !state.usable() || !pool.service_selector.matches(&labels) {
+                continue;
+            }
+            candidates.push(pool.object().to_string());
+            if let Some(addr) = self.lowest_free(i) {
+                self.taken.insert(addr);
+                return Ok((addr, &**pool));
+            }
+        }
+        if candidates.is_empty() {
+            Err((
+                Reason::NoPool,
+                "no enabled, non-conflicting CiliumLoadBalancerIPPool selects this service: it \
+                 gets no VIP"
+                    .to_owned(),
+            ))
+        } else {
+            Err((
+                Reason::OutOfIPs,
+                format!(
+                    "every pool that selects this service is full ({}): it gets no VIP",
+                    candidates.join(", ")
+                ),
+            ))
+        }
+    }
+
+    fn lowest_free(&mut self, pool: usize) -> Option<Ipv4Addr> {
+        let blocks = &self.pools.pools[pool].blocks;
+        let mut lowest: Option<(Ipv4Addr, usize)> = None;
+        for (b, block) in blocks.iter().enumerate() {
+            let last = u64::from(u32::from(block.last));
+            let mut at = self.from[pool][b];
+            while at <= last {
+                let addr = Ipv4Addr::from(at as u32);
+                if !block.is_reserved(addr) && !self.taken.contains(&addr) {
+                    break;
+                }
+                at += 1;
+            }
+            self.from[pool][b] = at;
+            if at <= last {
+                let addr = Ipv4Addr::from(at as u32);
+                if lowest.is_none_or(|(low, _)| addr < low) {
+                    lowest = Some((addr, b));
+                }
+            }
+        }
+        lowest.map(|(addr, _)| addr)
+    }
+}
+
+/// Each pool's counts and conflict, as `kubectl get ippools` shows them with Cilium.
+fn pool_statuses(pools: &Pools<'_>, holders: &BTreeMap<Ipv4Addr, Holder<'_>>) -> Vec<PoolStatus> {
+    (pools.pools.iter().zip(&pools.states))
+        .map(|(pool, state)| {
+            let total: u64 = pool.blocks.iter().map(|block| block.allocatable()).sum();
+            let used = (holders.values())
+                .filter(|holder| std::ptr::eq(holder.pool, &**pool))
+                .count() as u64;
+            PoolStatus {
+                pool: pool.name.as_str().into(),
+                disabled: pool.disabled,
+                conflict: match state {
+                    PoolState::Conflicting(why) => Some(why.clone()),
+                    _ => None,
+                },
+                broken: pool.broken.clone(),
+                total,
+                used,
+                available: total.saturating_sub(used),
+            }
         })
-        .min()
+        .collect()
 }
 
 #[cfg(test)]
@@ -281,7 +559,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use crate::config::fixtures::*;
-    use crate::model::{Allocation, cluster_state};
+    use crate::config::{Reason, Severity};
+    use crate::model::{ClusterState, cluster_state};
 
     const POOL_ONLY: &str = "apiVersion: cilium.io/v2alpha1\nkind: CiliumLoadBalancerIPPool\n\
                              metadata:\n  name: first-pool\nspec:\n  blocks:\n\
@@ -291,36 +570,44 @@ mod tests {
         docs.join("---\n")
     }
 
-    fn allocations(text: &str) -> Vec<Allocation> {
-        cluster_state(&parse_ok(text))
-            .unwrap_or_else(|errors| panic!("unexpected errors:\n{errors}"))
-            .allocations
-    }
-
-    /// `namespace/name` -> VIP.
-    fn vips(text: &str) -> BTreeMap<String, String> {
-        allocations(text)
-            .into_iter()
-            .map(|a| {
-                (
-                    format!("{}/{}", a.service.namespace, a.service.name),
-                    a.vip.to_string(),
-                )
+    /// (service name, VIP, pool, requested) of every VIP granted.
+    fn allocations(text: &str) -> Vec<(String, String, String, bool)> {
+        (cluster_state(&parse_ok(text)).services.into_iter())
+            .flat_map(|s| {
+                s.vips.into_iter().map(move |v| {
+                    let name = s.service.name.to_string();
+                    (name, v.vip.to_string(), v.pool.to_string(), v.requested)
+                })
             })
             .collect()
     }
 
+    /// `namespace/name` -> VIP, for the services that get one (their first).
+    fn vips(text: &str) -> BTreeMap<String, String> {
+        (cluster_state(&parse_ok(text)).services.into_iter())
+            .filter_map(|s| {
+                let vip = s.vips.first()?.vip.to_string();
+                Some((format!("{}/{}", s.service.namespace, s.service.name), vip))
+            })
+            .collect()
+    }
+
+    /// LB-IPAM's findings of `severity` (the fixtures' services are Cluster ones, which
+    /// the model reports as not programmed).
+    fn of_severity(state: &ClusterState, severity: Severity) -> Vec<String> {
+        (state.findings.iter())
+            .filter(|f| f.severity == severity && f.reason != Reason::ClusterTrafficPolicy)
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// The error findings: what is not served.
     fn model_errors(text: &str) -> Vec<String> {
-        match cluster_state(&parse_ok(text)) {
-            Ok(_) => panic!("expected errors, got none"),
-            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
-        }
+        of_severity(&cluster_state(&parse_ok(text)), Severity::Error)
     }
 
     fn model_warnings(text: &str) -> Vec<String> {
-        cluster_state(&parse_ok(text))
-            .unwrap_or_else(|errors| panic!("unexpected errors:\n{errors}"))
-            .warnings
+        of_severity(&cluster_state(&parse_ok(text)), Severity::Warning)
     }
 
     fn with_pool(services: &[ServiceDoc]) -> String {
@@ -331,31 +618,19 @@ mod tests {
 
     #[test]
     fn the_reference_services_get_their_requested_vips() {
-        let allocations = allocations(REFERENCE);
-        let summary: Vec<(String, String, &str, bool)> = allocations
-            .iter()
-            .map(|a| {
-                (
-                    a.service.name.to_string(),
-                    a.vip.to_string(),
-                    a.pool.as_str(),
-                    a.requested,
-                )
-            })
-            .collect();
         assert_eq!(
-            summary,
+            allocations(REFERENCE),
             [
                 (
                     "cilium-gateway-gateway-external".into(),
                     "192.168.10.50".into(),
-                    "first-pool",
+                    "first-pool".into(),
                     true
                 ),
                 (
                     "cilium-gateway-gateway-internal".into(),
                     "192.168.10.49".into(),
-                    "first-pool",
+                    "first-pool".into(),
                     true
                 ),
             ]
@@ -382,7 +657,7 @@ mod tests {
                 ("web/c".into(), "192.168.10.36".into()),
             ])
         );
-        assert!(allocations(&text).iter().all(|a| !a.requested));
+        assert!(allocations(&text).iter().all(|a| !a.3));
     }
 
     #[test]
@@ -398,9 +673,9 @@ mod tests {
         assert_eq!(vips["web/old"], "192.168.10.35");
         let held = allocations(&text)
             .into_iter()
-            .find(|a| a.service.name == "holds-34")
+            .find(|a| a.0 == "holds-34")
             .expect("allocated");
-        assert!(!held.requested);
+        assert!(!held.3);
     }
 
     #[test]
@@ -415,6 +690,13 @@ mod tests {
                     &format!("{stale} is not an allocatable address of a pool"),
                     "a new VIP is allocated",
                 ],
+            );
+            let state = cluster_state(&parse_ok(&text));
+            assert!(
+                state
+                    .findings
+                    .iter()
+                    .any(|f| f.reason == Reason::StaleStatusIP)
             );
         }
     }
@@ -469,7 +751,7 @@ mod tests {
         );
         let pools: Vec<String> = allocations(&documents(&docs))
             .into_iter()
-            .map(|a| a.pool.to_string())
+            .map(|a| a.2)
             .collect();
         assert_eq!(pools, ["a-pool", "b-pool"]);
     }
@@ -530,10 +812,11 @@ mod tests {
             assert_eq!(handed_out, expected, "{block}");
 
             docs.push(service_doc("web", "one-too-many").yaml());
-            assert_line(
-                &model_errors(&documents(&docs)),
-                &[
-                    "objects.yaml: Service/web/one-too-many: pool exhausted: no free address left in CiliumLoadBalancerIPPool/p",
+            assert_eq!(
+                model_errors(&documents(&docs)),
+                [
+                    "objects.yaml: Service/web/one-too-many: every pool that selects this service \
+                     is full (CiliumLoadBalancerIPPool/p): it gets no VIP",
                 ],
             );
         }
@@ -572,8 +855,9 @@ mod tests {
         );
     }
 
+    /// (documents, the service refused, its reason, its finding).
     #[test]
-    fn allocation_errors_name_object_and_field() {
+    fn a_refused_request_names_object_field_and_reason() {
         let annotation = "metadata.annotations[\"lbipam.cilium.io/ips\"]";
         let db_pool = pool_doc(
             "db-pool",
@@ -583,28 +867,48 @@ mod tests {
             "off-pool",
             "  disabled: true\n  blocks:\n    - cidr: 10.0.1.0/24\n",
         );
+        let clashing = pool_doc(
+            "zz-clashing",
+            "  blocks:\n    - cidr: 192.168.10.32/29\n    - cidr: 10.0.2.0/24\n",
+        );
         let pool = POOL_ONLY.to_owned();
-        let cases: Vec<(Vec<String>, String)> = vec![
+        let cases: Vec<(Vec<String>, &str, Reason, String)> = vec![
             (
                 vec![pool.clone(), service_doc("web", "x").requests("10.9.9.9").yaml()],
+                "x",
+                Reason::RequestedIPNotInPool,
                 format!(
                     "Service/web/x: {annotation}: requested VIP 10.9.9.9 is outside every CiliumLoadBalancerIPPool"
                 ),
             ),
             (
                 vec![pool.clone(), db_pool.clone(), service_doc("web", "x").requests("10.0.0.7").yaml()],
+                "x",
+                Reason::PoolSelectorMismatch,
                 format!(
                     "Service/web/x: {annotation}: requested VIP 10.0.0.7 is in CiliumLoadBalancerIPPool/db-pool whose serviceSelector does not select this service"
                 ),
             ),
             (
                 vec![pool.clone(), off_pool.clone(), service_doc("web", "x").requests("10.0.1.7").yaml()],
+                "x",
+                Reason::PoolDisabled,
                 format!(
                     "Service/web/x: {annotation}: requested VIP 10.0.1.7 is in CiliumLoadBalancerIPPool/off-pool which is disabled"
                 ),
             ),
             (
+                vec![pool.clone(), clashing, service_doc("web", "x").requests("10.0.2.7").yaml()],
+                "x",
+                Reason::PoolConflict,
+                format!(
+                    "Service/web/x: {annotation}: requested VIP 10.0.2.7 is in CiliumLoadBalancerIPPool/zz-clashing, which conflicts: 192.168.10.32/29 overlaps CiliumLoadBalancerIPPool/first-pool spec.blocks[0] (192.168.10.32/27), an older pool"
+                ),
+            ),
+            (
                 vec![pool.clone(), service_doc("web", "x").requests("192.168.10.63").yaml()],
+                "x",
+                Reason::RequestedIPReserved,
                 format!(
                     "Service/web/x: {annotation}: requested VIP 192.168.10.63 is the first or last address of CiliumLoadBalancerIPPool/first-pool spec.blocks[0] (192.168.10.32/27), reserved by allowFirstLastIPs: No"
                 ),
@@ -615,54 +919,100 @@ mod tests {
                     service_doc("web", "a").requests("192.168.10.40").yaml(),
                     service_doc("web", "b").requests("192.168.10.40").yaml(),
                 ],
+                "b",
+                Reason::AlreadyAllocated,
                 format!(
-                    "Service/web/b: {annotation}: VIP 192.168.10.40 is also claimed by Service/web/a ({annotation}): two services cannot share a VIP"
+                    "Service/web/b: {annotation}: requested VIP 192.168.10.40 is held by Service/web/a, which it cannot share: no lbipam.cilium.io/sharing-key on both"
                 ),
             ),
+            // The holder keeps its VIP; the newcomer's request is refused.
             (
                 vec![
                     pool.clone(),
-                    service_doc("web", "a").holds("192.168.10.40").yaml(),
+                    service_doc("web", "a").requests("192.168.10.40").yaml(),
                     service_doc("web", "b").holds("192.168.10.40").yaml(),
                 ],
-                "Service/web/b: status.loadBalancer.ingress[0].ip: VIP 192.168.10.40 is also claimed by Service/web/a (status.loadBalancer.ingress[0].ip)".to_owned(),
-            ),
-            (
-                vec![
-                    pool.clone(),
-                    service_doc("web", "a").holds("192.168.10.40").yaml(),
-                    service_doc("web", "b").requests("192.168.10.40").yaml(),
-                ],
+                "a",
+                Reason::AlreadyAllocated,
                 format!(
-                    "Service/web/a: status.loadBalancer.ingress[0].ip: VIP 192.168.10.40 is also claimed by Service/web/b ({annotation})"
+                    "Service/web/a: {annotation}: requested VIP 192.168.10.40 is held by Service/web/b, which it cannot share"
                 ),
             ),
             (
                 vec![db_pool.clone(), off_pool.clone(), service_doc("web", "x").yaml()],
-                "Service/web/x: metadata.labels: no enabled CiliumLoadBalancerIPPool selects this service: it gets no VIP".to_owned(),
+                "x",
+                Reason::NoPool,
+                "Service/web/x: no enabled, non-conflicting CiliumLoadBalancerIPPool selects this service: it gets no VIP".to_owned(),
             ),
         ];
-        for (docs, expected) in cases {
+        for (docs, refused, reason, expected) in cases {
             let text = documents(&docs);
             let errors = model_errors(&text);
             assert_eq!(errors.len(), 1, "{errors:#?}");
             assert_line(&errors, &[&format!("objects.yaml: {expected}")]);
+            let state = cluster_state(&parse_ok(&text));
+            let status = state
+                .services
+                .iter()
+                .find(|s| s.service.name == refused)
+                .unwrap();
+            assert!(!status.satisfied && status.vips.is_empty(), "{status:?}");
+            assert_eq!(status.reason, reason);
+            assert!(errors[0].ends_with(&status.message), "{status:?}");
+            // Every other service is allocated as if this one were not there.
+            assert!(
+                state
+                    .services
+                    .iter()
+                    .filter(|s| s.service.name != refused)
+                    .all(|s| s.satisfied)
+            );
         }
     }
 
     #[test]
-    fn every_allocation_error_is_reported() {
+    fn two_holders_of_one_vip_the_older_keeps_it_and_the_other_moves() {
+        let text = with_pool(&[
+            service_doc("web", "a")
+                .holds("192.168.10.40")
+                .created("2025-01-02T00:00:00Z"),
+            service_doc("web", "b")
+                .holds("192.168.10.40")
+                .created("2025-01-01T00:00:00Z"),
+        ]);
+        assert_eq!(
+            vips(&text),
+            BTreeMap::from([
+                ("web/a".into(), "192.168.10.33".into()),
+                ("web/b".into(), "192.168.10.40".into()),
+            ])
+        );
+        assert_eq!(
+            model_warnings(&text),
+            [
+                "objects.yaml: Service/web/a: status.loadBalancer.ingress[0].ip: 192.168.10.40 is held \
+              by Service/web/b, which it cannot share: no lbipam.cilium.io/sharing-key on both; it is \
+              not kept"
+            ]
+        );
+        assert_eq!(model_errors(&text), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_refusal_is_reported() {
         let text = with_pool(&[
             service_doc("web", "a").requests("10.9.9.9"),
             service_doc("web", "b").requests("192.168.10.32"),
             service_doc("web", "c").holds("192.168.10.40"),
             service_doc("web", "d").holds("192.168.10.40"),
         ]);
-        assert_eq!(model_errors(&text).len(), 3);
+        assert_eq!(model_errors(&text).len(), 2);
+        assert_eq!(model_warnings(&text).len(), 1);
+        assert_eq!(vips(&text).len(), 2, "c keeps its VIP, d gets another");
     }
 
     #[test]
-    fn every_later_claimant_of_a_vip_is_reported_against_the_first() {
+    fn every_later_claimant_of_a_vip_is_reported_against_the_holder() {
         let text = with_pool(&[
             service_doc("web", "a").requests("192.168.10.40"),
             service_doc("web", "b").requests("192.168.10.40"),
@@ -670,19 +1020,13 @@ mod tests {
         ]);
         let errors = model_errors(&text);
         assert_eq!(errors.len(), 2, "{errors:#?}");
-        assert_line(
-            &errors,
-            &["Service/web/b: ", "also claimed by Service/web/a"],
-        );
-        assert_line(
-            &errors,
-            &["Service/web/c: ", "also claimed by Service/web/a"],
-        );
+        assert_line(&errors, &["Service/web/a: ", "is held by Service/web/c"]);
+        assert_line(&errors, &["Service/web/b: ", "is held by Service/web/c"]);
     }
 
     #[test]
     fn a_refused_request_gets_no_other_vip() {
-        // One address left after `held`; the refused service must not take it (or fail to).
+        // One address left after `held`; the refused service must not take it.
         let tiny = pool_doc("tiny", "  blocks:\n    - cidr: 10.0.0.0/31\n");
         let text = documents(&[
             tiny,
@@ -696,6 +1040,59 @@ mod tests {
                 "objects.yaml: Service/web/refused: metadata.annotations[\"lbipam.cilium.io/ips\"]: \
               requested VIP 10.9.9.9 is outside every CiliumLoadBalancerIPPool"
             ]
+        );
+        assert_eq!(
+            vips(&text),
+            BTreeMap::from([
+                ("web/held".into(), "10.0.0.0".into()),
+                ("web/new".into(), "10.0.0.1".into()),
+            ])
+        );
+    }
+
+    #[test]
+    fn pools_count_what_they_hand_out_as_kubectl_get_ippools_shows_it() {
+        let text = documents(&[
+            POOL_ONLY.to_owned(),
+            pool_doc(
+                "spare",
+                "  disabled: true\n  blocks:\n    - start: 10.0.0.1\n      stop: 10.0.0.10\n",
+            ),
+            service_doc("web", "a").yaml(),
+            service_doc("web", "b").yaml(),
+            service_doc("web", "held").holds("10.0.0.5").yaml(),
+        ]);
+        let pools: Vec<(String, bool, u64, u64, u64)> =
+            (cluster_state(&parse_ok(&text)).pools.iter())
+                .map(|p| (p.pool.to_string(), p.disabled, p.total, p.used, p.available))
+                .collect();
+        assert_eq!(
+            pools,
+            [
+                ("first-pool".into(), false, 30, 2, 28),
+                ("spare".into(), true, 10, 1, 9),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_conflicting_pool_keeps_what_services_hold_and_allocates_nothing_new() {
+        let newer = pool_doc(
+            "newer",
+            "  blocks:\n    - cidr: 192.168.10.48/28\n    - cidr: 10.0.0.0/30\n",
+        );
+        let text = documents(&[
+            POOL_ONLY.to_owned(),
+            newer,
+            service_doc("web", "held").holds("10.0.0.1").yaml(),
+            service_doc("web", "new").yaml(),
+        ]);
+        assert_eq!(
+            vips(&text),
+            BTreeMap::from([
+                ("web/held".into(), "10.0.0.1".into()),
+                ("web/new".into(), "192.168.10.33".into()),
+            ])
         );
     }
 

@@ -1,30 +1,46 @@
 //! The desired state of THIS node, computed from the objects the store holds (`Config`):
-//! VIP allocation (`ipam`), selectors (`selector`), node-local backends (`frontends`), the
-//! announcing policy and its interfaces (`announce`) and the announcing node (`election`).
-//! Pure functions only: no kernel, no clock, no I/O.
+//! VIP allocation (`ipam`, over the pools `pools` settles), selectors (`selector`),
+//! node-local backends (`frontends`), the announcing policies and their interfaces
+//! (`announce`), the announcing node (`election`), and what a status writer puts on the
+//! objects (`status`). Pure functions only: no kernel, no clock, no I/O.
+//!
+//! The model refuses nothing: every object's trouble stays with that object, as a
+//! [`Finding`] and, for a Service or pool, in its [`ServiceStatus`] or [`PoolStatus`]. A
+//! Service is served on each address it has: the VIPs LB-IPAM granted it, and its
+//! `spec.externalIPs` where a policy with `externalIPs: true` selects it. An address
+//! several Services share is announced once, by a node eligible for all of them; a port
+//! an external IP shares with another Service's is served by the first (LoadBalancer VIPs
+//! before external IPs, then the oldest Service) and skipped on the others.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use crate::config::{
-    Config, ConfigError, ConfigErrors, ConfigWarning, Diagnostics, EndpointSlice, L2Policy, Name,
-    Node, ObjectRef, Service, ServiceWithSlices,
+    Config, Diagnostics, EndpointSlice, Finding, L2Policy, Name, Node, ObjectRef, Reason, Service,
+    ServiceWithSlices, Severity,
 };
-use ipam::Grant;
+use announce::AddressKind;
 use rustc_hash::FxBuildHasher;
 
 mod announce;
 mod election;
 mod frontends;
 mod ipam;
+mod pools;
 pub(crate) mod selector;
+mod status;
 
 // The model's output carries them: its users find them here too.
 pub use crate::config::{Protocol, TrafficPolicy};
 pub use election::announcer_score;
 pub use selector::{SERVICE_NAME_PSEUDO_LABEL, SERVICE_NAMESPACE_PSEUDO_LABEL};
+pub use status::{
+    POOL_CONFLICT_CONDITION, POOL_IPS_AVAILABLE_CONDITION, POOL_IPS_TOTAL_CONDITION,
+    POOL_IPS_USED_CONDITION, PoolStatus, SERVICE_CONDITION, ServiceStatus, ServiceVip,
+};
 
 /// One backend of a frontend; its protocol is the frontend's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -33,7 +49,8 @@ pub struct BackendAddr {
     pub port: u16,
 }
 
-/// One service port on its VIP, with the backends this node sends it to.
+/// One service port on one of its addresses (a VIP or an external IP), with the backends
+/// this node sends it to.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Frontend {
     pub service: ObjectRef,
@@ -54,74 +71,52 @@ pub struct Frontend {
 pub struct Announcement {
     pub interface: Name,
     pub vip: Ipv4Addr,
+    /// The service on the address (the first, when several share it).
     pub service: ObjectRef,
-    /// The CiliumL2AnnouncementPolicy that selected the service.
+    /// The CiliumL2AnnouncementPolicy that puts the address on this interface (the first
+    /// by name, when several do).
     pub policy: Name,
 }
 
-/// The VIP of every LoadBalancer service, and who announces it (cluster-wide view).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Allocation {
-    pub service: ObjectRef,
-    pub vip: Ipv4Addr,
-    /// The CiliumLoadBalancerIPPool the VIP belongs to.
-    pub pool: Name,
-    /// Requested through `spec.loadBalancerIP` or `lbipam.cilium.io/ips`.
-    pub requested: bool,
-    pub traffic_policy: TrafficPolicy,
-    /// The node elected to answer ARP for this VIP, if any node is eligible.
-    pub announcer: Option<Name>,
-}
-
-/// Everything the datapath needs for this node, plus what `check` and `status` report.
+/// Everything the datapath needs for this node, plus what `check`, `status` and a status
+/// writer report.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DesiredState {
     /// Sorted by (vip, port, protocol).
     pub frontends: Vec<Frontend>,
     /// Sorted by (interface, vip).
     pub announcements: Vec<Announcement>,
-    /// Sorted by service (namespace, name).
-    pub allocations: Vec<Allocation>,
-    /// Non-fatal findings, each naming the object (e.g. Cluster services not programmed).
-    pub warnings: Vec<String>,
+    /// Every LoadBalancer Service of a class this agent serves, sorted by (namespace, name):
+    /// its VIPs, or why it has none.
+    pub services: Vec<ServiceStatus>,
+    /// Every pool, by name.
+    pub pools: Vec<PoolStatus>,
+    /// What the source and the model found, sorted.
+    pub findings: Vec<Finding>,
 }
 
-/// The cluster-wide view every node computes identically from the same file: what `check`
-/// reports without a node.
+/// The cluster-wide view every node computes identically from the same objects: what
+/// `check` reports without a node, and what a status writer writes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ClusterState {
-    /// Sorted by service (namespace, name).
-    pub allocations: Vec<Allocation>,
-    /// The file's warnings and the model's, sorted.
-    pub warnings: Vec<String>,
+    pub services: Vec<ServiceStatus>,
+    pub pools: Vec<PoolStatus>,
+    pub findings: Vec<Finding>,
 }
 
-/// Allocates every LoadBalancer service's VIP and elects its announcer. Errors: VIP
-/// conflicts, requested VIPs no pool grants, exhausted pools, services selected by more than
-/// one L2 policy; all of them, not just the first.
-pub fn cluster_state(config: &Config) -> Result<ClusterState, ConfigErrors> {
-    let mut diagnostics = Diagnostics::new(&config.source);
-    let mut allocations = Vec::new();
-    for allocated in allocated(config, &mut diagnostics) {
-        let grant = &allocated.grant;
-        let model = model_service(config, grant.service, allocated.slices, grant.vip, None);
-        diagnostics.absorb(model.errors, model.warnings);
-        allocations.push(allocation(grant, model.announcer));
+/// Allocates every LoadBalancer service's VIPs and elects each address's announcer.
+pub fn cluster_state(config: &Config) -> ClusterState {
+    let state = compute(config, None, &mut ModelCache::default());
+    ClusterState {
+        services: state.services,
+        pools: state.pools,
+        findings: state.findings,
     }
-    let warnings = diagnostics.into_result()?;
-    Ok(ClusterState {
-        allocations,
-        warnings: render(&config.warnings, &warnings),
-    })
 }
 
 /// What `node_name` must serve and announce. `interfaces` are the node's interface names,
-/// which the announcing policy's regexes pick from. Fails like [`cluster_state`].
-pub fn desired_state(
-    config: &Config,
-    node_name: &str,
-    interfaces: &[String],
-) -> Result<DesiredState, ConfigErrors> {
+/// which the announcing policies' regexes pick from.
+pub fn desired_state(config: &Config, node_name: &str, interfaces: &[String]) -> DesiredState {
     desired_state_cached(config, node_name, interfaces, &mut ModelCache::default())
 }
 
@@ -133,92 +128,20 @@ pub fn desired_state_cached(
     node_name: &str,
     interfaces: &[String],
     cache: &mut ModelCache,
-) -> Result<DesiredState, ConfigErrors> {
-    let common = CommonInputs::of(config, node_name, interfaces);
-    if cache.common.as_ref() != Some(&common) {
-        cache.services.clear();
-    }
-    let this_node = ThisNode {
+) -> DesiredState {
+    let node = ThisNode {
         name: node_name,
         interfaces,
     };
-    let mut diagnostics = Diagnostics::new(&config.source);
-    let services = config.services.len();
-    let (mut frontends, mut announcements, mut allocations) = (
-        Vec::with_capacity(services),
-        Vec::with_capacity(services),
-        Vec::with_capacity(services),
-    );
-    // The entries are updated where they are: a new map of 10,000 each time (megabytes of
-    // fresh pages) cost more than the services that changed.
-    for AllocatedService { grant, slices } in allocated(config, &mut diagnostics) {
-        let key = Arc::as_ptr(grant.service) as usize;
-        let modelled = match cache.services.entry(key) {
-            Entry::Occupied(entry) if entry.get().fits(grant.service, slices, grant.vip) => {
-                entry.into_mut()
-            }
-            entry => {
-                let model =
-                    model_service(config, grant.service, slices, grant.vip, Some(&this_node));
-                let modelled = ModelledService {
-                    service: Arc::clone(grant.service),
-                    slices: slices.to_vec(),
-                    vip: grant.vip,
-                    allocation: allocation(&grant, model.announcer.clone()),
-                    model,
-                    used: false,
-                };
-                match entry {
-                    Entry::Occupied(entry) => {
-                        let slot = entry.into_mut();
-                        *slot = modelled;
-                        slot
-                    }
-                    Entry::Vacant(entry) => entry.insert(modelled),
-                }
-            }
-        };
-        modelled.used = true;
-        // The pool and the request are the grant's, which may change while the VIP stays.
-        if modelled.allocation.pool != grant.pool.name
-            || modelled.allocation.requested != grant.requested
-        {
-            modelled.allocation = allocation(&grant, modelled.model.announcer.clone());
-        }
-        let model = &modelled.model;
-        diagnostics.absorb(model.errors.iter().cloned(), model.warnings.iter().cloned());
-        frontends.extend(model.frontends.iter().cloned());
-        announcements.extend(model.announcements.iter().cloned());
-        allocations.push(modelled.allocation.clone());
-    }
-    // Only the services of this run stay.
-    cache
-        .services
-        .retain(|_, modelled| std::mem::replace(&mut modelled.used, false));
-    cache.common = Some(common);
-    if !config.nodes.iter().any(|node| node.name == node_name) {
-        diagnostics.warn(
-            Some(&ObjectRef::cluster_scoped(Node::KIND, node_name)),
-            "",
-            "this node is not among the Node objects of the file: it announces nothing",
-        );
-    }
-    let warnings = diagnostics.into_result()?;
-    frontends.sort_by_key(|f| (f.vip, f.port, f.protocol));
-    announcements.sort();
-    Ok(DesiredState {
-        frontends,
-        announcements,
-        allocations,
-        warnings: render(&config.warnings, &warnings),
-    })
+    compute(config, Some(&node), cache)
 }
 
-/// Per-service results of earlier runs of [`desired_state_cached`]. A service's result is
-/// a function of its own objects (the service, its slices, its VIP) and of objects every
-/// service depends on (nodes, L2 policies, this node's name and interfaces): it is reused
-/// while all of them are the very same `Arc`s, and everything is dropped when one of the
-/// latter changes. VIP allocation is global and always runs in full.
+/// Per-service results of earlier runs. A service's result is a function of its own
+/// objects (the service, its slices, its addresses) and of objects every service depends
+/// on (nodes, L2 policies, this node's name and interfaces): it is reused while all of them
+/// are the very same `Arc`s, and everything is dropped when one of the latter changes.
+/// VIP allocation and what addresses make of each other (election, shared ports) are global
+/// and always run in full.
 #[derive(Default)]
 pub struct ModelCache {
     common: Option<CommonInputs>,
@@ -232,17 +155,19 @@ pub struct ModelCache {
 struct CommonInputs {
     nodes: Vec<ByAddress<Node>>,
     l2_policies: Vec<ByAddress<L2Policy>>,
-    node_name: String,
+    node_name: Option<String>,
     interfaces: Vec<String>,
 }
 
 impl CommonInputs {
-    fn of(config: &Config, node_name: &str, interfaces: &[String]) -> Self {
+    fn of(config: &Config, node: Option<&ThisNode<'_>>) -> Self {
         Self {
             nodes: config.nodes.iter().cloned().map(ByAddress).collect(),
             l2_policies: config.l2_policies.iter().cloned().map(ByAddress).collect(),
-            node_name: node_name.to_owned(),
-            interfaces: interfaces.to_vec(),
+            node_name: node.map(|node| node.name.to_owned()),
+            interfaces: node
+                .map(|node| node.interfaces.to_vec())
+                .unwrap_or_default(),
         }
     }
 }
@@ -257,46 +182,66 @@ impl<T> PartialEq for ByAddress<T> {
     }
 }
 
-/// A service as last modelled: the objects and VIP it was modelled from, and the result.
+/// A service as last modelled: the objects and addresses it was modelled from, and the
+/// result.
 struct ModelledService {
     service: Arc<Service>,
     slices: Vec<Arc<EndpointSlice>>,
-    vip: Ipv4Addr,
-    /// The service's allocation as of its last grant.
-    allocation: Allocation,
+    addresses: Vec<Address>,
     model: ServiceModel,
     /// Found by the current run (the others are dropped at its end).
     used: bool,
 }
 
 impl ModelledService {
-    /// The entry was made from these very objects and VIP.
-    fn fits(&self, service: &Arc<Service>, slices: &[Arc<EndpointSlice>], vip: Ipv4Addr) -> bool {
+    /// The entry was made from these very objects and addresses.
+    fn fits(
+        &self,
+        service: &Arc<Service>,
+        slices: &[Arc<EndpointSlice>],
+        addresses: &[Address],
+    ) -> bool {
         Arc::ptr_eq(&self.service, service)
-            && self.vip == vip
+            && self.addresses == addresses
             && self.slices.len() == slices.len()
-            && self
-                .slices
-                .iter()
-                .zip(slices)
-                .all(|(a, b)| Arc::ptr_eq(a, b))
+            && (self.slices.iter().zip(slices)).all(|(a, b)| Arc::ptr_eq(a, b))
     }
 }
 
-/// What one allocated service makes of the objects: its announcer and, on a node, its
-/// frontends and announcements there, with the findings on the way.
-struct ServiceModel {
-    announcer: Option<Name>,
-    frontends: Vec<Frontend>,
-    announcements: Vec<Announcement>,
-    errors: Vec<ConfigError>,
-    warnings: Vec<ConfigWarning>,
+/// An address a service is served on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Address {
+    addr: Ipv4Addr,
+    kind: AddressKind,
 }
 
-/// A service that gets a VIP: its grant and its slices.
-struct AllocatedService<'c> {
-    grant: Grant<'c>,
-    slices: &'c [Arc<EndpointSlice>],
+/// Who may announce a service's addresses of one kind.
+#[derive(Default)]
+struct Announcing {
+    /// The policies that announce them (indexes into `config.l2_policies`).
+    policies: Vec<usize>,
+    /// The nodes eligible to (indexes into `config.nodes`).
+    eligible: Vec<usize>,
+}
+
+/// What one service makes of the objects: who may announce its addresses and, on a node,
+/// its frontends there, with the findings on the way.
+struct ServiceModel {
+    load_balancer: Announcing,
+    external: Announcing,
+    /// On every address of the service, this node's backends; none in the cluster-wide
+    /// view.
+    frontends: Vec<Frontend>,
+    findings: Vec<Finding>,
+}
+
+impl ServiceModel {
+    fn announcing(&self, kind: AddressKind) -> &Announcing {
+        match kind {
+            AddressKind::LoadBalancer => &self.load_balancer,
+            AddressKind::External => &self.external,
+        }
+    }
 }
 
 /// The node the model is computed for.
@@ -306,383 +251,387 @@ struct ThisNode<'n> {
     interfaces: &'n [String],
 }
 
-/// Every service that gets a VIP, in service order.
-fn allocated<'c>(config: &'c Config, diagnostics: &mut Diagnostics) -> Vec<AllocatedService<'c>> {
-    let mut grants = ipam::allocate(config, diagnostics).into_iter().peekable();
-    config
-        .services_with_slices()
-        .filter_map(|ServiceWithSlices { service, slices }| {
-            let grant = grants.next_if(|grant| Arc::ptr_eq(grant.service, service))?;
-            Some(AllocatedService { grant, slices })
-        })
-        .collect()
-}
+/// The whole model; `node` adds what that node programs and announces.
+fn compute(config: &Config, node: Option<&ThisNode<'_>>, cache: &mut ModelCache) -> DesiredState {
+    let common = CommonInputs::of(config, node);
+    if cache.common.as_ref() != Some(&common) {
+        cache.services.clear();
+    }
+    let mut diagnostics = Diagnostics::new(&config.source);
+    let allocation = ipam::allocate(config, &mut diagnostics);
 
-fn allocation(grant: &Grant<'_>, announcer: Option<Name>) -> Allocation {
-    Allocation {
-        service: grant.service.object.clone(),
-        vip: grant.vip,
-        pool: grant.pool.name.as_str().into(),
-        requested: grant.requested,
-        traffic_policy: grant.service.traffic_policy,
-        announcer,
+    // Each service with its addresses, modelled or taken from the cache. The entries are
+    // updated where they are: a new map of 10,000 each time (megabytes of fresh pages)
+    // cost more than the services that changed.
+    let mut modelled: Vec<(&Arc<Service>, &ModelledService)> =
+        Vec::with_capacity(config.services.len());
+    let mut keys = Vec::with_capacity(config.services.len());
+    for (i, ServiceWithSlices { service, slices }) in config.services_with_slices().enumerate() {
+        let addresses = addresses(config, service, &allocation.services[i]);
+        let key = Arc::as_ptr(service) as usize;
+        match cache.services.entry(key) {
+            Entry::Occupied(entry) if entry.get().fits(service, slices, &addresses) => {
+                entry.into_mut().used = true;
+            }
+            entry => {
+                let fresh = ModelledService {
+                    model: model_service(config, service, slices, &addresses, node),
+                    service: Arc::clone(service),
+                    slices: slices.to_vec(),
+                    addresses,
+                    used: true,
+                };
+                match entry {
+                    Entry::Occupied(entry) => *entry.into_mut() = fresh,
+                    Entry::Vacant(entry) => {
+                        entry.insert(fresh);
+                    }
+                }
+            }
+        }
+        keys.push(key);
+    }
+    // Only the services of this run stay.
+    cache
+        .services
+        .retain(|_, modelled| std::mem::replace(&mut modelled.used, false));
+    cache.common = Some(common);
+    for (service, key) in config.services.iter().zip(&keys) {
+        modelled.push((service, &cache.services[key]));
+    }
+
+    let node_object = node.and_then(|node| config.nodes.iter().find(|n| n.name == node.name));
+    if let Some(node) = node
+        && node_object.is_none()
+    {
+        diagnostics.find(
+            Severity::Warning,
+            Reason::NodeNotFound,
+            Some(&ObjectRef::cluster_scoped(Node::KIND, node.name)),
+            "",
+            "this node is not among the Node objects: it announces nothing",
+        );
+    }
+    let this_node = node.map(|node| {
+        let interfaces =
+            announce::interfaces_by_policy(config, node_object.map(|n| &**n), node.interfaces);
+        (node.name, interfaces)
+    });
+    let served = addresses_served(config, &modelled, this_node.as_ref(), &mut diagnostics);
+
+    let mut frontends = Vec::with_capacity(config.services.len());
+    for (i, (_, modelled)) in modelled.iter().enumerate() {
+        diagnostics.absorb([], modelled.model.findings.iter().cloned());
+        frontends.extend(
+            (modelled.model.frontends.iter())
+                .filter(|f| !served.skipped.contains(&(i, f.vip, f.port, f.protocol)))
+                .cloned(),
+        );
+    }
+    frontends.sort_by_key(|f| (f.vip, f.port, f.protocol));
+    let mut announcements = served.announcements;
+    announcements.sort();
+    let services = service_statuses(config, &allocation, &served.announcers);
+    let mut findings = diagnostics.into_findings();
+    findings.extend(config.findings.iter().cloned());
+    findings.sort();
+    findings.dedup();
+    DesiredState {
+        frontends,
+        announcements,
+        services,
+        pools: allocation.pools,
+        findings,
     }
 }
 
-/// The service's part of the model; `node` adds what that node programs and announces.
+/// The addresses `service` is served on: the VIPs it was granted and, when a policy with
+/// `externalIPs: true` selects it, its external IPs; sorted.
+fn addresses(config: &Config, service: &Service, outcome: &ipam::Outcome<'_>) -> Vec<Address> {
+    let mut addresses: Vec<Address> = (outcome.vips.iter())
+        .map(|grant| Address {
+            addr: grant.vip,
+            kind: AddressKind::LoadBalancer,
+        })
+        .collect();
+    if !service.external_ips.is_empty()
+        && !announce::policies_for(config, service, AddressKind::External).is_empty()
+    {
+        addresses.extend(service.external_ips.iter().map(|ip| Address {
+            addr: ip.addr,
+            kind: AddressKind::External,
+        }));
+    }
+    addresses.sort();
+    addresses.dedup();
+    addresses
+}
+
+/// The service's part of the model; `node` adds what that node programs.
 fn model_service(
     config: &Config,
     service: &Service,
     slices: &[Arc<EndpointSlice>],
-    vip: Ipv4Addr,
+    addresses: &[Address],
     node: Option<&ThisNode<'_>>,
 ) -> ServiceModel {
     let mut diagnostics = Diagnostics::new(&config.source);
-    // Checked for Cluster services too: two policies selecting one is wrong whatever its
-    // traffic policy.
-    let policy = announce::policy_for(config, service, &mut diagnostics);
-    let announcer = match service.traffic_policy {
-        TrafficPolicy::Local => announcer(config, service, slices, vip, policy, &mut diagnostics),
-        TrafficPolicy::Cluster => {
-            diagnostics.warn(
-                Some(&service.object),
-                "spec.externalTrafficPolicy",
-                "Cluster is not supported yet, the service is not programmed: Cluster \
-                 SNATs and loses the client source IP; use Local",
+    let object = Some(&service.object);
+    let announcing = |kind| {
+        let policies = announce::policies_for(config, service, kind);
+        let eligible = election::eligible(config, service, slices, &policies);
+        Announcing { policies, eligible }
+    };
+    let (load_balancer, external) = (
+        announcing(AddressKind::LoadBalancer),
+        announcing(AddressKind::External),
+    );
+    for (i, ip) in service.external_ips.iter().enumerate() {
+        if external.policies.is_empty() {
+            diagnostics.find(
+                Severity::Warning,
+                Reason::NoAnnouncementPolicy,
+                object,
+                format!("spec.externalIPs[{i}]"),
+                format!(
+                    "no CiliumL2AnnouncementPolicy with externalIPs: true selects this service: \
+                     {} is neither announced nor served",
+                    ip.addr
+                ),
             );
-            None
-        }
-    };
-    let (mut frontends, mut announcements) = (Vec::new(), Vec::new());
-    if let Some(node) = node
-        && service.traffic_policy == TrafficPolicy::Local
-    {
-        frontends = frontends::frontends(service, slices, vip, node.name, &mut diagnostics);
-        if let Some(policy) = policy
-            && announcer.is_some_and(|announcer| announcer.name == node.name)
-        {
-            announcements = announce::interfaces(policy, node.interfaces)
-                .map(|interface| Announcement {
-                    interface: interface.into(),
-                    vip,
-                    service: service.object.clone(),
-                    policy: policy.name.as_str().into(),
-                })
-                .collect();
         }
     }
-    let (errors, warnings) = diagnostics.into_parts();
+    let mut frontends = Vec::new();
+    match service.traffic_policy {
+        TrafficPolicy::Cluster => diagnostics.find(
+            Severity::Error,
+            Reason::ClusterTrafficPolicy,
+            object,
+            "spec.externalTrafficPolicy",
+            "Cluster is not supported yet, the service is not programmed: Cluster SNATs and \
+             loses the client source IP; use Local",
+        ),
+        TrafficPolicy::Local => {
+            for address in addresses {
+                if address.kind == AddressKind::LoadBalancer && load_balancer.policies.is_empty() {
+                    diagnostics.find(
+                        Severity::Warning,
+                        Reason::NoAnnouncementPolicy,
+                        object,
+                        "",
+                        format!(
+                            "no CiliumL2AnnouncementPolicy with loadBalancerIPs: true selects \
+                             this service: VIP {} is not announced",
+                            address.addr
+                        ),
+                    );
+                }
+                if let Some(node) = node {
+                    frontends.extend(frontends::frontends(
+                        service,
+                        slices,
+                        address.addr,
+                        node.name,
+                        &mut diagnostics,
+                    ));
+                }
+            }
+        }
+    }
+    let (_, findings) = diagnostics.into_parts();
     ServiceModel {
-        announcer: announcer.map(|node| node.name.as_str().into()),
+        load_balancer,
+        external,
         frontends,
-        announcements,
-        errors,
-        warnings,
+        findings,
     }
 }
 
-/// The node that announces a Local service's VIP; `None`, with a warning, when no policy
-/// selects the service or no node is eligible.
-fn announcer<'c>(
-    config: &'c Config,
-    service: &Service,
-    slices: &[Arc<EndpointSlice>],
-    vip: Ipv4Addr,
-    policy: Option<&L2Policy>,
-    diagnostics: &mut Diagnostics,
-) -> Option<&'c Node> {
-    let Some(policy) = policy else {
-        diagnostics.warn(
-            Some(&service.object),
-            "",
-            format!(
-                "no CiliumL2AnnouncementPolicy with loadBalancerIPs: true selects this service: \
-                 VIP {vip} is not announced"
-            ),
-        );
-        return None;
-    };
-    election::announcer(config, service, slices, vip, policy, diagnostics)
+/// What the addresses make of each other.
+struct Served {
+    /// This node's announcements.
+    announcements: Vec<Announcement>,
+    /// Each address's elected node (index into `config.nodes`).
+    announcers: BTreeMap<Ipv4Addr, usize>,
+    /// Frontends (service index, address, port, protocol) skipped: another service serves
+    /// that port on that address.
+    skipped: BTreeSet<(usize, Ipv4Addr, u16, Protocol)>,
 }
 
-/// The file's and the model's warnings as sorted lines.
-fn render(config: &[ConfigWarning], model: &[ConfigWarning]) -> Vec<String> {
-    let mut lines: Vec<String> = config
-        .iter()
-        .chain(model)
-        .map(ToString::to_string)
+/// Elects each address's announcer among the nodes eligible for every service on it, and
+/// gives each port of an address to one service. `this_node` is the node's name with, per
+/// policy, the interfaces it announces on there.
+fn addresses_served(
+    config: &Config,
+    modelled: &[(&Arc<Service>, &ModelledService)],
+    this_node: Option<&(&str, Vec<Vec<String>>)>,
+    diagnostics: &mut Diagnostics,
+) -> Served {
+    let mut served = Served {
+        announcements: Vec::new(),
+        announcers: BTreeMap::new(),
+        skipped: BTreeSet::new(),
+    };
+    // (address, kind, service): LoadBalancer VIPs before external IPs, then the oldest.
+    let mut claims: Vec<(Address, usize)> = (modelled.iter().enumerate())
+        .filter(|(_, (service, _))| service.traffic_policy == TrafficPolicy::Local)
+        .flat_map(|(i, (_, m))| m.addresses.iter().map(move |a| (*a, i)))
         .collect();
-    lines.sort();
-    lines.dedup();
-    lines
+    claims.sort_by(|(a, i), (b, j)| {
+        (a.addr, a.kind)
+            .cmp(&(b.addr, b.kind))
+            .then_with(|| service_age(modelled[*i].0, modelled[*j].0))
+    });
+    let this_node_index =
+        this_node.and_then(|(name, _)| config.nodes.iter().position(|node| node.name == *name));
+    for run in claims.chunk_by(|(a, _), (b, _)| a.addr == b.addr) {
+        let addr = run[0].0.addr;
+        // One service on the address, as nearly always: its own policies and nodes.
+        let (policies, eligible): (Cow<'_, [usize]>, Cow<'_, [usize]>) = match run {
+            [(address, i)] => {
+                let announcing = modelled[*i].1.model.announcing(address.kind);
+                (
+                    Cow::Borrowed(&announcing.policies),
+                    Cow::Borrowed(&announcing.eligible),
+                )
+            }
+            _ => {
+                let (policies, eligible) = shared_address(modelled, run, &mut served, diagnostics);
+                (Cow::Owned(policies), Cow::Owned(eligible))
+            }
+        };
+        if policies.is_empty() {
+            continue;
+        }
+        let Some(announcer) = election::elect(&config.nodes, addr, eligible.iter().copied()) else {
+            let names: Vec<String> = (policies.iter())
+                .map(|&p| config.l2_policies[p].object().to_string())
+                .collect();
+            let whose = if run.len() > 1 {
+                "every service on it"
+            } else {
+                "the service"
+            };
+            for &(_, i) in run {
+                diagnostics.find(
+                    Severity::Warning,
+                    Reason::NoEligibleNode,
+                    Some(&modelled[i].0.object),
+                    "",
+                    format!(
+                        "no node can announce {addr}: none is Ready, selected by the nodeSelector \
+                         of {} and running a ready endpoint of {whose}",
+                        names.join(" or "),
+                    ),
+                );
+            }
+            continue;
+        };
+        served.announcers.insert(addr, announcer);
+        if let Some((_, interfaces)) = this_node
+            && this_node_index == Some(announcer)
+        {
+            let service = &modelled[run[0].1].0.object;
+            let mut on: BTreeMap<&str, usize> = BTreeMap::new();
+            for &policy in policies.iter() {
+                for interface in &interfaces[policy] {
+                    on.entry(interface).or_insert(policy);
+                }
+            }
+            served
+                .announcements
+                .extend(on.into_iter().map(|(interface, policy)| Announcement {
+                    interface: interface.into(),
+                    vip: addr,
+                    service: service.clone(),
+                    policy: config.l2_policies[policy].name.as_str().into(),
+                }));
+        }
+    }
+    served
+}
+
+/// An address several services are on (`run`, in claim order): each port goes to the first
+/// service that serves it, the others skip it there; the policies of any of them announce
+/// it, from the nodes eligible for all of them. Returns (policies, eligible nodes).
+fn shared_address(
+    modelled: &[(&Arc<Service>, &ModelledService)],
+    run: &[(Address, usize)],
+    served: &mut Served,
+    diagnostics: &mut Diagnostics,
+) -> (Vec<usize>, Vec<usize>) {
+    let addr = run[0].0.addr;
+    let mut ports: BTreeMap<(u16, Protocol), usize> = BTreeMap::new();
+    let mut policies: BTreeSet<usize> = BTreeSet::new();
+    let mut eligible: Option<BTreeSet<usize>> = None;
+    for &(address, i) in run {
+        let (service, model) = (modelled[i].0, &modelled[i].1.model);
+        for port in &service.ports {
+            let first = *ports.entry((port.port, port.protocol)).or_insert(i);
+            if first != i {
+                served.skipped.insert((i, addr, port.port, port.protocol));
+                diagnostics.find(
+                    Severity::Warning,
+                    Reason::PortConflict,
+                    Some(&service.object),
+                    "",
+                    format!(
+                        "{addr}:{}/{} is already served by {}: the port is skipped on {addr}",
+                        port.port, port.protocol, modelled[first].0.object
+                    ),
+                );
+            }
+        }
+        let announcing = model.announcing(address.kind);
+        policies.extend(&announcing.policies);
+        let nodes: BTreeSet<usize> = announcing.eligible.iter().copied().collect();
+        eligible = Some(match eligible {
+            None => nodes,
+            Some(before) => before.intersection(&nodes).copied().collect(),
+        });
+    }
+    (
+        policies.into_iter().collect(),
+        eligible.unwrap_or_default().into_iter().collect(),
+    )
+}
+
+/// Oldest `creationTimestamp` first (absent last), then by namespace and name.
+fn service_age(a: &Service, b: &Service) -> std::cmp::Ordering {
+    (a.created.is_none(), a.created, &a.object).cmp(&(b.created.is_none(), b.created, &b.object))
+}
+
+/// Every service's status: its VIPs with their announcers and sharers, or why it has none.
+fn service_statuses(
+    config: &Config,
+    allocation: &ipam::Allocation<'_>,
+    announcers: &BTreeMap<Ipv4Addr, usize>,
+) -> Vec<ServiceStatus> {
+    (config.services.iter().zip(&allocation.services).enumerate())
+        .map(|(i, (service, outcome))| ServiceStatus {
+            service: service.object.clone(),
+            traffic_policy: service.traffic_policy,
+            vips: (outcome.vips.iter())
+                .map(|grant| ServiceVip {
+                    vip: grant.vip,
+                    pool: grant.pool.name.as_str().into(),
+                    requested: grant.requested,
+                    shared_with: (allocation.holders.get(&grant.vip).into_iter().flatten())
+                        .filter(|&&other| other != i)
+                        .map(|&other| config.services[other].object.clone())
+                        .collect::<BTreeSet<ObjectRef>>()
+                        .into_iter()
+                        .collect(),
+                    announcer: (announcers.get(&grant.vip))
+                        .map(|&node| config.nodes[node].name.as_str().into()),
+                })
+                .collect(),
+            satisfied: outcome.satisfied,
+            reason: outcome.reason,
+            message: outcome.message.clone(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::fixtures::*;
-    use crate::source::file::{FileSource, parse};
-    use crate::store::Store;
-
-    const UPLINKS: [&str; 3] = ["lo", "ens18", "cilium_host"];
-
-    fn uplinks() -> Vec<String> {
-        UPLINKS.map(String::from).to_vec()
-    }
-
-    fn state(text: &str, node: &str) -> DesiredState {
-        desired_state(&parse_ok(text), node, &uplinks()).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    #[test]
-    fn the_reference_on_worker_2() {
-        let state = state(REFERENCE, "worker-2");
-        assert_eq!(state.frontends.len(), 4);
-        assert!(state.frontends.iter().all(|f| f.backends
-            == [BackendAddr {
-                addr: Ipv4Addr::new(10, 0, 2, 10),
-                port: if f.port == 80 { 10080 } else { 10443 },
-            }]));
-        let internal = ObjectRef {
-            kind: "Service".into(),
-            namespace: "gateway".into(),
-            name: "cilium-gateway-gateway-internal".into(),
-        };
-        assert_eq!(
-            state.announcements,
-            [Announcement {
-                interface: "ens18".into(),
-                vip: Ipv4Addr::new(192, 168, 10, 49),
-                service: internal.clone(),
-                policy: "l2-policy".into(),
-            }]
-        );
-        assert_eq!(
-            state.allocations[1],
-            Allocation {
-                service: internal,
-                vip: Ipv4Addr::new(192, 168, 10, 49),
-                pool: "first-pool".into(),
-                requested: true,
-                traffic_policy: TrafficPolicy::Local,
-                announcer: Some("worker-2".into()),
-            }
-        );
-        assert_eq!(state.warnings, Vec::<String>::new());
-    }
-
-    #[test]
-    fn cluster_state_matches_every_node_view() {
-        let config = reference();
-        let cluster = cluster_state(&config).unwrap_or_else(|e| panic!("{e}"));
-        for node in ["cp-1", "worker-1", "worker-2"] {
-            let state = desired_state(&config, node, &uplinks()).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(state.allocations, cluster.allocations, "{node}");
-        }
-    }
-
-    #[test]
-    fn cluster_services_are_allocated_but_not_programmed() {
-        let text = edit(
-            REFERENCE,
-            "  externalTrafficPolicy: Local\n  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n\
-             \x20   clientIP:\n      timeoutSeconds: 10800\n  selector:\n    io.cilium.gateway/owning-gateway: gateway-external",
-            "  externalTrafficPolicy: Cluster\n  selector:\n    io.cilium.gateway/owning-gateway: gateway-external",
-        );
-        let state = state(&text, "worker-1");
-        let external = &state.allocations[0];
-        assert_eq!(external.service.name, "cilium-gateway-gateway-external");
-        assert_eq!(external.traffic_policy, TrafficPolicy::Cluster);
-        assert_eq!(external.vip, Ipv4Addr::new(192, 168, 10, 50));
-        assert_eq!(external.announcer, None);
-        assert!(state.frontends.iter().all(|f| f.vip != external.vip));
-        assert!(state.announcements.iter().all(|a| a.vip != external.vip));
-        assert_eq!(
-            state.warnings,
-            [
-                "objects.yaml: Service/gateway/cilium-gateway-gateway-external: spec.externalTrafficPolicy: \
-                 Cluster is not supported yet, the service is not programmed: Cluster SNATs and loses the \
-                 client source IP; use Local"
-            ]
-        );
-    }
-
-    #[test]
-    fn a_node_missing_from_the_file_announces_nothing() {
-        let state = state(REFERENCE, "worker-9");
-        assert!(state.announcements.is_empty());
-        assert_eq!(state.frontends.len(), 4);
-        assert!(state.frontends.iter().all(|f| f.backends.is_empty()));
-        assert_line(
-            &state.warnings,
-            &[
-                "objects.yaml: Node/worker-9: this node is not among the Node objects of the file: it announces nothing",
-            ],
-        );
-    }
-
-    #[test]
-    fn config_warnings_are_carried() {
-        let text = reference_with(
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: x\n  namespace: y\n",
-        );
-        assert_line(
-            &state(&text, "worker-1").warnings,
-            &["Deployment/y/x: skipped"],
-        );
-        assert_line(
-            &cluster_state(&parse_ok(&text))
-                .unwrap_or_else(|e| panic!("{e}"))
-                .warnings,
-            &["Deployment/y/x: skipped"],
-        );
-    }
-
-    #[test]
-    fn document_order_does_not_matter() {
-        // The reference plus services allocated in every pass, and a skipped kind.
-        let extra = [
-            service_doc("web", "dyn-a").local().created("2025-01-02T00:00:00Z").yaml(),
-            service_doc("web", "dyn-b").local().created("2025-01-01T00:00:00Z").yaml(),
-            service_doc("web", "dyn-c").local().yaml(),
-            service_doc("api", "held").local().holds("192.168.10.40").yaml(),
-            service_doc("api", "cluster").yaml(),
-            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: cilium-envoy\n  namespace: kube-system\n"
-                .to_owned(),
-        ];
-        let mut documents: Vec<String> = REFERENCE
-            .split("\n---\n")
-            .map(|doc| format!("{}\n", doc.trim_end()))
-            .collect();
-        documents.extend(extra);
-        let expected: Vec<DesiredState> = ["cp-1", "worker-1", "worker-2"]
-            .iter()
-            .map(|node| state(&documents.join("---\n"), node))
-            .collect();
-        assert_eq!(expected[0].allocations.len(), 7);
-
-        let mut random = XorShift(0x5eed_1234_abcd_ef01);
-        for round in 0..25 {
-            for i in (1..documents.len()).rev() {
-                documents.swap(i, random.below(i + 1));
-            }
-            let text = documents.join("---\n");
-            for (node, expected) in ["cp-1", "worker-1", "worker-2"].iter().zip(&expected) {
-                assert_eq!(&state(&text, node), expected, "round {round}, {node}");
-            }
-        }
-    }
-
-    /// Each slot of a file: the versions of one document it may hold ("" for none).
-    fn slots() -> Vec<Vec<String>> {
-        let mut slots: Vec<Vec<String>> = REFERENCE
-            .split("\n---\n")
-            .map(|doc| {
-                let doc = format!("{}\n", doc.trim_end());
-                let mut versions = vec![doc.clone()];
-                for (from, to) in [
-                    ("status: \"True\"", "status: \"False\""),
-                    ("    - ^e.*", "    - ^eth1$"),
-                    ("10.0.1.10", "10.0.1.11"),
-                    ("ready: true", "ready: false"),
-                ] {
-                    if doc.contains(from) {
-                        versions.push(doc.replacen(from, to, 1));
-                    }
-                }
-                versions
-            })
-            .collect();
-        for i in 0..4 {
-            let name = format!("svc-{i}");
-            let service = service_doc("web", &name).local();
-            slots.push(vec![
-                service.yaml(),
-                // The same objects a line further down, and what follows too.
-                format!("# moved down\n{}", service.yaml()),
-                service_doc("web", &name)
-                    .local()
-                    .requests("192.168.10.40")
-                    .yaml(),
-                service_doc("web", &name).yaml(),
-                String::new(),
-            ]);
-            let slice = |node: &str, ready: bool| {
-                format!(
-                    "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-a\n\
-                     \x20 namespace: web\n  labels:\n    kubernetes.io/service-name: {name}\n\
-                     addressType: IPv4\nendpoints:\n  - addresses: [10.0.{i}.20]\n    nodeName: {node}\n\
-                     \x20   conditions:\n      ready: {ready}\nports:\n  - name: http\n    port: 8080\n"
-                )
-            };
-            slots.push(vec![
-                slice("worker-1", true),
-                // One more endpoint: the usual edit, which moves every line after it.
-                slice("worker-1", true).replace(
-                    "endpoints:\n",
-                    &format!("endpoints:\n  - addresses: [10.0.{i}.21]\n    nodeName: worker-1\n"),
-                ),
-                slice("worker-2", true),
-                slice("worker-1", false),
-                String::new(),
-            ]);
-        }
-        slots
-    }
-
-    #[test]
-    fn reusing_earlier_results_is_the_same_as_starting_over() {
-        let slots = slots();
-        let interfaces = ["ens18".to_owned(), "eth1".to_owned()];
-        let mut random = XorShift(0x0dd_ba11_c0ff_ee00);
-        // As the agent keeps them: a refused state is taken back out of the store.
-        let source = std::path::Path::new(FILE);
-        let (mut source, mut store) = (FileSource::new(source), Store::new(FILE));
-        let mut caches = ModelCache::default();
-        let mut chosen = vec![0; slots.len()];
-        for round in 0..400 {
-            // Mostly one document changes, as in a reload; sometimes several.
-            for _ in 0..1 + 3 * usize::from(random.chance(5)) {
-                let slot = random.below(slots.len());
-                chosen[slot] = random.below(slots[slot].len());
-            }
-            let text: String = chosen
-                .iter()
-                .zip(&slots)
-                .map(|(&v, versions)| versions[v].as_str())
-                .filter(|doc| !doc.is_empty())
-                .collect::<Vec<_>>()
-                .join("---\n");
-            let node = ["worker-1", "worker-2"][random.below(2)];
-            let update = source.read_text(&text);
-            let fresh = parse(FILE, &text);
-            let (Ok(update), Ok(fresh)) = (update, fresh) else {
-                panic!("round {round}: the file does not parse:\n{text}");
-            };
-            let Ok(undo) = store.apply(update.batch) else {
-                panic!("round {round}: the store refuses the file:\n{text}");
-            };
-            let cached = desired_state_cached(store.config(), node, &interfaces, &mut caches);
-            let expected = desired_state(&fresh, node, &interfaces);
-            // Only this run's services are remembered.
-            if let Ok(state) = &cached {
-                assert_eq!(
-                    caches.services.len(),
-                    state.allocations.len(),
-                    "round {round}"
-                );
-            }
-            let refused = cached.is_err();
-            assert_eq!(
-                cached.map_err(|e| e.to_string()),
-                expected.map_err(|e| e.to_string()),
-                "round {round} on {node}:\n{text}"
-            );
-            if refused {
-                store.undo(undo);
-            } else {
-                source.accept(update.documents);
-            }
-        }
-    }
-}
+mod tests;

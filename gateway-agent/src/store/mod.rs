@@ -4,14 +4,15 @@
 //! [`ObjectRef`]: an object added or changed ([`Event::Apply`]), an object gone
 //! ([`Event::Delete`]), or every object of a kind at once ([`Event::ReplaceKind`], what a
 //! watch's relist delivers; the file source's first read is one). The store applies a batch
-//! whole or not at all: after the events, it checks the objects across each other
-//! (`validate`), and a batch that fails leaves nothing changed. [`Store::undo`] takes an
-//! applied batch back, for a caller whose later checks (the model's) refuse what it made.
+//! whole; it refuses nothing: what objects make of each other (overlapping pools, VIPs
+//! claimed twice, policies selecting one service) is the model's to settle, object by
+//! object. [`Store::undo`] takes an applied batch back, for a caller whose later step (the
+//! datapath's capacity) refuses what it made.
 //!
 //! The objects are kept in the sorted lists of [`Config`], changed in place by binary
 //! search: an object that does not change keeps its `Arc` through every batch (an object
 //! applied equal to the one held changes nothing), which is what lets the model reuse what
-//! it made of it. What a source found about an object (its warnings) lives with the object
+//! it made of it. What a source found about an object (its findings) lives with the object
 //! and goes when it goes; what it found about nothing it delivered is the source's own.
 
 use std::cmp::Ordering;
@@ -21,19 +22,15 @@ use std::sync::Arc;
 use rustc_hash::FxBuildHasher;
 
 use crate::config::{
-    Config, ConfigErrors, ConfigWarning, Diagnostics, EndpointSlice, IpPool, Kind, L2Policy, Name,
-    Node, Object, ObjectRef, Service, SortedList, l2_policy_order, node_order, pool_order,
-    service_order, slice_order,
+    Config, EndpointSlice, Finding, IpPool, Kind, L2Policy, Name, Node, Object, ObjectRef, Service,
+    SortedList, l2_policy_order, node_order, pool_order, service_order, slice_order,
 };
 
-pub(crate) mod validate;
-
-/// An object as a source delivers it, with what the source found about it (warnings: an
-/// object with errors is not delivered).
+/// An object as a source delivers it, with what the source found about it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
     pub object: Object,
-    pub findings: Vec<ConfigWarning>,
+    pub findings: Vec<Finding>,
 }
 
 impl Entry {
@@ -64,7 +61,7 @@ pub struct Batch {
     pub events: Vec<Event>,
     /// What the source found about nothing it delivered (a document it could not read, an
     /// object of a kind not read), replacing what it found before; `None` keeps that.
-    pub source_findings: Option<Vec<ConfigWarning>>,
+    pub source_findings: Option<Vec<Finding>>,
 }
 
 /// What takes an applied batch back: the events that restore what it changed.
@@ -74,17 +71,16 @@ pub struct Undo(Batch);
 pub struct Store {
     config: Config,
     /// The findings about each object held that has any.
-    findings: BTreeMap<ObjectRef, Vec<ConfigWarning>>,
-    source_findings: Vec<ConfigWarning>,
+    findings: BTreeMap<ObjectRef, Vec<Finding>>,
+    source_findings: Vec<Finding>,
     /// Where each slice is: slices sort by the service they name first, which their
     /// `ObjectRef` does not say.
     slices: SliceIndex,
 }
 
-/// What a batch touched, to know what to check and recompute after it.
+/// What a batch touched, to know what to recompute after it.
 #[derive(Default)]
 struct Touched {
-    pools: bool,
     findings: bool,
 }
 
@@ -111,27 +107,17 @@ impl Store {
         self.config
     }
 
-    /// Applies `batch` whole, or, when the objects it makes do not hold together (e.g.
-    /// overlapping pools), not at all: the errors say why.
-    pub fn apply(&mut self, batch: Batch) -> Result<Undo, ConfigErrors> {
-        let (undo, touched) = self.apply_unchecked(batch);
-        if touched.pools {
-            let mut diagnostics = Diagnostics::new(&self.config.source);
-            validate::overlapping_pools(&self.config.pools, &mut diagnostics);
-            if let Err(errors) = diagnostics.into_result() {
-                self.undo(undo);
-                return Err(errors);
-            }
-        }
-        Ok(undo)
+    /// Applies `batch` whole; returns what takes it back.
+    pub fn apply(&mut self, batch: Batch) -> Undo {
+        self.apply_batch(batch)
     }
 
     /// Takes back the batch `undo` came from; nothing else may have been applied since.
     pub fn undo(&mut self, undo: Undo) {
-        let _ = self.apply_unchecked(undo.0);
+        self.apply_batch(undo.0);
     }
 
-    fn apply_unchecked(&mut self, batch: Batch) -> (Undo, Touched) {
+    fn apply_batch(&mut self, batch: Batch) -> Undo {
         let mut touched = Touched::default();
         let mut restore = Vec::new();
         for event in batch.events {
@@ -148,21 +134,19 @@ impl Store {
             std::mem::replace(&mut self.source_findings, findings)
         });
         if touched.findings {
-            self.refresh_warnings();
+            self.refresh_findings();
         }
         // Applied last to first, each restores what its event found.
         restore.reverse();
-        let undo = Undo(Batch {
+        Undo(Batch {
             events: restore,
             source_findings,
-        });
-        (undo, touched)
+        })
     }
 
     /// Applies `entry`; returns the event that restores what was there.
     fn apply_entry(&mut self, entry: Entry, touched: &mut Touched) -> Event {
         let object = entry.object.object_ref();
-        touched.pools |= entry.object.kind() == Kind::IpPool;
         let previous = match entry.object {
             Object::Service(service) => put(&mut self.config, service),
             Object::EndpointSlice(slice) => {
@@ -183,7 +167,6 @@ impl Store {
     /// Deletes `object`; returns the event that restores it, if it was held.
     fn delete(&mut self, object: ObjectRef, touched: &mut Touched) -> Option<Event> {
         let kind = Kind::named(&object.kind)?;
-        touched.pools |= kind == Kind::IpPool;
         let name = object.name.as_str();
         let config = &mut self.config;
         let previous = match kind {
@@ -209,7 +192,6 @@ impl Store {
     /// Makes `entries` all the objects of `kind`; returns the event that restores the
     /// objects held before.
     fn replace_kind(&mut self, kind: Kind, entries: Vec<Entry>, touched: &mut Touched) -> Event {
-        touched.pools |= kind == Kind::IpPool;
         let mut previous_findings = BTreeMap::new();
         self.findings.retain(|object, findings| {
             let of_kind = object.kind == kind.name();
@@ -263,9 +245,9 @@ impl Store {
     fn set_findings(
         &mut self,
         object: &ObjectRef,
-        findings: Vec<ConfigWarning>,
+        findings: Vec<Finding>,
         touched: &mut Touched,
-    ) -> Vec<ConfigWarning> {
+    ) -> Vec<Finding> {
         let previous = if findings.is_empty() {
             self.findings.remove(object)
         } else {
@@ -275,19 +257,19 @@ impl Store {
         previous.unwrap_or_default()
     }
 
-    /// The warnings of every object and of the source, sorted and deduplicated so that they
+    /// The findings of every object and of the source, sorted and deduplicated so that they
     /// do not depend on the order the source delivered them in.
-    fn refresh_warnings(&mut self) {
-        let mut warnings: Vec<ConfigWarning> = self
+    fn refresh_findings(&mut self) {
+        let mut findings: Vec<Finding> = self
             .findings
             .values()
             .flatten()
             .chain(&self.source_findings)
             .cloned()
             .collect();
-        warnings.sort();
-        warnings.dedup();
-        self.config.warnings = warnings;
+        findings.sort();
+        findings.dedup();
+        self.config.findings = findings;
     }
 }
 

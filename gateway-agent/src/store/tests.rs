@@ -1,11 +1,12 @@
-//! Batches applied to the store: each kind of event, Arc identity, findings, refusal, undo.
+//! Batches applied to the store: each kind of event, Arc identity, findings, undo.
 
 use std::sync::Arc;
 
 use super::{Batch, Entry, Event, Store};
 use crate::config::fixtures::*;
 use crate::config::{
-    Config, ConfigWarning, EndpointSlice, IpPool, Kind, Node, Object, ObjectRef, Service,
+    Config, EndpointSlice, Finding, IpPool, Kind, Node, Object, ObjectRef, Reason, Service,
+    Severity,
 };
 
 fn service(name: &str, extra: &str) -> Arc<Service> {
@@ -42,12 +43,14 @@ fn batch(events: Vec<Event>) -> Batch {
     }
 }
 
-fn warning(object: Option<ObjectRef>, message: &str) -> ConfigWarning {
-    ConfigWarning {
+fn warning(object: Option<ObjectRef>, message: &str) -> Finding {
+    Finding {
         file: FILE.to_owned(),
         object,
         field: String::new(),
         message: message.to_owned(),
+        reason: Reason::KindNotRead,
+        severity: Severity::Info,
     }
 }
 
@@ -66,7 +69,7 @@ fn with_services(names: &[&str]) -> Store {
         .iter()
         .map(|name| apply(Object::Service(service(name, ""))))
         .collect();
-    store.apply(batch(events)).unwrap();
+    store.apply(batch(events));
     store
 }
 
@@ -76,20 +79,16 @@ fn applied_objects_are_added_in_order_changed_in_place_and_deleted() {
     assert_eq!(service_names(store.config()), ["a", "b", "c"]);
 
     let changed = service("b", "    - port: 81\n");
-    store
-        .apply(batch(vec![apply(Object::Service(Arc::clone(&changed)))]))
-        .unwrap();
+    store.apply(batch(vec![apply(Object::Service(Arc::clone(&changed)))]));
     assert_eq!(service_names(store.config()), ["a", "b", "c"]);
     assert!(Arc::ptr_eq(&store.config().services[1], &changed));
 
-    store
-        .apply(batch(vec![
-            Event::Delete(changed.object.clone()),
-            // Deleting what is not held changes nothing.
-            Event::Delete(ObjectRef::cluster_scoped("Node", "nowhere")),
-            Event::Delete(ObjectRef::cluster_scoped("Deployment", "x")),
-        ]))
-        .unwrap();
+    store.apply(batch(vec![
+        Event::Delete(changed.object.clone()),
+        // Deleting what is not held changes nothing.
+        Event::Delete(ObjectRef::cluster_scoped("Node", "nowhere")),
+        Event::Delete(ObjectRef::cluster_scoped("Deployment", "x")),
+    ]));
     assert_eq!(service_names(store.config()), ["a", "c"]);
 }
 
@@ -97,20 +96,16 @@ fn applied_objects_are_added_in_order_changed_in_place_and_deleted() {
 fn unchanged_objects_keep_their_arc() {
     let mut store = with_services(&["a", "b", "c"]);
     let before = store.config().clone();
-    store
-        .apply(batch(vec![apply(Object::Service(service(
-            "b",
-            "    - port: 81\n",
-        )))]))
-        .unwrap();
+    store.apply(batch(vec![apply(Object::Service(service(
+        "b",
+        "    - port: 81\n",
+    )))]));
     let after = store.config();
     assert!(Arc::ptr_eq(&before.services[0], &after.services[0]));
     assert!(!Arc::ptr_eq(&before.services[1], &after.services[1]));
     assert!(Arc::ptr_eq(&before.services[2], &after.services[2]));
     // An object applied equal to the one held leaves the held one in place.
-    store
-        .apply(batch(vec![apply(Object::Service(service("a", "")))]))
-        .unwrap();
+    store.apply(batch(vec![apply(Object::Service(service("a", "")))]));
     assert!(Arc::ptr_eq(
         &before.services[0],
         &store.config().services[0]
@@ -121,55 +116,45 @@ fn unchanged_objects_keep_their_arc() {
 fn a_kind_replaced_whole_keeps_what_is_equal() {
     let mut store = Store::new(FILE);
     let (a, b) = (node("a"), node("b"));
-    store
-        .apply(batch(vec![
-            apply(Object::Node(Arc::clone(&a))),
-            apply(Object::Node(b)),
-            apply(Object::Service(service("web", ""))),
-        ]))
-        .unwrap();
+    store.apply(batch(vec![
+        apply(Object::Node(Arc::clone(&a))),
+        apply(Object::Node(b)),
+        apply(Object::Service(service("web", ""))),
+    ]));
     // A relist: a again (a new Arc, equal), c new, b gone; other kinds untouched.
     let entries = [node("c"), node("a")]
         .into_iter()
         .map(|n| Entry::new(Object::Node(n)))
         .collect();
-    store
-        .apply(batch(vec![Event::ReplaceKind(Kind::Node, entries)]))
-        .unwrap();
+    store.apply(batch(vec![Event::ReplaceKind(Kind::Node, entries)]));
     let config = store.config();
     assert_eq!(names(&config.nodes, |n| n.name.clone()), ["a", "c"]);
     assert!(Arc::ptr_eq(&config.nodes[0], &a));
     assert_eq!(service_names(config), ["web"]);
-    store
-        .apply(batch(vec![Event::ReplaceKind(Kind::Node, Vec::new())]))
-        .unwrap();
+    store.apply(batch(vec![Event::ReplaceKind(Kind::Node, Vec::new())]));
     assert!(store.config().nodes.is_empty());
 }
 
 #[test]
 fn a_slice_moves_with_the_service_it_names_and_is_deleted_by_its_name() {
     let mut store = Store::new(FILE);
-    store
-        .apply(batch(vec![
-            apply(Object::EndpointSlice(slice("s1", "b", "10.0.0.1"))),
-            apply(Object::EndpointSlice(slice("s2", "c", "10.0.0.2"))),
-            apply(Object::EndpointSlice(slice("s3", "a", "10.0.0.3"))),
-        ]))
-        .unwrap();
+    store.apply(batch(vec![
+        apply(Object::EndpointSlice(slice("s1", "b", "10.0.0.1"))),
+        apply(Object::EndpointSlice(slice("s2", "c", "10.0.0.2"))),
+        apply(Object::EndpointSlice(slice("s3", "a", "10.0.0.3"))),
+    ]));
     let order = |store: &Store| {
         names(&store.config().endpoint_slices, |s| {
             format!("{}:{}", s.service, s.object.name)
         })
     };
     assert_eq!(order(&store), ["a:s3", "b:s1", "c:s2"]);
-    store
-        .apply(batch(vec![apply(Object::EndpointSlice(slice(
-            "s1", "d", "10.0.0.1",
-        )))]))
-        .unwrap();
+    store.apply(batch(vec![apply(Object::EndpointSlice(slice(
+        "s1", "d", "10.0.0.1",
+    )))]));
     assert_eq!(order(&store), ["a:s3", "c:s2", "d:s1"]);
     let gone = slice("s2", "c", "10.0.0.2").object.clone();
-    store.apply(batch(vec![Event::Delete(gone)])).unwrap();
+    store.apply(batch(vec![Event::Delete(gone)]));
     assert_eq!(order(&store), ["a:s3", "d:s1"]);
     // The same after a relist, which leaves the slices to be found by name afresh.
     let relisted = [slice("s1", "d", "10.0.0.1"), slice("s4", "b", "10.0.0.4")];
@@ -177,20 +162,16 @@ fn a_slice_moves_with_the_service_it_names_and_is_deleted_by_its_name() {
         .into_iter()
         .map(|s| Entry::new(Object::EndpointSlice(s)))
         .collect();
-    store
-        .apply(batch(vec![Event::ReplaceKind(
-            Kind::EndpointSlice,
-            entries,
-        )]))
-        .unwrap();
+    store.apply(batch(vec![Event::ReplaceKind(
+        Kind::EndpointSlice,
+        entries,
+    )]));
     assert_eq!(order(&store), ["b:s4", "d:s1"]);
-    store
-        .apply(batch(vec![
-            apply(Object::EndpointSlice(slice("s4", "e", "10.0.0.4"))),
-            Event::Delete(slice("s1", "d", "10.0.0.1").object.clone()),
-            apply(Object::EndpointSlice(slice("s4", "e", "10.0.0.5"))),
-        ]))
-        .unwrap();
+    store.apply(batch(vec![
+        apply(Object::EndpointSlice(slice("s4", "e", "10.0.0.4"))),
+        Event::Delete(slice("s1", "d", "10.0.0.1").object.clone()),
+        apply(Object::EndpointSlice(slice("s4", "e", "10.0.0.5"))),
+    ]));
     assert_eq!(order(&store), ["e:s4"]);
     let held = &store.config().endpoint_slices[0];
     assert_eq!(
@@ -200,62 +181,38 @@ fn a_slice_moves_with_the_service_it_names_and_is_deleted_by_its_name() {
 }
 
 #[test]
-fn a_refused_batch_changes_nothing() {
+fn overlapping_pools_are_held_for_the_model_to_settle() {
     let mut store = Store::new(FILE);
-    store
-        .apply(batch(vec![
-            apply(Object::IpPool(pool("first", "10.0.0.0/24"))),
-            apply(Object::Service(service("a", ""))),
-            apply(Object::Node(node("n"))),
-        ]))
-        .unwrap();
-    let before = store.config().clone();
-    let errors = store
-        .apply(batch(vec![
-            apply(Object::Service(service("a", "    - port: 81\n"))),
-            Event::Delete(ObjectRef::cluster_scoped("Node", "n")),
-            apply(Object::IpPool(pool("second", "10.0.0.128/25"))),
-        ]))
-        .err()
-        .map(|errors| errors.to_string());
+    store.apply(batch(vec![
+        apply(Object::IpPool(pool("first", "10.0.0.0/24"))),
+        apply(Object::IpPool(pool("second", "10.0.0.128/25"))),
+    ]));
     assert_eq!(
-        errors.as_deref(),
-        Some(
-            "objects.yaml: CiliumLoadBalancerIPPool/second: spec.blocks[0]: 10.0.0.128/25 \
-             overlaps CiliumLoadBalancerIPPool/first spec.blocks[0] (10.0.0.0/24): \
-             overlapping pools"
-        )
+        names(&store.config().pools, |p| p.name.clone()),
+        ["first", "second"]
     );
-    let after = store.config();
-    assert_eq!(format!("{after:?}"), format!("{before:?}"));
-    assert!(Arc::ptr_eq(&before.services[0], &after.services[0]));
-    assert!(Arc::ptr_eq(&before.nodes[0], &after.nodes[0]));
 }
 
 #[test]
 fn undo_restores_the_very_objects_held_before() {
     let mut store = with_services(&["a", "b"]);
-    store
-        .apply(batch(vec![apply(Object::Node(node("n")))]))
-        .unwrap();
+    store.apply(batch(vec![apply(Object::Node(node("n")))]));
     let before = store.config().clone();
-    let undo = store
-        .apply(Batch {
-            events: vec![
-                apply(Object::Service(service("a", "    - port: 81\n"))),
-                Event::Delete(ObjectRef {
-                    kind: "Service".into(),
-                    namespace: "web".into(),
-                    name: "b".into(),
-                }),
-                apply(Object::Service(service("c", ""))),
-                Event::ReplaceKind(Kind::Node, vec![Entry::new(Object::Node(node("m")))]),
-            ],
-            source_findings: Some(vec![warning(None, "a document was skipped")]),
-        })
-        .unwrap();
+    let undo = store.apply(Batch {
+        events: vec![
+            apply(Object::Service(service("a", "    - port: 81\n"))),
+            Event::Delete(ObjectRef {
+                kind: "Service".into(),
+                namespace: "web".into(),
+                name: "b".into(),
+            }),
+            apply(Object::Service(service("c", ""))),
+            Event::ReplaceKind(Kind::Node, vec![Entry::new(Object::Node(node("m")))]),
+        ],
+        source_findings: Some(vec![warning(None, "a document was skipped")]),
+    });
     assert_eq!(service_names(store.config()), ["a", "c"]);
-    assert_eq!(store.config().warnings.len(), 1);
+    assert_eq!(store.config().findings.len(), 1);
     store.undo(undo);
     let after = store.config();
     assert_eq!(format!("{after:?}"), format!("{before:?}"));
@@ -270,36 +227,30 @@ fn findings_go_with_their_object() {
     let mut store = Store::new(FILE);
     let a = service("a", "");
     let about_a = warning(Some(a.object.clone()), "about a");
-    store
-        .apply(Batch {
-            events: vec![Event::Apply(Entry {
-                object: Object::Service(Arc::clone(&a)),
-                findings: vec![about_a.clone()],
-            })],
-            source_findings: Some(vec![warning(None, "about the file")]),
-        })
-        .unwrap();
+    store.apply(Batch {
+        events: vec![Event::Apply(Entry {
+            object: Object::Service(Arc::clone(&a)),
+            findings: vec![about_a.clone()],
+        })],
+        source_findings: Some(vec![warning(None, "about the file")]),
+    });
     let messages = |store: &Store| -> Vec<String> {
-        let warnings = &store.config().warnings;
+        let warnings = &store.config().findings;
         warnings.iter().map(|w| w.message.clone()).collect()
     };
     assert_eq!(messages(&store), ["about the file", "about a"]);
     // A batch that says nothing of the source's findings keeps them.
-    store
-        .apply(batch(vec![Event::Delete(a.object.clone())]))
-        .unwrap();
+    store.apply(batch(vec![Event::Delete(a.object.clone())]));
     assert_eq!(messages(&store), ["about the file"]);
     // Applied again without findings: it has none.
-    store
-        .apply(Batch {
-            events: vec![Event::Apply(Entry {
-                object: Object::Service(Arc::clone(&a)),
-                findings: vec![about_a],
-            })],
-            source_findings: Some(Vec::new()),
-        })
-        .unwrap();
+    store.apply(Batch {
+        events: vec![Event::Apply(Entry {
+            object: Object::Service(Arc::clone(&a)),
+            findings: vec![about_a],
+        })],
+        source_findings: Some(Vec::new()),
+    });
     assert_eq!(messages(&store), ["about a"]);
-    store.apply(batch(vec![apply(Object::Service(a))])).unwrap();
+    store.apply(batch(vec![apply(Object::Service(a))]));
     assert!(messages(&store).is_empty());
 }

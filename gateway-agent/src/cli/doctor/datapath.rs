@@ -20,7 +20,7 @@ use crate::datapath::{
     Maps, attach, interfaces,
     tcx::{self, Direction},
 };
-use crate::model::{self, Allocation};
+use crate::model::{self, ServiceStatus, ServiceVip};
 
 /// Every datapath finding, in the order the report lists them.
 pub fn check_datapath(
@@ -61,12 +61,12 @@ pub fn check_datapath(
                     .push(a.interface);
                 m
             });
-    if let (Some(config), Some(node)) = (config, node)
-        && let Ok(cluster) = model::cluster_state(config)
-    {
-        for a in &cluster.allocations {
-            let here = answered.get(&a.vip).map(Vec::as_slice);
-            findings.push(announcement(a, node, here));
+    if let (Some(config), Some(node)) = (config, node) {
+        for service in &model::cluster_state(config).services {
+            for vip in &service.vips {
+                let here = answered.get(&vip.vip).map(Vec::as_slice);
+                findings.push(announcement(service, vip, node, here));
+            }
         }
     }
 
@@ -175,9 +175,14 @@ fn attachment(interface: &str, direction: Direction, attached: bool) -> Finding 
 /// One VIP's announcement: this node, if elected, answers ARP for it (else clients cannot
 /// reach it) and, if not, does not (else two nodes answer: an ARP conflict). `answered_on`:
 /// the interfaces this node answers on for it.
-fn announcement(allocation: &Allocation, node: &str, answered_on: Option<&[String]>) -> Finding {
-    let subject = format!("{} ({})", allocation.vip, allocation.service);
-    let announcer = allocation.announcer.as_deref();
+fn announcement(
+    service: &ServiceStatus,
+    vip: &ServiceVip,
+    node: &str,
+    answered_on: Option<&[String]>,
+) -> Finding {
+    let subject = format!("{} ({})", vip.vip, service.service);
+    let announcer = vip.announcer.as_deref();
     match (announcer == Some(node), answered_on) {
         (true, Some(ifaces)) => Finding::new(
             Severity::Ok,
@@ -436,8 +441,8 @@ mod tests {
 
     #[test]
     fn announcements_match_the_election() {
-        let cluster = model::cluster_state(&reference()).unwrap();
-        let a = &cluster.allocations[0];
+        let cluster = model::cluster_state(&reference());
+        let (service, a) = (&cluster.services[0], &cluster.services[0].vips[0]);
         let elected = a.announcer.as_deref().expect("the reference elects a node");
         let ens18 = ["ens18".to_owned()];
         let cases = [
@@ -447,17 +452,17 @@ mod tests {
             ("elsewhere", None, Severity::Info),
         ];
         for (node, answered_on, severity) in cases {
-            let f = announcement(a, node, answered_on);
+            let f = announcement(service, a, node, answered_on);
             assert_eq!(f.severity, severity, "{node} {answered_on:?}: {f:?}");
-            assert_eq!(f.subject, format!("{} ({})", a.vip, a.service));
+            assert_eq!(f.subject, format!("{} ({})", a.vip, service.service));
         }
-        let conflict = announcement(a, "elsewhere", Some(&ens18));
+        let conflict = announcement(service, a, "elsewhere", Some(&ens18));
         assert_eq!(
             conflict.finding,
             format!("answered here on ens18 although {elected} is elected: ARP conflict")
         );
         assert_eq!(
-            announcement(a, "elsewhere", None).finding,
+            announcement(service, a, "elsewhere", None).finding,
             format!("answered by {elected}")
         );
     }

@@ -21,8 +21,8 @@ use anyhow::Result;
 use gateway_common::read_text;
 use regex::Regex;
 
+use crate::config::LoadBalancerClasses;
 use crate::datapath::Maps;
-use crate::model;
 use crate::source::file;
 
 /// What the doctor looks at.
@@ -31,6 +31,8 @@ pub struct Patient<'a> {
     pub node_name: Option<String>,
     pub bpffs: &'a Path,
     pub devices: &'a Regex,
+    /// The loadBalancerClasses served, as given to `run`.
+    pub classes: LoadBalancerClasses,
 }
 
 pub fn run(p: &Patient<'_>, json: bool) -> Result<ExitCode> {
@@ -49,7 +51,7 @@ pub fn run(p: &Patient<'_>, json: bool) -> Result<ExitCode> {
             .filter(|n| !n.is_empty())
     });
     let config = match &config_path {
-        Some(path) => match file::load(path) {
+        Some(path) => match file::load(path, p.classes.clone()) {
             Ok(config) => Some(config),
             Err(errors) => {
                 findings.extend(objects::invalid_file(path, &errors));
@@ -62,10 +64,7 @@ pub fn run(p: &Patient<'_>, json: bool) -> Result<ExitCode> {
         }
     };
     if let Some(config) = &config {
-        findings.extend(objects::check_objects(config));
-        if let Err(errors) = model::cluster_state(config) {
-            findings.extend(objects::inconsistent(&config.source, &errors));
-        }
+        findings.extend(objects::check_objects(config, node.as_deref()));
     }
     match &maps {
         Ok(maps) => findings.extend(datapath::check_datapath(

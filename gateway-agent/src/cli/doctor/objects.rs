@@ -1,16 +1,20 @@
 //! The objects, following the reference's decision tree: intermittent connectivity ->
-//! externalTrafficPolicy -> duplicate L2 policies -> session affinity.
+//! externalTrafficPolicy -> duplicate L2 policies -> session affinity; then every finding
+//! the source and the model made about an object (what is not served, and why), each with
+//! its fix.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use gateway_common::timeouts;
 
 use super::finding::{Finding, Severity};
-use crate::config::{Config, ConfigErrors};
-use crate::model::{TrafficPolicy, selector::service_labels};
+use crate::config::{self, Config, ConfigErrors, Reason};
+use crate::model::{self, TrafficPolicy, selector::service_labels};
 
-/// Each LoadBalancer service's traffic policy, L2 policies and session affinity.
-pub fn check_objects(config: &Config) -> Vec<Finding> {
+/// Each LoadBalancer service's traffic policy, L2 policies and session affinity, and what
+/// the model finds about every object, cluster-wide and on `node`.
+pub fn check_objects(config: &Config, node: Option<&str>) -> Vec<Finding> {
     let mut findings = Vec::new();
     for service in &config.services {
         let name = service.object.to_string();
@@ -25,7 +29,94 @@ pub fn check_objects(config: &Config) -> Vec<Finding> {
         findings.push(l2_policies(&name, &policies));
         findings.push(session_affinity(&name, service.affinity_timeout_secs));
     }
+    let mut found: BTreeSet<config::Finding> =
+        model::cluster_state(config).findings.into_iter().collect();
+    if let Some(node) = node {
+        found.extend(model::desired_state(config, node, &[]).findings);
+    }
+    findings.extend(
+        found
+            .iter()
+            // The traffic policy check above says it, with what it costs.
+            .filter(|f| f.reason != Reason::ClusterTrafficPolicy)
+            .map(object_finding),
+    );
     findings
+}
+
+/// A finding of the source or the model, as the doctor shows it: the object as subject, the
+/// reason and the field in the finding, and what to do about it.
+fn object_finding(f: &config::Finding) -> Finding {
+    let severity = match f.severity {
+        config::Severity::Info => Severity::Info,
+        config::Severity::Warning => Severity::Warning,
+        config::Severity::Error => Severity::Error,
+    };
+    let subject = f
+        .object
+        .as_ref()
+        .map_or_else(|| f.file.clone(), ToString::to_string);
+    let finding = if f.field.is_empty() {
+        format!("{}: {}", f.reason, f.message)
+    } else {
+        format!("{}: {}: {}", f.reason, f.field, f.message)
+    };
+    Finding::new(severity, "objects", subject, finding, fix(f.reason))
+}
+
+/// What to do about a finding of this reason.
+fn fix(reason: Reason) -> &'static str {
+    match reason {
+        Reason::KindNotRead | Reason::LoadBalancerClassNotServed | Reason::Satisfied => "",
+        Reason::ApiVersionNotRead => "write the object in an apiVersion the agent reads",
+        Reason::UnsupportedProtocol => {
+            "serve the port over TCP or UDP, or leave it to another load balancer"
+        }
+        Reason::InvalidPort | Reason::DuplicatePort => {
+            "give each port a number in 1..=65535, once per protocol"
+        }
+        Reason::InvalidTrafficPolicy => "set spec.externalTrafficPolicy: Local",
+        Reason::InvalidSessionAffinity => {
+            "set sessionAffinity: ClientIP with timeoutSeconds in 1..=86400 (10800 as in the reference)"
+        }
+        Reason::InvalidRequestedIP | Reason::InvalidAddress => {
+            "write IP addresses, comma-separated"
+        }
+        Reason::IPv6NotServed => "serve the Service over IPv4 (spec.ipFamilies: [IPv4])",
+        Reason::ClusterTrafficPolicy => "set spec.externalTrafficPolicy: Local",
+        Reason::NoPool => "add a pool whose serviceSelector selects the Service, or enable one",
+        Reason::OutOfIPs => "add a block to a pool that selects the Service",
+        Reason::RequestedIPNotInPool | Reason::PoolSelectorMismatch | Reason::PoolDisabled => {
+            "request an address of an enabled pool that selects the Service"
+        }
+        Reason::RequestedIPReserved => {
+            "request another address, or set allowFirstLastIPs: Yes on the pool"
+        }
+        Reason::AlreadyAllocated | Reason::IncompatibleSharing => {
+            "request another address, or give both Services one lbipam.cilium.io/sharing-key and ports that do not clash"
+        }
+        Reason::StaleStatusIP => "",
+        Reason::PoolConflict => "make the pools' blocks disjoint",
+        Reason::InvalidBlock | Reason::HostBitsSet => {
+            "write the block as a CIDR or a start/stop range"
+        }
+        Reason::InvalidAllowFirstLastIPs => "set allowFirstLastIPs to \"Yes\" or \"No\"",
+        Reason::InvalidSelector => "fix the selector's requirements",
+        Reason::InvalidInterfaceRegex => "fix the regex (Go syntax)",
+        Reason::AnnouncesNothing => {
+            "set loadBalancerIPs: true (and externalIPs: true to announce external IPs)"
+        }
+        Reason::NoAnnouncementPolicy => {
+            "select the Service with the one L2 policy's serviceSelector"
+        }
+        Reason::NoEligibleNode => {
+            "make a node Ready, selected by the policy's nodeSelector, with a ready endpoint of the Service"
+        }
+        Reason::NamedPortUnresolved => "name the slice's port as the Service's targetPort",
+        Reason::PortConflict => "serve the port on another address",
+        Reason::SliceNotServed => "",
+        Reason::NodeNotFound => "run the agent with --node-name as in the Node object",
+    }
 }
 
 /// `Cluster` SNATs and may send a client's requests to different nodes' backends: an error
@@ -53,8 +144,9 @@ fn traffic_policy(service: &str, policy: TrafficPolicy) -> Finding {
 }
 
 /// The L2 announcement policies (with `loadBalancerIPs: true`) that select the service:
-/// none leaves its VIP unanswered (a warning), more than one lets several nodes answer ARP
-/// for it (an error).
+/// none leaves its VIP unanswered (a warning); more than one are merged into one
+/// announcement (one node answers ARP), which is worth knowing since with Cilium it was the
+/// reference's ARP conflict.
 fn l2_policies(service: &str, policies: &[&str]) -> Finding {
     match policies {
         [] => Finding::new(
@@ -72,15 +164,16 @@ fn l2_policies(service: &str, policies: &[&str]) -> Finding {
             "",
         ),
         many => Finding::new(
-            Severity::Error,
+            Severity::Info,
             "L2 policies",
             service,
             format!(
-                "{} policies select it ({}): several nodes may answer ARP for one VIP (ARP conflicts)",
+                "{} policies select it ({}): merged into one announcement, one node answers ARP \
+                 (with Cilium, the reference's ARP conflicts)",
                 many.len(),
                 many.join(", ")
             ),
-            "keep exactly one CiliumL2AnnouncementPolicy",
+            "keep one CiliumL2AnnouncementPolicy, as the reference advises",
         ),
     }
 }
@@ -144,24 +237,6 @@ pub fn not_checked() -> Finding {
     )
 }
 
-/// The objects validate one by one but not together (VIP conflicts, exhausted pools, ...):
-/// every error, naming the objects.
-pub fn inconsistent(source: &str, errors: &ConfigErrors) -> Vec<Finding> {
-    errors
-        .0
-        .iter()
-        .map(|e| {
-            Finding::new(
-                Severity::Error,
-                "objects",
-                source,
-                e.to_string(),
-                "fix the objects named",
-            )
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,7 +248,7 @@ mod tests {
 
     #[test]
     fn the_reference_objects_are_healthy() {
-        let findings = check_objects(&reference());
+        let findings = check_objects(&reference(), None);
         assert_eq!(findings.len(), 6, "three checks for each of two services");
         assert!(
             findings
@@ -221,9 +296,10 @@ mod tests {
         assert_eq!(l2_policies("s", &[]).severity, Severity::Warning);
         assert_eq!(l2_policies("s", &["a"]).severity, Severity::Ok);
         let two = l2_policies("s", &["a", "b"]);
-        assert_eq!(two.severity, Severity::Error);
+        assert_eq!(two.severity, Severity::Info);
         assert!(
-            two.finding.starts_with("2 policies select it (a, b): "),
+            two.finding
+                .starts_with("2 policies select it (a, b): merged"),
             "{}",
             two.finding
         );

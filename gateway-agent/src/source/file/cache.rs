@@ -58,7 +58,7 @@ impl DocumentFlags {
     fn of(parsed: &ParsedDocument) -> Self {
         Self {
             names_line: parsed.names_line,
-            source_findings: !parsed.warnings.is_empty(),
+            source_findings: !parsed.findings.is_empty(),
         }
     }
 }

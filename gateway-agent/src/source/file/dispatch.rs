@@ -2,7 +2,8 @@
 //! here, naming the line), then dispatched on `apiVersion`/`kind`: a kind the agent reads
 //! is deserialized into its API shape and converted by that kind's conversion in `config`,
 //! so a type error names the field path and the other documents still get checked; a
-//! `v1 List` is read item by item; anything else is skipped with a warning.
+//! `v1 List` is read item by item; anything else is skipped with a finding. What refuses
+//! the file and what stays with an object follows the rule in `config::error`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,9 +16,9 @@ use serde_json::Value;
 
 use super::documents::Document;
 use crate::config::{
-    CiliumL2AnnouncementPolicy, CiliumLoadBalancerIpPool, ConfigError, ConfigErrors, ConfigWarning,
-    Diagnostics, Kind, Object, ObjectDiagnostics, ObjectRef, endpoint_slice, is_load_balancer,
-    l2_policy, node, pool, service,
+    CiliumL2AnnouncementPolicy, CiliumLoadBalancerIpPool, ConfigError, ConfigErrors, Diagnostics,
+    Finding, Kind, LoadBalancerClasses, Object, ObjectDiagnostics, ObjectRef, Reason, Severity,
+    endpoint_slice, is_load_balancer, l2_policy, node, pool, service,
 };
 use crate::store::Entry;
 
@@ -28,14 +29,15 @@ const LIST_KIND: &str = "List";
 /// What one document holds: its objects and its findings.
 #[derive(Default)]
 pub(super) struct ParsedDocument {
-    /// The objects it delivers, each with the warnings about it.
+    /// The objects it delivers, each with the findings about it.
     pub entries: Vec<Entry>,
     /// Every object of a kind read (also Services of other types), to find duplicates.
     pub seen: Vec<SeenObject>,
+    /// What refuses the file.
     pub errors: Vec<ConfigError>,
-    /// The warnings about nothing it delivers (a document without a name, a kind not read,
-    /// an object skipped): the source's own findings.
-    pub warnings: Vec<ConfigWarning>,
+    /// The findings about nothing it delivers (a document without a name, a kind not read,
+    /// an object not served): the source's own findings.
+    pub findings: Vec<Finding>,
     /// A finding names the line the document starts at.
     pub names_line: bool,
 }
@@ -69,9 +71,15 @@ impl fmt::Display for Origin {
 pub(super) fn parse_document(
     source: &str,
     document: &Document<'_>,
+    classes: &LoadBalancerClasses,
 ) -> Result<ParsedDocument, ConfigErrors> {
     let mut diagnostics = Diagnostics::new(source);
-    let mut reader = Reader::default();
+    let mut reader = Reader {
+        classes,
+        entries: Vec::new(),
+        seen: Vec::new(),
+        names_line: false,
+    };
     for value in serde_yaml_ng::Deserializer::from_str(document.text) {
         let value = Value::deserialize(value).map_err(|error| {
             ConfigErrors(vec![ConfigError {
@@ -85,34 +93,35 @@ pub(super) fn parse_document(
             reader.read(value, document.line, None, &mut diagnostics);
         }
     }
-    let (errors, warnings) = diagnostics.into_parts();
+    let (errors, findings) = diagnostics.into_parts();
     // Kept for as long as the document is: 20,000 of them hold a few megabytes of spare
     // capacity otherwise.
     let Reader {
         mut entries,
         mut seen,
         names_line,
+        ..
     } = reader;
     entries.shrink_to_fit();
     seen.shrink_to_fit();
     let mut unattached = Vec::new();
-    // A warning goes with the object it is about, if this document delivers that object.
-    for warning in warnings {
-        let entry = warning.object.as_ref().and_then(|object| {
+    // A finding goes with the object it is about, if this document delivers that object.
+    for finding in findings {
+        let entry = finding.object.as_ref().and_then(|object| {
             entries
                 .iter_mut()
                 .find(|entry| entry.object.object_ref() == *object)
         });
         match entry {
-            Some(entry) => entry.findings.push(warning),
-            None => unattached.push(warning),
+            Some(entry) => entry.findings.push(finding),
+            None => unattached.push(finding),
         }
     }
     Ok(ParsedDocument {
         entries,
         seen,
         errors,
-        warnings: unattached,
+        findings: unattached,
         names_line,
     })
 }
@@ -134,14 +143,14 @@ fn yaml_error(error: &serde_yaml_ng::Error, line_offset: usize) -> String {
 }
 
 /// The objects of one document, read so far.
-#[derive(Default)]
-struct Reader {
+struct Reader<'c> {
+    classes: &'c LoadBalancerClasses,
     entries: Vec<Entry>,
     seen: Vec<SeenObject>,
     names_line: bool,
 }
 
-impl Reader {
+impl Reader<'_> {
     /// Reads the document whose content starts at `line` (or item `item` of the `List`
     /// there).
     fn read(
@@ -154,14 +163,14 @@ impl Reader {
         let origin = Origin { line, item };
         let Value::Object(map) = &document else {
             self.names_line = true;
-            diagnostics.error(None, "", format!("{origin} is not a mapping"));
+            diagnostics.fatal(None, "", format!("{origin} is not a mapping"));
             return;
         };
         let text = |key: &str| map.get(key).and_then(Value::as_str).unwrap_or_default();
         let (api_version, kind) = (text("apiVersion"), text("kind"));
         if api_version.is_empty() || kind.is_empty() {
             self.names_line = true;
-            diagnostics.error(
+            diagnostics.fatal(
                 None,
                 if api_version.is_empty() {
                     "apiVersion"
@@ -198,15 +207,21 @@ impl Reader {
 
         // Named by the object when it has a name: the line would change with document order.
         let names_line = &mut self.names_line;
-        let mut skip = |field: &str, why: String| match &object {
-            Some(object) => diagnostics.warn(Some(object), field, format!("skipped: {why}")),
+        let mut skip = |severity, reason, field: &str, why: String| match &object {
+            Some(object) => {
+                let message = format!("skipped: {why}");
+                diagnostics.find(severity, reason, Some(object), field, message);
+            }
             None => {
                 *names_line = true;
-                diagnostics.warn(None, field, format!("skipped {origin}: {why}"));
+                let message = format!("skipped {origin}: {why}");
+                diagnostics.find(severity, reason, None, field, message);
             }
         };
         let Some(known) = known else {
             skip(
+                Severity::Info,
+                Reason::KindNotRead,
                 "",
                 format!("kind {kind} ({api_version}) is not used by gateway"),
             );
@@ -215,6 +230,8 @@ impl Reader {
         let versions = known.api_versions();
         if !versions.contains(&api_version) {
             skip(
+                Severity::Warning,
+                Reason::ApiVersionNotRead,
                 "apiVersion",
                 format!(
                     "{api_version} {kind} is not understood (expected {})",
@@ -225,7 +242,7 @@ impl Reader {
         }
         let Some(object) = object else {
             self.names_line = true;
-            diagnostics.error(
+            diagnostics.fatal(
                 None,
                 "metadata.name",
                 format!("the {kind} in {origin} has no name"),
@@ -237,8 +254,8 @@ impl Reader {
             item,
         });
         let mut findings = diagnostics.object(&object);
-        self.entries
-            .extend(convert(known, document, &object, &mut findings).map(Entry::new));
+        let converted = convert(known, document, &object, self.classes, &mut findings);
+        self.entries.extend(converted.map(Entry::new));
     }
 
     fn read_list(&mut self, list: &Value, line: usize, diagnostics: &mut Diagnostics) {
@@ -251,7 +268,7 @@ impl Reader {
             None | Some(Value::Null) => {}
             Some(_) => {
                 self.names_line = true;
-                diagnostics.error(
+                diagnostics.fatal(
                     None,
                     "items",
                     format!(
@@ -264,20 +281,21 @@ impl Reader {
     }
 }
 
-/// The object `document` (of kind `kind`, named `object`) makes: `None` when it is invalid
-/// (with errors) or not one the agent serves (a Service of another type, a slice that is
-/// not IPv4...).
+/// The object `document` (of kind `kind`, named `object`) makes: `None` when it does not
+/// deserialize (a fatal error) or is not one the agent serves (a Service of another type or
+/// class, a slice that is not IPv4, a policy that cannot be read...).
 fn convert(
     kind: Kind,
     document: Value,
     object: &ObjectRef,
+    classes: &LoadBalancerClasses,
     findings: &mut ObjectDiagnostics<'_>,
 ) -> Option<Object> {
     let name = || object.name.to_string();
     match kind {
         Kind::Service => {
             let raw = typed::<core::Service>(document, findings).filter(is_load_balancer)?;
-            let service = service(&raw, object.clone(), findings)?;
+            let service = service(&raw, object.clone(), classes, findings)?;
             Some(Object::Service(Arc::new(service)))
         }
         Kind::EndpointSlice => {
@@ -291,7 +309,7 @@ fn convert(
         }
         Kind::IpPool => {
             let raw = typed::<CiliumLoadBalancerIpPool>(document, findings)?;
-            Some(Object::IpPool(Arc::new(pool(&raw, name(), findings)?)))
+            Some(Object::IpPool(Arc::new(pool(&raw, name(), findings))))
         }
         Kind::L2Policy => {
             let raw = typed::<CiliumL2AnnouncementPolicy>(document, findings)?;
@@ -304,21 +322,22 @@ fn convert(
     }
 }
 
-/// Deserializes `document` into its typed shape, naming the field path of a type error.
+/// Deserializes `document` into its typed shape; a type error (naming the field path)
+/// refuses the file.
 fn typed<T: DeserializeOwned>(document: Value, findings: &mut ObjectDiagnostics<'_>) -> Option<T> {
     serde_path_to_error::deserialize(document)
         .map_err(|error| {
             let path = error.path().to_string();
             let field = if path == "." { String::new() } else { path };
-            findings.error(field, error.into_inner().to_string());
+            findings.fatal(field, error.into_inner().to_string());
         })
         .ok()
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::config::ObjectRef;
     use crate::config::fixtures::*;
+    use crate::config::{ObjectRef, Reason, Severity};
 
     #[test]
     fn reads_every_kind_of_the_reference() {
@@ -354,7 +373,7 @@ mod tests {
         assert_eq!(config.pools[0].name, "first-pool");
         assert_eq!(config.l2_policies.len(), 1);
         assert_eq!(config.l2_policies[0].name, "l2-policy");
-        assert_eq!(config.warnings, []);
+        assert_eq!(config.findings, []);
     }
 
     #[test]
@@ -368,7 +387,7 @@ mod tests {
         let nodes: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(nodes, ["a", "b"]);
         assert_line(
-            &parse_warnings(text),
+            &parse_findings(text),
             &[
                 "objects.yaml: Deployment/x/d: skipped: kind Deployment (apps/v1) is not used by gateway",
             ],
@@ -379,7 +398,7 @@ mod tests {
     fn empty_documents_and_files_are_skipped() {
         let config = parse_ok("---\n# nothing here\n---\n\n---\n");
         assert!(config.services.is_empty() && config.nodes.is_empty());
-        assert_eq!(config.warnings, []);
+        assert_eq!(config.findings, []);
         assert!(parse_ok("").pools.is_empty());
     }
 
@@ -390,7 +409,19 @@ mod tests {
              ---\napiVersion: cilium.io/v1\nkind: CiliumL2AnnouncementPolicy\nmetadata:\n  name: old\n\
              ---\napiVersion: example.com/v1\nkind: Thing\n",
         );
-        let warnings = parse_warnings(&text);
+        let warnings = parse_findings(&text);
+        let reasons: Vec<(Severity, Reason)> = parse_reasons(&text)
+            .into_iter()
+            .map(|(s, r, _)| (s, r))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (Severity::Info, Reason::KindNotRead),
+                (Severity::Warning, Reason::ApiVersionNotRead),
+                (Severity::Info, Reason::KindNotRead),
+            ]
+        );
         // Sorted: findings without an object first.
         assert_eq!(
             warnings,
@@ -464,7 +495,7 @@ mod tests {
                           spec:\n  ports:\n    - port: 443\n      protocol: SCTP\n";
         let config = parse_ok(&reference_with(cluster_ip));
         assert_eq!(config.services.len(), 2);
-        assert_eq!(config.warnings, []);
+        assert_eq!(config.findings, []);
         let errors = parse_errors(&format!(
             "{cluster_ip}---\n{}",
             lb_service("web", "api", "")

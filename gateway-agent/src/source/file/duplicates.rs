@@ -20,7 +20,7 @@ pub(super) fn duplicates<'d>(
     let mut first_seen: HashMap<&ObjectRef, Origin> = HashMap::with_capacity(written.size_hint().0);
     for Written { object, origin } in written {
         match first_seen.get(object) {
-            Some(first) => diagnostics.error(
+            Some(first) => diagnostics.fatal(
                 Some(object),
                 "",
                 format!("duplicate object: defined in {first} and again in {origin}"),

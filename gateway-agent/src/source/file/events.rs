@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::dispatch::ParsedDocument;
-use crate::config::{ConfigWarning, Kind, ObjectRef};
+use crate::config::{Finding, Kind, ObjectRef};
 use crate::store::{Entry, Event};
 
 /// A change of more documents than this (and more than a quarter of the file) is sent as a
@@ -75,9 +75,9 @@ pub(super) fn changes(removed: &[&ParsedDocument], added: &[&ParsedDocument]) ->
 /// The source's own findings: those of every document about nothing it delivers.
 pub(super) fn source_findings<'d>(
     documents: impl Iterator<Item = &'d ParsedDocument>,
-) -> Vec<ConfigWarning> {
+) -> Vec<Finding> {
     documents
-        .flat_map(|parsed| &parsed.warnings)
+        .flat_map(|parsed| &parsed.findings)
         .cloned()
         .collect()
 }

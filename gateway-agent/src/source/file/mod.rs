@@ -1,11 +1,12 @@
 //! The file source: one multi-document YAML file (a `kubectl get -o yaml` export or
 //! hand-written manifests), read whole on every change.
 //!
-//! A read is checked before anything is applied: a syntax error, a type error, an invalid
-//! field, a duplicate object (anything that makes the file invalid) refuses the whole read,
-//! with every error of the file, and produces no events. A read that checks out becomes an
-//! [`Update`]: the batch that takes the store from the accepted read to this one, and the
-//! documents to remember once the store (and whoever checks after it) has taken it.
+//! A read is checked before anything is applied: a syntax error, a type error, a duplicate
+//! object (what the rule in `config::error` calls fatal) refuses the whole read, with every
+//! error of the file, and produces no events. Everything else stays with its object as a
+//! finding. A read that checks out becomes an [`Update`]: the batch that takes the store
+//! from the accepted read to this one, and the documents to remember once the store (and
+//! whoever checks after it) has taken it.
 //!
 //! | file | holds |
 //! | --- | --- |
@@ -16,12 +17,11 @@
 //! | `events.rs` | the events from the documents that changed |
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use crate::config::{
-    Config, ConfigError, ConfigErrors, Diagnostics, IpPool, Object, ObjectRef, pool_order,
+    Config, ConfigError, ConfigErrors, Diagnostics, LoadBalancerClasses, ObjectRef,
 };
-use crate::store::{self, Batch, Store};
+use crate::store::{Batch, Store};
 
 mod cache;
 mod dispatch;
@@ -38,6 +38,8 @@ pub struct FileSource {
     path: PathBuf,
     /// The file's name in every finding.
     name: String,
+    /// The Services of other classes are left alone.
+    classes: LoadBalancerClasses,
     /// The documents of the last read the store took.
     cache: DocumentCache,
 }
@@ -53,10 +55,11 @@ pub struct Update {
 pub struct Documents(Vec<IncomingDocument>);
 
 impl FileSource {
-    pub fn new(path: &Path) -> Self {
+    pub fn new(path: &Path, classes: LoadBalancerClasses) -> Self {
         Self {
             path: path.to_owned(),
             name: path.display().to_string(),
+            classes,
             cache: DocumentCache::default(),
         }
     }
@@ -83,9 +86,9 @@ impl FileSource {
     /// [`Self::read`] on `text` as the file's content. Returns every error of the file, not
     /// just the first.
     pub fn read_text(&self, text: &str) -> Result<Update, ConfigErrors> {
-        let incoming = self
-            .cache
-            .incoming(text, |document| parse_document(&self.name, document))?;
+        let incoming = self.cache.incoming(text, |document| {
+            parse_document(&self.name, document, &self.classes)
+        })?;
         let accepted = self.cache.accepted();
         // Only documents that left or came can change anything: the others hold the objects
         // the store holds.
@@ -129,17 +132,6 @@ impl FileSource {
             duplicates(written, &mut diagnostics);
         }
         if diagnostics.has_errors() {
-            // What the store would find too, so that one read reports every error.
-            let mut pools: Vec<Arc<IpPool>> = self
-                .all_parsed(&incoming)
-                .flat_map(|parsed| &parsed.entries)
-                .filter_map(|entry| match &entry.object {
-                    Object::IpPool(pool) => Some(Arc::clone(pool)),
-                    _ => None,
-                })
-                .collect();
-            pools.sort_by(|a, b| pool_order(a, b));
-            store::validate::overlapping_pools(&pools, &mut diagnostics);
             return Err(diagnostics.into_errors());
         }
 
@@ -153,7 +145,7 @@ impl FileSource {
             || removed
                 .iter()
                 .chain(&added)
-                .any(|parsed| !parsed.warnings.is_empty());
+                .any(|parsed| !parsed.findings.is_empty());
         let source_findings = findings_changed.then(|| {
             events::source_findings(
                 incoming
@@ -213,23 +205,24 @@ pub fn digest(text: &str) -> u64 {
     cache::digest(text)
 }
 
-/// Reads and validates the objects of the file at `path` into a store of their own: what
-/// `check` and `doctor` judge.
-pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let source = FileSource::new(path);
-    into_config(&source, source.read()?)
+/// Reads the objects of the file at `path` into a store of their own: what `check` and
+/// `doctor` judge.
+pub fn load(path: &Path, classes: LoadBalancerClasses) -> Result<Config, ConfigErrors> {
+    let source = FileSource::new(path, classes);
+    Ok(into_config(&source, source.read()?))
 }
 
-/// Like [`load`], for `text` as the content of a file called `name`.
+/// Like [`load`] with the default classes, for `text` as the content of a file called
+/// `name`.
 pub fn parse(name: &str, text: &str) -> Result<Config, ConfigErrors> {
-    let source = FileSource::new(Path::new(name));
-    into_config(&source, source.read_text(text)?)
+    let source = FileSource::new(Path::new(name), LoadBalancerClasses::default());
+    Ok(into_config(&source, source.read_text(text)?))
 }
 
-fn into_config(source: &FileSource, update: Update) -> Result<Config, ConfigErrors> {
+fn into_config(source: &FileSource, update: Update) -> Config {
     let mut store = Store::new(source.name());
-    store.apply(update.batch)?;
-    Ok(store.into_config())
+    store.apply(update.batch);
+    store.into_config()
 }
 
 #[cfg(test)]

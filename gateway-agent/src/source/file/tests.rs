@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{FileSource, load, parse};
 use crate::config::fixtures::*;
-use crate::config::{Config, ConfigErrors, Kind, Object, ObjectRef};
+use crate::config::{Config, ConfigErrors, Kind, LoadBalancerClasses, Object, ObjectRef};
 use crate::store::{Event, Store};
 
 /// A file source and the store it feeds, as the agent keeps them.
@@ -18,7 +18,7 @@ struct Fed {
 impl Fed {
     fn new() -> Self {
         Self {
-            source: FileSource::new(Path::new(FILE)),
+            source: FileSource::new(Path::new(FILE), LoadBalancerClasses::default()),
             store: Store::new(FILE),
         }
     }
@@ -26,7 +26,7 @@ impl Fed {
     /// Reads `text` into the store: what the store holds then, or why it was refused.
     fn read(&mut self, text: &str) -> Result<&Config, ConfigErrors> {
         let update = self.source.read_text(text)?;
-        self.store.apply(update.batch)?;
+        self.store.apply(update.batch);
         self.source.accept(update.documents);
         Ok(self.store.config())
     }
@@ -43,25 +43,36 @@ fn node_doc(name: &str) -> String {
 }
 
 #[test]
-fn every_error_of_the_file_is_reported() {
-    let text = format!(
-        "{}\n---\n{}\n---\napiVersion: v1\nkind: Node\nmetadata:\n  name: n\n  labels:\n    a: 1\n",
+fn every_error_of_the_file_is_reported_and_findings_do_not_refuse_it() {
+    let findings_only = format!(
+        "{}\n---\n{}\n",
         lb_service("web", "a", "    - port: 81\n      protocol: SCTP\n"),
         lb_service("web", "b", "  externalTrafficPolicy: Nowhere\n"),
     );
-    let errors = parse_errors(&text);
-    assert_eq!(errors.len(), 3, "{errors:#?}");
+    let config = parse_ok(&findings_only);
+    assert_eq!(config.services.len(), 2);
+    let findings = parse_findings(&findings_only);
     assert_line(
-        &errors,
+        &findings,
         &["Service/web/a: spec.ports[1].protocol: unsupported protocol \"SCTP\""],
     );
     assert_line(
-        &errors,
+        &findings,
         &["Service/web/b: spec.externalTrafficPolicy: unknown policy \"Nowhere\""],
     );
+    let text = format!(
+        "{findings_only}---\napiVersion: v1\nkind: Node\nmetadata:\n  name: n\n  labels:\n    a: 1\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata:\n  name: c\nspec:\n  ports: [{{port: eighty}}]\n"
+    );
+    let errors = parse_errors(&text);
+    assert_eq!(errors.len(), 2, "{errors:#?}");
     assert_line(
         &errors,
         &["Node/n: metadata.labels.a: invalid type: integer `1`"],
+    );
+    assert_line(
+        &errors,
+        &["Service/default/c: spec.ports[0].port: invalid type: string \"eighty\""],
     );
 }
 
@@ -190,14 +201,10 @@ fn a_refused_read_changes_nothing() {
     let accepted = fed.read(&text).unwrap().clone();
     let digest = fed.source.digest();
     let refused = [
-        // YAML syntax, a type error, a duplicate, overlapping pools (the store's finding).
+        // YAML syntax, a type error, a duplicate.
         reference_with("apiVersion: v1\nkind: Node\nmetadata:\n  name: [extra\n"),
         reference_with(&node_doc("extra").replace("name: extra", "name: extra\n  labels: 7")),
         reference_with(&node_doc("worker-1")),
-        reference_with(&pool_doc(
-            "second",
-            "  blocks:\n    - cidr: 192.168.10.48/28\n",
-        )),
     ];
     for text in &refused {
         assert!(fed.read(text).is_err(), "{text}");
@@ -260,12 +267,14 @@ fn a_read_that_changes_most_of_the_file_replaces_every_kind() {
 #[test]
 fn load_reads_the_file_and_names_it() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/reference.yaml");
-    let config = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let config = load(&path, LoadBalancerClasses::default()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.services.len(), 2);
     assert!(config.source.ends_with("testdata/reference.yaml"));
 
     let missing = std::path::Path::new("/nonexistent/objects.yaml");
-    let errors = load(missing).unwrap_err().to_string();
+    let errors = load(missing, LoadBalancerClasses::default())
+        .unwrap_err()
+        .to_string();
     assert!(
         errors.starts_with("/nonexistent/objects.yaml: cannot read:"),
         "{errors}"
