@@ -56,7 +56,7 @@ pub struct Service {
     /// IPv4 addresses of `status.loadBalancer.ingress[]`, in order: a previous allocation.
     pub status_vips: Vec<FieldAddr>,
     /// `lbipam.cilium.io/sharing-key`, with the namespaces it may be shared across.
-    pub sharing: Option<Sharing>,
+    pub sharing: Option<Box<Sharing>>,
     /// `spec.externalIPs` (IPv4): served where an L2 policy with `externalIPs: true`
     /// announces them.
     pub external_ips: Vec<FieldAddr>,
@@ -65,7 +65,7 @@ pub struct Service {
     pub ipv6: Option<Ipv6Wanted>,
     /// Why the Service gets no VIP whatever the pools hold (an IPv6-only Service, a field
     /// Kubernetes would reject); the finding says it too.
-    pub unservable: Option<Unservable>,
+    pub unservable: Option<Box<Unservable>>,
 }
 
 /// An address together with the field it was read from, so findings can point at it.
@@ -191,7 +191,7 @@ pub(crate) fn service(
     let mut refuse =
         |diagnostics: &mut ObjectDiagnostics<'_>, reason: Reason, field: &str, message: String| {
             diagnostics.refuse(reason, field, message.clone());
-            unservable.get_or_insert(Unservable { reason, message });
+            unservable.get_or_insert_with(|| Box::new(Unservable { reason, message }));
         };
     let ports = ports(spec.ports.as_deref().unwrap_or_default(), diagnostics);
     let traffic_policy = match spec.external_traffic_policy.as_deref() {
@@ -276,6 +276,12 @@ pub(crate) fn service(
     } else {
         None
     };
+    // Kept for as long as the service is: 10,000 of them hold no spare capacity.
+    let (mut requested_vips, mut status_vips) = (requested.v4, status_vips(raw, diagnostics));
+    let mut external_ips = external_ips(spec, diagnostics);
+    requested_vips.shrink_to_fit();
+    status_vips.shrink_to_fit();
+    external_ips.shrink_to_fit();
     let service = Service {
         object,
         labels: raw.metadata.labels.clone().unwrap_or_default(),
@@ -284,10 +290,10 @@ pub(crate) fn service(
         ports,
         traffic_policy,
         affinity_timeout_secs,
-        requested_vips: requested.v4,
-        status_vips: status_vips(raw, diagnostics),
+        requested_vips,
+        status_vips,
         sharing: sharing(raw),
-        external_ips: external_ips(spec, diagnostics),
+        external_ips,
         ipv6,
         unservable,
     };
@@ -526,7 +532,7 @@ fn status_vips(raw: &core::Service, diagnostics: &mut ObjectDiagnostics<'_>) -> 
     vips
 }
 
-fn sharing(raw: &core::Service) -> Option<Sharing> {
+fn sharing(raw: &core::Service) -> Option<Box<Sharing>> {
     let key = annotation(
         raw,
         [
@@ -550,10 +556,10 @@ fn sharing(raw: &core::Service) -> Option<Sharing> {
             .collect()
     })
     .unwrap_or_default();
-    Some(Sharing {
+    Some(Box::new(Sharing {
         key: key.to_owned(),
         cross_namespace,
-    })
+    }))
 }
 
 fn external_ips(

@@ -28,55 +28,88 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::pools::{PoolState, Pools};
 use super::selector::service_labels;
 use super::status::PoolStatus;
 use crate::config::{
-    Config, Diagnostics, FieldAddr, IpPool, Ipv6Wanted, Reason, Service, Severity, TrafficPolicy,
+    Config, Diagnostics, FieldAddr, Ipv6Wanted, Reason, Service, Severity, TrafficPolicy,
 };
 
 /// A VIP granted to a service.
 #[derive(Clone, Copy)]
-pub(crate) struct Grant<'c> {
+pub(crate) struct Grant {
     pub vip: Ipv4Addr,
-    pub pool: &'c IpPool,
+    /// Index into `Config::pools`.
+    pub pool: usize,
     /// The service asked for this VIP.
     pub requested: bool,
 }
 
 /// What LB-IPAM decided for one Service.
-pub(crate) struct Outcome<'c> {
-    /// Sorted by VIP.
-    pub vips: Vec<Grant<'c>>,
+pub(crate) struct Outcome {
+    /// Its grants in [`Allocation::grants`], sorted by VIP.
+    pub vips: Range<usize>,
     pub satisfied: bool,
     pub reason: Reason,
     pub message: String,
 }
 
 /// What LB-IPAM decided for every Service (in `Config::services` order) and pool.
-pub(crate) struct Allocation<'c> {
-    pub services: Vec<Outcome<'c>>,
-    /// The Services on each VIP, by index: more than one when they share it.
-    pub holders: BTreeMap<Ipv4Addr, Vec<usize>>,
+pub(crate) struct Allocation {
+    pub services: Vec<Outcome>,
+    /// Every grant, by service then VIP.
+    pub grants: Vec<Grant>,
+    /// The Services (indexes) on each VIP that more than one shares.
+    pub shared: BTreeMap<Ipv4Addr, Vec<usize>>,
     pub pools: Vec<PoolStatus>,
+}
+
+impl Allocation {
+    /// The VIPs granted to service `i`.
+    pub(crate) fn grants_of(&self, i: usize) -> &[Grant] {
+        &self.grants[self.services[i].vips.clone()]
+    }
 }
 
 /// A Service's claim on an address in step 2.
 struct Claim<'c> {
     service: usize,
     at: &'c FieldAddr,
-    pool: &'c IpPool,
+    pool: usize,
     requested: bool,
     /// The address is in the Service's status.
     held: bool,
 }
 
+/// The Services on an address given out: nearly always one.
+enum Sharers {
+    One(usize),
+    Many(Vec<usize>),
+}
+
+impl Sharers {
+    fn as_slice(&self) -> &[usize] {
+        match self {
+            Sharers::One(service) => std::slice::from_ref(service),
+            Sharers::Many(services) => services,
+        }
+    }
+
+    fn push(&mut self, service: usize) {
+        match self {
+            Sharers::One(first) => *self = Sharers::Many(vec![*first, service]),
+            Sharers::Many(services) => services.push(service),
+        }
+    }
+}
+
 /// An address given out: its pool and the Services on it.
-struct Holder<'c> {
-    pool: &'c IpPool,
-    services: Vec<usize>,
+struct Holder {
+    pool: usize,
+    services: Sharers,
 }
 
 /// The first request of a Service that failed.
@@ -85,10 +118,12 @@ struct Failure {
     message: String,
 }
 
-pub(crate) fn allocate<'c>(config: &'c Config, diagnostics: &mut Diagnostics) -> Allocation<'c> {
+pub(crate) fn allocate(config: &Config, diagnostics: &mut Diagnostics) -> Allocation {
     let pools = Pools::of(&config.pools, diagnostics);
     let services = &config.services[..];
-    let mut grants: Vec<Vec<Grant<'c>>> = vec![Vec::new(); services.len()];
+    // (service, grant), in any order until the end.
+    let mut grants: Vec<(usize, Grant)> = Vec::with_capacity(services.len());
+    let mut granted = vec![false; services.len()];
     let mut failures: Vec<Option<Failure>> = services.iter().map(|_| None).collect();
     // A request refused: an error finding, and the Service's condition if it is the first.
     let mut fail = |diagnostics: &mut Diagnostics,
@@ -108,7 +143,7 @@ pub(crate) fn allocate<'c>(config: &'c Config, diagnostics: &mut Diagnostics) ->
     };
 
     // Step 2.
-    let mut claims = Vec::new();
+    let mut claims = Vec::with_capacity(services.len());
     for (i, service) in services.iter().enumerate() {
         if service.unservable.is_some() {
             continue;
@@ -169,55 +204,55 @@ pub(crate) fn allocate<'c>(config: &'c Config, diagnostics: &mut Diagnostics) ->
             .then_with(|| (!a.held).cmp(&!b.held))
             .then_with(|| allocation_order(&services[a.service], &services[b.service]))
     });
-    let mut holders: BTreeMap<Ipv4Addr, Holder<'c>> = BTreeMap::new();
-    for claim in &claims {
-        let (addr, service) = (claim.at.addr, &services[claim.service]);
-        let holder = holders.entry(addr).or_insert_with(|| Holder {
-            pool: claim.pool,
-            services: Vec::new(),
-        });
-        if holder.services.contains(&claim.service) {
-            continue;
-        }
-        match joins(services, &holder.services, claim.service) {
-            Ok(()) => {
-                holder.services.push(claim.service);
-                grants[claim.service].push(Grant {
-                    vip: addr,
-                    pool: holder.pool,
-                    requested: claim.requested,
-                });
+    let mut holders: BTreeMap<Ipv4Addr, Holder> = BTreeMap::new();
+    for run in claims.chunk_by(|a, b| a.at.addr == b.at.addr) {
+        let addr = run[0].at.addr;
+        let mut holder = Holder {
+            pool: run[0].pool,
+            services: Sharers::One(run[0].service),
+        };
+        grants.push((run[0].service, grant(addr, &holder, run[0].requested)));
+        granted[run[0].service] = true;
+        for claim in &run[1..] {
+            if holder.services.as_slice().contains(&claim.service) {
+                continue;
             }
-            Err(refusal) if claim.requested => fail(
-                diagnostics,
-                claim.service,
-                refusal.reason,
-                &claim.at.field,
-                format!("requested VIP {addr} {}", refusal.why),
-            ),
-            Err(refusal) => diagnostics.find(
-                Severity::Warning,
-                Reason::StaleStatusIP,
-                Some(&service.object),
-                claim.at.field.clone(),
-                format!("{addr} {}; it is not kept", refusal.why),
-            ),
+            match joins(services, holder.services.as_slice(), claim.service) {
+                Ok(()) => {
+                    holder.services.push(claim.service);
+                    grants.push((claim.service, grant(addr, &holder, claim.requested)));
+                    granted[claim.service] = true;
+                }
+                Err(refusal) if claim.requested => fail(
+                    diagnostics,
+                    claim.service,
+                    refusal.reason,
+                    &claim.at.field,
+                    format!("requested VIP {addr} {}", refusal.why),
+                ),
+                Err(refusal) => diagnostics.find(
+                    Severity::Warning,
+                    Reason::StaleStatusIP,
+                    Some(&services[claim.service].object),
+                    claim.at.field.clone(),
+                    format!("{addr} {}; it is not kept", refusal.why),
+                ),
+            }
         }
+        holders.insert(addr, holder);
     }
 
     // Step 4.
     let mut waiting: Vec<usize> = (0..services.len())
         .filter(|&i| {
             let service = &services[i];
-            service.unservable.is_none()
-                && service.requested_vips.is_empty()
-                && grants[i].is_empty()
+            service.unservable.is_none() && service.requested_vips.is_empty() && !granted[i]
         })
         .collect();
     waiting.sort_by(|&a, &b| allocation_order(&services[a], &services[b]));
     let mut by_key: BTreeMap<&str, BTreeSet<Ipv4Addr>> = BTreeMap::new();
     for (addr, holder) in &holders {
-        for &i in &holder.services {
+        for &i in holder.services.as_slice() {
             if let Some(sharing) = &services[i].sharing {
                 by_key.entry(&sharing.key).or_default().insert(*addr);
             }
@@ -230,54 +265,57 @@ pub(crate) fn allocate<'c>(config: &'c Config, diagnostics: &mut Diagnostics) ->
             let addrs = by_key.get(sharing.key.as_str())?;
             addrs
                 .iter()
-                .find(|addr| joins(services, &holders[addr].services, i).is_ok())
+                .find(|addr| joins(services, holders[addr].services.as_slice(), i).is_ok())
                 .copied()
         });
         if let Some(addr) = shared {
             let holder = holders.get_mut(&addr).expect("a key's address is held");
             holder.services.push(i);
-            grants[i].push(Grant {
-                vip: addr,
-                pool: holder.pool,
-                requested: false,
-            });
+            grants.push((i, grant(addr, holder, false)));
             continue;
         }
         match free.take(service) {
             Ok((vip, pool)) => {
-                holders.insert(
-                    vip,
-                    Holder {
-                        pool,
-                        services: vec![i],
-                    },
-                );
+                let holder = Holder {
+                    pool,
+                    services: Sharers::One(i),
+                };
+                grants.push((i, grant(vip, &holder, false)));
+                holders.insert(vip, holder);
                 if let Some(sharing) = &service.sharing {
                     by_key.entry(&sharing.key).or_default().insert(vip);
                 }
-                grants[i].push(Grant {
-                    vip,
-                    pool,
-                    requested: false,
-                });
             }
             Err((reason, message)) => fail(diagnostics, i, reason, "", message),
         }
     }
 
-    let pool_statuses = pool_statuses(&pools, &holders);
-    let outcomes = (services.iter().zip(grants).zip(failures))
-        .map(|((service, mut vips), failure)| {
-            vips.sort_by_key(|grant| grant.vip);
-            outcome(service, vips, failure)
-        })
-        .collect();
+    grants.sort_by_key(|(service, grant)| (*service, grant.vip));
+    let mut outcomes = Vec::with_capacity(services.len());
+    let mut from = 0;
+    for (i, (service, failure)) in services.iter().zip(failures).enumerate() {
+        let to = from + grants[from..].iter().take_while(|(s, _)| *s == i).count();
+        outcomes.push(outcome(service, from..to, failure));
+        from = to;
+    }
     Allocation {
         services: outcomes,
-        holders: (holders.into_iter())
-            .map(|(addr, holder)| (addr, holder.services))
+        pools: pool_statuses(&pools, &holders),
+        grants: grants.into_iter().map(|(_, grant)| grant).collect(),
+        shared: (holders.into_iter())
+            .filter_map(|(addr, holder)| match holder.services {
+                Sharers::One(_) => None,
+                Sharers::Many(services) => Some((addr, services)),
+            })
             .collect(),
-        pools: pool_statuses,
+    }
+}
+
+fn grant(vip: Ipv4Addr, holder: &Holder, requested: bool) -> Grant {
+    Grant {
+        vip,
+        pool: holder.pool,
+        requested,
     }
 }
 
@@ -287,7 +325,7 @@ fn allocation_order(a: &Service, b: &Service) -> Ordering {
 }
 
 /// The condition of a Service, from what it was granted and what failed.
-fn outcome<'c>(service: &Service, vips: Vec<Grant<'c>>, failure: Option<Failure>) -> Outcome<'c> {
+fn outcome(service: &Service, vips: Range<usize>, failure: Option<Failure>) -> Outcome {
     let (satisfied, reason, message) = if let Some(unservable) = &service.unservable {
         (false, unservable.reason, unservable.message.clone())
     } else if let Some(failure) = failure {
@@ -381,23 +419,17 @@ pub(crate) fn compatible(a: &Service, b: &Service) -> Result<(), String> {
     Ok(())
 }
 
-/// Step 2 for a request: the pool that grants `addr` to `service`, or why none does.
-fn grant_request<'c>(
-    pools: &Pools<'c>,
+/// Step 2 for a request: the pool (index) that grants `addr` to `service`, or why none
+/// does.
+fn grant_request(
+    pools: &Pools<'_>,
     service: &Service,
     addr: Ipv4Addr,
     held: bool,
-) -> Result<&'c IpPool, (Reason, String)> {
-    let holding = pools.holding(addr);
-    let Some(&(first, _, _)) = holding.first() else {
-        return Err((
-            Reason::RequestedIPNotInPool,
-            "is outside every CiliumLoadBalancerIPPool".to_owned(),
-        ));
-    };
+) -> Result<usize, (Reason, String)> {
     let labels = service_labels(service);
     let mut refusal = None;
-    for (pool, block, state) in holding {
+    for (i, pool, block, state) in pools.holding(addr) {
         let why = if !pool.service_selector.matches(&labels) || *state == PoolState::Broken {
             (
                 Reason::PoolSelectorMismatch,
@@ -419,7 +451,7 @@ fn grant_request<'c>(
             )
         } else if state.usable() || held {
             // A disabled or conflicting pool keeps what the Service already holds.
-            return Ok(pool);
+            return Ok(i);
         } else if let PoolState::Conflicting(why) = state {
             (
                 Reason::PoolConflict,
@@ -435,18 +467,19 @@ fn grant_request<'c>(
     }
     Err(refusal.unwrap_or_else(|| {
         (
-            Reason::PoolSelectorMismatch,
-            format!("is in {}", first.object()),
+            Reason::RequestedIPNotInPool,
+            "is outside every CiliumLoadBalancerIPPool".to_owned(),
         )
     }))
 }
 
-/// Step 2 without a request: the pool that keeps `addr`, which `service` holds in its status.
-fn keep_held<'c>(pools: &Pools<'c>, service: &Service, addr: Ipv4Addr) -> Option<&'c IpPool> {
+/// Step 2 without a request: the pool (index) that keeps `addr`, which `service` holds in
+/// its status.
+fn keep_held(pools: &Pools<'_>, service: &Service, addr: Ipv4Addr) -> Option<usize> {
     let labels = service_labels(service);
-    (pools.holding(addr).into_iter()).find_map(|(pool, block, state)| {
+    pools.holding(addr).find_map(|(i, pool, block, state)| {
         let selects = *state == PoolState::Broken || pool.service_selector.matches(&labels);
-        (selects && !block.is_reserved(addr)).then_some(pool)
+        (selects && !block.is_reserved(addr)).then_some(i)
     })
 }
 
@@ -473,8 +506,8 @@ impl<'p, 'c> FreeAddresses<'p, 'c> {
     }
 
     /// The lowest free address of the first usable pool (by name) that selects `service`
-    /// and has one.
-    fn take(&mut self, service: &Service) -> Result<(Ipv4Addr, &'c IpPool), (Reason, String)> {
+    /// and has one, with the pool's index.
+    fn take(&mut self, service: &Service) -> Result<(Ipv4Addr, usize), (Reason, String)> {
         let labels = service_labels(service);
         let mut candidates = Vec::new();
         for (i, (pool, state)) in self.pools.pools.iter().zip(&self.pools.states).enumerate() {
@@ -484,7 +517,7 @@ impl<'p, 'c> FreeAddresses<'p, 'c> {
             candidates.push(pool.object().to_string());
             if let Some(addr) = self.lowest_free(i) {
                 self.taken.insert(addr);
-                return Ok((addr, &**pool));
+                return Ok((addr, i));
             }
         }
         if candidates.is_empty() {
@@ -507,7 +540,7 @@ impl<'p, 'c> FreeAddresses<'p, 'c> {
 
     fn lowest_free(&mut self, pool: usize) -> Option<Ipv4Addr> {
         let blocks = &self.pools.pools[pool].blocks;
-        let mut lowest: Option<(Ipv4Addr, usize)> = None;
+        let mut lowest: Option<Ipv4Addr> = None;
         for (b, block) in blocks.iter().enumerate() {
             let last = u64::from(u32::from(block.last));
             let mut at = self.from[pool][b];
@@ -521,23 +554,24 @@ impl<'p, 'c> FreeAddresses<'p, 'c> {
             self.from[pool][b] = at;
             if at <= last {
                 let addr = Ipv4Addr::from(at as u32);
-                if lowest.is_none_or(|(low, _)| addr < low) {
-                    lowest = Some((addr, b));
+                if lowest.is_none_or(|low| addr < low) {
+                    lowest = Some(addr);
                 }
             }
         }
-        lowest.map(|(addr, _)| addr)
+        lowest
     }
 }
 
 /// Each pool's counts and conflict, as `kubectl get ippools` shows them with Cilium.
-fn pool_statuses(pools: &Pools<'_>, holders: &BTreeMap<Ipv4Addr, Holder<'_>>) -> Vec<PoolStatus> {
-    (pools.pools.iter().zip(&pools.states))
-        .map(|(pool, state)| {
+fn pool_statuses(pools: &Pools<'_>, holders: &BTreeMap<Ipv4Addr, Holder>) -> Vec<PoolStatus> {
+    let mut used = vec![0u64; pools.pools.len()];
+    for holder in holders.values() {
+        used[holder.pool] += 1;
+    }
+    (pools.pools.iter().zip(&pools.states).zip(used))
+        .map(|((pool, state), used)| {
             let total: u64 = pool.blocks.iter().map(|block| block.allocatable()).sum();
-            let used = (holders.values())
-                .filter(|holder| std::ptr::eq(holder.pool, &**pool))
-                .count() as u64;
             PoolStatus {
                 pool: pool.name.as_str().into(),
                 disabled: pool.disabled,

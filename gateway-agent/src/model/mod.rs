@@ -12,7 +12,6 @@
 //! an external IP shares with another Service's is served by the first (LoadBalancer VIPs
 //! before external IPs, then the oldest Service) and skipped on the others.
 
-use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -224,24 +223,44 @@ struct Announcing {
     eligible: Vec<usize>,
 }
 
-/// What one service makes of the objects: who may announce its addresses and, on a node,
-/// its frontends there, with the findings on the way.
+impl Announcing {
+    /// Who may announce `service`'s addresses of `kind`.
+    fn of(
+        config: &Config,
+        service: &Service,
+        slices: &[Arc<EndpointSlice>],
+        kind: AddressKind,
+    ) -> Self {
+        if kind == AddressKind::External && service.external_ips.is_empty() {
+            return Self::default();
+        }
+        let policies = announce::policies_for(config, service, kind);
+        let eligible = election::eligible(config, service, slices, &policies);
+        Self { policies, eligible }
+    }
+}
+
+/// The election of one address with the service alone on it, as nearly every address is:
+/// a function of the service's own objects, so it is kept with them.
+struct Solo {
+    /// The elected node (index into `config.nodes`).
+    announcer: Option<usize>,
+    /// This node's announcements, when it is elected.
+    announcements: Vec<Announcement>,
+    /// Why no node is, when none is.
+    finding: Option<Box<Finding>>,
+}
+
+/// What one service makes of the objects: on a node, its frontends there, and each of its
+/// addresses' election when it is alone on it, with the findings on the way.
 struct ServiceModel {
-    load_balancer: Announcing,
-    external: Announcing,
     /// On every address of the service, this node's backends; none in the cluster-wide
     /// view.
     frontends: Vec<Frontend>,
+    /// Per address (in `ModelledService::addresses` order), its election when the service
+    /// is alone on it.
+    solo: Vec<Solo>,
     findings: Vec<Finding>,
-}
-
-impl ServiceModel {
-    fn announcing(&self, kind: AddressKind) -> &Announcing {
-        match kind {
-            AddressKind::LoadBalancer => &self.load_balancer,
-            AddressKind::External => &self.external,
-        }
-    }
 }
 
 /// The node the model is computed for.
@@ -251,23 +270,131 @@ struct ThisNode<'n> {
     interfaces: &'n [String],
 }
 
+/// What every service's model reads besides its own objects, made once a run: the names
+/// it hands out are shared, not copied.
+struct Context<'c> {
+    config: &'c Config,
+    node: Option<&'c ThisNode<'c>>,
+    /// This node's index in `config.nodes`.
+    node_index: Option<usize>,
+    node_names: Vec<Name>,
+    policy_names: Vec<Name>,
+    /// Per policy, the interfaces of this node it announces on (none when it does not
+    /// select this node).
+    interfaces: Vec<Vec<Name>>,
+}
+
+impl<'c> Context<'c> {
+    fn of(config: &'c Config, node: Option<&'c ThisNode<'c>>) -> Self {
+        let node_index =
+            node.and_then(|node| config.nodes.iter().position(|n| n.name == node.name));
+        let interfaces = match node {
+            Some(node) => announce::interfaces_by_policy(
+                config,
+                node_index.map(|i| &*config.nodes[i]),
+                node.interfaces,
+            ),
+            None => vec![Vec::new(); config.l2_policies.len()],
+        };
+        Self {
+            config,
+            node,
+            node_index,
+            node_names: (config.nodes.iter())
+                .map(|n| n.name.as_str().into())
+                .collect(),
+            policy_names: (config.l2_policies.iter())
+                .map(|p| p.name.as_str().into())
+                .collect(),
+            interfaces: (interfaces.into_iter())
+                .map(|names| names.iter().map(|n| n.as_str().into()).collect())
+                .collect(),
+        }
+    }
+
+    /// The announcements of `addr` on this node under `policies`, when `announcer` is this
+    /// node: one per interface, from the first policy (by name) that puts it there.
+    fn announcements(
+        &self,
+        addr: Ipv4Addr,
+        service: &ObjectRef,
+        policies: &[usize],
+        announcer: usize,
+    ) -> Vec<Announcement> {
+        if self.node_index != Some(announcer) {
+            return Vec::new();
+        }
+        let announcement = |interface: &Name, policy: usize| Announcement {
+            interface: interface.clone(),
+            vip: addr,
+            service: service.clone(),
+            policy: self.policy_names[policy].clone(),
+        };
+        if let [policy] = policies {
+            let interfaces = &self.interfaces[*policy];
+            return (interfaces.iter())
+                .map(|interface| announcement(interface, *policy))
+                .collect();
+        }
+        let mut on: BTreeMap<&Name, usize> = BTreeMap::new();
+        for &policy in policies {
+            for interface in &self.interfaces[policy] {
+                on.entry(interface).or_insert(policy);
+            }
+        }
+        (on.into_iter())
+            .map(|(interface, policy)| announcement(interface, policy))
+            .collect()
+    }
+
+    /// Why no node announces `addr` of the services `on` it under `policies`.
+    fn no_eligible_node(
+        &self,
+        addr: Ipv4Addr,
+        service: &Service,
+        policies: &[usize],
+        shared: bool,
+    ) -> Finding {
+        let names: Vec<String> = (policies.iter())
+            .map(|&p| self.config.l2_policies[p].object().to_string())
+            .collect();
+        let whose = if shared {
+            "every service on it"
+        } else {
+            "the service"
+        };
+        Finding {
+            file: self.config.source.clone(),
+            object: Some(service.object.clone()),
+            field: String::new(),
+            message: format!(
+                "no node can announce {addr}: none is Ready, selected by the nodeSelector of {} \
+                 and running a ready endpoint of {whose}",
+                names.join(" or "),
+            ),
+            reason: Reason::NoEligibleNode,
+            severity: Severity::Warning,
+        }
+    }
+}
+
 /// The whole model; `node` adds what that node programs and announces.
 fn compute(config: &Config, node: Option<&ThisNode<'_>>, cache: &mut ModelCache) -> DesiredState {
     let common = CommonInputs::of(config, node);
     if cache.common.as_ref() != Some(&common) {
         cache.services.clear();
     }
+    let context = Context::of(config, node);
     let mut diagnostics = Diagnostics::new(&config.source);
     let allocation = ipam::allocate(config, &mut diagnostics);
 
     // Each service with its addresses, modelled or taken from the cache. The entries are
     // updated where they are: a new map of 10,000 each time (megabytes of fresh pages)
     // cost more than the services that changed.
-    let mut modelled: Vec<(&Arc<Service>, &ModelledService)> =
-        Vec::with_capacity(config.services.len());
     let mut keys = Vec::with_capacity(config.services.len());
+    let mut addresses = Vec::new();
     for (i, ServiceWithSlices { service, slices }) in config.services_with_slices().enumerate() {
-        let addresses = addresses(config, service, &allocation.services[i]);
+        addresses_of(config, service, allocation.grants_of(i), &mut addresses);
         let key = Arc::as_ptr(service) as usize;
         match cache.services.entry(key) {
             Entry::Occupied(entry) if entry.get().fits(service, slices, &addresses) => {
@@ -275,10 +402,10 @@ fn compute(config: &Config, node: Option<&ThisNode<'_>>, cache: &mut ModelCache)
             }
             entry => {
                 let fresh = ModelledService {
-                    model: model_service(config, service, slices, &addresses, node),
+                    model: model_service(&context, service, slices, &addresses),
                     service: Arc::clone(service),
                     slices: slices.to_vec(),
-                    addresses,
+                    addresses: addresses.clone(),
                     used: true,
                 };
                 match entry {
@@ -296,13 +423,10 @@ fn compute(config: &Config, node: Option<&ThisNode<'_>>, cache: &mut ModelCache)
         .services
         .retain(|_, modelled| std::mem::replace(&mut modelled.used, false));
     cache.common = Some(common);
-    for (service, key) in config.services.iter().zip(&keys) {
-        modelled.push((service, &cache.services[key]));
-    }
+    let modelled: Vec<&ModelledService> = keys.iter().map(|key| &cache.services[key]).collect();
 
-    let node_object = node.and_then(|node| config.nodes.iter().find(|n| n.name == node.name));
     if let Some(node) = node
-        && node_object.is_none()
+        && context.node_index.is_none()
     {
         diagnostics.find(
             Severity::Warning,
@@ -312,26 +436,26 @@ fn compute(config: &Config, node: Option<&ThisNode<'_>>, cache: &mut ModelCache)
             "this node is not among the Node objects: it announces nothing",
         );
     }
-    let this_node = node.map(|node| {
-        let interfaces =
-            announce::interfaces_by_policy(config, node_object.map(|n| &**n), node.interfaces);
-        (node.name, interfaces)
-    });
-    let served = addresses_served(config, &modelled, this_node.as_ref(), &mut diagnostics);
+    let served = addresses_served(&context, &modelled, &mut diagnostics);
 
     let mut frontends = Vec::with_capacity(config.services.len());
-    for (i, (_, modelled)) in modelled.iter().enumerate() {
+    for (i, modelled) in modelled.iter().enumerate() {
         diagnostics.absorb([], modelled.model.findings.iter().cloned());
-        frontends.extend(
-            (modelled.model.frontends.iter())
-                .filter(|f| !served.skipped.contains(&(i, f.vip, f.port, f.protocol)))
-                .cloned(),
-        );
+        let frontends_of = modelled.model.frontends.iter();
+        if served.skipped.is_empty() {
+            frontends.extend(frontends_of.cloned());
+        } else {
+            frontends.extend(
+                frontends_of
+                    .filter(|f| !served.skipped.contains(&(i, f.vip, f.port, f.protocol)))
+                    .cloned(),
+            );
+        }
     }
     frontends.sort_by_key(|f| (f.vip, f.port, f.protocol));
     let mut announcements = served.announcements;
     announcements.sort();
-    let services = service_statuses(config, &allocation, &served.announcers);
+    let services = service_statuses(&context, &allocation, &served.announcers);
     let mut findings = diagnostics.into_findings();
     findings.extend(config.findings.iter().cloned());
     findings.sort();
@@ -345,15 +469,19 @@ fn compute(config: &Config, node: Option<&ThisNode<'_>>, cache: &mut ModelCache)
     }
 }
 
-/// The addresses `service` is served on: the VIPs it was granted and, when a policy with
-/// `externalIPs: true` selects it, its external IPs; sorted.
-fn addresses(config: &Config, service: &Service, outcome: &ipam::Outcome<'_>) -> Vec<Address> {
-    let mut addresses: Vec<Address> = (outcome.vips.iter())
-        .map(|grant| Address {
-            addr: grant.vip,
-            kind: AddressKind::LoadBalancer,
-        })
-        .collect();
+/// The addresses `service` is served on, into `addresses`: the VIPs it was `granted` and,
+/// when a policy with `externalIPs: true` selects it, its external IPs; sorted.
+fn addresses_of(
+    config: &Config,
+    service: &Service,
+    granted: &[ipam::Grant],
+    addresses: &mut Vec<Address>,
+) {
+    addresses.clear();
+    addresses.extend(granted.iter().map(|grant| Address {
+        addr: grant.vip,
+        kind: AddressKind::LoadBalancer,
+    }));
     if !service.external_ips.is_empty()
         && !announce::policies_for(config, service, AddressKind::External).is_empty()
     {
@@ -361,31 +489,23 @@ fn addresses(config: &Config, service: &Service, outcome: &ipam::Outcome<'_>) ->
             addr: ip.addr,
             kind: AddressKind::External,
         }));
+        addresses.sort();
+        addresses.dedup();
     }
-    addresses.sort();
-    addresses.dedup();
-    addresses
 }
 
-/// The service's part of the model; `node` adds what that node programs.
+/// The service's part of the model; a node in `context` adds what that node programs.
 fn model_service(
-    config: &Config,
+    context: &Context<'_>,
     service: &Service,
     slices: &[Arc<EndpointSlice>],
     addresses: &[Address],
-    node: Option<&ThisNode<'_>>,
 ) -> ServiceModel {
+    let config = context.config;
     let mut diagnostics = Diagnostics::new(&config.source);
     let object = Some(&service.object);
-    let announcing = |kind| {
-        let policies = announce::policies_for(config, service, kind);
-        let eligible = election::eligible(config, service, slices, &policies);
-        Announcing { policies, eligible }
-    };
-    let (load_balancer, external) = (
-        announcing(AddressKind::LoadBalancer),
-        announcing(AddressKind::External),
-    );
+    let load_balancer = Announcing::of(config, service, slices, AddressKind::LoadBalancer);
+    let external = Announcing::of(config, service, slices, AddressKind::External);
     for (i, ip) in service.external_ips.iter().enumerate() {
         if external.policies.is_empty() {
             diagnostics.find(
@@ -401,7 +521,12 @@ fn model_service(
             );
         }
     }
-    let mut frontends = Vec::new();
+    // Exactly as large as they get: 10,000 services keep them between reloads.
+    let mut frontends = Vec::with_capacity(match context.node {
+        Some(_) => addresses.len() * service.ports.len(),
+        None => 0,
+    });
+    let mut solo = Vec::with_capacity(addresses.len());
     match service.traffic_policy {
         TrafficPolicy::Cluster => diagnostics.find(
             Severity::Error,
@@ -413,7 +538,11 @@ fn model_service(
         ),
         TrafficPolicy::Local => {
             for address in addresses {
-                if address.kind == AddressKind::LoadBalancer && load_balancer.policies.is_empty() {
+                let announcing = match address.kind {
+                    AddressKind::LoadBalancer => &load_balancer,
+                    AddressKind::External => &external,
+                };
+                if address.kind == AddressKind::LoadBalancer && announcing.policies.is_empty() {
                     diagnostics.find(
                         Severity::Warning,
                         Reason::NoAnnouncementPolicy,
@@ -426,7 +555,8 @@ fn model_service(
                         ),
                     );
                 }
-                if let Some(node) = node {
+                solo.push(elect(context, address.addr, service, announcing, false));
+                if let Some(node) = context.node {
                     frontends.extend(frontends::frontends(
                         service,
                         slices,
@@ -440,10 +570,43 @@ fn model_service(
     }
     let (_, findings) = diagnostics.into_parts();
     ServiceModel {
-        load_balancer,
-        external,
         frontends,
+        solo,
         findings,
+    }
+}
+
+/// The election of `addr` among `announcing`'s eligible nodes, for the first of the
+/// services on it (`shared` when there are others).
+fn elect(
+    context: &Context<'_>,
+    addr: Ipv4Addr,
+    service: &Service,
+    announcing: &Announcing,
+    shared: bool,
+) -> Solo {
+    let policies = &announcing.policies;
+    if policies.is_empty() {
+        return Solo {
+            announcer: None,
+            announcements: Vec::new(),
+            finding: None,
+        };
+    }
+    let nodes = &context.config.nodes;
+    match election::elect(nodes, addr, announcing.eligible.iter().copied()) {
+        Some(announcer) => Solo {
+            announcer: Some(announcer),
+            announcements: context.announcements(addr, &service.object, policies, announcer),
+            finding: None,
+        },
+        None => Solo {
+            announcer: None,
+            announcements: Vec::new(),
+            finding: Some(Box::new(
+                context.no_eligible_node(addr, service, policies, shared),
+            )),
+        },
     }
 }
 
@@ -451,101 +614,66 @@ fn model_service(
 struct Served {
     /// This node's announcements.
     announcements: Vec<Announcement>,
-    /// Each address's elected node (index into `config.nodes`).
-    announcers: BTreeMap<Ipv4Addr, usize>,
+    /// Each address's elected node (index into `config.nodes`), sorted by address.
+    announcers: Vec<(Ipv4Addr, usize)>,
     /// Frontends (service index, address, port, protocol) skipped: another service serves
     /// that port on that address.
     skipped: BTreeSet<(usize, Ipv4Addr, u16, Protocol)>,
 }
 
 /// Elects each address's announcer among the nodes eligible for every service on it, and
-/// gives each port of an address to one service. `this_node` is the node's name with, per
-/// policy, the interfaces it announces on there.
+/// gives each port of an address to one service.
 fn addresses_served(
-    config: &Config,
-    modelled: &[(&Arc<Service>, &ModelledService)],
-    this_node: Option<&(&str, Vec<Vec<String>>)>,
+    context: &Context<'_>,
+    modelled: &[&ModelledService],
     diagnostics: &mut Diagnostics,
 ) -> Served {
     let mut served = Served {
         announcements: Vec::new(),
-        announcers: BTreeMap::new(),
+        announcers: Vec::new(),
         skipped: BTreeSet::new(),
     };
-    // (address, kind, service): LoadBalancer VIPs before external IPs, then the oldest.
-    let mut claims: Vec<(Address, usize)> = (modelled.iter().enumerate())
-        .filter(|(_, (service, _))| service.traffic_policy == TrafficPolicy::Local)
-        .flat_map(|(i, (_, m))| m.addresses.iter().map(move |a| (*a, i)))
+    // (address, service, its index among the service's addresses): LoadBalancer VIPs
+    // before external IPs, then the oldest service.
+    let mut claims: Vec<(Address, usize, usize)> = (modelled.iter().enumerate())
+        .filter(|(_, m)| m.service.traffic_policy == TrafficPolicy::Local)
+        .flat_map(|(i, m)| (m.addresses.iter().enumerate()).map(move |(j, a)| (*a, i, j)))
         .collect();
-    claims.sort_by(|(a, i), (b, j)| {
+    claims.sort_by(|(a, i, _), (b, j, _)| {
         (a.addr, a.kind)
             .cmp(&(b.addr, b.kind))
-            .then_with(|| service_age(modelled[*i].0, modelled[*j].0))
+            .then_with(|| service_age(&modelled[*i].service, &modelled[*j].service))
     });
-    let this_node_index =
-        this_node.and_then(|(name, _)| config.nodes.iter().position(|node| node.name == *name));
-    for run in claims.chunk_by(|(a, _), (b, _)| a.addr == b.addr) {
-        let addr = run[0].0.addr;
-        // One service on the address, as nearly always: its own policies and nodes.
-        let (policies, eligible): (Cow<'_, [usize]>, Cow<'_, [usize]>) = match run {
-            [(address, i)] => {
-                let announcing = modelled[*i].1.model.announcing(address.kind);
-                (
-                    Cow::Borrowed(&announcing.policies),
-                    Cow::Borrowed(&announcing.eligible),
-                )
-            }
+    for run in claims.chunk_by(|(a, _, _), (b, _, _)| a.addr == b.addr) {
+        let shared;
+        let solo = match run {
+            // Alone on the address, as nearly always: the election kept with the service.
+            [(_, i, j)] => &modelled[*i].model.solo[*j],
             _ => {
-                let (policies, eligible) = shared_address(modelled, run, &mut served, diagnostics);
-                (Cow::Owned(policies), Cow::Owned(eligible))
-            }
-        };
-        if policies.is_empty() {
-            continue;
-        }
-        let Some(announcer) = election::elect(&config.nodes, addr, eligible.iter().copied()) else {
-            let names: Vec<String> = (policies.iter())
-                .map(|&p| config.l2_policies[p].object().to_string())
-                .collect();
-            let whose = if run.len() > 1 {
-                "every service on it"
-            } else {
-                "the service"
-            };
-            for &(_, i) in run {
-                diagnostics.find(
-                    Severity::Warning,
-                    Reason::NoEligibleNode,
-                    Some(&modelled[i].0.object),
-                    "",
-                    format!(
-                        "no node can announce {addr}: none is Ready, selected by the nodeSelector \
-                         of {} and running a ready endpoint of {whose}",
-                        names.join(" or "),
-                    ),
+                let (address, first, _) = run[0];
+                let announcing = shared_address(context, modelled, run, &mut served, diagnostics);
+                shared = elect(
+                    context,
+                    address.addr,
+                    &modelled[first].service,
+                    &announcing,
+                    true,
                 );
+                &shared
             }
-            continue;
         };
-        served.announcers.insert(addr, announcer);
-        if let Some((_, interfaces)) = this_node
-            && this_node_index == Some(announcer)
-        {
-            let service = &modelled[run[0].1].0.object;
-            let mut on: BTreeMap<&str, usize> = BTreeMap::new();
-            for &policy in policies.iter() {
-                for interface in &interfaces[policy] {
-                    on.entry(interface).or_insert(policy);
-                }
+        if let Some(announcer) = solo.announcer {
+            served.announcers.push((run[0].0.addr, announcer));
+        }
+        served
+            .announcements
+            .extend(solo.announcements.iter().cloned());
+        if let Some(finding) = &solo.finding {
+            for &(_, i, _) in run {
+                let mut finding = Finding::clone(finding);
+                finding.object = Some(modelled[i].service.object.clone());
+                diagnostics.absorb([], [finding]);
             }
-            served
-                .announcements
-                .extend(on.into_iter().map(|(interface, policy)| Announcement {
-                    interface: interface.into(),
-                    vip: addr,
-                    service: service.clone(),
-                    policy: config.l2_policies[policy].name.as_str().into(),
-                }));
         }
     }
     served
@@ -553,19 +681,20 @@ fn addresses_served(
 
 /// An address several services are on (`run`, in claim order): each port goes to the first
 /// service that serves it, the others skip it there; the policies of any of them announce
-/// it, from the nodes eligible for all of them. Returns (policies, eligible nodes).
+/// it, from the nodes eligible for all of them.
 fn shared_address(
-    modelled: &[(&Arc<Service>, &ModelledService)],
-    run: &[(Address, usize)],
+    context: &Context<'_>,
+    modelled: &[&ModelledService],
+    run: &[(Address, usize, usize)],
     served: &mut Served,
     diagnostics: &mut Diagnostics,
-) -> (Vec<usize>, Vec<usize>) {
+) -> Announcing {
     let addr = run[0].0.addr;
     let mut ports: BTreeMap<(u16, Protocol), usize> = BTreeMap::new();
     let mut policies: BTreeSet<usize> = BTreeSet::new();
     let mut eligible: Option<BTreeSet<usize>> = None;
-    for &(address, i) in run {
-        let (service, model) = (modelled[i].0, &modelled[i].1.model);
+    for &(address, i, _) in run {
+        let (service, slices) = (&modelled[i].service, &modelled[i].slices);
         for port in &service.ports {
             let first = *ports.entry((port.port, port.protocol)).or_insert(i);
             if first != i {
@@ -577,12 +706,12 @@ fn shared_address(
                     "",
                     format!(
                         "{addr}:{}/{} is already served by {}: the port is skipped on {addr}",
-                        port.port, port.protocol, modelled[first].0.object
+                        port.port, port.protocol, modelled[first].service.object
                     ),
                 );
             }
         }
-        let announcing = model.announcing(address.kind);
+        let announcing = Announcing::of(context.config, service, slices, address.kind);
         policies.extend(&announcing.policies);
         let nodes: BTreeSet<usize> = announcing.eligible.iter().copied().collect();
         eligible = Some(match eligible {
@@ -590,10 +719,10 @@ fn shared_address(
             Some(before) => before.intersection(&nodes).copied().collect(),
         });
     }
-    (
-        policies.into_iter().collect(),
-        eligible.unwrap_or_default().into_iter().collect(),
-    )
+    Announcing {
+        policies: policies.into_iter().collect(),
+        eligible: eligible.unwrap_or_default().into_iter().collect(),
+    }
 }
 
 /// Oldest `creationTimestamp` first (absent last), then by namespace and name.
@@ -603,27 +732,41 @@ fn service_age(a: &Service, b: &Service) -> std::cmp::Ordering {
 
 /// Every service's status: its VIPs with their announcers and sharers, or why it has none.
 fn service_statuses(
-    config: &Config,
-    allocation: &ipam::Allocation<'_>,
-    announcers: &BTreeMap<Ipv4Addr, usize>,
+    context: &Context<'_>,
+    allocation: &ipam::Allocation,
+    announcers: &[(Ipv4Addr, usize)],
 ) -> Vec<ServiceStatus> {
+    let config = context.config;
+    let pool_names: Vec<Name> = (config.pools.iter())
+        .map(|p| p.name.as_str().into())
+        .collect();
+    let announcer = |vip: Ipv4Addr| {
+        let at = announcers
+            .binary_search_by_key(&vip, |(addr, _)| *addr)
+            .ok()?;
+        Some(context.node_names[announcers[at].1].clone())
+    };
     (config.services.iter().zip(&allocation.services).enumerate())
         .map(|(i, (service, outcome))| ServiceStatus {
             service: service.object.clone(),
             traffic_policy: service.traffic_policy,
-            vips: (outcome.vips.iter())
+            vips: (allocation.grants_of(i).iter())
                 .map(|grant| ServiceVip {
                     vip: grant.vip,
-                    pool: grant.pool.name.as_str().into(),
+                    pool: pool_names[grant.pool].clone(),
                     requested: grant.requested,
-                    shared_with: (allocation.holders.get(&grant.vip).into_iter().flatten())
-                        .filter(|&&other| other != i)
-                        .map(|&other| config.services[other].object.clone())
-                        .collect::<BTreeSet<ObjectRef>>()
-                        .into_iter()
-                        .collect(),
-                    announcer: (announcers.get(&grant.vip))
-                        .map(|&node| config.nodes[node].name.as_str().into()),
+                    shared_with: match allocation.shared.get(&grant.vip) {
+                        None => Vec::new(),
+                        Some(sharers) => {
+                            let mut others: Vec<ObjectRef> = (sharers.iter())
+                                .filter(|&&other| other != i)
+                                .map(|&other| config.services[other].object.clone())
+                                .collect();
+                            others.sort();
+                            others
+                        }
+                    },
+                    announcer: announcer(grant.vip),
                 })
                 .collect(),
             satisfied: outcome.satisfied,

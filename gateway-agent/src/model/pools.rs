@@ -38,6 +38,9 @@ impl PoolState {
 pub(crate) struct Pools<'c> {
     pub pools: &'c [Arc<IpPool>],
     pub states: Vec<PoolState>,
+    /// The pools (indexes) usable ones first, then older before newer: in an overlap, the
+    /// pool that does not conflict is the one an address belongs to.
+    preferred: Vec<usize>,
 }
 
 impl<'c> Pools<'c> {
@@ -77,22 +80,25 @@ impl<'c> Pools<'c> {
                 states[i] = PoolState::Conflicting(message);
             }
         }
-        Self { pools, states }
+        let mut preferred = by_age;
+        preferred.sort_by_key(|&i| !states[i].usable());
+        Self {
+            pools,
+            states,
+            preferred,
+        }
     }
 
-    /// The pools holding `addr` in a block, usable ones first, then older before newer:
-    /// in an overlap the pool that does not conflict is the one an address belongs to.
-    pub(crate) fn holding(&self, addr: Ipv4Addr) -> Vec<(&'c IpPool, &'c IpBlock, &PoolState)> {
-        let mut holding: Vec<(&IpPool, &IpBlock, &PoolState)> = (self.pools.iter())
-            .zip(&self.states)
-            .filter_map(|(pool, state)| Some((&**pool, pool.block_of(addr)?, state)))
-            .collect();
-        holding.sort_by(|(a, _, a_state), (b, _, b_state)| {
-            (!a_state.usable())
-                .cmp(&!b_state.usable())
-                .then_with(|| age_order(a, b))
-        });
-        holding
+    /// The pools (index, pool, block, state) holding `addr` in a block, usable ones first,
+    /// then older before newer.
+    pub(crate) fn holding(
+        &self,
+        addr: Ipv4Addr,
+    ) -> impl Iterator<Item = (usize, &'c IpPool, &'c IpBlock, &PoolState)> {
+        self.preferred.iter().filter_map(move |&i| {
+            let pool: &'c IpPool = &self.pools[i];
+            Some((i, pool, pool.block_of(addr)?, &self.states[i]))
+        })
     }
 }
 
