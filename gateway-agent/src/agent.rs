@@ -15,7 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
-use gateway_common::{AGENT_F_CHECKSUMS_IN_PLACE, AgentState, DatapathConfig, L2Key, write_text};
+use gateway_common::{
+    AGENT_F_CHECKSUMS_IN_PLACE, AgentState, DatapathConfig, FINDING_LINE, L2Key, write_text,
+};
 use inotify::{EventStream, Inotify, WatchMask};
 use log::{error, info, warn};
 use regex::Regex;
@@ -190,7 +192,8 @@ impl Objects {
         let undo = self.store.apply(update.batch);
         let names: Vec<String> = interfaces.iter().map(|i| i.name.clone()).collect();
         let config = self.store.config();
-        let desired = model::desired_state_cached(config, node_name, &names, &mut self.model);
+        let mut desired = model::desired_state_cached(config, node_name, &names, &mut self.model);
+        plan::fit(&mut desired, self.source.name());
         Ok(Proposal {
             desired,
             undo,
@@ -508,11 +511,20 @@ fn record_findings(record: &mut AgentState, findings: &[Finding]) {
         .count() as u32;
     let mut text = String::new();
     for f in sorted {
-        let line = format!("{} {} {f}\n", f.severity, f.reason);
-        if text.len() + line.len() > record.findings_text.len() {
+        let mut line = format!("{} {} {f}", f.severity, f.reason);
+        if line.len() > FINDING_LINE {
+            let mut end = FINDING_LINE - "...".len();
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.truncate(end);
+            line.push_str("...");
+        }
+        if text.len() + line.len() + 1 > record.findings_text.len() {
             break;
         }
         text.push_str(&line);
+        text.push('\n');
     }
     write_text(&mut record.findings_text, &text);
 }

@@ -446,11 +446,15 @@ pub struct AgentState {
     pub config: [u8; 256],
     pub last_error: [u8; 1024],
     /// The findings about the objects served, one per line, the most severe first:
-    /// `severity Reason object: field: message`; as many as fit.
-    pub findings_text: [u8; 4096],
+    /// `severity Reason file: object: field: message`, each cut at `FINDING_LINE` bytes; as
+    /// many as fit.
+    pub findings_text: [u8; 16384],
 }
 
-const _: () = assert!(size_of::<AgentState>() == 48 + 64 + 256 + 1024 + 4096);
+/// The longest line of `AgentState::findings_text`.
+pub const FINDING_LINE: usize = 200;
+
+const _: () = assert!(size_of::<AgentState>() == 48 + 64 + 256 + 1024 + 16384);
 
 /// The datapath updates TCP/UDP checksums in place (it reads `ip_summed`, see [`kern_ctx`]);
 /// without it, through the kernel's helpers.
@@ -471,7 +475,7 @@ impl Default for AgentState {
             node_name: [0; 64],
             config: [0; 256],
             last_error: [0; 1024],
-            findings_text: [0; 4096],
+            findings_text: [0; 16384],
         }
     }
 }
