@@ -41,20 +41,30 @@ pub fn fit(desired: &mut DesiredState, source: &str) {
         let Some(own) = by_service.get(&status.service) else {
             continue;
         };
-        // What its backends would serve with it.
-        let mut wanted: BTreeMap<BackendKey, BTreeSet<RevNatFrontend>> = BTreeMap::new();
-        for f in own {
-            let frontend = revnat_frontend(&service_key(f));
-            for b in &f.backends {
-                let key = BackendKey::of(f, b);
-                let frontends = wanted
-                    .entry(key)
-                    .or_insert_with(|| served.get(&key).cloned().unwrap_or_default());
-                frontends.insert(frontend);
-            }
-        }
-        match wanted.iter().find(|(_, f)| f.len() > REVNAT_FRONTENDS) {
-            Some((backend, frontends)) => {
+        // (backend, frontend) pairs the service would add.
+        let mut pairs: Vec<(BackendKey, RevNatFrontend)> = own
+            .iter()
+            .flat_map(|f| {
+                let frontend = revnat_frontend(&service_key(f));
+                f.backends
+                    .iter()
+                    .map(move |b| (BackendKey::of(f, b), frontend))
+            })
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        let over = pairs.chunk_by(|(a, _), (b, _)| a == b).find(|run| {
+            let held = served.get(&run[0].0);
+            let new = run
+                .iter()
+                .filter(|(_, f)| held.is_none_or(|h| !h.contains(f)));
+            held.map_or(0, BTreeSet::len) + new.count() > REVNAT_FRONTENDS
+        });
+        match over {
+            Some(run) => {
+                let backend = run[0].0;
+                let mut frontends = served.get(&backend).cloned().unwrap_or_default();
+                frontends.extend(run.iter().map(|(_, f)| *f));
                 let refusal = PlanError::TooManyFrontends {
                     backend: format!("{}:{}", Ipv4Addr::from(backend.addr), backend.port),
                     frontends: (frontends.iter())
@@ -74,7 +84,11 @@ pub fn fit(desired: &mut DesiredState, source: &str) {
                 });
                 skipped.insert(status.service.clone());
             }
-            None => served.extend(wanted),
+            None => {
+                for (backend, frontend) in pairs {
+                    served.entry(backend).or_default().insert(frontend);
+                }
+            }
         }
     }
     desired.frontends.retain(|f| !skipped.contains(&f.service));
