@@ -1,13 +1,16 @@
-//! `gateway-agent run`: validate the objects, program the maps, attach, then serve until
-//! told to stop. SIGHUP or a change of the file re-reads it; a file that does not validate
-//! changes nothing (the error is logged and kept for `status`). Stopping leaves the datapath
-//! attached and its maps pinned, so traffic keeps flowing and the next start adopts
-//! conntrack and affinity as they are.
+//! `gateway-agent run`: read the objects, program the maps, attach, then serve until told
+//! to stop. SIGHUP or a change of the file re-reads it; a file that does not parse changes
+//! nothing (the error is logged and kept for `status`), and an object that cannot be served
+//! changes only itself (its findings are logged when they appear and kept for `status`).
+//! Refused at start, the agent exits with `check`'s status for a refused file, 2. Stopping
+//! leaves the datapath attached and its maps pinned, so traffic keeps flowing and the next
+//! start adopts conntrack and affinity as they are.
 //!
 //! Every read goes source -> store -> model -> plan -> datapath: the file source turns the
 //! file into a batch of events, the store applies it, the model computes this node's state
-//! from the store, and the plan's writes bring the maps there. A read refused anywhere on
-//! the way (the maps' writes included) leaves the store and the source as they were.
+//! from the store, `plan::fit` leaves out what reverse NAT cannot serve here, and the plan's
+//! writes bring the maps there. A read refused on the way (by the source, or by the maps'
+//! sizes and writes) leaves the store and the source as they were.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

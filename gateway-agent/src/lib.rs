@@ -6,13 +6,13 @@
 //! | module | step |
 //! | --- | --- |
 //! | `source` | reads the objects (`source::file`: a YAML file) and turns them into events: an object added or changed, an object removed, a kind replaced whole |
-//! | `store` | holds the current objects, applies a batch of events whole or not at all, checks the objects across each other |
-//! | `config` | the objects' types and their validation, one kind per file; `Config`, the objects as the store hands them on |
-//! | `model` | the desired state of this node from the store's objects: VIP allocation, election, frontends, announcements (pure) |
+//! | `store` | holds the current objects with what the source found about each, applies a batch of events whole |
+//! | `config` | the objects' types and their conversion, one kind per file; findings (one object's trouble stays with it) and what refuses a whole source; `Config`, the objects as the store hands them on |
+//! | `model` | the desired state of this node from the store's objects: VIP allocation, election, frontends, announcements, and the status a writer puts on the objects (pure; it refuses nothing) |
 //! | `plan` | the difference between the desired state and the pinned maps, as ordered writes (pure) |
 //! | `datapath` | loads, pins and attaches the programs, writes the maps, sends gratuitous ARP |
 //! | `agent` | the run loop: source -> store -> model -> plan -> datapath, on start and on every change |
-//! | `cli` | the commands and their output: `check` and `doctor` read the objects as the agent does |
+//! | `cli` | the commands and their output: `check` and `doctor` read the objects as the agent does; `check` and `run` share one exit status rule |
 //! | `metrics` | `run --metrics-address`: what the pinned maps and the run loop count, for Prometheus |
 //! | `cluster` | failover between nodes: membership, who announces each VIP (not wired into the run loop yet) |
 //! | `capacity` | map sizes from the capacity flags |

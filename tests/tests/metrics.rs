@@ -106,7 +106,7 @@ fn prometheus_scrapes_what_traffic_drops_and_a_refused_reload_moved() -> Result<
     );
     std::fs::write(
         &config,
-        "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {type: LoadBalancer, ports: [{port: 99999}]}\n",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {type: LoadBalancer, ports: [{port: ninety}]}\n",
     )?;
     // The agent notices the edit by itself (a SIGHUP on top would be a second refusal).
     agent.wait_for_log("reload of", WAIT)?;

@@ -1,8 +1,9 @@
 //! `gateway-agent doctor`: the reference's troubleshooting tree as a command. It walks the
 //! objects (intermittent connectivity -> externalTrafficPolicy -> duplicate L2 policies ->
-//! session affinity) and the live datapath (announcements, attachments, map fill, timeouts)
-//! and says, for each finding, how bad it is, what it means and how to fix it. The exit
-//! status is the worst finding: 0 fine, 1 warning, 2 error.
+//! session affinity, then every finding the source and the model make about an object) and
+//! the live datapath (announcements, attachments, map fill, timeouts) and says, for each
+//! finding, how bad it is, what it means and how to fix it. The exit status is the worst
+//! finding: 0 fine, 1 warning, 2 error.
 //!
 //! - `finding`: a finding and its severity.
 //! - `objects`: the findings about the objects, one function each.
