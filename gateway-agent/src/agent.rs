@@ -18,9 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
-use gateway_common::{
-    AGENT_F_CHECKSUMS_IN_PLACE, AgentState, DatapathConfig, FINDING_LINE, L2Key, write_text,
-};
+use gateway_common::{AGENT_F_CHECKSUMS_IN_PLACE, AgentState, DatapathConfig, L2Key, write_text};
 use inotify::{EventStream, Inotify, WatchMask};
 use log::{error, info, warn};
 use regex::Regex;
@@ -32,6 +30,7 @@ use tokio::{
 
 use crate::{
     capacity::Capacity,
+    cli::inspect,
     config::{Finding, LoadBalancerClasses, Severity},
     datapath::{Datapath, LoadOptions, attach, bpffs, garp, interfaces},
     metrics::{AgentMetrics, Endpoint},
@@ -344,7 +343,7 @@ impl Agent {
         let findings = proposal.desired.findings.clone();
         let writes = agent.apply(proposal.desired, &interfaces)?.writes;
         agent.objects.keep(proposal.documents, findings);
-        record_findings(&mut agent.record, &agent.objects.findings);
+        inspect::record_findings(&mut agent.record, &agent.objects.findings);
         // Attach only once the maps hold the full state: the first packet sees all of it.
         attach::attach_all(&mut agent.datapath, &agent.options.bpffs, &interfaces)?;
         // Every announcement is news after a (re)start: a node may have taken over meanwhile.
@@ -395,7 +394,7 @@ impl Agent {
                 }
             };
             self.objects.keep(documents, findings);
-            record_findings(&mut self.record, &self.objects.findings);
+            inspect::record_findings(&mut self.record, &self.objects.findings);
             attach::attach_all(&mut self.datapath, &self.options.bpffs, &interfaces)?;
             let now = Instant::now();
             for (key, mac) in applied.announced {
@@ -501,35 +500,6 @@ impl Agent {
         );
         Ok(())
     }
-}
-
-/// The findings about the objects served, for `status`: how many say something is not
-/// served, and as many lines as fit, the most severe first.
-fn record_findings(record: &mut AgentState, findings: &[Finding]) {
-    let mut sorted: Vec<&Finding> = findings.iter().collect();
-    sorted.sort_by_key(|f| std::cmp::Reverse(f.severity));
-    record.findings = sorted
-        .iter()
-        .filter(|f| f.severity > Severity::Info)
-        .count() as u32;
-    let mut text = String::new();
-    for f in sorted {
-        let mut line = format!("{} {} {f}", f.severity, f.reason);
-        if line.len() > FINDING_LINE {
-            let mut end = FINDING_LINE - "...".len();
-            while !line.is_char_boundary(end) {
-                end -= 1;
-            }
-            line.truncate(end);
-            line.push_str("...");
-        }
-        if text.len() + line.len() + 1 > record.findings_text.len() {
-            break;
-        }
-        text.push_str(&line);
-        text.push('\n');
-    }
-    write_text(&mut record.findings_text, &text);
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {

@@ -11,12 +11,13 @@ use anyhow::Result;
 use aya::maps::IterableMap;
 use gateway_common::{
     AGENT_F_CHECKSUMS_IN_PLACE, AgentState, BACKEND_F_ACTIVE, CT_F_ESTABLISHED, CT_F_FIN_BACKEND,
-    CT_F_FIN_CLIENT, CT_F_RST, CT_F_TCP, Counter, CtEntry, DatapathConfig, SERVICE_F_AFFINITY,
-    proto_name, read_text, timeouts::NS_PER_SEC,
+    CT_F_FIN_CLIENT, CT_F_RST, CT_F_TCP, Counter, CtEntry, DatapathConfig, FINDING_LINE,
+    SERVICE_F_AFFINITY, proto_name, read_text, timeouts::NS_PER_SEC, write_text,
 };
 use serde::Serialize;
 
 use super::table::Table;
+use crate::config::{Finding, Severity};
 use crate::datapath::{
     Maps, attach,
     interfaces::{self},
@@ -425,6 +426,36 @@ pub struct RejectedView {
     pub error: String,
 }
 
+/// Writes the findings about the objects served into the agent's record, for `status`
+/// ([`agent_view`] reads them back): how many say something is not served, and as many
+/// lines as fit, the most severe first, each cut at `FINDING_LINE` bytes.
+pub fn record_findings(record: &mut AgentState, findings: &[Finding]) {
+    let mut sorted: Vec<&Finding> = findings.iter().collect();
+    sorted.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    record.findings = sorted
+        .iter()
+        .filter(|f| f.severity > Severity::Info)
+        .count() as u32;
+    let mut text = String::new();
+    for f in sorted {
+        let mut line = format!("{} {} {f}", f.severity, f.reason);
+        if line.len() > FINDING_LINE {
+            let mut end = FINDING_LINE - "...".len();
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.truncate(end);
+            line.push_str("...");
+        }
+        if text.len() + line.len() + 1 > record.findings_text.len() {
+            break;
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    write_text(&mut record.findings_text, &text);
+}
+
 fn agent_view(state: &AgentState) -> AgentView {
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", state.pid)).unwrap_or_default();
     AgentView {
@@ -527,6 +558,32 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
     })
 }
 
+/// What the agent found about the objects it serves: how many warnings and errors, and the
+/// lines its record holds.
+fn render_findings(a: &AgentView) -> String {
+    if a.findings.is_empty() {
+        return String::new();
+    }
+    let listed = a
+        .findings
+        .iter()
+        .filter(|f| !f.starts_with("info "))
+        .count();
+    let mut out = format!(
+        "objects: {} warnings or errors (what is not served, and why){}\n",
+        a.objects_not_served,
+        if listed < a.objects_not_served as usize {
+            format!(", the first {listed} listed")
+        } else {
+            String::new()
+        }
+    );
+    for finding in &a.findings {
+        out.push_str(&format!("  {finding}\n"));
+    }
+    out
+}
+
 pub fn render_status(s: &StatusView) -> String {
     let a = &s.agent;
     let mut out = format!(
@@ -549,25 +606,7 @@ pub fn render_status(s: &StatusView) -> String {
             r.error
         ));
     }
-    if !a.findings.is_empty() {
-        let listed = a
-            .findings
-            .iter()
-            .filter(|f| !f.starts_with("info "))
-            .count();
-        out.push_str(&format!(
-            "objects: {} warnings or errors (what is not served, and why){}\n",
-            a.objects_not_served,
-            if listed < a.objects_not_served as usize {
-                format!(", the first {listed} listed")
-            } else {
-                String::new()
-            }
-        ));
-        for finding in &a.findings {
-            out.push_str(&format!("  {finding}\n"));
-        }
-    }
+    out.push_str(&render_findings(a));
     out.push_str(&format!(
         "datapath pinned at {}, checksums {}\nconntrack timeouts: TCP {}s, other {}s\n\n",
         s.bpffs,
@@ -625,6 +664,62 @@ pub fn render_status(s: &StatusView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Reason;
+
+    fn finding(severity: Severity, name: &str, message: &str) -> Finding {
+        Finding {
+            file: "objects.yaml".into(),
+            object: Some(crate::config::ObjectRef {
+                kind: "Service".into(),
+                namespace: "web".into(),
+                name: name.into(),
+            }),
+            field: String::new(),
+            message: message.into(),
+            reason: Reason::NoPool,
+            severity,
+        }
+    }
+
+    #[test]
+    fn the_record_keeps_the_most_severe_findings_first_each_on_one_cut_line() {
+        let mut record = AgentState::default();
+        let long = "x".repeat(400);
+        let findings = [
+            finding(Severity::Info, "a", "noted"),
+            finding(Severity::Warning, "b", "skipped a port"),
+            finding(Severity::Error, "c", &long),
+        ];
+        record_findings(&mut record, &findings);
+        let view = agent_view(&record);
+        assert_eq!(view.objects_not_served, 2);
+        assert_eq!(view.findings.len(), 3);
+        assert!(view.findings[0].starts_with("error NoPool objects.yaml: Service/web/c: xxx"));
+        assert!(view.findings[0].ends_with("..."));
+        assert_eq!(view.findings[0].len(), FINDING_LINE);
+        assert_eq!(
+            view.findings[1],
+            "warning NoPool objects.yaml: Service/web/b: skipped a port"
+        );
+        assert_eq!(
+            view.findings[2],
+            "info NoPool objects.yaml: Service/web/a: noted"
+        );
+        // As many as fit; the count says how many there are.
+        let many: Vec<Finding> = (0..500)
+            .map(|i| finding(Severity::Warning, &format!("s{i:03}"), &long))
+            .collect();
+        record_findings(&mut record, &many);
+        let view = agent_view(&record);
+        assert_eq!(view.objects_not_served, 500);
+        assert_eq!(
+            view.findings.len(),
+            record.findings_text.len() / (FINDING_LINE + 1)
+        );
+        assert!(render_findings(&view).contains(
+            "objects: 500 warnings or errors (what is not served, and why), the first 81 listed"
+        ));
+    }
 
     #[test]
     fn unix_times_print_as_utc_dates() {
