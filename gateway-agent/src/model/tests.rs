@@ -749,3 +749,103 @@ fn one_objects_trouble_stays_with_that_object() {
             .all(|p| p.pool == "overlapping" || p.conflict.is_none())
     );
 }
+
+/// Every object of `config` as an event that applies it.
+fn applies(config: &crate::config::Config) -> Vec<crate::store::Event> {
+    use crate::config::Object;
+    use crate::store::{Entry, Event};
+    let mut events = Vec::new();
+    let objects = (config
+        .services
+        .iter()
+        .map(|s| Object::Service(Arc::clone(s))))
+    .chain(
+        config
+            .endpoint_slices
+            .iter()
+            .map(|s| Object::EndpointSlice(Arc::clone(s))),
+    )
+    .chain(config.nodes.iter().map(|n| Object::Node(Arc::clone(n))))
+    .chain(config.pools.iter().map(|p| Object::IpPool(Arc::clone(p))))
+    .chain(
+        config
+            .l2_policies
+            .iter()
+            .map(|p| Object::L2Policy(Arc::clone(p))),
+    );
+    for object in objects {
+        events.push(Event::Apply(Entry::new(object)));
+    }
+    events
+}
+
+#[test]
+fn allocation_is_a_function_of_the_objects_not_of_the_order_they_arrive_in() {
+    // Requests, holders, dynamic services of equal and different ages, a sharing group, a
+    // conflicting pool and a refused request: every pass of LB-IPAM.
+    let text = [
+        REFERENCE.to_owned(),
+        pool_doc("newer", "  blocks:\n    - cidr: 192.168.10.40/30\n"),
+        service_doc("web", "old")
+            .created("2025-01-01T00:00:00Z")
+            .yaml(),
+        service_doc("web", "twin-a")
+            .created("2025-01-02T00:00:00Z")
+            .yaml(),
+        service_doc("web", "twin-b")
+            .created("2025-01-02T00:00:00Z")
+            .yaml(),
+        service_doc("web", "undated").yaml(),
+        service_doc("web", "held").holds("192.168.10.45").yaml(),
+        service_doc("web", "thief").requests("192.168.10.45").yaml(),
+        service_doc("dns", "tcp")
+            .sharing("dns")
+            .ports(&[(53, "TCP")])
+            .yaml(),
+        service_doc("dns", "udp")
+            .sharing("dns")
+            .ports(&[(53, "UDP")])
+            .yaml(),
+    ]
+    .join("\n---\n");
+    let config = parse_ok(&text);
+    let expected = cluster_state(&config);
+    assert!(expected.pools.iter().any(|p| p.conflict.is_some()));
+    assert!(
+        expected
+            .services
+            .iter()
+            .any(|s| !s.vips.is_empty() && !s.vips[0].shared_with.is_empty())
+    );
+    assert!(
+        expected
+            .services
+            .iter()
+            .any(|s| s.reason == Reason::AlreadyAllocated)
+    );
+
+    let events = applies(&config);
+    let mut random = XorShift(0x0a11_0ca7_e5ee_d5ed);
+    for round in 0..20 {
+        let mut order = events.clone();
+        for i in (1..order.len()).rev() {
+            order.swap(i, random.below(i + 1));
+        }
+        let mut store = Store::new(FILE);
+        // One object at a time, as watches deliver them, or all at once.
+        if round % 2 == 0 {
+            for event in order {
+                store.apply(crate::store::Batch {
+                    events: vec![event],
+                    source_findings: None,
+                });
+            }
+        } else {
+            store.apply(crate::store::Batch {
+                events: order,
+                source_findings: None,
+            });
+        }
+        assert_eq!(cluster_state(store.config()), expected, "round {round}");
+    }
+}
