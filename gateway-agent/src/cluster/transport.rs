@@ -77,7 +77,7 @@ mod tests {
     use crate::cluster::auth::Key;
     use crate::cluster::identity::Peer;
     use crate::cluster::membership::Liveness;
-    use crate::cluster::node::Settings;
+    use crate::cluster::node::{Pinned, Settings};
 
     const VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 49);
 
@@ -113,10 +113,10 @@ mod tests {
                     two_node_takeover: true,
                     ..Settings::default()
                 },
-                &BTreeSet::new(),
+                &Pinned::default(),
                 transport.now(),
             );
-            node.set_eligible(transport.now(), eligible.clone());
+            node.set_eligible(transport.now(), eligible.clone(), BTreeSet::new());
             transports.push(transport);
             nodes.push(node);
         }
@@ -133,7 +133,7 @@ mod tests {
             }],
             None,
             Settings::default(),
-            &BTreeSet::new(),
+            &Pinned::default(),
             intruder.now(),
         );
         // Bounded: the test fails rather than hangs if they never agree.

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use super::claims::{Claim, Claims};
-use crate::model::announcer_score;
+use crate::score::announcer_score;
 
 pub struct View<'a> {
     pub me: &'a str,

@@ -40,6 +40,18 @@ impl Default for Settings {
     }
 }
 
+/// What the datapath answered when the agent started: the VIPs and the gate a previous run
+/// of the agent left in its pinned maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pinned {
+    pub vips: BTreeSet<Ipv4Addr>,
+    /// The gate, on the caller's clock. A lease the previous run held from a quorum: the
+    /// others' holder tables keep the VIPs ours until then, so the new run answers under it
+    /// until its own grants arrive. `None` (or one further off than a lease, as a single
+    /// node's open gate): no lease to carry over.
+    pub until: Option<Duration>,
+}
+
 /// What the datapath must answer ARP for, and until when.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Announce {
@@ -127,6 +139,10 @@ pub struct ClusterNode {
     stopping: bool,
     synced: bool,
     eligible: BTreeMap<Ipv4Addr, BTreeSet<String>>,
+    /// VIPs the objects make us eligible for but no interface of ours can announce.
+    unable: BTreeSet<Ipv4Addr>,
+    /// What the previous run answered, until its lease ends.
+    pinned: Pinned,
     announce: Announce,
     /// When each of our recent datagrams left, by sequence number: a lease starts there.
     sent: VecDeque<(u64, Duration)>,
@@ -140,9 +156,9 @@ pub struct ClusterNode {
 
 impl ClusterNode {
     /// This node (`me` at `addr`, started at `now` with `incarnation`, a number larger at
-    /// each start) among `peers`. `pinned` are the VIPs the datapath answers for from a
-    /// previous run: claimed again at once, while new claims wait until the others' claims
-    /// are known.
+    /// each start) among `peers`. `pinned` is what the datapath answers from a previous
+    /// run: its VIPs are claimed again at once (and answered under its lease until our own
+    /// grants arrive), while new claims wait until the others' claims are known.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         me: &str,
@@ -151,7 +167,7 @@ impl ClusterNode {
         peers: Vec<Peer>,
         key: Option<Key>,
         settings: Settings,
-        pinned: &BTreeSet<Ipv4Addr>,
+        pinned: &Pinned,
         now: Duration,
     ) -> Self {
         let members = peers.len() + 1;
@@ -198,6 +214,7 @@ impl ClusterNode {
             ids,
             holders: Holders::default(),
             claims: pinned
+                .vips
                 .iter()
                 .map(|vip| (*vip, Mine { epoch: 0, since: 1 }))
                 .collect(),
@@ -206,6 +223,15 @@ impl ClusterNode {
             stopping: false,
             synced: false,
             eligible: BTreeMap::new(),
+            unable: BTreeSet::new(),
+            pinned: Pinned {
+                vips: pinned.vips.clone(),
+                // A lease is never longer than this: anything further (a single node's open
+                // gate) was not granted by anyone.
+                until: pinned
+                    .until
+                    .filter(|until| *until <= now + lease_bound(timing::LEASE)),
+            },
             announce: Announce::default(),
             sent: VecDeque::new(),
             next_heartbeat: now,
@@ -216,10 +242,38 @@ impl ClusterNode {
         }
     }
 
-    /// The nodes eligible for each VIP to announce (from the objects, at every reload).
-    pub fn set_eligible(&mut self, now: Duration, eligible: BTreeMap<Ipv4Addr, BTreeSet<String>>) {
+    /// The nodes eligible for each VIP to announce (from the objects, at every reload), and
+    /// the VIPs among those this node is eligible for that it cannot announce (no interface
+    /// of its own matches the policy): the others learn them with our claims.
+    pub fn set_eligible(
+        &mut self,
+        now: Duration,
+        eligible: BTreeMap<Ipv4Addr, BTreeSet<String>>,
+        unable: BTreeSet<Ipv4Addr>,
+    ) {
         self.eligible = eligible;
+        if unable != self.unable {
+            self.unable = unable;
+            self.version += 1;
+            self.urgent.extend(self.peers.keys().cloned());
+        }
         self.step(now, true);
+    }
+
+    /// Whether this node drains (`drain`), as last set.
+    pub fn draining(&self) -> bool {
+        self.draining
+    }
+
+    /// The members (us included) whose grants a VIP needs.
+    pub fn quorum(&self) -> usize {
+        self.quorum
+    }
+
+    /// Whether a silent member's VIPs are taken over (three or more members, or two told
+    /// to), or only withdrawn ones.
+    pub fn takes_over_on_silence(&self) -> bool {
+        self.takeover == Takeover::OnSilence
     }
 
     /// Drain: hand every VIP over at once and claim none (`drain`/`undrain`).
@@ -445,12 +499,13 @@ impl ClusterNode {
             .map(|p| (p.peer.name.clone(), p.claims.claims.clone()))
             .collect();
         all.insert(self.me.clone(), self.published());
+        let eligible = self.able();
         let wanted = election::claims_for(&View {
             me: &self.me,
             alive: &alive,
             draining: &draining,
             claims: &all,
-            eligible: &self.eligible,
+            eligible: &eligible,
             quorate: 1 + self.peers.values().filter(|p| now <= p.bound()).count() >= self.quorum,
             takeover_on_silence: self.takeover == Takeover::OnSilence,
         });
@@ -475,13 +530,47 @@ impl ClusterNode {
         self.urgent.extend(self.peers.keys().cloned());
     }
 
-    /// The VIPs we may answer for: claimed, and granted by a quorum (us included).
+    /// The eligible nodes of each VIP, without those that said they cannot announce it.
+    fn able(&self) -> BTreeMap<Ipv4Addr, BTreeSet<String>> {
+        let unable: Vec<(&str, &BTreeSet<Ipv4Addr>)> = self
+            .peers
+            .values()
+            .map(|p| (p.peer.name.as_str(), &p.claims.unable))
+            .chain([(self.me.as_str(), &self.unable)])
+            .filter(|(_, unable)| !unable.is_empty())
+            .collect();
+        if unable.is_empty() {
+            return self.eligible.clone();
+        }
+        self.eligible
+            .iter()
+            .map(|(vip, nodes)| {
+                let mut nodes = nodes.clone();
+                for (node, vips) in &unable {
+                    if vips.contains(vip) {
+                        nodes.remove(*node);
+                    }
+                }
+                (*vip, nodes)
+            })
+            .collect()
+    }
+
+    /// The VIPs we may answer for: claimed, and granted by a quorum (us included), or still
+    /// under the lease of the previous run.
     fn answer(&mut self, now: Duration) {
         let may_grant = now >= self.started + lease_bound(timing::LEASE);
+        let pinned_until = self
+            .pinned
+            .until
+            .filter(|until| *until > now + timing::LEASE_MARGIN);
+        if pinned_until.is_none() {
+            self.pinned.vips.clear();
+        }
         let mut vips = BTreeSet::new();
         let mut gate: Option<Duration> = None;
         for (vip, mine) in &self.claims {
-            let mut ends: Vec<Duration> = self
+            let granted: Vec<Duration> = self
                 .peers
                 .values()
                 .filter_map(|p| p.grant.as_ref())
@@ -490,16 +579,16 @@ impl ClusterNode {
                 .collect();
             let claims = &self.claims;
             let peers = &self.peers;
-            if may_grant
+            let own = (may_grant
                 && self
                     .holders
                     .grant(*vip, &self.me, now, self.takeover, |holder| {
                         holder_state(holder, *vip, now, claims, peers)
-                    })
-            {
-                ends.push(now + timing::LEASE);
-            }
-            if let Some(end) = lease::lease(ends, self.quorum)
+                    }))
+            .then_some(now + timing::LEASE);
+            let carried = pinned_until.filter(|_| self.pinned.vips.contains(vip));
+            let end = self.lease_end(granted, own, now).max(carried);
+            if let Some(end) = end
                 && end > now + timing::LEASE_MARGIN
             {
                 vips.insert(*vip);
@@ -512,6 +601,27 @@ impl ClusterNode {
             self.urgent.extend(self.peers.keys().cloned());
         }
         self.announce = Announce { vips, gate };
+    }
+
+    /// The lease from the peers' grants (`granted`) and our own (`own`): the quorum-th
+    /// latest. Where our own grant is a quorum (two nodes that take over on silence), the
+    /// peer's grant, while it lasts, bounds ours too: it says what the peer heard from us,
+    /// and the peer takes over once it lapses, so an agent that dies must have stopped
+    /// answering by then, even though its own grant would run on.
+    fn lease_end(
+        &self,
+        mut granted: Vec<Duration>,
+        own: Option<Duration>,
+        now: Duration,
+    ) -> Option<Duration> {
+        if self.quorum == 1 && !granted.is_empty() {
+            let both = granted.iter().copied().chain(own).min();
+            if both.is_some_and(|end| end > now + timing::LEASE_MARGIN) {
+                return both;
+            }
+        }
+        granted.extend(own);
+        lease::lease(granted, self.quorum)
     }
 
     /// Our claims as the others see them.
@@ -530,7 +640,7 @@ impl ClusterNode {
 
     fn send_heartbeats(&mut self, now: Duration) {
         let may_grant = now >= self.started + lease_bound(timing::LEASE);
-        let mine = self.published();
+        let mine = claims::record(&self.published(), &self.unable);
         for name in std::mem::take(&mut self.urgent) {
             let Some(peer) = self.peers.get(&name) else {
                 continue;

@@ -90,7 +90,7 @@ pub fn foca_config(members: usize) -> foca::Config {
     config.max_transmissions = max_transmissions(members);
     // foca's payload sits inside our envelope (header and tag, see auth).
     config.max_packet_size =
-        NonZeroUsize::new(MAX_DATAGRAM - crate::cluster::auth::OVERHEAD_MAX).expect("non-zero");
+        NonZeroUsize::new(MAX_DATAGRAM - crate::auth::OVERHEAD_MAX).expect("non-zero");
     // A member declared down learns it (and rejoins under a renewed identity) instead of
     // being ignored until it is forgotten.
     config.notify_down_members = true;

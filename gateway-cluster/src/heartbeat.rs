@@ -8,9 +8,9 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::claims::Claim;
+use super::claims::Entry;
 
-/// VIPs per claims chunk: 100 (address, epoch, answered) stay under 1,100 bytes.
+/// VIPs per claims chunk: 100 (address, epoch, answered) stay under 1,200 bytes.
 pub const CHUNK: usize = 100;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,13 +33,14 @@ pub struct Heartbeat {
     pub grant: Option<Grant>,
 }
 
-/// Part `index` of `count` of a claims version, sorted by VIP.
+/// Part `index` of `count` of a version of a node's record (its claims, and the VIPs it
+/// cannot announce), sorted by VIP.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chunk {
     pub version: u32,
     pub index: u16,
     pub count: u16,
-    pub claims: Vec<(Ipv4Addr, Claim)>,
+    pub entries: Vec<(Ipv4Addr, Entry)>,
 }
 
 /// "You may answer for the VIPs of your claims `version`, except `denied`, until
@@ -65,6 +66,7 @@ impl Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::claims::Claim;
 
     #[test]
     fn heartbeats_round_trip_and_stay_small() {
@@ -87,13 +89,13 @@ mod tests {
                 version: u32::MAX,
                 index: 0,
                 count: 1,
-                claims: (0..CHUNK as u32)
+                entries: (0..CHUNK as u32)
                     .map(|i| {
                         let claim = Claim {
                             epoch: u32::MAX,
                             answered: true,
                         };
-                        (Ipv4Addr::from(u32::MAX - i), claim)
+                        (Ipv4Addr::from(u32::MAX - i), Entry::Claim(claim))
                     })
                     .collect(),
             }),

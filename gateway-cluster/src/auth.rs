@@ -34,9 +34,7 @@ const WINDOW: u64 = 64;
 
 /// A node's id on the wire: FNV-1a 64 of its name.
 pub fn node_id(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    crate::score::fnv1a64(name.bytes())
 }
 
 /// What a datagram carries.
