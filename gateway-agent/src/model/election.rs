@@ -2,7 +2,8 @@
 //! the others (Cilium takes a Kubernetes lease; we have only the file).
 //!
 //! The eligible nodes are the Node objects that the nodeSelector of an announcing policy
-//! selects, that are Ready and that run at least one ready endpoint of the service (with
+//! selects, that are Ready, not labelled `node.kubernetes.io/exclude-from-external-load-balancers`
+//! (the Kubernetes convention), and that run at least one ready endpoint of the service (with
 //! externalTrafficPolicy Local a node without one would drop the traffic it attracts); for
 //! an address several services share, the nodes eligible for every one of them. The
 //! announcer is the eligible node with the highest [`announcer_score`]; on a tie the name
@@ -18,9 +19,10 @@ use crate::config::{Config, EndpointSlice, Node, Service, TrafficPolicy};
 pub use gateway_cluster::announcer_score;
 
 /// The nodes (indexes into `config.nodes`) that may announce an address of `service`
-/// under `policies` (indexes into `config.l2_policies`): Ready, selected by the
-/// nodeSelector of any of the policies, and, for a Local service, running a ready endpoint
-/// of it.
+/// under `policies` (indexes into `config.l2_policies`): Ready, not excluded from load
+/// balancers, selected by the nodeSelector of any of the policies, and, for a Local
+/// service, running a ready endpoint of it. With several agents alive the cluster picks
+/// among them (see `gateway-cluster`); alone, an agent takes the best-scoring one.
 pub(crate) fn eligible(
     config: &Config,
     service: &Service,
@@ -31,6 +33,7 @@ pub(crate) fn eligible(
     (config.nodes.iter().enumerate())
         .filter(|(_, node)| {
             node.ready
+                && !node.excluded_from_load_balancers()
                 && (policies.iter())
                     .any(|&p| config.l2_policies[p].node_selector.matches(&node.labels))
                 && (!local || has_ready_endpoint(slices, &node.name))
@@ -167,6 +170,23 @@ mod tests {
              \x20   - type: InternalIP\n      address: 192.168.10.112\n  conditions:\n    - type: Ready\n      status: \"True\"",
             "  name: worker-2\n  labels:\n    kubernetes.io/hostname: worker-2\nstatus:\n  conditions:\n\
              \x20   - type: Ready\n      status: \"Unknown\"",
+        );
+        assert_eq!(
+            announced_by(&text),
+            BTreeMap::from([
+                ("192.168.10.49".to_owned(), vec!["worker-1"]),
+                ("192.168.10.50".to_owned(), vec!["worker-1"]),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_node_excluded_from_load_balancers_is_not_elected() {
+        let text = edit(
+            REFERENCE,
+            "  name: worker-2\n  labels:\n    kubernetes.io/hostname: worker-2\n",
+            "  name: worker-2\n  labels:\n    kubernetes.io/hostname: worker-2\n\
+             \x20   node.kubernetes.io/exclude-from-external-load-balancers: \"\"\n",
         );
         assert_eq!(
             announced_by(&text),

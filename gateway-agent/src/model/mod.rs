@@ -85,6 +85,13 @@ pub struct DesiredState {
     pub frontends: Vec<Frontend>,
     /// Sorted by (interface, vip).
     pub announcements: Vec<Announcement>,
+    /// What this node would announce were it elected for every address it is eligible for
+    /// (on its interfaces the policies select): with other agents alive, the cluster picks
+    /// among these instead of the score. Sorted by (interface, vip).
+    pub announceable: Vec<Announcement>,
+    /// For each address announced, the nodes eligible to announce it (by the objects: every
+    /// node computes the same), in name order.
+    pub eligible: BTreeMap<Ipv4Addr, Vec<Name>>,
     /// Every LoadBalancer Service of a class this agent serves, sorted by (namespace, name):
     /// its VIPs, or why it has none.
     pub services: Vec<ServiceStatus>,
@@ -245,8 +252,12 @@ impl Announcing {
 struct Solo {
     /// The elected node (index into `config.nodes`).
     announcer: Option<usize>,
+    /// The nodes eligible (indexes into `config.nodes`), when a policy announces it.
+    eligible: Option<Vec<usize>>,
     /// This node's announcements, when it is elected.
     announcements: Vec<Announcement>,
+    /// This node's announcements were it elected, when it is eligible.
+    announceable: Vec<Announcement>,
     /// Why no node is, when none is.
     finding: Option<Box<Finding>>,
 }
@@ -312,16 +323,17 @@ impl<'c> Context<'c> {
         }
     }
 
-    /// The announcements of `addr` on this node under `policies`, when `announcer` is this
-    /// node: one per interface, from the first policy (by name) that puts it there.
+    /// The announcements of `addr` on this node under `policies`, when `eligible` (node
+    /// indexes) holds this node: one per interface, from the first policy (by name) that
+    /// puts it there.
     fn announcements(
         &self,
         addr: Ipv4Addr,
         service: &ObjectRef,
         policies: &[usize],
-        announcer: usize,
+        eligible: &[usize],
     ) -> Vec<Announcement> {
-        if self.node_index != Some(announcer) {
+        if !self.node_index.is_some_and(|me| eligible.contains(&me)) {
             return Vec::new();
         }
         let announcement = |interface: &Name, policy: usize| Announcement {
@@ -455,6 +467,8 @@ fn compute(config: &Config, node: Option<&ThisNode<'_>>, cache: &mut ModelCache)
     frontends.sort_by_key(|f| (f.vip, f.port, f.protocol));
     let mut announcements = served.announcements;
     announcements.sort();
+    let mut announceable = served.announceable;
+    announceable.sort();
     let services = service_statuses(&context, &allocation, &served.announcers);
     let mut findings = diagnostics.into_findings();
     findings.extend(config.findings.iter().cloned());
@@ -463,6 +477,8 @@ fn compute(config: &Config, node: Option<&ThisNode<'_>>, cache: &mut ModelCache)
     DesiredState {
         frontends,
         announcements,
+        announceable,
+        eligible: served.eligible,
         services,
         pools: allocation.pools,
         findings,
@@ -589,20 +605,32 @@ fn elect(
     if policies.is_empty() {
         return Solo {
             announcer: None,
+            eligible: None,
             announcements: Vec::new(),
+            announceable: Vec::new(),
             finding: None,
         };
     }
     let nodes = &context.config.nodes;
-    match election::elect(nodes, addr, announcing.eligible.iter().copied()) {
+    let eligible = &announcing.eligible;
+    let announceable = context.announcements(addr, &service.object, policies, eligible);
+    match election::elect(nodes, addr, eligible.iter().copied()) {
         Some(announcer) => Solo {
             announcer: Some(announcer),
-            announcements: context.announcements(addr, &service.object, policies, announcer),
+            eligible: Some(eligible.clone()),
+            announcements: if context.node_index == Some(announcer) {
+                announceable.clone()
+            } else {
+                Vec::new()
+            },
+            announceable,
             finding: None,
         },
         None => Solo {
             announcer: None,
+            eligible: Some(Vec::new()),
             announcements: Vec::new(),
+            announceable: Vec::new(),
             finding: Some(Box::new(
                 context.no_eligible_node(addr, service, policies, shared),
             )),
@@ -614,6 +642,10 @@ fn elect(
 struct Served {
     /// This node's announcements.
     announcements: Vec<Announcement>,
+    /// This node's announcements were it elected everywhere it is eligible.
+    announceable: Vec<Announcement>,
+    /// Each announced address's eligible nodes.
+    eligible: BTreeMap<Ipv4Addr, Vec<Name>>,
     /// Each address's elected node (index into `config.nodes`), sorted by address.
     announcers: Vec<(Ipv4Addr, usize)>,
     /// Frontends (service index, address, port, protocol) skipped: another service serves
@@ -630,6 +662,8 @@ fn addresses_served(
 ) -> Served {
     let mut served = Served {
         announcements: Vec::new(),
+        announceable: Vec::new(),
+        eligible: BTreeMap::new(),
         announcers: Vec::new(),
         skipped: BTreeSet::new(),
     };
@@ -668,6 +702,13 @@ fn addresses_served(
         served
             .announcements
             .extend(solo.announcements.iter().cloned());
+        served
+            .announceable
+            .extend(solo.announceable.iter().cloned());
+        if let Some(eligible) = &solo.eligible {
+            let names = eligible.iter().map(|&i| context.node_names[i].clone());
+            served.eligible.insert(run[0].0.addr, names.collect());
+        }
         if let Some(finding) = &solo.finding {
             for &(_, i, _) in run {
                 let mut finding = Finding::clone(finding);

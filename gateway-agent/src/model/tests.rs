@@ -78,6 +78,43 @@ fn the_reference_on_worker_2() {
 }
 
 #[test]
+fn every_node_lists_the_same_eligible_nodes_and_its_own_possible_announcements() {
+    let config = reference();
+    let states: Vec<DesiredState> = ["cp-1", "worker-1", "worker-2"]
+        .iter()
+        .map(|node| desired_state(&config, node, &uplinks()))
+        .collect();
+    let both: Vec<Name> = vec!["worker-1".into(), "worker-2".into()];
+    let expected = BTreeMap::from([
+        (Ipv4Addr::new(192, 168, 10, 49), both.clone()),
+        (Ipv4Addr::new(192, 168, 10, 50), both),
+    ]);
+    for state in &states {
+        assert_eq!(state.eligible, expected);
+    }
+    // The control plane is not selected: it could announce nothing.
+    assert!(states[0].announceable.is_empty());
+    // Each worker could announce both VIPs on its ens18, and announces the one it wins.
+    for state in &states[1..] {
+        let vips: Vec<Ipv4Addr> = state.announceable.iter().map(|a| a.vip).collect();
+        assert_eq!(
+            vips,
+            [
+                Ipv4Addr::new(192, 168, 10, 49),
+                Ipv4Addr::new(192, 168, 10, 50)
+            ]
+        );
+        assert!(state.announceable.iter().all(|a| a.interface == "ens18"));
+        assert_eq!(state.announcements.len(), 1);
+        assert!(state.announceable.contains(&state.announcements[0]));
+    }
+    // No interface the policy selects: eligible all the same, but nothing to announce.
+    let state = desired_state(&config, "worker-1", &["lo".to_owned()]);
+    assert!(state.announceable.is_empty() && state.announcements.is_empty());
+    assert_eq!(state.eligible, expected);
+}
+
+#[test]
 fn cluster_state_matches_every_node_view() {
     let config = reference();
     let cluster = cluster_state(&config);
