@@ -18,7 +18,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
-use gateway_common::{AGENT_F_CHECKSUMS_IN_PLACE, AgentState, DatapathConfig, L2Key, write_text};
+use gateway_common::{
+    AGENT_F_CHECKSUMS_IN_PLACE, AgentState, DatapathConfig, L2Key, cluster::Gate, write_text,
+};
 use inotify::{EventStream, Inotify, WatchMask};
 use log::{error, info, warn};
 use regex::Regex;
@@ -337,6 +339,8 @@ impl Agent {
             agent.options.ct_any_timeout,
             agent.datapath.clock,
         ))?;
+        // A single node answers ARP whatever becomes of its agent.
+        maps.write_gate(Gate::OPEN)?;
         agent.state = maps.read_state().context("adopting the pinned maps")?;
         let adopted = !agent.state.services.is_empty();
         let summary = summary(&proposal.desired);

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use gateway_agent::{datapath::monotonic_ns, plan};
-use gateway_common::{Counter, CtKey, proto};
+use gateway_common::{Counter, CtKey, cluster::Gate, proto};
 
 mod support;
 use support::{rng::Rng, *};
@@ -67,6 +67,47 @@ fn arp_request_for_an_announced_vip_gets_an_exact_reply() {
     assert_eq!(h.counter(Counter::ArpReply), 1);
     let entry = h.dp.maps.l2.iter().next().unwrap().unwrap().1;
     assert_eq!(entry.arp_replies, 1, "per-announcement counter");
+}
+
+#[test]
+fn arp_is_answered_only_while_the_gate_is_open() {
+    let mut h = Harness::new();
+    let request = arp_request(CLIENT, VIP_AFFINITY);
+    // The gate on the datapath's clock (jiffies read as CLOCK_MONOTONIC_COARSE), a second
+    // either side of now: far more than the tick both clocks advance by.
+    let now = monotonic_ns();
+    let second = 1_000_000_000;
+    h.dp.maps
+        .write_gate(Gate {
+            until_ns: now + second,
+        })
+        .unwrap();
+    assert_eq!(
+        h.ingress(&request).0,
+        REDIRECT,
+        "open until a second from now"
+    );
+    h.dp.maps
+        .write_gate(Gate {
+            until_ns: now - second,
+        })
+        .unwrap();
+    assert_eq!(
+        h.ingress(&request),
+        (PASS, request.clone()),
+        "closed: passed to the kernel untouched"
+    );
+    // A fresh map reads zero: closed until the agent opens it.
+    h.dp.maps.write_gate(Gate::default()).unwrap();
+    assert_eq!(h.ingress(&request), (PASS, request.clone()));
+    assert_eq!(h.counter(Counter::ArpReply), 1);
+    assert_eq!(h.counter(Counter::ArpGated), 2);
+    let entry = h.dp.maps.l2.iter().next().unwrap().unwrap().1;
+    assert_eq!(entry.arp_replies, 1, "gated requests are not replies");
+    // Requests the gate does not concern stay uncounted.
+    let stranger = arp_request(CLIENT, VIP_RANDOM);
+    assert_eq!(h.ingress(&stranger), (PASS, stranger.clone()));
+    assert_eq!(h.counter(Counter::ArpGated), 2);
 }
 
 #[test]

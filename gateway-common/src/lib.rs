@@ -13,6 +13,7 @@
 #![no_std]
 
 pub mod capacity;
+pub mod cluster;
 pub mod csum;
 pub mod maps;
 #[cfg(feature = "user")]
@@ -523,10 +524,13 @@ pub enum Counter {
     CtReplaced,
     /// Drop: ICMP addressed to a VIP (neither answered nor balanced).
     DropIcmp,
+    /// ARP requests for an announced VIP left unanswered: the gate was closed (the agent
+    /// holds no lease for it from the cluster, or stopped renewing it).
+    ArpGated,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::DropIcmp as u32 + 1;
+    pub const COUNT: u32 = Counter::ArpGated as u32 + 1;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::ArpReply,
         Counter::CtCreated,
@@ -540,6 +544,7 @@ impl Counter {
         Counter::DropNatFailed,
         Counter::CtReplaced,
         Counter::DropIcmp,
+        Counter::ArpGated,
     ];
 
     /// Stable, human and JSON name.
@@ -557,6 +562,7 @@ impl Counter {
             Counter::DropNatFailed => "drop_nat_failed",
             Counter::CtReplaced => "ct_replaced",
             Counter::DropIcmp => "drop_icmp",
+            Counter::ArpGated => "arp_gated",
         }
     }
 }

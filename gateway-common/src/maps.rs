@@ -8,7 +8,9 @@ use core::mem::size_of;
 use crate::{
     Affinity, AffinityKey, AgentState, Backend, Counter, CtEntry, CtKey, DatapathConfig, GarpCount,
     L2Entry, L2Key, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic,
-    VIP_FILTER_WORDS, VipInfo, VipKey, capacity::Capacity,
+    VIP_FILTER_WORDS, VipInfo, VipKey,
+    capacity::Capacity,
+    cluster::{ClaimKey, ClaimRecord, ClusterRecord, Gate, MEMBERS_MAX, MemberRecord},
 };
 
 /// Every map, one line each:
@@ -61,6 +63,17 @@ macro_rules! map_table {
             AGENT agent "gw_agent": Array<u32 => AgentState> = Fixed(1),
             /// Gratuitous ARP frames sent per announcement; the programs never touch it.
             GARP garp "gw_garp": Hash<L2Key => GarpCount> = Services,
+            /// Until when ARP is answered (see `Gate`), written by the agent.
+            GATE gate "gw_gate": Array<u32 => Gate> = Fixed(1),
+            /// The agent's view of the cluster; the programs never touch it.
+            CLUSTER cluster "gw_cluster": Array<u32 => ClusterRecord> = Fixed(1),
+            /// The cluster's members as the agent sees them; the programs never touch it.
+            MEMBERS members "gw_members": Array<u32 => MemberRecord> = Fixed(MEMBERS_MAX),
+            /// The VIPs each member claims; the programs never touch it.
+            CLAIMS claims "gw_claims": Hash<ClaimKey => ClaimRecord> = Services,
+            /// `DRAIN_REQUESTED` while the operator drains this node (`drain`), written by
+            /// the CLI and read by the agent; the programs never touch it.
+            DRAIN drain "gw_drain": Array<u32 => u32> = Fixed(1),
         }
     };
 }

@@ -33,6 +33,11 @@ pod!(
     Traffic,
     ServiceName,
     AgentState,
+    cluster::Gate,
+    cluster::ClusterRecord,
+    cluster::MemberRecord,
+    cluster::ClaimKey,
+    cluster::ClaimRecord,
     bench::BenchFrame,
 );
 

@@ -1,5 +1,6 @@
 //! L2 announcement: answers ARP requests for the VIPs this node announces on the interface
-//! the request arrived on, from that interface's MAC. Everything else ARP goes to the kernel.
+//! the request arrived on, from that interface's MAC, while the gate is open (see
+//! `gateway_common::cluster::Gate`). Everything else ARP goes to the kernel.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -8,7 +9,8 @@ use gateway_common::{Counter, ETH_P_IP, L2Key};
 
 use crate::{
     PASS,
-    maps::L2,
+    maps::{CONFIG, GATE, L2},
+    now_ns,
     packet::{ArpFrame, Packet},
     stats::count,
 };
@@ -37,6 +39,16 @@ pub fn respond(pkt: &mut Packet) -> i32 {
     let Some(entry) = L2.get_ptr_mut(L2Key { ifindex, vip }) else {
         return PASS;
     };
+    // The cluster's lease: past it another node may answer, so this one stays silent (and
+    // the kernel, which does not own the VIP, does not answer either).
+    let open = match (GATE.get(0), CONFIG.get(0)) {
+        (Some(gate), Some(config)) => gate.is_open(now_ns(config)),
+        _ => false,
+    };
+    if !open {
+        count(Counter::ArpGated);
+        return PASS;
+    }
     // SAFETY: a value found in a hash map stays valid until the program returns (the kernel
     // frees replaced and deleted elements after an RCU grace period).
     let mac = unsafe { (*entry).mac };

@@ -11,6 +11,7 @@ use gateway_common::{
     L2Entry, L2Key, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic,
     VIP_FILTER_WORDS, VipInfo, VipKey,
     capacity::Capacity,
+    cluster::{ClaimKey, ClaimRecord, ClusterRecord, Gate, MEMBERS_MAX, MemberRecord},
     maps::{Kind, Size},
 };
 

@@ -14,7 +14,9 @@ use aya::{
 use gateway_common::{
     Affinity, AffinityKey, AgentState, BACKEND_F_ACTIVE, Backend, Counter, CtEntry, CtKey,
     DatapathConfig, GarpCount, L2Entry, L2Key, RevNat, RevNatKey, Service, ServiceKey, ServiceName,
-    SlotKey, Traffic, VipInfo, VipKey, map_names,
+    SlotKey, Traffic, VipInfo, VipKey,
+    cluster::{ClaimKey, ClaimRecord, ClusterRecord, Gate, MemberRecord},
+    map_names,
 };
 
 use crate::plan::{MapState, Membership, Op};
@@ -230,6 +232,29 @@ impl Maps {
         self.garp
             .insert(key, sent + frames, 0)
             .context("writing gw_garp")
+    }
+
+    pub fn write_gate(&mut self, gate: Gate) -> Result<()> {
+        self.gate.set(0, gate, 0).context("writing gw_gate")
+    }
+
+    pub fn read_gate(&self) -> Result<Gate> {
+        self.gate.get(&0, 0).context("reading gw_gate")
+    }
+
+    /// The operator's drain request (`drain`/`undrain`), as the CLI last wrote it.
+    pub fn drain_requested(&self) -> Result<bool> {
+        let value = self.drain.get(&0, 0).context("reading gw_drain")?;
+        Ok(value == gateway_common::cluster::DRAIN_REQUESTED)
+    }
+
+    pub fn request_drain(&mut self, drain: bool) -> Result<()> {
+        let value = if drain {
+            gateway_common::cluster::DRAIN_REQUESTED
+        } else {
+            0
+        };
+        self.drain.set(0, value, 0).context("writing gw_drain")
     }
 
     pub fn write_config(&mut self, config: DatapathConfig) -> Result<()> {

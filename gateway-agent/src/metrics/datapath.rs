@@ -56,6 +56,11 @@ const fn place(counter: Counter) -> Place {
              same addresses and ports.",
         ),
         Counter::ArpReply => Place::PerAnnouncement,
+        Counter::ArpGated => Place::Own(
+            "gateway_arp_gated",
+            "ARP requests for an announced VIP left unanswered because the cluster's lease \
+             (the gate) had ended: the agent stopped renewing it, or lost its quorum.",
+        ),
     }
 }
 
