@@ -11,6 +11,9 @@
 //! from the store, `plan::fit` leaves out what reverse NAT cannot serve here, and the plan's
 //! writes bring the maps there. A read refused on the way (by the source, or by the maps'
 //! sizes and writes) leaves the store and the source as they were.
+//!
+//! Who announces is `cluster.rs`'s: alone, what the model elects; with other agents, what
+//! the cluster gives this node (its socket and timers are two more arms of the loop).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,9 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
-use gateway_common::{
-    AGENT_F_CHECKSUMS_IN_PLACE, AgentState, DatapathConfig, L2Key, cluster::Gate, write_text,
-};
+use gateway_common::{AGENT_F_CHECKSUMS_IN_PLACE, AgentState, DatapathConfig, L2Key, write_text};
 use inotify::{EventStream, Inotify, WatchMask};
 use log::{error, info, warn};
 use regex::Regex;
@@ -29,6 +30,12 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     time::sleep_until,
 };
+
+mod cluster;
+
+pub use cluster::ClusterOptions;
+
+use crate::cluster::transport::{self, Datagram};
 
 use crate::{
     capacity::Capacity,
@@ -59,6 +66,7 @@ pub struct RunOptions {
     pub metrics_address: Option<SocketAddr>,
     /// The loadBalancerClasses served besides the default ones.
     pub classes: LoadBalancerClasses,
+    pub cluster: ClusterOptions,
 }
 
 fn unix_now() -> u64 {
@@ -157,6 +165,8 @@ struct Agent {
     garp: garp::Schedule,
     garp_sender: garp::Sender,
     metrics: AgentMetrics,
+    /// Who announces: alone, the model; with other agents, the cluster.
+    cluster: cluster::Cluster,
 }
 
 /// Where the objects come from and what the model made of them last: the file source, the
@@ -320,6 +330,11 @@ impl Agent {
         };
         write_text(&mut record.node_name, &options.node_name);
         write_text(&mut record.config, &options.config.display().to_string());
+        let cluster = cluster::Cluster::new(
+            options.cluster.clone(),
+            &options.node_name,
+            Duration::from_nanos(datapath.clock.tick_ns),
+        )?;
         let mut agent = Agent {
             options,
             datapath,
@@ -331,6 +346,7 @@ impl Agent {
             garp: garp::Schedule::default(),
             garp_sender: garp::Sender::new()?,
             metrics: AgentMetrics::default(),
+            cluster,
         };
 
         let maps = &mut agent.datapath.maps;
@@ -339,15 +355,35 @@ impl Agent {
             agent.options.ct_any_timeout,
             agent.datapath.clock,
         ))?;
-        // A single node answers ARP whatever becomes of its agent.
-        maps.write_gate(Gate::OPEN)?;
         agent.state = maps.read_state().context("adopting the pinned maps")?;
         let adopted = !agent.state.services.is_empty();
-        let summary = summary(&proposal.desired);
-        let findings = proposal.desired.findings.clone();
-        let writes = agent.apply(proposal.desired, &interfaces)?.writes;
+        // Who announces: the cluster (when there are other agents) takes over what the
+        // datapath answers and its gate; the drain request outlives restarts.
+        agent.cluster.read_drain(&agent.datapath.maps)?;
+        agent.cluster.accept(
+            agent.objects.store.config(),
+            &proposal.desired,
+            &interfaces,
+            &agent.state,
+            &agent.datapath.maps,
+        )?;
+        let mut desired = proposal.desired;
+        agent.cluster.restrict(&mut desired, &agent.state);
+        let summary = summary(&desired);
+        let findings = desired.findings.clone();
+        let writes = agent.apply(desired, &interfaces)?.writes;
         agent.objects.keep(proposal.documents, findings);
         inspect::record_findings(&mut agent.record, &agent.objects.findings);
+        agent.cluster.accept(
+            agent.objects.store.config(),
+            agent.planned.as_ref().context("applied")?,
+            &interfaces,
+            &agent.state,
+            &agent.datapath.maps,
+        )?;
+        agent
+            .cluster
+            .settle(&mut agent.datapath.maps, &mut agent.state)?;
         // Attach only once the maps hold the full state: the first packet sees all of it.
         attach::attach_all(&mut agent.datapath, &agent.options.bpffs, &interfaces)?;
         // Every announcement is news after a (re)start: a node may have taken over meanwhile.
@@ -384,10 +420,11 @@ impl Agent {
         let result = (|| -> Result<(String, Option<DesiredState>)> {
             let interfaces = selected_interfaces(&self.options)?;
             let Proposal {
-                desired,
+                mut desired,
                 undo,
                 documents,
             } = self.objects.propose(&self.options.node_name, &interfaces)?;
+            self.cluster.restrict(&mut desired, &self.state);
             let summary = summary(&desired);
             let findings = desired.findings.clone();
             let applied = match self.apply(desired, &interfaces) {
@@ -399,9 +436,21 @@ impl Agent {
             };
             self.objects.keep(documents, findings);
             inspect::record_findings(&mut self.record, &self.objects.findings);
+            self.cluster.accept(
+                self.objects.store.config(),
+                self.planned.as_ref().context("applied")?,
+                &interfaces,
+                &self.state,
+                &self.datapath.maps,
+            )?;
+            let mut announced = applied.announced;
+            announced.extend(
+                self.cluster
+                    .settle(&mut self.datapath.maps, &mut self.state)?,
+            );
             attach::attach_all(&mut self.datapath, &self.options.bpffs, &interfaces)?;
             let now = Instant::now();
-            for (key, mac) in applied.announced {
+            for (key, mac) in announced {
                 self.garp.announce(key, mac, now);
             }
             let line = format!("{summary} ({} map writes)", applied.writes);
@@ -451,6 +500,28 @@ impl Agent {
         }
     }
 
+    /// After an input of the cluster: the maps follow what it lets this node answer, the
+    /// announcements that started get gratuitous ARP (a takeover is announced at once).
+    fn cluster_changed(&mut self) {
+        match self
+            .cluster
+            .settle(&mut self.datapath.maps, &mut self.state)
+        {
+            Ok(announced) => {
+                let now = Instant::now();
+                for (key, mac) in announced {
+                    info!(
+                        "cluster: answering for {} on ifindex {}",
+                        std::net::Ipv4Addr::from(key.vip),
+                        key.ifindex
+                    );
+                    self.garp.announce(key, mac, now);
+                }
+            }
+            Err(e) => error!("cluster: bringing the announcements to the maps: {e:#}"),
+        }
+    }
+
     async fn serve(mut self) -> Result<()> {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
@@ -470,11 +541,32 @@ impl Agent {
         };
         // When a change in the file's directory has settled.
         let mut settled: Option<tokio::time::Instant> = None;
+        let mut datagram = Datagram::new();
         loop {
             let garp_due = self.garp.next_due().map(tokio::time::Instant::from_std);
+            let socket = self.cluster.socket();
+            let cluster_wake = self.cluster.next_wake();
             tokio::select! {
-                _ = terminate.recv() => break,
-                _ = interrupt.recv() => break,
+                _ = terminate.recv() => {
+                    self.cluster.stop();
+                    break;
+                }
+                _ = interrupt.recv() => {
+                    self.cluster.stop();
+                    break;
+                }
+                received = async { transport::receive(socket.as_deref()?, &mut datagram).await.ok() }, if socket.is_some() => {
+                    if let Some(Some(bytes)) = received {
+                        self.cluster.received(bytes);
+                        self.cluster_changed();
+                    }
+                }
+                _ = sleep_until(cluster_wake) => {
+                    if let Err(e) = self.cluster.wake(&self.datapath.maps) {
+                        warn!("cluster: {e:#}");
+                    }
+                    self.cluster_changed();
+                }
                 _ = hangup.recv() => self.reload("SIGHUP"),
                 Some(_) = async { events.as_mut()?.next().await }, if events.is_some() => {
                     settled = Some(tokio::time::Instant::now() + SETTLE);

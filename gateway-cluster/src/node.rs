@@ -709,6 +709,15 @@ impl ClusterNode {
         self.outbox.push((addr, datagram));
     }
 
+    /// Every member's claims as far as we know them, ours as the others see them.
+    pub fn claims(&self) -> BTreeMap<String, Claims> {
+        self.peers
+            .values()
+            .map(|p| (p.peer.name.clone(), p.claims.claims.clone()))
+            .chain([(self.me.clone(), self.published())])
+            .collect()
+    }
+
     /// Every member, us first.
     pub fn members(&self, now: Duration) -> Vec<MemberView> {
         let mut members = vec![MemberView {

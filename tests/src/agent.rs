@@ -62,6 +62,14 @@ impl Agent {
         Self::launch(lab, node, config, &binary()?, &bpffs, &[])
     }
 
+    /// Starts the agent built beside this binary on `node` with `config` and `extra` flags
+    /// (e.g. the cluster's), pinning under the node's bpffs directory, and waits until it
+    /// serves.
+    pub fn start_with(lab: &Lab, node: &str, config: &Path, extra: &[&str]) -> Result<Self> {
+        let bpffs = lab.bpffs_dir(node).to_owned();
+        Self::launch(lab, node, config, &binary()?, &bpffs, extra)
+    }
+
     /// Starts `binary run` on `node` with `config`, pins under `bpffs`, with `extra` flags,
     /// and waits until it serves.
     pub fn launch(

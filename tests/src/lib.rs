@@ -10,6 +10,8 @@
 //! - [`container`]: that root booted by systemd-nspawn in a lab node's network namespace.
 //! - [`http`]: the answers of the lab's pods, and requests on open connections.
 //! - [`prometheus`]: a real Prometheus server in a lab namespace, queried through its API.
+//! - [`probe`]: a client that sends an ARP request and a request to a VIP every 50 ms, and
+//!   tells who answered (failover tests and benchmark).
 //! - [`lab`]: the reference topology (client, L2 segment, nodes, envoy-like pods) and the
 //!   Kubernetes-shaped objects that describe it.
 
@@ -19,6 +21,7 @@ pub mod debian_root;
 pub mod http;
 pub mod lab;
 pub mod netns;
+pub mod probe;
 pub mod process;
 pub mod prometheus;
 

@@ -61,6 +61,11 @@ impl Netns {
         &self.name
     }
 
+    /// The namespace's file, for a thread to enter it (`setns`).
+    pub fn path(&self) -> std::path::PathBuf {
+        Path::new(NETNS_DIR).join(&self.name)
+    }
+
     /// `ip netns exec NAME args...`, not yet started.
     pub fn command<I>(&self, args: I) -> Command
     where

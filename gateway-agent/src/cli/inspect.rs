@@ -528,6 +528,7 @@ pub struct StatusView {
     pub affinities: usize,
     pub counters: BTreeMap<&'static str, u64>,
     pub services: Vec<ServiceView>,
+    pub cluster: super::cluster::ClusterStatus,
 }
 
 /// `status`: configuration, attachments, map fill and counters.
@@ -555,6 +556,7 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
         affinities: fill.affinities,
         counters: counters.into_iter().map(|(c, v)| (c.name(), v)).collect(),
         services: services(maps)?,
+        cluster: super::cluster::status(maps)?,
     })
 }
 
@@ -607,6 +609,7 @@ pub fn render_status(s: &StatusView) -> String {
         ));
     }
     out.push_str(&render_findings(a));
+    out.push_str(&super::cluster::render_status(&s.cluster));
     out.push_str(&format!(
         "datapath pinned at {}, checksums {}\nconntrack timeouts: TCP {}s, other {}s\n\n",
         s.bpffs,

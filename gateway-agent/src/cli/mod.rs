@@ -1,6 +1,7 @@
 //! The command line: `run`, `check`, the read-only views and `teardown`.
 
 mod check;
+mod cluster;
 mod doctor;
 pub(crate) mod inspect;
 mod table;
@@ -16,9 +17,11 @@ use regex::Regex;
 use serde::Serialize;
 
 use crate::{
-    agent::{self, RunOptions},
+    agent::{self, ClusterOptions, RunOptions},
     capacity::Capacity,
+    cluster::timing,
     config::LoadBalancerClasses,
+    config::Selector,
     datapath::{self, Maps},
 };
 
@@ -76,6 +79,20 @@ enum Command {
     L2 {
         #[command(subcommand)]
         command: ListCommand,
+    },
+    /// The cluster as this node's agent sees it: every member, its state, the VIPs it
+    /// claims and answers for, and the datagrams refused.
+    Members(ViewArgs),
+    /// Hand this node's VIPs over to the other members at once and announce none (before a
+    /// planned shutdown); it stays drained across agent restarts until `undrain`.
+    Drain {
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
+    /// End a drain: this node may announce again (it takes nothing back).
+    Undrain {
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
     },
     /// Walk the reference's troubleshooting tree over the objects and the live datapath.
     Doctor {
@@ -141,6 +158,8 @@ struct RunArgs {
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off when not given).
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_address: Option<SocketAddr>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 /// The `spec.loadBalancerClass`es served besides none and `io.cilium/l2-announcer`.
@@ -182,6 +201,40 @@ impl CapacityArgs {
             backends: self.backends_max,
             conntrack: self.ct_max,
             affinity: self.affinity_max,
+        }
+    }
+}
+
+/// Failover between nodes.
+#[derive(Args)]
+struct ClusterArgs {
+    /// UDP port the agents talk on (failover between nodes), on each Node's InternalIP.
+    #[arg(long, default_value_t = timing::DEFAULT_PORT)]
+    cluster_port: u16,
+    /// The shared secret every agent authenticates the cluster's datagrams with (at least
+    /// 16 bytes; the same file on every node). Without it anyone on the segment could claim
+    /// VIPs: the agent warns when it has peers and no key.
+    #[arg(long, value_name = "FILE")]
+    cluster_key_file: Option<PathBuf>,
+    /// The Nodes whose agents take part in failover, as a label selector in `kubectl -l`
+    /// syntax (e.g. `!node-role.kubernetes.io/control-plane` or `gateway=yes`); default:
+    /// every Node. A member without a running agent counts against the quorum.
+    #[arg(long, value_name = "SELECTOR", default_value = "")]
+    cluster_members: Selector,
+    /// With exactly two members, take over the VIPs of a silent one (failover) at the price
+    /// of both answering ARP while the link between them is cut. Default: only a drained or
+    /// withdrawn VIP moves.
+    #[arg(long)]
+    cluster_two_node_takeover: bool,
+}
+
+impl ClusterArgs {
+    fn options(self) -> ClusterOptions {
+        ClusterOptions {
+            port: self.cluster_port,
+            key_file: self.cluster_key_file,
+            members: self.cluster_members,
+            two_node_takeover: self.cluster_two_node_takeover,
         }
     }
 }
@@ -243,6 +296,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 capacity: args.capacity.capacity(),
                 classes: args.classes.classes(),
                 metrics_address: args.metrics_address,
+                cluster: args.cluster.options(),
             }))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -305,6 +359,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             },
             output.output == Output::Json,
         ),
+        Command::Members(args) => view(&args, |_, m| cluster::members(m), cluster::render_members),
+        Command::Drain { bpffs } => {
+            println!("{}", cluster::drain(&bpffs, true)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Undrain { bpffs } => {
+            println!("{}", cluster::drain(&bpffs, false)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Teardown { bpffs } => {
             for line in datapath::teardown(&bpffs)? {
                 println!("removed {line}");

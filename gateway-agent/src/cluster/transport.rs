@@ -1,10 +1,11 @@
 //! The cluster's UDP socket: what [`ClusterNode`] sends goes out through it, what arrives
 //! goes into it, and its clock is the one the node, the leases and the gate are measured on.
-//! The run loop (`agent`) selects on [`Transport::receive`] and on a sleep until
-//! [`Transport::instant`] of [`ClusterNode::next_wake`].
+//! The run loop (`agent`) selects on [`receive`] from [`Transport::socket`] and on a sleep
+//! until [`Transport::instant`] of [`ClusterNode::next_wake`].
 
 use std::io;
 use std::net::SocketAddrV4;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -16,20 +17,24 @@ use super::node::ClusterNode;
 use super::timing::MAX_DATAGRAM;
 
 pub struct Transport {
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
     origin: Instant,
     /// Datagrams the kernel would not take (a full socket buffer, an unreachable peer).
     pub send_errors: u64,
 }
 
 impl Transport {
-    /// Listens on `addr` (the node's InternalIP and `--cluster-port`).
-    pub async fn bind(addr: SocketAddrV4) -> Result<Self> {
-        let socket = UdpSocket::bind(addr)
-            .await
-            .with_context(|| format!("binding the cluster port {addr} (UDP)"))?;
+    /// Listens on `addr` (the node's InternalIP and `--cluster-port`). Within a tokio
+    /// runtime.
+    pub fn bind(addr: SocketAddrV4) -> Result<Self> {
+        let bound = || -> io::Result<UdpSocket> {
+            let socket = std::net::UdpSocket::bind(addr)?;
+            socket.set_nonblocking(true)?;
+            UdpSocket::from_std(socket)
+        };
+        let socket = bound().with_context(|| format!("binding the cluster port {addr} (UDP)"))?;
         Ok(Transport {
-            socket,
+            socket: Arc::new(socket),
             origin: Instant::now(),
             send_errors: 0,
         })
@@ -45,15 +50,17 @@ impl Transport {
         self.origin + at
     }
 
+    /// The socket, for a receive that borrows nothing else (a `select!` arm).
+    pub fn socket(&self) -> Arc<UdpSocket> {
+        Arc::clone(&self.socket)
+    }
+
     /// Waits for one datagram and hands it to `node`.
     pub async fn receive(&self, node: &mut ClusterNode) -> io::Result<()> {
-        let mut buf = [0; MAX_DATAGRAM + 1];
-        let (len, from) = self.socket.recv_from(&mut buf).await?;
-        if len > MAX_DATAGRAM {
-            debug!("cluster: oversized datagram from {from} dropped");
-            return Ok(());
+        let mut buf = Datagram::new();
+        if let Some(datagram) = receive(&self.socket, &mut buf).await? {
+            node.receive(self.now(), datagram);
         }
-        node.receive(self.now(), &buf[..len]);
         Ok(())
     }
 
@@ -66,6 +73,34 @@ impl Transport {
             }
         }
     }
+}
+
+/// Room for the largest datagram and one byte more, to tell an oversized one.
+pub struct Datagram(Box<[u8; MAX_DATAGRAM + 1]>);
+
+impl Datagram {
+    pub fn new() -> Self {
+        Datagram(Box::new([0; MAX_DATAGRAM + 1]))
+    }
+}
+
+impl Default for Datagram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Waits for one datagram; `None` for one larger than any we send (dropped).
+pub async fn receive<'b>(
+    socket: &UdpSocket,
+    buf: &'b mut Datagram,
+) -> io::Result<Option<&'b [u8]>> {
+    let (len, from) = socket.recv_from(&mut buf.0[..]).await?;
+    if len > MAX_DATAGRAM {
+        debug!("cluster: oversized datagram from {from} dropped");
+        return Ok(None);
+    }
+    Ok(Some(&buf.0[..len]))
 }
 
 #[cfg(test)]
@@ -97,7 +132,7 @@ mod tests {
         let mut transports = Vec::new();
         let mut nodes = Vec::new();
         for (i, (name, addr)) in names.iter().zip(addrs).enumerate() {
-            let transport = Transport::bind(addr).await.expect("bind");
+            let transport = Transport::bind(addr).expect("bind");
             let other = 1 - i;
             let peers = vec![Peer {
                 name: names[other].to_string(),
@@ -120,9 +155,8 @@ mod tests {
             transports.push(transport);
             nodes.push(node);
         }
-        let mut intruder = Transport::bind(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 23), port))
-            .await
-            .expect("bind");
+        let mut intruder =
+            Transport::bind(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 23), port)).expect("bind");
         let mut stranger = ClusterNode::new(
             "a",
             SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 23), port),

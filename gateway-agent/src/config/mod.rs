@@ -21,6 +21,7 @@
 //! | `service.rs`, `endpoints.rs`, `node.rs`, `pool.rs`, `l2policy.rs` | one kind each: its type and its conversion |
 //! | `cilium.rs` | the serde shapes of the two Cilium CRDs |
 //! | `selector.rs` | label selectors, validated (matching is the model's) |
+//! | `selector_text.rs` | label selectors written as `kubectl -l` takes them (`--cluster-members`) |
 //! | `protocol.rs` | TCP or UDP |
 //! | `object.rs` | an object of any kind: `ObjectRef`, `Kind`, `Object` |
 //! | `name.rs` | `Name`, the shared text of names |
@@ -42,6 +43,7 @@ mod object;
 mod pool;
 mod protocol;
 mod selector;
+mod selector_text;
 mod service;
 mod set;
 

@@ -2,7 +2,7 @@
 //! just loaded or opened from their pins by a read-only command in another process; reading
 //! the agent-managed state back, and writing plan operations.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -255,6 +255,44 @@ impl Maps {
             0
         };
         self.drain.set(0, value, 0).context("writing gw_drain")
+    }
+
+    pub fn write_cluster(&mut self, record: &ClusterRecord) -> Result<()> {
+        self.cluster.set(0, record, 0).context("writing gw_cluster")
+    }
+
+    pub fn read_cluster(&self) -> Result<ClusterRecord> {
+        self.cluster.get(&0, 0).context("reading gw_cluster")
+    }
+
+    pub fn write_member(&mut self, index: u32, record: &MemberRecord) -> Result<()> {
+        self.members
+            .set(index, record, 0)
+            .context("writing gw_members")
+    }
+
+    /// The first `count` members of `gw_members`.
+    pub fn read_members(&self, count: u32) -> Result<Vec<MemberRecord>> {
+        (0..count)
+            .map(|i| self.members.get(&i, 0).context("reading gw_members"))
+            .collect()
+    }
+
+    pub fn read_claims(&self) -> Result<BTreeMap<ClaimKey, ClaimRecord>> {
+        self.claims
+            .iter()
+            .map(|entry| entry.context("reading gw_claims"))
+            .collect()
+    }
+
+    pub fn write_claim(&mut self, key: &ClaimKey, claim: &ClaimRecord) -> Result<()> {
+        self.claims
+            .insert(key, claim, 0)
+            .context("writing gw_claims")
+    }
+
+    pub fn remove_claim(&mut self, key: &ClaimKey) -> Result<()> {
+        remove(&mut self.claims, key, "gw_claims")
     }
 
     pub fn write_config(&mut self, config: DatapathConfig) -> Result<()> {

@@ -11,7 +11,7 @@ use gateway_common::{
 };
 
 use super::{Interface, MapState, PlanError};
-use crate::model::{BackendAddr, DesiredState, Frontend, Protocol};
+use crate::model::{Announcement, BackendAddr, DesiredState, Frontend, Protocol};
 
 fn proto_number(p: Protocol) -> u8 {
     match p {
@@ -180,11 +180,19 @@ pub(super) fn announced(
     desired: &DesiredState,
     interfaces: &[Interface],
 ) -> BTreeMap<L2Key, [u8; 6]> {
+    l2_entries(&desired.announcements, interfaces)
+}
+
+/// `gw_l2`'s entries for `announcements`, on the interfaces this node has: what the cluster
+/// wiring writes when the VIPs this node answers change between reloads.
+pub fn l2_entries<'a>(
+    announcements: impl IntoIterator<Item = &'a Announcement>,
+    interfaces: &[Interface],
+) -> BTreeMap<L2Key, [u8; 6]> {
     let by_name: BTreeMap<&str, &Interface> =
         interfaces.iter().map(|i| (i.name.as_str(), i)).collect();
-    desired
-        .announcements
-        .iter()
+    announcements
+        .into_iter()
         .filter_map(|a| {
             let iface = by_name.get(a.interface.as_str())?;
             let key = L2Key {

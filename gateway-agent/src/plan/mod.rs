@@ -28,7 +28,7 @@ mod fixtures;
 
 pub use change::change;
 pub use diff::{diff, diff_each};
-pub use entries::{backend_label, frontend_label};
+pub use entries::{backend_label, frontend_label, l2_entries};
 pub use error::PlanError;
 pub use fit::fit;
 pub use state::{Change, MapState, Membership, Op};

@@ -10,7 +10,11 @@
 //! ```
 //!
 //! These addresses, the pool's and the VIPs are named once, as constants in `spec.rs`
-//! (re-exported here); tests and xtask use those names.
+//! (re-exported here); tests and xtask use those names. [`LabSpec::failover`] is the
+//! failover lab: workers w1, w2, w3 (.111-.113), one pod each (10.244.{1,2,3}.10) of the
+//! internal gateway's service, Nodes listing their InternalIP so the agents form a cluster.
+//! [`Lab::split`] cuts nodes off from the others on the segment (not from the client);
+//! [`Lab::set_uplink`] takes a node off the segment altogether.
 //!
 //! Each pod runs nginx on 8080 and 8443 answering `backend=POD client=IP:PORT
 //! local=IP:PORT`; each node runs nginx on its own address port 80 answering `node=NODE
@@ -35,11 +39,12 @@ use anyhow::{Context, Result, ensure};
 pub use client::Client;
 pub use objects::config_yaml;
 pub use spec::{
-    CLIENT, CLIENT_2, CONTROL_PLANE_LABEL, CP1_ADDR, ENVOY_W1A, ENVOY_W1B, ENVOY_W2A,
+    CLIENT, CLIENT_2, CONTROL_PLANE_LABEL, CP1_ADDR, ENVOY_W1A, ENVOY_W1B, ENVOY_W2A, ENVOY_W3A,
     HOSTNAME_LABEL, HTTP_PORT, HTTPS_PORT, L2PolicySpec, LabSpec, LabelSelector, NodeSpec,
     OWNING_GATEWAY_LABEL, Operator, POD_CIDR, POOL_CIDR, PodSpec, PoolSpec, PortSpec, Protocol,
     Requirement, SEGMENT, SEGMENT_PREFIX_LEN, SPARE_POD_W1, SPARE_VIPS, ServiceSpec,
     SessionAffinity, TrafficPolicy, UNUSED_ADDR, VIP_EXTERNAL, VIP_INTERNAL, W1_ADDR, W2_ADDR,
+    W3_ADDR,
 };
 pub use teardown::{RUN_ROOT, is_mount_point, run_dir};
 pub use wiring::{BRIDGE, CLIENT_IFACE, NODE_UPLINK, POD_IFACE};
@@ -50,6 +55,9 @@ use nginx::Site;
 
 /// The port of the nginx on each node's own address.
 pub const NODE_HTTP_PORT: u16 = 80;
+
+/// The nftables table of [`Lab::split`], in the segment's namespace.
+const SPLIT_TABLE: &str = "gateway_split";
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
@@ -228,6 +236,60 @@ impl Lab {
     /// The agent's `--bpffs` directory on node `name` (the agent creates it).
     pub fn bpffs_dir(&self, node: &str) -> &Path {
         self.node(node).bpffs_dir()
+    }
+
+    /// Cuts the segment in two: `nodes` reach each other and the client, the other nodes
+    /// reach each other and the client, and nothing crosses between the two groups. A
+    /// bridge filter in the segment's namespace (nftables, family bridge) drops the frames
+    /// between the groups' ports; [`Lab::heal`] removes it.
+    pub fn split(&self, nodes: &[&str]) -> Result<()> {
+        let ports = |inside: bool| -> String {
+            self.nodes
+                .iter()
+                .filter(|n| nodes.contains(&n.name.as_str()) == inside)
+                .map(|n| format!("\"{}\"", wiring::node_port(&n.name)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (cut, rest) = (ports(true), ports(false));
+        ensure!(
+            !cut.is_empty() && !rest.is_empty(),
+            "a split needs nodes on both sides"
+        );
+        let rules = format!(
+            "table bridge {SPLIT_TABLE} {{\n\
+             \x20 chain forward {{\n\
+             \x20   type filter hook forward priority 0; policy accept;\n\
+             \x20   iifname {{ {cut} }} oifname {{ {rest} }} drop\n\
+             \x20   iifname {{ {rest} }} oifname {{ {cut} }} drop\n\
+             \x20 }}\n\
+             }}\n"
+        );
+        self.heal()?;
+        let file = self.run_dir().join("split.nft");
+        fs::write(&file, rules).with_context(|| format!("writing {}", file.display()))?;
+        self.segment
+            .run(["nft", "-f", &file.display().to_string()])?;
+        Ok(())
+    }
+
+    /// Joins the segment again after [`Lab::split`].
+    pub fn heal(&self) -> Result<()> {
+        let tables = self.segment.run(["nft", "list", "tables"])?;
+        if tables.contains(SPLIT_TABLE) {
+            self.segment
+                .run(["nft", "delete", "table", "bridge", SPLIT_TABLE])?;
+        }
+        Ok(())
+    }
+
+    /// Takes node `name`'s uplink off the segment (down) or puts it back (up), as a cable
+    /// pulled or a node powered off: its frames reach nobody.
+    pub fn set_uplink(&self, name: &str, up: bool) -> Result<()> {
+        self.node(name)
+            .ns()
+            .ip(&["link", "set", NODE_UPLINK, if up { "up" } else { "down" }])?;
+        Ok(())
     }
 
     /// The lab's objects as the agent reads them (see [`config_yaml`] for variations).

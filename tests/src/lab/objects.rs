@@ -20,7 +20,7 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub fn config_yaml(spec: &LabSpec) -> Result<String> {
     spec.validate()?;
     let mut docs: Vec<Value> = Vec::new();
-    docs.extend(spec.nodes.iter().map(node));
+    docs.extend(spec.nodes.iter().map(|n| node(n, spec.internal_ips)));
     docs.extend(spec.pools.iter().map(pool));
     docs.extend(spec.l2_policies.iter().map(l2_policy));
     for svc in &spec.services {
@@ -37,17 +37,19 @@ pub fn config_yaml(spec: &LabSpec) -> Result<String> {
     Ok(yaml)
 }
 
-fn node(node: &NodeSpec) -> Value {
+fn node(node: &NodeSpec, internal_ip: bool) -> Value {
+    let mut addresses = vec![json!({ "type": "Hostname", "address": node.name })];
+    if internal_ip {
+        addresses.insert(
+            0,
+            json!({ "type": "InternalIP", "address": node.addr.to_string() }),
+        );
+    }
     json!({
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": { "name": node.name, "labels": node.labels },
-        "status": {
-            "addresses": [
-                { "type": "InternalIP", "address": node.addr.to_string() },
-                { "type": "Hostname", "address": node.name },
-            ],
-        },
+        "status": { "addresses": addresses },
     })
 }
 
@@ -322,6 +324,27 @@ mod tests {
             json!([
                 { "name": "http", "port": 8080, "protocol": "TCP" },
                 { "name": "https", "port": 8443, "protocol": "TCP" },
+            ])
+        );
+    }
+
+    #[test]
+    fn nodes_list_their_internal_ip_only_in_a_cluster_lab() {
+        let addresses = |spec: &LabSpec| -> Vec<Value> {
+            parse(spec)
+                .iter()
+                .filter(|d| d["kind"] == "Node")
+                .map(|d| d["status"]["addresses"].clone())
+                .collect()
+        };
+        let alone = addresses(&LabSpec::reference("gwt"));
+        assert!(alone.iter().all(|a| a.as_array().unwrap().len() == 1));
+        let cluster = addresses(&LabSpec::failover("gwt"));
+        assert_eq!(
+            cluster[2],
+            json!([
+                { "type": "InternalIP", "address": "192.168.10.113" },
+                { "type": "Hostname", "address": "w3" },
             ])
         );
     }

@@ -18,10 +18,12 @@ pub const SEGMENT_PREFIX_LEN: u8 = 24;
 /// The client's address on the segment, and a second one tests may add to it.
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 10);
 pub const CLIENT_2: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 11);
-/// The nodes' uplink addresses: the control plane cp1 and the workers w1 and w2.
+/// The nodes' uplink addresses: the control plane cp1 and the workers w1 and w2 (and w3 of
+/// the failover lab).
 pub const CP1_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 110);
 pub const W1_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 111);
 pub const W2_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 112);
+pub const W3_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 113);
 /// A segment address that nobody holds and no pool contains.
 pub const UNUSED_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 200);
 /// The pool's one block, and the VIPs the reference's two gateways request from it.
@@ -38,6 +40,8 @@ pub const POD_CIDR: &str = "10.244.0.0/16";
 pub const ENVOY_W1A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
 pub const ENVOY_W1B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
 pub const ENVOY_W2A: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
+/// The failover lab's third worker's pod.
+pub const ENVOY_W3A: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 10);
 /// An address of w1's pod network no reference pod holds, for a pod tests add.
 pub const SPARE_POD_W1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 12);
 
@@ -70,6 +74,10 @@ pub struct LabSpec {
     pub services: Vec<ServiceSpec>,
     /// When set, teardown runs `AGENT teardown --bpffs DIR` in every node first.
     pub teardown_agent: Option<PathBuf>,
+    /// The Node objects list their uplink address as `InternalIP`, as `kubectl get -o yaml`
+    /// shows them: agents on several nodes then form a cluster (failover). Off, every
+    /// agent is alone and announces as the score elects, whatever runs elsewhere.
+    pub internal_ips: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -209,7 +217,29 @@ impl LabSpec {
                 ServiceSpec::gateway("gateway-external", VIP_EXTERNAL, &pods),
             ],
             teardown_agent: None,
+            internal_ips: false,
         }
+    }
+
+    /// The failover lab: three workers w1, w2, w3 (no control plane), each running one pod
+    /// of the internal gateway's service (.49, Local), whose Node objects list their
+    /// InternalIP so the agents form a cluster.
+    pub fn failover(prefix: &str) -> Self {
+        let pods = ["envoy-w1a", "envoy-w2a", "envoy-w3a"];
+        let mut spec = Self::reference(prefix);
+        spec.nodes = vec![
+            NodeSpec::worker("w1", W1_ADDR).with_pod(PodSpec::new(pods[0], ENVOY_W1A)),
+            NodeSpec::worker("w2", W2_ADDR).with_pod(PodSpec::new(pods[1], ENVOY_W2A)),
+            NodeSpec::worker("w3", W3_ADDR).with_pod(PodSpec::new(pods[2], ENVOY_W3A)),
+        ];
+        spec.l2_policies[0].node_selector = None;
+        spec.services = vec![ServiceSpec::gateway(
+            "gateway-internal",
+            VIP_INTERNAL,
+            &pods,
+        )];
+        spec.internal_ips = true;
+        spec
     }
 
     /// Adds a secondary client address, so tests can connect from several client IPs.
@@ -477,6 +507,15 @@ mod tests {
     #[test]
     fn reference_spec_is_valid() {
         LabSpec::reference("gwt").validate().unwrap();
+    }
+
+    #[test]
+    fn failover_spec_is_valid() {
+        let spec = LabSpec::failover("gwt");
+        spec.validate().unwrap();
+        assert_eq!(spec.nodes.len(), 3);
+        assert!(spec.nodes.iter().all(|n| n.pods.len() == 1));
+        assert_eq!(spec.services[0].backends.len(), 3);
     }
 
     #[test]

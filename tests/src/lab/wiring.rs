@@ -51,11 +51,16 @@ pub(crate) fn client(seg: &Netns, name: &str, addrs: &[Ipv4Addr], mac: &str) -> 
     Ok(client)
 }
 
+/// The bridge port of node `name`'s uplink, in the segment's namespace.
+pub(crate) fn node_port(name: &str) -> String {
+    format!("p-{name}")
+}
+
 /// A node: its uplink on the segment, forwarding on, reverse-path filtering off.
 pub(crate) fn node(seg: &Netns, name: &str, spec: &NodeSpec) -> Result<Netns> {
     let node = Netns::add(name, false)?;
     node.sysctl(&[NO_IPV6.as_slice(), NODE_SYSCTLS.as_slice()].concat())?;
-    let port = format!("p-{}", spec.name);
+    let port = node_port(&spec.name);
     plug(seg, &port, &node, NODE_UPLINK, &spec.mac(), &[spec.addr])
         .with_context(|| format!("wiring node {}", spec.name))?;
     Ok(node)
