@@ -149,6 +149,28 @@ fn never_two(log: &Log, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// `gateway-agent doctor` on `node`: the (check, severity, subject) of its findings about the
+/// cluster and the announcements.
+fn doctor(c: &Cluster, node: &str) -> Result<Vec<(String, String, String)>> {
+    let n = c.lab.node(node);
+    let mut cmd = n.ns().command([agent::binary()?.display().to_string()]);
+    cmd.args(["doctor", "--output", "json", "--bpffs"])
+        .arg(n.bpffs_dir());
+    let out = cmd.output()?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("doctor said {}", String::from_utf8_lossy(&out.stderr)))?;
+    Ok(report["findings"]
+        .as_array()
+        .context("findings")?
+        .iter()
+        .filter(|f| f["check"] == "cluster" || f["check"] == "announcement")
+        .map(|f| {
+            let text = |k: &str| f[k].as_str().unwrap_or_default().to_owned();
+            (text("check"), text("severity"), text("subject"))
+        })
+        .collect())
+}
+
 /// The members the agent on `node` sees, by name: (state, VIPs it answers for).
 fn members(agent: &Agent) -> Result<BTreeMap<String, (String, usize)>> {
     let view = agent.json(&["members"])?;
@@ -181,6 +203,11 @@ fn killed_announcers_are_replaced_and_returning_or_restarting_ones_take_nothing(
     ensure!(
         seen.values().filter(|(state, _)| state == "alive").count() == 3 && seen[&first].1 == 1,
         "w1 sees {seen:?}"
+    );
+    let healthy = doctor(&c, "w1")?;
+    ensure!(
+        healthy.len() == 2 && healthy.iter().all(|(_, severity, _)| severity == "ok"),
+        "doctor on a healthy cluster: {healthy:?}"
     );
 
     // Node kill: the announcer's agent SIGKILLed and its uplink down.
@@ -365,6 +392,16 @@ fn drains_eligibility_splits_and_strangers_never_answer_twice() -> Result<()> {
         c.macs_of(&log, keyless) == [fourth.clone()],
         "with {stranger} keyed wrongly: {:?}",
         c.macs_of(&log, keyless)
+    );
+    let findings = doctor(&c, witness)?;
+    ensure!(
+        findings
+            .iter()
+            .any(|f| f.2 == "datagrams refused" && f.1 == "warning")
+            && findings
+                .iter()
+                .any(|f| f.0 == "announcement" && f.1 == "ok"),
+        "doctor on {witness} with {stranger} keyed wrongly: {findings:?}"
     );
     let seen = members(c.agent(&stranger)?)?;
     ensure!(

@@ -1,6 +1,6 @@
 //! The live datapath: is the agent running, are the programs attached, does this node
-//! answer ARP for what the objects elect it for, do the maps fit, are the timeouts the
-//! reference's, which packets were dropped.
+//! answer ARP for what the objects elect it for (with other agents: see `cluster`), do the
+//! maps fit, are the timeouts the reference's, which packets were dropped.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -61,7 +61,24 @@ pub fn check_datapath(
                     .push(a.interface);
                 m
             });
-    if let (Some(config), Some(node)) = (config, node) {
+    // With other agents the cluster decides, not the score: its own findings.
+    let members = crate::cli::cluster::members(maps)?;
+    if members.cluster {
+        let (vips, eligible): (Vec<_>, BTreeMap<_, _>) = match config.zip(node) {
+            Some((config, node)) => {
+                let desired = model::desired_state(config, node, &[]);
+                let vips = (desired.services.iter())
+                    .flat_map(|s| s.vips.iter().map(|v| (v.vip, s.service.clone())))
+                    .collect();
+                let eligible = (desired.eligible.iter())
+                    .map(|(vip, nodes)| (*vip, nodes.iter().map(|n| n.to_string()).collect()))
+                    .collect();
+                (vips, eligible)
+            }
+            None => Default::default(),
+        };
+        findings.extend(super::cluster::check_cluster(&members, &vips, &eligible));
+    } else if let (Some(config), Some(node)) = (config, node) {
         for service in &model::cluster_state(config).services {
             for vip in &service.vips {
                 let here = answered.get(&vip.vip).map(Vec::as_slice);

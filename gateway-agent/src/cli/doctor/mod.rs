@@ -8,8 +8,10 @@
 //! - `finding`: a finding and its severity.
 //! - `objects`: the findings about the objects, one function each.
 //! - `datapath`: the findings about the live datapath, one function each.
+//! - `cluster`: the findings about the cluster (with other agents), one function each.
 //! - `report`: the table, the JSON and the worst severity.
 
+mod cluster;
 mod datapath;
 mod finding;
 mod objects;
