@@ -1,11 +1,12 @@
 //! `cargo xtask bench [--quick]`: the datapath's cost per packet against an empty program,
-//! end-to-end throughput against kube-proxy-shaped iptables and no load balancer at all, and
-//! the control plane at scale, in one run on this machine. Writes target/bench/report.md,
+//! end-to-end throughput against kube-proxy-shaped iptables and no load balancer at all, the
+//! control plane at scale, and failover between nodes, in one run on this machine. Writes target/bench/report.md,
 //! report.json and chart.svg. `--quick` is the small smoke version the test suite runs so the
 //! harness cannot rot; its figures are not figures.
 
 mod control;
 mod e2e;
+mod failover;
 mod objects;
 mod report;
 
@@ -50,6 +51,8 @@ fn today() -> String {
 pub enum Part {
     /// The control plane: programming many services, and a one-service change
     Control,
+    /// Failover between nodes: 20 node kills, 20 agent-only kills, 5 agent restarts
+    Failover,
 }
 
 /// Where cargo builds, as cargo itself decides it.
@@ -76,12 +79,40 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
     cmd::run(&mut build)?;
     let binary = target_dir(workspace).join(profile).join("gateway-agent");
     let (services, per_service) = if quick { (100, 8) } else { (10_000, 8) };
+    let (kills, restarts) = if quick { (2, 1) } else { (20, 5) };
 
-    if let Some(Part::Control) = only {
-        let lab = Lab::up(e2e::spec(&binary))?;
-        let control_plane = control::run(&lab, &binary, services, per_service)?;
-        println!("{}", serde_json::to_string_pretty(&control_plane)?);
-        return Ok(());
+    match only {
+        Some(Part::Control) => {
+            let lab = Lab::up(e2e::spec(&binary))?;
+            let control_plane = control::run(&lab, &binary, services, per_service)?;
+            println!("{}", serde_json::to_string_pretty(&control_plane)?);
+            return Ok(());
+        }
+        Some(Part::Failover) => {
+            let run = failover::run(&binary, kills, restarts)?;
+            std::fs::write(
+                out.join("failover.json"),
+                serde_json::to_string_pretty(&run)?,
+            )?;
+            let mut md = failover::markdown(&run);
+            md.push_str("
+| | measured | target | |
+|---|---|---|---|
+");
+            for c in failover::checks(&run) {
+                md.push_str(&format!(
+                    "| {} | {} | {} | {} |\n",
+                    c.what,
+                    c.value,
+                    c.target,
+                    if c.pass { "PASS" } else { "FAIL" }
+                ));
+            }
+            std::fs::write(out.join("failover.md"), &md)?;
+            println!("{md}");
+            return Ok(());
+        }
+        None => {}
     }
 
     eprintln!("== datapath cost per packet");
@@ -120,11 +151,15 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
     let control_plane = control::run(&lab, &binary, services, per_service)?;
     drop(lab);
 
-    let checks = report::checks(
+    eprintln!("== failover, in the failover lab");
+    let failover = failover::run(&binary, kills, restarts)?;
+
+    let mut checks = report::checks(
         &datapath.measurements,
         &end_to_end.throughput,
         &control_plane,
     );
+    checks.extend(failover::checks(&failover));
     let report = report::Report {
         date: today(),
         machine: machine(),
@@ -136,6 +171,7 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
         end_to_end: end_to_end.throughput,
         datapath_time: end_to_end.datapath_time,
         control_plane,
+        failover,
         checks,
     };
     std::fs::write(

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::control::ControlPlane;
 use super::e2e::{DatapathTime, Metric, Path3, Throughput};
+use super::failover::{self, FailoverRun};
 
 /// One datapath case as the datapath benchmark writes it.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -59,6 +60,7 @@ pub struct Report {
     pub end_to_end: Vec<Throughput>,
     pub datapath_time: Vec<DatapathTime>,
     pub control_plane: ControlPlane,
+    pub failover: FailoverRun,
     pub checks: Vec<Check>,
 }
 
@@ -348,6 +350,7 @@ pub fn markdown(r: &Report) -> String {
         "| a metrics scrape over all of it ({:.0} KiB; peak RSS {:.1} MiB after it) | | {:.0} ms |",
         c.scrape_kib, c.scrape_peak_rss_mib, c.scrape_ms
     );
+    md.push_str(&failover::markdown(&r.failover));
     let _ = writeln!(md, "\n![scaling](chart.svg)");
     md
 }
