@@ -381,9 +381,12 @@ impl Agent {
             &agent.state,
             &agent.datapath.maps,
         )?;
-        agent
+        let settled = agent
             .cluster
             .settle(&mut agent.datapath.maps, &mut agent.state)?;
+        agent
+            .metrics
+            .announcements(settled.started.len(), settled.ended);
         // Attach only once the maps hold the full state: the first packet sees all of it.
         attach::attach_all(&mut agent.datapath, &agent.options.bpffs, &interfaces)?;
         // Every announcement is news after a (re)start: a node may have taken over meanwhile.
@@ -443,11 +446,13 @@ impl Agent {
                 &self.state,
                 &self.datapath.maps,
             )?;
+            let settled = self
+                .cluster
+                .settle(&mut self.datapath.maps, &mut self.state)?;
+            self.metrics
+                .announcements(settled.started.len(), settled.ended);
             let mut announced = applied.announced;
-            announced.extend(
-                self.cluster
-                    .settle(&mut self.datapath.maps, &mut self.state)?,
-            );
+            announced.extend(settled.started);
             attach::attach_all(&mut self.datapath, &self.options.bpffs, &interfaces)?;
             let now = Instant::now();
             for (key, mac) in announced {
@@ -507,9 +512,11 @@ impl Agent {
             .cluster
             .settle(&mut self.datapath.maps, &mut self.state)
         {
-            Ok(announced) => {
+            Ok(settled) => {
+                self.metrics
+                    .announcements(settled.started.len(), settled.ended);
                 let now = Instant::now();
-                for (key, mac) in announced {
+                for (key, mac) in settled.started {
                     info!(
                         "cluster: answering for {} on ifindex {}",
                         std::net::Ipv4Addr::from(key.vip),
@@ -566,6 +573,10 @@ impl Agent {
                         warn!("cluster: {e:#}");
                     }
                     self.cluster_changed();
+                    let members = self.cluster.members();
+                    if !members.is_empty() {
+                        self.metrics.members(&members);
+                    }
                 }
                 _ = hangup.recv() => self.reload("SIGHUP"),
                 Some(_) = async { events.as_mut()?.next().await }, if events.is_some() => {

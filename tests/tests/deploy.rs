@@ -814,7 +814,25 @@ fn daemonset_runs_the_agent_on_every_node_in_the_node_network() -> Result<()> {
     assert_eq!(args[..RUN_ARGS.len()], RUN_ARGS);
     assert_eq!(
         args[RUN_ARGS.len()..],
-        ["--metrics-address", "0.0.0.0:9655"]
+        [
+            "--metrics-address",
+            "0.0.0.0:9655",
+            "--cluster-key-file",
+            "/etc/gateway-cluster/key"
+        ]
+    );
+    // Failover: the cluster's port, and its key from a Secret.
+    assert_eq!(
+        named(&agent["ports"], "cluster")?,
+        &json!({"name": "cluster", "containerPort": 7951, "protocol": "UDP"})
+    );
+    assert_eq!(
+        named(&agent["volumeMounts"], "cluster-key")?,
+        &json!({"name": "cluster-key", "mountPath": "/etc/gateway-cluster", "readOnly": true})
+    );
+    assert_eq!(
+        named(&pod["volumes"], "cluster-key")?["secret"],
+        json!({"secretName": "gateway-cluster-key", "defaultMode": 256})
     );
     assert_eq!(
         named(&agent["ports"], "metrics")?,

@@ -69,6 +69,14 @@ pub struct ClusterOptions {
 /// An announcement that started: where, and the MAC it is answered from.
 pub type Announced = (L2Key, [u8; 6]);
 
+/// What [`Cluster::settle`] changed.
+#[derive(Default)]
+pub struct Settled {
+    pub started: Vec<Announced>,
+    /// Announcements that ended.
+    pub ended: usize,
+}
+
 pub struct Cluster {
     options: ClusterOptions,
     me: String,
@@ -381,8 +389,8 @@ impl Cluster {
     }
 
     /// Brings the maps to what the cluster (or, alone, the model) lets this node answer,
-    /// then sends the cluster's datagrams; returns the announcements that started.
-    pub fn settle(&mut self, maps: &mut Maps, state: &mut MapState) -> Result<Vec<Announced>> {
+    /// then sends the cluster's datagrams.
+    pub fn settle(&mut self, maps: &mut Maps, state: &mut MapState) -> Result<Settled> {
         let (vips, gate) = match &self.members {
             None => (
                 if self.draining {
@@ -394,7 +402,7 @@ impl Cluster {
             ),
             Some(m) => (m.node.announce().vips.clone(), self.gate(m)),
         };
-        let mut announced = Vec::new();
+        let mut settled = Settled::default();
         let changed = self.applied.as_ref().is_none_or(|(v, _)| *v != vips);
         if changed {
             let source = if self.members.is_some() {
@@ -415,13 +423,14 @@ impl Cluster {
             for key in ending {
                 maps.apply(&Op::DeleteL2(key))?;
                 state.l2.remove(&key);
+                settled.ended += 1;
             }
             self.write_gate(maps, gate)?;
             for (key, mac) in wanted {
                 if state.l2.get(&key) != Some(&mac) {
                     maps.apply(&Op::PutL2(key, mac))?;
                     state.l2.insert(key, mac);
-                    announced.push((key, mac));
+                    settled.started.push((key, mac));
                 }
             }
         } else {
@@ -432,7 +441,7 @@ impl Cluster {
             m.transport.flush(&mut m.node);
         }
         self.publish(maps, state)?;
-        Ok(announced)
+        Ok(settled)
     }
 
     fn write_gate(&mut self, maps: &mut Maps, gate: Gate) -> Result<()> {

@@ -86,8 +86,9 @@ impl AgentMetrics {
         self.lost.inc_by(lost as u64);
     }
 
-    /// The cluster's members as this node sees them (us included). Until the agent runs a
-    /// cluster nothing calls this, and the metric is not exposed at all.
+    /// The cluster's members as this node sees them (us included), from the run loop while
+    /// a cluster runs (every wake of its timers); alone, nothing calls this, and the metric
+    /// is not exposed at all.
     pub fn members(&self, members: &[MemberView]) {
         let mut by_state = BTreeMap::new();
         for m in members {
