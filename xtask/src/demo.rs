@@ -2,16 +2,20 @@
 //! agent, brings the reference topology up in network namespaces, runs the agent on every
 //! node, sends real requests from the client to the VIPs and shows what happened: who
 //! answered ARP, which backend served, the source address the backend saw, and affinity
-//! holding. Everything is torn down at the end, also on failure.
+//! holding. Then failover: three workers whose agents form a cluster, the announcer killed
+//! (agent and uplink), and the VIP answered by another node within a second, never by two.
+//! Everything is torn down at the end, also on failure.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use gateway_tests::agent::{self, Agent};
 use gateway_tests::lab::{self, Lab, LabSpec};
+use gateway_tests::probe::Probe;
 
 use crate::{cmd, setup};
 
@@ -172,12 +176,102 @@ pub fn run(workspace: &Path) -> Result<()> {
         }
     }
 
-    section("what this shows (checked)");
-    findings.report()?;
-
-    section("teardown");
     drop(agents);
     drop(lab);
-    println!("lab removed");
+    failover(&binary, &mut findings)?;
+
+    section("what this shows (checked)");
+    findings.report()?;
+    println!("\nlabs removed");
+    Ok(())
+}
+
+/// The failover lab: the announcer dies, another node answers within a second.
+fn failover(binary: &Path, findings: &mut Findings) -> Result<()> {
+    section("failover lab: workers w1, w2, w3, one envoy pod each, the agents a cluster");
+    let lab =
+        Lab::up(LabSpec::failover(&lab::unique_prefix("gwdemof")).with_teardown_agent(binary))?;
+    let config = agent::write_config(&lab, &lab.config_yaml()?)?;
+    let key = lab.run_dir().join("cluster.key");
+    std::fs::write(&key, "the demo's shared cluster key, 32b")?;
+    let key = key.display().to_string();
+    let mut agents = BTreeMap::new();
+    for node in lab.nodes() {
+        let agent = Agent::start_with(&lab, node.name(), &config, &["--cluster-key-file", &key])?;
+        agents.insert(node.name().to_owned(), agent);
+    }
+    let vip = lab::VIP_INTERNAL;
+    let owner = |mac: &str| {
+        lab.nodes()
+            .iter()
+            .find(|n| n.mac() == mac)
+            .map(|n| n.name().to_owned())
+    };
+    // A starting agent waits up to 2 s for the others' claims.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let announcer = loop {
+        if let [mac] = lab.client().arping(vip)?.as_slice()
+            && let Some(node) = owner(mac)
+        {
+            break node;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "nobody answers for {vip}");
+    };
+    section(&format!("gateway-agent members on {announcer}"));
+    print!("{}", agents[&announcer].cli(&["members"])?);
+
+    section(&format!(
+        "kill {announcer}: its agent (SIGKILL) and its uplink"
+    ));
+    let probe = Probe::start(lab.client(), vip, 80)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = Instant::now();
+    agents
+        .remove(&announcer)
+        .context("the announcer's agent")?
+        .kill()?;
+    lab.set_uplink(&announcer, false)?;
+    let node_of = |pod: &str| lab.pod(pod).node().to_owned();
+    let served = loop {
+        let log = probe.log();
+        if let Some(took) = log.served_after(killed, |pod| node_of(pod) != announcer) {
+            break Some(took);
+        }
+        if killed.elapsed() > Duration::from_secs(10) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let log = probe.stop()?;
+    let newcomer = lab.client().arping(vip)?.first().and_then(|m| owner(m));
+    println!(
+        "a client probing every 50 ms: {vip} answered again through {} {} after the kill",
+        newcomer.as_deref().unwrap_or("nobody"),
+        served.map_or("NEVER".to_owned(), |d| format!("{d:.0?}"))
+    );
+    findings.check(
+        served.is_some_and(|d| d <= Duration::from_secs(1)),
+        format!(
+            "{vip} answered through another node within a second of {announcer}'s death: {served:?}"
+        ),
+    );
+    findings.check(
+        newcomer.as_ref().is_some_and(|n| *n != announcer),
+        format!("{vip} is answered by a new announcer: {newcomer:?}"),
+    );
+    findings.check(
+        log.double_answers().is_empty(),
+        format!(
+            "no ARP request for {vip} answered by two MACs ({} sent)",
+            log.arp.len()
+        ),
+    );
+    if let Some(newcomer) = &newcomer
+        && let Some(agent) = agents.get(newcomer)
+    {
+        section(&format!("gateway-agent members on {newcomer}"));
+        print!("{}", agent.cli(&["members"])?);
+    }
     Ok(())
 }

@@ -50,8 +50,9 @@ use crate::plan::{self, Interface, MapState, Op};
 
 /// How often the drain request is read (and, alone, the view rewritten).
 pub const POLL: Duration = Duration::from_millis(100);
-/// How often the view is rewritten when nothing this node answers changed.
-const VIEW_PERIOD: Duration = Duration::from_secs(1);
+/// How often the view is rewritten when nothing this node answers changed (the members'
+/// last-heard times age by as much before `members` shows them).
+const VIEW_PERIOD: Duration = Duration::from_millis(250);
 
 /// The `run` flags of the cluster.
 #[derive(Clone, Debug)]
@@ -478,7 +479,7 @@ impl Cluster {
         }
     }
 
-    /// Rewrites the view maps when what this node answers changed, or every second.
+    /// Rewrites the view maps when what this node answers changed, or every [`VIEW_PERIOD`].
     fn publish(&mut self, maps: &mut Maps, state: &MapState) -> Result<()> {
         let now = Instant::now();
         let vips: BTreeSet<Ipv4Addr> = state.l2.keys().map(|k| Ipv4Addr::from(k.vip)).collect();

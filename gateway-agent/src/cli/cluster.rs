@@ -31,7 +31,7 @@ pub struct MembersView {
     pub cluster: bool,
     /// The agent that wrote this view runs.
     pub agent_running: bool,
-    /// How long ago the agent last wrote it (it does every second).
+    /// How long ago the agent last wrote it (it does at least every second).
     pub updated_ms_ago: Option<u64>,
     pub known: u32,
     pub alive: u32,
@@ -213,15 +213,14 @@ pub fn render_members(v: &MembersView) -> String {
         if m.holding {
             state.push_str(", restarting");
         }
+        let live = m.state == "alive" || m.holding;
         let vips = m
             .vips
             .iter()
-            .map(|vip| {
-                if m.answering.contains(vip) {
-                    vip.to_string()
-                } else {
-                    format!("{vip} (claimed)")
-                }
+            .map(|vip| match (live, m.answering.contains(vip)) {
+                (false, _) => format!("{vip} (last known)"),
+                (true, true) => vip.to_string(),
+                (true, false) => format!("{vip} (claimed)"),
             })
             .collect::<Vec<_>>()
             .join(", ");

@@ -208,7 +208,10 @@ pub fn run(binary: &Path, kills: usize, restarts: usize) -> Result<FailoverRun> 
         let killed = Instant::now();
         b.take(&old)?.kill()?;
         let took = b.moved(&probe, killed, &old);
-        eprintln!("failover: agent-only kill {}/{kills}: {old}: {took:?}", i + 1);
+        eprintln!(
+            "failover: agent-only kill {}/{kills}: {old}: {took:?}",
+            i + 1
+        );
         agent_kills.push(took);
         std::thread::sleep(Duration::from_secs(1));
         let log = probe.log();
@@ -270,7 +273,10 @@ pub fn checks(f: &FailoverRun) -> Vec<Check> {
     };
     vec![
         Check {
-            what: format!("failover, node kill ({} kills): median / worst", f.node_kill.count),
+            what: format!(
+                "failover, node kill ({} kills): median / worst",
+                f.node_kill.count
+            ),
             value: format!(
                 "{:.0} / {:.0} ms{}",
                 f.node_kill.median_ms,
@@ -301,7 +307,10 @@ pub fn checks(f: &FailoverRun) -> Vec<Check> {
             pass: f.double_answers == 0,
         },
         Check {
-            what: format!("failover: agent restarts ({}) that moved the VIP", f.restarts),
+            what: format!(
+                "failover: agent restarts ({}) that moved the VIP",
+                f.restarts
+            ),
             value: f.restart_moves.to_string(),
             target: "0".into(),
             pass: f.restart_moves == 0,
@@ -329,10 +338,7 @@ pub fn markdown(f: &FailoverRun) -> String {
         "\n## Failover\n\nThe failover lab: workers w1, w2, w3, each with a pod of the service and an agent, the agents a cluster (membership probe 150 ms, suspicion 300 ms, leases 500 ms renewed every 100 ms). A client sends an ARP request and a new HTTP request to the VIP every 50 ms. Time from the kill to the first request answered through another node:\n\n\
          | fault | kills | median ms | p90 ms | worst ms | not failed over |\n|---|---|---|---|---|---|\n",
     );
-    md.push_str(&row(
-        "node kill (agent SIGKILL, uplink down)",
-        &f.node_kill,
-    ));
+    md.push_str(&row("node kill (agent SIGKILL, uplink down)", &f.node_kill));
     md.push_str(&row(
         "agent-only kill (SIGKILL, the datapath lives on)",
         &f.agent_kill,

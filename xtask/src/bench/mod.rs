@@ -95,10 +95,12 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
                 serde_json::to_string_pretty(&run)?,
             )?;
             let mut md = failover::markdown(&run);
-            md.push_str("
+            md.push_str(
+                "
 | | measured | target | |
 |---|---|---|---|
-");
+",
+            );
             for c in failover::checks(&run) {
                 md.push_str(&format!(
                     "| {} | {} | {} | {} |\n",

@@ -134,8 +134,8 @@ fn refusals(view: &MembersView) -> Option<Finding> {
     })
 }
 
-/// Who answers for a VIP in this node's view; none, and no live eligible member, is an
-/// error.
+/// Who answers for a VIP in this node's view (live members only: a dead one's last claims
+/// are still listed); none, and no live eligible member, is an error.
 fn answered(
     vip: Ipv4Addr,
     service: &ObjectRef,
@@ -146,7 +146,7 @@ fn answered(
     let subject = format!("{vip} ({service})");
     let answering: Vec<&str> = members
         .iter()
-        .filter(|m| m.answering.contains(&vip))
+        .filter(|m| alive.contains(m.name.as_str()) && m.answering.contains(&vip))
         .map(|m| m.name.as_str())
         .collect();
     match answering.as_slice() {
@@ -334,5 +334,19 @@ mod tests {
         let f = &check_cluster(&both, &[allocation()], &w3_too)[1];
         assert_eq!(f.severity, Severity::Error);
         assert!(f.finding.starts_with("w1 and w3 answer for it"));
+        // A dead member's last claims do not count.
+        let moved = view(vec![
+            member("w1", "down", &[VIP]),
+            member("w3", "alive", &[VIP]),
+        ]);
+        let findings = check_cluster(&moved, &[allocation()], &w3_too);
+        let f = findings
+            .iter()
+            .find(|f| f.check == "announcement")
+            .expect("an announcement finding");
+        assert_eq!(
+            (f.severity, f.finding.as_str()),
+            (Severity::Ok, "answered by w3")
+        );
     }
 }
