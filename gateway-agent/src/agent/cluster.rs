@@ -452,17 +452,15 @@ impl Cluster {
         Ok(())
     }
 
-    /// The cluster's gate on the datapath's clock, two of its ticks early.
+    /// The cluster's gate on the datapath's clock.
     fn gate(&self, m: &Members) -> Gate {
-        let Some(until) = m.node.announce().gate else {
-            return Gate::default();
-        };
-        let left = until.saturating_sub(m.transport.now());
-        match left.checked_sub(self.tick * 2) {
-            Some(left) if !left.is_zero() => Gate {
-                until_ns: monotonic_ns().saturating_add(left.as_nanos() as u64),
-            },
-            _ => Gate::default(),
+        match m.node.announce().gate {
+            Some(until) => gate_at(
+                until.saturating_sub(m.transport.now()),
+                monotonic_ns(),
+                self.tick,
+            ),
+            None => Gate::default(),
         }
     }
 
@@ -657,6 +655,19 @@ impl Cluster {
     }
 }
 
+/// The gate for a lease that ends `left` from now, the datapath's clock reading `now_ns`:
+/// two of its ticks early, as that clock (CLOCK_MONOTONIC_COARSE, through jiffies) lags the
+/// agent's by up to a tick and matches the coarse clock to within one; closed when no more
+/// than that is left.
+fn gate_at(left: Duration, now_ns: u64, tick: Duration) -> Gate {
+    match left.checked_sub(tick * 2) {
+        Some(left) if !left.is_zero() => Gate {
+            until_ns: now_ns.saturating_add(left.as_nanos() as u64),
+        },
+        _ => Gate::default(),
+    }
+}
+
 /// `view` (`me`: this node's own) as `gw_members` holds it.
 fn member_record(view: &MemberView, coarse: u64, me: bool) -> MemberRecord {
     let mut record = MemberRecord {
@@ -688,4 +699,26 @@ fn incarnation() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(1, |d| d.as_micros() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_gate_closes_two_ticks_before_the_lease_and_is_closed_without_room() {
+        let tick = 4 * MS;
+        let now = 1_000_000_000;
+        assert_eq!(gate_at(480 * MS, now, tick).until_ns, now + 472_000_000);
+        assert!(gate_at(480 * MS, now, tick).is_open(now + 471_999_999));
+        assert!(!gate_at(480 * MS, now, tick).is_open(now + 472_000_000));
+        // No more than the margin left: closed now, and a zero gate stays closed.
+        for left in [8 * MS, 3 * MS, Duration::ZERO] {
+            assert_eq!(gate_at(left, now, tick), Gate::default());
+            assert!(!Gate::default().is_open(0));
+        }
+        assert!(Gate::OPEN.is_open(u64::MAX - 1));
+    }
 }
