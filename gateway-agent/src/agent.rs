@@ -35,6 +35,8 @@ mod cluster;
 
 pub use cluster::ClusterOptions;
 
+use cluster::Announced;
+
 use crate::cluster::transport::{self, Datagram};
 
 use crate::{
@@ -137,9 +139,6 @@ fn summary(desired: &DesiredState) -> String {
         }
     )
 }
-
-/// An announcement that started: where, and the MAC it is answered from.
-type Announced = (L2Key, [u8; 6]);
 
 /// What [`Agent::apply`] did: the number of writes, the announcements that started, and
 /// the state planned before, handed back so that freeing it (10,000 services' worth) can

@@ -49,7 +49,7 @@ use crate::model::{Announcement, DesiredState};
 use crate::plan::{self, Interface, MapState, Op};
 
 /// How often the drain request is read (and, alone, the view rewritten).
-pub const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(100);
 /// How often the view is rewritten when nothing this node answers changed (the members'
 /// last-heard times age by as much before `members` shows them).
 const VIEW_PERIOD: Duration = Duration::from_millis(250);
@@ -95,7 +95,7 @@ pub struct Cluster {
     next_poll: Instant,
     members: Option<Members>,
     /// Members without an address, as last warned about.
-    unreachable: std::cell::RefCell<Vec<String>>,
+    unreachable: Vec<String>,
     /// The VIPs and gate last brought to the maps; `None`: bring them again.
     applied: Option<(BTreeSet<Ipv4Addr>, Gate)>,
     view: Written,
@@ -141,7 +141,7 @@ impl Cluster {
             draining: false,
             next_poll: Instant::now(),
             members: None,
-            unreachable: Default::default(),
+            unreachable: Vec::new(),
             applied: None,
             view: Written::default(),
         })
@@ -222,7 +222,7 @@ impl Cluster {
     }
 
     /// This node's address and the other members, or `None` when it is alone.
-    fn peers(&self, config: &Config) -> Option<(SocketAddrV4, Vec<Peer>)> {
+    fn peers(&mut self, config: &Config) -> Option<(SocketAddrV4, Vec<Peer>)> {
         let members: Vec<_> = config
             .nodes
             .iter()
@@ -234,13 +234,13 @@ impl Cluster {
             &self.me,
             self.options.port,
         );
-        if !unreachable.is_empty() && unreachable != *self.unreachable.borrow() {
+        if !unreachable.is_empty() && unreachable != self.unreachable {
             warn!(
                 "cluster: Nodes without an IPv4 InternalIP take no part: {}",
                 unreachable.join(", ")
             );
         }
-        *self.unreachable.borrow_mut() = unreachable;
+        self.unreachable = unreachable;
         if peers.is_empty() {
             return None;
         }

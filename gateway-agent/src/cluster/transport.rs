@@ -32,7 +32,12 @@ impl Transport {
             socket.set_nonblocking(true)?;
             UdpSocket::from_std(socket)
         };
-        let socket = bound().with_context(|| format!("binding the cluster port {addr} (UDP)"))?;
+        let socket = bound().with_context(|| {
+            format!(
+                "binding the cluster port {addr} (UDP; under the systemd unit a drop-in must \
+                 allow AF_INET and the nodes' addresses, see README.md, \"With systemd\")"
+            )
+        })?;
         Ok(Transport {
             socket: Arc::new(socket),
             origin: Instant::now(),
