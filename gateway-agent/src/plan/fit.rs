@@ -99,6 +99,8 @@ pub fn fit(desired: &mut DesiredState, source: &str) {
         .filter(|vip| !still.contains(vip))
         .collect();
     desired.announcements.retain(|a| !dropped.contains(&a.vip));
+    // Nor may the cluster give them to this node: it tells the others it cannot.
+    desired.announceable.retain(|a| !dropped.contains(&a.vip));
     desired.findings.extend(findings);
     desired.findings.sort();
 }
@@ -166,6 +168,9 @@ mod tests {
                 desired.announcements.iter().map(|a| a.vip).collect();
             let programmed: BTreeSet<Ipv4Addr> = desired.frontends.iter().map(|f| f.vip).collect();
             assert_eq!(announced, programmed, "{count}");
+            let announceable: BTreeSet<Ipv4Addr> =
+                desired.announceable.iter().map(|a| a.vip).collect();
+            assert_eq!(announceable, programmed, "{count}");
             let skipped: Vec<&Finding> = (desired.findings.iter())
                 .filter(|f| f.reason == Reason::BackendFrontendLimit)
                 .collect();
