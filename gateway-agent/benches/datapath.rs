@@ -124,6 +124,7 @@ fn prefill_conntrack(h: &mut Harness, n: usize) -> Result<()> {
             backend_addr: backend.addr,
             backend_port: backend.port,
             flags: gateway_common::CT_F_TCP | gateway_common::CT_F_ESTABLISHED,
+            ..Default::default()
         };
         h.dp.maps.conntrack.insert(key, entry, 0)?;
     }

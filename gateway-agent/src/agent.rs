@@ -8,8 +8,7 @@
 //!
 //! Every read goes source -> store -> model -> plan -> datapath: the file source turns the
 //! file into a batch of events, the store applies it, the model computes this node's state
-//! from the store, `plan::fit` leaves out what reverse NAT cannot serve here, and the plan's
-//! writes bring the maps there. A read refused on the way (by the source, or by the maps'
+//! from the store, and the plan's writes bring the maps there. A read refused on the way (by the source, or by the maps'
 //! sizes and writes) leaves the store and the source as they were.
 //!
 //! Who announces is `cluster.rs`'s: alone, what the model elects; with other agents, what
@@ -205,8 +204,7 @@ impl Objects {
         let undo = self.store.apply(update.batch);
         let names: Vec<String> = interfaces.iter().map(|i| i.name.clone()).collect();
         let config = self.store.config();
-        let mut desired = model::desired_state_cached(config, node_name, &names, &mut self.model);
-        plan::fit(&mut desired, self.source.name());
+        let desired = model::desired_state_cached(config, node_name, &names, &mut self.model);
         Ok(Proposal {
             desired,
             undo,

@@ -6,7 +6,12 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use gateway_agent::{datapath::monotonic_ns, plan};
+use gateway_agent::{
+    capacity::Capacity,
+    datapath::monotonic_ns,
+    model::{DesiredState, Protocol},
+    plan,
+};
 use gateway_common::{Counter, CtKey, cluster::Gate, proto};
 
 mod support;
@@ -691,6 +696,7 @@ fn affinity_of_a_surviving_backend_stays_across_a_replan() {
         .push(gateway_agent::model::BackendAddr {
             addr: [10, 244, 1, 12].into(),
             port: 8080,
+            remote: false,
         });
     h.program(&desired);
     let seen = backends_seen(&mut h, VIP_AFFINITY, 44100, 20);
@@ -778,4 +784,63 @@ fn a_flow_whose_backend_left_its_service_is_dropped_even_if_the_backend_serves_a
         (OK, POD_A),
         "the other service's flow goes on"
     );
+}
+
+/// One backend address may serve any number of frontends (five gateways in front of one
+/// envoy): 64 services on POD_A:8080, each flow's reply carries its own VIP. The first
+/// four are found through the backend's reverse NAT entry, the others through the
+/// reply-side conntrack entries their flows get; a flow opened while the backend served
+/// only one frontend keeps being reverse-NATed after 63 more arrive.
+#[test]
+fn sixty_four_services_on_one_backend_each_reply_carries_its_own_vip() {
+    let vip = |i: u16| [10, 96, 1, i as u8];
+    let services = |n: u16| DesiredState {
+        frontends: (0..n)
+            .map(|i| {
+                frontend(
+                    &format!("gw-{i}"),
+                    vip(i),
+                    443,
+                    Protocol::Tcp,
+                    None,
+                    &[(POD_A, 8443)],
+                )
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut h = Harness::with(&services(1), Capacity::default());
+    let open = |h: &mut Harness, i: u16, port: u16| {
+        let (v, out) = h.ingress(&tcp_frame((CLIENT, port), (vip(i), 443), Tcp::Syn, b""));
+        assert_eq!((v, ip_dst(&out)), (OK, (POD_A, 8443)), "service {i}");
+    };
+    open(&mut h, 0, 30000);
+    h.program(&services(64));
+    for i in 0..64 {
+        open(&mut h, i, 31000 + i);
+    }
+    // Replies in another order than the flows were opened.
+    for i in (0..64).rev() {
+        let reply = tcp_frame((POD_A, 8443), (CLIENT, 31000 + i), Tcp::Ack, b"hello");
+        let (v, out) = h.egress(&reply);
+        assert_eq!(v, OK, "service {i}");
+        assert_eq!(ip_src(&out), (vip(i), 443), "service {i}");
+        assert_eq!(ip_dst(&out), (CLIENT, 31000 + i));
+        assert_checksums(&out);
+    }
+    let reply = tcp_frame((POD_A, 8443), (CLIENT, 30000), Tcp::Ack, b"");
+    assert_eq!(
+        ip_src(&h.egress(&reply).1),
+        (vip(0), 443),
+        "the oldest flow"
+    );
+    assert_eq!(h.counter(Counter::RevNat), 65);
+    // Every flow opened while the backend serves more frontends than its reverse NAT entry
+    // lists has a reply-side entry; the older flow has none.
+    assert_eq!(h.dp.maps.ct_reply.keys().count(), 64);
+    // Back to one service: its flow is still reverse-NATed, the others' flows are over.
+    h.program(&services(1));
+    assert_eq!(ip_src(&h.egress(&reply).1), (vip(0), 443));
+    let gone = tcp_frame((POD_A, 8443), (CLIENT, 31063), Tcp::Ack, b"");
+    assert_eq!(h.egress(&gone), (PASS, gone.clone()));
 }

@@ -11,9 +11,12 @@ pub const BACKENDS: u32 = 65536;
 pub const CONNTRACK: u32 = 262144;
 /// `--affinity-max`: ClientIP affinity entries (LRU).
 pub const AFFINITY: u32 = 65536;
-/// Backends sharing one (address, port, protocol) across services that reverse NAT can tell
-/// apart: a reply is matched against each candidate frontend's conntrack entry.
+/// Frontends a backend's `gw_revnat` entry lists: a reply is matched against each listed
+/// frontend's conntrack entry. A backend serving more has its flows' replies found through
+/// `gw_ct_reply` (see `RevNat`); there is no limit.
 pub const REVNAT_FRONTENDS: usize = 4;
+/// `loadBalancerSourceRanges` prefixes per frontend, on average, that `gw_src_ranges` holds.
+pub const SOURCE_RANGES_PER_SERVICE: u32 = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
@@ -36,10 +39,15 @@ impl Capacity {
         affinity: AFFINITY,
     };
 
-    /// Backend slots over all services: a backend serves at most `REVNAT_FRONTENDS`
-    /// frontends, so this bound is never the one that is hit first.
+    /// Backend slots over all services: on average `REVNAT_FRONTENDS` frontends per backend
+    /// (a gateway's envoy serves a few ports on one or two VIPs).
     pub const fn slots(&self) -> u32 {
         self.backends.saturating_mul(REVNAT_FRONTENDS as u32)
+    }
+
+    /// Source range prefixes over all frontends.
+    pub const fn source_ranges(&self) -> u32 {
+        self.services.saturating_mul(SOURCE_RANGES_PER_SERVICE)
     }
 }
 

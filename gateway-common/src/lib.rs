@@ -128,6 +128,12 @@ pub fn vip_filter_bit(addr: Ipv4) -> u32 {
     u32::from_be_bytes(addr).wrapping_mul(0x9e37_79b1) >> 12
 }
 
+/// `gw_remote_filter`: the same kind of bitmap (same size, same [`vip_filter_bit`]) with the
+/// bit of every backend on another node set. A packet that is not to a VIP is a reply to a
+/// SNATed flow only if it comes from such a backend: the node's own traffic is passed after
+/// this second inlined lookup, whatever ports it uses.
+pub const REMOTE_FILTER_WORDS: u32 = VIP_FILTER_WORDS;
+
 /// `gw_vips`: every VIP this node serves, keyed by address. A packet to a VIP that matches
 /// no service port is dropped (and counted); a packet to any other address is not ours.
 #[repr(C)]
@@ -176,8 +182,14 @@ const _: () = assert!(size_of::<Service>() == 16);
 
 /// The service keeps ClientIP session affinity.
 pub const SERVICE_F_AFFINITY: u16 = 1 << 0;
+/// The service admits new flows only from the prefixes `gw_src_ranges` holds for its id
+/// (`spec.loadBalancerSourceRanges`); without the flag every source is admitted.
+pub const SERVICE_F_SOURCE_RANGES: u16 = 1 << 1;
 
 /// `gw_slots` key: backend slot `slot` (1-based) of frontend `service_id`. Value: backend id.
+/// Slots `1..=backend_count` take new flows; the slots after them hold the service's draining
+/// backends (terminating endpoints still listed), whose flows go on but which take no new
+/// ones.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SlotKey {
@@ -201,6 +213,12 @@ pub struct Backend {
 const _: () = assert!(size_of::<Backend>() == 8);
 
 pub const BACKEND_F_ACTIVE: u8 = 1 << 0;
+/// The backend runs on another node: new flows to it are SNATed to this node's address on
+/// the interface they arrived on, so its replies come back through this node.
+pub const BACKEND_F_REMOTE: u8 = 1 << 1;
+/// The backend serves more frontends than its `gw_revnat` entry lists: each new flow to it
+/// also gets a `gw_ct_reply` entry, through which its replies find their frontend.
+pub const BACKEND_F_REPLY_CT: u8 = 1 << 2;
 
 /// `gw_revnat` key: a backend as it appears as the source of a reply.
 #[repr(C)]
@@ -225,14 +243,28 @@ pub struct Frontend {
 
 const _: () = assert!(size_of::<Frontend>() == 8);
 
-/// `gw_revnat` value: the frontends this backend serves (at most
-/// [`capacity::REVNAT_FRONTENDS`]); the conntrack entry decides which one a reply belongs to.
+/// `gw_revnat` value: up to [`capacity::REVNAT_FRONTENDS`] of the frontends this backend
+/// serves; the conntrack entry decides which one a reply belongs to.
+///
+/// Why a short list and not a reply-keyed conntrack entry for every flow: a reply then costs
+/// one conntrack lookup per listed frontend (most backends serve one to four: a gateway's
+/// envoy serves its ports on one or two VIPs), where a reply entry costs every new flow a
+/// second LRU insert (~110-250 ns, measured by `cargo xtask bench`). A backend serving more
+/// frontends than fit is marked [`REVNAT_F_REPLY_CT`] (and its `gw_backends` entry
+/// [`BACKEND_F_REPLY_CT`]): its new flows pay for a `gw_ct_reply` entry, its replies look
+/// there first. There is no limit on frontends per backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RevNat {
-    pub count: u32,
+    /// Frontends listed, at most [`capacity::REVNAT_FRONTENDS`].
+    pub count: u16,
+    /// `REVNAT_F_*` bits.
+    pub flags: u16,
     pub frontends: [Frontend; capacity::REVNAT_FRONTENDS],
 }
+
+/// The backend serves frontends that are not listed: look its replies up in `gw_ct_reply`.
+pub const REVNAT_F_REPLY_CT: u16 = 1 << 0;
 
 const _: () = assert!(size_of::<RevNat>() == 4 + 8 * capacity::REVNAT_FRONTENDS);
 
@@ -264,9 +296,14 @@ pub struct CtEntry {
     pub backend_port: u16,
     /// `CT_F_*` bits.
     pub flags: u16,
+    /// With [`CT_F_SNAT`]: the source the backend sees, this node's address on the interface
+    /// the flow arrived on and the port chosen for the flow (a `gw_ct_reply` entry holds it).
+    pub snat_addr: Ipv4,
+    pub snat_port: u16,
+    pub _pad: u16,
 }
 
-const _: () = assert!(size_of::<CtEntry>() == 24);
+const _: () = assert!(size_of::<CtEntry>() == 32);
 
 /// TCP: a packet other than a bare SYN came from the client (the handshake completed).
 pub const CT_F_ESTABLISHED: u16 = 1 << 0;
@@ -278,6 +315,12 @@ pub const CT_F_FIN_BACKEND: u16 = 1 << 2;
 pub const CT_F_RST: u16 = 1 << 3;
 /// The flow is TCP (lifetimes follow the TCP state); otherwise `ct_any`.
 pub const CT_F_TCP: u16 = 1 << 4;
+/// The flow goes to a backend on another node, SNATed to `snat_addr:snat_port`; its packets
+/// are routed out by the datapath (the FIB) rather than handed to the stack.
+pub const CT_F_SNAT: u16 = 1 << 5;
+/// The client lost its place in the service's `loadBalancerSourceRanges` (a reload changed
+/// them): the flow's packets are dropped; a new SYN on the tuple is judged afresh.
+pub const CT_F_DENIED: u16 = 1 << 6;
 
 impl CtEntry {
     /// The TCP connection is over: an RST, or a FIN both ways. A new SYN on the same tuple is
@@ -308,6 +351,56 @@ impl CtEntry {
         now_ns.saturating_sub(self.last_seen_ns) <= self.lifetime_ns(config)
     }
 }
+
+/// `gw_ct_reply` key: a reply as it arrives, from the backend to the client (a DNAT-only flow
+/// on a backend with more frontends than `gw_revnat` lists) or to this node's SNAT address
+/// and port (a flow to a backend on another node). Value: the flow's [`CtKey`], whose entry
+/// says whether the reply still belongs to it. One tuple is one connection at the backend,
+/// so no two live flows ever share a key: SNAT ports are chosen that way.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplyKey {
+    pub src_addr: Ipv4,
+    pub dst_addr: Ipv4,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(size_of::<ReplyKey>() == 16);
+
+/// `gw_src_ranges` key data (after the LPM trie's prefix length, which counts its bits): the
+/// 32 bits of a frontend's id, then a source prefix. A frontend with
+/// [`SERVICE_F_SOURCE_RANGES`] admits a new flow when (id, client address) matches an entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRange {
+    /// Big-endian, so that the trie compares the id's bytes in a fixed order.
+    pub service_id: [u8; 4],
+    pub addr: Ipv4,
+}
+
+const _: () = assert!(size_of::<SourceRange>() == 8);
+
+impl SourceRange {
+    /// The LPM trie's prefix length of a `prefix_len`-bit range of a service: the id's 32
+    /// bits always match.
+    pub const fn trie_prefix_len(prefix_len: u8) -> u32 {
+        32 + prefix_len as u32
+    }
+}
+
+/// `gw_ifaces` value: what the datapath needs of an interface it is attached to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceInfo {
+    /// The interface's (first) IPv4 address: the source of flows SNATed to a backend on
+    /// another node when they arrive here; all zeros when it has none.
+    pub addr: Ipv4,
+}
+
+const _: () = assert!(size_of::<IfaceInfo>() == 4);
 
 /// `gw_affinity` key: ClientIP affinity is per frontend, as in kube-proxy and Cilium.
 #[repr(C)]
@@ -361,11 +454,16 @@ pub struct DatapathConfig {
     pub ct_syn_ns: u64,
     pub ct_close_ns: u64,
     pub clock: Clock,
+    /// The source ports SNATed flows may take, inclusive (`--snat-ports`).
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<DatapathConfig>() == 48);
+const _: () = assert!(size_of::<DatapathConfig>() == 56);
 
 impl DatapathConfig {
+    /// Timeouts in seconds, the default SNAT ports.
     pub const fn from_secs(ct_tcp: u64, ct_any: u64, clock: Clock) -> Self {
         Self {
             ct_tcp_ns: ct_tcp * timeouts::NS_PER_SEC,
@@ -373,8 +471,32 @@ impl DatapathConfig {
             ct_syn_ns: timeouts::CT_SYN * timeouts::NS_PER_SEC,
             ct_close_ns: timeouts::CT_CLOSE * timeouts::NS_PER_SEC,
             clock,
+            snat_port_min: snat::PORT_MIN,
+            snat_port_max: snat::PORT_MAX,
+            _pad: 0,
         }
     }
+
+    pub const fn with_snat_ports(mut self, min: u16, max: u16) -> Self {
+        self.snat_port_min = min;
+        self.snat_port_max = max;
+        self
+    }
+}
+
+/// Source NAT of flows to backends on other nodes (externalTrafficPolicy Cluster).
+pub mod snat {
+    /// The default `--snat-ports`: every unprivileged port. A flow keeps the client's own
+    /// source port when it is free for that backend (as netfilter's masquerading does), so
+    /// the backend sees a client's reused ports as that client reuses them (its TIME_WAIT
+    /// sockets then take the new SYNs as they would without the load balancer); other ports
+    /// are tried at random. Narrow the range to one outside the node's
+    /// `net.ipv4.ip_local_port_range` if the node itself opens connections to backend pods.
+    pub const PORT_MIN: u16 = 1024;
+    pub const PORT_MAX: u16 = 65535;
+    /// Ports tried for a new flow before it is dropped as `drop_snat_exhausted`: a port is
+    /// taken while any flow holds it for that backend, live or not yet evicted.
+    pub const TRIES: u32 = 16;
 }
 
 /// The datapath's clock, which stamps conntrack and affinity entries: the kernel's jiffies
@@ -491,9 +613,11 @@ pub struct Traffic {
     /// Backend -> client (reverse NATed) packets and bytes.
     pub rev_packets: u64,
     pub rev_bytes: u64,
+    /// Packets from clients outside the service's `loadBalancerSourceRanges`, dropped.
+    pub denied_packets: u64,
 }
 
-const _: () = assert!(size_of::<Traffic>() == 32);
+const _: () = assert!(size_of::<Traffic>() == 40);
 
 /// `gw_counters`: per-CPU array of u64 indexed by these. Every drop has a named reason.
 #[repr(u32)]
@@ -527,10 +651,23 @@ pub enum Counter {
     /// ARP requests for an announced VIP left unanswered: the gate was closed (the agent
     /// holds no lease for it from the cluster, or stopped renewing it).
     ArpGated,
+    /// Drop: a client outside the service's `loadBalancerSourceRanges`.
+    DropSourceRange,
+    /// New flows SNATed to a backend on another node.
+    SnatCreated,
+    /// Drop: a new flow to a backend on another node found no free SNAT port (every port
+    /// tried is held by another flow to that backend).
+    DropSnatExhausted,
+    /// Drop: a flow to a backend on another node arrived on an interface without an IPv4
+    /// address to SNAT it to.
+    DropNoSnatAddr,
+    /// Drop: the FIB has no usable route for a SNATed flow (or its reply): unreachable,
+    /// blackholed, forwarding disabled on the interface, or a frame above the route's MTU.
+    DropNoRoute,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::ArpGated as u32 + 1;
+    pub const COUNT: u32 = Counter::DropNoRoute as u32 + 1;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::ArpReply,
         Counter::CtCreated,
@@ -545,6 +682,11 @@ impl Counter {
         Counter::CtReplaced,
         Counter::DropIcmp,
         Counter::ArpGated,
+        Counter::DropSourceRange,
+        Counter::SnatCreated,
+        Counter::DropSnatExhausted,
+        Counter::DropNoSnatAddr,
+        Counter::DropNoRoute,
     ];
 
     /// Stable, human and JSON name.
@@ -563,6 +705,11 @@ impl Counter {
             Counter::CtReplaced => "ct_replaced",
             Counter::DropIcmp => "drop_icmp",
             Counter::ArpGated => "arp_gated",
+            Counter::DropSourceRange => "drop_source_range",
+            Counter::SnatCreated => "snat_created",
+            Counter::DropSnatExhausted => "drop_snat_exhausted",
+            Counter::DropNoSnatAddr => "drop_no_snat_addr",
+            Counter::DropNoRoute => "drop_no_route",
         }
     }
 }

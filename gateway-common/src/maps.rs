@@ -7,8 +7,8 @@ use core::mem::size_of;
 
 use crate::{
     Affinity, AffinityKey, AgentState, Backend, Counter, CtEntry, CtKey, DatapathConfig, GarpCount,
-    L2Entry, L2Key, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic,
-    VIP_FILTER_WORDS, VipInfo, VipKey,
+    IfaceInfo, L2Entry, L2Key, REMOTE_FILTER_WORDS, ReplyKey, RevNat, RevNatKey, Service,
+    ServiceKey, ServiceName, SlotKey, SourceRange, Traffic, VIP_FILTER_WORDS, VipInfo, VipKey,
     capacity::Capacity,
     cluster::{ClaimKey, ClaimRecord, ClusterRecord, Gate, MEMBERS_MAX, MemberRecord},
 };
@@ -21,7 +21,8 @@ use crate::{
 ///
 /// the eBPF static, the field of the agent's `Maps`, the map's name (in the object, and of
 /// its pin under `--bpffs`; under 16 bytes so `bpftool` shows it whole), its [`Kind`], key
-/// and value types, and its [`Size`]. Arrays are indexed by `u32`.
+/// and value types, and its [`Size`]. Arrays are indexed by `u32`; an LPM trie's key is the
+/// data after the trie's own 32-bit prefix length.
 ///
 /// `map_table!(callback)` expands to `callback! { <the lines> }`. The names in the lines are
 /// resolved where the callback expands them: import the key and value types there (a
@@ -41,10 +42,21 @@ macro_rules! map_table {
             SLOTS slots "gw_slots": Hash<SlotKey => u32> = Slots,
             /// Backend id -> address, port, protocol, active.
             BACKENDS backends "gw_backends": Array<u32 => Backend> = Backends,
-            /// Backend (address, port, protocol) -> the frontends it serves.
+            /// Backend (address, port, protocol) -> up to four frontends it serves.
             REVNAT revnat "gw_revnat": Hash<RevNatKey => RevNat> = Backends,
-            /// Conntrack: the flow as the client sent it -> backend, state, last seen.
+            /// Conntrack: the flow as the client sent it -> backend, state, last seen, SNAT.
             CONNTRACK conntrack "gw_ct": LruHash<CtKey => CtEntry> = Conntrack,
+            /// Conntrack, reply side: a reply as it arrives -> its flow's `gw_ct` key. Only
+            /// for SNATed flows and flows on backends with more frontends than `gw_revnat`
+            /// lists.
+            CT_REPLY ct_reply "gw_ct_reply": LruHash<ReplyKey => CtKey> = Conntrack,
+            /// A bitmap with the bit of every backend on another node set (see
+            /// `REMOTE_FILTER_WORDS`): only packets from those may be replies to SNAT.
+            REMOTE_FILTER remote_filter "gw_remote_filter": Array<u32 => u64> = Fixed(REMOTE_FILTER_WORDS),
+            /// Ifindex -> the interface's address, the source of flows SNATed on it.
+            IFACES ifaces "gw_ifaces": Hash<u32 => IfaceInfo> = Fixed(IFACES_MAX),
+            /// (service id, source prefix) of every service with `loadBalancerSourceRanges`.
+            SOURCE_RANGES source_ranges "gw_src_ranges": LpmTrie<SourceRange => u8> = SourceRanges,
             /// ClientIP affinity: (client, service id) -> backend, last used.
             AFFINITY affinity "gw_affinity": LruHash<AffinityKey => Affinity> = Affinity,
             /// (ifindex, VIP) -> the interface's MAC, ARP replies sent.
@@ -78,6 +90,9 @@ macro_rules! map_table {
     };
 }
 
+/// Interfaces the datapath can be attached to at once (`gw_ifaces`).
+pub const IFACES_MAX: u32 = 1024;
+
 /// The kind of a map, as the kernel knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -88,6 +103,8 @@ pub enum Kind {
     /// of the table.
     LruHash,
     PerCpuArray,
+    /// A longest-prefix-match trie (`BPF_F_NO_PREALLOC`, which the kernel requires of one).
+    LpmTrie,
 }
 
 impl Kind {
@@ -98,15 +115,27 @@ impl Kind {
             Kind::Array => 2,
             Kind::PerCpuArray => 6,
             Kind::LruHash => 9,
+            Kind::LpmTrie => 11,
         }
     }
 
     /// `map_flags`.
     pub const fn flags(self) -> u32 {
+        const BPF_F_NO_PREALLOC: u32 = 1 << 0;
         const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
         match self {
             Kind::LruHash => BPF_F_NO_COMMON_LRU,
+            Kind::LpmTrie => BPF_F_NO_PREALLOC,
             Kind::Array | Kind::Hash | Kind::PerCpuArray => 0,
+        }
+    }
+
+    /// The size of the kernel's key for a table key of `size` bytes: an LPM trie's key starts
+    /// with its 32-bit prefix length.
+    pub const fn key_size(self, size: usize) -> usize {
+        match self {
+            Kind::LpmTrie => size + 4,
+            _ => size,
         }
     }
 }
@@ -126,6 +155,8 @@ pub enum Size {
     Conntrack,
     /// `--affinity-max`.
     Affinity,
+    /// Source ranges over all frontends ([`Capacity::source_ranges`]).
+    SourceRanges,
 }
 
 impl Size {
@@ -137,6 +168,7 @@ impl Size {
             Size::Slots => capacity.slots(),
             Size::Conntrack => capacity.conntrack,
             Size::Affinity => capacity.affinity,
+            Size::SourceRanges => capacity.source_ranges(),
         }
     }
 }
@@ -162,7 +194,7 @@ macro_rules! map_defs {
             MapDef {
                 name: $name,
                 kind: Kind::$kind,
-                key_size: size_of::<$key>(),
+                key_size: Kind::$kind.key_size(size_of::<$key>()),
                 value_size: size_of::<$value>(),
                 size: Size::$size $(($entries))?,
             },

@@ -2,9 +2,16 @@
 //! Lifetimes follow the TCP state (see `CtEntry::lifetime_ns`, and `CtEntry::is_closed` for a
 //! connection that is over); expired entries are treated as absent, so no garbage collector
 //! is needed for correctness.
+//!
+//! Some flows also have a reply-side entry in `gw_ct_reply`, keyed by their replies as they
+//! arrive and pointing at the flow's key: flows SNATed to a backend on another node (their
+//! replies come back to this node's address), and flows on a backend that serves more
+//! frontends than `gw_revnat` lists. The flow's own entry stays the one truth: a reply-side
+//! entry whose flow no longer agrees with it is ignored.
 
 use gateway_common::{
     CT_F_ESTABLISHED, CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_RST, CT_F_TCP, CtEntry, CtKey, Ipv4,
+    ReplyKey,
 };
 
 use crate::packet::Flow;
@@ -26,6 +33,31 @@ pub fn key_of(client_addr: Ipv4, vip: Ipv4, client_port: u16, vip_port: u16, pro
     key.vip = vip;
     key.client_port = client_port;
     key.vip_port = vip_port;
+    key.proto = proto;
+    key
+}
+
+/// The reply-side key of a packet as it arrives (source: the backend).
+#[inline(always)]
+pub fn reply_key(flow: &Flow) -> ReplyKey {
+    reply_key_of(
+        (flow.saddr, flow.sport),
+        (flow.daddr, flow.dport),
+        flow.proto,
+    )
+}
+
+/// The reply-side key of replies from `backend` to `to` (the client, or the SNAT address and
+/// port).
+#[inline(always)]
+pub fn reply_key_of(backend: (Ipv4, u16), to: (Ipv4, u16), proto: u8) -> ReplyKey {
+    // As in `key_of`: from zero, not a padding literal.
+    // SAFETY: `ReplyKey` is made of integers only: all zeros is a valid key.
+    let mut key: ReplyKey = unsafe { core::mem::zeroed() };
+    key.src_addr = backend.0;
+    key.dst_addr = to.0;
+    key.src_port = backend.1;
+    key.dst_port = to.1;
     key.proto = proto;
     key
 }

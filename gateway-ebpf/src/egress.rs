@@ -1,16 +1,16 @@
-//! TC egress: replies from a backend on a tracked flow are rewritten back to VIP:port, so
-//! the client sees the address it connected to.
+//! TC egress: replies from a local backend on a tracked flow are rewritten back to VIP:port,
+//! so the client sees the address it connected to. (Replies of flows SNATed to a backend on
+//! another node come back in at ingress: `snat`.)
 
 use aya_ebpf::bindings::TC_ACT_OK;
-use gateway_common::{Counter, RevNatKey, capacity};
+use gateway_common::{CT_F_SNAT, Counter, CtEntry, Ipv4, REVNAT_F_REPLY_CT, RevNatKey, capacity};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     PASS, conntrack, drop,
-    maps::{CONFIG, CONNTRACK, REVNAT},
-    nat::{self, Side},
-    now_ns,
-    packet::{self, ETH_HLEN, EtherType, Packet},
+    maps::{CONFIG, CONNTRACK, CT_REPLY, REVNAT},
+    nat, now_ns,
+    packet::{self, ETH_HLEN, EtherType, Flow, Packet},
     stats::{Direction, account, count},
 };
 
@@ -39,10 +39,25 @@ pub fn run(pkt: &mut Packet) -> i32 {
     // frees replaced and deleted elements after an RCU grace period).
     let revnat = unsafe { &*revnat };
 
+    // A backend serving more frontends than its entry lists: the reply-side entry, if this
+    // flow has one, says which frontend.
+    if revnat.flags & REVNAT_F_REPLY_CT != 0
+        && let Some(key) = CT_REPLY.get_ptr(conntrack::reply_key(&flow))
+    {
+        // SAFETY: as for `revnat`.
+        let key = unsafe { *key };
+        if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
+            // SAFETY: as for `revnat`.
+            let entry = unsafe { &mut *entry };
+            if serves(entry, &flow) {
+                return reverse(pkt, &flow, entry, key.vip, key.vip_port);
+            }
+        }
+    }
     // The backend may serve several frontends; the flow's conntrack entry says which one
     // this reply belongs to.
     for i in 0..capacity::REVNAT_FRONTENDS {
-        if i as u32 >= revnat.count {
+        if i as u16 >= revnat.count {
             break;
         }
         let frontend = revnat.frontends[i];
@@ -58,23 +73,37 @@ pub fn run(pkt: &mut Packet) -> i32 {
         };
         // SAFETY: as for `revnat`.
         let entry = unsafe { &mut *entry };
-        if entry.backend_addr != flow.saddr || entry.backend_port != flow.sport {
-            continue;
+        if serves(entry, &flow) {
+            return reverse(pkt, &flow, entry, frontend.vip, frontend.port);
         }
-        if let Some(config) = CONFIG.get(0) {
-            conntrack::touch(entry, now_ns(config), conntrack::backend_flags(&flow));
-        }
-        if nat::rewrite(pkt, &flow, Side::Source, frontend.vip, frontend.port).is_err() {
-            return drop(pkt, Counter::DropNatFailed);
-        }
-        count(Counter::RevNat);
-        account(
-            entry.service_id,
-            entry.backend_id,
-            pkt.len(),
-            Direction::Reverse,
-        );
-        return TC_ACT_OK;
     }
     PASS
+}
+
+/// The flow of `entry` went to the backend this reply comes from, without SNAT (whose replies
+/// come back to this node's address, not to the client).
+#[inline(always)]
+fn serves(entry: &CtEntry, reply: &Flow) -> bool {
+    entry.backend_addr == reply.saddr
+        && entry.backend_port == reply.sport
+        && entry.flags & CT_F_SNAT == 0
+}
+
+/// Rewrites the reply's source back to the frontend the client connected to.
+#[inline(always)]
+fn reverse(pkt: &mut Packet, flow: &Flow, entry: &mut CtEntry, vip: Ipv4, port: u16) -> i32 {
+    if let Some(config) = CONFIG.get(0) {
+        conntrack::touch(entry, now_ns(config), conntrack::backend_flags(flow));
+    }
+    if nat::rewrite(pkt, flow, Some((vip, port)), None).is_err() {
+        return drop(pkt, Counter::DropNatFailed);
+    }
+    count(Counter::RevNat);
+    account(
+        entry.service_id,
+        entry.backend_id,
+        pkt.len(),
+        Direction::Reverse,
+    );
+    TC_ACT_OK
 }

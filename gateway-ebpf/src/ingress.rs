@@ -1,16 +1,20 @@
-//! TC ingress: ARP for announced VIPs, and client -> VIP traffic balanced to a backend.
+//! TC ingress: ARP for announced VIPs, client -> VIP traffic balanced to a backend, and the
+//! replies of flows SNATed to a backend on another node.
 
 use aya_ebpf::bindings::TC_ACT_OK;
-use gateway_common::{Counter, CtEntry, Ipv4, VipKey, vip_filter_bit};
+use gateway_common::{
+    BACKEND_F_REMOTE, BACKEND_F_REPLY_CT, CT_F_DENIED, CT_F_SNAT, Counter, CtEntry, Ipv4, VipKey,
+    vip_filter_bit,
+};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     PASS, arp, conntrack, drop, lb, log,
-    maps::{CONFIG, CONNTRACK, VIP_FILTER, VIPS},
-    nat::{self, Side},
-    now_ns,
+    maps::{CONFIG, CONNTRACK, CT_REPLY, VIP_FILTER, VIPS},
+    nat, now_ns,
     packet::{self, ETH_HLEN, EtherType, Flow, Packet},
-    stats::{Direction, account, count},
+    route, snat,
+    stats::{Direction, account, count, deny},
 };
 
 #[inline(always)]
@@ -28,9 +32,13 @@ fn ipv4(pkt: &mut Packet) -> i32 {
         return PASS;
     };
     let daddr = ip.dst_addr;
-    // All the node's own traffic pays: one inlined array lookup.
+    // All the node's own traffic pays: two inlined array lookups.
     if !may_be_vip(daddr) {
-        return PASS;
+        if !snat::may_be_remote_backend(ip.src_addr) {
+            return PASS;
+        }
+        let ip = packet::ipv4(ip, pkt.len());
+        return snat::reply(pkt, ip);
     }
     let flow = match packet::ipv4(ip, pkt.len()).and_then(|ip| packet::flow(pkt, ip)) {
         Ok(flow) => flow,
@@ -56,22 +64,23 @@ fn ipv4(pkt: &mut Packet) -> i32 {
         if entry.is_alive(now, config) {
             let backend = lb::active_backend(entry.backend_id)
                 .filter(|b| b.addr == entry.backend_addr && b.port == entry.backend_port);
+            // A new connection reusing the tuple (after a close, a removed backend or a
+            // denial) is balanced afresh below; everything else stays with the flow.
+            let reused = flow.is_syn() && (entry.is_closed() || entry.flags & CT_F_DENIED != 0);
             match backend {
-                Some(b) if !(flow.is_syn() && entry.is_closed()) => {
+                _ if reused => {}
+                // The client lost its place in the service's source ranges.
+                _ if entry.flags & CT_F_DENIED != 0 => {
+                    deny(entry.service_id);
+                    return drop(pkt, Counter::DropSourceRange);
+                }
+                Some(_) => {
                     conntrack::touch(entry, now, conntrack::client_flags(&flow));
-                    return forward(
-                        pkt,
-                        &flow,
-                        entry.service_id,
-                        entry.backend_id,
-                        b.addr,
-                        b.port,
-                    );
+                    return forward(pkt, &flow, entry);
                 }
                 // The flow's backend is gone: never move a connection mid-stream.
                 None if !flow.is_syn() => return drop(pkt, Counter::DropBackendGone),
-                // A new connection reusing the tuple: balance it afresh.
-                _ => {}
+                None => {}
             }
         }
     }
@@ -82,14 +91,36 @@ fn ipv4(pkt: &mut Packet) -> i32 {
         Err(Counter::DropUnknownPort) if !is_vip(flow.daddr) => return PASS,
         Err(reason) => return drop(pkt, reason),
     };
-    let entry = CtEntry {
+    let mut entry = CtEntry {
         last_seen_ns: now,
         backend_id: selection.backend_id,
         service_id: selection.service_id,
         backend_addr: selection.backend.addr,
         backend_port: selection.backend.port,
         flags: conntrack::client_flags(&flow),
+        snat_addr: [0; 4],
+        snat_port: 0,
+        _pad: 0,
     };
+    let backend = (selection.backend.addr, selection.backend.port);
+    if selection.backend.flags & BACKEND_F_REMOTE != 0 {
+        let Some(addr) = snat::address(pkt.ifindex()) else {
+            return drop(pkt, Counter::DropNoSnatAddr);
+        };
+        let Some(port) = snat::claim(&key, backend, addr, config) else {
+            return drop(pkt, Counter::DropSnatExhausted);
+        };
+        entry.flags |= CT_F_SNAT;
+        entry.snat_addr = addr;
+        entry.snat_port = port;
+        count(Counter::SnatCreated);
+    } else if selection.backend.flags & BACKEND_F_REPLY_CT != 0 {
+        // More frontends share this backend than `gw_revnat` lists: the reply finds its
+        // frontend here. A tuple is one connection at the backend, so a newer flow on it
+        // takes the entry over.
+        let reply = conntrack::reply_key_of(backend, (flow.saddr, flow.sport), flow.proto);
+        let _ = CT_REPLY.insert(reply, key, 0);
+    }
     if replacing {
         count(Counter::CtReplaced);
     }
@@ -106,31 +137,31 @@ fn ipv4(pkt: &mut Packet) -> i32 {
         selection.backend.port,
         selection.backend_id
     );
-    forward(
-        pkt,
-        &flow,
-        selection.service_id,
-        selection.backend_id,
-        selection.backend.addr,
-        selection.backend.port,
-    )
+    forward(pkt, &flow, &entry)
 }
 
-/// DNAT to the backend; the client's source address is left as it is.
+/// DNAT to the flow's backend: the client's source address is left as it is and the stack
+/// delivers the packet to the local backend; a SNATed flow leaves from this node's address
+/// and is routed out by the datapath.
 #[inline(always)]
-fn forward(
-    pkt: &mut Packet,
-    flow: &Flow,
-    service_id: u32,
-    backend_id: u32,
-    addr: Ipv4,
-    port: u16,
-) -> i32 {
-    if nat::rewrite(pkt, flow, Side::Destination, addr, port).is_err() {
+fn forward(pkt: &mut Packet, flow: &Flow, entry: &CtEntry) -> i32 {
+    let backend = (entry.backend_addr, entry.backend_port);
+    let snat = entry.flags & CT_F_SNAT != 0;
+    let src = snat.then_some((entry.snat_addr, entry.snat_port));
+    if nat::rewrite(pkt, flow, src, Some(backend)).is_err() {
         return drop(pkt, Counter::DropNatFailed);
     }
-    account(service_id, backend_id, pkt.len(), Direction::Forward);
-    TC_ACT_OK
+    account(
+        entry.service_id,
+        entry.backend_id,
+        pkt.len(),
+        Direction::Forward,
+    );
+    if snat {
+        route::redirect(pkt, flow, entry.snat_addr, entry.backend_addr)
+    } else {
+        TC_ACT_OK
+    }
 }
 
 /// Whether the address's filter bit is set (false: certainly not a VIP).

@@ -1,15 +1,15 @@
-//! Service lookup and backend selection with ClientIP affinity.
+//! Service lookup, `loadBalancerSourceRanges`, and backend selection with ClientIP affinity.
 
-use aya_ebpf::helpers::bpf_get_prandom_u32;
+use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_get_prandom_u32};
 use gateway_common::{
-    Affinity, AffinityKey, BACKEND_F_ACTIVE, Backend, Counter, SERVICE_F_AFFINITY, ServiceKey,
-    SlotKey,
+    Affinity, AffinityKey, BACKEND_F_ACTIVE, Backend, Counter, Ipv4, SERVICE_F_AFFINITY,
+    SERVICE_F_SOURCE_RANGES, ServiceKey, SlotKey, SourceRange,
 };
 
 use crate::{
-    maps::{AFFINITY, BACKENDS, SERVICES, SLOTS},
+    maps::{AFFINITY, BACKENDS, SERVICES, SLOTS, SOURCE_RANGES},
     packet::Flow,
-    stats::count,
+    stats::{count, deny},
 };
 
 /// The backend chosen for a new flow.
@@ -40,6 +40,10 @@ pub fn select(flow: &Flow, now: u64) -> Result<Selection, Counter> {
     // frees replaced and deleted elements after an RCU grace period); the agent replaces a
     // service whole, never field by field.
     let service = unsafe { *service };
+    if service.flags & SERVICE_F_SOURCE_RANGES != 0 && !admitted(service.id, flow.saddr) {
+        deny(service.id);
+        return Err(Counter::DropSourceRange);
+    }
     if service.backend_count == 0 {
         return Err(Counter::DropNoBackend);
     }
@@ -70,6 +74,19 @@ pub fn select(flow: &Flow, now: u64) -> Result<Selection, Counter> {
     let selection = pick(service.id, service.backend_count)?;
     remember(&affinity_key, selection.backend_id, now);
     Ok(selection)
+}
+
+/// Whether the client's address lies in one of the service's source ranges.
+#[inline(always)]
+pub fn admitted(service_id: u32, client: Ipv4) -> bool {
+    let key = Key::new(
+        SourceRange::trie_prefix_len(32),
+        SourceRange {
+            service_id: service_id.to_be_bytes(),
+            addr: client,
+        },
+    );
+    SOURCE_RANGES.get(&key).is_some()
 }
 
 /// A uniformly random slot among the service's backends.

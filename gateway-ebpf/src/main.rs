@@ -1,10 +1,12 @@
 //! The gateway datapath: TC programs attached at ingress and egress of the node's uplinks.
 //!
 //! One concern per module, as in Cilium's bpf/lib: `packet` (every access to the frame, and
-//! header parsing), `arp` (L2 announcement), `lb` (service lookup, backend selection,
-//! affinity), `conntrack`, `nat` (rewrites and checksums), `skb` (`ip_summed`), `stats`
-//! (counters), `maps` (expanded from gateway-common's map table), `log` (debug events);
-//! `ingress` and `egress` tie them together. Every drop is counted under a named reason.
+//! header parsing), `arp` (L2 announcement), `lb` (service lookup, source ranges, backend
+//! selection, affinity), `conntrack`, `nat` (rewrites and checksums), `snat` (source NAT to
+//! backends on other nodes, and their replies), `route` (sending a frame on through the
+//! FIB), `skb` (`ip_summed`), `stats` (counters), `maps` (expanded from gateway-common's map
+//! table), `log` (debug events); `ingress` and `egress` tie them together. Every drop is
+//! counted under a named reason.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -19,7 +21,9 @@ mod log;
 mod maps;
 mod nat;
 mod packet;
+mod route;
 mod skb;
+mod snat;
 mod stats;
 
 use aya_ebpf::{

@@ -3,16 +3,16 @@
 //! (the agent sets its own at load time and pins each map under `--bpffs` by its name).
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use gateway_common::{
     Affinity, AffinityKey, AgentState, Backend, Counter, CtEntry, CtKey, DatapathConfig, GarpCount,
-    L2Entry, L2Key, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, Traffic,
-    VIP_FILTER_WORDS, VipInfo, VipKey,
+    IfaceInfo, L2Entry, L2Key, REMOTE_FILTER_WORDS, ReplyKey, RevNat, RevNatKey, Service,
+    ServiceKey, ServiceName, SlotKey, SourceRange, Traffic, VIP_FILTER_WORDS, VipInfo, VipKey,
     capacity::Capacity,
     cluster::{ClaimKey, ClaimRecord, ClusterRecord, Gate, MEMBERS_MAX, MemberRecord},
-    maps::{Kind, Size},
+    maps::{IFACES_MAX, Kind, Size},
 };
 
 /// One BTF map static of the table's `kind`, holding `entries`.
@@ -32,6 +32,12 @@ macro_rules! btf_map_static {
         #[btf_map(name = $name)]
         pub static $static: LruHashMap<$key, $value, { $entries }, { Kind::LruHash.flags() as usize }> =
             LruHashMap::new();
+    };
+    ($(#[$doc:meta])* $static:ident $name:tt LpmTrie<$key:ty => $value:ty> $entries:expr) => {
+        $(#[$doc])*
+        #[btf_map(name = $name)]
+        pub static $static: LpmTrie<$key, $value, { $entries }, { Kind::LpmTrie.flags() as usize }> =
+            LpmTrie::new();
     };
     ($(#[$doc:meta])* $static:ident $name:tt PerCpuArray<$key:ty => $value:ty> $entries:expr) => {
         $(#[$doc])*

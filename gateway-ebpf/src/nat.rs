@@ -24,52 +24,68 @@ use crate::{
     skb,
 };
 
-/// Which end of the flow is rewritten.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// Destination address and port (DNAT towards the backend).
-    Destination,
-    /// Source address and port (reverse NAT of a reply, back to the VIP).
-    Source,
-}
+/// An address and port (in host byte order) one end of a flow is rewritten to.
+pub type Endpoint = (Ipv4, u16);
 
 pub struct NatFailed;
 
-/// Rewrites one side of `flow` to `addr:port` (port in host byte order).
+/// Rewrites the source of `flow` to `src` and its destination to `dst`, where given: DNAT
+/// towards a backend (destination), reverse NAT of a reply (source), or both for a flow
+/// SNATed to a backend on another node and its replies.
 #[inline(always)]
 pub fn rewrite(
     pkt: &mut Packet,
     flow: &Flow,
-    side: Side,
-    addr: Ipv4,
-    port: u16,
+    src: Option<Endpoint>,
+    dst: Option<Endpoint>,
 ) -> Result<(), NatFailed> {
-    let (old_addr, old_port) = match side {
-        Side::Destination => (flow.daddr, flow.dport),
-        Side::Source => (flow.saddr, flow.sport),
-    };
-    let port_off = flow.port_off(side == Side::Destination);
+    // What the addresses (pseudo-header) and ports add to the L4 checksum; an end that
+    // stays adds nothing, so a one-sided rewrite writes what the kernel's helpers write.
+    let (mut addr_diff, mut port_diff) = (0, 0);
+    if let Some((addr, port)) = src {
+        addr_diff += diff4(flow.saddr, addr);
+        port_diff += diff2(flow.sport, port);
+    }
+    if let Some((addr, port)) = dst {
+        addr_diff += diff4(flow.daddr, addr);
+        port_diff += diff2(flow.dport, port);
+    }
     match skb::ip_summed(pkt.ctx()) {
-        // The field holds the pseudo-header sum only: the address is in it, the port not.
+        // The field holds the pseudo-header sum only: the addresses are in it, the ports not.
         Some(CHECKSUM_PARTIAL) => {
-            update_l4_check(pkt, flow, |check| update_seed(check, diff4(old_addr, addr)))?
+            update_l4_check(pkt, flow, |check| update_seed(check, addr_diff))?
         }
         // A complete checksum, and no skb->csum to keep in step: all in place.
         Some(CHECKSUM_NONE | CHECKSUM_UNNECESSARY) => update_l4_check(pkt, flow, |check| {
-            update_complete(check, diff4(old_addr, addr) + diff2(old_port, port))
+            update_complete(check, addr_diff + port_diff)
         })?,
-        // CHECKSUM_COMPLETE (skb->csum covers the frame and must follow the address), or
+        // CHECKSUM_COMPLETE (skb->csum covers the frame and must follow the addresses), or
         // `ip_summed` unknown: the kernel's helpers.
-        _ => l4_csum_replace(pkt, flow, old_addr, addr, old_port, port)?,
+        _ => {
+            if let Some((addr, port)) = src {
+                l4_csum_replace(pkt, flow, (flow.saddr, addr), (flow.sport, port))?;
+            }
+            if let Some((addr, port)) = dst {
+                l4_csum_replace(pkt, flow, (flow.daddr, addr), (flow.dport, port))?;
+            }
+        }
     }
     let ip = pkt.header_mut::<Ipv4Hdr>(ETH_HLEN).ok_or(NatFailed)?;
-    ip.check = update_complete(ip.check, diff4(old_addr, addr));
-    match side {
-        Side::Destination => ip.dst_addr = addr,
-        Side::Source => ip.src_addr = addr,
+    ip.check = update_complete(ip.check, addr_diff);
+    if let Some((addr, _)) = src {
+        ip.src_addr = addr;
     }
-    let ports = pkt.header_mut::<[u8; 2]>(port_off).ok_or(NatFailed)?;
-    *ports = port.to_be_bytes();
+    if let Some((addr, _)) = dst {
+        ip.dst_addr = addr;
+    }
+    if let Some((_, port)) = src {
+        *pkt.header_mut::<[u8; 2]>(flow.port_off(false))
+            .ok_or(NatFailed)? = port.to_be_bytes();
+    }
+    if let Some((_, port)) = dst {
+        *pkt.header_mut::<[u8; 2]>(flow.port_off(true))
+            .ok_or(NatFailed)? = port.to_be_bytes();
+    }
     Ok(())
 }
 
@@ -91,17 +107,15 @@ fn update_l4_check(
     Ok(())
 }
 
-/// The L4 checksum through the kernel's helpers, which know `ip_summed` themselves: the
-/// address change with `BPF_F_PSEUDO_HDR` (it also moves skb->csum), the port change only
+/// The L4 checksum through the kernel's helpers, which know `ip_summed` themselves: one end's
+/// address change with `BPF_F_PSEUDO_HDR` (it also moves skb->csum), its port change only
 /// into a complete checksum. The helpers may move the data: headers are taken afresh after.
 #[inline(always)]
 fn l4_csum_replace(
     pkt: &mut Packet,
     flow: &Flow,
-    old_addr: Ipv4,
-    addr: Ipv4,
-    old_port: u16,
-    port: u16,
+    (old_addr, addr): (Ipv4, Ipv4),
+    (old_port, port): (u16, u16),
 ) -> Result<(), NatFailed> {
     let mangled = if flow.is_tcp() {
         0

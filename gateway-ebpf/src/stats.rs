@@ -29,6 +29,15 @@ pub fn account(service_id: u32, backend_id: u32, bytes: u32, dir: Direction) {
     add(BACKEND_STATS.get_ptr_mut(backend_id), bytes, dir);
 }
 
+/// Counts a packet of the service dropped for its source (`loadBalancerSourceRanges`).
+#[inline(always)]
+pub fn deny(service_id: u32) {
+    if let Some(t) = SERVICE_STATS.get_ptr_mut(service_id) {
+        // SAFETY: as in `count`.
+        unsafe { (*t).denied_packets += 1 };
+    }
+}
+
 #[inline(always)]
 fn add(traffic: Option<*mut Traffic>, bytes: u32, dir: Direction) {
     let Some(t) = traffic else { return };

@@ -2,9 +2,8 @@
 //! shows what every Service and pool gets (identical on every node).
 //!
 //! The same path as `run`: the file source (with the same `--load-balancer-class`es) into a
-//! store, the model for each node (the one named, or every Node object of the file), what
-//! of it reverse NAT can serve (`plan::fit`, which skips a service per node), and the
-//! plan's full target for that node's state at the same map sizes, which is where `run`
+//! store, the model for each node (the one named, or every Node object of the file), and
+//! the plan's full target for that node's state at the same map sizes, which is where `run`
 //! refuses a state that does not fit its maps. So whatever `run` would refuse or skip,
 //! `check` reports, and both follow one exit status rule ([`Verdict`]):
 //!
@@ -141,8 +140,7 @@ fn judge(
     let mut frontends = Vec::new();
     for node in nodes {
         // No interfaces: `check` judges the objects, not this machine.
-        let mut desired = model::desired_state(config, node, &[]);
-        plan::fit(&mut desired, &config.source);
+        let desired = model::desired_state(config, node, &[]);
         plan::target(&desired, &[], &MapState::default(), &check.capacity)?;
         findings.extend(desired.findings);
         if check.node.is_some() {

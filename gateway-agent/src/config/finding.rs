@@ -140,9 +140,6 @@ reasons! {
     NamedPortUnresolved,
     /// An address and port another Service already serves: the port is skipped there.
     PortConflict,
-    /// A backend would serve more frontends than reverse NAT tells apart: the Service is
-    /// not programmed on this node.
-    BackendFrontendLimit,
     /// A slice of an address type that is not served, or without a service name.
     SliceNotServed,
 

@@ -41,6 +41,7 @@ mod name;
 mod node;
 mod object;
 mod pool;
+mod prefix;
 mod protocol;
 mod selector;
 mod selector_text;
@@ -62,6 +63,7 @@ pub(crate) use node::node;
 pub use object::{Kind, Object, ObjectRef};
 pub(crate) use pool::pool;
 pub use pool::{IpBlock, IpPool};
+pub use prefix::{Ipv4Net, PrefixError};
 pub use protocol::Protocol;
 pub use selector::{Operator, Requirement, Selector};
 pub use service::{

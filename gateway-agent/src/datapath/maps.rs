@@ -8,13 +8,13 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
 use gateway_common::{
     Affinity, AffinityKey, AgentState, BACKEND_F_ACTIVE, Backend, Counter, CtEntry, CtKey,
-    DatapathConfig, GarpCount, L2Entry, L2Key, RevNat, RevNatKey, Service, ServiceKey, ServiceName,
-    SlotKey, Traffic, VipInfo, VipKey,
+    DatapathConfig, GarpCount, IfaceInfo, L2Entry, L2Key, ReplyKey, RevNat, RevNatKey, Service,
+    ServiceKey, ServiceName, SlotKey, SourceRange, Traffic, VipInfo, VipKey,
     cluster::{ClaimKey, ClaimRecord, ClusterRecord, Gate, MemberRecord},
     map_names,
 };
@@ -27,6 +27,7 @@ macro_rules! handle {
     (Hash<$key:ty => $value:ty>) => { HashMap<MapData, $key, $value> };
     (LruHash<$key:ty => $value:ty>) => { HashMap<MapData, $key, $value> };
     (PerCpuArray<$key:ty => $value:ty>) => { PerCpuArray<MapData, $value> };
+    (LpmTrie<$key:ty => $value:ty>) => { LpmTrie<MapData, $key, $value> };
 }
 
 macro_rules! handles {
@@ -333,6 +334,7 @@ fn sum_traffic(map: &PerCpuArray<MapData, Traffic>, id: u32) -> Result<Traffic> 
         fwd_bytes: a.fwd_bytes + t.fwd_bytes,
         rev_packets: a.rev_packets + t.rev_packets,
         rev_bytes: a.rev_bytes + t.rev_bytes,
+        denied_packets: a.denied_packets + t.denied_packets,
     }))
 }
 

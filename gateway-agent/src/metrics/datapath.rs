@@ -37,7 +37,11 @@ const fn place(counter: Counter) -> Place {
         | Counter::DropFragment
         | Counter::DropMalformed
         | Counter::DropNatFailed
-        | Counter::DropIcmp => Place::Drop,
+        | Counter::DropIcmp
+        | Counter::DropSourceRange
+        | Counter::DropSnatExhausted
+        | Counter::DropNoSnatAddr
+        | Counter::DropNoRoute => Place::Drop,
         Counter::CtCreated => Place::Own(
             "gateway_flows_created",
             "New flows balanced: a backend was chosen and the flow tracked.",
@@ -49,6 +53,10 @@ const fn place(counter: Counter) -> Place {
         Counter::RevNat => Place::Own(
             "gateway_replies_rewritten",
             "Backend replies rewritten back to the VIP.",
+        ),
+        Counter::SnatCreated => Place::Own(
+            "gateway_flows_snated",
+            "New flows SNATed to a backend on another node (externalTrafficPolicy Cluster).",
         ),
         Counter::CtReplaced => Place::Own(
             "gateway_conntrack_takeovers",

@@ -43,6 +43,7 @@ pub(crate) fn frontends(
                     backends.extend(endpoint.addresses.iter().map(|&addr| BackendAddr {
                         addr,
                         port: backend_port,
+                        remote: false,
                     }));
                 }
             }
@@ -54,6 +55,8 @@ pub(crate) fn frontends(
                 protocol: port.protocol,
                 affinity_timeout_secs: service.affinity_timeout_secs,
                 backends: backends.into_iter().collect(),
+                draining: Vec::new(),
+                source_ranges: Vec::new(),
             }
         })
         .collect()
@@ -89,6 +92,7 @@ mod tests {
         BackendAddr {
             addr: addr.into(),
             port,
+            remote: false,
         }
     }
 

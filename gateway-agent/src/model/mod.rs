@@ -18,8 +18,8 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use crate::config::{
-    Config, Diagnostics, EndpointSlice, Finding, L2Policy, Name, Node, ObjectRef, Reason, Service,
-    ServiceWithSlices, Severity,
+    Config, Diagnostics, EndpointSlice, Finding, Ipv4Net, L2Policy, Name, Node, ObjectRef, Reason,
+    Service, ServiceWithSlices, Severity,
 };
 use announce::AddressKind;
 use rustc_hash::FxBuildHasher;
@@ -46,6 +46,9 @@ pub use status::{
 pub struct BackendAddr {
     pub addr: Ipv4Addr,
     pub port: u16,
+    /// The endpoint runs on another node (or names none): a Cluster service reaches it
+    /// through SNAT to this node's address. An address has one locality at a time.
+    pub remote: bool,
 }
 
 /// One service port on one of its addresses (a VIP or an external IP), with the backends
@@ -60,9 +63,23 @@ pub struct Frontend {
     pub protocol: Protocol,
     /// `Some(seconds)` when `sessionAffinity: ClientIP`.
     pub affinity_timeout_secs: Option<u32>,
-    /// Ready endpoints on this node, sorted and deduplicated. May be empty: the VIP is then
-    /// still programmed so stray traffic is dropped and counted instead of forwarded.
+    /// The endpoints new flows go to, sorted and deduplicated: the ready ones (on this node
+    /// for a Local service, anywhere for a Cluster one), or failing those the serving and
+    /// terminating ones. May be empty: the VIP is then still programmed so stray traffic is
+    /// dropped and counted instead of forwarded.
     pub backends: Vec<BackendAddr>,
+    /// The other endpoints still listed (terminating, or not ready): they take no new flows,
+    /// but the flows already on them go on until they leave the EndpointSlice. Sorted.
+    pub draining: Vec<BackendAddr>,
+    /// `spec.loadBalancerSourceRanges`: the clients admitted; empty admits every client.
+    pub source_ranges: Vec<Ipv4Net>,
+}
+
+impl Frontend {
+    /// Every backend the frontend lists: those taking new flows, then the draining ones.
+    pub fn listed(&self) -> impl Iterator<Item = &BackendAddr> {
+        self.backends.iter().chain(&self.draining)
+    }
 }
 
 /// This node answers ARP for `vip` on `interface`.

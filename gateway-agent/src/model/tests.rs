@@ -34,6 +34,7 @@ fn the_reference_on_worker_2() {
         == [BackendAddr {
             addr: Ipv4Addr::new(10, 0, 2, 10),
             port: if f.port == 80 { 10080 } else { 10443 },
+            remote: false,
         }]));
     assert_eq!(
         state.announcements,

@@ -3,13 +3,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use gateway_common::{
-    Backend, Frontend as RevNatFrontend, ServiceKey, VipInfo, VipKey, vip_filter_bit,
+    BACKEND_F_REMOTE, Backend, Frontend as RevNatFrontend, REVNAT_F_REPLY_CT, ServiceKey, VipInfo,
+    VipKey, vip_filter_bit,
 };
 
 use super::diff::merge;
 use super::entries::{
     BackendKey, announced, put_frontend, revnat_entry, revnat_frontend, revnat_frontends,
-    service_key, slots_of,
+    service_key, slots_of, with_revnat,
 };
 use super::ids::IdAllocator;
 use super::{Change, Interface, MapState, PlanError};
@@ -32,7 +33,7 @@ pub fn change(
     let mut change = Change::default();
     release_services(current, &edits.gone, &mut change.before);
     let served = frontends_of_affected_backends(current, &edits);
-    let backend_ids = plan_backends(current, &served, limits, &mut change)?;
+    let backend_ids = plan_backends(current, &served, &edits.coming, limits, &mut change)?;
     let services_needed = desired.frontends.len();
     plan_services(
         current,
@@ -43,7 +44,7 @@ pub fn change(
         &mut change,
     )?;
     check_slot_capacity(current, &change, limits)?;
-    plan_revnat(current, &served, &mut change)?;
+    plan_revnat(current, &served, &backend_ids, &mut change);
     plan_vips(current, vip_port_changes(&edits), &mut change);
     plan_announcements(current, desired, interfaces, &mut change);
     Ok(change)
@@ -112,48 +113,79 @@ fn release_services(current: &MapState, gone: &[&Frontend], before: &mut MapStat
     }
 }
 
-/// The frontends each affected backend serves afterwards: those its reverse NAT entry
-/// holds now, less those that go, plus those that come.
+/// The frontends each affected backend serves afterwards: those it serves now, less those
+/// that go, plus those that come.
 fn frontends_of_affected_backends(current: &MapState, edits: &Edits) -> FrontendsOfBackend {
     fn frontends_of<'s>(
         served: &'s mut FrontendsOfBackend,
         current: &MapState,
         backend: BackendKey,
     ) -> &'s mut BTreeSet<RevNatFrontend> {
-        served.entry(backend).or_insert_with(|| {
-            let revnat = current.revnat.get(&backend.revnat_key());
-            revnat
-                .map(revnat_frontends)
-                .unwrap_or_default()
-                .iter()
-                .copied()
-                .collect()
-        })
+        served
+            .entry(backend)
+            .or_insert_with(|| served_now(current, backend))
     }
     let mut served = FrontendsOfBackend::new();
     for f in &edits.gone {
         let frontend = revnat_frontend(&service_key(f));
-        for b in &f.backends {
+        for b in f.listed() {
             frontends_of(&mut served, current, BackendKey::of(f, b)).remove(&frontend);
         }
     }
     for f in &edits.coming {
         let frontend = revnat_frontend(&service_key(f));
-        for b in &f.backends {
+        for b in f.listed() {
             frontends_of(&mut served, current, BackendKey::of(f, b)).insert(frontend);
         }
     }
     served
 }
 
+/// Every frontend `backend` serves in `current`. Its reverse NAT entry lists them all, unless
+/// it is marked as serving more: those are found through the slots that point at it (a walk
+/// over every slot, for such backends only).
+fn served_now(current: &MapState, backend: BackendKey) -> BTreeSet<RevNatFrontend> {
+    let Some(revnat) = current.revnat.get(&backend.revnat_key()) else {
+        return BTreeSet::new();
+    };
+    let mut frontends: BTreeSet<RevNatFrontend> =
+        revnat_frontends(revnat).iter().copied().collect();
+    if revnat.flags & REVNAT_F_REPLY_CT != 0
+        && let Some(held) = held_backend(current, backend)
+    {
+        let ids: BTreeSet<u32> = current
+            .slots
+            .iter()
+            .filter(|&(_, &id)| id == held.id)
+            .map(|(slot, _)| slot.service_id)
+            .collect();
+        let services = current.services.iter();
+        frontends.extend(
+            services
+                .filter(|(key, s)| key.proto == backend.proto && ids.contains(&s.id))
+                .map(|(key, _)| revnat_frontend(key)),
+        );
+    }
+    frontends
+}
+
 /// Backends: an affected one the maps hold keeps its id, one that stops serving frees it,
 /// and one that starts serving takes the lowest free id. Returns every affected backend's id.
+/// Whether a backend is on another node comes from a coming frontend that lists it, else
+/// from its entry (an address has one locality: every frontend says the same).
 fn plan_backends(
     current: &MapState,
     served: &FrontendsOfBackend,
+    coming: &[&Frontend],
     limits: &Capacity,
     change: &mut Change,
 ) -> Result<BTreeMap<BackendKey, u32>, PlanError> {
+    let mut remote: BTreeMap<BackendKey, bool> = BTreeMap::new();
+    for f in coming {
+        for b in f.listed() {
+            *remote.entry(BackendKey::of(f, b)).or_default() |= b.remote;
+        }
+    }
     let mut ids = held_backend_ids(current, served, &mut change.before);
     let freed: BTreeSet<u32> = served
         .iter()
@@ -181,7 +213,11 @@ fn plan_backends(
                 id
             }
         };
-        change.after.backends.insert(id, backend.entry());
+        let remote = remote.get(&backend).copied().unwrap_or_else(|| {
+            let held = change.before.backends.get(&id);
+            held.is_some_and(|b| b.flags & BACKEND_F_REMOTE != 0)
+        });
+        change.after.backends.insert(id, backend.entry(remote));
     }
     Ok(ids)
 }
@@ -287,25 +323,30 @@ fn check_slot_capacity(
 }
 
 /// Reverse NAT: each affected backend's entry, as it is and (unless the backend stops
-/// serving) as it becomes.
+/// serving) as it becomes, and the mark its backend entry takes from it.
 fn plan_revnat(
     current: &MapState,
     served: &FrontendsOfBackend,
+    backend_ids: &BTreeMap<BackendKey, u32>,
     change: &mut Change,
-) -> Result<(), PlanError> {
+) {
     for (&backend, frontends) in served {
         let key = backend.revnat_key();
-        if let Some(revnat) = current.revnat.get(&key) {
+        let held = current.revnat.get(&key);
+        if let Some(revnat) = held {
             change.before.revnat.insert(key, *revnat);
         }
         if !frontends.is_empty() {
-            change
-                .after
-                .revnat
-                .insert(key, revnat_entry(backend, frontends)?);
+            let revnat = revnat_entry(frontends, held);
+            if let Some(entry) = backend_ids
+                .get(&backend)
+                .and_then(|id| change.after.backends.get_mut(id))
+            {
+                *entry = with_revnat(*entry, &revnat);
+            }
+            change.after.revnat.insert(key, revnat);
         }
     }
-    Ok(())
 }
 
 /// How many ports each VIP of a gone or coming frontend gains (or, negative, loses).
@@ -405,14 +446,12 @@ mod tests {
     fn random_desired(random: &mut XorShift, previous: &DesiredState) -> DesiredState {
         let random_frontend = |random: &mut XorShift| {
             let vip = random.below(6) as u8;
-            let mut backends: Vec<BackendAddr> = (0..random.below(5))
-                .map(|_| BackendAddr {
-                    addr: Ipv4Addr::new(10, 244, 1, random.below(8) as u8),
-                    port: [8080, 8443][random.below(2)],
-                })
-                .collect();
+            let mut backends: Vec<BackendAddr> =
+                (0..random.below(6)).map(|_| backend(random)).collect();
             backends.sort();
             backends.dedup();
+            // Some listed endpoints drain.
+            let draining = backends.extract_if(.., |_| random.chance(4)).collect();
             Frontend {
                 service: svc(&format!("svc-{vip}")),
                 port_name: ["http", ""][random.below(2)].into(),
@@ -421,6 +460,8 @@ mod tests {
                 protocol: [Protocol::Tcp, Protocol::Udp][random.below(2)],
                 affinity_timeout_secs: [Some(10800), None][random.below(2)],
                 backends,
+                draining,
+                source_ranges: Vec::new(),
             }
         };
         let mut frontends = if random.chance(4) {
@@ -444,10 +485,7 @@ mod tests {
                 2 if !frontends.is_empty() => {
                     let i = random.below(frontends.len());
                     let backends = &mut frontends[i].backends;
-                    backends.push(BackendAddr {
-                        addr: Ipv4Addr::new(10, 244, 1, random.below(8) as u8),
-                        port: [8080, 8443][random.below(2)],
-                    });
+                    backends.push(backend(random));
                     backends.sort();
                     backends.dedup();
                 }
@@ -473,6 +511,17 @@ mod tests {
             frontends,
             announcements,
             ..Default::default()
+        }
+    }
+
+    /// A backend from a small pool, so that many frontends share one (more than reverse NAT
+    /// lists, often); those in 10.244.2.0/24 run on another node.
+    fn backend(random: &mut XorShift) -> BackendAddr {
+        let node = random.below(2) as u8 + 1;
+        BackendAddr {
+            addr: Ipv4Addr::new(10, 244, node, random.below(3) as u8),
+            port: [8080, 8443][random.below(2)],
+            remote: node == 2,
         }
     }
 

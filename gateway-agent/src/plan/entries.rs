@@ -6,8 +6,9 @@ use std::net::Ipv4Addr;
 use std::ops::Range;
 
 use gateway_common::{
-    BACKEND_F_ACTIVE, Backend, Frontend as RevNatFrontend, Ipv4, L2Key, RevNat, RevNatKey,
-    SERVICE_F_AFFINITY, Service, ServiceKey, SlotKey, capacity, proto, timeouts,
+    BACKEND_F_ACTIVE, BACKEND_F_REMOTE, BACKEND_F_REPLY_CT, Backend, Frontend as RevNatFrontend,
+    Ipv4, L2Key, REVNAT_F_REPLY_CT, RevNat, RevNatKey, SERVICE_F_AFFINITY, Service, ServiceKey,
+    SlotKey, capacity, proto, timeouts,
 };
 
 use super::{Interface, MapState, PlanError};
@@ -48,13 +49,14 @@ impl BackendKey {
         }
     }
 
-    /// The `gw_backends` value of the backend in use.
-    pub(super) fn entry(self) -> Backend {
+    /// The `gw_backends` value of the backend in use, on another node or not. Its
+    /// [`BACKEND_F_REPLY_CT`] follows from its reverse NAT entry ([`with_revnat`]).
+    pub(super) fn entry(self, remote: bool) -> Backend {
         Backend {
             addr: self.addr,
             port: self.port,
             proto: self.proto,
-            flags: BACKEND_F_ACTIVE,
+            flags: BACKEND_F_ACTIVE | if remote { BACKEND_F_REMOTE } else { 0 },
         }
     }
 
@@ -127,7 +129,8 @@ fn service_name(f: &Frontend) -> String {
 }
 
 /// Writes frontend `f`, under service id `id`, into `state`: its service entry, its name,
-/// and one slot per backend pointing at the backend's id in `backend_ids`.
+/// and one slot per backend pointing at the backend's id in `backend_ids`: first those that
+/// take new flows, then the draining ones.
 pub(super) fn put_frontend(
     state: &mut MapState,
     f: &Frontend,
@@ -136,7 +139,7 @@ pub(super) fn put_frontend(
 ) -> Result<(), PlanError> {
     state.services.insert(service_key(f), service_entry(f, id)?);
     state.names.insert(id, service_name(f));
-    for (slot, b) in f.backends.iter().enumerate() {
+    for (slot, b) in f.listed().enumerate() {
         let backend = BackendKey::of(f, b);
         state
             .slots
@@ -145,34 +148,49 @@ pub(super) fn put_frontend(
     Ok(())
 }
 
-/// The frontends a reverse NAT entry holds.
+/// The frontends a reverse NAT entry lists.
 pub(super) fn revnat_frontends(revnat: &RevNat) -> &[RevNatFrontend] {
     let count = (revnat.count as usize).min(revnat.frontends.len());
     &revnat.frontends[..count]
 }
 
-/// The frontends one backend serves, as reverse NAT holds them.
-pub(super) fn revnat_entry(
-    backend: BackendKey,
-    frontends: &BTreeSet<RevNatFrontend>,
-) -> Result<RevNat, PlanError> {
-    if frontends.len() > capacity::REVNAT_FRONTENDS {
-        return Err(PlanError::TooManyFrontends {
-            backend: format!("{}:{}", Ipv4Addr::from(backend.addr), backend.port),
-            frontends: frontends
-                .iter()
-                .map(|f| format!("{}:{}", Ipv4Addr::from(f.vip), f.port))
-                .collect(),
-        });
-    }
-    let mut revnat = RevNat {
-        count: frontends.len() as u32,
-        ..Default::default()
-    };
-    for (slot, f) in revnat.frontends.iter_mut().zip(frontends) {
+/// The reverse NAT entry of a backend serving `frontends`, which `held` (the entry the maps
+/// hold, if any) becomes. The frontends it lists keep their places: their flows' replies
+/// are found through them (flows made while the backend served no more frontends than fit
+/// have no reply-side entry). Free places go to the others in order; a backend with more
+/// frontends than places is marked [`REVNAT_F_REPLY_CT`]: its flows from then on get a
+/// reply-side entry. There is no limit.
+pub(super) fn revnat_entry(frontends: &BTreeSet<RevNatFrontend>, held: Option<&RevNat>) -> RevNat {
+    let kept: Vec<&RevNatFrontend> = held
+        .map(revnat_frontends)
+        .unwrap_or_default()
+        .iter()
+        .filter(|f| frontends.contains(f))
+        .collect();
+    let others = frontends.iter().filter(|f| !kept.contains(f));
+    let mut revnat = RevNat::default();
+    for (slot, f) in revnat
+        .frontends
+        .iter_mut()
+        .zip(kept.iter().copied().chain(others))
+    {
         *slot = *f;
+        revnat.count += 1;
     }
-    Ok(revnat)
+    if frontends.len() > capacity::REVNAT_FRONTENDS {
+        revnat.flags |= REVNAT_F_REPLY_CT;
+    }
+    revnat
+}
+
+/// A backend's `gw_backends` value with the mark its reverse NAT entry asks for: each new
+/// flow gets a reply-side entry while the backend serves more frontends than it lists.
+pub(super) fn with_revnat(mut backend: Backend, revnat: &RevNat) -> Backend {
+    backend.flags &= !BACKEND_F_REPLY_CT;
+    if revnat.flags & REVNAT_F_REPLY_CT != 0 {
+        backend.flags |= BACKEND_F_REPLY_CT;
+    }
+    backend
 }
 
 /// The announcements on the interfaces this node has.

@@ -33,8 +33,11 @@ pub(super) fn frontend(
             .map(|&(a, p)| BackendAddr {
                 addr: Ipv4Addr::from(a),
                 port: p,
+                remote: false,
             })
             .collect(),
+        draining: Vec::new(),
+        source_ranges: Vec::new(),
     }
 }
 

@@ -12,13 +12,11 @@
 //! - `target`: the full plan, the map contents that serve a desired state.
 //! - `change`: the incremental plan, from what changed since the previous desired state.
 //! - `diff`: the ordered, make-before-break writes from one map state to another.
-//! - `fit`: what of a desired state reverse NAT can serve, per service.
 
 mod change;
 mod diff;
 mod entries;
 mod error;
-mod fit;
 mod ids;
 mod state;
 mod target;
@@ -30,7 +28,6 @@ pub use change::change;
 pub use diff::{diff, diff_each};
 pub use entries::{backend_label, frontend_label, l2_entries};
 pub use error::PlanError;
-pub use fit::fit;
 pub use state::{Change, MapState, Membership, Op};
 pub use target::target;
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use gateway_common::{Frontend as RevNatFrontend, VipKey, vip_filter_bit};
 
 use super::entries::{
-    BackendKey, announced, put_frontend, revnat_entry, revnat_frontend, service_key,
+    BackendKey, announced, put_frontend, revnat_entry, revnat_frontend, service_key, with_revnat,
 };
 use super::ids::IdAllocator;
 use super::{Interface, MapState, PlanError};
@@ -21,33 +21,36 @@ pub fn target(
 ) -> Result<MapState, PlanError> {
     let mut next = MapState::default();
 
-    // Backends: one id per distinct (address, port, protocol).
+    // Backends: one id per distinct (address, port, protocol), draining ones included (their
+    // flows go on); on another node if any frontend says so (they all do: an address has
+    // one locality).
     let current_backend_ids: BTreeMap<BackendKey, u32> = current
         .backends
         .iter()
         .map(|(&id, b)| (BackendKey::of_entry(b), id))
         .collect();
-    let wanted: BTreeSet<BackendKey> = desired
-        .frontends
-        .iter()
-        .flat_map(|f| f.backends.iter().map(move |b| BackendKey::of(f, b)))
-        .collect();
+    let mut wanted: BTreeMap<BackendKey, bool> = BTreeMap::new();
+    for f in &desired.frontends {
+        for b in f.listed() {
+            *wanted.entry(BackendKey::of(f, b)).or_default() |= b.remote;
+        }
+    }
     let mut backend_ids = IdAllocator::new(
         wanted
-            .iter()
+            .keys()
             .filter_map(|k| current_backend_ids.get(k).copied())
             .collect::<BTreeSet<_>>(),
         limits.backends,
         "backends",
     );
     let mut backend_id_of = BTreeMap::new();
-    for &backend in &wanted {
+    for (&backend, &remote) in &wanted {
         let id = match current_backend_ids.get(&backend) {
             Some(&id) => id,
             None => backend_ids.take(wanted.len())?,
         };
         backend_id_of.insert(backend, id);
-        next.backends.insert(id, backend.entry());
+        next.backends.insert(id, backend.entry(remote));
     }
 
     // Services (frontends).
@@ -68,7 +71,7 @@ pub fn target(
             None => service_ids.take(desired.frontends.len())?,
         };
         put_frontend(&mut next, f, id, &backend_id_of)?;
-        for b in &f.backends {
+        for b in f.listed() {
             frontends_of_backend
                 .entry(BackendKey::of(f, b))
                 .or_default()
@@ -87,8 +90,12 @@ pub fn target(
     }
 
     for (backend, frontends) in frontends_of_backend {
-        next.revnat
-            .insert(backend.revnat_key(), revnat_entry(backend, &frontends)?);
+        let key = backend.revnat_key();
+        let revnat = revnat_entry(&frontends, current.revnat.get(&key));
+        let id = backend_id_of[&backend];
+        next.backends
+            .insert(id, with_revnat(next.backends[&id], &revnat));
+        next.revnat.insert(key, revnat);
     }
     next.l2 = announced(desired, interfaces);
     Ok(next)
@@ -175,21 +182,59 @@ mod tests {
     }
 
     #[test]
-    fn too_many_frontends_on_one_backend_is_refused() {
-        let fronts = (0..5)
-            .map(|i| frontend("x", [192, 168, 10, 40 + i], 80, &[POD_A]))
-            .collect();
-        let err = target(
-            &desired(fronts),
-            &ens18(),
-            &MapState::default(),
-            &Capacity::default(),
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("10.244.1.10:8080 serves 5 frontends"),
-            "{err}"
+    fn a_backend_serving_more_frontends_than_reverse_nat_lists_gets_reply_entries() {
+        use gateway_common::{BACKEND_F_REPLY_CT, REVNAT_F_REPLY_CT, capacity::REVNAT_FRONTENDS};
+        let vip = |i: u8| [192, 168, 10, 100 + i];
+        let fronts = |n: u8| {
+            desired(
+                (0..n)
+                    .map(|i| frontend(&format!("x{i}"), vip(i), 80, &[POD_A]))
+                    .collect(),
+            )
+        };
+        let listed = |s: &MapState| {
+            let rn = s.revnat.values().next().unwrap();
+            let listed: Vec<[u8; 4]> = rn.frontends[..rn.count as usize]
+                .iter()
+                .map(|f| f.vip)
+                .collect();
+            let backend = s.backends.values().next().unwrap();
+            (
+                listed,
+                rn.flags & REVNAT_F_REPLY_CT != 0,
+                backend.flags & BACKEND_F_REPLY_CT != 0,
+            )
+        };
+        let (_, four) = step(&MapState::default(), &fronts(REVNAT_FRONTENDS as u8));
+        assert_eq!(
+            listed(&four),
+            (vec![vip(0), vip(1), vip(2), vip(3)], false, false)
+        );
+        // 64 frontends on one backend: no limit, four listed, replies through reply entries.
+        let (_, many) = step(&four, &fronts(64));
+        assert_eq!(many.services.len(), 64);
+        assert_eq!(
+            listed(&many),
+            (vec![vip(0), vip(1), vip(2), vip(3)], true, true)
+        );
+        // The listed frontends keep their places while they serve: the first one goes, the
+        // others stay where they are and the free place goes to the next frontend.
+        let mut fewer = fronts(64);
+        fewer.frontends.remove(0);
+        fewer.announcements.remove(0);
+        let (_, fewer) = step(&many, &fewer);
+        assert_eq!(
+            listed(&fewer),
+            (vec![vip(1), vip(2), vip(3), vip(4)], true, true)
+        );
+        // Back to four: the mark goes.
+        let mut back = fronts(5);
+        back.frontends.remove(0);
+        back.announcements.remove(0);
+        let (_, back) = step(&fewer, &back);
+        assert_eq!(
+            listed(&back),
+            (vec![vip(1), vip(2), vip(3), vip(4)], false, false)
         );
     }
 

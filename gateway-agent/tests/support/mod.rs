@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each user takes what it needs
 
 pub mod frame;
+pub mod netns;
 pub mod rng;
 
 pub use frame::*;
@@ -31,8 +32,15 @@ pub const VIP_EMPTY: [u8; 4] = [192, 168, 10, 51];
 pub const NODE: [u8; 4] = [192, 168, 10, 111];
 pub const POD_A: [u8; 4] = [10, 244, 1, 10];
 pub const POD_B: [u8; 4] = [10, 244, 1, 11];
+/// A client address the test namespace has no neighbour entry for.
+pub const CLIENT_2: [u8; 4] = [192, 168, 10, 11];
+/// Another node, and a pod behind it (reached via that node: see `netns`).
+pub const REMOTE_NODE: [u8; 4] = [192, 168, 10, 112];
+pub const POD_REMOTE: [u8; 4] = [10, 244, 2, 10];
+pub const POD_REMOTE_CIDR: &str = "10.244.2.0/24";
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
 pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+pub const REMOTE_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x70];
 /// BPF_PROG_TEST_RUN runs TC programs on the loopback device.
 pub const TEST_IFINDEX: u32 = 1;
 
@@ -64,8 +72,11 @@ pub fn frontend(
             .map(|&(a, p)| BackendAddr {
                 addr: a.into(),
                 port: p,
+                remote: false,
             })
             .collect(),
+        draining: Vec::new(),
+        source_ranges: Vec::new(),
     }
 }
 
@@ -112,6 +123,8 @@ pub struct Harness {
     pub dp: Datapath,
     pub state: MapState,
     capacity: Capacity,
+    /// The ifindex of the test namespace's uplink (see `netns`).
+    pub uplink: u32,
 }
 
 impl Harness {
@@ -136,6 +149,7 @@ impl Harness {
         capacity: Capacity,
         kern_ctx: Option<gateway_agent::datapath::KernCtx>,
     ) -> Self {
+        let uplink = netns::enter();
         let dp = Datapath::load(&LoadOptions {
             capacity,
             pin_dir: None,
@@ -147,6 +161,7 @@ impl Harness {
             dp,
             state: MapState::default(),
             capacity,
+            uplink,
         };
         h.dp.maps
             .write_config(DatapathConfig::from_secs(21600, 3600, h.dp.clock))

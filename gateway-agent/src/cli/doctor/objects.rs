@@ -114,9 +114,6 @@ fn fix(reason: Reason) -> &'static str {
         }
         Reason::NamedPortUnresolved => "name the slice's port as the Service's targetPort",
         Reason::PortConflict => "serve the port on another address",
-        Reason::BackendFrontendLimit => {
-            "serve at most 4 frontends (VIP and port) from one backend address and port"
-        }
         Reason::SliceNotServed => "",
         Reason::NodeNotFound => "run the agent with --node-name as in the Node object",
     }

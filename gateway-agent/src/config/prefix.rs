@@ -1,0 +1,109 @@
+//! IPv4 prefixes as Kubernetes writes them (`192.168.10.0/24`), e.g. a service's
+//! `spec.loadBalancerSourceRanges`.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+/// An IPv4 prefix: the address with its host bits cleared, and the prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Ipv4Net {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl Ipv4Net {
+    /// The prefix of `len` bits of `addr` (its host bits cleared); `None` past 32.
+    pub fn new(addr: Ipv4Addr, len: u8) -> Option<Self> {
+        let host_bits = 32u32.checked_sub(u32::from(len))?;
+        let mask = u32::MAX.checked_shl(host_bits).unwrap_or(0);
+        Some(Self {
+            addr: Ipv4Addr::from(u32::from(addr) & mask),
+            len,
+        })
+    }
+
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        Self::new(addr, self.len).is_some_and(|net| net.addr == self.addr)
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// Why a text is not an IPv4 prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrefixError {
+    /// An IPv6 prefix: valid Kubernetes, but nothing an IPv4 datapath can match.
+    Ipv6,
+    Invalid(&'static str),
+}
+
+impl FromStr for Ipv4Net {
+    type Err = PrefixError;
+
+    /// `A.B.C.D/N`, or a bare address (a /32). Host bits must be clear, as Kubernetes
+    /// validates them (`10.0.0.1/8` is refused there too).
+    fn from_str(text: &str) -> Result<Self, PrefixError> {
+        let text = text.trim();
+        let (addr, len) = match text.split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (text, None),
+        };
+        if addr.contains(':') {
+            return Err(PrefixError::Ipv6);
+        }
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| PrefixError::Invalid("not an IPv4 address"))?;
+        let len = match len {
+            None => 32,
+            Some(len) => len
+                .parse::<u8>()
+                .ok()
+                .filter(|&len| len <= 32)
+                .ok_or(PrefixError::Invalid("the prefix length is not 0..=32"))?,
+        };
+        let net = Ipv4Net::new(addr, len).ok_or(PrefixError::Invalid("bad prefix length"))?;
+        if net.addr != addr {
+            return Err(PrefixError::Invalid("host bits are set"));
+        }
+        Ok(net)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_parse_and_match() {
+        let net: Ipv4Net = "192.168.10.0/24".parse().unwrap();
+        assert_eq!(net.to_string(), "192.168.10.0/24");
+        assert!(net.contains(Ipv4Addr::new(192, 168, 10, 200)));
+        assert!(!net.contains(Ipv4Addr::new(192, 168, 11, 1)));
+        let all: Ipv4Net = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(Ipv4Addr::new(8, 8, 8, 8)));
+        let one: Ipv4Net = "10.0.0.7".parse().unwrap();
+        assert_eq!(one, Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 7), 32).unwrap());
+        assert!(!one.contains(Ipv4Addr::new(10, 0, 0, 8)));
+    }
+
+    #[test]
+    fn bad_prefixes_say_why() {
+        for (text, expected) in [
+            ("10.0.0.1/8", PrefixError::Invalid("host bits are set")),
+            (
+                "10.0.0.0/33",
+                PrefixError::Invalid("the prefix length is not 0..=32"),
+            ),
+            ("10.0.0/8", PrefixError::Invalid("not an IPv4 address")),
+            ("2001:db8::/32", PrefixError::Ipv6),
+        ] {
+            assert_eq!(text.parse::<Ipv4Net>(), Err(expected), "{text}");
+        }
+    }
+}

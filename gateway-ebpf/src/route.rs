@@ -1,0 +1,83 @@
+//! Sending a rewritten frame on where the kernel's FIB says, straight from the program: a
+//! flow SNATed to a backend on another node, and its replies on their way back to the client.
+//!
+//! Handing such a frame to the stack instead would need the node to take, on its uplink, a
+//! packet whose source is one of its own addresses (`accept_local`), and to forward a frame
+//! back out of the interface it came in on (ICMP redirects). `bpf_fib_lookup` gives the way
+//! out and, when the neighbour is known, both MACs: the frame then leaves with one
+//! `bpf_redirect`. An unresolved neighbour goes through `bpf_redirect_neigh`, which resolves
+//! it (and queues the frame meanwhile) the way the stack's own output does.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibLookup,
+        bpf_redir_neigh as RedirNeigh,
+    },
+    cty::c_void,
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
+};
+use gateway_common::{Counter, Ipv4};
+use network_types::eth::EthHdr;
+
+use crate::{
+    drop,
+    packet::{Flow, Packet},
+};
+
+const AF_INET: u8 = 2;
+
+/// Sends the frame, whose IPv4 source is now `src` and destination `dst`, out of the
+/// interface the FIB routes `dst` through, as the node would forward it.
+#[inline(always)]
+pub fn redirect(pkt: &mut Packet, flow: &Flow, src: Ipv4, dst: Ipv4) -> i32 {
+    // SAFETY: `bpf_fib_lookup` is plain old data: all zeros is a valid request.
+    let mut fib: FibLookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = flow.proto;
+    // tot_len 0: the kernel checks the frame itself against the route's MTU, GSO frames
+    // (GRO on the uplink) by their segments.
+    fib.ifindex = pkt.ifindex();
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    // SAFETY: the program's own context and a request of the helper's own type and size.
+    let found = unsafe {
+        bpf_fib_lookup(
+            pkt.ctx().skb.skb as *mut c_void,
+            &mut fib,
+            size_of::<FibLookup>() as i32,
+            0,
+        )
+    };
+    match found as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            let Some(eth) = pkt.header_mut::<EthHdr>(0) else {
+                return drop(pkt, Counter::DropNatFailed);
+            };
+            eth.dst_addr = fib.dmac;
+            eth.src_addr = fib.smac;
+            // SAFETY: a helper call with an interface index and no flags.
+            unsafe { bpf_redirect(fib.ifindex, 0) as i32 }
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            // The lookup left the next hop (the gateway, or `dst` itself on a link) in place
+            // of the destination.
+            // SAFETY: the union member the IPv4 lookup wrote.
+            let ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
+            let mut next_hop = RedirNeigh {
+                nh_family: AF_INET as u32,
+                __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv4_nh },
+            };
+            // SAFETY: an interface index and a next hop of the helper's own type and size.
+            unsafe {
+                bpf_redirect_neigh(
+                    fib.ifindex,
+                    &mut next_hop,
+                    size_of::<RedirNeigh>() as i32,
+                    0,
+                ) as i32
+            }
+        }
+        // Blackhole, unreachable, prohibited, local, forwarding off, above the MTU.
+        _ => drop(pkt, Counter::DropNoRoute),
+    }
+}
