@@ -62,6 +62,8 @@ pub struct RunOptions {
     pub ct_any_timeout: u64,
     /// Never update checksums in place (`--checksum-helpers`).
     pub checksum_helpers: bool,
+    /// Source ports of SNATed flows, inclusive (`--snat-ports`).
+    pub snat_ports: (u16, u16),
     pub capacity: Capacity,
     /// Serve Prometheus metrics there (`--metrics-address`).
     pub metrics_address: Option<SocketAddr>,
@@ -347,11 +349,15 @@ impl Agent {
         };
 
         let maps = &mut agent.datapath.maps;
-        maps.write_config(DatapathConfig::from_secs(
-            agent.options.ct_tcp_timeout,
-            agent.options.ct_any_timeout,
-            agent.datapath.clock,
-        ))?;
+        let (snat_min, snat_max) = agent.options.snat_ports;
+        maps.write_config(
+            DatapathConfig::from_secs(
+                agent.options.ct_tcp_timeout,
+                agent.options.ct_any_timeout,
+                agent.datapath.clock,
+            )
+            .with_snat_ports(snat_min, snat_max),
+        )?;
         agent.state = maps.read_state().context("adopting the pinned maps")?;
         let adopted = !agent.state.services.is_empty();
         // Who announces: the cluster (when there are other agents) takes over what the

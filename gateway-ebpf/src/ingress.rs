@@ -107,7 +107,15 @@ fn ipv4(pkt: &mut Packet) -> i32 {
         let Some(addr) = snat::address(pkt.ifindex()) else {
             return drop(pkt, Counter::DropNoSnatAddr);
         };
-        let Some(port) = snat::claim(&key, backend, addr, config) else {
+        // A new connection on a SNATed flow's tuple takes the flow's port again if it goes
+        // to the same backend: the backend then sees the tuple reused as the client reuses
+        // it.
+        // SAFETY: as above; the entry is only read, and has not been written since.
+        let again = existing.map(|e| unsafe { *e }).and_then(|e| {
+            (e.flags & CT_F_SNAT != 0 && (e.backend_addr, e.backend_port) == backend)
+                .then_some(e.snat_port)
+        });
+        let Some(port) = snat::claim(&key, backend, addr, again, config) else {
             return drop(pkt, Counter::DropSnatExhausted);
         };
         entry.flags |= CT_F_SNAT;

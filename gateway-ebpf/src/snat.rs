@@ -3,7 +3,8 @@
 //! replies come back here, where they are recognised by their `gw_ct_reply` entry,
 //! translated back (source: the VIP, destination: the client) and sent to the client.
 //!
-//! The port: the client's own when it is free for that backend (the backend then sees the
+//! The port: the one an earlier connection on the same client tuple had to that backend,
+//! or the client's own when it is free for that backend (either way the backend sees the
 //! tuples the client reuses as the client reuses them), else random ones in `--snat-ports`.
 //! A port is free when no `gw_ct_reply` entry holds it for that (node address, backend,
 //! protocol), and is claimed by inserting one with `BPF_NOEXIST`, so two CPUs never take
@@ -44,12 +45,14 @@ pub fn address(ifindex: u32) -> Option<Ipv4> {
 }
 
 /// Claims a source port on `snat_addr` for the new flow `key` to `backend`, or `None` when
-/// every port tried is held.
+/// every port tried is held. Tried first: `again` (the port an earlier connection on the
+/// same client tuple had to this backend), then the client's own port, then random ones.
 #[inline(always)]
 pub fn claim(
     key: &CtKey,
     backend: (Ipv4, u16),
     snat_addr: Ipv4,
+    again: Option<u16>,
     config: &DatapathConfig,
 ) -> Option<u16> {
     let (min, max) = (config.snat_port_min, config.snat_port_max);
@@ -57,10 +60,10 @@ pub fn claim(
         return None;
     }
     let span = (max - min) as u32 + 1;
-    let mut port = if (min..=max).contains(&key.client_port) {
-        key.client_port
-    } else {
-        random_port(min, span)
+    let mut port = match again {
+        Some(port) if (min..=max).contains(&port) => port,
+        _ if (min..=max).contains(&key.client_port) => key.client_port,
+        _ => random_port(min, span),
     };
     for _ in 0..TRIES {
         let reply = conntrack::reply_key_of(backend, (snat_addr, port), key.proto);

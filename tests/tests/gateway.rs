@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail, ensure};
 use gateway_tests::agent::{self, Agent};
 use gateway_tests::http::{Answer, request};
 use gateway_tests::lab::{
-    self, CLIENT, CLIENT_2, ENVOY_W1A, HTTP_PORT, Lab, LabSpec, PortSpec, SPARE_VIPS,
+    self, CLIENT, CLIENT_2, ENVOY_W1A, HTTP_PORT, Lab, LabSpec, PortSpec, SPARE_VIPS, ServiceSpec,
     SessionAffinity, UNUSED_ADDR, VIP_EXTERNAL, VIP_INTERNAL,
 };
 use gateway_tests::netns::Netns;
@@ -766,7 +766,7 @@ fn doctor_walks_the_reference_tree_over_objects_and_datapath() -> Result<()> {
     std::fs::write(&file, lab::config_yaml(&broken)?)?;
     let (code, report) = doctor(&c, "w1", &["--config", file.to_str().unwrap()])?;
     assert_eq!(code, 2, "{report:#}");
-    let cluster = findings(&report, "externalTrafficPolicy", "error");
+    let cluster = findings(&report, "externalTrafficPolicy", "warning");
     assert_eq!(cluster.len(), 1);
     assert!(
         cluster[0]["subject"]
@@ -893,6 +893,118 @@ fn a_local_endpoint_becoming_ready_starts_the_announcement_with_gratuitous_arp()
     assert_eq!(
         c.lab.client().arping(VIP_EXTERNAL)?,
         vec![c.lab.node("w1").mac().to_owned()]
+    );
+    Ok(())
+}
+
+/// The node that does not announce `vip`, of the two workers.
+fn other_worker(announcer: &str) -> &'static str {
+    if announcer == "w1" { "w2" } else { "w1" }
+}
+
+/// externalTrafficPolicy Cluster: a service whose only endpoint runs on the worker that
+/// does not announce its VIP is served, through SNAT to the announcing node's address
+/// (what the pod sees) and back; a connection lives on across reloads that add local
+/// endpoints; ClientIP affinity holds per client; both agents run (the other node's
+/// datapath leaves the SNATed traffic alone).
+#[test]
+fn a_cluster_service_is_served_through_an_endpoint_on_another_node() -> Result<()> {
+    let vip = SPARE_VIPS[0];
+    let mut spec = LabSpec::reference(&lab::unique_prefix("gwcl")).with_client_addr(CLIENT_2);
+    let mut service = ServiceSpec::gateway("gateway-cluster", vip, &[]);
+    service.external_traffic_policy = lab::TrafficPolicy::Cluster;
+    spec.services.push(service);
+    let mut c = Cluster::up(spec.clone(), &["w1", "w2"])?;
+    // Announced without any endpoint: any node the policy selects may.
+    let announcer = c.announcer(vip)?;
+    let other = other_worker(&announcer);
+    let remote_pod = c.pods_of(other).into_iter().next().context("a pod")?;
+    spec.service_mut("cilium-gateway-gateway-cluster").backends = vec![remote_pod.clone()];
+    std::fs::write(&c.config, lab::config_yaml(&spec)?)?;
+    for node in ["w1", "w2"] {
+        c.agent(node).reload()?;
+    }
+    let frontend = format!("{vip}:80/TCP");
+    let remote = format!("{}:{HTTP_PORT}", c.lab.pod(&remote_pod).addr());
+    let programmed = gateway_tests::eventually(
+        WAIT,
+        || c.agent(&announcer).backends(&frontend),
+        |b| b.contains(&remote),
+    )?;
+    assert_eq!(programmed, BTreeSet::from([remote.clone()]));
+
+    let url = format!("http://{vip}/");
+    let answer = c.get(&url, None)?;
+    assert_eq!(answer.backend, remote_pod);
+    assert_eq!(
+        answer.client.ip(),
+        std::net::IpAddr::V4(c.lab.node(&announcer).addr()),
+        "the pod sees the announcing node's address"
+    );
+    let flows = c.agent(&announcer).json(&["ct", "list"])?;
+    let snat = format!("{}:{}", c.lab.node(&announcer).addr(), answer.client.port());
+    assert!(
+        flows
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["snat"] == snat.as_str() && f["backend"] == remote.as_str()),
+        "{flows:#}"
+    );
+    assert!(c.agent(&announcer).counter("snat_created")? >= 1);
+
+    // A long-lived connection, then reloads that add the announcing node's own pods.
+    let mut conn = c
+        .lab
+        .client()
+        .ns()
+        .connect_tcp(SocketAddr::from((vip, 80)), Duration::from_secs(5))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    assert_eq!(request(&mut conn, vip)?.backend, remote_pod);
+    let mut backends = vec![remote_pod.clone()];
+    backends.extend(c.pods_of(&announcer));
+    spec.service_mut("cilium-gateway-gateway-cluster").backends = backends.clone();
+    std::fs::write(&c.config, lab::config_yaml(&spec)?)?;
+    for node in ["w1", "w2"] {
+        c.agent(node).reload()?;
+    }
+    let all = gateway_tests::eventually(
+        WAIT,
+        || c.agent(&announcer).backends(&frontend),
+        |b| b.len() == backends.len(),
+    )?;
+    assert_eq!(all.len(), backends.len(), "{all:?}");
+    for _ in 0..3 {
+        assert_eq!(
+            request(&mut conn, vip)?.backend,
+            remote_pod,
+            "same connection"
+        );
+    }
+
+    // Affinity: each client stays with one backend; a local one sees the client itself.
+    for source in [CLIENT, CLIENT_2] {
+        let answers: Vec<Answer> = (0..10)
+            .map(|_| c.get(&url, Some(source)))
+            .collect::<Result<_>>()?;
+        let seen: BTreeSet<&str> = answers.iter().map(|a| a.backend.as_str()).collect();
+        assert_eq!(seen.len(), 1, "{source}: {seen:?}");
+        let expected = if c.pods_of(&announcer).contains(&answers[0].backend) {
+            source
+        } else {
+            c.lab.node(&announcer).addr()
+        };
+        assert_eq!(answers[0].client.ip(), std::net::IpAddr::V4(expected));
+    }
+
+    // The agent restarted: the SNATed connection goes on.
+    c.agents.remove(&announcer).unwrap().stop();
+    c.start(&announcer)?;
+    assert_eq!(request(&mut conn, vip)?.backend, remote_pod);
+    assert_eq!(
+        c.agent(other).counter("rev_nat")?,
+        0,
+        "the other node rewrote nothing"
     );
     Ok(())
 }

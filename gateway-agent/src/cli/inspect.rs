@@ -10,9 +10,10 @@ use std::path::Path;
 use anyhow::Result;
 use aya::maps::IterableMap;
 use gateway_common::{
-    AGENT_F_CHECKSUMS_IN_PLACE, AgentState, BACKEND_F_ACTIVE, CT_F_ESTABLISHED, CT_F_FIN_BACKEND,
-    CT_F_FIN_CLIENT, CT_F_RST, CT_F_TCP, Counter, CtEntry, DatapathConfig, FINDING_LINE,
-    SERVICE_F_AFFINITY, proto_name, read_text, timeouts::NS_PER_SEC, write_text,
+    AGENT_F_CHECKSUMS_IN_PLACE, AgentState, BACKEND_F_ACTIVE, BACKEND_F_REMOTE, CT_F_ESTABLISHED,
+    CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_RST, CT_F_SNAT, CT_F_TCP, Counter, CtEntry,
+    DatapathConfig, FINDING_LINE, SERVICE_F_AFFINITY, SlotKey, proto_name, read_text,
+    timeouts::NS_PER_SEC, write_text,
 };
 use serde::Serialize;
 
@@ -30,6 +31,8 @@ use crate::plan::frontend_label;
 pub struct BackendView {
     pub id: u32,
     pub address: String,
+    /// On another node: reached through SNAT to this node's address.
+    pub remote: bool,
     pub packets: u64,
     pub bytes: u64,
     pub reply_packets: u64,
@@ -44,7 +47,10 @@ pub struct ServiceView {
     pub protocol: &'static str,
     pub id: u32,
     pub affinity_timeout_secs: Option<u64>,
+    /// The backends new flows go to.
     pub backends: Vec<BackendView>,
+    /// Backends still listed that take no new flows (terminating): their flows go on.
+    pub draining: Vec<BackendView>,
     pub packets: u64,
     pub bytes: u64,
     pub reply_packets: u64,
@@ -56,27 +62,33 @@ pub fn services(maps: &Maps) -> Result<Vec<ServiceView>> {
     let state = maps.read_state()?;
     let mut views = Vec::new();
     for (key, service) in &state.services {
-        let mut backends = Vec::new();
-        for slot in 1..=u32::from(service.backend_count) {
-            let key = gateway_common::SlotKey {
-                service_id: service.id,
-                slot,
-            };
-            let Some(&id) = state.slots.get(&key) else {
-                continue;
-            };
+        let (mut backends, mut draining) = (Vec::new(), Vec::new());
+        let slots = SlotKey {
+            service_id: service.id,
+            slot: 1,
+        }..SlotKey {
+            service_id: service.id + 1,
+            slot: 0,
+        };
+        for (slot, &id) in state.slots.range(slots) {
             let Some(b) = state.backends.get(&id) else {
                 continue;
             };
             let t = maps.backend_traffic(id)?;
-            backends.push(BackendView {
+            let view = BackendView {
                 id,
                 address: crate::plan::backend_label(b),
+                remote: b.flags & BACKEND_F_REMOTE != 0,
                 packets: t.fwd_packets,
                 bytes: t.fwd_bytes,
                 reply_packets: t.rev_packets,
                 reply_bytes: t.rev_bytes,
-            });
+            };
+            if slot.slot <= u32::from(service.backend_count) {
+                backends.push(view);
+            } else {
+                draining.push(view);
+            }
         }
         let t = maps.service_traffic(service.id)?;
         views.push(ServiceView {
@@ -87,6 +99,7 @@ pub fn services(maps: &Maps) -> Result<Vec<ServiceView>> {
             affinity_timeout_secs: (service.flags & SERVICE_F_AFFINITY != 0)
                 .then_some(service.affinity_timeout_ns / NS_PER_SEC),
             backends,
+            draining,
             packets: t.fwd_packets,
             bytes: t.fwd_bytes,
             reply_packets: t.rev_packets,
@@ -96,20 +109,29 @@ pub fn services(maps: &Maps) -> Result<Vec<ServiceView>> {
     Ok(views)
 }
 
+fn backend_text(b: &BackendView) -> String {
+    let via = if b.remote { ", SNAT" } else { "" };
+    format!("{} (#{}{via}, {} pkts)", b.address, b.id, b.packets)
+}
+
 pub fn render_services(views: &[ServiceView]) -> String {
     let mut t = Table::new(vec![
         "FRONTEND", "SERVICE", "AFFINITY", "PACKETS", "BACKENDS",
     ]);
     for v in views {
-        let backends = if v.backends.is_empty() {
-            "(none on this node)".to_owned()
+        let mut backends = if v.backends.is_empty() {
+            "(none)".to_owned()
         } else {
             v.backends
                 .iter()
-                .map(|b| format!("{} (#{}, {} pkts)", b.address, b.id, b.packets))
+                .map(backend_text)
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        if !v.draining.is_empty() {
+            let draining: Vec<String> = v.draining.iter().map(backend_text).collect();
+            backends.push_str(&format!("; draining: {}", draining.join(", ")));
+        }
         t.row(vec![
             v.frontend.clone(),
             v.service.clone(),
@@ -127,6 +149,8 @@ pub struct FlowView {
     pub client: String,
     pub frontend: String,
     pub backend: String,
+    /// The source the backend sees when the flow is SNATed to a backend on another node.
+    pub snat: Option<String>,
     pub backend_id: u32,
     pub service_id: u32,
     pub state: &'static str,
@@ -172,6 +196,8 @@ pub fn flows(maps: &Maps) -> Result<Vec<FlowView>> {
                 proto_name(k.proto)
             ),
             backend: format!("{}:{}", Ipv4Addr::from(e.backend_addr), e.backend_port),
+            snat: (e.flags & CT_F_SNAT != 0)
+                .then(|| format!("{}:{}", Ipv4Addr::from(e.snat_addr), e.snat_port)),
             backend_id: e.backend_id,
             service_id: e.service_id,
             state: flow_state(&e),
@@ -188,6 +214,7 @@ pub fn render_flows(views: &[FlowView]) -> String {
         "CLIENT",
         "FRONTEND",
         "BACKEND",
+        "SNAT",
         "STATE",
         "IDLE",
         "EXPIRES IN",
@@ -197,6 +224,7 @@ pub fn render_flows(views: &[FlowView]) -> String {
             v.client.clone(),
             v.frontend.clone(),
             v.backend.clone(),
+            v.snat.clone().unwrap_or_else(|| "-".into()),
             v.state.into(),
             format!("{}s", v.idle_secs),
             format!("{}s", v.expires_in_secs),

@@ -146,6 +146,12 @@ struct RunArgs {
     /// Idle lifetime of a non-TCP flow, seconds.
     #[arg(long, default_value_t = timeouts::CT_ANY)]
     ct_any_timeout: u64,
+    /// Source ports of flows SNATed to a backend on another node (externalTrafficPolicy
+    /// Cluster), MIN-MAX. A flow keeps the client's port when it is in range and free for
+    /// that backend. Keep it outside net.ipv4.ip_local_port_range if the node itself opens
+    /// connections to backend pods.
+    #[arg(long, value_name = "MIN-MAX", value_parser = port_range, default_value = "1024-65535")]
+    snat_ports: (u16, u16),
     /// Leave TCP/UDP checksums to the kernel's helpers even where the datapath could update
     /// them in place (about 50 ns more per rewritten packet); to rule the in-place update
     /// out when chasing a checksum problem.
@@ -239,6 +245,25 @@ impl ClusterArgs {
     }
 }
 
+/// `MIN-MAX`, both ports, MIN <= MAX.
+fn port_range(text: &str) -> Result<(u16, u16), String> {
+    let (min, max) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?} is not MIN-MAX"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("{p:?} is not a port in 1..=65535"))
+    };
+    let (min, max) = (port(min)?, port(max)?);
+    if min > max {
+        return Err(format!("{min} is above {max}"));
+    }
+    Ok((min, max))
+}
+
 #[derive(Args)]
 struct ViewArgs {
     #[arg(long, default_value = DEFAULT_BPFFS)]
@@ -293,6 +318,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 ct_tcp_timeout: args.ct_tcp_timeout,
                 ct_any_timeout: args.ct_any_timeout,
                 checksum_helpers: args.checksum_helpers,
+                snat_ports: args.snat_ports,
                 capacity: args.capacity.capacity(),
                 classes: args.classes.classes(),
                 metrics_address: args.metrics_address,

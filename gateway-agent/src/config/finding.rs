@@ -83,8 +83,6 @@ reasons! {
     /// IPv6 is not served yet: an IPv6-only Service gets no VIP; the IPv6 half of a
     /// dual-stack one (or an IPv6 block, slice or address) is skipped.
     IPv6NotServed,
-    /// The Service's `externalTrafficPolicy: Cluster` is not programmed.
-    ClusterTrafficPolicy,
 
     // LB-IPAM, as Cilium's `cilium.io/IPAMRequestSatisfied` condition says it.
     /// Every requested VIP and family is granted.

@@ -146,6 +146,7 @@ mod tests {
             name: "ens18.100".into(),
             index: 7,
             mac: [0; 6],
+            addr: None,
         };
         let pin = link_pin(Path::new("/b"), &vlan, Direction::Egress);
         let file = pin.file_name().unwrap().to_str().unwrap();
@@ -158,6 +159,7 @@ mod tests {
             name: "br-lan".into(),
             index: 3,
             mac: [0; 6],
+            addr: None,
         };
         let pin = link_pin(Path::new("/b"), &dashed, Direction::Ingress);
         assert_eq!(

@@ -125,6 +125,16 @@ impl Maps {
             let (k, v) = entry.context("reading gw_l2")?;
             state.l2.insert(k, v.mac);
         }
+        for entry in self.ifaces.iter() {
+            let (k, v) = entry.context("reading gw_ifaces")?;
+            state.ifaces.insert(k, v);
+        }
+        for (word, entry) in self.remote_filter.iter().enumerate() {
+            let bits = entry.context("reading gw_remote_filter")?;
+            if bits != 0 {
+                state.remote_filter.insert(word as u32, bits);
+            }
+        }
         Ok(state)
     }
 
@@ -161,6 +171,12 @@ impl Maps {
                 .set(*word, bits, 0)
                 .context("writing gw_vip_filter")?,
             Op::DeleteVip(k) => remove(&mut self.vips, k, "gw_vips")?,
+            Op::PutRemoteFilter(word, bits) | Op::ShrinkRemoteFilter(word, bits) => self
+                .remote_filter
+                .set(*word, bits, 0)
+                .context("writing gw_remote_filter")?,
+            Op::PutIface(k, v) => self.ifaces.insert(k, v, 0).context("writing gw_ifaces")?,
+            Op::DeleteIface(k) => remove(&mut self.ifaces, k, "gw_ifaces")?,
             Op::PutL2(k, mac) => {
                 // Keep the counters of an entry that only changes MAC.
                 let old = self.l2.get(k, 0).unwrap_or_default();

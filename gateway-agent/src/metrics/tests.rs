@@ -17,6 +17,7 @@ fn backend(id: u32, address: &str, packets: u64) -> BackendView {
     BackendView {
         id,
         address: address.into(),
+        remote: false,
         packets,
         bytes: packets * 100,
         reply_packets: packets / 2,
@@ -33,6 +34,7 @@ fn frontend(frontend: &str, service: &str, backends: Vec<BackendView>) -> Servic
         id: 1,
         affinity_timeout_secs: None,
         backends,
+        draining: Vec::new(),
         packets,
         bytes: packets * 100,
         reply_packets: packets / 2,

@@ -1,12 +1,13 @@
-//! The frontends this node programs for a Local service: one per service port on the VIP,
-//! with only the ready endpoints running on this node as backends (externalTrafficPolicy
-//! Local: no SNAT, the client's source address reaches the backend).
+//! The frontends this node programs for a service: one per service port on the VIP. A
+//! Local service's backends are its ready endpoints on this node (no SNAT: the client's
+//! source address reaches the backend); a Cluster service's are its ready endpoints
+//! anywhere, those on other nodes reached through SNAT to this node's address.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use super::{BackendAddr, Frontend};
+use super::{BackendAddr, Frontend, TrafficPolicy};
 use crate::config::{Diagnostics, EndpointSlice, Reason, Service, ServicePort, TargetPort};
 
 pub(crate) fn frontends(
@@ -36,14 +37,15 @@ pub(crate) fn frontends(
                     );
                     continue;
                 };
-                let local_ready = slice.endpoints.iter().filter(|endpoint| {
-                    endpoint.ready && endpoint.node_name.as_deref() == Some(node_name)
-                });
-                for endpoint in local_ready {
+                for endpoint in slice.endpoints.iter().filter(|e| e.ready) {
+                    let local = endpoint.node_name.as_deref() == Some(node_name);
+                    if !local && service.traffic_policy == TrafficPolicy::Local {
+                        continue;
+                    }
                     backends.extend(endpoint.addresses.iter().map(|&addr| BackendAddr {
                         addr,
                         port: backend_port,
-                        remote: false,
+                        remote: !local,
                     }));
                 }
             }

@@ -626,11 +626,11 @@ mod tests {
             .collect()
     }
 
-    /// LB-IPAM's findings of `severity` (the fixtures' services are Cluster ones, which
-    /// the model reports as not programmed).
+    /// LB-IPAM's findings of `severity` (not the announcement's: most fixtures have no L2
+    /// policy).
     fn of_severity(state: &ClusterState, severity: Severity) -> Vec<String> {
         (state.findings.iter())
-            .filter(|f| f.severity == severity && f.reason != Reason::ClusterTrafficPolicy)
+            .filter(|f| f.severity == severity && f.reason != Reason::NoAnnouncementPolicy)
             .map(ToString::to_string)
             .collect()
     }

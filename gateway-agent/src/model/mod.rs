@@ -560,45 +560,35 @@ fn model_service(
         None => 0,
     });
     let mut solo = Vec::with_capacity(addresses.len());
-    match service.traffic_policy {
-        TrafficPolicy::Cluster => diagnostics.find(
-            Severity::Error,
-            Reason::ClusterTrafficPolicy,
-            object,
-            "spec.externalTrafficPolicy",
-            "Cluster is not supported yet, the service is not programmed: Cluster SNATs and \
-             loses the client source IP; use Local",
-        ),
-        TrafficPolicy::Local => {
-            for address in addresses {
-                let announcing = match address.kind {
-                    AddressKind::LoadBalancer => &load_balancer,
-                    AddressKind::External => &external,
-                };
-                if address.kind == AddressKind::LoadBalancer && announcing.policies.is_empty() {
-                    diagnostics.find(
-                        Severity::Warning,
-                        Reason::NoAnnouncementPolicy,
-                        object,
-                        "",
-                        format!(
-                            "no CiliumL2AnnouncementPolicy with loadBalancerIPs: true selects \
-                             this service: VIP {} is not announced",
-                            address.addr
-                        ),
-                    );
-                }
-                solo.push(elect(context, address.addr, service, announcing, false));
-                if let Some(node) = context.node {
-                    frontends.extend(frontends::frontends(
-                        service,
-                        slices,
-                        address.addr,
-                        node.name,
-                        &mut diagnostics,
-                    ));
-                }
-            }
+    // Both traffic policies: Local keeps to this node's endpoints, Cluster reaches every
+    // endpoint (`frontends`), and any node the policies select may announce it.
+    for address in addresses {
+        let announcing = match address.kind {
+            AddressKind::LoadBalancer => &load_balancer,
+            AddressKind::External => &external,
+        };
+        if address.kind == AddressKind::LoadBalancer && announcing.policies.is_empty() {
+            diagnostics.find(
+                Severity::Warning,
+                Reason::NoAnnouncementPolicy,
+                object,
+                "",
+                format!(
+                    "no CiliumL2AnnouncementPolicy with loadBalancerIPs: true selects \
+                     this service: VIP {} is not announced",
+                    address.addr
+                ),
+            );
+        }
+        solo.push(elect(context, address.addr, service, announcing, false));
+        if let Some(node) = context.node {
+            frontends.extend(frontends::frontends(
+                service,
+                slices,
+                address.addr,
+                node.name,
+                &mut diagnostics,
+            ));
         }
     }
     let (_, findings) = diagnostics.into_parts();
@@ -687,7 +677,6 @@ fn addresses_served(
     // (address, service, its index among the service's addresses): LoadBalancer VIPs
     // before external IPs, then the oldest service.
     let mut claims: Vec<(Address, usize, usize)> = (modelled.iter().enumerate())
-        .filter(|(_, m)| m.service.traffic_policy == TrafficPolicy::Local)
         .flat_map(|(i, m)| (m.addresses.iter().enumerate()).map(move |(j, a)| (*a, i, j)))
         .collect();
     claims.sort_by(|(a, i, _), (b, j, _)| {

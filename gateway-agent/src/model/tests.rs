@@ -127,30 +127,64 @@ fn cluster_state_matches_every_node_view() {
 }
 
 #[test]
-fn cluster_services_are_allocated_but_not_programmed() {
-    let text = edit(
+fn cluster_services_go_to_endpoints_anywhere_and_any_selected_node_announces_them() {
+    let cluster = edit(
         REFERENCE,
         "  externalTrafficPolicy: Local\n  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n\
          \x20   clientIP:\n      timeoutSeconds: 10800\n  selector:\n    io.cilium.gateway/owning-gateway: gateway-external",
         "  externalTrafficPolicy: Cluster\n  selector:\n    io.cilium.gateway/owning-gateway: gateway-external",
     );
-    let state = state(&text, "worker-1");
-    let external = &state.services[0];
-    assert_eq!(external.service.name, "cilium-gateway-gateway-external");
-    assert_eq!(external.traffic_policy, TrafficPolicy::Cluster);
-    assert_eq!(external.vips[0].vip, Ipv4Addr::new(192, 168, 10, 50));
-    assert_eq!(external.vips[0].announcer, None);
-    let vip = external.vips[0].vip;
-    assert!(state.frontends.iter().all(|f| f.vip != vip));
-    assert!(state.announcements.iter().all(|a| a.vip != vip));
+    let backend = |last, remote| BackendAddr {
+        addr: Ipv4Addr::new(10, 0, last, 10),
+        port: 10080,
+        remote,
+    };
+    let external = |state: &DesiredState| {
+        let f = state
+            .frontends
+            .iter()
+            .find(|f| f.vip == Ipv4Addr::new(192, 168, 10, 50) && f.port == 80)
+            .expect("the external gateway's port 80")
+            .clone();
+        let announced = state.announcements.iter().any(|a| a.vip == f.vip);
+        (f.backends, announced)
+    };
+    let announcer = |state: &DesiredState| {
+        let status = state
+            .services
+            .iter()
+            .find(|s| s.service.name == "cilium-gateway-gateway-external")
+            .expect("the external gateway");
+        assert_eq!(status.traffic_policy, TrafficPolicy::Cluster);
+        status.vips[0]
+            .announcer
+            .as_ref()
+            .map(|n| n.as_str().to_owned())
+    };
+    // Both envoys, the other node's through SNAT; worker-1 announces .50, as for Local.
+    let on_worker_1 = state(&cluster, "worker-1");
+    assert_eq!(lines(&on_worker_1.findings), Vec::<String>::new());
     assert_eq!(
-        lines(&state.findings),
-        [
-            "objects.yaml: Service/gateway/cilium-gateway-gateway-external: spec.externalTrafficPolicy: \
-             Cluster is not supported yet, the service is not programmed: Cluster SNATs and loses the \
-             client source IP; use Local"
-        ]
+        external(&on_worker_1),
+        (vec![backend(1, false), backend(2, true)], true)
     );
+    assert_eq!(
+        external(&state(&cluster, "worker-2")),
+        (vec![backend(1, true), backend(2, false)], false)
+    );
+    // worker-1's envoy is gone: worker-1 still announces (a Cluster service needs no local
+    // endpoint) and sends everything to worker-2's.
+    let slice = "endpoints:\n  - addresses: [\"10.0.1.10\"]\n    nodeName: worker-1\n    conditions:\n      ready: true\n  - addresses: [\"10.0.2.10\"]";
+    let remote_only = state(
+        &edit(
+            &cluster,
+            slice,
+            "endpoints:\n  - addresses: [\"10.0.2.10\"]",
+        ),
+        "worker-1",
+    );
+    assert_eq!(external(&remote_only), (vec![backend(2, true)], true));
+    assert_eq!(announcer(&remote_only).as_deref(), Some("worker-1"));
 }
 
 #[test]
@@ -538,7 +572,7 @@ fn services_that_cannot_share_get_vips_of_their_own_or_their_request_refused() {
             "the holder keeps it"
         );
         let errors: Vec<&Finding> = (cluster.findings.iter())
-            .filter(|f| f.severity == Severity::Error && f.reason != Reason::ClusterTrafficPolicy)
+            .filter(|f| f.severity == Severity::Error)
             .collect();
         assert_eq!(errors.len(), 1, "{:#?}", cluster.findings);
         assert_eq!(errors[0].object.as_ref(), Some(&b.service));

@@ -47,6 +47,7 @@ pub fn change(
     plan_revnat(current, &served, &backend_ids, &mut change);
     plan_vips(current, vip_port_changes(&edits), &mut change);
     plan_announcements(current, desired, interfaces, &mut change);
+    super::remote::plan(current, interfaces, &mut change);
     Ok(change)
 }
 

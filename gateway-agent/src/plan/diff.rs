@@ -8,7 +8,8 @@ use super::{MapState, Membership, Op};
 
 /// The ordered writes that turn `current` into `target` without a moment where a VIP is
 /// announced or a service points at something that does not exist yet: additions bottom-up
-/// (backends, slots, services, reverse NAT, VIPs, announcements), then removals top-down.
+/// (interfaces and the remote backends' filter, backends, reverse NAT, slots, services,
+/// VIPs, announcements), then removals top-down.
 pub fn diff(current: &MapState, target: &MapState) -> Vec<Op> {
     let mut ops = Vec::new();
     let _ = diff_each(current, target, |op| {
@@ -26,6 +27,20 @@ pub fn diff_each<E>(
     target: &MapState,
     mut emit: impl FnMut(Op) -> Result<(), E>,
 ) -> Result<(), E> {
+    let iface_deletes = put_or_defer(
+        &current.ifaces,
+        &target.ifaces,
+        |k, v| Op::PutIface(*k, *v),
+        |k| Op::DeleteIface(*k),
+        &mut emit,
+    )?;
+    let remote_filter_shrinks = grow_or_defer(
+        &current.remote_filter,
+        &target.remote_filter,
+        Op::PutRemoteFilter,
+        Op::ShrinkRemoteFilter,
+        &mut emit,
+    )?;
     let mut backend_deletes = Vec::new();
     merge(&current.backends, &target.backends, |id, new, old| {
         match new {
@@ -40,6 +55,15 @@ pub fn diff_each<E>(
         Ok(())
     })?;
 
+    // Reverse NAT before the slots and services that send flows to a backend, so that their
+    // first replies are found.
+    let revnat_deletes = put_or_defer(
+        &current.revnat,
+        &target.revnat,
+        |k, v| Op::PutRevNat(*k, *v),
+        |k| Op::DeleteRevNat(*k),
+        &mut emit,
+    )?;
     // A slot that changes or goes may end its old backend's membership of the service.
     let mut maybe_ended = BTreeSet::new();
     let mut slot_deletes = Vec::new();
@@ -78,29 +102,14 @@ pub fn diff_each<E>(
         |k| Op::DeleteName(*k),
         &mut emit,
     )?;
-    let revnat_deletes = put_or_defer(
-        &current.revnat,
-        &target.revnat,
-        |k, v| Op::PutRevNat(*k, *v),
-        |k| Op::DeleteRevNat(*k),
-        &mut emit,
-    )?;
     // A filter word first gains the bits of new VIPs (keeping the old ones), and loses the
     // bits of removed VIPs only after they are gone.
-    let mut filter_shrinks = Vec::new();
-    merge(
+    let filter_shrinks = grow_or_defer(
         &current.vip_filter,
         &target.vip_filter,
-        |&word, new, old| {
-            let (bits, old) = (new.copied().unwrap_or(0), old.copied().unwrap_or(0));
-            if old & !bits != 0 {
-                filter_shrinks.push(Op::ShrinkVipFilter(word, bits));
-            }
-            if old | bits != old {
-                emit(Op::PutVipFilter(word, old | bits))?;
-            }
-            Ok(())
-        },
+        Op::PutVipFilter,
+        Op::ShrinkVipFilter,
+        &mut emit,
     )?;
     let vip_deletes = put_or_defer(
         &current.vips,
@@ -127,6 +136,8 @@ pub fn diff_each<E>(
         slot_deletes,
         revnat_deletes,
         backend_deletes,
+        remote_filter_shrinks,
+        iface_deletes,
     ] {
         for op in group {
             emit(op)?;
@@ -176,6 +187,30 @@ fn put_or_defer<K: Ord, V: PartialEq, E>(
         Ok(())
     })?;
     Ok(deletes)
+}
+
+/// For a bitmap's words: a word that gains bits is written now with its old bits and its
+/// new ones (`grow`); one that loses bits is returned as its final value (`shrink`), to be
+/// written after every addition.
+fn grow_or_defer<E>(
+    current: &BTreeMap<u32, u64>,
+    target: &BTreeMap<u32, u64>,
+    grow: impl Fn(u32, u64) -> Op,
+    shrink: impl Fn(u32, u64) -> Op,
+    emit: &mut impl FnMut(Op) -> Result<(), E>,
+) -> Result<Vec<Op>, E> {
+    let mut shrinks = Vec::new();
+    merge(current, target, |&word, new, old| {
+        let (bits, old) = (new.copied().unwrap_or(0), old.copied().unwrap_or(0));
+        if old & !bits != 0 {
+            shrinks.push(shrink(word, bits));
+        }
+        if old | bits != old {
+            emit(grow(word, old | bits))?;
+        }
+        Ok(())
+    })?;
+    Ok(shrinks)
 }
 
 /// Walks two maps together in key order (linear, no lookups) and calls `each(key, new,
@@ -276,7 +311,11 @@ mod tests {
             .position(|o| matches!(o, Op::DeleteSlot(_)))
             .unwrap();
         assert!(slot < deactivate);
-        assert_eq!(s2, MapState::default());
+        let interfaces_only = MapState {
+            ifaces: s1.ifaces.clone(),
+            ..MapState::default()
+        };
+        assert_eq!(s2, interfaces_only);
     }
 
     #[test]
@@ -301,5 +340,48 @@ mod tests {
             .unwrap();
         assert!(vip < filter, "{ops:?}");
         assert!(s2.vip_filter.is_empty());
+    }
+
+    #[test]
+    fn remote_backends_are_marked_and_filtered_before_any_flow_can_reach_them() {
+        use gateway_common::{BACKEND_F_REMOTE, IfaceInfo};
+        let mut f = frontend(
+            "a",
+            [192, 168, 10, 49],
+            80,
+            &[POD_A, ([10, 244, 2, 10], 8080)],
+        );
+        f.backends[1].remote = true;
+        let (ops, s1) = step(&MapState::default(), &desired(vec![f]));
+        let remote: Vec<_> = s1
+            .backends
+            .values()
+            .map(|b| b.flags & BACKEND_F_REMOTE != 0)
+            .collect();
+        assert_eq!(remote, [false, true]);
+        let bit = vip_filter_bit([10, 244, 2, 10]);
+        assert_eq!(
+            s1.remote_filter,
+            BTreeMap::from([(bit / 64, 1u64 << (bit % 64))])
+        );
+        assert_eq!(
+            s1.ifaces,
+            BTreeMap::from([(
+                2,
+                IfaceInfo {
+                    addr: [192, 168, 10, 111]
+                }
+            )])
+        );
+        let pos = |ops: &[Op], f: &dyn Fn(&Op) -> bool| ops.iter().position(f).unwrap();
+        let filter = pos(&ops, &|o| matches!(o, Op::PutRemoteFilter(..)));
+        let iface = pos(&ops, &|o| matches!(o, Op::PutIface(..)));
+        let backend = pos(&ops, &|o| matches!(o, Op::PutBackend(..)));
+        assert!(filter < backend && iface < backend, "{ops:?}");
+        let (ops, s2) = step(&s1, &desired(vec![]));
+        let shrink = pos(&ops, &|o| matches!(o, Op::ShrinkRemoteFilter(..)));
+        let gone = pos(&ops, &|o| matches!(o, Op::DeactivateBackend(..)));
+        assert!(gone < shrink, "{ops:?}");
+        assert!(s2.remote_filter.is_empty());
     }
 }

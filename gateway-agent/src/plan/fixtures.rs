@@ -46,6 +46,7 @@ pub(super) fn ens18() -> Vec<Interface> {
         name: "ens18".into(),
         index: 2,
         mac: [2, 0, 0, 0, 0, 0x11],
+        addr: Some(Ipv4Addr::new(192, 168, 10, 111)),
     }]
 }
 
@@ -113,6 +114,19 @@ pub(super) fn apply(state: &mut MapState, ops: &[Op]) {
             }
             Op::PutL2(k, v) => {
                 state.l2.insert(*k, *v);
+            }
+            Op::PutRemoteFilter(word, bits) | Op::ShrinkRemoteFilter(word, bits) => {
+                if *bits == 0 {
+                    state.remote_filter.remove(word);
+                } else {
+                    state.remote_filter.insert(*word, *bits);
+                }
+            }
+            Op::PutIface(k, v) => {
+                state.ifaces.insert(*k, *v);
+            }
+            Op::DeleteIface(k) => {
+                state.ifaces.remove(k);
             }
             Op::DeleteL2(k) => {
                 state.l2.remove(k);

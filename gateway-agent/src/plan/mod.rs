@@ -12,12 +12,15 @@
 //! - `target`: the full plan, the map contents that serve a desired state.
 //! - `change`: the incremental plan, from what changed since the previous desired state.
 //! - `diff`: the ordered, make-before-break writes from one map state to another.
+//! - `remote`: what flows SNATed to backends on other nodes need: the interfaces' addresses
+//!   and the filter of those backends' addresses.
 
 mod change;
 mod diff;
 mod entries;
 mod error;
 mod ids;
+mod remote;
 mod state;
 mod target;
 
@@ -37,4 +40,7 @@ pub struct Interface {
     pub name: String,
     pub index: u32,
     pub mac: [u8; 6],
+    /// Its first IPv4 address: flows arriving on it for a backend on another node are
+    /// SNATed to it.
+    pub addr: Option<std::net::Ipv4Addr>,
 }

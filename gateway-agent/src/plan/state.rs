@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use gateway_common::{
-    Backend, L2Key, RevNat, RevNatKey, Service, ServiceKey, SlotKey, VipInfo, VipKey,
+    Backend, IfaceInfo, L2Key, RevNat, RevNatKey, Service, ServiceKey, SlotKey, VipInfo, VipKey,
 };
 
 /// The agent-managed content of the maps. Conntrack, affinity and counters belong to the
@@ -22,6 +22,10 @@ pub struct MapState {
     pub revnat: BTreeMap<RevNatKey, RevNat>,
     /// Announcements: (interface, VIP) -> the interface's MAC.
     pub l2: BTreeMap<L2Key, [u8; 6]>,
+    /// `gw_ifaces`: the interfaces the programs run on, by ifindex.
+    pub ifaces: BTreeMap<u32, IfaceInfo>,
+    /// `gw_remote_filter` words that are not zero.
+    pub remote_filter: BTreeMap<u32, u64>,
 }
 
 /// One write to the maps.
@@ -40,6 +44,13 @@ pub enum Op {
     PutVipFilter(u32, u64),
     /// ... or loses them (after the VIPs are gone).
     ShrinkVipFilter(u32, u64),
+    /// A `gw_remote_filter` word gains bits (before any flow can go to the backends it
+    /// covers) ...
+    PutRemoteFilter(u32, u64),
+    /// ... or loses them (after the backends are gone).
+    ShrinkRemoteFilter(u32, u64),
+    PutIface(u32, IfaceInfo),
+    DeleteIface(u32),
     PutL2(L2Key, [u8; 6]),
     DeleteL2(L2Key),
     DeleteVip(VipKey),
@@ -95,5 +106,11 @@ impl MapState {
         update(&mut self.backends, before.backends, after.backends);
         update(&mut self.revnat, before.revnat, after.revnat);
         update(&mut self.l2, before.l2, after.l2);
+        update(&mut self.ifaces, before.ifaces, after.ifaces);
+        update(
+            &mut self.remote_filter,
+            before.remote_filter,
+            after.remote_filter,
+        );
     }
 }

@@ -98,6 +98,8 @@ pub fn target(
         next.revnat.insert(key, revnat);
     }
     next.l2 = announced(desired, interfaces);
+    next.ifaces = super::remote::ifaces(interfaces);
+    next.remote_filter = super::remote::filter(next.backends.values());
     Ok(next)
 }
 

@@ -143,16 +143,20 @@ impl Packet {
 #[derive(Clone, Copy)]
 pub enum Tcp {
     Syn,
+    SynAck,
     Ack,
     Fin,
+    Rst,
 }
 
 pub fn tcp_frame(src: Endpoint, dst: Endpoint, flags: Tcp, payload: &[u8]) -> Vec<u8> {
     let mut p = Packet::new(src, dst, proto::TCP);
     p.tcp_flags = match flags {
         Tcp::Syn => TCP_SYN,
+        Tcp::SynAck => TCP_SYN | TCP_ACK,
         Tcp::Ack => TCP_ACK,
         Tcp::Fin => TCP_ACK | TCP_FIN,
+        Tcp::Rst => TCP_RST,
     };
     p.payload = payload.to_vec();
     p.frame()

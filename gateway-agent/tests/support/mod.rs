@@ -44,6 +44,24 @@ pub const REMOTE_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x70];
 /// BPF_PROG_TEST_RUN runs TC programs on the loopback device.
 pub const TEST_IFINDEX: u32 = 1;
 
+/// The start of a `struct __sk_buff` for BPF_PROG_TEST_RUN, up to and with `ifindex`: the
+/// kernel runs the program on a frame of that device (the other fields it takes stay 0).
+pub fn skb_ctx(ifindex: u32) -> [u8; 44] {
+    const IFINDEX_AT: usize = 40;
+    let mut ctx = [0u8; 44];
+    ctx[IFINDEX_AT..].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+/// `f` as a Cluster service's frontend on this node: its backends in 10.244.2.0/24 run on
+/// the other node.
+pub fn cluster(mut f: Frontend) -> Frontend {
+    for b in &mut f.backends {
+        b.remote = b.addr.octets()[2] == POD_REMOTE[2];
+    }
+    f
+}
+
 pub fn svc(name: &str) -> ObjectRef {
     ObjectRef {
         kind: "Service".into(),
@@ -175,12 +193,22 @@ impl Harness {
     }
 
     pub fn program(&mut self, desired: &DesiredState) {
-        let lo = [Interface {
-            name: "lo".into(),
-            index: TEST_IFINDEX,
-            mac: NODE_MAC,
-        }];
-        let target = plan::target(desired, &lo, &self.state, &self.capacity).unwrap();
+        // The announcements' interface, and the uplink flows to other nodes leave by.
+        let interfaces = [
+            Interface {
+                name: "lo".into(),
+                index: TEST_IFINDEX,
+                mac: NODE_MAC,
+                addr: None,
+            },
+            Interface {
+                name: netns::UPLINK.into(),
+                index: self.uplink,
+                mac: NODE_MAC,
+                addr: Some(NODE.into()),
+            },
+        ];
+        let target = plan::target(desired, &interfaces, &self.state, &self.capacity).unwrap();
         for op in plan::diff(&self.state, &target) {
             self.dp.maps.apply(&op).unwrap();
         }
@@ -205,11 +233,25 @@ impl Harness {
         program: &str,
         frame: &[u8],
     ) -> Result<(u32, Vec<u8>, u64), ProgramError> {
+        self.try_run_on(program, TEST_IFINDEX, frame)
+    }
+
+    /// Like [`Harness::try_run`], with the frame arriving on (ingress) or leaving by
+    /// (egress) interface `ifindex` of the test namespace.
+    pub fn try_run_on(
+        &mut self,
+        program: &str,
+        ifindex: u32,
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>, u64), ProgramError> {
         let mut out = vec![0u8; frame.len() + 256];
+        let ctx = skb_ctx(ifindex);
         let prog = self.dp.program(program).unwrap();
         let result = prog.test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            // Loopback is the kernel's default device: no context needed.
+            ctx_in: (ifindex != TEST_IFINDEX).then_some(&ctx[..]),
             ..Default::default()
         })?;
         out.truncate(result.data_size_out as usize);
@@ -218,6 +260,23 @@ impl Harness {
 
     pub fn ingress(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
         self.run(program_names::INGRESS, frame)
+    }
+
+    /// Ingress of the uplink, whose address flows to other nodes are SNATed to.
+    pub fn uplink_ingress(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let uplink = self.uplink;
+        let (verdict, out, _) = self
+            .try_run_on(program_names::INGRESS, uplink, frame)
+            .unwrap();
+        (verdict, out)
+    }
+
+    pub fn uplink_egress(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let uplink = self.uplink;
+        let (verdict, out, _) = self
+            .try_run_on(program_names::EGRESS, uplink, frame)
+            .unwrap();
+        (verdict, out)
     }
 
     pub fn egress(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {

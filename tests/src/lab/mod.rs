@@ -9,6 +9,9 @@
 //!       `-- {p}-w2   ens18 .112  lxc… -- {p}-envoy-w2a 10.244.2.10
 //! ```
 //!
+//! Each node routes the other nodes' pod /24s via their addresses, as a CNI routing pods
+//! directly would.
+//!
 //! These addresses, the pool's and the VIPs are named once, as constants in `spec.rs`
 //! (re-exported here); tests and xtask use those names. [`LabSpec::failover`] is the
 //! failover lab: workers w1, w2, w3 (.111-.113), one pod each (10.244.{1,2,3}.10) of the
@@ -159,6 +162,12 @@ impl Lab {
                 bpffs_dir: teardown::bpffs_root(prefix).join(&node_spec.name),
             });
         }
+        let routed: Vec<(&Netns, &NodeSpec)> = nodes
+            .iter()
+            .map(|n: &Node| &n.ns)
+            .zip(&spec.nodes)
+            .collect();
+        wiring::pod_routes(&routed)?;
         Ok(Self {
             spec,
             segment,

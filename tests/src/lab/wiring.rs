@@ -102,6 +102,34 @@ fn link_pod(node: &Netns, pod: &Netns, spec: &PodSpec) -> Result<()> {
     Ok(())
 }
 
+/// The pod networks between the nodes, as a CNI in direct-routing mode provides them: every
+/// node routes each other node's pod /24s via that node's address (flows SNATed to a
+/// backend on another node take these routes).
+pub(crate) fn pod_routes(nodes: &[(&Netns, &NodeSpec)]) -> Result<()> {
+    for (ns, node) in nodes {
+        for (_, other) in nodes.iter().filter(|(_, o)| o.name != node.name) {
+            let via = other.addr.to_string();
+            let mut prefixes: Vec<String> = other
+                .pods
+                .iter()
+                .map(|p| {
+                    let [a, b, c, _] = p.addr.octets();
+                    format!("{a}.{b}.{c}.0/24")
+                })
+                .collect();
+            prefixes.sort();
+            prefixes.dedup();
+            for prefix in prefixes {
+                ns.ip(&["route", "add", &prefix, "via", &via, "dev", NODE_UPLINK])
+                    .with_context(|| {
+                        format!("routing {prefix} via {} on {}", other.name, node.name)
+                    })?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Connects `iface` in `ns` to the segment through a veth whose other end, `port`, is a
 /// bridge port; sets the MAC and the /24 addresses of `iface`.
 fn plug(

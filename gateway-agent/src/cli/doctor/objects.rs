@@ -34,13 +34,7 @@ pub fn check_objects(config: &Config, node: Option<&str>) -> Vec<Finding> {
     if let Some(node) = node {
         found.extend(model::desired_state(config, node, &[]).findings);
     }
-    findings.extend(
-        found
-            .iter()
-            // The traffic policy check above says it, with what it costs.
-            .filter(|f| f.reason != Reason::ClusterTrafficPolicy)
-            .map(object_finding),
-    );
+    findings.extend(found.iter().map(object_finding));
     findings
 }
 
@@ -83,7 +77,6 @@ fn fix(reason: Reason) -> &'static str {
             "write IP addresses, comma-separated"
         }
         Reason::IPv6NotServed => "serve the Service over IPv4 (spec.ipFamilies: [IPv4])",
-        Reason::ClusterTrafficPolicy => "set spec.externalTrafficPolicy: Local",
         Reason::NoPool => "add a pool whose serviceSelector selects the Service, or enable one",
         Reason::OutOfIPs => "add a block to a pool that selects the Service",
         Reason::RequestedIPNotInPool | Reason::PoolSelectorMismatch | Reason::PoolDisabled => {
@@ -119,18 +112,21 @@ fn fix(reason: Reason) -> &'static str {
     }
 }
 
-/// `Cluster` SNATs and may send a client's requests to different nodes' backends: an error
-/// (gateway does not program it). `Local` is what the reference needs.
+/// `Cluster` is served, but SNATs what goes to another node's backend and spreads a
+/// client's connections over every node's backends: a warning. `Local` is what the
+/// reference needs.
 fn traffic_policy(service: &str, policy: TrafficPolicy) -> Finding {
     if policy == TrafficPolicy::Cluster {
         Finding::new(
-            Severity::Error,
+            Severity::Warning,
             "externalTrafficPolicy",
             service,
-            "Cluster: traffic is SNATed (backends see the node's address, not the client's) and may hop to \
-             another node's backend, so one client's requests land on different envoys and sessions, \
-             cookies and WebSocket upgrades break (the reference's root cause). gateway does not program it.",
-            "set spec.externalTrafficPolicy: Local",
+            "Cluster: served, but connections to a backend on another node are SNATed to the announcing \
+             node's address, so that backend sees the node, not the client (access logs, allow-lists \
+             and X-Forwarded-For lose the client's address); without ClientIP affinity one client's \
+             connections also spread over every node's envoy, and sessions, cookies and WebSocket \
+             upgrades that expect one envoy break (the reference's root cause)",
+            "set spec.externalTrafficPolicy: Local to keep the client's address",
         )
     } else {
         Finding::new(
@@ -280,11 +276,15 @@ mod tests {
     }
 
     #[test]
-    fn cluster_traffic_policy_is_an_error() {
+    fn cluster_traffic_policy_is_a_warning_that_the_client_address_is_lost() {
         let f = traffic_policy("gateway/gw", TrafficPolicy::Cluster);
-        assert_eq!(f.severity, Severity::Error);
+        assert_eq!(f.severity, Severity::Warning);
         assert_eq!(f.subject, "gateway/gw");
-        assert_eq!(f.fix, "set spec.externalTrafficPolicy: Local");
+        assert!(f.finding.contains("SNAT"), "{}", f.finding);
+        assert_eq!(
+            f.fix,
+            "set spec.externalTrafficPolicy: Local to keep the client's address"
+        );
         assert_eq!(
             traffic_policy("gateway/gw", TrafficPolicy::Local).severity,
             Severity::Ok

@@ -1,0 +1,340 @@
+//! Flows to a backend on another node (externalTrafficPolicy Cluster), through
+//! BPF_PROG_TEST_RUN on the uplink of the test thread's own network namespace (see
+//! `support::netns`: the node's address, a route to the other node's pods, neighbours):
+//! DNAT and SNAT to the uplink's address, routed out through the FIB; the replies,
+//! recognised at ingress, translated back and routed to the client. Exact bytes, verdicts
+//! and map contents. Needs root.
+
+use gateway_agent::{
+    capacity::Capacity,
+    model::{DesiredState, Protocol},
+};
+use gateway_common::{CT_F_SNAT, Counter, CtKey, DatapathConfig, ReplyKey, proto};
+
+mod support;
+use support::*;
+
+const VIP: [u8; 4] = VIP_RANDOM;
+
+/// A Cluster service on VIP:80 with one backend on the other node, one on this node, and
+/// a UDP port with the remote one only.
+fn state() -> DesiredState {
+    DesiredState {
+        frontends: vec![
+            cluster(frontend(
+                "web",
+                VIP,
+                80,
+                Protocol::Tcp,
+                None,
+                &[(POD_REMOTE, 8080)],
+            )),
+            cluster(frontend(
+                "mixed",
+                VIP,
+                81,
+                Protocol::Tcp,
+                None,
+                &[(POD_A, 8080), (POD_REMOTE, 8081)],
+            )),
+            cluster(frontend(
+                "dns",
+                VIP,
+                53,
+                Protocol::Udp,
+                None,
+                &[(POD_REMOTE, 5353)],
+            )),
+        ],
+        ..Default::default()
+    }
+}
+
+fn eth(frame: &[u8]) -> ([u8; 6], [u8; 6]) {
+    let mac = |at: usize| <[u8; 6]>::try_from(&frame[at..at + 6]).unwrap();
+    (mac(0), mac(6))
+}
+
+fn ct_key(client: ([u8; 4], u16), vip: ([u8; 4], u16), protocol: u8) -> CtKey {
+    CtKey {
+        client_addr: client.0,
+        vip: vip.0,
+        client_port: client.1,
+        vip_port: vip.1,
+        proto: protocol,
+        _pad: [0; 3],
+    }
+}
+
+fn reply_key(backend: ([u8; 4], u16), to: ([u8; 4], u16), protocol: u8) -> ReplyKey {
+    ReplyKey {
+        src_addr: backend.0,
+        dst_addr: to.0,
+        src_port: backend.1,
+        dst_port: to.1,
+        proto: protocol,
+        _pad: [0; 3],
+    }
+}
+
+#[test]
+fn a_flow_to_a_remote_backend_is_snated_to_the_node_and_routed_to_the_backends_node() {
+    let mut h = Harness::with(&state(), Capacity::default());
+    let syn = tcp_frame((CLIENT, 40000), (VIP, 80), Tcp::Syn, b"");
+    let (verdict, out) = h.uplink_ingress(&syn);
+    assert_eq!(verdict, REDIRECT, "sent on by the datapath, not the stack");
+    assert_eq!(ip_dst(&out), (POD_REMOTE, 8080));
+    assert_eq!(
+        ip_src(&out),
+        (NODE, 40000),
+        "from the uplink's address, the client's port kept"
+    );
+    assert_eq!(
+        eth(&out),
+        (REMOTE_NODE_MAC, NODE_MAC),
+        "to the node the route goes through, from the uplink"
+    );
+    assert_checksums(&out);
+    // Only the MACs, the addresses, the ports and the checksums changed.
+    let changed: Vec<usize> = (0..syn.len()).filter(|&i| syn[i] != out[i]).collect();
+    let allowed: Vec<usize> = (0..12)
+        .chain([IP_CHECK, IP_CHECK + 1])
+        .chain(IP_SRC..IP_DST + 4)
+        .chain(L4..L4 + 4)
+        .chain([TCP_CHECK, TCP_CHECK + 1])
+        .collect();
+    assert!(changed.iter().all(|i| allowed.contains(i)), "{changed:?}");
+
+    let key = ct_key((CLIENT, 40000), (VIP, 80), proto::TCP);
+    let entry = h.dp.maps.conntrack.get(&key, 0).expect("conntrack entry");
+    assert_ne!(entry.flags & CT_F_SNAT, 0);
+    assert_eq!((entry.snat_addr, entry.snat_port), (NODE, 40000));
+    let reply = reply_key((POD_REMOTE, 8080), (NODE, 40000), proto::TCP);
+    assert_eq!(h.dp.maps.ct_reply.get(&reply, 0).unwrap(), key);
+    assert_eq!(h.counter(Counter::CtCreated), 1);
+    assert_eq!(h.counter(Counter::SnatCreated), 1);
+
+    // The rest of the flow goes the same way, without another entry.
+    let (verdict, out) =
+        h.uplink_ingress(&tcp_frame((CLIENT, 40000), (VIP, 80), Tcp::Ack, b"GET /"));
+    assert_eq!(verdict, REDIRECT);
+    assert_eq!(
+        (ip_src(&out), ip_dst(&out)),
+        ((NODE, 40000), (POD_REMOTE, 8080))
+    );
+    assert_checksums(&out);
+    assert_eq!(h.counter(Counter::CtCreated), 1);
+    assert_eq!(h.dp.maps.ct_reply.keys().count(), 1);
+}
+
+#[test]
+fn a_reply_to_the_node_is_translated_back_to_the_vip_and_routed_to_the_client() {
+    let mut h = Harness::with(&state(), Capacity::default());
+    h.uplink_ingress(&tcp_frame((CLIENT, 40000), (VIP, 80), Tcp::Syn, b""));
+    let reply = tcp_frame((POD_REMOTE, 8080), (NODE, 40000), Tcp::SynAck, b"");
+    let (verdict, out) = h.uplink_ingress(&reply);
+    assert_eq!(verdict, REDIRECT);
+    assert_eq!(ip_src(&out), (VIP, 80), "the client sees the VIP");
+    assert_eq!(ip_dst(&out), (CLIENT, 40000));
+    assert_eq!(eth(&out), (CLIENT_MAC, NODE_MAC));
+    assert_checksums(&out);
+    assert_eq!(h.counter(Counter::RevNat), 1);
+
+    // A client the node has no neighbour entry for: the kernel resolves it
+    // (bpf_redirect_neigh), so the frame leaves the program with its MACs as they were.
+    h.uplink_ingress(&tcp_frame((CLIENT_2, 40001), (VIP, 80), Tcp::Syn, b""));
+    let reply = tcp_frame((POD_REMOTE, 8080), (NODE, 40001), Tcp::SynAck, b"");
+    let (verdict, out) = h.uplink_ingress(&reply);
+    assert_eq!(verdict, REDIRECT);
+    assert_eq!((ip_src(&out), ip_dst(&out)), ((VIP, 80), (CLIENT_2, 40001)));
+    assert_eq!(eth(&out), eth(&reply));
+    assert_checksums(&out);
+
+    // The same reply on its way out (egress) is not ours: replies of SNATed flows come
+    // back to the node, never past it.
+    let (verdict, out) = h.uplink_egress(&reply);
+    assert_eq!((verdict, out), (PASS, reply.clone()));
+
+    // Anything else from the backend to the node: passed untouched, to the node's stack.
+    for frame in [
+        tcp_frame((POD_REMOTE, 8080), (NODE, 40999), Tcp::Ack, b"x"),
+        tcp_frame((POD_REMOTE, 8080), (NODE, 22), Tcp::Ack, b"x"),
+        tcp_frame((POD_REMOTE, 9999), (NODE, 40000), Tcp::Ack, b"x"),
+        udp_frame((POD_REMOTE, 8080), (NODE, 40000), b"x"),
+        icmp_echo_request(POD_REMOTE, NODE),
+    ] {
+        assert_eq!(h.uplink_ingress(&frame), (PASS, frame.clone()));
+    }
+    assert_eq!(h.counter(Counter::RevNat), 2);
+}
+
+#[test]
+fn a_local_backend_of_a_cluster_service_keeps_the_client_address() {
+    let mut h = Harness::with(&state(), Capacity::default());
+    let mut seen = std::collections::BTreeSet::new();
+    for port in 41000..41040 {
+        let (verdict, out) = h.uplink_ingress(&tcp_frame((CLIENT, port), (VIP, 81), Tcp::Syn, b""));
+        assert_checksums(&out);
+        match ip_dst(&out) {
+            (POD_A, 8080) => {
+                assert_eq!((verdict, ip_src(&out)), (OK, (CLIENT, port)), "DNAT only");
+            }
+            (POD_REMOTE, 8081) => {
+                assert_eq!((verdict, ip_src(&out)), (REDIRECT, (NODE, port)));
+            }
+            other => panic!("{other:?}"),
+        }
+        seen.insert(ip_dst(&out).0);
+    }
+    assert_eq!(seen.len(), 2, "both backends take flows");
+}
+
+#[test]
+fn clients_on_the_same_port_get_different_snat_ports_and_their_own_replies() {
+    let mut h = Harness::with(&state(), Capacity::default());
+    let clients = [CLIENT, CLIENT_2, [192, 168, 10, 12], [192, 168, 10, 13]];
+    let mut ports = Vec::new();
+    for client in clients {
+        let (verdict, out) =
+            h.uplink_ingress(&tcp_frame((client, 40000), (VIP, 80), Tcp::Syn, b""));
+        assert_eq!(verdict, REDIRECT);
+        let (addr, port) = ip_src(&out);
+        assert_eq!(addr, NODE);
+        assert!((1024..=65535).contains(&port));
+        ports.push(port);
+    }
+    assert_eq!(ports[0], 40000, "the first keeps the client's port");
+    let mut distinct = ports.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        clients.len(),
+        "no two flows share a tuple: {ports:?}"
+    );
+    for (client, port) in clients.iter().zip(&ports) {
+        let reply = tcp_frame((POD_REMOTE, 8080), (NODE, *port), Tcp::Ack, b"mine");
+        let (verdict, out) = h.uplink_ingress(&reply);
+        assert_eq!(verdict, REDIRECT);
+        assert_eq!(ip_dst(&out), (*client, 40000), "port {port}");
+    }
+    // A new connection on a closed flow's tuple takes the same port again.
+    h.uplink_ingress(&tcp_frame((CLIENT_2, 40000), (VIP, 80), Tcp::Rst, b""));
+    let (_, out) = h.uplink_ingress(&tcp_frame((CLIENT_2, 40000), (VIP, 80), Tcp::Syn, b""));
+    assert_eq!(ip_src(&out), (NODE, ports[1]));
+    assert_eq!(h.counter(Counter::CtReplaced), 1);
+}
+
+#[test]
+fn snat_ports_running_out_drop_new_flows_and_never_take_a_held_port() {
+    let mut h = Harness::with(&state(), Capacity::default());
+    let config = DatapathConfig::from_secs(21600, 3600, h.dp.clock).with_snat_ports(50000, 50001);
+    h.dp.maps.write_config(config).unwrap();
+    let clients = [CLIENT, CLIENT_2, [192, 168, 10, 12]];
+    let mut ports = Vec::new();
+    for client in &clients[..2] {
+        let (verdict, out) =
+            h.uplink_ingress(&tcp_frame((*client, 40000), (VIP, 80), Tcp::Syn, b""));
+        assert_eq!(verdict, REDIRECT);
+        ports.push(ip_src(&out).1);
+    }
+    ports.sort();
+    assert_eq!(
+        ports,
+        [50000, 50001],
+        "outside the range: ports from the range"
+    );
+    let held: Vec<_> = h.dp.maps.ct_reply.iter().map(|e| e.unwrap()).collect();
+    // Both ports are held by live flows: the third client's flow is dropped, counted.
+    let syn = tcp_frame((clients[2], 40000), (VIP, 80), Tcp::Syn, b"");
+    assert_eq!(h.uplink_ingress(&syn), (SHOT, syn.clone()));
+    assert_eq!(h.counter(Counter::DropSnatExhausted), 1);
+    let mut after: Vec<_> = h.dp.maps.ct_reply.iter().map(|e| e.unwrap()).collect();
+    let mut before = held;
+    before.sort_by_key(|(k, _)| *k);
+    after.sort_by_key(|(k, _)| *k);
+    assert_eq!(after, before, "the held ports keep their flows");
+    assert!(
+        h.dp.maps
+            .conntrack
+            .get(&ct_key((clients[2], 40000), (VIP, 80), proto::TCP), 0)
+            .is_err(),
+        "no flow for the dropped packet"
+    );
+    assert_eq!(h.counter(Counter::SnatCreated), 2);
+}
+
+#[test]
+fn udp_to_a_remote_backend_keeps_a_zero_checksum_zero() {
+    let mut h = Harness::with(&state(), Capacity::default());
+    let mut query = udp_frame((CLIENT, 5000), (VIP, 53), b"query");
+    let (verdict, out) = h.uplink_ingress(&query);
+    assert_eq!(verdict, REDIRECT);
+    assert_eq!(
+        (ip_src(&out), ip_dst(&out)),
+        ((NODE, 5000), (POD_REMOTE, 5353))
+    );
+    assert_checksums(&out);
+    query[UDP_CHECK..UDP_CHECK + 2].copy_from_slice(&[0, 0]);
+    let (_, out) = h.uplink_ingress(&query);
+    assert_eq!(&out[UDP_CHECK..UDP_CHECK + 2], &[0, 0]);
+    let (verdict, out) = h.uplink_ingress(&udp_frame((POD_REMOTE, 5353), (NODE, 5000), b"answer"));
+    assert_eq!(verdict, REDIRECT);
+    assert_eq!((ip_src(&out), ip_dst(&out)), ((VIP, 53), (CLIENT, 5000)));
+    assert_checksums(&out);
+}
+
+#[test]
+fn without_an_address_or_a_route_a_flow_to_a_remote_backend_is_dropped_and_counted() {
+    let mut desired = state();
+    // The DNS backend in 10.250.0.0/16: no route in the test namespace (which has no
+    // default route either).
+    desired.frontends[2].backends[0].addr = [10, 250, 0, 1].into();
+    desired.frontends[2].backends[0].remote = true;
+    let mut h = Harness::with(&desired, Capacity::default());
+    // Loopback has no address to SNAT to.
+    let syn = tcp_frame((CLIENT, 40000), (VIP, 80), Tcp::Syn, b"");
+    assert_eq!(h.ingress(&syn), (SHOT, syn.clone()));
+    assert_eq!(h.counter(Counter::DropNoSnatAddr), 1);
+    let query = udp_frame((CLIENT, 5000), (VIP, 53), b"q");
+    let (verdict, _) = h.uplink_ingress(&query);
+    assert_eq!(verdict, SHOT);
+    assert_eq!(h.counter(Counter::DropNoRoute), 1);
+}
+
+/// A backend node going away: its endpoints leave the slices, the flows to them end
+/// (dropped, never moved mid-connection, their replies no longer translated), and a new
+/// connection from the same client tuple goes to a backend that is there.
+#[test]
+fn a_backend_node_going_away_ends_its_flows_cleanly() {
+    let mut h = Harness::with(&state(), Capacity::default());
+    let port = (42000..)
+        .find(|&p| {
+            let (_, out) = h.uplink_ingress(&tcp_frame((CLIENT, p), (VIP, 81), Tcp::Syn, b""));
+            ip_dst(&out).0 == POD_REMOTE
+        })
+        .unwrap();
+    let mut desired = state();
+    for f in &mut desired.frontends {
+        f.backends.retain(|b| !b.remote);
+    }
+    h.program(&desired);
+    let mid_stream = tcp_frame((CLIENT, port), (VIP, 81), Tcp::Ack, b"more");
+    assert_eq!(h.uplink_ingress(&mid_stream), (SHOT, mid_stream.clone()));
+    assert_eq!(h.counter(Counter::DropBackendGone), 1);
+    let late = tcp_frame((POD_REMOTE, 8081), (NODE, port), Tcp::Ack, b"late");
+    assert_eq!(
+        h.uplink_ingress(&late),
+        (PASS, late.clone()),
+        "no longer ours"
+    );
+    let (verdict, out) = h.uplink_ingress(&tcp_frame((CLIENT, port), (VIP, 81), Tcp::Syn, b""));
+    assert_eq!(
+        (verdict, ip_dst(&out), ip_src(&out)),
+        (OK, (POD_A, 8080), (CLIENT, port))
+    );
+    // A service left without backends drops, and counts, what comes.
+    let syn = tcp_frame((CLIENT, 40000), (VIP, 80), Tcp::Syn, b"");
+    assert_eq!(h.uplink_ingress(&syn), (SHOT, syn.clone()));
+    assert_eq!(h.counter(Counter::DropNoBackend), 1);
+}
