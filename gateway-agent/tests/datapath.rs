@@ -844,3 +844,60 @@ fn sixty_four_services_on_one_backend_each_reply_carries_its_own_vip() {
     let gone = tcp_frame((POD_A, 8443), (CLIENT, 31063), Tcp::Ack, b"");
     assert_eq!(h.egress(&gone), (PASS, gone.clone()));
 }
+
+/// A backend whose endpoint terminates drains (KEP-1669): its flows and their replies go on,
+/// its clients' affinity ends so their new connections go elsewhere, and it takes no new
+/// flow; once it leaves the EndpointSlice its flows end as a removed backend's do.
+#[test]
+fn a_draining_backend_keeps_its_flows_and_takes_no_new_ones() {
+    let mut h = Harness::new();
+    let (_, out) = h.ingress(&tcp_frame(
+        (CLIENT, 48000),
+        (VIP_AFFINITY, 80),
+        Tcp::Syn,
+        b"",
+    ));
+    let draining = ip_dst(&out).0;
+    let other = if draining == POD_A { POD_B } else { POD_A };
+    let mut desired = reference_state();
+    let f = &mut desired.frontends[0];
+    let (leaving, staying): (Vec<_>, Vec<_>) = f
+        .backends
+        .iter()
+        .partition(|b| b.addr == Ipv4Addr::from(draining));
+    f.draining = leaving;
+    f.backends = staying;
+    h.program(&desired);
+
+    let established = tcp_frame((CLIENT, 48000), (VIP_AFFINITY, 80), Tcp::Ack, b"more");
+    let (verdict, out) = h.ingress(&established);
+    assert_eq!(
+        (verdict, ip_dst(&out)),
+        (OK, (draining, 8080)),
+        "the flow goes on"
+    );
+    let reply = tcp_frame((draining, 8080), (CLIENT, 48000), Tcp::Ack, b"data");
+    assert_eq!(ip_src(&h.egress(&reply).1), (VIP_AFFINITY, 80));
+    // The same client's new connections, and everyone else's, go to the other backend.
+    assert_eq!(
+        backends_seen(&mut h, VIP_AFFINITY, 48100, 20),
+        BTreeSet::from([other])
+    );
+    for i in 0..20u8 {
+        let client = [192, 168, 10, 100 + i];
+        let (_, out) = h.ingress(&tcp_frame(
+            (client, 48200),
+            (VIP_AFFINITY, 80),
+            Tcp::Syn,
+            b"",
+        ));
+        assert_eq!(ip_dst(&out).0, other);
+    }
+    assert_eq!(h.counter(Counter::DropBackendGone), 0);
+
+    // Gone from the slice: its flow ends.
+    desired.frontends[0].draining.clear();
+    h.program(&desired);
+    assert_eq!(h.ingress(&established), (SHOT, established.clone()));
+    assert_eq!(h.counter(Counter::DropBackendGone), 1);
+}

@@ -1008,3 +1008,83 @@ fn a_cluster_service_is_served_through_an_endpoint_on_another_node() -> Result<(
     );
     Ok(())
 }
+
+/// A rollout drains instead of cutting (KEP-1669): a pod that starts terminating keeps its
+/// connections and takes no new ones while another pod is ready; with every local pod
+/// terminating, those still serving take new connections and the node keeps the VIP; a
+/// pod that leaves the EndpointSlice ends its connections.
+#[test]
+fn terminating_endpoints_drain_their_connections_during_a_rollout() -> Result<()> {
+    let mut spec = two_local_backends_spec(&lab::unique_prefix("gwt"));
+    let c = Cluster::up(spec.clone(), &["w1"])?;
+    let w1 = c.agent("w1");
+    let url = format!("http://{VIP_EXTERNAL}/");
+    let mut conn = c
+        .lab
+        .client()
+        .ns()
+        .connect_tcp(SocketAddr::from((VIP_EXTERNAL, 80)), Duration::from_secs(5))?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let leaving = request(&mut conn, VIP_EXTERNAL)?.backend;
+    let staying = c
+        .pods_of("w1")
+        .into_iter()
+        .find(|p| *p != leaving)
+        .context("the other pod")?;
+    let apply = |spec: &LabSpec, wanted: usize| -> Result<()> {
+        std::fs::write(&c.config, lab::config_yaml(spec)?)?;
+        w1.reload()?;
+        let taking = gateway_tests::eventually(
+            WAIT,
+            || w1.backends(&frontend_external()),
+            |b| b.len() == wanted,
+        )?;
+        ensure!(taking.len() == wanted, "{taking:?}: {}", w1.log());
+        Ok(())
+    };
+
+    spec.pod_mut(&leaving).terminating = true;
+    apply(&spec, 1)?;
+    for _ in 0..3 {
+        assert_eq!(request(&mut conn, VIP_EXTERNAL)?.backend, leaving, "drains");
+    }
+    for _ in 0..8 {
+        assert_eq!(
+            c.get(&url, None)?.backend,
+            staying,
+            "no new connection to it"
+        );
+    }
+    let lb = w1.json(&["lb", "list"])?;
+    let external = lb
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["frontend"] == frontend_external().as_str())
+        .unwrap();
+    assert_eq!(external["draining"].as_array().unwrap().len(), 1, "{lb:#}");
+
+    // Every local pod terminating, both still serving: they take new connections, and w1
+    // keeps announcing (its connections would break on another node).
+    spec.pod_mut(&staying).terminating = true;
+    apply(&spec, 2)?;
+    let seen: BTreeSet<String> = (0..16)
+        .map(|_| c.get(&url, None).map(|a| a.backend))
+        .collect::<Result<_>>()?;
+    assert_eq!(seen, BTreeSet::from([leaving.clone(), staying.clone()]));
+    assert!(w1.announced()?.contains(&VIP_EXTERNAL));
+    assert_eq!(request(&mut conn, VIP_EXTERNAL)?.backend, leaving);
+
+    // The pod is gone from the slice: its connection ends, new ones go to the other.
+    spec.service_mut("cilium-gateway-gateway-external")
+        .backends
+        .retain(|p| *p != leaving);
+    apply(&spec, 1)?;
+    assert!(
+        request(&mut conn, VIP_EXTERNAL).is_err(),
+        "cut once it is gone"
+    );
+    assert!(w1.counter("drop_backend_gone")? >= 1);
+    assert_eq!(c.get(&url, None)?.backend, staying);
+    Ok(())
+}

@@ -249,7 +249,15 @@ fn assert_state_equals_fresh_start(
     cmd.args(["check", "--node-name", "w1", "--output", "json", "--config"])
         .arg(config);
     let fresh: serde_json::Value = serde_json::from_slice(&cmd.output()?.stdout)?;
-    let want: BTreeSet<(String, Vec<String>)> = fresh["frontends"]
+    // Each frontend with the backends that take new flows and those that drain.
+    type Frontends = BTreeSet<(String, Vec<String>, Vec<String>)>;
+    let sorted = |list: &serde_json::Value, address: &dyn Fn(&serde_json::Value) -> String| {
+        let mut all: Vec<String> = list.as_array().unwrap().iter().map(address).collect();
+        all.sort();
+        all
+    };
+    let in_check = |b: &serde_json::Value| format!("{}:{}", b["addr"].as_str().unwrap(), b["port"]);
+    let want: Frontends = fresh["frontends"]
         .as_array()
         .context("frontends")?
         .iter()
@@ -260,46 +268,49 @@ fn assert_state_equals_fresh_start(
                 f["port"],
                 f["protocol"].as_str().unwrap()
             );
-            let mut backends: Vec<String> = f["backends"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| format!("{}:{}", b["addr"].as_str().unwrap(), b["port"]))
-                .collect();
-            backends.sort();
-            (frontend, backends)
+            (
+                frontend,
+                sorted(&f["backends"], &in_check),
+                sorted(&f["draining"], &in_check),
+            )
         })
         .collect();
-    let have: BTreeSet<(String, Vec<String>)> = agent
+    let in_lb = |b: &serde_json::Value| b["address"].as_str().unwrap().to_owned();
+    let have: Frontends = agent
         .json(&["lb", "list"])?
         .as_array()
         .context("lb list")?
         .iter()
         .map(|f| {
-            let mut backends: Vec<String> = f["backends"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| b["address"].as_str().unwrap().to_owned())
-                .collect();
-            backends.sort();
-            (f["frontend"].as_str().unwrap().to_owned(), backends)
+            (
+                f["frontend"].as_str().unwrap().to_owned(),
+                sorted(&f["backends"], &in_lb),
+                sorted(&f["draining"], &in_lb),
+            )
         })
         .collect();
     assert_eq!(have, want, "frontends and their backends");
-    // Nothing stale underneath: every table holds exactly what those frontends need.
+    // Nothing stale underneath: every table holds exactly what those frontends need, the
+    // draining backends included.
     let status = agent.json(&["status"])?;
-    let distinct: BTreeSet<&String> = want.iter().flat_map(|(_, b)| b).collect();
+    let distinct: BTreeSet<&String> = want
+        .iter()
+        .flat_map(|(_, b, d)| b.iter().chain(d))
+        .collect();
     let vips: BTreeSet<&str> = want
         .iter()
-        .map(|(f, _)| f.split(':').next().unwrap())
+        .map(|(f, _, _)| f.split(':').next().unwrap())
         .collect();
     assert_eq!(status["frontends"].as_u64(), Some(want.len() as u64));
     assert_eq!(status["backends"].as_u64(), Some(distinct.len() as u64));
     assert_eq!(status["revnat"].as_u64(), Some(distinct.len() as u64));
     assert_eq!(
         status["slots"].as_u64(),
-        Some(want.iter().map(|(_, b)| b.len() as u64).sum())
+        Some(
+            want.iter()
+                .map(|(_, b, d)| (b.len() + d.len()) as u64)
+                .sum()
+        )
     );
     assert_eq!(status["vips"].as_u64(), Some(vips.len() as u64));
     let announced: BTreeSet<String> = agent.announced()?.iter().map(ToString::to_string).collect();

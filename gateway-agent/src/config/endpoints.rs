@@ -27,6 +27,19 @@ pub struct Endpoint {
     pub node_name: Option<String>,
     /// `conditions.ready`; absent means ready, as in Kubernetes.
     pub ready: bool,
+    /// `conditions.serving`: able to take traffic, terminating or not; absent means what
+    /// `ready` says (as the API asks of consumers).
+    pub serving: bool,
+    /// `conditions.terminating`; absent means not terminating.
+    pub terminating: bool,
+}
+
+impl Endpoint {
+    /// Takes new flows when no endpoint in scope is ready (KEP-1669): serving while it
+    /// terminates, during a rollout.
+    pub fn serving_terminating(&self) -> bool {
+        self.serving && self.terminating
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,14 +114,14 @@ pub(crate) fn endpoint_slice(
                 ),
             }
         }
+        let conditions = raw.conditions.as_ref();
+        let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
         endpoints.push(Endpoint {
             addresses,
             node_name: raw.node_name.clone(),
-            ready: raw
-                .conditions
-                .as_ref()
-                .and_then(|c| c.ready)
-                .unwrap_or(true),
+            ready,
+            serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
+            terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
         });
     }
 
@@ -181,11 +194,15 @@ mod tests {
                     addresses: vec![Ipv4Addr::new(10, 0, 1, 10)],
                     node_name: Some("worker-1".into()),
                     ready: true,
+                    serving: true,
+                    terminating: false,
                 },
                 Endpoint {
                     addresses: vec![Ipv4Addr::new(10, 0, 2, 10)],
                     node_name: Some("worker-2".into()),
                     ready: true,
+                    serving: true,
+                    terminating: false,
                 },
             ]
         );
@@ -220,6 +237,31 @@ mod tests {
             .collect();
         assert_eq!(ready, [true, true, false]);
         assert_eq!(config.endpoint_slices[0].endpoints[0].node_name, None);
+    }
+
+    #[test]
+    fn serving_defaults_to_ready_and_terminating_to_false() {
+        let config = parse_ok(&slice(
+            "IPv4",
+            "endpoints:\n  - addresses: [10.0.0.1]\n\
+             \x20 - addresses: [10.0.0.2]\n    conditions:\n      ready: false\n\
+             \x20 - addresses: [10.0.0.3]\n    conditions:\n      ready: false\n      serving: true\n      terminating: true\n\
+             \x20 - addresses: [10.0.0.4]\n    conditions:\n      ready: false\n      serving: false\n      terminating: true\n",
+        ));
+        let conditions: Vec<(bool, bool, bool, bool)> = config.endpoint_slices[0]
+            .endpoints
+            .iter()
+            .map(|e| (e.ready, e.serving, e.terminating, e.serving_terminating()))
+            .collect();
+        assert_eq!(
+            conditions,
+            [
+                (true, true, false, false),
+                (false, false, false, false),
+                (false, true, true, true),
+                (false, false, true, false),
+            ]
+        );
     }
 
     #[test]

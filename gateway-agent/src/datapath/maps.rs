@@ -188,11 +188,13 @@ impl Maps {
                 remove(&mut self.garp, k, "gw_garp")?;
             }
             Op::EndMemberships(ended) => self.end_memberships(ended)?,
+            Op::EndAffinity(drained) => self.end_affinity(drained)?,
         }
         Ok(())
     }
 
-    fn end_memberships(&mut self, ended: &BTreeSet<Membership>) -> Result<()> {
+    /// Removes the affinity entries of these memberships.
+    fn end_affinity(&mut self, ended: &BTreeSet<Membership>) -> Result<()> {
         let stale: Vec<AffinityKey> = self
             .affinity
             .iter()
@@ -208,6 +210,11 @@ impl Maps {
         for k in stale {
             remove(&mut self.affinity, &k, "gw_affinity")?;
         }
+        Ok(())
+    }
+
+    fn end_memberships(&mut self, ended: &BTreeSet<Membership>) -> Result<()> {
+        self.end_affinity(ended)?;
         // The datapath keeps a flow only while its backend's address matches the entry's:
         // clearing the entry's copy ends the flow the way a removed backend does.
         let flows: Vec<(CtKey, CtEntry)> = self

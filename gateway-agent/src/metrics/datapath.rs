@@ -189,7 +189,8 @@ impl Snapshot {
     fn backends(&self) -> BTreeMap<(&str, &'static str), BackendTraffic> {
         let mut backends = BTreeMap::new();
         for s in &self.services {
-            for b in &s.backends {
+            // Draining backends carry traffic too (the flows they keep).
+            for b in s.backends.iter().chain(&s.draining) {
                 backends
                     .entry((b.address.as_str(), s.protocol))
                     .or_insert_with(|| BackendTraffic {

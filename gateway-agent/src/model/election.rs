@@ -2,10 +2,14 @@
 //! the others (Cilium takes a Kubernetes lease; we have only the file).
 //!
 //! The eligible nodes are the Node objects that the nodeSelector of an announcing policy
-//! selects, that are Ready, not labelled `node.kubernetes.io/exclude-from-external-load-balancers`
-//! (the Kubernetes convention), and that run at least one ready endpoint of the service (with
-//! externalTrafficPolicy Local a node without one would drop the traffic it attracts); for
-//! an address several services share, the nodes eligible for every one of them. The
+//! selects, that are Ready and not labelled
+//! `node.kubernetes.io/exclude-from-external-load-balancers` (the Kubernetes convention); for an externalTrafficPolicy Local service, only those that
+//! run at least one endpoint of it that takes new flows: a ready one, or one serving while
+//! it terminates (a node without one would drop the traffic it attracts; a node whose last
+//! endpoint terminates keeps the VIP while that endpoint drains, instead of moving it and
+//! cutting the node's connections mid-stream); for an address several services share, the
+//! nodes eligible for every one of them. A Cluster service's node sends traffic on to
+//! endpoints anywhere, so any selected node is eligible for it. The
 //! announcer is the eligible node with the highest [`announcer_score`]; on a tie the name
 //! that sorts first. Hashing the VIP with the name (rendezvous hashing) spreads VIPs over
 //! the nodes and moves a VIP only when its own announcer leaves or a better-scoring node
@@ -21,7 +25,8 @@ pub use gateway_cluster::announcer_score;
 /// The nodes (indexes into `config.nodes`) that may announce an address of `service`
 /// under `policies` (indexes into `config.l2_policies`): Ready, not excluded from load
 /// balancers, selected by the nodeSelector of any of the policies, and, for a Local
-/// service, running a ready endpoint of it. With several agents alive the cluster picks
+/// service, running an endpoint of it that takes new flows (ready, or serving while it
+/// terminates). With several agents alive the cluster picks
 /// among them (see `gateway-cluster`); alone, an agent takes the best-scoring one.
 pub(crate) fn eligible(
     config: &Config,
@@ -36,7 +41,7 @@ pub(crate) fn eligible(
                 && !node.excluded_from_load_balancers()
                 && (policies.iter())
                     .any(|&p| config.l2_policies[p].node_selector.matches(&node.labels))
-                && (!local || has_ready_endpoint(slices, &node.name))
+                && (!local || has_serving_endpoint(slices, &node.name))
         })
         .map(|(i, _)| i)
         .collect()
@@ -66,12 +71,12 @@ fn best<'n>(scored: impl Iterator<Item = (u64, &'n str, usize)>) -> Option<usize
         .map(|(_, _, i)| i)
 }
 
-fn has_ready_endpoint(slices: &[Arc<EndpointSlice>], node_name: &str) -> bool {
+fn has_serving_endpoint(slices: &[Arc<EndpointSlice>], node_name: &str) -> bool {
     slices
         .iter()
         .flat_map(|slice| &slice.endpoints)
         .any(|endpoint| {
-            endpoint.ready
+            (endpoint.ready || endpoint.serving_terminating())
                 && !endpoint.addresses.is_empty()
                 && endpoint.node_name.as_deref() == Some(node_name)
         })
@@ -218,6 +223,30 @@ mod tests {
         assert_eq!(
             announcers(&text)["192.168.10.50"].as_deref(),
             Some("worker-2")
+        );
+    }
+
+    #[test]
+    fn a_node_whose_endpoint_terminates_keeps_the_vip_while_the_endpoint_serves() {
+        // worker-2 announces .49; its envoy starts terminating.
+        let draining = |serving: bool| {
+            edit(
+                REFERENCE,
+                "  - addresses: [\"10.0.2.10\"]\n    nodeName: worker-2\n    conditions:\n      ready: true\n    targetRef:",
+                &format!(
+                    "  - addresses: [\"10.0.2.10\"]\n    nodeName: worker-2\n    conditions:\n      ready: false\n\
+                     \x20     serving: {serving}\n      terminating: true\n    targetRef:"
+                ),
+            )
+        };
+        assert_eq!(
+            announcers(&draining(true))["192.168.10.49"].as_deref(),
+            Some("worker-2")
+        );
+        // Once it no longer serves, the VIP moves.
+        assert_eq!(
+            announcers(&draining(false))["192.168.10.49"].as_deref(),
+            Some("worker-1")
         );
     }
 

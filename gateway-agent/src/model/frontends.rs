@@ -1,7 +1,12 @@
 //! The frontends this node programs for a service: one per service port on the VIP. A
-//! Local service's backends are its ready endpoints on this node (no SNAT: the client's
-//! source address reaches the backend); a Cluster service's are its ready endpoints
-//! anywhere, those on other nodes reached through SNAT to this node's address.
+//! Local service's endpoints are those on this node (no SNAT: the client's source address
+//! reaches the backend); a Cluster service's are its endpoints anywhere, those on other
+//! nodes reached through SNAT to this node's address.
+//!
+//! Of those, new flows go to the ready ones; when none is ready, to the ones still serving
+//! while they terminate (KEP-1669: a rollout then drains instead of cutting). Every other
+//! endpoint listed drains: it takes no new flow, but the flows already on it go on until it
+//! leaves the EndpointSlice.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -22,7 +27,8 @@ pub(crate) fn frontends(
         .iter()
         .enumerate()
         .map(|(i, port)| {
-            let mut backends = BTreeSet::new();
+            let (mut ready, mut terminating, mut listed) =
+                (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
             for slice in slices {
                 let Some(backend_port) = backend_port(slice, port) else {
                     diagnostics.find(
@@ -37,18 +43,26 @@ pub(crate) fn frontends(
                     );
                     continue;
                 };
-                for endpoint in slice.endpoints.iter().filter(|e| e.ready) {
+                for endpoint in &slice.endpoints {
                     let local = endpoint.node_name.as_deref() == Some(node_name);
                     if !local && service.traffic_policy == TrafficPolicy::Local {
                         continue;
                     }
-                    backends.extend(endpoint.addresses.iter().map(|&addr| BackendAddr {
+                    let backends = endpoint.addresses.iter().map(|&addr| BackendAddr {
                         addr,
                         port: backend_port,
                         remote: !local,
-                    }));
+                    });
+                    listed.extend(backends.clone());
+                    if endpoint.ready {
+                        ready.extend(backends);
+                    } else if endpoint.serving_terminating() {
+                        terminating.extend(backends);
+                    }
                 }
             }
+            let backends = if ready.is_empty() { terminating } else { ready };
+            let draining = listed.difference(&backends).copied().collect();
             Frontend {
                 service: service.object.clone(),
                 port_name: port.name.as_str().into(),
@@ -57,7 +71,7 @@ pub(crate) fn frontends(
                 protocol: port.protocol,
                 affinity_timeout_secs: service.affinity_timeout_secs,
                 backends: backends.into_iter().collect(),
-                draining: Vec::new(),
+                draining,
                 source_ranges: Vec::new(),
             }
         })
@@ -185,6 +199,57 @@ mod tests {
             shop_backends(&text, "worker-2"),
             [(80, vec![backend([10, 0, 2, 21], 8080)])]
         );
+    }
+
+    #[test]
+    fn terminating_endpoints_take_new_flows_only_when_none_is_ready_and_drain_otherwise() {
+        let conditions = |ready: bool, serving: bool, terminating: bool| {
+            format!(
+                "    nodeName: worker-1\n    conditions:\n      ready: {ready}\n      \
+                 serving: {serving}\n      terminating: {terminating}\n"
+            )
+        };
+        // (`shop` adds 10.0.1.21, ready, in a second slice: it is left out of the split.)
+        let endpoints = |first_ready: bool| {
+            [
+                ("10.0.1.31", conditions(first_ready, true, !first_ready)),
+                ("10.0.1.32", conditions(false, true, true)),
+                ("10.0.1.33", conditions(false, false, true)),
+                ("10.0.1.34", conditions(false, false, false)),
+            ]
+            .map(|(addr, c)| format!("  - addresses: [{addr}]\n{c}"))
+            .concat()
+        };
+        let split = |text: &str| {
+            let state = state(text, "worker-1");
+            let f = state
+                .frontends
+                .iter()
+                .find(|f| f.service.name == "shop")
+                .unwrap()
+                .clone();
+            let addrs = |b: &[BackendAddr]| -> Vec<u8> {
+                b.iter()
+                    .map(|b| b.addr.octets()[3])
+                    .filter(|&last| last != 21)
+                    .collect()
+            };
+            (addrs(&f.backends), addrs(&f.draining))
+        };
+        let ports = (
+            "  - name: http\n    port: 8080\n",
+            "    - name: http\n      port: 80\n",
+        );
+        // A ready endpoint: it alone takes new flows; every other one drains.
+        let text = shop(&endpoints(true), ports.0, ports.1);
+        assert_eq!(split(&text), (vec![31], vec![32, 33, 34]));
+        // None ready but 10.0.1.21 (the second slice, dropped too): the ones serving while
+        // they terminate take new flows.
+        let text = shop(&endpoints(false), ports.0, ports.1).replace(
+            "  - addresses: [10.0.1.21]\n    nodeName: worker-1\n",
+            "  - addresses: [10.0.1.21]\n    nodeName: worker-1\n    conditions:\n      ready: false\n",
+        );
+        assert_eq!(split(&text), (vec![31, 32], vec![33, 34]));
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use gateway_common::SlotKey;
 
+use super::entries::slots_of;
 use super::{MapState, Membership, Op};
 
 /// The ordered writes that turn `current` into `target` without a moment where a VIP is
@@ -83,7 +84,15 @@ pub fn diff_each<E>(
 
     let current_ids: BTreeSet<u32> = current.services.values().map(|s| s.id).collect();
     let mut service_deletes = Vec::new();
-    merge(&current.services, &target.services, |k, new, _| {
+    // Services whose backends may have stopped taking new flows: a slot or the backend
+    // count changed.
+    let mut reshuffled: BTreeSet<u32> = maybe_ended.iter().map(|m| m.service_id).collect();
+    merge(&current.services, &target.services, |k, new, old| {
+        if let (Some(new), Some(old)) = (new, old)
+            && new.id == old.id
+        {
+            reshuffled.insert(new.id);
+        }
         match new {
             Some(s) => {
                 if !current_ids.contains(&s.id) {
@@ -165,7 +174,58 @@ pub fn diff_each<E>(
     if !ended.is_empty() {
         emit(Op::EndMemberships(ended))?;
     }
+    let drained = draining(current, target, &reshuffled);
+    if !drained.is_empty() {
+        emit(Op::EndAffinity(drained))?;
+    }
     Ok(())
+}
+
+/// The memberships of `services` whose backend took the service's new flows in `current`
+/// and only drains in `target` (terminating: still listed, past the
+/// service's backend count).
+fn draining(
+    current: &MapState,
+    target: &MapState,
+    services: &BTreeSet<u32>,
+) -> BTreeSet<Membership> {
+    if services.is_empty() {
+        return BTreeSet::new();
+    }
+    // Backends taking new flows, and every backend listed, per service of `services`.
+    fn members(
+        state: &MapState,
+        services: &BTreeSet<u32>,
+    ) -> BTreeMap<u32, (BTreeSet<u32>, BTreeSet<u32>)> {
+        let mut members = BTreeMap::new();
+        for s in state.services.values().filter(|s| services.contains(&s.id)) {
+            let (mut taking, mut listed) = (BTreeSet::new(), BTreeSet::new());
+            for (slot, &backend) in state.slots.range(slots_of(s.id)) {
+                listed.insert(backend);
+                if slot.slot <= u32::from(s.backend_count) {
+                    taking.insert(backend);
+                }
+            }
+            members.insert(s.id, (taking, listed));
+        }
+        members
+    }
+    let (before, after) = (members(current, services), members(target, services));
+    let mut drained = BTreeSet::new();
+    for (id, (was_taking, _)) in before {
+        let Some((taking, listed)) = after.get(&id) else {
+            continue;
+        };
+        for backend in was_taking {
+            if !taking.contains(&backend) && listed.contains(&backend) {
+                drained.insert(Membership {
+                    service_id: id,
+                    backend_id: backend,
+                });
+            }
+        }
+    }
+    drained
 }
 
 /// For a map whose entries need no other care: a key that arrives or changes is written
@@ -383,5 +443,49 @@ mod tests {
         let gone = pos(&ops, &|o| matches!(o, Op::DeactivateBackend(..)));
         assert!(gone < shrink, "{ops:?}");
         assert!(s2.remote_filter.is_empty());
+    }
+
+    #[test]
+    fn a_draining_backend_loses_affinity_but_keeps_its_membership() {
+        let d1 = desired(vec![frontend("a", [192, 168, 10, 49], 80, &[POD_A, POD_B])]);
+        let (_, s1) = step(&MapState::default(), &d1);
+        let mut d2 = d1.clone();
+        let a = d2.frontends[0].backends.remove(0);
+        d2.frontends[0].draining.push(a);
+        let (ops, s2) = step(&s1, &d2);
+        let service = s2.services.values().next().unwrap();
+        assert_eq!(service.backend_count, 1);
+        let id_a = *s1
+            .backends
+            .iter()
+            .find(|(_, b)| b.addr == POD_A.0)
+            .unwrap()
+            .0;
+        assert!(
+            ops.contains(&Op::EndAffinity(BTreeSet::from([Membership {
+                service_id: service.id,
+                backend_id: id_a
+            }]))),
+            "{ops:?}"
+        );
+        assert!(
+            !ops.iter().any(|o| matches!(o, Op::EndMemberships(_))),
+            "{ops:?}"
+        );
+        assert!(
+            s2.backends.contains_key(&id_a),
+            "still active: its flows go on"
+        );
+        assert_eq!(s2.slots.len(), 2, "still listed, after the backend count");
+        // Gone from the slice: the membership ends.
+        d2.frontends[0].draining.clear();
+        let (ops, _) = step(&s2, &d2);
+        assert!(
+            ops.contains(&Op::EndMemberships(BTreeSet::from([Membership {
+                service_id: service.id,
+                backend_id: id_a
+            }]))),
+            "{ops:?}"
+        );
     }
 }

@@ -149,7 +149,10 @@ pub(super) fn apply(state: &mut MapState, ops: &[Op]) {
             Op::DeactivateBackend(k) => {
                 state.backends.remove(k);
             }
-            Op::ResetBackendStats(_) | Op::ResetServiceStats(_) | Op::EndMemberships(_) => {}
+            Op::ResetBackendStats(_)
+            | Op::ResetServiceStats(_)
+            | Op::EndMemberships(_)
+            | Op::EndAffinity(_) => {}
         }
     }
 }

@@ -65,6 +65,10 @@ pub enum Op {
     /// (the backend may live on for another service, where the flow must not continue
     /// half-NATed) rather than moving them mid-connection.
     EndMemberships(BTreeSet<Membership>),
+    /// These backends no longer take these services' new flows but drain the flows they
+    /// have (terminating endpoints): their affinity entries go, so the clients' new
+    /// connections go to the backends that take them.
+    EndAffinity(BTreeSet<Membership>),
 }
 
 /// A backend serving a frontend: the pair whose affinity entries and tracked flows end

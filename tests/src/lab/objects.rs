@@ -171,7 +171,11 @@ fn endpoint_slice(spec: &LabSpec, svc: &ServiceSpec) -> Value {
         .map(|(node, pod)| {
             json!({
                 "addresses": [pod.addr.to_string()],
-                "conditions": { "ready": pod.ready, "serving": pod.ready, "terminating": false },
+                "conditions": {
+                    "ready": pod.ready && !pod.terminating,
+                    "serving": pod.ready,
+                    "terminating": pod.terminating,
+                },
                 "nodeName": node.name,
                 "targetRef": { "kind": "Pod", "namespace": svc.namespace, "name": pod.name },
             })

@@ -93,8 +93,11 @@ pub struct NodeSpec {
 pub struct PodSpec {
     pub name: String,
     pub addr: Ipv4Addr,
-    /// The endpoint's `ready` condition in the EndpointSlices; the pod runs either way.
+    /// The pod's readiness: the endpoint's `serving` condition in the EndpointSlices, and
+    /// its `ready` one unless it terminates. The pod runs either way.
     pub ready: bool,
+    /// The endpoint's `terminating` condition (a pod being deleted, during a rollout).
+    pub terminating: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -413,6 +416,7 @@ impl PodSpec {
             name: name.to_owned(),
             addr,
             ready: true,
+            terminating: false,
         }
     }
 
