@@ -901,3 +901,73 @@ fn a_draining_backend_keeps_its_flows_and_takes_no_new_ones() {
     assert_eq!(h.ingress(&established), (SHOT, established.clone()));
     assert_eq!(h.counter(Counter::DropBackendGone), 1);
 }
+
+/// `loadBalancerSourceRanges`: only clients in the service's prefixes start flows; others
+/// are dropped and counted, globally and for the service; a reload that changes the ranges
+/// ends the flows of clients it leaves out; an empty list of IPv4 ranges admits nobody, no
+/// ranges at all everybody.
+#[test]
+fn source_ranges_admit_only_their_clients_and_a_reload_applies_to_open_flows() {
+    use gateway_agent::config::Ipv4Net;
+    let ranges = |nets: &[&str]| Some(nets.iter().map(|n| n.parse::<Ipv4Net>().unwrap()).collect());
+    let mut desired = reference_state();
+    desired.frontends[2].source_ranges = ranges(&["192.168.10.10/32", "10.0.0.0/8"]);
+    let mut h = Harness::with(&desired, Capacity::default());
+    let syn =
+        |client: [u8; 4], port: u16| tcp_frame((client, port), (VIP_RANDOM, 80), Tcp::Syn, b"");
+    let (verdict, _) = h.ingress(&syn(CLIENT, 49000));
+    assert_eq!(verdict, OK, "in the first range");
+    let (verdict, _) = h.ingress(&syn([10, 1, 2, 3], 49000));
+    assert_eq!(verdict, OK, "in the second range");
+    let outside = syn(CLIENT_2, 49000);
+    assert_eq!(h.ingress(&outside), (SHOT, outside.clone()));
+    assert_eq!(h.counter(Counter::DropSourceRange), 1);
+    assert_eq!(h.counter(Counter::CtCreated), 2);
+    let id = |h: &Harness| {
+        h.state
+            .services
+            .iter()
+            .find(|(k, _)| k.vip == VIP_RANDOM && k.port == 80)
+            .unwrap()
+            .1
+            .id
+    };
+    assert_eq!(h.dp.maps.service_traffic(id(&h)).unwrap().denied_packets, 1);
+    // Other services of the VIP's node are not restricted.
+    let (verdict, _) = h.ingress(&tcp_frame(
+        (CLIENT_2, 49000),
+        (VIP_AFFINITY, 80),
+        Tcp::Syn,
+        b"",
+    ));
+    assert_eq!(verdict, OK);
+
+    // The ranges change: CLIENT's open flow ends, CLIENT_2 is admitted now.
+    desired.frontends[2].source_ranges = ranges(&["192.168.10.11/32"]);
+    h.program(&desired);
+    let established = tcp_frame((CLIENT, 49000), (VIP_RANDOM, 80), Tcp::Ack, b"more");
+    assert_eq!(h.ingress(&established), (SHOT, established.clone()));
+    assert_eq!(h.counter(Counter::DropSourceRange), 2);
+    assert_eq!(
+        h.ingress(&syn(CLIENT, 49000)).0,
+        SHOT,
+        "a new SYN is judged afresh"
+    );
+    assert_eq!(h.ingress(&syn(CLIENT_2, 49001)).0, OK);
+    let (verdict, _) = h.ingress(&tcp_frame(
+        ([10, 1, 2, 3], 49000),
+        (VIP_RANDOM, 80),
+        Tcp::Ack,
+        b"",
+    ));
+    assert_eq!(verdict, SHOT, "10/8 is gone too");
+
+    // IPv6 ranges only (left out by the config): nobody. No ranges: everybody.
+    desired.frontends[2].source_ranges = Some(Vec::new());
+    h.program(&desired);
+    assert_eq!(h.ingress(&syn(CLIENT_2, 49002)).0, SHOT);
+    desired.frontends[2].source_ranges = None;
+    h.program(&desired);
+    assert_eq!(h.ingress(&syn([203, 0, 113, 9], 49003)).0, OK);
+    assert_eq!(h.dp.maps.source_ranges.keys().count(), 0);
+}

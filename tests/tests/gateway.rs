@@ -1088,3 +1088,61 @@ fn terminating_endpoints_drain_their_connections_during_a_rollout() -> Result<()
     assert_eq!(c.get(&url, None)?.backend, staying);
     Ok(())
 }
+
+/// `loadBalancerSourceRanges`: a client inside the service's ranges is served, another is
+/// dropped (and counted); a reload swapping the ranges swaps who is served, and cuts the
+/// open connection of the client it leaves out; `lb list` shows the ranges.
+#[test]
+fn source_ranges_serve_the_clients_they_admit_and_drop_the_others() -> Result<()> {
+    let mut spec = two_local_backends_spec(&lab::unique_prefix("gwr"));
+    let name = "cilium-gateway-gateway-external";
+    spec.service_mut(name).source_ranges = vec![format!("{CLIENT}/32")];
+    let c = Cluster::up(spec.clone(), &["w1"])?;
+    let w1 = c.agent("w1");
+    let url = format!("http://{VIP_EXTERNAL}/");
+    assert_eq!(
+        c.get(&url, Some(CLIENT))?.client.ip(),
+        std::net::IpAddr::V4(CLIENT)
+    );
+    assert!(c.get(&url, Some(CLIENT_2)).is_err(), "outside the ranges");
+    assert!(w1.counter("drop_source_range")? >= 1);
+    let lb = w1.json(&["lb", "list"])?;
+    let external = lb
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["frontend"] == frontend_external().as_str())
+        .unwrap();
+    assert_eq!(
+        external["source_ranges"],
+        serde_json::json!([format!("{CLIENT}/32")])
+    );
+    assert!(
+        external["denied_packets"].as_u64().unwrap() >= 1,
+        "{external:#}"
+    );
+    // The other service of the node is open to both.
+    c.get(&format!("http://{VIP_INTERNAL}/"), Some(CLIENT_2))?;
+
+    let mut conn = c
+        .lab
+        .client()
+        .ns()
+        .connect_tcp(SocketAddr::from((VIP_EXTERNAL, 80)), Duration::from_secs(5))?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    request(&mut conn, VIP_EXTERNAL)?;
+    spec.service_mut(name).source_ranges = vec![format!("{CLIENT_2}/32")];
+    std::fs::write(&c.config, lab::config_yaml(&spec)?)?;
+    w1.reload()?;
+    gateway_tests::eventually(
+        WAIT,
+        || c.get(&url, Some(CLIENT_2)).map(|_| true).or(Ok(false)),
+        |served| *served,
+    )?;
+    assert!(c.get(&url, Some(CLIENT)).is_err());
+    assert!(
+        request(&mut conn, VIP_EXTERNAL).is_err(),
+        "the open connection is cut"
+    );
+    Ok(())
+}

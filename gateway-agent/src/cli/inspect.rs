@@ -12,8 +12,8 @@ use aya::maps::IterableMap;
 use gateway_common::{
     AGENT_F_CHECKSUMS_IN_PLACE, AgentState, BACKEND_F_ACTIVE, BACKEND_F_REMOTE, CT_F_ESTABLISHED,
     CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_RST, CT_F_SNAT, CT_F_TCP, Counter, CtEntry,
-    DatapathConfig, FINDING_LINE, SERVICE_F_AFFINITY, SlotKey, proto_name, read_text,
-    timeouts::NS_PER_SEC, write_text,
+    DatapathConfig, FINDING_LINE, SERVICE_F_AFFINITY, SERVICE_F_SOURCE_RANGES, SlotKey, proto_name,
+    read_text, timeouts::NS_PER_SEC, write_text,
 };
 use serde::Serialize;
 
@@ -51,10 +51,14 @@ pub struct ServiceView {
     pub backends: Vec<BackendView>,
     /// Backends still listed that take no new flows (terminating): their flows go on.
     pub draining: Vec<BackendView>,
+    /// `loadBalancerSourceRanges`: the prefixes admitted (`None`: every client).
+    pub source_ranges: Option<Vec<String>>,
     pub packets: u64,
     pub bytes: u64,
     pub reply_packets: u64,
     pub reply_bytes: u64,
+    /// Packets from clients outside the source ranges, dropped.
+    pub denied_packets: u64,
 }
 
 /// `lb list`: every frontend with its backends, flags and counters, ordered by VIP:port.
@@ -100,10 +104,18 @@ pub fn services(maps: &Maps) -> Result<Vec<ServiceView>> {
                 .then_some(service.affinity_timeout_ns / NS_PER_SEC),
             backends,
             draining,
+            source_ranges: (service.flags & SERVICE_F_SOURCE_RANGES != 0).then(|| {
+                let ranges = state.source_ranges.iter();
+                ranges
+                    .filter(|(id, _)| *id == service.id)
+                    .map(|(_, net)| net.to_string())
+                    .collect()
+            }),
             packets: t.fwd_packets,
             bytes: t.fwd_bytes,
             reply_packets: t.rev_packets,
             reply_bytes: t.rev_bytes,
+            denied_packets: t.denied_packets,
         });
     }
     Ok(views)
@@ -116,7 +128,7 @@ fn backend_text(b: &BackendView) -> String {
 
 pub fn render_services(views: &[ServiceView]) -> String {
     let mut t = Table::new(vec![
-        "FRONTEND", "SERVICE", "AFFINITY", "PACKETS", "BACKENDS",
+        "FRONTEND", "SERVICE", "AFFINITY", "SOURCES", "PACKETS", "BACKENDS",
     ]);
     for v in views {
         let mut backends = if v.backends.is_empty() {
@@ -137,6 +149,11 @@ pub fn render_services(views: &[ServiceView]) -> String {
             v.service.clone(),
             v.affinity_timeout_secs
                 .map_or("-".into(), |s| format!("ClientIP {s}s")),
+            match &v.source_ranges {
+                None => "any".into(),
+                Some(ranges) if ranges.is_empty() => "none".into(),
+                Some(ranges) => format!("{} ({} denied)", ranges.join(" "), v.denied_packets),
+            },
             v.packets.to_string(),
             backends,
         ]);

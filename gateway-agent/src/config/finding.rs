@@ -80,6 +80,8 @@ reasons! {
     /// An address in `status.loadBalancer.ingress` or `spec.externalIPs` that is not an IP
     /// address: the entry is skipped.
     InvalidAddress,
+    /// A `spec.loadBalancerSourceRanges` entry that is not a CIDR: the Service is not served.
+    InvalidSourceRange,
     /// IPv6 is not served yet: an IPv6-only Service gets no VIP; the IPv6 half of a
     /// dual-stack one (or an IPv6 block, slice or address) is skipped.
     IPv6NotServed,

@@ -5,6 +5,9 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
+use super::Reason;
+use super::error::ObjectDiagnostics;
+
 /// An IPv4 prefix: the address with its host bits cleared, and the prefix length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct Ipv4Net {
@@ -75,6 +78,38 @@ impl FromStr for Ipv4Net {
     }
 }
 
+/// `spec.loadBalancerSourceRanges`: `None` when empty (every client admitted), else its
+/// IPv4 prefixes. An IPv6 prefix admits no IPv4 client: it is left out with a warning, and
+/// a list of IPv6 prefixes only admits nobody here (never everybody). A text that is no
+/// prefix at all is returned apart, with its field and why, for the caller to refuse the
+/// Service (Kubernetes rejects it; guessing what it meant could admit clients it keeps out).
+pub(crate) fn source_ranges(
+    raw: &[String],
+    diagnostics: &mut ObjectDiagnostics<'_>,
+) -> (Option<Vec<Ipv4Net>>, Vec<(String, String)>) {
+    if raw.is_empty() {
+        return (None, Vec::new());
+    }
+    let (mut ranges, mut invalid) = (Vec::new(), Vec::new());
+    for (i, text) in raw.iter().enumerate() {
+        let field = format!("spec.loadBalancerSourceRanges[{i}]");
+        match text.parse::<Ipv4Net>() {
+            Ok(net) => ranges.push(net),
+            Err(PrefixError::Ipv6) => diagnostics.warn(
+                Reason::IPv6NotServed,
+                field,
+                format!("{text:?} is IPv6: it admits no client of this IPv4 datapath"),
+            ),
+            Err(PrefixError::Invalid(why)) => {
+                invalid.push((field, format!("{text:?} is not an IPv4 prefix: {why}")))
+            }
+        }
+    }
+    ranges.sort();
+    ranges.dedup();
+    (Some(ranges), invalid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +125,62 @@ mod tests {
         let one: Ipv4Net = "10.0.0.7".parse().unwrap();
         assert_eq!(one, Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 7), 32).unwrap());
         assert!(!one.contains(Ipv4Addr::new(10, 0, 0, 8)));
+    }
+
+    #[test]
+    fn a_services_source_ranges_are_read_ipv6_left_out_and_bad_ones_refused() {
+        use crate::config::Severity;
+        use crate::config::fixtures::*;
+        let with = |ranges: &str| {
+            lb_service(
+                "web",
+                "shop",
+                &format!("  loadBalancerSourceRanges: [{ranges}]\n"),
+            )
+        };
+        let ranges = |text: &str| parse_ok(text).services[0].source_ranges.clone();
+        let net = |text: &str| text.parse::<Ipv4Net>().unwrap();
+        assert_eq!(ranges(&lb_service("web", "shop", "")), None);
+        assert_eq!(ranges(&with("")), None, "an empty list admits everybody");
+        assert_eq!(
+            ranges(&with("10.0.0.0/8, 192.168.10.10/32, 10.0.0.0/8")),
+            Some(vec![net("10.0.0.0/8"), net("192.168.10.10/32")])
+        );
+        // IPv6 only: nobody (never everybody), with a warning.
+        let ipv6 = with("\"2001:db8::/32\"");
+        assert_eq!(ranges(&ipv6), Some(vec![]));
+        let findings = parse_reasons(&ipv6);
+        assert_eq!(
+            findings.iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(),
+            [(Severity::Warning, Reason::IPv6NotServed)]
+        );
+        assert_line(
+            &[findings[0].2.clone()],
+            &[
+                "Service/web/shop: spec.loadBalancerSourceRanges[0]",
+                "is IPv6",
+            ],
+        );
+        // Not a prefix: the Service is not served (never served wider than written).
+        let bad = with("10.0.0.0/8, 10.0.0.1/8");
+        let findings = parse_reasons(&bad);
+        assert_eq!(
+            findings.iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(),
+            [(Severity::Error, Reason::InvalidSourceRange)]
+        );
+        assert_line(
+            &[findings[0].2.clone()],
+            &[
+                "Service/web/shop: spec.loadBalancerSourceRanges[1]",
+                "host bits are set",
+                "not served",
+            ],
+        );
+        let service = &parse_ok(&bad).services[0];
+        assert_eq!(
+            service.unservable.as_ref().map(|u| u.reason),
+            Some(Reason::InvalidSourceRange)
+        );
     }
 
     #[test]

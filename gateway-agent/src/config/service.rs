@@ -15,7 +15,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 
 use super::error::ObjectDiagnostics;
-use super::{ObjectRef, Protocol, Reason};
+use super::prefix::source_ranges;
+use super::{Ipv4Net, ObjectRef, Protocol, Reason};
 
 /// Cilium LB-IPAM's annotation requesting VIPs (comma-separated).
 pub const LB_IPAM_IPS_ANNOTATION: &str = "lbipam.cilium.io/ips";
@@ -66,6 +67,9 @@ pub struct Service {
     /// Why the Service gets no VIP whatever the pools hold (an IPv6-only Service, a field
     /// Kubernetes would reject); the finding says it too.
     pub unservable: Option<Box<Unservable>>,
+    /// `spec.loadBalancerSourceRanges`: `Some` admits only clients in its IPv4 prefixes;
+    /// `None` (absent or empty) admits every client.
+    pub source_ranges: Option<Vec<Ipv4Net>>,
 }
 
 /// An address together with the field it was read from, so findings can point at it.
@@ -253,6 +257,20 @@ pub(crate) fn service(
             ),
         );
     }
+    let (source_ranges, invalid_ranges) = source_ranges(
+        spec.load_balancer_source_ranges
+            .as_deref()
+            .unwrap_or_default(),
+        diagnostics,
+    );
+    for (field, message) in invalid_ranges {
+        refuse(
+            diagnostics,
+            Reason::InvalidSourceRange,
+            &field,
+            format!("{message}: not served"),
+        );
+    }
     let ipv6 = if unservable.is_some() {
         None
     } else if families.v6_required {
@@ -296,6 +314,7 @@ pub(crate) fn service(
         external_ips,
         ipv6,
         unservable,
+        source_ranges,
     };
     Some(service)
 }

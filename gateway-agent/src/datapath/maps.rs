@@ -8,18 +8,30 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie},
     util::nr_cpus,
 };
 use gateway_common::{
-    Affinity, AffinityKey, AgentState, BACKEND_F_ACTIVE, Backend, Counter, CtEntry, CtKey,
-    DatapathConfig, GarpCount, IfaceInfo, L2Entry, L2Key, ReplyKey, RevNat, RevNatKey, Service,
-    ServiceKey, ServiceName, SlotKey, SourceRange, Traffic, VipInfo, VipKey,
+    Affinity, AffinityKey, AgentState, BACKEND_F_ACTIVE, Backend, CT_F_DENIED, Counter, CtEntry,
+    CtKey, DatapathConfig, GarpCount, IfaceInfo, L2Entry, L2Key, ReplyKey, RevNat, RevNatKey,
+    Service, ServiceKey, ServiceName, SlotKey, SourceRange, Traffic, VipInfo, VipKey,
     cluster::{ClaimKey, ClaimRecord, ClusterRecord, Gate, MemberRecord},
     map_names,
 };
 
+use crate::config::Ipv4Net;
 use crate::plan::{MapState, Membership, Op};
+
+/// The `gw_src_ranges` key of prefix `net` of service `service_id`.
+fn range_key(service_id: u32, net: &Ipv4Net) -> lpm_trie::Key<SourceRange> {
+    lpm_trie::Key::new(
+        SourceRange::trie_prefix_len(net.len),
+        SourceRange {
+            service_id: service_id.to_be_bytes(),
+            addr: net.addr.octets(),
+        },
+    )
+}
 
 /// aya's handle on a map of the table's `kind`.
 macro_rules! handle {
@@ -129,6 +141,18 @@ impl Maps {
             let (k, v) = entry.context("reading gw_ifaces")?;
             state.ifaces.insert(k, v);
         }
+        for key in self.source_ranges.keys() {
+            let key = key.context("reading gw_src_ranges")?;
+            let range = key.data();
+            let len = key
+                .prefix_len()
+                .saturating_sub(SourceRange::trie_prefix_len(0));
+            let net = Ipv4Net::new(range.addr.into(), len as u8)
+                .context("a prefix longer than 32 bits in gw_src_ranges")?;
+            state
+                .source_ranges
+                .insert((u32::from_be_bytes(range.service_id), net));
+        }
         for (word, entry) in self.remote_filter.iter().enumerate() {
             let bits = entry.context("reading gw_remote_filter")?;
             if bits != 0 {
@@ -176,6 +200,19 @@ impl Maps {
                 .set(*word, bits, 0)
                 .context("writing gw_remote_filter")?,
             Op::PutIface(k, v) => self.ifaces.insert(k, v, 0).context("writing gw_ifaces")?,
+            Op::PutSourceRange(id, net) => self
+                .source_ranges
+                .insert(&range_key(*id, net), 1, 0)
+                .context("writing gw_src_ranges")?,
+            Op::DeleteSourceRange(id, net) => {
+                match self.source_ranges.remove(&range_key(*id, net)) {
+                    Ok(()) => {}
+                    Err(MapError::SyscallError(e))
+                        if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).context("deleting from gw_src_ranges"),
+                }
+            }
+            Op::DenyOutside(services) => self.deny_outside(services)?,
             Op::DeleteIface(k) => remove(&mut self.ifaces, k, "gw_ifaces")?,
             Op::PutL2(k, mac) => {
                 // Keep the counters of an entry that only changes MAC.
@@ -209,6 +246,33 @@ impl Maps {
             .collect();
         for k in stale {
             remove(&mut self.affinity, &k, "gw_affinity")?;
+        }
+        Ok(())
+    }
+
+    /// Marks the tracked flows of these services from clients outside their new ranges:
+    /// the datapath drops their packets (a new SYN on the tuple is judged afresh).
+    fn deny_outside(&mut self, services: &BTreeMap<u32, Vec<Ipv4Net>>) -> Result<()> {
+        let denied: Vec<(CtKey, CtEntry)> = self
+            .conntrack
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(k, v)| {
+                services.get(&v.service_id).is_some_and(|ranges| {
+                    let client = k.client_addr.into();
+                    !ranges.iter().any(|net| net.contains(client))
+                })
+            })
+            .collect();
+        for (k, mut v) in denied {
+            v.flags |= CT_F_DENIED;
+            // BPF_EXIST: a flow that ended meanwhile is not brought back.
+            match self.conntrack.insert(k, v, 2) {
+                Ok(()) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).context("writing gw_ct"),
+            }
         }
         Ok(())
     }

@@ -239,6 +239,20 @@ impl Snapshot {
             "Bytes of a frontend's flows: client to backend (request) and back (reply).",
             per_frontend(false),
         )?;
+        counter(
+            encoder,
+            "gateway_service_denied_packets",
+            "Packets from clients outside the frontend's loadBalancerSourceRanges, dropped.",
+            self.services.iter().map(|s| {
+                let (service, port) = service_and_port(&s.service);
+                let labels = [
+                    ("service", service.to_owned()),
+                    ("port", port.to_owned()),
+                    ("frontend", s.frontend.clone()),
+                ];
+                (labels, s.denied_packets)
+            }),
+        )?;
 
         let backends = self.backends();
         let per_backend = |packets: bool| {

@@ -35,10 +35,12 @@ fn frontend(frontend: &str, service: &str, backends: Vec<BackendView>) -> Servic
         affinity_timeout_secs: None,
         backends,
         draining: Vec::new(),
+        source_ranges: None,
         packets,
         bytes: packets * 100,
         reply_packets: packets / 2,
         reply_bytes: packets * 50,
+        denied_packets: 0,
     }
 }
 

@@ -72,7 +72,7 @@ pub(crate) fn frontends(
                 affinity_timeout_secs: service.affinity_timeout_secs,
                 backends: backends.into_iter().collect(),
                 draining,
-                source_ranges: Vec::new(),
+                source_ranges: service.source_ranges.clone(),
             }
         })
         .collect()

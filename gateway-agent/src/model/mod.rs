@@ -71,8 +71,9 @@ pub struct Frontend {
     /// The other endpoints still listed (terminating, or not ready): they take no new flows,
     /// but the flows already on them go on until they leave the EndpointSlice. Sorted.
     pub draining: Vec<BackendAddr>,
-    /// `spec.loadBalancerSourceRanges`: the clients admitted; empty admits every client.
-    pub source_ranges: Vec<Ipv4Net>,
+    /// `spec.loadBalancerSourceRanges`: `Some` admits only the clients in these prefixes
+    /// (none at all when it is empty); `None` admits every client.
+    pub source_ranges: Option<Vec<Ipv4Net>>,
 }
 
 impl Frontend {

@@ -10,7 +10,7 @@ use gateway_common::{
 use super::diff::merge;
 use super::entries::{
     BackendKey, announced, put_frontend, revnat_entry, revnat_frontend, revnat_frontends,
-    service_key, slots_of, with_revnat,
+    service_key, slots_of, source_ranges_of, with_revnat,
 };
 use super::ids::IdAllocator;
 use super::{Change, Interface, MapState, PlanError};
@@ -43,7 +43,7 @@ pub fn change(
         limits,
         &mut change,
     )?;
-    check_slot_capacity(current, &change, limits)?;
+    check_capacity(current, &change, limits)?;
     plan_revnat(current, &served, &backend_ids, &mut change);
     plan_vips(current, vip_port_changes(&edits), &mut change);
     plan_announcements(current, desired, interfaces, &mut change);
@@ -111,6 +111,8 @@ fn release_services(current: &MapState, gone: &[&Frontend], before: &mut MapStat
         }
         let slots = current.slots.range(slots_of(service.id));
         before.slots.extend(slots.map(|(k, v)| (*k, *v)));
+        let ranges = current.source_ranges.range(source_ranges_of(service.id));
+        before.source_ranges.extend(ranges.copied());
     }
 }
 
@@ -307,17 +309,22 @@ fn freed_service_ids(before: &MapState, coming: &[&Frontend]) -> BTreeSet<u32> {
         .collect()
 }
 
-fn check_slot_capacity(
-    current: &MapState,
-    change: &Change,
-    limits: &Capacity,
-) -> Result<(), PlanError> {
+fn check_capacity(current: &MapState, change: &Change, limits: &Capacity) -> Result<(), PlanError> {
     let slots = current.slots.len() - change.before.slots.len() + change.after.slots.len();
     if slots > limits.slots() as usize {
         return Err(PlanError::Capacity {
             what: "backend slots",
             needed: slots,
             max: limits.slots(),
+        });
+    }
+    let ranges = current.source_ranges.len() - change.before.source_ranges.len()
+        + change.after.source_ranges.len();
+    if ranges > limits.source_ranges() as usize {
+        return Err(PlanError::Capacity {
+            what: "source ranges",
+            needed: ranges,
+            max: limits.source_ranges(),
         });
     }
     Ok(())
@@ -462,7 +469,7 @@ mod tests {
                 affinity_timeout_secs: [Some(10800), None][random.below(2)],
                 backends,
                 draining,
-                source_ranges: Vec::new(),
+                source_ranges: source_ranges(random),
             }
         };
         let mut frontends = if random.chance(4) {
@@ -482,6 +489,7 @@ mod tests {
                     let changed = random_frontend(random);
                     frontends[i].backends = changed.backends;
                     frontends[i].affinity_timeout_secs = changed.affinity_timeout_secs;
+                    frontends[i].source_ranges = changed.source_ranges;
                 }
                 2 if !frontends.is_empty() => {
                     let i = random.below(frontends.len());
@@ -512,6 +520,25 @@ mod tests {
             frontends,
             announcements,
             ..Default::default()
+        }
+    }
+
+    /// No ranges, none admitted, or a few prefixes of a small pool.
+    fn source_ranges(random: &mut XorShift) -> Option<Vec<crate::config::Ipv4Net>> {
+        match random.below(3) {
+            0 => None,
+            1 => Some(Vec::new()),
+            _ => {
+                let mut nets: Vec<_> = (0..1 + random.below(3))
+                    .map(|_| {
+                        let addr = Ipv4Addr::new(10, random.below(3) as u8, 0, 0);
+                        crate::config::Ipv4Net::new(addr, [8, 16, 24][random.below(3)]).unwrap()
+                    })
+                    .collect();
+                nets.sort();
+                nets.dedup();
+                Some(nets)
+            }
         }
     }
 

@@ -2,10 +2,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use gateway_common::SlotKey;
+use gateway_common::{SERVICE_F_SOURCE_RANGES, SlotKey};
 
-use super::entries::slots_of;
+use super::entries::{slots_of, source_ranges_of};
 use super::{MapState, Membership, Op};
+use crate::config::Ipv4Net;
 
 /// The ordered writes that turn `current` into `target` without a moment where a VIP is
 /// announced or a service points at something that does not exist yet: additions bottom-up
@@ -82,6 +83,22 @@ pub fn diff_each<E>(
         Ok(())
     })?;
 
+    // A service's source ranges are in place before it admits by them; ranges that go, go
+    // after it stopped using them.
+    let mut range_deletes = Vec::new();
+    let mut reranged = BTreeSet::new();
+    for &(id, net) in current
+        .source_ranges
+        .symmetric_difference(&target.source_ranges)
+    {
+        reranged.insert(id);
+        if target.source_ranges.contains(&(id, net)) {
+            emit(Op::PutSourceRange(id, net))?;
+        } else {
+            range_deletes.push(Op::DeleteSourceRange(id, net));
+        }
+    }
+
     let current_ids: BTreeSet<u32> = current.services.values().map(|s| s.id).collect();
     let mut service_deletes = Vec::new();
     // Services whose backends may have stopped taking new flows: a slot or the backend
@@ -92,6 +109,9 @@ pub fn diff_each<E>(
             && new.id == old.id
         {
             reshuffled.insert(new.id);
+            if (new.flags ^ old.flags) & SERVICE_F_SOURCE_RANGES != 0 {
+                reranged.insert(new.id);
+            }
         }
         match new {
             Some(s) => {
@@ -141,6 +161,7 @@ pub fn diff_each<E>(
         vip_deletes,
         filter_shrinks,
         service_deletes,
+        range_deletes,
         name_deletes,
         slot_deletes,
         revnat_deletes,
@@ -177,6 +198,20 @@ pub fn diff_each<E>(
     let drained = draining(current, target, &reshuffled);
     if !drained.is_empty() {
         emit(Op::EndAffinity(drained))?;
+    }
+    // Services that admit by other ranges than before: their flows from clients the new
+    // ranges leave out end.
+    let restricted: BTreeMap<u32, Vec<Ipv4Net>> = target
+        .services
+        .values()
+        .filter(|s| reranged.contains(&s.id) && s.flags & SERVICE_F_SOURCE_RANGES != 0)
+        .map(|s| {
+            let ranges = target.source_ranges.range(source_ranges_of(s.id));
+            (s.id, ranges.map(|&(_, net)| net).collect())
+        })
+        .collect();
+    if !restricted.is_empty() {
+        emit(Op::DenyOutside(restricted))?;
     }
     Ok(())
 }
@@ -487,5 +522,34 @@ mod tests {
             }]))),
             "{ops:?}"
         );
+    }
+
+    #[test]
+    fn source_ranges_are_in_place_before_the_service_uses_them_and_flows_outside_end() {
+        let net = |t: &str| t.parse::<crate::config::Ipv4Net>().unwrap();
+        let mut f = frontend("a", [192, 168, 10, 49], 80, &[POD_A]);
+        let (_, open) = step(&MapState::default(), &desired(vec![f.clone()]));
+        f.source_ranges = Some(vec![net("10.0.0.0/8")]);
+        let (ops, restricted) = step(&open, &desired(vec![f.clone()]));
+        let id = restricted.services.values().next().unwrap().id;
+        let pos = |ops: &[Op], f: &dyn Fn(&Op) -> bool| ops.iter().position(f).unwrap();
+        let range = pos(&ops, &|o| matches!(o, Op::PutSourceRange(..)));
+        let service = pos(&ops, &|o| matches!(o, Op::PutService(..)));
+        assert!(range < service, "{ops:?}");
+        assert_eq!(
+            ops.last(),
+            Some(&Op::DenyOutside(BTreeMap::from([(
+                id,
+                vec![net("10.0.0.0/8")]
+            )])))
+        );
+        // Opened again: the service stops using the range before it goes, nobody is cut.
+        f.source_ranges = None;
+        let (ops, back) = step(&restricted, &desired(vec![f]));
+        let service = pos(&ops, &|o| matches!(o, Op::PutService(..)));
+        let range = pos(&ops, &|o| matches!(o, Op::DeleteSourceRange(..)));
+        assert!(service < range, "{ops:?}");
+        assert!(!ops.iter().any(|o| matches!(o, Op::DenyOutside(_))));
+        assert!(back.source_ranges.is_empty());
     }
 }

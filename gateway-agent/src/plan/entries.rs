@@ -3,15 +3,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 
 use gateway_common::{
     BACKEND_F_ACTIVE, BACKEND_F_REMOTE, BACKEND_F_REPLY_CT, Backend, Frontend as RevNatFrontend,
-    Ipv4, L2Key, REVNAT_F_REPLY_CT, RevNat, RevNatKey, SERVICE_F_AFFINITY, Service, ServiceKey,
-    SlotKey, capacity, proto, timeouts,
+    Ipv4, L2Key, REVNAT_F_REPLY_CT, RevNat, RevNatKey, SERVICE_F_AFFINITY, SERVICE_F_SOURCE_RANGES,
+    Service, ServiceKey, SlotKey, capacity, proto, timeouts,
 };
 
 use super::{Interface, MapState, PlanError};
+use crate::config::Ipv4Net;
 use crate::model::{Announcement, BackendAddr, DesiredState, Frontend, Protocol};
 
 fn proto_number(p: Protocol) -> u8 {
@@ -115,8 +116,25 @@ fn service_entry(f: &Frontend, id: u32) -> Result<Service, PlanError> {
             SERVICE_F_AFFINITY
         } else {
             0
+        } | if f.source_ranges.is_some() {
+            SERVICE_F_SOURCE_RANGES
+        } else {
+            0
         },
     })
+}
+
+/// Every source range entry of service `service_id`.
+pub(super) fn source_ranges_of(service_id: u32) -> RangeInclusive<(u32, Ipv4Net)> {
+    let least = Ipv4Net {
+        addr: Ipv4Addr::UNSPECIFIED,
+        len: 0,
+    };
+    let most = Ipv4Net {
+        addr: Ipv4Addr::BROADCAST,
+        len: u8::MAX,
+    };
+    (service_id, least)..=(service_id, most)
 }
 
 /// What `lb list` and the counters call the frontend: `namespace/name:port-name`.
@@ -144,6 +162,9 @@ pub(super) fn put_frontend(
         state
             .slots
             .insert(slot_key(id, slot), backend_ids[&backend]);
+    }
+    for net in f.source_ranges.iter().flatten() {
+        state.source_ranges.insert((id, *net));
     }
     Ok(())
 }

@@ -37,7 +37,7 @@ pub(super) fn frontend(
             })
             .collect(),
         draining: Vec::new(),
-        source_ranges: Vec::new(),
+        source_ranges: None,
     }
 }
 
@@ -125,6 +125,12 @@ pub(super) fn apply(state: &mut MapState, ops: &[Op]) {
             Op::PutIface(k, v) => {
                 state.ifaces.insert(*k, *v);
             }
+            Op::PutSourceRange(id, net) => {
+                state.source_ranges.insert((*id, *net));
+            }
+            Op::DeleteSourceRange(id, net) => {
+                state.source_ranges.remove(&(*id, *net));
+            }
             Op::DeleteIface(k) => {
                 state.ifaces.remove(k);
             }
@@ -152,7 +158,8 @@ pub(super) fn apply(state: &mut MapState, ops: &[Op]) {
             Op::ResetBackendStats(_)
             | Op::ResetServiceStats(_)
             | Op::EndMemberships(_)
-            | Op::EndAffinity(_) => {}
+            | Op::EndAffinity(_)
+            | Op::DenyOutside(_) => {}
         }
     }
 }

@@ -7,6 +7,8 @@ use gateway_common::{
     Backend, IfaceInfo, L2Key, RevNat, RevNatKey, Service, ServiceKey, SlotKey, VipInfo, VipKey,
 };
 
+use crate::config::Ipv4Net;
+
 /// The agent-managed content of the maps. Conntrack, affinity and counters belong to the
 /// datapath and are not part of it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -26,6 +28,8 @@ pub struct MapState {
     pub ifaces: BTreeMap<u32, IfaceInfo>,
     /// `gw_remote_filter` words that are not zero.
     pub remote_filter: BTreeMap<u32, u64>,
+    /// `gw_src_ranges`: (service id, prefix) of every frontend with source ranges.
+    pub source_ranges: BTreeSet<(u32, Ipv4Net)>,
 }
 
 /// One write to the maps.
@@ -51,6 +55,12 @@ pub enum Op {
     ShrinkRemoteFilter(u32, u64),
     PutIface(u32, IfaceInfo),
     DeleteIface(u32),
+    /// Service id `.0` admits clients in prefix `.1`.
+    PutSourceRange(u32, Ipv4Net),
+    DeleteSourceRange(u32, Ipv4Net),
+    /// These services' source ranges changed: their tracked flows from clients outside the
+    /// new ranges are marked so the datapath drops them (`drop_source_range`).
+    DenyOutside(BTreeMap<u32, Vec<Ipv4Net>>),
     PutL2(L2Key, [u8; 6]),
     DeleteL2(L2Key),
     DeleteVip(VipKey),
@@ -116,5 +126,9 @@ impl MapState {
             before.remote_filter,
             after.remote_filter,
         );
+        for range in &before.source_ranges {
+            self.source_ranges.remove(range);
+        }
+        self.source_ranges.extend(after.source_ranges);
     }
 }

@@ -88,6 +88,13 @@ pub fn target(
             max: limits.slots(),
         });
     }
+    if next.source_ranges.len() > limits.source_ranges() as usize {
+        return Err(PlanError::Capacity {
+            what: "source ranges",
+            needed: next.source_ranges.len(),
+            max: limits.source_ranges(),
+        });
+    }
 
     for (backend, frontends) in frontends_of_backend {
         let key = backend.revnat_key();

@@ -94,7 +94,7 @@ pub fn frontend(
             })
             .collect(),
         draining: Vec::new(),
-        source_ranges: Vec::new(),
+        source_ranges: None,
     }
 }
 

@@ -150,6 +150,9 @@ fn service(svc: &ServiceSpec) -> Value {
         "ports": ports,
         "selector": svc.selector,
     });
+    if !svc.source_ranges.is_empty() {
+        spec["loadBalancerSourceRanges"] = json!(svc.source_ranges);
+    }
     match svc.session_affinity {
         SessionAffinity::None => spec["sessionAffinity"] = json!("None"),
         SessionAffinity::ClientIp { timeout_seconds } => {

@@ -151,6 +151,8 @@ pub struct ServiceSpec {
     pub selector: BTreeMap<String, String>,
     /// Pods listed in the service's EndpointSlice.
     pub backends: Vec<String>,
+    /// `spec.loadBalancerSourceRanges` (empty: left out, every client admitted).
+    pub source_ranges: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -462,6 +464,7 @@ impl ServiceSpec {
             ],
             selector: owning,
             backends: backends.iter().map(|&b| b.to_owned()).collect(),
+            source_ranges: Vec::new(),
         }
     }
 }

@@ -76,6 +76,9 @@ fn fix(reason: Reason) -> &'static str {
         Reason::InvalidRequestedIP | Reason::InvalidAddress => {
             "write IP addresses, comma-separated"
         }
+        Reason::InvalidSourceRange => {
+            "write each range as an IPv4 CIDR with its host bits clear (10.0.0.0/8)"
+        }
         Reason::IPv6NotServed => "serve the Service over IPv4 (spec.ipFamilies: [IPv4])",
         Reason::NoPool => "add a pool whose serviceSelector selects the Service, or enable one",
         Reason::OutOfIPs => "add a block to a pool that selects the Service",
@@ -103,7 +106,7 @@ fn fix(reason: Reason) -> &'static str {
             "select the Service with the one L2 policy's serviceSelector"
         }
         Reason::NoEligibleNode => {
-            "make a node Ready, selected by the policy's nodeSelector, with a ready endpoint of the Service"
+            "make a node Ready, selected by the policy's nodeSelector (with a ready endpoint of a Local Service)"
         }
         Reason::NamedPortUnresolved => "name the slice's port as the Service's targetPort",
         Reason::PortConflict => "serve the port on another address",
