@@ -48,6 +48,15 @@ const CLIENT_PORT: u16 = 40000;
 const CLIENT_WARM: [u8; 4] = [192, 168, 10, 20];
 /// The first client address of the warm affinity misses (one more per pass).
 const CLIENT_MISS_WARM: [u8; 4] = [100, 100, 0, 0];
+/// The Cluster service: no affinity (Kubernetes' default), its one backend on the other
+/// node, reached through SNAT; the established SNATed flow's client port.
+const VIP_CLUSTER: [u8; 4] = VIP_RANDOM;
+const SNAT_PORT: u16 = 60001;
+/// The clients of the new SNATed flows, single-shot and warm (a new source port per run or
+/// pass, which SNAT keeps: each is a new tuple at the backend; the port ranges of the two
+/// and of the established flow do not meet, as SNAT ports are per backend, not per client).
+const CLIENT_SNAT: [u8; 4] = [192, 168, 10, 30];
+const CLIENT_SNAT_WARM: [u8; 4] = [192, 168, 10, 31];
 
 /// The benchmark's wrapper object, built beside the datapath by build.rs.
 static BENCH_OBJECT: &[u8] =
@@ -80,13 +89,22 @@ struct Report {
     measurements: Vec<Measurement>,
 }
 
-/// The measured service on 192.168.10.49:80 (ClientIP affinity, two backends), plus `n - 1`
-/// others on their own VIPs, each with two backends of its own.
+/// The measured services on 192.168.10.49:80 (ClientIP affinity, two backends) and the
+/// Cluster one on 192.168.10.50:80 (one backend on the other node), plus `n - 1` others on
+/// their own VIPs, each with two backends of its own.
 fn services(n: usize) -> DesiredState {
     let mut desired = reference_state();
     desired
         .frontends
         .retain(|f| f.vip == Ipv4Addr::from(VIP_AFFINITY) && f.port == 80);
+    desired.frontends.push(cluster(frontend(
+        "cluster",
+        VIP_CLUSTER,
+        80,
+        Protocol::Tcp,
+        None,
+        &[(POD_REMOTE, BACKEND_PORT)],
+    )));
     for i in 1..n {
         let (hi, lo) = ((i >> 8) as u8, i as u8);
         desired.frontends.push(frontend(
@@ -138,6 +156,9 @@ type Check = dyn Fn(u32, &[u8], &[u8]) -> Result<String>;
 struct Case {
     name: &'static str,
     program: &'static str,
+    /// The frame arrives on the uplink (whose address flows to other nodes are SNATed to);
+    /// otherwise on loopback, the kernel's default.
+    uplink: bool,
     /// The frame of run `i`.
     frame: Box<dyn Fn(usize) -> Vec<u8>>,
     /// Checks one run's verdict and output; returns what it checked.
@@ -213,6 +234,40 @@ fn reverse_natted(v: u32, _: &[u8], out: &[u8]) -> Result<String> {
     Ok("src 192.168.10.49:80, checksums valid".into())
 }
 
+/// DNAT to the remote backend and SNAT to the uplink's address (the client's port kept),
+/// sent out by the datapath with the next hop's MACs.
+fn snat_forward(v: u32, input: &[u8], out: &[u8]) -> Result<String> {
+    ensure!(v == REDIRECT, "verdict {v}");
+    let (_, port) = ip_src(input);
+    ensure!(
+        ip_dst(out) == (POD_REMOTE, BACKEND_PORT),
+        "DNAT to {:?}",
+        ip_dst(out)
+    );
+    ensure!(ip_src(out) == (NODE, port), "SNAT to {:?}", ip_src(out));
+    ensure!(
+        out[..6] == REMOTE_NODE_MAC && out[6..12] == NODE_MAC,
+        "to the other node's MAC"
+    );
+    assert_checksums(out);
+    Ok(format!(
+        "redirected, dst {}:{BACKEND_PORT} src {}:{port}, next hop's MACs, checksums valid",
+        Ipv4Addr::from(POD_REMOTE),
+        Ipv4Addr::from(NODE)
+    ))
+}
+
+/// A reply to the uplink's address translated back (VIP -> client) and sent to the client.
+fn snat_reply(v: u32, input: &[u8], out: &[u8]) -> Result<String> {
+    ensure!(v == REDIRECT, "verdict {v}");
+    let (_, port) = ip_dst(input);
+    ensure!(ip_src(out) == (VIP_CLUSTER, 80), "src {:?}", ip_src(out));
+    ensure!(ip_dst(out) == (CLIENT, port), "dst {:?}", ip_dst(out));
+    ensure!(out[..6] == CLIENT_MAC, "to the client's MAC");
+    assert_checksums(out);
+    Ok("redirected, src 192.168.10.50:80 dst the client, checksums valid".into())
+}
+
 /// DNAT to `backend` in particular (the flow's, or the client's affinity backend).
 fn dnat_to(backend: ([u8; 4], u16), what: &'static str) -> Box<Check> {
     Box::new(move |v, input, out| {
@@ -239,10 +294,23 @@ fn cases(backend_of_flow: ([u8; 4], u16), warm_backend: ([u8; 4], u16)) -> Vec<C
         Tcp::Ack,
         b"HTTP/1.1 200 OK",
     );
+    let snat_established = tcp_frame(
+        (CLIENT, SNAT_PORT),
+        (VIP_CLUSTER, 80),
+        Tcp::Ack,
+        b"GET / HTTP/1.1",
+    );
+    let snat_reply_frame = tcp_frame(
+        (POD_REMOTE, BACKEND_PORT),
+        (NODE, SNAT_PORT),
+        Tcp::Ack,
+        b"HTTP/1.1 200 OK",
+    );
     vec![
         Case {
             name: "non-VIP packet",
             program: program_names::INGRESS,
+            uplink: false,
             frame: Box::new({
                 let f = non_vip.clone();
                 move |_| f.clone()
@@ -258,6 +326,7 @@ fn cases(backend_of_flow: ([u8; 4], u16), warm_backend: ([u8; 4], u16)) -> Vec<C
         Case {
             name: "ARP request answered",
             program: program_names::INGRESS,
+            uplink: false,
             frame: Box::new({
                 let f = arp.clone();
                 move |_| f.clone()
@@ -273,6 +342,7 @@ fn cases(backend_of_flow: ([u8; 4], u16), warm_backend: ([u8; 4], u16)) -> Vec<C
         Case {
             name: "new flow, affinity miss",
             program: program_names::INGRESS,
+            uplink: false,
             // A new client address per run: no conntrack, no affinity entry.
             frame: Box::new(|i| {
                 let client = [100, 64 + (i >> 16) as u8, (i >> 8) as u8, i as u8];
@@ -294,6 +364,7 @@ fn cases(backend_of_flow: ([u8; 4], u16), warm_backend: ([u8; 4], u16)) -> Vec<C
         Case {
             name: "new flow, affinity hit",
             program: program_names::INGRESS,
+            uplink: false,
             // The affinity client, a new source port per run.
             frame: Box::new(|i| {
                 tcp_frame(
@@ -314,6 +385,7 @@ fn cases(backend_of_flow: ([u8; 4], u16), warm_backend: ([u8; 4], u16)) -> Vec<C
         Case {
             name: "established flow",
             program: program_names::INGRESS,
+            uplink: false,
             frame: Box::new({
                 let f = established.clone();
                 move |_| f.clone()
@@ -329,6 +401,7 @@ fn cases(backend_of_flow: ([u8; 4], u16), warm_backend: ([u8; 4], u16)) -> Vec<C
         Case {
             name: "reply reverse-NATed",
             program: program_names::EGRESS,
+            uplink: false,
             frame: Box::new({
                 let f = reply.clone();
                 move |_| f.clone()
@@ -339,6 +412,58 @@ fn cases(backend_of_flow: ([u8; 4], u16), warm_backend: ([u8; 4], u16)) -> Vec<C
                 vary: Vary::Nothing,
                 per_pass: &[Counter::RevNat],
                 check: Box::new(reverse_natted),
+            },
+        },
+        Case {
+            name: "new flow, SNAT",
+            program: program_names::INGRESS,
+            uplink: true,
+            frame: Box::new(|i| {
+                tcp_frame(
+                    (CLIENT_SNAT, 32000 + (i % 25000) as u16),
+                    (VIP_CLUSTER, 80),
+                    Tcp::Syn,
+                    b"",
+                )
+            }),
+            check: Box::new(snat_forward),
+            warm: Warm {
+                frame: tcp_frame((CLIENT_SNAT_WARM, 1024), (VIP_CLUSTER, 80), Tcp::Syn, b""),
+                vary: Vary::SourcePort,
+                per_pass: &[Counter::CtCreated, Counter::SnatCreated],
+                check: Box::new(snat_forward),
+            },
+        },
+        Case {
+            name: "established flow, SNAT",
+            program: program_names::INGRESS,
+            uplink: true,
+            frame: Box::new({
+                let f = snat_established.clone();
+                move |_| f.clone()
+            }),
+            check: Box::new(snat_forward),
+            warm: Warm {
+                frame: snat_established,
+                vary: Vary::Nothing,
+                per_pass: &[],
+                check: Box::new(snat_forward),
+            },
+        },
+        Case {
+            name: "reply through SNAT",
+            program: program_names::INGRESS,
+            uplink: true,
+            frame: Box::new({
+                let f = snat_reply_frame.clone();
+                move |_| f.clone()
+            }),
+            check: Box::new(snat_reply),
+            warm: Warm {
+                frame: snat_reply_frame,
+                vary: Vary::Nothing,
+                per_pass: &[Counter::RevNat],
+                check: Box::new(snat_reply),
             },
         },
     ]
@@ -352,7 +477,7 @@ fn percentile(sorted: &[u64], p: usize) -> u64 {
 /// of the first run.
 fn measure(
     h: &mut Harness,
-    program: &str,
+    (program, ifindex): (&str, u32),
     runs: usize,
     frame: &dyn Fn(usize) -> Vec<u8>,
     check: &Check,
@@ -361,7 +486,7 @@ fn measure(
     let mut times = Vec::with_capacity(runs);
     let mut first = None;
     for (i, f) in frames.iter().enumerate() {
-        let (verdict, out, ns) = h.run_timed(program, f);
+        let (verdict, out, ns) = h.try_run_on(program, ifindex, f)?;
         // Every run is checked, not just the first: the figure is only of the right path.
         let checked = check(verdict, f, &out).with_context(|| format!("run {i}"))?;
         first.get_or_insert((verdict, checked));
@@ -433,13 +558,15 @@ impl Wrapper {
 
     /// One run of `passes` passes: the kernel's mean ns per pass, the last verdict and
     /// output.
-    fn run(&mut self, frame_len: usize, passes: u32) -> Result<(u64, u32, Vec<u8>)> {
+    fn run(&mut self, frame_len: usize, passes: u32, ifindex: u32) -> Result<(u64, u32, Vec<u8>)> {
         // The wrapper overwrites the frame before the first pass; only its length counts.
         let input = vec![0u8; frame_len];
         let mut out = vec![0u8; frame_len + 256];
+        let ctx = skb_ctx(ifindex);
         let result = Self::program(&mut self.ebpf)?.test_run(TestRunOptions {
             data_in: Some(&input),
             data_out: Some(&mut out),
+            ctx_in: (ifindex != TEST_IFINDEX).then_some(&ctx[..]),
             repeat: passes,
             ..Default::default()
         })?;
@@ -454,7 +581,7 @@ impl Wrapper {
 fn measure_warm(
     h: &mut Harness,
     wrapper: &mut Wrapper,
-    program: &str,
+    (program, ifindex): (&str, u32),
     warm: &Warm,
     (runs, passes): (usize, u32),
 ) -> Result<(u64, String)> {
@@ -469,7 +596,7 @@ fn measure_warm(
     let mut times = Vec::with_capacity(runs);
     let mut last = None;
     for _ in 0..runs {
-        let (ns, verdict, out) = wrapper.run(frame.len(), passes)?;
+        let (ns, verdict, out) = wrapper.run(frame.len(), passes, ifindex)?;
         times.push(ns);
         last = Some((verdict, out));
     }
@@ -552,6 +679,14 @@ fn main() -> Result<()> {
         let backend = open(CLIENT, CLIENT_PORT)?;
         // The warm affinity client's entry, so each of its passes is a hit.
         let warm_backend = open(CLIENT_WARM, 999)?;
+        // The established SNATed flow.
+        let (v, _) = h.uplink_ingress(&tcp_frame(
+            (CLIENT, SNAT_PORT),
+            (VIP_CLUSTER, 80),
+            Tcp::Syn,
+            b"",
+        ));
+        ensure!(v == REDIRECT, "opening the SNATed flow: verdict {v}");
         eprintln!(
             "{n} services, {prefill} tracked flows: ready in {:?}",
             started.elapsed()
@@ -559,7 +694,7 @@ fn main() -> Result<()> {
         let floor_frame = tcp_frame((CLIENT, CLIENT_PORT), (VIP_AFFINITY, 80), Tcp::Ack, b"");
         let (floor_times, _, _) = measure(
             &mut h,
-            program_names::FLOOR,
+            (program_names::FLOOR, TEST_IFINDEX),
             runs,
             &|_| floor_frame.clone(),
             &|v, _, _| {
@@ -569,6 +704,7 @@ fn main() -> Result<()> {
         )?;
         let floor = percentile(&floor_times, 50);
         for case in cases(backend, warm_backend) {
+            let ifindex = if case.uplink { h.uplink } else { TEST_IFINDEX };
             // The floor of the warm figure: the same wrapper work, into the empty program.
             let floor_run = Warm {
                 frame: case.warm.frame.clone(),
@@ -579,14 +715,29 @@ fn main() -> Result<()> {
                     Ok("TC_ACT_OK".into())
                 }),
             };
-            let (warm_floor, _) =
-                measure_warm(&mut h, &mut wrapper, program_names::FLOOR, &floor_run, warm)?;
-            let (warm_ns, warm_checked) =
-                measure_warm(&mut h, &mut wrapper, case.program, &case.warm, warm)
-                    .with_context(|| format!("{}, warm", case.name))?;
-            let (times, verdict, checked) =
-                measure(&mut h, case.program, runs, &*case.frame, &*case.check)
-                    .with_context(|| format!("{}, single-shot", case.name))?;
+            let (warm_floor, _) = measure_warm(
+                &mut h,
+                &mut wrapper,
+                (program_names::FLOOR, ifindex),
+                &floor_run,
+                warm,
+            )?;
+            let (warm_ns, warm_checked) = measure_warm(
+                &mut h,
+                &mut wrapper,
+                (case.program, ifindex),
+                &case.warm,
+                warm,
+            )
+            .with_context(|| format!("{}, warm", case.name))?;
+            let (times, verdict, checked) = measure(
+                &mut h,
+                (case.program, ifindex),
+                runs,
+                &*case.frame,
+                &*case.check,
+            )
+            .with_context(|| format!("{}, single-shot", case.name))?;
             let median = percentile(&times, 50);
             eprintln!(
                 "  {:<26} warm {warm_ns:>4} ns (floor {warm_floor}), single-shot {median:>5} ns \

@@ -338,3 +338,36 @@ fn a_backend_node_going_away_ends_its_flows_cleanly() {
     assert_eq!(h.uplink_ingress(&syn), (SHOT, syn.clone()));
     assert_eq!(h.counter(Counter::DropNoBackend), 1);
 }
+
+/// The FIB's answers are kept per CPU for a second (`gw_nexthops`): a neighbour that changes
+/// its MAC (a node replaced under the same address) is followed once that second is over.
+#[test]
+fn a_changed_neighbour_is_followed_within_the_next_hop_caches_second() {
+    let mut h = Harness::with(&state(), Capacity::default());
+    let (_, out) = h.uplink_ingress(&tcp_frame((CLIENT, 40000), (VIP, 80), Tcp::Syn, b""));
+    assert_eq!(eth(&out).0, REMOTE_NODE_MAC);
+    let new_mac = "02:00:00:00:00:71";
+    let status = std::process::Command::new("ip")
+        .args(["neigh", "replace", "192.168.10.112", "lladdr", new_mac])
+        .args(["dev", netns::UPLINK, "nud", "permanent"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let ack = tcp_frame((CLIENT, 40000), (VIP, 80), Tcp::Ack, b"");
+    let (verdict, out) = h.uplink_ingress(&ack);
+    assert_eq!(verdict, REDIRECT);
+    assert_eq!(eth(&out).0, [0x02, 0, 0, 0, 0, 0x71]);
+    let status = std::process::Command::new("ip")
+        .args([
+            "neigh",
+            "replace",
+            "192.168.10.112",
+            "lladdr",
+            "02:00:00:00:00:70",
+        ])
+        .args(["dev", netns::UPLINK, "nud", "permanent"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}

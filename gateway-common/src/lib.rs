@@ -402,6 +402,40 @@ pub struct IfaceInfo {
 
 const _: () = assert!(size_of::<IfaceInfo>() == 4);
 
+/// `gw_nexthops`: a per-CPU cache of the FIB's answers for the frames the datapath sends
+/// on itself (SNATed flows and their replies): a `bpf_fib_lookup` costs about 170 ns on the
+/// benchmark VM, more than the rest of an established flow, so each CPU keeps the answer
+/// for a destination (asked from an interface) for [`NEXTHOP_TTL_NS`]. Slots are chosen by
+/// a hash of the destination; a slot holding another destination, or an older answer, is
+/// asked again. Only complete answers (neighbour resolved) are kept.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// The datapath's clock when the FIB answered.
+    pub asked_ns: u64,
+    /// The destination and the interface the question was asked from.
+    pub dst: Ipv4,
+    pub ifindex: u32,
+    /// The answer: the way out, and the frame's new MACs.
+    pub out_ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+const _: () = assert!(size_of::<NextHop>() == 32);
+
+/// Slots of `gw_nexthops` per CPU (a power of two).
+pub const NEXTHOP_SLOTS: u32 = 1024;
+/// How long a FIB answer is used: a changed route or neighbour is followed within it.
+pub const NEXTHOP_TTL_NS: u64 = timeouts::NS_PER_SEC;
+
+/// The `gw_nexthops` slot of destination `dst` asked from interface `ifindex`.
+#[inline(always)]
+pub fn nexthop_slot(dst: Ipv4, ifindex: u32) -> u32 {
+    (u32::from_be_bytes(dst) ^ ifindex.rotate_left(16)).wrapping_mul(0x9e37_79b1)
+        >> (32 - NEXTHOP_SLOTS.trailing_zeros())
+}
+
 /// `gw_affinity` key: ClientIP affinity is per frontend, as in kube-proxy and Cilium.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

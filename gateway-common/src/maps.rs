@@ -7,8 +7,9 @@ use core::mem::size_of;
 
 use crate::{
     Affinity, AffinityKey, AgentState, Backend, Counter, CtEntry, CtKey, DatapathConfig, GarpCount,
-    IfaceInfo, L2Entry, L2Key, REMOTE_FILTER_WORDS, ReplyKey, RevNat, RevNatKey, Service,
-    ServiceKey, ServiceName, SlotKey, SourceRange, Traffic, VIP_FILTER_WORDS, VipInfo, VipKey,
+    IfaceInfo, L2Entry, L2Key, NEXTHOP_SLOTS, NextHop, REMOTE_FILTER_WORDS, ReplyKey, RevNat,
+    RevNatKey, Service, ServiceKey, ServiceName, SlotKey, SourceRange, Traffic, VIP_FILTER_WORDS,
+    VipInfo, VipKey,
     capacity::Capacity,
     cluster::{ClaimKey, ClaimRecord, ClusterRecord, Gate, MEMBERS_MAX, MemberRecord},
 };
@@ -53,10 +54,14 @@ macro_rules! map_table {
             /// A bitmap with the bit of every backend on another node set (see
             /// `REMOTE_FILTER_WORDS`): only packets from those may be replies to SNAT.
             REMOTE_FILTER remote_filter "gw_remote_filter": Array<u32 => u64> = Fixed(REMOTE_FILTER_WORDS),
-            /// Ifindex -> the interface's address, the source of flows SNATed on it.
-            IFACES ifaces "gw_ifaces": Hash<u32 => IfaceInfo> = Fixed(IFACES_MAX),
+            /// Ifindex -> the interface's address, the source of flows SNATed on it (an
+            /// array: the verifier inlines its lookup, where a hash lookup is a call).
+            IFACES ifaces "gw_ifaces": Array<u32 => IfaceInfo> = Fixed(IFACES_MAX),
             /// (service id, source prefix) of every service with `loadBalancerSourceRanges`.
             SOURCE_RANGES source_ranges "gw_src_ranges": LpmTrie<SourceRange => u8> = SourceRanges,
+            /// Per CPU, the FIB's recent answers for the frames the datapath routes itself;
+            /// the agent never touches it.
+            NEXTHOPS nexthops "gw_nexthops": PerCpuArray<u32 => NextHop> = Fixed(NEXTHOP_SLOTS),
             /// ClientIP affinity: (client, service id) -> backend, last used.
             AFFINITY affinity "gw_affinity": LruHash<AffinityKey => Affinity> = Affinity,
             /// (ifindex, VIP) -> the interface's MAC, ARP replies sent.
@@ -90,8 +95,10 @@ macro_rules! map_table {
     };
 }
 
-/// Interfaces the datapath can be attached to at once (`gw_ifaces`).
-pub const IFACES_MAX: u32 = 1024;
+/// `gw_ifaces` is indexed by ifindex: an interface whose ifindex is this or above has no
+/// SNAT address (its flows to backends on other nodes are dropped as `drop_no_snat_addr`).
+/// Uplinks exist from boot and have small ones.
+pub const IFACES_MAX: u32 = 4096;
 
 /// The kind of a map, as the kernel knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -28,6 +28,7 @@ pod!(
     ReplyKey,
     SourceRange,
     IfaceInfo,
+    NextHop,
     AffinityKey,
     Affinity,
     L2Key,

@@ -76,7 +76,7 @@ fn ipv4(pkt: &mut Packet) -> i32 {
                 }
                 Some(_) => {
                     conntrack::touch(entry, now, conntrack::client_flags(&flow));
-                    return forward(pkt, &flow, entry);
+                    return forward(pkt, &flow, entry, now);
                 }
                 // The flow's backend is gone: never move a connection mid-stream.
                 None if !flow.is_syn() => return drop(pkt, Counter::DropBackendGone),
@@ -145,14 +145,14 @@ fn ipv4(pkt: &mut Packet) -> i32 {
         selection.backend.port,
         selection.backend_id
     );
-    forward(pkt, &flow, &entry)
+    forward(pkt, &flow, &entry, now)
 }
 
 /// DNAT to the flow's backend: the client's source address is left as it is and the stack
 /// delivers the packet to the local backend; a SNATed flow leaves from this node's address
 /// and is routed out by the datapath.
 #[inline(always)]
-fn forward(pkt: &mut Packet, flow: &Flow, entry: &CtEntry) -> i32 {
+fn forward(pkt: &mut Packet, flow: &Flow, entry: &CtEntry, now: u64) -> i32 {
     let backend = (entry.backend_addr, entry.backend_port);
     let snat = entry.flags & CT_F_SNAT != 0;
     let src = snat.then_some((entry.snat_addr, entry.snat_port));
@@ -166,7 +166,7 @@ fn forward(pkt: &mut Packet, flow: &Flow, entry: &CtEntry) -> i32 {
         Direction::Forward,
     );
     if snat {
-        route::redirect(pkt, flow, entry.snat_addr, entry.backend_addr)
+        route::redirect(pkt, flow, entry.snat_addr, entry.backend_addr, now)
     } else {
         TC_ACT_OK
     }

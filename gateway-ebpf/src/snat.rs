@@ -37,10 +37,7 @@ pub fn may_be_remote_backend(addr: Ipv4) -> bool {
 /// The address flows arriving on `ifindex` are SNATed to.
 #[inline(always)]
 pub fn address(ifindex: u32) -> Option<Ipv4> {
-    let info: &IfaceInfo = IFACES.get_ptr(ifindex).map(|p| {
-        // SAFETY: a value found in a hash map stays valid until the program returns.
-        unsafe { &*p }
-    })?;
+    let info: &IfaceInfo = IFACES.get(ifindex)?;
     (info.addr != [0; 4]).then_some(info.addr)
 }
 
@@ -67,16 +64,16 @@ pub fn claim(
     };
     for _ in 0..TRIES {
         let reply = conntrack::reply_key_of(backend, (snat_addr, port), key.proto);
-        match CT_REPLY.get_ptr(reply) {
-            None => {
-                if CT_REPLY.insert(reply, *key, BPF_NOEXIST as u64).is_ok() {
-                    return Some(port);
-                }
-            }
+        // Claimed at once: the first port is usually free, and the insert fails on a held
+        // one anyway.
+        if CT_REPLY.insert(reply, *key, BPF_NOEXIST as u64).is_ok() {
+            return Some(port);
+        }
+        let owner = CT_REPLY.get_ptr(reply);
+        // SAFETY: a value found in a hash map stays valid until the program returns.
+        if owner.is_some_and(|owner| unsafe { *owner } == *key) {
             // The flow's own entry: a new connection on the same client tuple.
-            // SAFETY: a value found in a hash map stays valid until the program returns.
-            Some(owner) if unsafe { *owner } == *key => return Some(port),
-            Some(_) => {}
+            return Some(port);
         }
         port = random_port(min, span);
     }
@@ -116,9 +113,11 @@ pub fn reply(pkt: &mut Packet, ip: Result<Ipv4Packet, Invalid>) -> i32 {
     {
         return PASS;
     }
-    if let Some(config) = CONFIG.get(0) {
-        conntrack::touch(entry, now_ns(config), conntrack::backend_flags(&flow));
-    }
+    let Some(config) = CONFIG.get(0) else {
+        return PASS;
+    };
+    let now = now_ns(config);
+    conntrack::touch(entry, now, conntrack::backend_flags(&flow));
     let (vip, client) = ((key.vip, key.vip_port), (key.client_addr, key.client_port));
     if nat::rewrite(pkt, &flow, Some(vip), Some(client)).is_err() {
         return drop(pkt, Counter::DropNatFailed);
@@ -130,5 +129,5 @@ pub fn reply(pkt: &mut Packet, ip: Result<Ipv4Packet, Invalid>) -> i32 {
         pkt.len(),
         Direction::Reverse,
     );
-    route::redirect(pkt, &flow, vip.0, client.0)
+    route::redirect(pkt, &flow, vip.0, client.0, now)
 }

@@ -13,8 +13,8 @@ use aya::{
 };
 use gateway_common::{
     Affinity, AffinityKey, AgentState, BACKEND_F_ACTIVE, Backend, CT_F_DENIED, Counter, CtEntry,
-    CtKey, DatapathConfig, GarpCount, IfaceInfo, L2Entry, L2Key, ReplyKey, RevNat, RevNatKey,
-    Service, ServiceKey, ServiceName, SlotKey, SourceRange, Traffic, VipInfo, VipKey,
+    CtKey, DatapathConfig, GarpCount, IfaceInfo, L2Entry, L2Key, NextHop, ReplyKey, RevNat,
+    RevNatKey, Service, ServiceKey, ServiceName, SlotKey, SourceRange, Traffic, VipInfo, VipKey,
     cluster::{ClaimKey, ClaimRecord, ClusterRecord, Gate, MemberRecord},
     map_names,
 };
@@ -137,9 +137,11 @@ impl Maps {
             let (k, v) = entry.context("reading gw_l2")?;
             state.l2.insert(k, v.mac);
         }
-        for entry in self.ifaces.iter() {
-            let (k, v) = entry.context("reading gw_ifaces")?;
-            state.ifaces.insert(k, v);
+        for (index, entry) in self.ifaces.iter().enumerate() {
+            let iface = entry.context("reading gw_ifaces")?;
+            if iface != IfaceInfo::default() {
+                state.ifaces.insert(index as u32, iface);
+            }
         }
         for key in self.source_ranges.keys() {
             let key = key.context("reading gw_src_ranges")?;
@@ -199,7 +201,7 @@ impl Maps {
                 .remote_filter
                 .set(*word, bits, 0)
                 .context("writing gw_remote_filter")?,
-            Op::PutIface(k, v) => self.ifaces.insert(k, v, 0).context("writing gw_ifaces")?,
+            Op::PutIface(k, v) => self.ifaces.set(*k, v, 0).context("writing gw_ifaces")?,
             Op::PutSourceRange(id, net) => self
                 .source_ranges
                 .insert(&range_key(*id, net), 1, 0)
@@ -213,7 +215,10 @@ impl Maps {
                 }
             }
             Op::DenyOutside(services) => self.deny_outside(services)?,
-            Op::DeleteIface(k) => remove(&mut self.ifaces, k, "gw_ifaces")?,
+            Op::DeleteIface(k) => self
+                .ifaces
+                .set(*k, IfaceInfo::default(), 0)
+                .context("writing gw_ifaces")?,
             Op::PutL2(k, mac) => {
                 // Keep the counters of an entry that only changes MAC.
                 let old = self.l2.get(k, 0).unwrap_or_default();

@@ -5,16 +5,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use gateway_common::{BACKEND_F_REMOTE, Backend, IfaceInfo, Ipv4, vip_filter_bit};
+use gateway_common::{
+    BACKEND_F_REMOTE, Backend, IfaceInfo, Ipv4, maps::IFACES_MAX, vip_filter_bit,
+};
 
 use super::diff::merge;
 use super::{Change, Interface, MapState};
 
-/// `gw_ifaces`: every interface, with its address (none: flows arriving there cannot be
-/// SNATed, and are dropped as `drop_no_snat_addr`).
+/// `gw_ifaces`: every interface with an address, by ifindex (without one, or with an
+/// ifindex past the array, flows arriving there cannot be SNATed: `drop_no_snat_addr`).
 pub(super) fn ifaces(interfaces: &[Interface]) -> BTreeMap<u32, IfaceInfo> {
     interfaces
         .iter()
+        .filter(|i| i.addr.is_some() && i.index < IFACES_MAX)
         .map(|i| {
             let addr = i.addr.map_or([0; 4], |a| a.octets());
             (i.index, IfaceInfo { addr })

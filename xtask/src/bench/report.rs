@@ -66,6 +66,9 @@ pub struct Report {
 
 const ESTABLISHED: &str = "established flow";
 const NEW_FLOWS: [&str; 2] = ["new flow, affinity miss", "new flow, affinity hit"];
+/// Issue 12's targets for flows SNATed to a backend on another node: (case, warm ns above
+/// the floor).
+const SNAT_TARGETS: [(&str, i64); 2] = [("established flow, SNAT", 80), ("new flow, SNAT", 600)];
 
 fn cost<'a>(r: &'a [PacketCost], case: &str, services: usize) -> Option<&'a PacketCost> {
     r.iter().find(|c| c.case == case && c.services == services)
@@ -125,6 +128,17 @@ pub fn checks(datapath: &[PacketCost], e2e: &[Throughput], control: &ControlPlan
                     format!("{} ns", c.warm_above_floor_ns),
                     "<= 450 ns (Katran: 460)".into(),
                     c.warm_above_floor_ns <= 450,
+                );
+            }
+        }
+        for (case, target) in SNAT_TARGETS {
+            if let Some(c) = cost(datapath, case, n) {
+                check(
+                    &mut out,
+                    format!("{case}, {n} services: ns above the floor (warm)"),
+                    format!("{} ns", c.warm_above_floor_ns),
+                    format!("<= {target} ns"),
+                    c.warm_above_floor_ns <= target,
                 );
             }
         }
