@@ -1,6 +1,8 @@
 //! End to end in the lab: real TCP from the client namespace to nginx in a pod behind
 //! worker w1, with wrk, through three paths measured in turn on the same topology:
 //! the gateway datapath, kube-proxy-shaped iptables DNAT, and the pod directly (the ceiling).
+//! And a Cluster service whose only endpoint is a pod behind worker w2: through the gateway
+//! on w1 (DNAT + SNAT, routed on to w2), against the client straight to that pod.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -17,6 +19,11 @@ use super::objects::{self, ChainService};
 
 pub const NODE: &str = "w1";
 const POD: &str = "envoy-w1a";
+/// The other worker and its pod, the Cluster service's only endpoint.
+const REMOTE_NODE: &str = "w2";
+const REMOTE_POD: &str = "envoy-w2a";
+const REMOTE_SERVICE: &str = "bench-remote";
+const VIP_REMOTE: Ipv4Addr = lab::SPARE_VIPS[0];
 /// The measured service: the reference's internal gateway.
 const VIP: Ipv4Addr = lab::VIP_INTERNAL;
 const CONNECTIONS: &str = "32";
@@ -29,16 +36,27 @@ pub enum Path3 {
     Iptables,
     #[serde(rename = "direct")]
     Direct,
+    /// The gateway on w1 to the Cluster service's pod on w2 (DNAT + SNAT).
+    #[serde(rename = "gateway_remote")]
+    GatewayRemote,
+    /// The client straight to the pod on w2 (routed via w2).
+    #[serde(rename = "direct_remote")]
+    DirectRemote,
 }
 
 impl Path3 {
+    /// The paths to the local pod.
     pub const ALL: [Path3; 3] = [Path3::Gateway, Path3::Iptables, Path3::Direct];
+    /// The paths to the pod on the other node.
+    pub const REMOTE: [Path3; 2] = [Path3::GatewayRemote, Path3::DirectRemote];
 
     pub fn name(self) -> &'static str {
         match self {
             Path3::Gateway => "gateway",
             Path3::Iptables => "iptables",
             Path3::Direct => "direct",
+            Path3::GatewayRemote => "gateway, remote backend",
+            Path3::DirectRemote => "direct to the remote pod",
         }
     }
 }
@@ -96,14 +114,20 @@ pub struct Settings {
     pub seconds: u32,
 }
 
-/// The bench topology: the client and worker w1 with one envoy-like pod (nginx, one worker).
+/// The bench topology: the client, worker w1 with one envoy-like pod (nginx, one worker),
+/// and worker w2 with one, the only endpoint of a Cluster service (no agent runs on w2).
 pub fn spec(agent: &Path) -> LabSpec {
     let mut spec = LabSpec::reference(&lab::unique_prefix("gwbench")).with_teardown_agent(agent);
-    spec.nodes.retain(|n| n.name == NODE);
+    spec.nodes
+        .retain(|n| n.name == NODE || n.name == REMOTE_NODE);
     spec.node_mut(NODE).pods.retain(|p| p.name == POD);
     for svc in &mut spec.services {
         svc.backends = vec![POD.to_owned()];
     }
+    let mut remote = lab::ServiceSpec::gateway(REMOTE_SERVICE, VIP_REMOTE, &[REMOTE_POD]);
+    remote.external_traffic_policy = lab::TrafficPolicy::Cluster;
+    remote.session_affinity = lab::SessionAffinity::None;
+    spec.services.push(remote);
     spec
 }
 
@@ -230,7 +254,7 @@ struct Prepared {
 fn prepare(lab: &Lab, path: Path3, config: &Path, rules: &str, binary: &Path) -> Result<Prepared> {
     let vip_url = format!("http://{VIP}/");
     match path {
-        Path3::Gateway => {
+        Path3::Gateway | Path3::GatewayRemote => {
             let bpffs = lab.bpffs_dir(NODE).to_owned();
             let agent = Agent::launch(
                 lab,
@@ -240,9 +264,14 @@ fn prepare(lab: &Lab, path: Path3, config: &Path, rules: &str, binary: &Path) ->
                 &bpffs,
                 &["--backends-max", "131072"],
             )?;
+            let url = if path == Path3::Gateway {
+                vip_url
+            } else {
+                format!("http://{VIP_REMOTE}/")
+            };
             Ok(Prepared {
                 agent: Some(agent),
-                url: vip_url,
+                url,
             })
         }
         Path3::Iptables => {
@@ -264,12 +293,16 @@ fn prepare(lab: &Lab, path: Path3, config: &Path, rules: &str, binary: &Path) ->
                 url: format!("http://{addr}:{port}/"),
             })
         }
+        Path3::DirectRemote => Ok(Prepared {
+            agent: None,
+            url: format!("http://{}:{}/", lab.pod(REMOTE_POD).addr(), lab::HTTP_PORT),
+        }),
     }
 }
 
 fn undo(lab: &Lab, path: Path3, prepared: Prepared, binary: &Path) -> Result<()> {
     match path {
-        Path3::Gateway => {
+        Path3::Gateway | Path3::GatewayRemote => {
             if let Some(agent) = prepared.agent {
                 let bpffs = agent.bpffs().to_owned();
                 agent.stop();
@@ -283,36 +316,49 @@ fn undo(lab: &Lab, path: Path3, prepared: Prepared, binary: &Path) -> Result<()>
                 .ns()
                 .run(["nft", "delete", "table", "ip", "nat"])?;
         }
-        Path3::Direct => {}
+        Path3::Direct | Path3::DirectRemote => {}
     }
     Ok(())
 }
 
-/// Routes and neighbours the client needs for every path: the pods via w1 (direct), and the
-/// VIP's neighbour entry, so no path depends on who answers ARP.
+/// Routes and neighbours the client needs for every path: the pods via w1 (direct), the
+/// other worker's pod via that worker (straight to it), and the VIPs' neighbour entries, so
+/// no path depends on who answers ARP.
 pub fn wire(lab: &Lab) -> Result<()> {
     let w1 = lab.node(NODE);
     let client = lab.client().ns();
     client.ip(&["route", "add", lab::POD_CIDR, "via", &w1.addr().to_string()])?;
+    let remote_pod = lab.pod(REMOTE_POD).addr();
     client.ip(&[
-        "neigh",
-        "replace",
-        &VIP.to_string(),
-        "lladdr",
-        w1.mac(),
-        "dev",
-        lab::CLIENT_IFACE,
-        "nud",
-        "permanent",
+        "route",
+        "add",
+        &format!("{remote_pod}/32"),
+        "via",
+        &lab.node(REMOTE_NODE).addr().to_string(),
     ])?;
+    for vip in [VIP, VIP_REMOTE] {
+        client.ip(&[
+            "neigh",
+            "replace",
+            &vip.to_string(),
+            "lladdr",
+            w1.mac(),
+            "dev",
+            lab::CLIENT_IFACE,
+            "nud",
+            "permanent",
+        ])?;
+    }
     // nginx closes each connection-rate request's connection first, so the pod keeps the
     // 4-tuple in TIME_WAIT for a minute; the client soon reuses its ports, and which path
     // runs after which would decide how many new SYNs meet an old TIME_WAIT. No TIME_WAIT
     // buckets in the pod keeps every path's connections equally fresh (kube-proxy's run
     // gets the same treatment for its conntrack entries in `prepare`).
-    lab.pod(POD)
-        .ns()
-        .sysctl(&[("net.ipv4.tcp_max_tw_buckets", "0")])?;
+    for pod in [POD, REMOTE_POD] {
+        lab.pod(pod)
+            .ns()
+            .sysctl(&[("net.ipv4.tcp_max_tw_buckets", "0")])?;
+    }
     Ok(())
 }
 
@@ -322,63 +368,69 @@ pub struct EndToEnd {
     pub datapath_time: Vec<DatapathTime>,
 }
 
-pub fn run(lab: &Lab, binary: &Path, settings: &Settings) -> Result<EndToEnd> {
+/// Medians and socket errors per (services, path, metric), as the rounds collect them.
+type Results = BTreeMap<(usize, Path3, Metric), (Vec<f64>, u64)>;
+
+/// The agent's objects with `services` frontends in all (fillers on w1 beside the lab's), and
+/// the kube-proxy-shaped rules of as many, the measured service in the middle.
+fn objects_of(lab: &Lab, services: usize) -> Result<(PathBuf, String)> {
     let (pod_addr, pod_port) = pod_target(lab);
-    let mut results: BTreeMap<(usize, Path3, Metric), (Vec<f64>, u64)> = BTreeMap::new();
-    let mut datapath_times = Vec::new();
-    for &services in &settings.sizes {
-        let fillers = services.saturating_sub(1);
-        let mut yaml = lab.config_yaml()?;
-        yaml.push_str(&objects::filler_pool());
-        yaml.push_str(&objects::filler_services(fillers, 1, NODE));
-        let config: PathBuf = lab.run_dir().join(format!("bench-{services}.yaml"));
-        std::fs::write(&config, yaml)?;
-        // The measured service sits in the middle of KUBE-SERVICES, as an average service would.
-        let mut chain = objects::filler_chain_services(fillers);
-        chain.insert(
-            fillers / 2,
-            ChainService {
-                vip: VIP,
-                port: 80,
-                endpoints: vec![(pod_addr, pod_port)],
-            },
-        );
-        let rules = objects::kube_proxy_rules(&chain);
-        for round in 0..settings.rounds {
-            // Each path goes first, second and third in turn, so none is always measured
-            // after the same other one.
-            for i in 0..Path3::ALL.len() {
-                let path = Path3::ALL[(i + round) % Path3::ALL.len()];
-                let prepared = prepare(lab, path, &config, &rules, binary)?;
-                // Warm up caches, conntrack and nginx before measuring.
-                wrk(lab, &prepared.url, Metric::KeepAlive, 1)?;
-                for metric in Metric::ALL {
-                    let (rate, errors) = wrk(lab, &prepared.url, metric, settings.seconds)?;
-                    eprintln!(
-                        "  {services:>5} services, round {}, {:<8} {:<22} {rate:>9.0}",
-                        round + 1,
-                        path.name(),
-                        metric.name()
-                    );
-                    let entry = results.entry((services, path, metric)).or_default();
-                    entry.0.push(rate);
-                    entry.1 += errors;
-                }
-                undo(lab, path, prepared, binary)?;
+    let fillers = services.saturating_sub(1);
+    let mut yaml = lab.config_yaml()?;
+    yaml.push_str(&objects::filler_pool());
+    yaml.push_str(&objects::filler_services(fillers, 1, NODE));
+    let config: PathBuf = lab.run_dir().join(format!("bench-{services}.yaml"));
+    std::fs::write(&config, yaml)?;
+    // The measured service sits in the middle of KUBE-SERVICES, as an average service would.
+    let mut chain = objects::filler_chain_services(fillers);
+    chain.insert(
+        fillers / 2,
+        ChainService {
+            vip: VIP,
+            port: 80,
+            endpoints: vec![(pod_addr, pod_port)],
+        },
+    );
+    Ok((config, objects::kube_proxy_rules(&chain)))
+}
+
+/// `settings.rounds` rounds over `paths` at `services` services, each path first, second...
+/// in turn, so none is always measured after the same other one.
+fn rounds(
+    lab: &Lab,
+    binary: &Path,
+    services: usize,
+    paths: &[Path3],
+    settings: &Settings,
+    results: &mut Results,
+) -> Result<PathBuf> {
+    let (config, rules) = objects_of(lab, services)?;
+    for round in 0..settings.rounds {
+        for i in 0..paths.len() {
+            let path = paths[(i + round) % paths.len()];
+            let prepared = prepare(lab, path, &config, &rules, binary)?;
+            // Warm up caches, conntrack and nginx before measuring.
+            wrk(lab, &prepared.url, Metric::KeepAlive, 1)?;
+            for metric in Metric::ALL {
+                let (rate, errors) = wrk(lab, &prepared.url, metric, settings.seconds)?;
+                eprintln!(
+                    "  {services:>5} services, round {}, {:<24} {:<22} {rate:>9.0}",
+                    round + 1,
+                    path.name(),
+                    metric.name()
+                );
+                let entry = results.entry((services, path, metric)).or_default();
+                entry.0.push(rate);
+                entry.1 += errors;
             }
+            undo(lab, path, prepared, binary)?;
         }
-        let time = datapath_time(lab, binary, &config, services, settings.seconds)?;
-        eprintln!(
-            "  {services:>5} services: the datapath ran {:.0} ns per connection ({:.1} packets \
-             of {:.0} ns), {:.1} % of the CPU time",
-            time.ns_per_connection,
-            time.packets_per_connection,
-            time.ns_per_packet,
-            time.cpu_share * 100.0
-        );
-        datapath_times.push(time);
     }
-    let throughput = results
+    Ok(config)
+}
+
+fn throughput(results: Results) -> Vec<Throughput> {
+    results
         .into_iter()
         .map(
             |((services, path, metric), (runs, socket_errors))| Throughput {
@@ -390,9 +442,40 @@ pub fn run(lab: &Lab, binary: &Path, settings: &Settings) -> Result<EndToEnd> {
                 socket_errors,
             },
         )
-        .collect();
+        .collect()
+}
+
+/// Every path at every size; the remote backend's paths at the first size only (the number
+/// of services changes nothing there that the local paths do not show).
+pub fn run(lab: &Lab, binary: &Path, settings: &Settings) -> Result<EndToEnd> {
+    let mut results = Results::new();
+    let mut datapath_times = Vec::new();
+    for &services in &settings.sizes {
+        let mut paths = Path3::ALL.to_vec();
+        if services == settings.sizes[0] {
+            paths.extend(Path3::REMOTE);
+        }
+        let config = rounds(lab, binary, services, &paths, settings, &mut results)?;
+        let time = datapath_time(lab, binary, &config, services, settings.seconds)?;
+        eprintln!(
+            "  {services:>5} services: the datapath ran {:.0} ns per connection ({:.1} packets \
+             of {:.0} ns), {:.1} % of the CPU time",
+            time.ns_per_connection,
+            time.packets_per_connection,
+            time.ns_per_packet,
+            time.cpu_share * 100.0
+        );
+        datapath_times.push(time);
+    }
     Ok(EndToEnd {
-        throughput,
+        throughput: throughput(results),
         datapath_time: datapath_times,
     })
+}
+
+/// The remote backend's paths alone, at one service (`cargo xtask bench --only remote`).
+pub fn remote(lab: &Lab, binary: &Path, settings: &Settings) -> Result<Vec<Throughput>> {
+    let mut results = Results::new();
+    rounds(lab, binary, 1, &Path3::REMOTE, settings, &mut results)?;
+    Ok(throughput(results))
 }

@@ -53,6 +53,9 @@ pub enum Part {
     Control,
     /// Failover between nodes: 20 node kills, 20 agent-only kills, 5 agent restarts
     Failover,
+    /// New connections and requests through a backend on another node (Cluster, SNAT)
+    /// against the client straight to that pod
+    Remote,
 }
 
 /// Where cargo builds, as cargo itself decides it.
@@ -112,6 +115,18 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
             }
             std::fs::write(out.join("failover.md"), &md)?;
             println!("{md}");
+            return Ok(());
+        }
+        Some(Part::Remote) => {
+            let lab = Lab::up(e2e::spec(&binary))?;
+            e2e::wire(&lab)?;
+            let settings = e2e::Settings {
+                sizes: vec![1],
+                rounds: if quick { 1 } else { 7 },
+                seconds: if quick { 1 } else { 5 },
+            };
+            let remote = e2e::remote(&lab, &binary, &settings)?;
+            println!("{}", serde_json::to_string_pretty(&remote)?);
             return Ok(());
         }
         None => {}

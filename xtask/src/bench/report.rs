@@ -80,6 +80,11 @@ fn rate(r: &[Throughput], services: usize, path: Path3, metric: Metric) -> Optio
         .map(|t| t.median)
 }
 
+/// The smallest number of services measured end to end (where the remote paths are).
+fn small_e2e(r: &[Throughput]) -> usize {
+    r.iter().map(|t| t.services).min().unwrap_or(1)
+}
+
 fn check(checks: &mut Vec<Check>, what: String, value: String, target: String, pass: bool) {
     checks.push(Check {
         what,
@@ -162,6 +167,30 @@ pub fn checks(datapath: &[PacketCost], e2e: &[Throughput], control: &ControlPlan
         s.dedup();
         s
     };
+    if let (Some(gw), Some(direct)) = (
+        rate(
+            e2e,
+            small_e2e(e2e),
+            Path3::GatewayRemote,
+            Metric::NewConnections,
+        ),
+        rate(
+            e2e,
+            small_e2e(e2e),
+            Path3::DirectRemote,
+            Metric::NewConnections,
+        ),
+    ) {
+        check(
+            &mut out,
+            "new connections/s through a backend on another node (Cluster, SNAT): gateway / \
+             client straight to the pod"
+                .into(),
+            format!("{:.2} ({gw:.0} / {direct:.0})", gw / direct.max(1.0)),
+            ">= 0.90".into(),
+            gw >= 0.90 * direct,
+        );
+    }
     for &n in &e2e_sizes {
         let get = |p, m| rate(e2e, n, p, m).unwrap_or(0.0);
         let (gw, ipt, direct) = (
@@ -317,6 +346,31 @@ pub fn markdown(r: &Report) -> String {
                 "| {n} | {} | {g:.0} | {i:.0} | {d:.0} | {:.2} | {:.2} |",
                 m.name(),
                 g / i.max(1.0),
+                g / d.max(1.0)
+            );
+        }
+    }
+    let n = small_e2e(&r.end_to_end);
+    if rate(
+        &r.end_to_end,
+        n,
+        Path3::GatewayRemote,
+        Metric::NewConnections,
+    )
+    .is_some()
+    {
+        let _ = writeln!(
+            md,
+            "\nA Cluster service whose only endpoint is a pod behind worker w2 (nginx, one worker): through the gateway on w1 (DNAT, SNAT to w1's address, routed on to w2 by the datapath; the replies back through w1), against the client straight to that pod (routed via w2). {n} service(s), medians over the same rounds.\n\n\
+             | metric | gateway, remote backend | direct to the remote pod | gateway/direct |\n|---|---|---|---|"
+        );
+        for m in Metric::ALL {
+            let g = rate(&r.end_to_end, n, Path3::GatewayRemote, m).unwrap_or(0.0);
+            let d = rate(&r.end_to_end, n, Path3::DirectRemote, m).unwrap_or(0.0);
+            let _ = writeln!(
+                md,
+                "| {} | {g:.0} | {d:.0} | {:.2} |",
+                m.name(),
                 g / d.max(1.0)
             );
         }
