@@ -2,18 +2,28 @@
 //! (BPF_PROG_TEST_RUN), each one through ingress and through egress, judged by an oracle
 //! written here from the README's rules, not from the datapath's code.
 //!
+//! The frames arrive on (and leave by) the uplink of the test's own network namespace,
+//! whose address flows to backends on other nodes are SNATed to (see `support::netns`).
+//!
 //! The oracle's rules:
 //! - ingress rewrites exactly the well-formed IPv4 TCP/UDP packets to a VIP port with
-//!   backends (DNAT to one of them); an ARP request for the announced VIP gets the exact
-//!   reply; every other frame comes out byte for byte unchanged, passed, or dropped with its
-//!   reason when it is addressed to a VIP (fragment, malformed, ICMP, unknown port, no
-//!   backend);
-//! - egress rewrites exactly the well-formed replies from a backend on a flow the ingress
-//!   side balanced to it (source back to the VIP port); everything else passes unchanged;
-//! - a rewrite changes only the address, the port and the two checksums, and keeps each
-//!   checksum's verdict: a packet whose checksums verify comes out with checksums that
-//!   verify, one whose checksums do not stays as wrong as it was (the datapath does not
-//!   verify checksums, the receiving stack does);
+//!   backends (DNAT to one of them) from a client the service's source ranges admit; to a
+//!   backend on another node it also SNATs them to the uplink's address with a port no
+//!   other flow to that backend holds, and sends them on (redirect) to that node's MAC; an
+//!   ARP request for the announced VIP gets the exact reply; every other frame comes out
+//!   byte for byte unchanged, passed, or dropped with its reason when it is addressed to a
+//!   VIP (fragment, malformed, ICMP, unknown port, outside the source ranges, no backend);
+//! - ingress also rewrites exactly the well-formed replies from a backend on another node
+//!   to the port a flow SNATed to it holds (source back to the VIP port, destination back
+//!   to the client) and sends them on to the client (its MAC when the node knows it; a
+//!   client without a route is dropped as `drop_no_route`, unchanged);
+//! - egress rewrites exactly the well-formed replies from a local backend on a flow the
+//!   ingress side balanced to it (source back to the VIP port); everything else passes
+//!   unchanged;
+//! - a rewrite changes only the addresses, the ports, the two checksums and (for a frame
+//!   sent on) the MACs, and keeps each checksum's verdict: a packet whose checksums verify
+//!   comes out with checksums that verify, one whose checksums do not stays as wrong as it
+//!   was (the datapath does not verify checksums, the receiving stack does);
 //! - the counters move by exactly the reasons predicted.
 //!
 //! "Well-formed", as the README's drop reasons define it: version 4, a header length of at
@@ -27,9 +37,14 @@
 //! `FUZZ_SEED=<u64>` replays a run; a failure prints the seed, the frame's number and
 //! generator, the frame and the output in hex.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use gateway_agent::datapath::tcx::Direction;
+use gateway_agent::{
+    capacity::Capacity,
+    config::Ipv4Net,
+    datapath::tcx::Direction,
+    model::{Announcement, DesiredState, Protocol},
+};
 use gateway_common::{Counter, CtKey, proto};
 
 mod support;
@@ -45,35 +60,92 @@ const DEFAULT_SEED: u64 = 0x6761_7465_7761_7921;
 /// An address, a port and a protocol.
 type Socket = ([u8; 4], u16, u8);
 
-/// The services as programmed (the harness's reference state), as the oracle sees them.
+/// The Cluster service's VIP (its backends run on the other node).
+const VIP_CLUSTER: [u8; 4] = [192, 168, 10, 52];
+
+/// What the fuzzer serves: the reference's services, source ranges on the external one,
+/// and a Cluster service (TCP and UDP) whose backend runs on the other node; the internal
+/// VIP announced on the uplink.
+fn fuzz_state() -> DesiredState {
+    let mut desired = reference_state();
+    desired.frontends[2].source_ranges = Some(
+        ["192.168.10.0/25", "10.0.0.0/8"]
+            .map(|n| n.parse().unwrap())
+            .to_vec(),
+    );
+    desired.frontends.push(cluster(frontend(
+        "cluster",
+        VIP_CLUSTER,
+        80,
+        Protocol::Tcp,
+        None,
+        &[(POD_REMOTE, 8080)],
+    )));
+    desired.frontends.push(cluster(frontend(
+        "cluster-dns",
+        VIP_CLUSTER,
+        53,
+        Protocol::Udp,
+        None,
+        &[(POD_REMOTE, 5353)],
+    )));
+    desired.announcements = vec![Announcement {
+        interface: netns::UPLINK.into(),
+        vip: VIP_AFFINITY.into(),
+        service: svc("internal"),
+        policy: "l2-policy".into(),
+    }];
+    desired
+}
+
+/// One service as the oracle sees it.
+struct Served {
+    backends: Vec<Endpoint>,
+    /// Its backends run on the other node: SNAT.
+    remote: bool,
+    /// `Some`: only clients in these prefixes start flows.
+    ranges: Option<Vec<Ipv4Net>>,
+}
+
+impl Served {
+    fn admits(&self, client: [u8; 4]) -> bool {
+        self.ranges
+            .as_ref()
+            .is_none_or(|ranges| ranges.iter().any(|net| net.contains(client.into())))
+    }
+}
+
+/// The services as programmed, as the oracle sees them.
 struct World {
-    /// (VIP, port, protocol) -> backends.
-    services: HashMap<Socket, Vec<Endpoint>>,
+    /// (VIP, port, protocol) -> the service.
+    services: HashMap<Socket, Served>,
     vips: Vec<[u8; 4]>,
     /// VIPs announced on the interface the test frames arrive on.
     announced: Vec<[u8; 4]>,
     /// (backend address, port, protocol) -> the frontends (VIP, port) it serves.
     frontends_of: HashMap<Socket, Vec<Endpoint>>,
+    /// Addresses of backends on the other node.
+    remote: HashSet<[u8; 4]>,
 }
 
 impl World {
-    fn reference() -> Self {
-        let desired = reference_state();
+    fn of(desired: &DesiredState) -> Self {
         let mut world = World {
             services: HashMap::new(),
             vips: Vec::new(),
             announced: desired
                 .announcements
                 .iter()
-                .filter(|a| a.interface == "lo")
+                .filter(|a| a.interface == netns::UPLINK)
                 .map(|a| a.vip.octets())
                 .collect(),
             frontends_of: HashMap::new(),
+            remote: HashSet::new(),
         };
         for f in &desired.frontends {
             let protocol = match f.protocol {
-                gateway_agent::model::Protocol::Tcp => proto::TCP,
-                gateway_agent::model::Protocol::Udp => proto::UDP,
+                Protocol::Tcp => proto::TCP,
+                Protocol::Udp => proto::UDP,
             };
             let vip = f.vip.octets();
             let backends: Vec<Endpoint> = f
@@ -88,7 +160,16 @@ impl World {
                     .or_default()
                     .push((vip, f.port));
             }
-            world.services.insert((vip, f.port, protocol), backends);
+            let remote = !f.backends.is_empty() && f.backends.iter().all(|b| b.remote);
+            if remote {
+                world.remote.extend(backends.iter().map(|b| b.0));
+            }
+            let served = Served {
+                backends,
+                remote,
+                ranges: f.source_ranges.clone(),
+            };
+            world.services.insert((vip, f.port, protocol), served);
             if !world.vips.contains(&vip) {
                 world.vips.push(vip);
             }
@@ -204,6 +285,16 @@ enum Expect {
     ArpReply(Vec<u8>),
     /// Destination rewritten to one of these backends.
     Dnat(Vec<Endpoint>),
+    /// Destination rewritten to one of these backends on the other node, source to the
+    /// uplink's address and a port no other flow to it holds, sent on to that node.
+    Snat(Vec<Endpoint>),
+    /// A reply to a SNATed flow: source rewritten to the frontend, destination to the
+    /// client, sent on with these MACs (`None`: left to the kernel's neighbour resolution).
+    SnatReply {
+        frontend: Endpoint,
+        client: Endpoint,
+        macs: Option<([u8; 6], [u8; 6])>,
+    },
     /// Source rewritten to one of these frontends.
     RevNat(Vec<Endpoint>),
 }
@@ -215,18 +306,20 @@ impl Expect {
             Expect::Drop(c) => c.name().into(),
             Expect::ArpReply(_) => "arp_reply".into(),
             Expect::Dnat(_) => "dnat".into(),
+            Expect::Snat(_) => "snat".into(),
+            Expect::SnatReply { .. } => "snat_reply".into(),
             Expect::RevNat(_) => "rev_nat".into(),
         }
     }
 }
 
-fn expect_ingress(world: &World, frame: &[u8]) -> Expect {
+fn expect_ingress(world: &World, tracked: &Tracked, frame: &[u8]) -> Expect {
     if frame.len() >= 14 && frame[12..14] == ETH_ARP {
         return expect_arp(world, frame);
     }
     let (dst, class) = classify(frame);
     let Some(dst) = dst.filter(|d| world.vips.contains(d)) else {
-        return Expect::Pass;
+        return expect_snat_reply(world, tracked, class);
     };
     match class {
         Class::NotIpv4 => Expect::Pass,
@@ -236,8 +329,47 @@ fn expect_ingress(world: &World, frame: &[u8]) -> Expect {
         Class::OtherProtocol(_) => Expect::Drop(Counter::DropUnknownPort),
         Class::Flow(flow) => match world.services.get(&(dst, flow.dport, flow.protocol)) {
             None => Expect::Drop(Counter::DropUnknownPort),
-            Some(backends) if backends.is_empty() => Expect::Drop(Counter::DropNoBackend),
-            Some(backends) => Expect::Dnat(backends.clone()),
+            // Flows of clients outside the ranges are never tracked (the ranges stay).
+            Some(s) if !s.admits(flow.src) => Expect::Drop(Counter::DropSourceRange),
+            Some(s) if s.backends.is_empty() => Expect::Drop(Counter::DropNoBackend),
+            Some(s) if s.remote => Expect::Snat(s.backends.clone()),
+            Some(s) => Expect::Dnat(s.backends.clone()),
+        },
+    }
+}
+
+/// A packet to something else than a VIP: the reply of a SNATed flow when it comes from the
+/// flow's backend to the very address and port the flow holds; passed otherwise.
+fn expect_snat_reply(world: &World, tracked: &Tracked, class: Class) -> Expect {
+    let Class::Flow(flow) = class else {
+        return Expect::Pass;
+    };
+    if !world.remote.contains(&flow.src) || flow.dst != NODE {
+        return Expect::Pass;
+    }
+    let tuple = ((flow.src, flow.sport), flow.dport, flow.protocol);
+    let Some(&key) = tracked.snat_owner.get(&tuple) else {
+        return Expect::Pass;
+    };
+    let Some(&(backend, Some(port))) = tracked.flows.get(&key) else {
+        return Expect::Pass;
+    };
+    if backend != (flow.src, flow.sport) || port != flow.dport {
+        return Expect::Pass;
+    }
+    let (client, client_port, _, vip, vip_port) = key;
+    // The test namespace routes only the segment (not to its broadcast address nor to the
+    // node itself), and knows the MACs of CLIENT and of the other node only.
+    if client[..3] != [192, 168, 10] || client[3] == 255 || client == NODE {
+        return Expect::Drop(Counter::DropNoRoute);
+    }
+    Expect::SnatReply {
+        frontend: (vip, vip_port),
+        client: (client, client_port),
+        macs: match client {
+            CLIENT => Some((CLIENT_MAC, NODE_MAC)),
+            REMOTE_NODE => Some((REMOTE_NODE_MAC, NODE_MAC)),
+            _ => None,
         },
     }
 }
@@ -272,8 +404,23 @@ fn expect_arp(world: &World, frame: &[u8]) -> Expect {
 
 /// A flow the ingress side balanced: (client, client port, protocol, VIP, VIP port).
 type FlowKey = ([u8; 4], u16, u8, [u8; 4], u16);
+/// A backend, the SNAT port a flow holds on it, and the protocol.
+type SnatTuple = (Endpoint, u16, u8);
 
-fn expect_egress(world: &World, tracked: &HashMap<FlowKey, Endpoint>, frame: &[u8]) -> Expect {
+/// The flows balanced so far.
+#[derive(Default)]
+struct Tracked {
+    /// Each flow's backend, and its SNAT port when it is SNATed.
+    flows: HashMap<FlowKey, (Endpoint, Option<u16>)>,
+    /// The same keys, to pick from.
+    keys: Vec<FlowKey>,
+    /// The flow each SNAT tuple was last given to.
+    snat_owner: HashMap<SnatTuple, FlowKey>,
+    /// The SNATed flows' keys, to pick from.
+    snat_keys: Vec<FlowKey>,
+}
+
+fn expect_egress(world: &World, tracked: &Tracked, frame: &[u8]) -> Expect {
     let Class::Flow(flow) = classify(frame).1 else {
         return Expect::Pass;
     };
@@ -285,7 +432,9 @@ fn expect_egress(world: &World, tracked: &HashMap<FlowKey, Endpoint>, frame: &[u
         .flatten()
         .copied()
         .filter(|&(vip, port)| {
-            tracked.get(&(flow.dst, flow.dport, flow.protocol, vip, port)) == Some(&backend)
+            // A SNATed flow's replies come back to the node, never past it.
+            let key = (flow.dst, flow.dport, flow.protocol, vip, port);
+            tracked.flows.get(&key) == Some(&(backend, None))
         })
         .collect();
     if frontends.is_empty() {
@@ -299,7 +448,7 @@ fn expect_egress(world: &World, tracked: &HashMap<FlowKey, Endpoint>, frame: &[u
 // Running frames and judging the results.
 
 /// The counters whose every move the oracle predicts.
-const PREDICTED: [Counter; 9] = [
+const PREDICTED: [Counter; 13] = [
     Counter::ArpReply,
     Counter::RevNat,
     Counter::DropUnknownPort,
@@ -309,6 +458,10 @@ const PREDICTED: [Counter; 9] = [
     Counter::DropFragment,
     Counter::DropMalformed,
     Counter::DropNatFailed,
+    Counter::DropSourceRange,
+    Counter::DropSnatExhausted,
+    Counter::DropNoSnatAddr,
+    Counter::DropNoRoute,
 ];
 
 struct Fuzzer {
@@ -316,10 +469,8 @@ struct Fuzzer {
     world: World,
     seed: u64,
     rng: Rng,
-    /// Flows balanced so far, with the backend each went to.
-    tracked: HashMap<FlowKey, Endpoint>,
-    /// The same keys, to pick from.
-    tracked_keys: Vec<FlowKey>,
+    /// Flows balanced so far.
+    tracked: Tracked,
     /// Clients seen, to come back with (conntrack hits).
     clients: Vec<Endpoint>,
     /// The counters when last read, by `Counter as usize`.
@@ -339,15 +490,15 @@ struct Fuzzer {
 
 impl Fuzzer {
     fn new(seed: u64) -> Self {
-        let h = Harness::new();
+        let desired = fuzz_state();
+        let h = Harness::with(&desired, Capacity::default());
         let counters = read_counters(&h);
         Fuzzer {
             h,
-            world: World::reference(),
+            world: World::of(&desired),
             seed,
             rng: Rng::new(seed),
-            tracked: HashMap::new(),
-            tracked_keys: Vec::new(),
+            tracked: Tracked::default(),
             clients: vec![(CLIENT, 40000)],
             counters,
             pending: vec![0; Counter::COUNT as usize],
@@ -381,10 +532,11 @@ impl Fuzzer {
 
     fn run_one(&mut self, n: usize, generator: &'static str, dir: Direction, frame: &[u8]) {
         let expect = match dir {
-            Direction::Ingress => expect_ingress(&self.world, frame),
+            Direction::Ingress => expect_ingress(&self.world, &self.tracked, frame),
             Direction::Egress => expect_egress(&self.world, &self.tracked, frame),
         };
-        let (verdict, out) = match self.h.try_run(dir.program(), frame) {
+        let uplink = self.h.uplink;
+        let (verdict, out) = match self.h.try_run_on(dir.program(), uplink, frame) {
             Ok((verdict, out, _)) => (verdict, out),
             Err(error) => {
                 // Only frames the kernel cannot make an skb of; the oracle says which.
@@ -425,8 +577,8 @@ impl Fuzzer {
         let moved = match &expect {
             Expect::Drop(c) => Some(*c),
             Expect::ArpReply(_) => Some(Counter::ArpReply),
-            Expect::RevNat(_) => Some(Counter::RevNat),
-            Expect::Pass | Expect::Dnat(_) => None,
+            Expect::RevNat(_) | Expect::SnatReply { .. } => Some(Counter::RevNat),
+            Expect::Pass | Expect::Dnat(_) | Expect::Snat(_) => None,
         };
         if let Some(c) = moved {
             self.pending[c as usize] += 1;
@@ -477,6 +629,12 @@ impl Fuzzer {
             }
             Ok(())
         };
+        let flow_key = |frame: &[u8]| {
+            let Class::Flow(flow) = classify(frame).1 else {
+                unreachable!("only flows are rewritten")
+            };
+            (flow.src, flow.sport, flow.protocol, flow.dst, flow.dport)
+        };
         match expect {
             Expect::Pass => unchanged(PASS),
             Expect::Drop(_) => unchanged(SHOT),
@@ -487,21 +645,56 @@ impl Fuzzer {
                 Ok(())
             }
             Expect::Dnat(backends) => {
-                let to = self.rewritten(frame, verdict, out, true)?;
+                let to = rewritten(frame, out, verdict, OK, Rewrite::Destination)?.dst;
                 if !backends.contains(&to) {
                     return Err(format!("DNAT to {to:?}, not a backend of the service"));
                 }
-                let Class::Flow(flow) = classify(frame).1 else {
-                    unreachable!()
-                };
-                let key = (flow.src, flow.sport, flow.protocol, flow.dst, flow.dport);
-                if self.tracked.insert(key, to).is_none() {
-                    self.tracked_keys.push(key);
+                self.track(flow_key(frame), to, None);
+                Ok(())
+            }
+            Expect::Snat(backends) => {
+                let macs = Some((REMOTE_NODE_MAC, NODE_MAC));
+                let after = rewritten(frame, out, verdict, REDIRECT, Rewrite::Both(macs))?;
+                if !backends.contains(&after.dst) {
+                    return Err(format!(
+                        "DNAT to {:?}, not a backend of the service",
+                        after.dst
+                    ));
+                }
+                let (addr, port) = after.src;
+                if addr != NODE {
+                    return Err(format!("SNAT to {addr:?}, not the uplink's address"));
+                }
+                let key = flow_key(frame);
+                let tuple = (after.dst, port, key.2);
+                if let Some(&owner) = self.tracked.snat_owner.get(&tuple)
+                    && owner != key
+                    && self.tracked.flows.get(&owner) == Some(&(after.dst, Some(port)))
+                {
+                    return Err(format!(
+                        "SNAT port {port} to {:?} is held by the flow {owner:?}",
+                        after.dst
+                    ));
+                }
+                self.track(key, after.dst, Some(port));
+                Ok(())
+            }
+            Expect::SnatReply {
+                frontend,
+                client,
+                macs,
+            } => {
+                let after = rewritten(frame, out, verdict, REDIRECT, Rewrite::Both(*macs))?;
+                if (after.src, after.dst) != (*frontend, *client) {
+                    return Err(format!(
+                        "translated to {:?} -> {:?}, not {frontend:?} -> {client:?}",
+                        after.src, after.dst
+                    ));
                 }
                 Ok(())
             }
             Expect::RevNat(frontends) => {
-                let from = self.rewritten(frame, verdict, out, false)?;
+                let from = rewritten(frame, out, verdict, OK, Rewrite::Source)?.src;
                 if !frontends.contains(&from) {
                     return Err(format!("reverse NAT to {from:?}, not the flow's frontend"));
                 }
@@ -510,62 +703,17 @@ impl Fuzzer {
         }
     }
 
-    /// Checks a rewrite (of the destination or of the source) and returns the new address
-    /// and port.
-    fn rewritten(
-        &self,
-        frame: &[u8],
-        verdict: u32,
-        out: &[u8],
-        destination: bool,
-    ) -> Result<Endpoint, String> {
-        if verdict != OK {
-            return Err("expected TC_ACT_OK".into());
+    /// Records a balanced flow (and the SNAT tuple it holds).
+    fn track(&mut self, key: FlowKey, backend: Endpoint, snat: Option<u16>) {
+        let tracked = &mut self.tracked;
+        if tracked.flows.insert(key, (backend, snat)).is_none() {
+            tracked.keys.push(key);
         }
-        let Class::Flow(flow) = classify(frame).1 else {
-            unreachable!("only flows are rewritten")
-        };
-        if out.len() != frame.len() {
-            return Err("the length changed".into());
+        if let Some(port) = snat
+            && tracked.snat_owner.insert((backend, port, key.2), key) != Some(key)
+        {
+            tracked.snat_keys.push(key);
         }
-        let (addr_at, port_at) = if destination {
-            (30, flow.l4 + 2)
-        } else {
-            (26, flow.l4)
-        };
-        let may_change = |i: usize| {
-            (24..26).contains(&i)
-                || (addr_at..addr_at + 4).contains(&i)
-                || (port_at..port_at + 2).contains(&i)
-                || (flow.csum..flow.csum + 2).contains(&i)
-        };
-        if let Some(i) = (0..frame.len()).find(|&i| frame[i] != out[i] && !may_change(i)) {
-            return Err(format!("byte {i} changed"));
-        }
-        let (ip_before, l4_before) = residues(frame, &flow);
-        let (ip_after, l4_after) = residues(out, &flow);
-        if ip_before != ip_after {
-            return Err(format!(
-                "IPv4 checksum residue {ip_before:#x} became {ip_after:#x}"
-            ));
-        }
-        if l4_before != l4_after {
-            return Err(format!(
-                "L4 checksum residue {l4_before:x?} became {l4_after:x?}"
-            ));
-        }
-        let ihl = flow.l4 - 14;
-        let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
-        // The shared helper takes the L4 length from the IP header.
-        let helper_applies = flow.protocol == proto::TCP || flow.l4_len == total - ihl;
-        if ip_before == 0xffff && l4_before.is_none_or(|r| r == 0xffff) && helper_applies {
-            // A packet whose checksums verified: so do the output's.
-            assert_checksums(out);
-        }
-        Ok((
-            out[addr_at..addr_at + 4].try_into().unwrap(),
-            u16::from_be_bytes([out[port_at], out[port_at + 1]]),
-        ))
     }
 
     fn check_counters(&mut self, n: usize, generator: &str, dir: Direction, frame: &[u8]) {
@@ -596,6 +744,95 @@ fn read_counters(h: &Harness) -> Vec<u64> {
     counters
 }
 
+/// Which parts of a flow's packet a rewrite may change.
+#[derive(Clone, Copy)]
+enum Rewrite {
+    Destination,
+    Source,
+    /// Both ends, and the MACs of a frame sent on by the datapath: to these (`None`: left
+    /// as they are, for the kernel's neighbour resolution).
+    Both(Option<([u8; 6], [u8; 6])>),
+}
+
+/// Both ends of a rewritten packet.
+struct Ends {
+    src: Endpoint,
+    dst: Endpoint,
+}
+
+/// Checks a rewrite: the verdict, that nothing but what `rewrite` allows changed, and that
+/// both checksums keep their verdicts; returns the new ends.
+fn rewritten(
+    frame: &[u8],
+    out: &[u8],
+    verdict: u32,
+    want: u32,
+    rewrite: Rewrite,
+) -> Result<Ends, String> {
+    if verdict != want {
+        return Err(format!("verdict {verdict:#x}, expected {want:#x}"));
+    }
+    let Class::Flow(flow) = classify(frame).1 else {
+        unreachable!("only flows are rewritten")
+    };
+    if out.len() != frame.len() {
+        return Err("the length changed".into());
+    }
+    let (src, dst, macs) = match rewrite {
+        Rewrite::Destination => (false, true, None),
+        Rewrite::Source => (true, false, None),
+        Rewrite::Both(macs) => (true, true, macs),
+    };
+    let may_change = |i: usize| {
+        (24..26).contains(&i)
+            || (src && ((26..30).contains(&i) || (flow.l4..flow.l4 + 2).contains(&i)))
+            || (dst && ((30..34).contains(&i) || (flow.l4 + 2..flow.l4 + 4).contains(&i)))
+            || (flow.csum..flow.csum + 2).contains(&i)
+            || (macs.is_some() && i < 12)
+    };
+    if let Some(i) = (0..frame.len()).find(|&i| frame[i] != out[i] && !may_change(i)) {
+        return Err(format!("byte {i} changed"));
+    }
+    if let Some((dmac, smac)) = macs
+        && (out[..6] != dmac || out[6..12] != smac)
+    {
+        return Err(format!(
+            "MACs {}, expected {dmac:02x?} {smac:02x?}",
+            hex(&out[..12])
+        ));
+    }
+    let (ip_before, l4_before) = residues(frame, &flow);
+    let (ip_after, l4_after) = residues(out, &flow);
+    if ip_before != ip_after {
+        return Err(format!(
+            "IPv4 checksum residue {ip_before:#x} became {ip_after:#x}"
+        ));
+    }
+    if l4_before != l4_after {
+        return Err(format!(
+            "L4 checksum residue {l4_before:x?} became {l4_after:x?}"
+        ));
+    }
+    let ihl = flow.l4 - 14;
+    let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    // The shared helper takes the L4 length from the IP header.
+    let helper_applies = flow.protocol == proto::TCP || flow.l4_len == total - ihl;
+    if ip_before == 0xffff && l4_before.is_none_or(|r| r == 0xffff) && helper_applies {
+        // A packet whose checksums verified: so do the output's.
+        assert_checksums(out);
+    }
+    let end = |addr: usize, port: usize| -> Endpoint {
+        (
+            out[addr..addr + 4].try_into().unwrap(),
+            u16::from_be_bytes([out[port], out[port + 1]]),
+        )
+    };
+    Ok(Ends {
+        src: end(26, flow.l4),
+        dst: end(30, flow.l4 + 2),
+    })
+}
+
 /// BPF_PROG_TEST_RUN makes an skb of the frame and refuses an IPv4 or IPv6 frame too short
 /// for its network header.
 fn kernel_refuses(frame: &[u8]) -> bool {
@@ -616,7 +853,7 @@ impl Fuzzer {
             .world
             .services
             .iter()
-            .filter(|(_, backends)| !backends.is_empty())
+            .filter(|(_, s)| !s.backends.is_empty())
             .map(|(&key, _)| key)
             .collect();
         served.sort();
@@ -737,18 +974,18 @@ impl Fuzzer {
     /// A reply from the backend of a balanced flow (often a recent one), now and then from
     /// another port or to another client port: a flow that is not tracked.
     fn reply_packet(&mut self) -> Packet {
-        if self.tracked_keys.is_empty() {
+        if self.tracked.keys.is_empty() {
             return self.vip_packet();
         }
-        let n = self.tracked_keys.len();
+        let n = self.tracked.keys.len();
         let i = if self.rng.percent(50) {
             n - 1 - self.rng.below(n.min(256))
         } else {
             self.rng.below(n)
         };
-        let key = self.tracked_keys[i];
+        let key = self.tracked.keys[i];
         let (client, client_port, protocol, _, _) = key;
-        let (mut backend, mut backend_port) = self.tracked[&key];
+        let ((mut backend, mut backend_port), _) = self.tracked.flows[&key];
         let mut client_port = client_port;
         match self.rng.below(20) {
             0 => backend_port = backend_port.wrapping_add(1),
@@ -757,6 +994,32 @@ impl Fuzzer {
             _ => {}
         }
         let mut p = Packet::new((backend, backend_port), (client, client_port), protocol);
+        self.dress(&mut p);
+        p
+    }
+
+    /// A reply from the backend of a SNATed flow to the port the flow holds (often a recent
+    /// one), now and then to another port or address, or from another port.
+    fn snat_reply_packet(&mut self) -> Packet {
+        if self.tracked.snat_keys.is_empty() {
+            return self.vip_packet();
+        }
+        let n = self.tracked.snat_keys.len();
+        let i = if self.rng.percent(50) {
+            n - 1 - self.rng.below(n.min(256))
+        } else {
+            self.rng.below(n)
+        };
+        let key = self.tracked.snat_keys[i];
+        let ((backend, mut backend_port), port) = self.tracked.flows[&key];
+        let (mut node, mut port) = (NODE, port.unwrap_or(0));
+        match self.rng.below(20) {
+            0 => backend_port = backend_port.wrapping_add(1),
+            1 => port = port.wrapping_add(1),
+            2 => node = [192, 168, 10, self.rng.u8()],
+            _ => {}
+        }
+        let mut p = Packet::new((backend, backend_port), (node, port), key.2);
         self.dress(&mut p);
         p
     }
@@ -1019,10 +1282,18 @@ impl Fuzzer {
                 let frame = self.vip_packet().frame();
                 ("vip flow, one byte changed", self.one_byte_changed(frame))
             }
-            32..=41 => ("reply", self.reply_packet().frame()),
-            42..=48 => {
+            32..=37 => ("reply", self.reply_packet().frame()),
+            38..=41 => ("reply to SNAT", self.snat_reply_packet().frame()),
+            42..=45 => {
                 let frame = self.reply_packet().frame();
                 ("reply, one byte changed", self.one_byte_changed(frame))
+            }
+            46..=48 => {
+                let frame = self.snat_reply_packet().frame();
+                (
+                    "reply to SNAT, one byte changed",
+                    self.one_byte_changed(frame),
+                )
             }
             49..=54 => {
                 let mut p = self.any_packet();
@@ -1055,7 +1326,7 @@ impl Fuzzer {
         self.run(*n, "sweep: setup", &syn);
         *n += 1;
         let key = (CLIENT, 45000, proto::TCP, VIP_RANDOM, 80);
-        let backend = self.tracked[&key];
+        let (backend, _) = self.tracked.flows[&key];
 
         let mut tcp = Packet::new((CLIENT, 45001), (VIP_AFFINITY, 80), proto::TCP);
         tcp.ip_options = vec![7, 7, 4, 0, 0, 0, 0, 0];
@@ -1142,6 +1413,10 @@ fn random_and_mutated_frames_are_rewritten_only_when_valid() {
         "ingress drop_no_backend",
         "ingress drop_fragment",
         "ingress drop_malformed",
+        "ingress drop_source_range",
+        "ingress snat",
+        "ingress snat_reply",
+        "ingress drop_no_route",
         "egress pass",
         "egress rev_nat",
     ] {

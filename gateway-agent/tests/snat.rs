@@ -297,8 +297,11 @@ fn without_an_address_or_a_route_a_flow_to_a_remote_backend_is_dropped_and_count
     assert_eq!(h.ingress(&syn), (SHOT, syn.clone()));
     assert_eq!(h.counter(Counter::DropNoSnatAddr), 1);
     let query = udp_frame((CLIENT, 5000), (VIP, 53), b"q");
-    let (verdict, _) = h.uplink_ingress(&query);
-    assert_eq!(verdict, SHOT);
+    assert_eq!(
+        h.uplink_ingress(&query),
+        (SHOT, query.clone()),
+        "dropped as it came"
+    );
     assert_eq!(h.counter(Counter::DropNoRoute), 1);
 }
 

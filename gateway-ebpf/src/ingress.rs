@@ -154,9 +154,24 @@ fn ipv4(pkt: &mut Packet) -> i32 {
 #[inline(always)]
 fn forward(pkt: &mut Packet, flow: &Flow, entry: &CtEntry, now: u64) -> i32 {
     let backend = (entry.backend_addr, entry.backend_port);
-    let snat = entry.flags & CT_F_SNAT != 0;
-    let src = snat.then_some((entry.snat_addr, entry.snat_port));
-    if nat::rewrite(pkt, flow, src, Some(backend)).is_err() {
+    if entry.flags & CT_F_SNAT == 0 {
+        if nat::rewrite(pkt, flow, None, Some(backend)).is_err() {
+            return drop(pkt, Counter::DropNatFailed);
+        }
+        account(
+            entry.service_id,
+            entry.backend_id,
+            pkt.len(),
+            Direction::Forward,
+        );
+        return TC_ACT_OK;
+    }
+    let Some(hop) = route::next_hop(pkt, flow.proto, entry.snat_addr, entry.backend_addr, now)
+    else {
+        return drop(pkt, Counter::DropNoRoute);
+    };
+    let src = (entry.snat_addr, entry.snat_port);
+    if nat::rewrite(pkt, flow, Some(src), Some(backend)).is_err() {
         return drop(pkt, Counter::DropNatFailed);
     }
     account(
@@ -165,11 +180,7 @@ fn forward(pkt: &mut Packet, flow: &Flow, entry: &CtEntry, now: u64) -> i32 {
         pkt.len(),
         Direction::Forward,
     );
-    if snat {
-        route::redirect(pkt, flow, entry.snat_addr, entry.backend_addr, now)
-    } else {
-        TC_ACT_OK
-    }
+    route::send(pkt, hop)
 }
 
 /// Whether the address's filter bit is set (false: certainly not a VIP).

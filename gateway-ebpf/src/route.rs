@@ -23,19 +23,32 @@ use aya_ebpf::{
 use gateway_common::{Counter, Ipv4, NEXTHOP_TTL_NS, NextHop, nexthop_slot};
 use network_types::eth::EthHdr;
 
-use crate::{
-    drop,
-    maps::NEXTHOPS,
-    packet::{Flow, Packet},
-};
+use crate::{drop, maps::NEXTHOPS, packet::Packet};
 
 const AF_INET: u8 = 2;
 
-/// Sends the frame, whose IPv4 source is now `src` and destination `dst`, out of the
-/// interface the FIB routes `dst` through, as the node would forward it. `now`: the
-/// datapath's clock.
+/// Where a frame goes: out of `ifindex`, with both MACs known, or to a next hop whose MAC
+/// the kernel resolves.
+#[derive(Clone, Copy)]
+pub enum Hop {
+    Known {
+        ifindex: u32,
+        smac: [u8; 6],
+        dmac: [u8; 6],
+    },
+    Neighbour {
+        ifindex: u32,
+        /// The next hop's address, as the FIB gives it (network byte order).
+        ipv4_nh: u32,
+    },
+}
+
+/// The way out for a frame from `src` to `dst` (the addresses it will carry), as the node
+/// would forward it; `None` when the FIB has no usable route. Asked before the frame is
+/// rewritten, so that a frame without one is dropped as it came. `now`: the datapath's
+/// clock.
 #[inline(always)]
-pub fn redirect(pkt: &mut Packet, flow: &Flow, src: Ipv4, dst: Ipv4, now: u64) -> i32 {
+pub fn next_hop(pkt: &Packet, proto: u8, src: Ipv4, dst: Ipv4, now: u64) -> Option<Hop> {
     let ifindex = pkt.ifindex();
     let cached = NEXTHOPS.get_ptr_mut(nexthop_slot(dst, ifindex));
     if let Some(hop) = cached {
@@ -47,13 +60,17 @@ pub fn redirect(pkt: &mut Packet, flow: &Flow, src: Ipv4, dst: Ipv4, now: u64) -
             && hop.ifindex == ifindex
             && now.wrapping_sub(hop.asked_ns) < NEXTHOP_TTL_NS
         {
-            return send(pkt, hop.out_ifindex, hop.smac, hop.dmac);
+            return Some(Hop::Known {
+                ifindex: hop.out_ifindex,
+                smac: hop.smac,
+                dmac: hop.dmac,
+            });
         }
     }
     // SAFETY: `bpf_fib_lookup` is plain old data: all zeros is a valid request.
     let mut fib: FibLookup = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
-    fib.l4_protocol = flow.proto;
+    fib.l4_protocol = proto;
     // tot_len 0: the kernel checks the frame itself against the route's MTU, GSO frames
     // (GRO on the uplink) by their segments.
     fib.ifindex = ifindex;
@@ -82,40 +99,50 @@ pub fn redirect(pkt: &mut Packet, flow: &Flow, src: Ipv4, dst: Ipv4, now: u64) -
                     dmac: fib.dmac,
                 };
             }
-            send(pkt, fib.ifindex, fib.smac, fib.dmac)
+            Some(Hop::Known {
+                ifindex: fib.ifindex,
+                smac: fib.smac,
+                dmac: fib.dmac,
+            })
         }
-        BPF_FIB_LKUP_RET_NO_NEIGH => {
-            // The lookup left the next hop (the gateway, or `dst` itself on a link) in place
-            // of the destination.
+        // The lookup left the next hop (the gateway, or `dst` itself on a link) in place of
+        // the destination.
+        BPF_FIB_LKUP_RET_NO_NEIGH => Some(Hop::Neighbour {
+            ifindex: fib.ifindex,
             // SAFETY: the union member the IPv4 lookup wrote.
-            let ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
+            ipv4_nh: unsafe { fib.__bindgen_anon_4.ipv4_dst },
+        }),
+        // Blackhole, unreachable, prohibited, local, forwarding off, above the MTU.
+        _ => None,
+    }
+}
+
+/// Sends the (rewritten) frame on by `hop`.
+#[inline(always)]
+pub fn send(pkt: &mut Packet, hop: Hop) -> i32 {
+    match hop {
+        Hop::Known {
+            ifindex,
+            smac,
+            dmac,
+        } => {
+            let Some(eth) = pkt.header_mut::<EthHdr>(0) else {
+                return drop(pkt, Counter::DropNatFailed);
+            };
+            eth.dst_addr = dmac;
+            eth.src_addr = smac;
+            // SAFETY: a helper call with an interface index and no flags.
+            unsafe { bpf_redirect(ifindex, 0) as i32 }
+        }
+        Hop::Neighbour { ifindex, ipv4_nh } => {
             let mut next_hop = RedirNeigh {
                 nh_family: AF_INET as u32,
                 __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv4_nh },
             };
             // SAFETY: an interface index and a next hop of the helper's own type and size.
             unsafe {
-                bpf_redirect_neigh(
-                    fib.ifindex,
-                    &mut next_hop,
-                    size_of::<RedirNeigh>() as i32,
-                    0,
-                ) as i32
+                bpf_redirect_neigh(ifindex, &mut next_hop, size_of::<RedirNeigh>() as i32, 0) as i32
             }
         }
-        // Blackhole, unreachable, prohibited, local, forwarding off, above the MTU.
-        _ => drop(pkt, Counter::DropNoRoute),
     }
-}
-
-/// Writes the MACs and sends the frame out of `ifindex`.
-#[inline(always)]
-fn send(pkt: &mut Packet, ifindex: u32, smac: [u8; 6], dmac: [u8; 6]) -> i32 {
-    let Some(eth) = pkt.header_mut::<EthHdr>(0) else {
-        return drop(pkt, Counter::DropNatFailed);
-    };
-    eth.dst_addr = dmac;
-    eth.src_addr = smac;
-    // SAFETY: a helper call with an interface index and no flags.
-    unsafe { bpf_redirect(ifindex, 0) as i32 }
 }

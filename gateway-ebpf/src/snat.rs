@@ -117,8 +117,11 @@ pub fn reply(pkt: &mut Packet, ip: Result<Ipv4Packet, Invalid>) -> i32 {
         return PASS;
     };
     let now = now_ns(config);
-    conntrack::touch(entry, now, conntrack::backend_flags(&flow));
     let (vip, client) = ((key.vip, key.vip_port), (key.client_addr, key.client_port));
+    let Some(hop) = route::next_hop(pkt, flow.proto, vip.0, client.0, now) else {
+        return drop(pkt, Counter::DropNoRoute);
+    };
+    conntrack::touch(entry, now, conntrack::backend_flags(&flow));
     if nat::rewrite(pkt, &flow, Some(vip), Some(client)).is_err() {
         return drop(pkt, Counter::DropNatFailed);
     }
@@ -129,5 +132,5 @@ pub fn reply(pkt: &mut Packet, ip: Result<Ipv4Packet, Invalid>) -> i32 {
         pkt.len(),
         Direction::Reverse,
     );
-    route::redirect(pkt, &flow, vip.0, client.0, now)
+    route::send(pkt, hop)
 }
