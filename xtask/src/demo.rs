@@ -2,9 +2,10 @@
 //! agent, brings the reference topology up in network namespaces, runs the agent on every
 //! node, sends real requests from the client to the VIPs and shows what happened: who
 //! answered ARP, which backend served, the source address the backend saw, and affinity
-//! holding. Then failover: three workers whose agents form a cluster, the announcer killed
-//! (agent and uplink), and the VIP answered by another node within a second, never by two.
-//! Everything is torn down at the end, also on failure.
+//! holding; then an externalTrafficPolicy Cluster service served by a pod on the worker
+//! that does not announce it. Then failover: three workers whose agents form a cluster, the
+//! announcer killed (agent and uplink), and the VIP answered by another node within a second,
+//! never by two. Everything is torn down at the end, also on failure.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -14,13 +15,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use gateway_tests::agent::{self, Agent};
-use gateway_tests::lab::{self, Lab, LabSpec};
+use gateway_tests::lab::{self, Lab, LabSpec, ServiceSpec, TrafficPolicy};
 use gateway_tests::probe::Probe;
 
 use crate::{cmd, setup};
 
 const VIPS: [Ipv4Addr; 2] = [lab::VIP_INTERNAL, lab::VIP_EXTERNAL];
 const REQUESTS: usize = 6;
+/// The Cluster service: its VIP, and its name in the lab.
+const VIP_CLUSTER: Ipv4Addr = lab::SPARE_VIPS[0];
+const CLUSTER_SERVICE: &str = "cilium-gateway-gateway-cluster";
 
 /// Every claim the demo makes is checked against what it observed.
 #[derive(Default)]
@@ -68,8 +72,13 @@ pub fn run(workspace: &Path) -> Result<()> {
     let binary = agent::binary()?;
 
     section("lab: client, L2 segment, control plane cp1, workers w1 (2 envoy pods) and w2 (1)");
-    let spec = LabSpec::reference(&lab::unique_prefix("gwdemo")).with_client_addr(lab::CLIENT_2);
-    let lab = Lab::up(spec.with_teardown_agent(&binary))?;
+    let mut spec =
+        LabSpec::reference(&lab::unique_prefix("gwdemo")).with_client_addr(lab::CLIENT_2);
+    // A Cluster service, its endpoint chosen once the announcer is known.
+    let mut cluster = ServiceSpec::gateway("gateway-cluster", VIP_CLUSTER, &[]);
+    cluster.external_traffic_policy = TrafficPolicy::Cluster;
+    spec.services.push(cluster);
+    let lab = Lab::up(spec.clone().with_teardown_agent(&binary))?;
     let config = agent::write_config(&lab, &lab.config_yaml()?)?;
     println!("objects: {}", config.display());
     let check = Command::new(&binary)
@@ -160,6 +169,8 @@ pub fn run(workspace: &Path) -> Result<()> {
         }
         announcers.push(announcer);
     }
+
+    cluster_service(&lab, spec, &agents, &mac_owner, &mut findings)?;
 
     announcers.dedup();
     for node in &announcers {
@@ -273,5 +284,96 @@ fn failover(binary: &Path, findings: &mut Findings) -> Result<()> {
         section(&format!("gateway-agent members on {newcomer}"));
         print!("{}", agent.cli(&["members"])?);
     }
+    Ok(())
+}
+
+/// The Cluster service: announced by a worker without any endpoint, then given the other
+/// worker's pod as its only endpoint; requests are served by that pod, which sees the
+/// announcing node's address (SNAT), and replies come back from the VIP.
+fn cluster_service(
+    lab: &Lab,
+    mut spec: LabSpec,
+    agents: &BTreeMap<String, Agent>,
+    mac_owner: &BTreeMap<String, String>,
+    findings: &mut Findings,
+) -> Result<()> {
+    section(&format!(
+        "VIP {VIP_CLUSTER}: externalTrafficPolicy Cluster, its endpoint on another node"
+    ));
+    let client = lab.client();
+    client.flush_neigh()?;
+    let owners: Vec<String> = client
+        .arping(VIP_CLUSTER)?
+        .iter()
+        .filter_map(|m| mac_owner.get(m).cloned())
+        .collect();
+    println!(
+        "ARP who-has {VIP_CLUSTER}: answered by {} (no endpoint needed)",
+        owners.join(", ")
+    );
+    findings.check(
+        owners.len() == 1 && owners[0] != "cp1",
+        format!("exactly one worker answers ARP for the Cluster VIP {VIP_CLUSTER}: {owners:?}"),
+    );
+    let Some(announcer) = owners.first().cloned() else {
+        return Ok(());
+    };
+    let other = if announcer == "w1" { "w2" } else { "w1" };
+    let Some(pod) = lab.pods().iter().find(|p| p.node() == other) else {
+        return Ok(());
+    };
+    println!(
+        "its only endpoint: {} on {other}; the file is changed and every agent reloads",
+        pod.name()
+    );
+    spec.service_mut(CLUSTER_SERVICE).backends = vec![pod.name().to_owned()];
+    agent::write_config(lab, &lab::config_yaml(&spec)?)?;
+    for agent in agents.values() {
+        agent.reload()?;
+    }
+    let frontend = format!("{VIP_CLUSTER}:80/TCP");
+    let wanted = format!("{}:{}", pod.addr(), lab::HTTP_PORT);
+    let programmed = gateway_tests::eventually(
+        std::time::Duration::from_secs(5),
+        || agents[&announcer].backends(&frontend),
+        |b| b.contains(&wanted),
+    )?;
+    findings.check(
+        programmed.contains(&wanted),
+        format!("{announcer} programs {frontend} with {wanted}, on {other}"),
+    );
+    let node_addr = lab.node(&announcer).addr();
+    for i in 0..REQUESTS {
+        let body = client.curl(&format!("http://{VIP_CLUSTER}/"), None)?;
+        println!(
+            "  client {:<14} request {}: {}",
+            client.addr(),
+            i + 1,
+            body.trim()
+        );
+        findings.check(
+            body.contains(&format!("backend={} ", pod.name())),
+            format!("{VIP_CLUSTER}: served by {} on {other}", pod.name()),
+        );
+        findings.check(
+            body.contains(&format!("client={node_addr}:")),
+            format!("{VIP_CLUSTER}: the pod saw the announcing node's address {node_addr} (SNAT)"),
+        );
+    }
+    let flows = agents[&announcer].json(&["ct", "list"])?;
+    let snated = flows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["backend"] == wanted.as_str() && f["snat"].is_string())
+        .count();
+    findings.check(
+        snated > 0,
+        format!("{announcer}'s conntrack shows the flows SNATed to {node_addr}"),
+    );
+    println!(
+        "snat_created on {announcer}: {}",
+        agents[&announcer].counter("snat_created")?
+    );
     Ok(())
 }
