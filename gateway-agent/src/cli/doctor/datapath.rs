@@ -335,28 +335,67 @@ fn timeout(rule: &TimeoutRule, config: &DatapathConfig) -> Finding {
     }
 }
 
-/// A drop reason worth reporting, and what its packets were.
+/// A drop reason worth reporting, what its packets were, and what to do about it (empty:
+/// nothing, it is the datapath doing its job).
 struct DropRule {
     counter: Counter,
+    severity: Severity,
     meaning: &'static str,
+    fix: &'static str,
 }
 
-const DROPS: [DropRule; 4] = [
+const DROPS: [DropRule; 8] = [
     DropRule {
         counter: Counter::DropBackendGone,
+        severity: Severity::Info,
         meaning: "packets of flows whose backend was removed were dropped",
+        fix: "",
     },
     DropRule {
         counter: Counter::DropNoBackend,
-        meaning: "packets reached a service without a ready backend on this node",
+        severity: Severity::Info,
+        meaning: "packets reached a service without a ready backend",
+        fix: "",
     },
     DropRule {
         counter: Counter::DropUnknownPort,
+        severity: Severity::Info,
         meaning: "packets reached a VIP on a port it does not serve",
+        fix: "",
     },
     DropRule {
         counter: Counter::DropIcmp,
+        severity: Severity::Info,
         meaning: "ICMP packets to a VIP were dropped (pings and ICMP errors for VIPs are not handled yet)",
+        fix: "",
+    },
+    DropRule {
+        counter: Counter::DropSourceRange,
+        severity: Severity::Info,
+        meaning: "packets from clients outside a service's loadBalancerSourceRanges were dropped",
+        fix: "",
+    },
+    DropRule {
+        counter: Counter::DropSnatExhausted,
+        severity: Severity::Warning,
+        meaning: "new connections to a backend on another node were dropped: every SNAT port \
+                  tried was held by another flow to that backend",
+        fix: "widen --snat-ports, or give the service more endpoints",
+    },
+    DropRule {
+        counter: Counter::DropNoRoute,
+        severity: Severity::Warning,
+        meaning: "packets to a backend on another node (or their replies to the client) had no \
+                  usable route",
+        fix: "route the other nodes' pod networks (and the clients) through the uplinks, with \
+              net.ipv4.ip_forward=1",
+    },
+    DropRule {
+        counter: Counter::DropNoSnatAddr,
+        severity: Severity::Warning,
+        meaning: "new connections to a backend on another node arrived on an interface without \
+                  an IPv4 address to SNAT them to",
+        fix: "give the uplink an IPv4 address (or attach the programs to one that has)",
     },
 ];
 
@@ -366,11 +405,11 @@ fn drops(rule: &DropRule, counters: &BTreeMap<&'static str, u64>) -> Option<Find
     let n = counters.get(name).copied().unwrap_or(0);
     (n > 0).then(|| {
         Finding::new(
-            Severity::Info,
+            rule.severity,
             "drops",
             name,
             format!("{n}: {}", rule.meaning),
-            "",
+            rule.fix,
         )
     })
 }
@@ -542,7 +581,24 @@ mod tests {
         assert_eq!(found[0].subject, Counter::DropNoBackend.name());
         assert_eq!(
             found[0].finding,
-            "3: packets reached a service without a ready backend on this node"
+            "3: packets reached a service without a ready backend"
+        );
+        assert_eq!(found[0].severity, Severity::Info);
+    }
+
+    #[test]
+    fn snat_port_exhaustion_is_a_warning_with_a_fix() {
+        let counters = BTreeMap::from([(Counter::DropSnatExhausted.name(), 2)]);
+        let found: Vec<Finding> = DROPS.iter().filter_map(|d| drops(d, &counters)).collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].severity, Severity::Warning);
+        assert!(
+            found[0].finding.starts_with("2: new connections"),
+            "{found:?}"
+        );
+        assert_eq!(
+            found[0].fix,
+            "widen --snat-ports, or give the service more endpoints"
         );
     }
 }
