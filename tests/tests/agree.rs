@@ -112,6 +112,12 @@ fn gateways_on_one_pod_agree(count: usize) -> Result<()> {
     let w1 = Agent::start(&lab, "w1", &config)?;
     let status = w1.json(&["status"])?;
     assert_eq!(recorded(&status), BTreeSet::new(), "{status:#}");
+    assert_eq!(
+        status["agent"]["objects_not_served"].as_u64(),
+        Some(0),
+        "{status:#}"
+    );
+    assert!(status["agent"]["rejected"].is_null(), "{status:#}");
     let served = programmed(&w1)?;
     let gateways: Vec<String> = (0..count - 2)
         .map(|i| format!("gateway/gw-{i:02}"))

@@ -205,17 +205,7 @@ impl Cluster {
             (_, Some((addr, peers))) => self.join(addr, peers, state, maps)?,
         }
         if let Some(m) = &mut self.members {
-            let eligible: BTreeMap<Ipv4Addr, BTreeSet<String>> = desired
-                .eligible
-                .iter()
-                .map(|(vip, nodes)| (*vip, nodes.iter().map(|n| n.to_string()).collect()))
-                .collect();
-            let can: BTreeSet<Ipv4Addr> = desired.announceable.iter().map(|a| a.vip).collect();
-            let unable = eligible
-                .iter()
-                .filter(|(vip, nodes)| nodes.contains(&self.me) && !can.contains(vip))
-                .map(|(vip, _)| *vip)
-                .collect();
+            let (eligible, unable) = eligibility(&self.me, desired);
             m.node.set_eligible(m.transport.now(), eligible, unable);
         }
         Ok(())
@@ -659,6 +649,28 @@ impl Cluster {
 /// two of its ticks early, as that clock (CLOCK_MONOTONIC_COARSE, through jiffies) lags the
 /// agent's by up to a tick and matches the coarse clock to within one; closed when no more
 /// than that is left.
+/// What the cluster learns from the objects: each announced address's eligible nodes (the
+/// same on every node: any selected node for a Cluster service, those with an endpoint
+/// taking new flows for a Local one), and the addresses `me` is eligible for but cannot
+/// announce (no interface its policies select here), which it tells the others.
+fn eligibility(
+    me: &str,
+    desired: &DesiredState,
+) -> (BTreeMap<Ipv4Addr, BTreeSet<String>>, BTreeSet<Ipv4Addr>) {
+    let eligible: BTreeMap<Ipv4Addr, BTreeSet<String>> = desired
+        .eligible
+        .iter()
+        .map(|(vip, nodes)| (*vip, nodes.iter().map(|n| n.to_string()).collect()))
+        .collect();
+    let can: BTreeSet<Ipv4Addr> = desired.announceable.iter().map(|a| a.vip).collect();
+    let unable = eligible
+        .iter()
+        .filter(|(vip, nodes)| nodes.contains(me) && !can.contains(vip))
+        .map(|(vip, _)| *vip)
+        .collect();
+    (eligible, unable)
+}
+
 fn gate_at(left: Duration, now_ns: u64, tick: Duration) -> Gate {
     match left.checked_sub(tick * 2) {
         Some(left) if !left.is_zero() => Gate {
@@ -704,8 +716,115 @@ fn incarnation() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::{
+        claims::{Claim, Claims},
+        election::{View, claims_for},
+    };
+    use crate::config::fixtures::{REFERENCE, edit, parse_ok};
+    use crate::model::desired_state;
 
     const MS: Duration = Duration::from_millis(1);
+    const INTERNAL: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 49);
+    const EXTERNAL: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 50);
+
+    fn names(nodes: &[&str]) -> BTreeSet<String> {
+        nodes.iter().map(|n| n.to_string()).collect()
+    }
+
+    /// The reference with the external gateway's only endpoint on worker-2, under `policy`.
+    fn external_on_worker_2(policy: &str) -> String {
+        let remote_only = edit(
+            REFERENCE,
+            "endpoints:\n  - addresses: [\"10.0.1.10\"]\n    nodeName: worker-1\n    conditions:\n      ready: true\n  - addresses: [\"10.0.2.10\"]",
+            "endpoints:\n  - addresses: [\"10.0.2.10\"]",
+        );
+        edit(
+            &remote_only,
+            "  externalTrafficPolicy: Local\n  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n\
+             \x20   clientIP:\n      timeoutSeconds: 10800\n  selector:\n    io.cilium.gateway/owning-gateway: gateway-external",
+            &format!(
+                "  externalTrafficPolicy: {policy}\n  selector:\n    io.cilium.gateway/owning-gateway: gateway-external"
+            ),
+        )
+    }
+
+    #[test]
+    fn any_selected_node_may_take_over_a_cluster_service_a_local_one_needs_an_endpoint() {
+        for (policy, external_eligible) in [
+            ("Local", names(&["worker-2"])),
+            ("Cluster", names(&["worker-1", "worker-2"])),
+        ] {
+            let config = parse_ok(&external_on_worker_2(policy));
+            let uplinks = ["ens18".to_owned()];
+            let expected = BTreeMap::from([
+                (INTERNAL, names(&["worker-1", "worker-2"])),
+                (EXTERNAL, external_eligible.clone()),
+            ]);
+            // Every node tells the cluster the same eligible nodes, and none is unable.
+            for node in ["cp-1", "worker-1", "worker-2"] {
+                let desired = desired_state(&config, node, &uplinks);
+                assert_eq!(
+                    eligibility(node, &desired),
+                    (expected.clone(), BTreeSet::new()),
+                    "{policy} on {node}"
+                );
+            }
+            // Without an interface the policy selects, worker-1 is unable for all it is
+            // eligible for, and says so.
+            let desired = desired_state(&config, "worker-1", &["lo".to_owned()]);
+            let (eligible, unable) = eligibility("worker-1", &desired);
+            assert_eq!(eligible, expected, "{policy}");
+            let unable_expected: BTreeSet<Ipv4Addr> = (expected.iter())
+                .filter(|(_, nodes)| nodes.contains("worker-1"))
+                .map(|(vip, _)| *vip)
+                .collect();
+            assert_eq!(unable, unable_expected, "{policy}");
+
+            // worker-2 held both VIPs and died: worker-1 takes over what it is eligible
+            // for, a Cluster service without any endpoint of its own included.
+            let dead_holder: Claims = [INTERNAL, EXTERNAL]
+                .into_iter()
+                .map(|vip| {
+                    let claim = Claim {
+                        epoch: 1,
+                        answered: true,
+                    };
+                    (vip, claim)
+                })
+                .collect();
+            let claims = BTreeMap::from([
+                ("worker-2".to_owned(), dead_holder),
+                ("worker-1".to_owned(), Claims::new()),
+            ]);
+            let wanted = claims_for(&View {
+                me: "worker-1",
+                alive: &names(&["cp-1", "worker-1"]),
+                draining: &BTreeSet::new(),
+                claims: &claims,
+                eligible: &expected,
+                quorate: true,
+                takeover_on_silence: true,
+            });
+            let taken: BTreeSet<Ipv4Addr> = wanted.keys().copied().collect();
+            let expected_taken = if policy == "Cluster" {
+                BTreeSet::from([INTERNAL, EXTERNAL])
+            } else {
+                BTreeSet::from([INTERNAL])
+            };
+            assert_eq!(taken, expected_taken, "{policy}");
+            // The control plane, alive but not selected, takes nothing.
+            let wanted = claims_for(&View {
+                me: "cp-1",
+                alive: &names(&["cp-1", "worker-1"]),
+                draining: &BTreeSet::new(),
+                claims: &claims,
+                eligible: &expected,
+                quorate: true,
+                takeover_on_silence: true,
+            });
+            assert!(wanted.is_empty(), "{policy}: {wanted:?}");
+        }
+    }
 
     #[test]
     fn the_gate_closes_two_ticks_before_the_lease_and_is_closed_without_room() {

@@ -3,15 +3,15 @@
 //!
 //! The eligible nodes are the Node objects that the nodeSelector of an announcing policy
 //! selects, that are Ready and not labelled
-//! `node.kubernetes.io/exclude-from-external-load-balancers` (the Kubernetes convention); for an externalTrafficPolicy Local service, only those that
-//! run at least one endpoint of it that takes new flows: a ready one, or one serving while
-//! it terminates (a node without one would drop the traffic it attracts; a node whose last
-//! endpoint terminates keeps the VIP while that endpoint drains, instead of moving it and
-//! cutting the node's connections mid-stream); for an address several services share, the
-//! nodes eligible for every one of them. A Cluster service's node sends traffic on to
-//! endpoints anywhere, so any selected node is eligible for it. The
-//! announcer is the eligible node with the highest [`announcer_score`]; on a tie the name
-//! that sorts first. Hashing the VIP with the name (rendezvous hashing) spreads VIPs over
+//! `node.kubernetes.io/exclude-from-external-load-balancers` (the Kubernetes convention);
+//! for an externalTrafficPolicy Local service, only those that run at least one endpoint of
+//! it that takes new flows: a ready one, or one serving while it terminates (a node without
+//! one would drop the traffic it attracts; a node whose last endpoint terminates keeps the
+//! VIP while that endpoint drains, instead of moving it and cutting the node's connections
+//! mid-stream). A Cluster service's node sends traffic on to endpoints anywhere, so any
+//! selected node is eligible for it. For an address several services share, the nodes
+//! eligible for every one of them. The announcer is the eligible node with the highest
+//! [`announcer_score`]; on a tie the name that sorts first. Hashing the VIP with the name (rendezvous hashing) spreads VIPs over
 //! the nodes and moves a VIP only when its own announcer leaves or a better-scoring node
 //! becomes eligible.
 
