@@ -49,6 +49,9 @@ fn today() -> String {
 /// A part of the benchmark that can be measured on its own.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Part {
+    /// The datapath's cost per packet (BPF_PROG_TEST_RUN), every case at every size, with
+    /// the targets checked on it
+    Datapath,
     /// The control plane: programming many services, and a one-service change
     Control,
     /// Failover between nodes: 20 node kills, 20 agent-only kills, 5 agent restarts
@@ -64,6 +67,22 @@ fn target_dir(workspace: &Path) -> PathBuf {
         Some(dir) => workspace.join(dir),
         None => workspace.join("target"),
     }
+}
+
+/// The datapath benchmark (`gateway-agent/benches/datapath.rs`), its JSON kept in `out`.
+fn datapath(workspace: &Path, quick: bool, out: &Path) -> Result<report::DatapathRun> {
+    eprintln!("== datapath cost per packet");
+    let datapath_json = out.join("datapath.json");
+    let mut bench = Command::new("cargo");
+    bench
+        .args(["bench", "-p", "gateway-agent", "--bench", "datapath", "--"])
+        .current_dir(workspace);
+    if quick {
+        bench.arg("--quick");
+    }
+    cmd::run(bench.arg("--out").arg(&datapath_json))?;
+    serde_json::from_str(&std::fs::read_to_string(&datapath_json)?)
+        .context("reading the datapath benchmark's output")
 }
 
 pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
@@ -85,6 +104,15 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
     let (kills, restarts) = if quick { (2, 1) } else { (20, 5) };
 
     match only {
+        Some(Part::Datapath) => {
+            let datapath = datapath(workspace, quick, &out)?;
+            let mut md = String::new();
+            report::checks_table(&mut md, &report::datapath_checks(&datapath.measurements));
+            md.push('\n');
+            report::datapath_table(&mut md, &datapath.measurements);
+            println!("{md}");
+            return Ok(());
+        }
         Some(Part::Control) => {
             let lab = Lab::up(e2e::spec(&binary))?;
             let control_plane = control::run(&lab, &binary, services, per_service)?;
@@ -127,24 +155,15 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
             };
             let remote = e2e::remote(&lab, &binary, &settings)?;
             println!("{}", serde_json::to_string_pretty(&remote)?);
+            let mut md = String::new();
+            report::checks_table(&mut md, &Vec::from_iter(report::remote_check(&remote)));
+            println!("{md}");
             return Ok(());
         }
         None => {}
     }
 
-    eprintln!("== datapath cost per packet");
-    let datapath_json = out.join("datapath.json");
-    let mut bench = Command::new("cargo");
-    bench
-        .args(["bench", "-p", "gateway-agent", "--bench", "datapath", "--"])
-        .current_dir(workspace);
-    if quick {
-        bench.arg("--quick");
-    }
-    cmd::run(bench.arg("--out").arg(&datapath_json))?;
-    let datapath: report::DatapathRun =
-        serde_json::from_str(&std::fs::read_to_string(&datapath_json)?)
-            .context("reading the datapath benchmark's output")?;
+    let datapath = datapath(workspace, quick, &out)?;
 
     eprintln!("== end to end and control plane, in the lab");
     let lab = Lab::up(e2e::spec(&binary))?;

@@ -94,8 +94,17 @@ fn check(checks: &mut Vec<Check>, what: String, value: String, target: String, p
     });
 }
 
-/// The targets of issue 3, evaluated on what was measured.
+/// The targets of issues 3 and 12, evaluated on what was measured.
 pub fn checks(datapath: &[PacketCost], e2e: &[Throughput], control: &ControlPlane) -> Vec<Check> {
+    let mut out = datapath_checks(datapath);
+    out.extend(remote_check(e2e));
+    out.extend(e2e_checks(e2e));
+    out.extend(control_checks(control));
+    out
+}
+
+/// The datapath's targets (per packet, above the empty program's floor).
+pub fn datapath_checks(datapath: &[PacketCost]) -> Vec<Check> {
     let mut out = Vec::new();
     let sizes: Vec<usize> = {
         let mut s: Vec<usize> = datapath.iter().map(|c| c.services).collect();
@@ -161,13 +170,13 @@ pub fn checks(datapath: &[PacketCost], e2e: &[Throughput], control: &ControlPlan
             ratio <= 1.10,
         );
     }
-    let e2e_sizes: Vec<usize> = {
-        let mut s: Vec<usize> = e2e.iter().map(|t| t.services).collect();
-        s.sort_unstable();
-        s.dedup();
-        s
-    };
-    if let (Some(gw), Some(direct)) = (
+    out
+}
+
+/// New connections through a backend on another node against the client straight to it,
+/// when both were measured.
+pub fn remote_check(e2e: &[Throughput]) -> Option<Check> {
+    let (Some(gw), Some(direct)) = (
         rate(
             e2e,
             small_e2e(e2e),
@@ -180,17 +189,28 @@ pub fn checks(datapath: &[PacketCost], e2e: &[Throughput], control: &ControlPlan
             Path3::DirectRemote,
             Metric::NewConnections,
         ),
-    ) {
-        check(
-            &mut out,
-            "new connections/s through a backend on another node (Cluster, SNAT): gateway / \
-             client straight to the pod"
-                .into(),
-            format!("{:.2} ({gw:.0} / {direct:.0})", gw / direct.max(1.0)),
-            ">= 0.90".into(),
-            gw >= 0.90 * direct,
-        );
-    }
+    ) else {
+        return None;
+    };
+    Some(Check {
+        what: "new connections/s through a backend on another node (Cluster, SNAT): gateway / \
+               client straight to the pod"
+            .into(),
+        value: format!("{:.2} ({gw:.0} / {direct:.0})", gw / direct.max(1.0)),
+        target: ">= 0.90".into(),
+        pass: gw >= 0.90 * direct,
+    })
+}
+
+/// End to end through a local backend: against no load balancer and against iptables.
+fn e2e_checks(e2e: &[Throughput]) -> Vec<Check> {
+    let mut out = Vec::new();
+    let e2e_sizes: Vec<usize> = {
+        let mut s: Vec<usize> = e2e.iter().map(|t| t.services).collect();
+        s.sort_unstable();
+        s.dedup();
+        s
+    };
     for &n in &e2e_sizes {
         let get = |p, m| rate(e2e, n, p, m).unwrap_or(0.0);
         let (gw, ipt, direct) = (
@@ -225,7 +245,12 @@ pub fn checks(datapath: &[PacketCost], e2e: &[Throughput], control: &ControlPlan
             gw >= 0.97 * direct,
         );
     }
-    let c = control;
+    out
+}
+
+/// The control plane's targets.
+fn control_checks(c: &ControlPlane) -> Vec<Check> {
+    let mut out = Vec::new();
     let what = format!(
         "{} services x {} backends",
         c.services, c.backends_per_service
@@ -275,20 +300,8 @@ pub fn markdown(r: &Report) -> String {
         "{} on {}. Reproduce with `cargo xtask bench`.\n",
         r.date, r.machine
     );
-    let _ = writeln!(
-        md,
-        "## Targets\n\n| | measured | target | |\n|---|---|---|---|"
-    );
-    for c in &r.checks {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} |",
-            c.what,
-            c.value,
-            c.target,
-            if c.pass { "PASS" } else { "FAIL" }
-        );
-    }
+    md.push_str("## Targets\n\n");
+    checks_table(&mut md, &r.checks);
     let _ = writeln!(
         md,
         "\n## Datapath cost per packet\n\nBPF_PROG_TEST_RUN, two ways, each beside the empty TC program measured the same way:\n\n\
@@ -296,30 +309,7 @@ pub fn markdown(r: &Report) -> String {
          - **single-shot**: repeat 1 with a fresh frame, median of {} runs (Katran's method): caches are as cold as for a packet after other work. Every run's verdict and output bytes were checked.\n",
         r.warm_runs, r.warm_passes_per_run, r.runs_per_case
     );
-    let _ = writeln!(
-        md,
-        "| case | services | conntrack | warm ns | warm floor | warm above floor | warm x floor | single-shot ns | p90 | floor | above floor | x floor | verdict | checked |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-    );
-    for c in &r.datapath {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | **{}** | {:.2} | {} | {} | {} | {} | {:.2} | {} | {} |",
-            c.case,
-            c.services,
-            c.conntrack_entries,
-            c.warm_ns,
-            c.warm_floor_ns,
-            c.warm_above_floor_ns,
-            c.warm_ns as f64 / c.warm_floor_ns.max(1) as f64,
-            c.median_ns,
-            c.p90_ns,
-            c.floor_ns,
-            c.above_floor_ns,
-            c.ratio_to_floor,
-            c.verdict,
-            c.checked
-        );
-    }
+    datapath_table(&mut md, &r.datapath);
     let _ = writeln!(md, "\nWarm checks, per case (the largest size):\n");
     let largest = r.datapath.iter().map(|c| c.services).max().unwrap_or(0);
     for c in r.datapath.iter().filter(|c| c.services == largest) {
@@ -534,4 +524,47 @@ pub fn chart(r: &Report, path: &Path) -> Result<()> {
     )?;
     root.present().context("writing the chart")?;
     Ok(())
+}
+
+/// The targets, one line each, as a markdown table.
+pub fn checks_table(md: &mut String, checks: &[Check]) {
+    let _ = writeln!(md, "| | measured | target | |\n|---|---|---|---|");
+    for c in checks {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            c.what,
+            c.value,
+            c.target,
+            if c.pass { "PASS" } else { "FAIL" }
+        );
+    }
+}
+
+/// Every datapath case at every size, warm and single-shot, as a markdown table.
+pub fn datapath_table(md: &mut String, datapath: &[PacketCost]) {
+    let _ = writeln!(
+        md,
+        "| case | services | conntrack | warm ns | warm floor | warm above floor | warm x floor | single-shot ns | p90 | floor | above floor | x floor | verdict | checked |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for c in datapath {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | **{}** | {:.2} | {} | {} | {} | {} | {:.2} | {} | {} |",
+            c.case,
+            c.services,
+            c.conntrack_entries,
+            c.warm_ns,
+            c.warm_floor_ns,
+            c.warm_above_floor_ns,
+            c.warm_ns as f64 / c.warm_floor_ns.max(1) as f64,
+            c.median_ns,
+            c.p90_ns,
+            c.floor_ns,
+            c.above_floor_ns,
+            c.ratio_to_floor,
+            c.verdict,
+            c.checked
+        );
+    }
 }
