@@ -31,6 +31,7 @@ use tokio::{
 };
 
 mod cluster;
+mod hairpin;
 
 pub use cluster::ClusterOptions;
 
@@ -64,6 +65,9 @@ pub struct RunOptions {
     pub checksum_helpers: bool,
     /// Source ports of SNATed flows, inclusive (`--snat-ports`).
     pub snat_ports: (u16, u16),
+    /// The cgroup (v2) the hairpin programs go on (`--cgroup`); `None`: no hairpin
+    /// (`--no-hairpin`).
+    pub cgroup: Option<PathBuf>,
     pub capacity: Capacity,
     /// Serve Prometheus metrics there (`--metrics-address`).
     pub metrics_address: Option<SocketAddr>,
@@ -167,6 +171,8 @@ struct Agent {
     metrics: AgentMetrics,
     /// Who announces: alone, the model; with other agents, the cluster.
     cluster: cluster::Cluster,
+    /// This node's own connections to the VIPs it announces.
+    hairpin: hairpin::Hairpin,
 }
 
 /// Where the objects come from and what the model made of them last: the file source, the
@@ -334,6 +340,7 @@ impl Agent {
             &options.node_name,
             Duration::from_nanos(datapath.clock.tick_ns),
         )?;
+        let hairpin = hairpin::Hairpin::new(options.cgroup.clone(), &datapath.maps)?;
         let mut agent = Agent {
             options,
             datapath,
@@ -346,6 +353,7 @@ impl Agent {
             garp_sender: garp::Sender::new()?,
             metrics: AgentMetrics::default(),
             cluster,
+            hairpin,
         };
 
         let maps = &mut agent.datapath.maps;
@@ -390,8 +398,14 @@ impl Agent {
         agent
             .metrics
             .announcements(settled.started.len(), settled.ended);
+        agent
+            .hairpin
+            .sync(&mut agent.datapath.maps, &agent.state.l2, true)?;
         // Attach only once the maps hold the full state: the first packet sees all of it.
         attach::attach_all(&mut agent.datapath, &agent.options.bpffs, &interfaces)?;
+        agent
+            .hairpin
+            .attach(&mut agent.datapath, &agent.options.bpffs, &mut agent.record)?;
         // Every announcement is news after a (re)start: a node may have taken over meanwhile.
         let now = Instant::now();
         for (key, mac) in &agent.state.l2 {
@@ -454,6 +468,8 @@ impl Agent {
                 .settle(&mut self.datapath.maps, &mut self.state)?;
             self.metrics
                 .announcements(settled.started.len(), settled.ended);
+            self.hairpin
+                .sync(&mut self.datapath.maps, &self.state.l2, true)?;
             let mut announced = applied.announced;
             announced.extend(settled.started);
             attach::attach_all(&mut self.datapath, &self.options.bpffs, &interfaces)?;
@@ -518,6 +534,12 @@ impl Agent {
             Ok(settled) => {
                 self.metrics
                     .announcements(settled.started.len(), settled.ended);
+                if let Err(e) = self
+                    .hairpin
+                    .sync(&mut self.datapath.maps, &self.state.l2, false)
+                {
+                    error!("hairpin: bringing the announced VIPs to gw_hairpin: {e:#}");
+                }
                 let now = Instant::now();
                 for (key, mac) in settled.started {
                     info!(

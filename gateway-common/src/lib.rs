@@ -41,6 +41,17 @@ pub mod program_names {
     /// Reads jiffies and CLOCK_MONOTONIC_COARSE side by side: run once by the agent at
     /// start through BPF_PROG_TEST_RUN, then unloaded. Never attached.
     pub const CLOCK: &str = "gw_clock";
+    /// Hairpin (socket-level load balancing, attached to `--cgroup`): `connect()` to a VIP
+    /// this node announces goes to a backend ...
+    pub const CONNECT4: &str = "gw_connect4";
+    /// ... so does every datagram `sendto()` a VIP ...
+    pub const SENDMSG4: &str = "gw_sendmsg4";
+    /// ... and the application sees the VIP as the source of the replies ...
+    pub const RECVMSG4: &str = "gw_recvmsg4";
+    /// ... and as the peer of its socket.
+    pub const GETPEERNAME4: &str = "gw_getpeername4";
+    /// The hairpin programs, in the order they are attached.
+    pub const HAIRPIN: [&str; 4] = [CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4];
 }
 
 /// The benchmark's frame-restoring wrapper (the `gateway-bench` object, never loaded by the
@@ -457,6 +468,34 @@ pub struct Affinity {
 
 const _: () = assert!(size_of::<Affinity>() == 16);
 
+/// `gw_hairpin` value: this node announces the VIP, so its own processes and pods reach it
+/// through the socket hooks (hairpin) rather than across the segment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HairpinVip {
+    /// The client address a process or pod on this node counts as, for ClientIP affinity and
+    /// `loadBalancerSourceRanges`: this node's address on the interface that announces the
+    /// VIP (the lowest-numbered one, when several do), as a client across the segment would
+    /// see the node. `0.0.0.0` when that interface has no IPv4 address.
+    pub client_addr: Ipv4,
+}
+
+const _: () = assert!(size_of::<HairpinVip>() == 4);
+
+/// `gw_sock_revnat` key: a socket the hairpin hooks sent to a backend instead of a VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockRevNatKey {
+    /// The socket's cookie (`bpf_get_socket_cookie`): unique for the kernel's uptime.
+    pub cookie: u64,
+    pub backend_addr: Ipv4,
+    pub backend_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+const _: () = assert!(size_of::<SockRevNatKey>() == 16);
+
 /// `gw_l2` key: this node answers ARP for `vip` on interface `ifindex`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -606,16 +645,21 @@ pub struct AgentState {
     /// `severity Reason file: object: field: message`, each cut at `FINDING_LINE` bytes; as
     /// many as fit.
     pub findings_text: [u8; 16384],
+    /// With [`AGENT_F_HAIRPIN`], the cgroup the hairpin programs are attached to; without,
+    /// why hairpin is off.
+    pub hairpin: [u8; 256],
 }
 
 /// The longest line of `AgentState::findings_text`.
 pub const FINDING_LINE: usize = 200;
 
-const _: () = assert!(size_of::<AgentState>() == 48 + 64 + 256 + 1024 + 16384);
+const _: () = assert!(size_of::<AgentState>() == 48 + 64 + 256 + 1024 + 16384 + 256);
 
 /// The datapath updates TCP/UDP checksums in place (it reads `ip_summed`, see [`kern_ctx`]);
 /// without it, through the kernel's helpers.
 pub const AGENT_F_CHECKSUMS_IN_PLACE: u32 = 1 << 0;
+/// The hairpin programs are attached (see `AgentState::hairpin`).
+pub const AGENT_F_HAIRPIN: u32 = 1 << 1;
 
 impl Default for AgentState {
     fn default() -> Self {
@@ -633,6 +677,7 @@ impl Default for AgentState {
             config: [0; 256],
             last_error: [0; 1024],
             findings_text: [0; 16384],
+            hairpin: [0; 256],
         }
     }
 }
@@ -698,10 +743,13 @@ pub enum Counter {
     /// Drop: the FIB has no usable route for a SNATed flow (or its reply): unreachable,
     /// blackholed, forwarding disabled on the interface, or a frame above the route's MTU.
     DropNoRoute,
+    /// Connections (`connect()`) and datagrams (`sendto()`) from this node's processes and
+    /// pods to a VIP it announces, sent to a backend by the hairpin socket hooks.
+    Hairpin,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::DropNoRoute as u32 + 1;
+    pub const COUNT: u32 = Counter::Hairpin as u32 + 1;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::ArpReply,
         Counter::CtCreated,
@@ -721,6 +769,7 @@ impl Counter {
         Counter::DropSnatExhausted,
         Counter::DropNoSnatAddr,
         Counter::DropNoRoute,
+        Counter::Hairpin,
     ];
 
     /// Stable, human and JSON name.
@@ -744,6 +793,7 @@ impl Counter {
             Counter::DropSnatExhausted => "drop_snat_exhausted",
             Counter::DropNoSnatAddr => "drop_no_snat_addr",
             Counter::DropNoRoute => "drop_no_route",
+            Counter::Hairpin => "hairpin",
         }
     }
 }

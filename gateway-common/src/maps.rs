@@ -6,10 +6,10 @@
 use core::mem::size_of;
 
 use crate::{
-    Affinity, AffinityKey, AgentState, Backend, Counter, CtEntry, CtKey, DatapathConfig, GarpCount,
-    IfaceInfo, L2Entry, L2Key, NEXTHOP_SLOTS, NextHop, REMOTE_FILTER_WORDS, ReplyKey, RevNat,
-    RevNatKey, Service, ServiceKey, ServiceName, SlotKey, SourceRange, Traffic, VIP_FILTER_WORDS,
-    VipInfo, VipKey,
+    Affinity, AffinityKey, AgentState, Backend, Counter, CtEntry, CtKey, DatapathConfig, Frontend,
+    GarpCount, HairpinVip, IfaceInfo, L2Entry, L2Key, NEXTHOP_SLOTS, NextHop, REMOTE_FILTER_WORDS,
+    ReplyKey, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, SockRevNatKey,
+    SourceRange, Traffic, VIP_FILTER_WORDS, VipInfo, VipKey,
     capacity::Capacity,
     cluster::{ClaimKey, ClaimRecord, ClusterRecord, Gate, MEMBERS_MAX, MemberRecord},
 };
@@ -91,6 +91,12 @@ macro_rules! map_table {
             /// `DRAIN_REQUESTED` while the operator drains this node (`drain`), written by
             /// the CLI and read by the agent; the programs never touch it.
             DRAIN drain "gw_drain": Array<u32 => u32> = Fixed(1),
+            /// Hairpin: the VIPs this node announces -> the address its own processes and
+            /// pods count as (affinity); the socket hooks balance connections to these only.
+            HAIRPIN hairpin "gw_hairpin": Hash<VipKey => HairpinVip> = Services,
+            /// Hairpin: (socket cookie, backend) -> the frontend the socket asked for, so
+            /// `getpeername()` and `recvfrom()` show the VIP.
+            SOCK_REVNAT sock_revnat "gw_sock_revnat": LruHash<SockRevNatKey => Frontend> = Conntrack,
         }
     };
 }

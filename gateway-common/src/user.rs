@@ -33,6 +33,8 @@ pod!(
     Affinity,
     L2Key,
     L2Entry,
+    HairpinVip,
+    SockRevNatKey,
     DatapathConfig,
     Traffic,
     ServiceName,

@@ -185,7 +185,7 @@ fn forward(pkt: &mut Packet, flow: &Flow, entry: &CtEntry, now: u64) -> i32 {
 
 /// Whether the address's filter bit is set (false: certainly not a VIP).
 #[inline(always)]
-fn may_be_vip(addr: Ipv4) -> bool {
+pub fn may_be_vip(addr: Ipv4) -> bool {
     let bit = vip_filter_bit(addr);
     VIP_FILTER
         .get(bit / 64)

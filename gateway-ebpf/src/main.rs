@@ -5,8 +5,9 @@
 //! selection, affinity), `conntrack`, `nat` (rewrites and checksums), `snat` (source NAT to
 //! backends on other nodes, and their replies), `route` (sending a frame on through the
 //! FIB), `skb` (`ip_summed`), `stats` (counters), `maps` (expanded from gateway-common's map
-//! table), `log` (debug events); `ingress` and `egress` tie them together. Every drop is
-//! counted under a named reason.
+//! table), `log` (debug events); `ingress` and `egress` tie them together; `hairpin` is the
+//! socket-level side (cgroup hooks that send this node's own connections to a VIP straight
+//! to a backend). Every drop is counted under a named reason.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -15,6 +16,7 @@
 mod arp;
 mod conntrack;
 mod egress;
+mod hairpin;
 mod ingress;
 mod lb;
 mod log;
@@ -28,8 +30,8 @@ mod stats;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    macros::classifier,
-    programs::TcContext,
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
 };
 use gateway_common::{Counter, DatapathConfig};
 
@@ -46,6 +48,26 @@ pub fn gw_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn gw_egress(ctx: TcContext) -> i32 {
     egress::run(&mut Packet::new(&ctx))
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn gw_connect4(ctx: SockAddrContext) -> i32 {
+    hairpin::balance(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn gw_sendmsg4(ctx: SockAddrContext) -> i32 {
+    hairpin::balance(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn gw_recvmsg4(ctx: SockAddrContext) -> i32 {
+    hairpin::reverse(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn gw_getpeername4(ctx: SockAddrContext) -> i32 {
+    hairpin::reverse(&ctx)
 }
 
 /// Reads jiffies and CLOCK_MONOTONIC_COARSE side by side into the frame's first 16 bytes:

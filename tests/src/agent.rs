@@ -90,6 +90,9 @@ impl Agent {
             node.into(),
             "--bpffs".into(),
             bpffs.display().to_string(),
+            // Never the default, the machine's own root cgroup.
+            "--cgroup".into(),
+            n.cgroup().display().to_string(),
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
         let name = format!("agent-{node}");

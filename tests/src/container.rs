@@ -437,7 +437,10 @@ fn collect_dirs(dir: &Path, into: &mut Vec<PathBuf>) {
 
 /// The mount point of the first mount in `mountinfo` whose file system type and super
 /// options match.
-fn mount_point(mountinfo: &str, matches: impl Fn(&str, &str) -> bool) -> Option<PathBuf> {
+pub(crate) fn mount_point(
+    mountinfo: &str,
+    matches: impl Fn(&str, &str) -> bool,
+) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         // `... MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS`
         let (head, tail) = line.split_once(" - ")?;

@@ -193,7 +193,9 @@ fn a_file_run_refuses_check_refuses_with_the_same_error_and_status() -> Result<(
     cmd.args(["run", "--node-name", "w1", "--config"])
         .arg(&config)
         .arg("--bpffs")
-        .arg(w1.bpffs_dir());
+        .arg(w1.bpffs_dir())
+        .arg("--cgroup")
+        .arg(w1.cgroup());
     let ran = cmd.output()?;
     let stderr = String::from_utf8_lossy(&ran.stderr);
     assert_eq!(ran.status.code(), Some(2), "{stderr}");

@@ -852,7 +852,9 @@ fn an_agent_started_with_a_bad_file_exits_and_touches_nothing() -> Result<()> {
     cmd.args(["run", "--node-name", "w1", "--config"])
         .arg(&config)
         .arg("--bpffs")
-        .arg(w1.bpffs_dir());
+        .arg(w1.bpffs_dir())
+        .arg("--cgroup")
+        .arg(w1.cgroup());
     let out = cmd.output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Refused, as `check` says it: exit status 2.

@@ -75,12 +75,13 @@ fn print_summary(lab: &Lab, config: &Path) {
     );
     for node in lab.nodes() {
         println!(
-            "  {:<22} node {:<3} {NODE_UPLINK} {} {}  --bpffs {}",
+            "  {:<22} node {:<3} {NODE_UPLINK} {} {}  --bpffs {} --cgroup {}",
             node.ns().name(),
             node.name(),
             node.addr(),
             node.mac(),
-            node.bpffs_dir().display()
+            node.bpffs_dir().display(),
+            node.cgroup().display()
         );
     }
     for pod in lab.pods() {
@@ -97,9 +98,10 @@ fn print_summary(lab: &Lab, config: &Path) {
     let client_ns = client.ns().name();
     println!("try:");
     println!(
-        "  ip netns exec {w1ns} target/debug/gateway-agent run --config {} --node-name w1 --bpffs {} &",
+        "  ip netns exec {w1ns} target/debug/gateway-agent run --config {} --node-name w1 --bpffs {} --cgroup {} &",
         config.display(),
         w1.bpffs_dir().display(),
+        w1.cgroup().display(),
         w1ns = w1.ns().name()
     );
     println!(

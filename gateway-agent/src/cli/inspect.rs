@@ -10,10 +10,10 @@ use std::path::Path;
 use anyhow::Result;
 use aya::maps::IterableMap;
 use gateway_common::{
-    AGENT_F_CHECKSUMS_IN_PLACE, AgentState, BACKEND_F_ACTIVE, BACKEND_F_REMOTE, CT_F_ESTABLISHED,
-    CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_RST, CT_F_SNAT, CT_F_TCP, Counter, CtEntry,
-    DatapathConfig, FINDING_LINE, SERVICE_F_AFFINITY, SERVICE_F_SOURCE_RANGES, SlotKey, proto_name,
-    read_text, timeouts::NS_PER_SEC, write_text,
+    AGENT_F_CHECKSUMS_IN_PLACE, AGENT_F_HAIRPIN, AgentState, BACKEND_F_ACTIVE, BACKEND_F_REMOTE,
+    CT_F_ESTABLISHED, CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_RST, CT_F_SNAT, CT_F_TCP, Counter,
+    CtEntry, DatapathConfig, FINDING_LINE, SERVICE_F_AFFINITY, SERVICE_F_SOURCE_RANGES, SlotKey,
+    proto_name, read_text, timeouts::NS_PER_SEC, write_text,
 };
 use serde::Serialize;
 
@@ -47,6 +47,9 @@ pub struct ServiceView {
     pub protocol: &'static str,
     pub id: u32,
     pub affinity_timeout_secs: Option<u64>,
+    /// This node's own processes and pods reach the frontend through the hairpin socket
+    /// hooks (this node announces the VIP and the hooks are attached).
+    pub hairpin: bool,
     /// The backends new flows go to.
     pub backends: Vec<BackendView>,
     /// Backends still listed that take no new flows (terminating): their flows go on.
@@ -62,8 +65,15 @@ pub struct ServiceView {
 }
 
 /// `lb list`: every frontend with its backends, flags and counters, ordered by VIP:port.
-pub fn services(maps: &Maps) -> Result<Vec<ServiceView>> {
+pub fn services(bpffs: &Path, maps: &Maps) -> Result<Vec<ServiceView>> {
     let state = maps.read_state()?;
+    let hooked = crate::datapath::hairpin::attached(bpffs).len()
+        == gateway_common::program_names::HAIRPIN.len();
+    let hairpin = if hooked {
+        maps.read_hairpin()?
+    } else {
+        BTreeMap::new()
+    };
     let mut views = Vec::new();
     for (key, service) in &state.services {
         let (mut backends, mut draining) = (Vec::new(), Vec::new());
@@ -102,6 +112,7 @@ pub fn services(maps: &Maps) -> Result<Vec<ServiceView>> {
             id: service.id,
             affinity_timeout_secs: (service.flags & SERVICE_F_AFFINITY != 0)
                 .then_some(service.affinity_timeout_ns / NS_PER_SEC),
+            hairpin: hairpin.contains_key(&gateway_common::VipKey { addr: key.vip }),
             backends,
             draining,
             source_ranges: (service.flags & SERVICE_F_SOURCE_RANGES != 0).then(|| {
@@ -128,7 +139,7 @@ fn backend_text(b: &BackendView) -> String {
 
 pub fn render_services(views: &[ServiceView]) -> String {
     let mut t = Table::new(vec![
-        "FRONTEND", "SERVICE", "AFFINITY", "SOURCES", "PACKETS", "BACKENDS",
+        "FRONTEND", "SERVICE", "AFFINITY", "SOURCES", "HAIRPIN", "PACKETS", "BACKENDS",
     ]);
     for v in views {
         let mut backends = if v.backends.is_empty() {
@@ -154,6 +165,7 @@ pub fn render_services(views: &[ServiceView]) -> String {
                 Some(ranges) if ranges.is_empty() => "none".into(),
                 Some(ranges) => format!("{} ({} denied)", ranges.join(" "), v.denied_packets),
             },
+            if v.hairpin { "yes" } else { "-" }.into(),
             v.packets.to_string(),
             backends,
         ]);
@@ -574,6 +586,67 @@ pub struct StatusView {
     pub counters: BTreeMap<&'static str, u64>,
     pub services: Vec<ServiceView>,
     pub cluster: super::cluster::ClusterStatus,
+    pub hairpin: HairpinView,
+}
+
+/// Hairpin: whether this node's own processes and pods reach the VIPs it announces.
+#[derive(Serialize)]
+pub struct HairpinView {
+    /// Every hairpin program is attached (its link pinned under the bpffs).
+    pub active: bool,
+    /// The cgroup the agent attached them to.
+    pub cgroup: Option<String>,
+    /// Why the agent left hairpin off.
+    pub off: Option<String>,
+    /// The programs whose links are pinned.
+    pub programs: Vec<&'static str>,
+    /// The VIPs the hooks balance, each with the client address this node counts as.
+    pub vips: Vec<HairpinVipView>,
+}
+
+#[derive(Serialize)]
+pub struct HairpinVipView {
+    pub vip: String,
+    pub client: String,
+}
+
+pub fn hairpin(bpffs: &Path, maps: &Maps, agent: &AgentState) -> Result<HairpinView> {
+    let programs = crate::datapath::hairpin::attached(bpffs);
+    let on = agent.flags & AGENT_F_HAIRPIN != 0;
+    let text = read_text(&agent.hairpin).to_owned();
+    Ok(HairpinView {
+        active: programs.len() == gateway_common::program_names::HAIRPIN.len(),
+        cgroup: on.then(|| text.clone()),
+        off: (!on && !text.is_empty()).then_some(text),
+        programs,
+        vips: maps
+            .read_hairpin()?
+            .into_iter()
+            .map(|(vip, entry)| HairpinVipView {
+                vip: Ipv4Addr::from(vip.addr).to_string(),
+                client: Ipv4Addr::from(entry.client_addr).to_string(),
+            })
+            .collect(),
+    })
+}
+
+fn render_hairpin(h: &HairpinView) -> String {
+    match (&h.cgroup, &h.off) {
+        _ if h.active => format!(
+            "hairpin: on, cgroup {} ({} VIPs: {})\n",
+            h.cgroup
+                .as_deref()
+                .unwrap_or("(as a previous agent left it)"),
+            h.vips.len(),
+            h.vips
+                .iter()
+                .map(|v| format!("{} as client {}", v.vip, v.client))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        (_, Some(off)) => format!("hairpin: {off}\n"),
+        _ => "hairpin: off\n".into(),
+    }
 }
 
 /// `status`: configuration, attachments, map fill and counters.
@@ -582,8 +655,10 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
     let fill = fill(maps, &counters)?;
     let config: DatapathConfig = maps.read_config()?;
     let state = maps.read_state()?;
+    let agent = maps.read_agent()?;
     Ok(StatusView {
-        agent: agent_view(&maps.read_agent()?),
+        hairpin: hairpin(bpffs, maps, &agent)?,
+        agent: agent_view(&agent),
         bpffs: bpffs.display().to_string(),
         ct_tcp_timeout_secs: config.ct_tcp_ns / NS_PER_SEC,
         ct_any_timeout_secs: config.ct_any_ns / NS_PER_SEC,
@@ -600,7 +675,7 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
         conntrack_evicted: fill.conntrack_evicted,
         affinities: fill.affinities,
         counters: counters.into_iter().map(|(c, v)| (c.name(), v)).collect(),
-        services: services(maps)?,
+        services: services(bpffs, maps)?,
         cluster: super::cluster::status(maps)?,
     })
 }
@@ -655,6 +730,7 @@ pub fn render_status(s: &StatusView) -> String {
     }
     out.push_str(&render_findings(a));
     out.push_str(&super::cluster::render_status(&s.cluster));
+    out.push_str(&render_hairpin(&s.hairpin));
     out.push_str(&format!(
         "datapath pinned at {}, checksums {}\nconntrack timeouts: TCP {}s, other {}s\n\n",
         s.bpffs,

@@ -157,6 +157,13 @@ struct RunArgs {
     /// out when chasing a checksum problem.
     #[arg(long)]
     checksum_helpers: bool,
+    /// The cgroup v2 directory whose processes get hairpin (their connections to the VIPs
+    /// this node announces go straight to a backend): the root covers the node and its pods.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/cgroup")]
+    cgroup: PathBuf,
+    /// No hairpin: this node's own connections to the VIPs it announces are not served.
+    #[arg(long)]
+    no_hairpin: bool,
     #[command(flatten)]
     classes: ClassArgs,
     #[command(flatten)]
@@ -319,6 +326,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 ct_any_timeout: args.ct_any_timeout,
                 checksum_helpers: args.checksum_helpers,
                 snat_ports: args.snat_ports,
+                cgroup: (!args.no_hairpin).then_some(args.cgroup),
                 capacity: args.capacity.capacity(),
                 classes: args.classes.classes(),
                 metrics_address: args.metrics_address,
@@ -342,11 +350,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => view(&args, inspect::status, inspect::render_status),
         Command::Lb {
             command: ListCommand::List(args),
-        } => view(
-            &args,
-            |_, m| inspect::services(m),
-            |v| inspect::render_services(v),
-        ),
+        } => view(&args, inspect::services, |v| inspect::render_services(v)),
         Command::Ct {
             command: ListCommand::List(args),
         } => view(

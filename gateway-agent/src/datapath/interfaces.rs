@@ -1,6 +1,9 @@
 //! The node's network interfaces, from netlink (glibc's getifaddrs asks the kernel over
 //! netlink), never from /sys: under `nsenter --net` /sys still shows another namespace.
 
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
 use anyhow::{Context, Result};
 use nix::ifaddrs::getifaddrs;
 use regex::Regex;
@@ -43,4 +46,20 @@ pub fn matching(devices: &Regex) -> Result<Vec<Interface>> {
         .into_iter()
         .filter(|i| i.name != "lo" && devices.is_match(&i.name))
         .collect())
+}
+
+/// The first IPv4 address of every interface that has one, by ifindex: the address a
+/// hairpin connection counts as (see `plan::hairpin_entries`).
+pub fn ipv4_by_index() -> Result<BTreeMap<u32, Ipv4Addr>> {
+    let index: BTreeMap<String, u32> = all()?.into_iter().map(|i| (i.name, i.index)).collect();
+    let mut addresses = BTreeMap::new();
+    for ifa in getifaddrs().context("listing interface addresses")? {
+        let Some(addr) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) else {
+            continue;
+        };
+        if let Some(&ifindex) = index.get(&ifa.interface_name) {
+            addresses.entry(ifindex).or_insert(addr.ip());
+        }
+    }
+    Ok(addresses)
 }

@@ -13,8 +13,9 @@ use aya::{
 };
 use gateway_common::{
     Affinity, AffinityKey, AgentState, BACKEND_F_ACTIVE, Backend, CT_F_DENIED, Counter, CtEntry,
-    CtKey, DatapathConfig, GarpCount, IfaceInfo, L2Entry, L2Key, NextHop, ReplyKey, RevNat,
-    RevNatKey, Service, ServiceKey, ServiceName, SlotKey, SourceRange, Traffic, VipInfo, VipKey,
+    CtKey, DatapathConfig, Frontend, GarpCount, HairpinVip, IfaceInfo, L2Entry, L2Key, NextHop,
+    ReplyKey, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, SockRevNatKey,
+    SourceRange, Traffic, VipInfo, VipKey,
     cluster::{ClaimKey, ClaimRecord, ClusterRecord, Gate, MemberRecord},
     map_names,
 };
@@ -325,6 +326,25 @@ impl Maps {
         self.garp
             .insert(key, sent + frames, 0)
             .context("writing gw_garp")
+    }
+
+    /// The VIPs the hairpin hooks balance, with the client address of this node's own
+    /// connections to each.
+    pub fn read_hairpin(&self) -> Result<BTreeMap<VipKey, HairpinVip>> {
+        self.hairpin
+            .iter()
+            .collect::<Result<_, _>>()
+            .context("reading gw_hairpin")
+    }
+
+    pub fn put_hairpin(&mut self, vip: VipKey, entry: HairpinVip) -> Result<()> {
+        self.hairpin
+            .insert(vip, entry, 0)
+            .context("writing gw_hairpin")
+    }
+
+    pub fn remove_hairpin(&mut self, vip: &VipKey) -> Result<()> {
+        remove(&mut self.hairpin, vip, "gw_hairpin")
     }
 
     pub fn write_gate(&mut self, gate: Gate) -> Result<()> {

@@ -1,12 +1,13 @@
 //! The thin layer that touches the kernel: load the embedded object with its maps pinned
 //! under `--bpffs` (adopting maps a previous run left there, checked against the map table),
-//! attach the programs with tcx links that are pinned too, and remove all of it on
-//! `teardown`.
+//! attach the programs with tcx links that are pinned too (and the hairpin programs to a
+//! cgroup, see `hairpin`), and remove all of it on `teardown`.
 
 pub mod attach;
 pub mod bpffs;
 pub mod clock;
 pub mod garp;
+pub mod hairpin;
 pub mod interfaces;
 pub mod kern_ctx;
 pub mod maps;
@@ -112,6 +113,11 @@ impl Datapath {
     pub fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
         program(&mut self.ebpf, name)
     }
+
+    /// A hairpin program (see `program_names::HAIRPIN`), loaded.
+    pub fn hairpin_program(&mut self, name: &str) -> Result<&mut aya::programs::CgroupSockAddr> {
+        hairpin::program(&mut self.ebpf, name)
+    }
 }
 
 /// The object with its maps (pinned as `options` says) and the datapath programs loaded,
@@ -147,6 +153,11 @@ fn load_object(options: &LoadOptions, kern_ctx: Option<KernCtx>) -> Result<Ebpf>
     let mut ebpf = loader.load(object).context("loading the eBPF object")?;
     for name in [program_names::INGRESS, program_names::EGRESS] {
         program(&mut ebpf, name)?
+            .load()
+            .with_context(|| format!("loading program {name} (verifier)"))?;
+    }
+    for name in program_names::HAIRPIN {
+        hairpin::program(&mut ebpf, name)?
             .load()
             .with_context(|| format!("loading program {name} (verifier)"))?;
     }
@@ -222,6 +233,7 @@ fn check_pinned_layouts(dir: &Path, capacity: &Capacity) -> Result<()> {
 /// Detaches every pinned link and removes every pin under `dir`; returns what it removed.
 pub fn teardown(dir: &Path) -> Result<Vec<String>> {
     let mut removed = attach::detach_all(dir)?;
+    removed.extend(hairpin::detach_all(dir)?);
     for name in MAPS.iter().map(|m| m.name) {
         let path = dir.join(name);
         if path.exists() {

@@ -69,6 +69,11 @@ const fn place(counter: Counter) -> Place {
             "ARP requests for an announced VIP left unanswered because the cluster's lease \
              (the gate) had ended: the agent stopped renewing it, or lost its quorum.",
         ),
+        Counter::Hairpin => Place::Own(
+            "gateway_hairpin_connections",
+            "Connections and datagrams from this node's processes and pods to a VIP it \
+             announces, sent straight to a backend by the hairpin socket hooks.",
+        ),
     }
 }
 
@@ -95,7 +100,7 @@ impl Snapshot {
         let fill = inspect::fill(maps, &counters.iter().copied().collect())?;
         Ok(Self {
             counters,
-            services: inspect::services(maps)?,
+            services: inspect::services(bpffs, maps)?,
             fill,
             announcements: inspect::announcements(maps)?,
             attachments: inspect::attachments(bpffs)?,

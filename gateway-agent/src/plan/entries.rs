@@ -7,8 +7,8 @@ use std::ops::{Range, RangeInclusive};
 
 use gateway_common::{
     BACKEND_F_ACTIVE, BACKEND_F_REMOTE, BACKEND_F_REPLY_CT, Backend, Frontend as RevNatFrontend,
-    Ipv4, L2Key, REVNAT_F_REPLY_CT, RevNat, RevNatKey, SERVICE_F_AFFINITY, SERVICE_F_SOURCE_RANGES,
-    Service, ServiceKey, SlotKey, capacity, proto, timeouts,
+    HairpinVip, Ipv4, L2Key, REVNAT_F_REPLY_CT, RevNat, RevNatKey, SERVICE_F_AFFINITY,
+    SERVICE_F_SOURCE_RANGES, Service, ServiceKey, SlotKey, VipKey, capacity, proto, timeouts,
 };
 
 use super::{Interface, MapState, PlanError};
@@ -243,6 +243,26 @@ pub fn l2_entries<'a>(
         .collect()
 }
 
+/// `gw_hairpin`'s entries: every VIP this node answers ARP for (`l2`, as `gw_l2` holds it),
+/// with the address of the lowest-numbered interface announcing it (`addresses`, by
+/// ifindex) as the client address of this node's own connections, 0.0.0.0 when that
+/// interface has none.
+pub fn hairpin_entries<V>(
+    l2: &BTreeMap<L2Key, V>,
+    addresses: &BTreeMap<u32, Ipv4Addr>,
+) -> BTreeMap<VipKey, HairpinVip> {
+    let mut entries = BTreeMap::new();
+    // `L2Key` sorts by ifindex first: the first interface seen for a VIP is its lowest.
+    for key in l2.keys() {
+        entries
+            .entry(VipKey { addr: key.vip })
+            .or_insert(HairpinVip {
+                client_addr: addresses.get(&key.ifindex).map_or([0; 4], |a| a.octets()),
+            });
+    }
+    entries
+}
+
 /// Human name of a frontend key, e.g. `192.168.10.49:443/TCP`.
 pub fn frontend_label(key: &ServiceKey) -> String {
     format!(
@@ -256,4 +276,40 @@ pub fn frontend_label(key: &ServiceKey) -> String {
 /// Human name of a backend, e.g. `10.244.1.10:8443`.
 pub fn backend_label(b: &Backend) -> String {
     format!("{}:{}", Ipv4Addr::from(b.addr), b.port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hairpin_takes_every_announced_vip_once_with_its_lowest_interfaces_address() {
+        let key = |ifindex, last| L2Key {
+            ifindex,
+            vip: [192, 168, 10, last],
+        };
+        // .49 on two interfaces, .50 on one without an address, .51 nowhere.
+        let l2: BTreeMap<L2Key, [u8; 6]> = [
+            (key(7, 49), [7; 6]),
+            (key(3, 49), [3; 6]),
+            (key(9, 50), [9; 6]),
+        ]
+        .into_iter()
+        .collect();
+        let addresses: BTreeMap<u32, Ipv4Addr> = [
+            (3, Ipv4Addr::new(192, 168, 10, 111)),
+            (7, Ipv4Addr::new(10, 0, 0, 1)),
+        ]
+        .into_iter()
+        .collect();
+        let entries = hairpin_entries(&l2, &addresses);
+        let vip = |last| VipKey {
+            addr: [192, 168, 10, last],
+        };
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[&vip(49)].client_addr, [192, 168, 10, 111]);
+        assert_eq!(entries[&vip(50)].client_addr, [0; 4]);
+        assert!(!entries.contains_key(&vip(51)));
+        assert!(hairpin_entries(&BTreeMap::<L2Key, ()>::new(), &addresses).is_empty());
+    }
 }

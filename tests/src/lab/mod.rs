@@ -22,9 +22,10 @@
 //! Each pod runs nginx on 8080 and 8443 answering `backend=POD client=IP:PORT
 //! local=IP:PORT`; each node runs nginx on its own address port 80 answering `node=NODE
 //! client=IP`. One bpffs is mounted under the run directory; each node's agent gets its own
-//! directory below it. Dropping a [`Lab`] removes all of it, also after a panic or a
-//! half-finished [`Lab::up`].
+//! directory below it, and a cgroup of its own (its agent's `--cgroup`, see `cgroup.rs`).
+//! Dropping a [`Lab`] removes all of it, also after a panic or a half-finished [`Lab::up`].
 
+mod cgroup;
 mod client;
 mod nginx;
 mod objects;
@@ -89,6 +90,8 @@ pub struct Node {
     addr: Ipv4Addr,
     mac: String,
     bpffs_dir: PathBuf,
+    /// The node's own cgroup, where its agent attaches the hairpin programs.
+    cgroup: PathBuf,
 }
 
 #[derive(Debug)]
@@ -160,6 +163,7 @@ impl Lab {
                 addr: node_spec.addr,
                 mac: node_spec.mac(),
                 bpffs_dir: teardown::bpffs_root(prefix).join(&node_spec.name),
+                cgroup: cgroup::create(prefix, &node_spec.name)?,
             });
         }
         let routed: Vec<(&Netns, &NodeSpec)> = nodes
@@ -339,6 +343,29 @@ impl Node {
 
     pub fn bpffs_dir(&self) -> &Path {
         &self.bpffs_dir
+    }
+
+    /// The node's cgroup (v2): the agent's `--cgroup` in the lab, so its hairpin programs
+    /// never apply to the machine's own processes.
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// `args` in namespace `ns` (the node's own, or a pod's on this node) as a process of
+    /// the node's cgroup: what hairpin serves, as the node's processes and pods on a real
+    /// node.
+    pub fn command_in_cgroup<I>(&self, ns: &Netns, args: I) -> std::process::Command
+    where
+        I: IntoIterator,
+        I::Item: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"echo $$ > "$0" && exec "$@""#)
+            .arg(self.cgroup.join("cgroup.procs"))
+            .args(["ip", "netns", "exec", ns.name()])
+            .args(args);
+        cmd
     }
 }
 

@@ -77,7 +77,7 @@ pub(crate) fn mount_bpffs(prefix: &str) -> Result<()> {
 
 /// Removes everything of lab `prefix`: stops every process in its namespaces, runs
 /// `AGENT teardown --bpffs DIR` in each node when `agent` is given (failures ignored),
-/// deletes the namespaces, unmounts the bpffs (dropping every pin, which frees the
+/// deletes the namespaces, kills what is left in the nodes' cgroups and removes them, unmounts the bpffs (dropping every pin, which frees the
 /// programs, maps and links) and removes the run directory. Idempotent; reports every
 /// step that failed after trying all of them.
 pub fn down(prefix: &str, agent: Option<&Path>) -> Result<()> {
@@ -96,6 +96,9 @@ pub fn down(prefix: &str, agent: Option<&Path>) -> Result<()> {
         if let Err(e) = netns::delete(ns) {
             failures.push(e);
         }
+    }
+    if let Err(e) = super::cgroup::remove(prefix) {
+        failures.push(e);
     }
     if let Err(e) = unmount_bpffs(prefix) {
         failures.push(e);

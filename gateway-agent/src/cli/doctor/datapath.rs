@@ -35,6 +35,7 @@ pub fn check_datapath(
     findings.push(agent_process(&agent, running));
     findings.extend(checksum_updates(&agent, running));
     findings.extend(refused_reload(&agent));
+    findings.push(hairpin(&inspect::hairpin(p.bpffs, maps, &agent)?));
 
     // Programs attached on every selected device.
     let pins: Vec<(String, Direction)> = attach::pinned_links(p.bpffs)?
@@ -154,6 +155,35 @@ fn checksum_updates(agent: &AgentState, running: bool) -> Option<Finding> {
             "run a kernel with CONFIG_DEBUG_INFO_BTF, Linux 6.3 or later",
         )
     })
+}
+
+/// Hairpin: this node's own processes and pods reach the VIPs it announces only while the
+/// socket hooks are attached (a warning when they are not).
+fn hairpin(view: &inspect::HairpinView) -> Finding {
+    if view.active {
+        Finding::new(
+            Severity::Ok,
+            "hairpin",
+            view.cgroup.clone().unwrap_or_default(),
+            format!(
+                "this node's processes and pods reach the {} VIPs it announces",
+                view.vips.len()
+            ),
+            "",
+        )
+    } else {
+        Finding::new(
+            Severity::Warning,
+            "hairpin",
+            "this node",
+            format!(
+                "{}: connections from this node and its pods to the VIPs it announces fail",
+                view.off.as_deref().unwrap_or("off")
+            ),
+            "start the agent with --cgroup naming the cgroup v2 root (/sys/fs/cgroup, or \
+             /sys/fs/cgroup/unified on a host with the hybrid layout)",
+        )
+    }
 }
 
 /// The last reload was refused: the file on disk is not what is served (an error).
