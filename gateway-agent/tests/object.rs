@@ -111,7 +111,19 @@ fn libbpf_opens_and_loads_the_default_object() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     progs.sort();
-    assert_eq!(progs, ["gw_clock", "gw_egress", "gw_floor", "gw_ingress"]);
+    assert_eq!(
+        progs,
+        [
+            "gw_clock",
+            "gw_connect4",
+            "gw_egress",
+            "gw_floor",
+            "gw_getpeername4",
+            "gw_ingress",
+            "gw_recvmsg4",
+            "gw_sendmsg4"
+        ]
+    );
 }
 
 #[test]

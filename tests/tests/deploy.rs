@@ -818,8 +818,19 @@ fn daemonset_runs_the_agent_on_every_node_in_the_node_network() -> Result<()> {
             "--metrics-address",
             "0.0.0.0:9655",
             "--cluster-key-file",
-            "/etc/gateway-cluster/key"
+            "/etc/gateway-cluster/key",
+            "--cgroup",
+            "/run/gateway/cgroupv2"
         ]
+    );
+    // Hairpin: the node's root cgroup, from the node.
+    assert_eq!(
+        named(&agent["volumeMounts"], "cgroup")?,
+        &json!({"name": "cgroup", "mountPath": "/run/gateway/cgroupv2", "readOnly": true})
+    );
+    assert_eq!(
+        named(&pod["volumes"], "cgroup")?["hostPath"],
+        json!({"path": "/sys/fs/cgroup", "type": "Directory"})
     );
     // Failover: the cluster's port, and its key from a Secret.
     assert_eq!(

@@ -33,6 +33,7 @@ fn frontend(frontend: &str, service: &str, backends: Vec<BackendView>) -> Servic
         protocol: "TCP",
         id: 1,
         affinity_timeout_secs: None,
+        hairpin: false,
         backends,
         draining: Vec::new(),
         source_ranges: None,

@@ -1,12 +1,14 @@
 //! `cargo xtask bench [--quick]`: the datapath's cost per packet against an empty program,
 //! end-to-end throughput against kube-proxy-shaped iptables and no load balancer at all, the
-//! control plane at scale, and failover between nodes, in one run on this machine. Writes target/bench/report.md,
+//! control plane at scale, failover between nodes, and what hairpin's socket hooks cost
+//! the node's other connections, in one run on this machine. Writes target/bench/report.md,
 //! report.json and chart.svg. `--quick` is the small smoke version the test suite runs so the
 //! harness cannot rot; its figures are not figures.
 
 mod control;
 mod e2e;
 mod failover;
+mod hairpin;
 mod objects;
 mod report;
 
@@ -59,6 +61,8 @@ pub enum Part {
     /// New connections and requests through a backend on another node (Cluster, SNAT)
     /// against the client straight to that pod
     Remote,
+    /// What hairpin's socket hooks cost the node's other connect()s
+    Hairpin,
 }
 
 /// Where cargo builds, as cargo itself decides it.
@@ -100,6 +104,15 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
     }
     cmd::run(&mut build)?;
     let binary = target_dir(workspace).join(profile).join("gateway-agent");
+    let mut build = Command::new("cargo");
+    build
+        .args(["build", "-p", "gateway-tests", "--bin", "hairpin-client"])
+        .current_dir(workspace);
+    if !quick {
+        build.arg("--release");
+    }
+    cmd::run(&mut build)?;
+    let hairpin_client = target_dir(workspace).join(profile).join("hairpin-client");
     let (services, per_service) = if quick { (100, 8) } else { (10_000, 8) };
     let (kills, restarts) = if quick { (2, 1) } else { (20, 5) };
 
@@ -117,6 +130,13 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
             let lab = Lab::up(e2e::spec(&binary))?;
             let control_plane = control::run(&lab, &binary, services, per_service)?;
             println!("{}", serde_json::to_string_pretty(&control_plane)?);
+            return Ok(());
+        }
+        Some(Part::Hairpin) => {
+            let lab = Lab::up(e2e::spec(&binary))?;
+            let (rounds, seconds) = if quick { (1, 1) } else { (7, 3) };
+            let cost = hairpin::run(&lab, &binary, &hairpin_client, rounds, seconds)?;
+            println!("{}", serde_json::to_string_pretty(&cost)?);
             return Ok(());
         }
         Some(Part::Failover) => {
@@ -185,6 +205,10 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
     };
     let end_to_end = e2e::run(&lab, &binary, &settings)?;
     let control_plane = control::run(&lab, &binary, services, per_service)?;
+    eprintln!("== hairpin: connect() to a non-VIP address with and without the socket hooks");
+    let (rounds, seconds) = if quick { (1, 1) } else { (7, 3) };
+    // The control plane's run left its own objects: the hooks' VIPs are the lab's again.
+    let hairpin = hairpin::run(&lab, &binary, &hairpin_client, rounds, seconds)?;
     drop(lab);
 
     eprintln!("== failover, in the failover lab");
@@ -196,6 +220,7 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
         &control_plane,
     );
     checks.extend(failover::checks(&failover));
+    checks.push(report::hairpin_check(&hairpin));
     let report = report::Report {
         date: today(),
         machine: machine(),
@@ -208,6 +233,7 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
         datapath_time: end_to_end.datapath_time,
         control_plane,
         failover,
+        hairpin,
         checks,
     };
     std::fs::write(

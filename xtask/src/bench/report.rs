@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::control::ControlPlane;
 use super::e2e::{DatapathTime, Metric, Path3, Throughput};
 use super::failover::{self, FailoverRun};
+use super::hairpin::HairpinCost;
 
 /// One datapath case as the datapath benchmark writes it.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -61,7 +62,19 @@ pub struct Report {
     pub datapath_time: Vec<DatapathTime>,
     pub control_plane: ControlPlane,
     pub failover: FailoverRun,
+    pub hairpin: HairpinCost,
     pub checks: Vec<Check>,
+}
+
+/// Hairpin's hooks run at every `connect()` in the node's cgroup: what they may cost one
+/// to an address that is not a VIP (one inlined bitmap lookup, as at TC ingress).
+pub fn hairpin_check(h: &HairpinCost) -> Check {
+    Check {
+        what: "connect() to a non-VIP address with hairpin's hooks, x without".into(),
+        value: format!("{:.3}", h.ratio),
+        target: ">= 0.90".into(),
+        pass: h.ratio >= 0.90,
+    }
 }
 
 const ESTABLISHED: &str = "established flow";
@@ -382,6 +395,14 @@ pub fn markdown(r: &Report) -> String {
             t.cpu_share * 100.0
         );
     }
+    let h = &r.hairpin;
+    let _ = writeln!(
+        md,
+        "\n## Hairpin: what the socket hooks cost other connections\n\n\
+         UDP `socket()`, `connect()` to a pod's address (not a VIP; no packet is sent), `close()`, in a loop for {} s, by a process in node w1's cgroup, where the agent attached the hairpin hooks, and by the same process outside it; medians of {} rounds in alternating order.\n\n\
+         | with hooks, connect()/s | without, connect()/s | ratio |\n|---|---|---|\n| {:.0} | {:.0} | {:.3} |",
+        h.seconds, h.rounds, h.with_hooks, h.without_hooks, h.ratio
+    );
     let c = &r.control_plane;
     let _ = writeln!(
         md,
