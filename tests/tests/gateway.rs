@@ -753,6 +753,7 @@ fn doctor_walks_the_reference_tree_over_objects_and_datapath() -> Result<()> {
         2,
         "ens18 ingress and egress"
     );
+    assert_eq!(findings(&report, "hairpin", "ok").len(), 1, "{report:#}");
 
     // The old, broken configuration of the reference: Cluster, two L2 policies, no affinity.
     let mut broken = c.lab.spec().clone();
