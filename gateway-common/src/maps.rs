@@ -95,8 +95,10 @@ macro_rules! map_table {
             /// pods count as (affinity); the socket hooks balance connections to these only.
             HAIRPIN hairpin "gw_hairpin": Hash<VipKey => HairpinVip> = Services,
             /// Hairpin: (socket cookie, backend) -> the frontend the socket asked for, so
-            /// `getpeername()` and `recvfrom()` show the VIP.
-            SOCK_REVNAT sock_revnat "gw_sock_revnat": LruHash<SockRevNatKey => Frontend> = Conntrack,
+            /// `getpeername()` and `recvfrom()` show the VIP. One per socket of this node
+            /// sent to a backend, far fewer than the flows through the node: sized as
+            /// affinity (an entry evicted only shows the backend to `getpeername()`).
+            SOCK_REVNAT sock_revnat "gw_sock_revnat": LruHash<SockRevNatKey => Frontend> = Affinity,
         }
     };
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result};
+use aya::programs::links::{FdLink, PinnedLink};
 use gateway_tests::agent::{self, Agent};
 use gateway_tests::lab::{self, Lab};
 use gateway_tests::process;
@@ -25,6 +26,26 @@ pub struct HairpinCost {
     pub without_hooks: f64,
     /// `with_hooks / without_hooks`.
     pub ratio: f64,
+    /// The connect hook's own run time per `connect()` to the non-VIP address, as the
+    /// kernel's BPF statistics count it.
+    pub hook_ns: f64,
+    /// A `connect()` loop iteration without the hooks, in ns (`1e9 / without_hooks`).
+    pub connect_ns: f64,
+}
+
+/// Runs and nanoseconds of the connect hook the agent pinned under `bpffs`.
+fn hook_totals(bpffs: &Path) -> Result<(u64, u64)> {
+    // The agent pins its links by program name (gateway_common::program_names).
+    let pin = bpffs.join("hairpin").join("gw_connect4");
+    let link = FdLink::from(
+        PinnedLink::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?,
+    );
+    let id = link.info().context("link info")?.program_id();
+    let info = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .with_context(|| format!("program {id} of {}", pin.display()))?;
+    Ok((info.run_count(), info.run_time().as_nanos() as u64))
 }
 
 fn rate(cmd: &mut Command) -> Result<f64> {
@@ -35,10 +56,16 @@ fn rate(cmd: &mut Command) -> Result<f64> {
         .with_context(|| format!("hairpin-client printed {out:?}"))
 }
 
-pub fn run(lab: &Lab, binary: &Path, client: &Path, rounds: usize, seconds: u64) -> Result<HairpinCost> {
+pub fn run(
+    lab: &Lab,
+    binary: &Path,
+    client: &Path,
+    rounds: usize,
+    seconds: u64,
+) -> Result<HairpinCost> {
     let config = agent::write_config(lab, &lab.config_yaml()?)?;
     let node = lab.node(NODE);
-    let agent = Agent::launch(lab, NODE, &config, binary, &node.bpffs_dir().to_owned(), &[])?;
+    let agent = Agent::launch(lab, NODE, &config, binary, node.bpffs_dir(), &[])?;
     // A pod's address: routed, never a VIP.
     let target = format!("{}:{}", lab.pods()[0].addr(), lab::HTTP_PORT);
     let args = [
@@ -58,6 +85,15 @@ pub fn run(lab: &Lab, binary: &Path, client: &Path, rounds: usize, seconds: u64)
             }
         }
     }
+    let (runs, ns) = {
+        // Statistics stay on while this fd is open, and only then.
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("enabling BPF run-time statistics")?;
+        let before = hook_totals(node.bpffs_dir())?;
+        rate(&mut node.command_in_cgroup(node.ns(), &args))?;
+        let after = hook_totals(node.bpffs_dir())?;
+        (after.0 - before.0, after.1 - before.1)
+    };
     agent.stop();
     let (with_hooks, without_hooks) = (median(&with), median(&without));
     Ok(HairpinCost {
@@ -66,5 +102,7 @@ pub fn run(lab: &Lab, binary: &Path, client: &Path, rounds: usize, seconds: u64)
         with_hooks,
         without_hooks,
         ratio: with_hooks / without_hooks.max(1.0),
+        hook_ns: ns as f64 / runs.max(1) as f64,
+        connect_ns: 1e9 / without_hooks.max(1.0),
     })
 }
