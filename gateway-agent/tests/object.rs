@@ -194,8 +194,15 @@ fn pinned_settings_of_another_layout_are_replaced_but_pinned_state_is_refused() 
     assert_eq!(value_size(&config), 32);
 
     std::fs::remove_file(&affinity).unwrap();
+    // gw_counters from a version that counted other things (one counter here).
+    let counters = fs.path().join("gw_counters");
+    pin_map(&counters, "percpu_array", 4, 8);
     let dp = load().unwrap();
     let size = std::mem::size_of::<gateway_common::DatapathConfig>() as u32;
     assert_eq!(value_size(&config), size);
+    assert_eq!(
+        aya::maps::MapInfo::from_pin(&counters).unwrap().max_entries(),
+        gateway_common::Counter::COUNT
+    );
     drop(dp);
 }

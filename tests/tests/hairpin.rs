@@ -10,8 +10,8 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result, ensure};
 use gateway_tests::agent::{self, Agent};
 use gateway_tests::lab::{
-    self, ENVOY_W1A, Lab, LabSpec, Node, PortSpec, SPARE_VIPS, SessionAffinity, VIP_EXTERNAL,
-    VIP_INTERNAL, W1_ADDR, W2_ADDR,
+    self, CLIENT, ENVOY_W1A, Lab, LabSpec, Node, PortSpec, SPARE_VIPS, SessionAffinity,
+    VIP_EXTERNAL, VIP_INTERNAL, W1_ADDR, W2_ADDR,
 };
 use gateway_tests::netns::Netns;
 use gateway_tests::process::{self, Process};
@@ -34,6 +34,17 @@ fn spec(prefix: &str) -> LabSpec {
     spec
 }
 
+/// [`spec`] with `loadBalancerSourceRanges`: the external gateway admits w1's address, the
+/// internal one only the client's.
+fn ranged_spec(prefix: &str) -> LabSpec {
+    let mut spec = spec(prefix);
+    spec.service_mut("cilium-gateway-gateway-external")
+        .source_ranges = vec![format!("{W1_ADDR}/32")];
+    spec.service_mut("cilium-gateway-gateway-internal")
+        .source_ranges = vec![format!("{CLIENT}/32")];
+    spec
+}
+
 struct Setup {
     agents: Vec<Agent>,
     _udp: Vec<Process>,
@@ -42,7 +53,11 @@ struct Setup {
 
 impl Setup {
     fn up(base: &str) -> Result<Self> {
-        let lab = Lab::up(spec(&lab::unique_prefix(base)).with_teardown_agent(agent::binary()?))?;
+        Self::up_with(spec(&lab::unique_prefix(base)))
+    }
+
+    fn up_with(spec: LabSpec) -> Result<Self> {
+        let lab = Lab::up(spec.with_teardown_agent(agent::binary()?))?;
         let config = agent::write_config(&lab, &lab.config_yaml()?)?;
         let agents = vec![
             Agent::start(&lab, "w1", &config)?,
@@ -242,5 +257,33 @@ fn hairpin_is_confined_to_the_cgroup_survives_a_restart_and_goes_with_teardown()
     let removed = agent::cli(&agent::binary()?, w1.ns().name(), &bpffs, &["teardown"])?;
     assert!(removed.contains("hairpin link gw_connect4"), "{removed}");
     assert_eq!(programs(w1)?, 0);
+    Ok(())
+}
+
+#[test]
+fn source_ranges_judge_the_node_by_its_address() -> Result<()> {
+    let s = Setup::up_with(ranged_spec(&lab::unique_prefix("hpd")))?;
+    let w1 = s.lab.node("w1");
+    // The external gateway admits w1's address: its processes are served.
+    let external = format!("{VIP_EXTERNAL}:80");
+    let served = client_in_cgroup(w1, w1.ns(), "tcp", &external, 2)?;
+    assert!(served.iter().all(|s| s.peer == external), "{served:?}");
+    // The internal one admits only the client: connect() is refused and counted.
+    let refused = w1
+        .command_in_cgroup(
+            w1.ns(),
+            [CLIENT_BIN, "tcp", &format!("{VIP_INTERNAL}:80"), "1"],
+        )
+        .output()?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "refused: {stderr}");
+    assert!(stderr.contains("Operation not permitted"), "{stderr}");
+    assert_eq!(s.w1().counter("drop_source_range")?, 1);
+    // The client it admits is still served across the segment.
+    let answer = s
+        .lab
+        .client()
+        .curl(&format!("http://{VIP_INTERNAL}/"), None)?;
+    assert!(answer.starts_with("backend=envoy-w1"), "{answer}");
     Ok(())
 }

@@ -210,6 +210,18 @@ fn check_pinned_layouts(dir: &Path, capacity: &Capacity) -> Result<()> {
             );
         }
         let wanted = map.size.entries(capacity);
+        // A version with other counters (this one added `hairpin`): they restart from zero
+        // rather than the agent refusing to start.
+        if name == map_names::COUNTERS && info.max_entries() != wanted {
+            log::info!(
+                "pinned map {} holds {} counters, this agent counts {wanted}: replacing it \
+                 (the datapath's counters restart from zero)",
+                path.display(),
+                info.max_entries()
+            );
+            replace.push(path);
+            continue;
+        }
         if info.max_entries() != wanted {
             bail!(
                 "pinned map {} holds {} entries but the --*-max flags ask for {wanted}: keep the \
