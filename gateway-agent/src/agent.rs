@@ -554,10 +554,12 @@ impl Agent {
         }
     }
 
-    async fn serve(mut self) -> Result<()> {
-        let mut terminate = signal(SignalKind::terminate())?;
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut hangup = signal(SignalKind::hangup())?;
+    async fn serve(mut self, signals: Signals) -> Result<()> {
+        let Signals {
+            mut terminate,
+            mut interrupt,
+            mut hangup,
+        } = signals;
         let mut logger = match self.datapath.logger.take() {
             // SAFETY: the logger owns its ring buffer fd and keeps it open, unchanged, for
             // as long as the AsyncFd owns the logger.
@@ -634,7 +636,20 @@ impl Agent {
     }
 }
 
+/// The signals the run loop acts on, registered before the agent starts: a SIGHUP sent as
+/// soon as the start is logged must reload, not end the process (SIGHUP's default).
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
 pub async fn run(options: RunOptions) -> Result<()> {
+    let signals = Signals {
+        terminate: signal(SignalKind::terminate())?,
+        interrupt: signal(SignalKind::interrupt())?,
+        hangup: signal(SignalKind::hangup())?,
+    };
     let endpoint = match options.metrics_address {
         Some(address) => Some(Endpoint::bind(address).await?),
         None => None,
@@ -643,5 +658,5 @@ pub async fn run(options: RunOptions) -> Result<()> {
     if let Some(endpoint) = endpoint {
         endpoint.serve(&agent.options.bpffs, agent.metrics.clone())?;
     }
-    agent.serve().await
+    agent.serve(signals).await
 }

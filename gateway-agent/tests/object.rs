@@ -201,7 +201,9 @@ fn pinned_settings_of_another_layout_are_replaced_but_pinned_state_is_refused() 
     let size = std::mem::size_of::<gateway_common::DatapathConfig>() as u32;
     assert_eq!(value_size(&config), size);
     assert_eq!(
-        aya::maps::MapInfo::from_pin(&counters).unwrap().max_entries(),
+        aya::maps::MapInfo::from_pin(&counters)
+            .unwrap()
+            .max_entries(),
         gateway_common::Counter::COUNT
     );
     drop(dp);
