@@ -471,21 +471,6 @@ fn a_vip_port_that_is_not_served_is_dropped_and_counted() {
 }
 
 #[test]
-fn icmp_to_a_vip_is_dropped_under_its_own_reason() {
-    let mut h = Harness::new();
-    for vip in [VIP_AFFINITY, VIP_RANDOM, VIP_EMPTY] {
-        let ping = icmp_echo_request(CLIENT, vip);
-        assert_eq!(h.ingress(&ping), (SHOT, ping.clone()));
-    }
-    assert_eq!(h.counter(Counter::DropIcmp), 3);
-    assert_eq!(h.counter(Counter::DropUnknownPort), 0);
-    // The node's own pings are not ours.
-    let ping = icmp_echo_request(CLIENT, NODE);
-    assert_eq!(h.ingress(&ping), (PASS, ping.clone()));
-    assert_eq!(h.counter(Counter::DropIcmp), 3);
-}
-
-#[test]
 fn a_service_without_backends_drops_with_its_own_reason() {
     let mut h = Harness::new();
     let frame = tcp_frame((CLIENT, 40000), (VIP_EMPTY, 80), Tcp::Syn, b"");

@@ -725,7 +725,9 @@ pub enum Counter {
     /// A new connection took over the conntrack entry of a closed one with the same tuple
     /// (so `ct_created` minus this minus the entries present is what LRU evicted).
     CtReplaced,
-    /// Drop: ICMP addressed to a VIP (neither answered nor balanced).
+    /// Drop: ICMP addressed to a VIP that is neither an echo request the datapath answers
+    /// nor an error it translates (echo replies, redirects, timestamps, echo requests with
+    /// IP options or to a multicast MAC, ...).
     DropIcmp,
     /// ARP requests for an announced VIP left unanswered: the gate was closed (the agent
     /// holds no lease for it from the cluster, or stopped renewing it).
@@ -746,10 +748,21 @@ pub enum Counter {
     /// Connections (`connect()`) and datagrams (`sendto()`) from this node's processes and
     /// pods to a VIP it announces, sent to a backend by the hairpin socket hooks.
     Hairpin,
+    /// ICMP echo requests to a VIP answered, from the VIP.
+    IcmpEchoReply,
+    /// ICMP errors (destination unreachable, time exceeded, parameter problem) about a
+    /// tracked flow, translated (outer and inner headers) and passed on.
+    IcmpErrorNat,
+    /// Drop: an ICMP error to a VIP whose inner header is truncated, malformed or names no
+    /// live tracked flow: never translated.
+    DropIcmpError,
+    /// ICMP errors not to a VIP whose inner header names a backend (a local one at egress,
+    /// one on another node at ingress) but no live tracked flow: passed on untouched.
+    IcmpErrorPassed,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::Hairpin as u32 + 1;
+    pub const COUNT: u32 = Counter::IcmpErrorPassed as u32 + 1;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::ArpReply,
         Counter::CtCreated,
@@ -770,6 +783,10 @@ impl Counter {
         Counter::DropNoSnatAddr,
         Counter::DropNoRoute,
         Counter::Hairpin,
+        Counter::IcmpEchoReply,
+        Counter::IcmpErrorNat,
+        Counter::DropIcmpError,
+        Counter::IcmpErrorPassed,
     ];
 
     /// Stable, human and JSON name.
@@ -794,6 +811,10 @@ impl Counter {
             Counter::DropNoSnatAddr => "drop_no_snat_addr",
             Counter::DropNoRoute => "drop_no_route",
             Counter::Hairpin => "hairpin",
+            Counter::IcmpEchoReply => "icmp_echo_reply",
+            Counter::IcmpErrorNat => "icmp_error_nat",
+            Counter::DropIcmpError => "drop_icmp_error",
+            Counter::IcmpErrorPassed => "icmp_error_passed",
         }
     }
 }

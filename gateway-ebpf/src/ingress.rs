@@ -1,18 +1,19 @@
-//! TC ingress: ARP for announced VIPs, client -> VIP traffic balanced to a backend, and the
-//! replies of flows SNATed to a backend on another node.
+//! TC ingress: ARP for announced VIPs, client -> VIP traffic balanced to a backend, the
+//! replies of flows SNATed to a backend on another node, and ICMP to VIPs and about SNATed
+//! flows (`icmp`).
 
 use aya_ebpf::bindings::TC_ACT_OK;
 use gateway_common::{
     BACKEND_F_REMOTE, BACKEND_F_REPLY_CT, CT_F_DENIED, CT_F_SNAT, Counter, CtEntry, Ipv4, VipKey,
-    vip_filter_bit,
+    proto, vip_filter_bit,
 };
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
-    PASS, arp, conntrack, drop, lb, log,
+    PASS, arp, conntrack, drop, icmp, lb, log,
     maps::{CONFIG, CONNTRACK, CT_REPLY, VIP_FILTER, VIPS},
     nat, now_ns,
-    packet::{self, ETH_HLEN, EtherType, Flow, Packet},
+    packet::{self, ETH_HLEN, EtherType, Flow, Invalid, Packet},
     route, snat,
     stats::{Direction, account, count, deny},
 };
@@ -34,6 +35,11 @@ fn ipv4(pkt: &mut Packet) -> i32 {
     let daddr = ip.dst_addr;
     // All the node's own traffic pays: two inlined array lookups.
     if !may_be_vip(daddr) {
+        // An error about a flow SNATed to a backend on another node may come from any router
+        // on the way, not only from the backend.
+        if ip.proto == proto::ICMP {
+            return icmp::to_node(pkt);
+        }
         if !snat::may_be_remote_backend(ip.src_addr) {
             return PASS;
         }
@@ -42,6 +48,9 @@ fn ipv4(pkt: &mut Packet) -> i32 {
     }
     let flow = match packet::ipv4(ip, pkt.len()).and_then(|ip| packet::flow(pkt, ip)) {
         Ok(flow) => flow,
+        Err(Invalid::Icmp) if is_vip(daddr) => return icmp::to_vip(pkt),
+        // An address sharing a VIP's filter bit may be this node's SNAT address.
+        Err(Invalid::Icmp) => return icmp::to_node(pkt),
         // Addressed to a VIP but not balanceable: dropped with its reason, never passed on
         // to be forwarded by the kernel.
         Err(invalid) if is_vip(daddr) => return drop(pkt, invalid.reason()),

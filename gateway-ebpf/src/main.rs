@@ -1,7 +1,8 @@
 //! The gateway datapath: TC programs attached at ingress and egress of the node's uplinks.
 //!
 //! One concern per module, as in Cilium's bpf/lib: `packet` (every access to the frame, and
-//! header parsing), `arp` (L2 announcement), `lb` (service lookup, source ranges, backend
+//! header parsing), `arp` (L2 announcement), `icmp` (echo replies from VIPs, errors about
+//! tracked flows translated), `lb` (service lookup, source ranges, backend
 //! selection, affinity), `conntrack`, `nat` (rewrites and checksums), `snat` (source NAT to
 //! backends on other nodes, and their replies), `route` (sending a frame on through the
 //! FIB), `skb` (`ip_summed`), `stats` (counters), `maps` (expanded from gateway-common's map
@@ -17,6 +18,7 @@ mod arp;
 mod conntrack;
 mod egress;
 mod hairpin;
+mod icmp;
 mod ingress;
 mod lb;
 mod log;

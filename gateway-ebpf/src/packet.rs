@@ -48,6 +48,30 @@ const _: () = assert!(
         && offset_of!(UdpHdr, dst) == offset_of!(Ports, dest)
 );
 
+/// An ICMP header: type, code, checksum, and the four bytes whose meaning depends on the
+/// type (an echo's identifier and sequence number; unused or the next-hop MTU of an error).
+#[repr(C)]
+pub struct IcmpHdr {
+    pub kind: u8,
+    pub code: u8,
+    pub check: [u8; 2],
+    pub rest: [u8; 4],
+}
+
+impl IcmpHdr {
+    pub const LEN: usize = size_of::<IcmpHdr>();
+}
+
+/// The head of the packet an ICMP error is about, as every error quotes it (RFC 792): an
+/// IPv4 header without options and the first 8 bytes of its TCP/UDP header.
+#[repr(C)]
+pub struct Quoted {
+    pub ip: Ipv4Hdr,
+    pub ports: Ports,
+    /// UDP's length and checksum; TCP's sequence number.
+    pub rest: [u8; 4],
+}
+
 /// An ARP packet over Ethernet, as one header: the request is answered in place.
 #[repr(C)]
 pub struct ArpFrame {
@@ -76,7 +100,9 @@ macro_rules! headers {
     };
 }
 
-headers!(EthHdr, ArpFrame, Ipv4Hdr, TcpHdr, UdpHdr, Ports, [u8; 2]);
+headers!(
+    EthHdr, ArpFrame, Ipv4Hdr, TcpHdr, UdpHdr, Ports, IcmpHdr, Quoted, [u8; 2], u8
+);
 
 /// The frame of one program run. Headers are borrowed from it: a shared borrow to read, an
 /// exclusive one to write, and none may be held across a call that can move the frame
@@ -112,10 +138,24 @@ impl<'a> Packet<'a> {
 
     /// Where a `T` at `offset` is, if all of it lies inside the linear data: the comparison
     /// against `data_end` is the one the verifier needs to allow the access.
+    ///
+    /// `FRESH` reads the bounds with volatile loads, which LLVM neither reuses nor merges
+    /// across branches: where a pull happens on one branch only, a merged pointer can come
+    /// out as a 32-bit move, which the verifier takes for a scalar (see [`Packet::fresh`]).
     #[inline(always)]
-    fn ptr_at<T: Header>(&self, offset: usize) -> Option<*mut T> {
-        let start = self.ctx.data();
-        let end = self.ctx.data_end();
+    fn ptr_at<T: Header, const FRESH: bool>(&self, offset: usize) -> Option<*mut T> {
+        let (start, end) = if FRESH {
+            let skb = self.ctx.skb.skb;
+            // SAFETY: reads of the program's own `__sk_buff` context, valid for the whole run.
+            unsafe {
+                (
+                    core::ptr::read_volatile(&raw const (*skb).data) as usize,
+                    core::ptr::read_volatile(&raw const (*skb).data_end) as usize,
+                )
+            }
+        } else {
+            (self.ctx.data(), self.ctx.data_end())
+        };
         if start + offset + size_of::<T>() > end {
             return None;
         }
@@ -130,7 +170,7 @@ impl<'a> Packet<'a> {
     /// The `T` at `offset`, if the linear data holds all of it.
     #[inline(always)]
     pub fn header<T: Header>(&self, offset: usize) -> Option<&T> {
-        let p = self.ptr_at::<T>(offset)?;
+        let p = self.ptr_at::<T, false>(offset)?;
         // SAFETY: `ptr_at` checked that the whole `T` lies in the frame's linear data, which
         // stays put while `self` is borrowed (only `&mut self` calls can move it); any bytes
         // are a `T`, and its alignment is met (see `Header`).
@@ -140,7 +180,7 @@ impl<'a> Packet<'a> {
     /// The `T` at `offset` to write to, if the linear data holds all of it.
     #[inline(always)]
     pub fn header_mut<T: Header>(&mut self, offset: usize) -> Option<&mut T> {
-        let p = self.ptr_at::<T>(offset)?;
+        let p = self.ptr_at::<T, false>(offset)?;
         // SAFETY: as in `header`; the exclusive borrow of `self` keeps any other reference
         // into the frame from being alive at the same time.
         Some(unsafe { &mut *p })
@@ -150,18 +190,39 @@ impl<'a> Packet<'a> {
     /// enough: a veth or GRO frame may carry its L4 header outside the linear part.
     #[inline(always)]
     pub fn pull<T: Header>(&mut self, offset: usize) -> Option<&T> {
-        let p = match self.ptr_at::<T>(offset) {
+        let p = match self.ptr_at::<T, false>(offset) {
             Some(p) => p,
             None => {
                 let need = (offset + size_of::<T>()) as u32;
                 if self.ctx.len() < need || self.ctx.pull_data(need).is_err() {
                     return None;
                 }
-                self.ptr_at::<T>(offset)?
+                self.ptr_at::<T, false>(offset)?
             }
         };
         // SAFETY: as in `header`, for the data as it is after the pull.
         Some(unsafe { &*p })
+    }
+
+    /// Makes the first `len` bytes of the frame linear (pulling non-linear data in when
+    /// needed), so that [`Packet::fresh`] finds any header within them; false when the
+    /// frame is shorter.
+    #[inline(always)]
+    pub fn linear(&mut self, len: usize) -> bool {
+        if self.ptr_at::<u8, true>(len - 1).is_some() {
+            return true;
+        }
+        self.ctx.len() as usize >= len && self.ctx.pull_data(len as u32).is_ok()
+    }
+
+    /// Like [`Packet::header_mut`], with the frame's bounds read afresh: for code that
+    /// pulls at several depths on some branches only (ICMP errors, whose quoted packet lies
+    /// deep in the frame), where the pointers LLVM would otherwise merge fail the verifier.
+    #[inline(always)]
+    pub fn fresh<T: Header>(&mut self, offset: usize) -> Option<&mut T> {
+        let p = self.ptr_at::<T, true>(offset)?;
+        // SAFETY: as in `header_mut`.
+        Some(unsafe { &mut *p })
     }
 
     /// `bpf_l4_csum_replace` on the checksum field at `offset`; the kernel may move the frame.
@@ -203,7 +264,7 @@ pub enum Invalid {
     Malformed,
     /// A fragment: only the first carries ports, so no fragment can be balanced safely.
     Fragment,
-    /// ICMP: neither answered nor balanced.
+    /// ICMP: answered or translated by `icmp`, never balanced.
     Icmp,
     /// Neither TCP, UDP nor ICMP.
     Protocol,

@@ -38,6 +38,7 @@ const fn place(counter: Counter) -> Place {
         | Counter::DropMalformed
         | Counter::DropNatFailed
         | Counter::DropIcmp
+        | Counter::DropIcmpError
         | Counter::DropSourceRange
         | Counter::DropSnatExhausted
         | Counter::DropNoSnatAddr
@@ -62,6 +63,19 @@ const fn place(counter: Counter) -> Place {
             "gateway_conntrack_takeovers",
             "New connections that took over the conntrack entry of a closed one with the \
              same addresses and ports.",
+        ),
+        Counter::IcmpEchoReply => Place::Own(
+            "gateway_icmp_echo_replies",
+            "ICMP echo requests to a VIP answered, from the VIP.",
+        ),
+        Counter::IcmpErrorNat => Place::Own(
+            "gateway_icmp_errors_translated",
+            "ICMP errors about a tracked flow translated (outer and inner headers) and passed on.",
+        ),
+        Counter::IcmpErrorPassed => Place::Own(
+            "gateway_icmp_errors_passed",
+            "ICMP errors not to a VIP naming a backend but none of its tracked flows, passed on \
+             untouched.",
         ),
         Counter::ArpReply => Place::PerAnnouncement,
         Counter::ArpGated => Place::Own(

@@ -174,6 +174,74 @@ pub fn icmp_echo_request(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
     p.frame()
 }
 
+/// ICMP types and codes (RFC 792).
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
+pub const ICMP_PORT_UNREACH: u8 = 3;
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+
+/// An ICMP error from `src` to `dst` quoting `quoted` (an IPv4 packet, or its head: the
+/// caller cuts it), from the client's MAC to the node's, every outer length and checksum
+/// right (the quoted bytes are taken as they are). `rest`: the four bytes after the
+/// checksum (a fragmentation-needed's next-hop MTU in the last two).
+pub fn icmp_error(
+    src: [u8; 4],
+    dst: [u8; 4],
+    (kind, code): (u8, u8),
+    rest: [u8; 4],
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(quoted);
+    let csum = !(ones_sum(&icmp, 0) as u16);
+    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+    let mut frame = Vec::with_capacity(IP + 20 + icmp.len());
+    frame.extend_from_slice(&NODE_MAC);
+    frame.extend_from_slice(&CLIENT_MAC);
+    frame.extend_from_slice(&ETH_IP);
+    frame.extend_from_slice(&[0x45, 0xc0]);
+    frame.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    frame.extend_from_slice(&[0xab, 0xcd, 0, 0, 64, proto::ICMP, 0, 0]);
+    frame.extend_from_slice(&src);
+    frame.extend_from_slice(&dst);
+    frame.extend_from_slice(&icmp);
+    fix_ip_checksum(&mut frame, IP);
+    frame
+}
+
+/// The next-hop MTU field of a fragmentation-needed error.
+pub fn mtu(mtu: u16) -> [u8; 4] {
+    let [hi, lo] = mtu.to_be_bytes();
+    [0, 0, hi, lo]
+}
+
+/// The IPv4 packet of a frame, cut to at most `len` bytes: what an error quotes of it.
+pub fn quote(frame: &[u8], len: usize) -> Vec<u8> {
+    frame[IP..frame.len().min(IP + len)].to_vec()
+}
+
+/// Asserts that the outer IPv4 checksum, the ICMP checksum (over the whole message) and the
+/// quoted packet's IPv4 header checksum of an ICMP frame verify.
+pub fn assert_icmp_checksums(frame: &[u8]) {
+    let ip = &frame[IP..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    assert_eq!(ones_sum(&ip[..ihl], 0), 0xffff, "IPv4 header checksum");
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let icmp = &ip[ihl..total];
+    assert_eq!(ones_sum(icmp, 0), 0xffff, "ICMP checksum");
+    if icmp[0] != ICMP_ECHO_REPLY && icmp.len() >= 8 + 20 {
+        assert_eq!(
+            ones_sum(&icmp[8..28], 0),
+            0xffff,
+            "quoted IPv4 header checksum"
+        );
+    }
+}
+
 /// An ARP frame (`op` 1: request, 2: reply) from the client's MAC, broadcast.
 pub fn arp_frame(op: u16, sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
     let mut v = vec![0xff; 6];

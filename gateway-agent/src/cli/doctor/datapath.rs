@@ -374,7 +374,7 @@ struct DropRule {
     fix: &'static str,
 }
 
-const DROPS: [DropRule; 8] = [
+const DROPS: [DropRule; 9] = [
     DropRule {
         counter: Counter::DropBackendGone,
         severity: Severity::Info,
@@ -396,7 +396,15 @@ const DROPS: [DropRule; 8] = [
     DropRule {
         counter: Counter::DropIcmp,
         severity: Severity::Info,
-        meaning: "ICMP packets to a VIP were dropped (pings and ICMP errors for VIPs are not handled yet)",
+        meaning: "ICMP packets to a VIP that are neither echo requests nor errors were dropped \
+                  (echo requests with IP options or to a multicast MAC are not answered)",
+        fix: "",
+    },
+    DropRule {
+        counter: Counter::DropIcmpError,
+        severity: Severity::Info,
+        meaning: "ICMP errors to a VIP about no tracked flow (or with a truncated or \
+                  inconsistent inner header) were dropped, not translated",
         fix: "",
     },
     DropRule {
