@@ -10,7 +10,9 @@
 //! ```
 //!
 //! Each node routes the other nodes' pod /24s via their addresses, as a CNI routing pods
-//! directly would.
+//! directly would. A lab may also have a client on another network, behind routers on the
+//! segment (`LabSpec::with_routed_client`: `{p}-router` .1, `{p}-farrt`, `{p}-far`
+//! 10.99.0.10).
 //!
 //! These addresses, the pool's and the VIPs are named once, as constants in `spec.rs`
 //! (re-exported here); tests and xtask use those names. [`LabSpec::failover`] is the
@@ -20,10 +22,11 @@
 //! [`Lab::set_uplink`] takes a node off the segment altogether.
 //!
 //! Each pod runs nginx on 8080 and 8443 answering `backend=POD client=IP:PORT
-//! local=IP:PORT`; each node runs nginx on its own address port 80 answering `node=NODE
-//! client=IP`. One bpffs is mounted under the run directory; each node's agent gets its own
-//! directory below it, and a cgroup of its own (its agent's `--cgroup`, see `cgroup.rs`).
-//! Dropping a [`Lab`] removes all of it, also after a panic or a half-finished [`Lab::up`].
+//! local=IP:PORT`, and serving the files of the run directory's `files/` under `/files/`;
+//! each node runs nginx on its own address port 80 answering `node=NODE client=IP`. One
+//! bpffs is mounted under the run directory; each node's agent gets its own directory below
+//! it, and a cgroup of its own (its agent's `--cgroup`, see `cgroup.rs`). Dropping a [`Lab`]
+//! removes all of it, also after a panic or a half-finished [`Lab::up`].
 
 mod cgroup;
 mod client;
@@ -44,14 +47,15 @@ pub use client::Client;
 pub use objects::config_yaml;
 pub use spec::{
     CLIENT, CLIENT_2, CONTROL_PLANE_LABEL, CP1_ADDR, ENVOY_W1A, ENVOY_W1B, ENVOY_W2A, ENVOY_W3A,
-    HOSTNAME_LABEL, HTTP_PORT, HTTPS_PORT, L2PolicySpec, LabSpec, LabelSelector, NodeSpec,
-    OWNING_GATEWAY_LABEL, Operator, POD_CIDR, POOL_CIDR, PodSpec, PoolSpec, PortSpec, Protocol,
-    Requirement, SEGMENT, SEGMENT_PREFIX_LEN, SPARE_POD_W1, SPARE_VIPS, ServiceSpec,
-    SessionAffinity, TrafficPolicy, UNUSED_ADDR, VIP_EXTERNAL, VIP_INTERNAL, W1_ADDR, W2_ADDR,
+    FAR_CLIENT, FAR_GATEWAY, FAR_NET, HOSTNAME_LABEL, HTTP_PORT, HTTPS_PORT, L2PolicySpec, LabSpec,
+    LabelSelector, NodeSpec, OWNING_GATEWAY_LABEL, Operator, POD_CIDR, POOL_CIDR, PodSpec,
+    PoolSpec, PortSpec, Protocol, ROUTER_ADDR, Requirement, RoutedClientSpec, SEGMENT,
+    SEGMENT_PREFIX_LEN, SPARE_POD_W1, SPARE_VIPS, ServiceSpec, SessionAffinity, TRANSIT_FAR,
+    TRANSIT_ROUTER, TrafficPolicy, UNUSED_ADDR, VIP_EXTERNAL, VIP_INTERNAL, W1_ADDR, W2_ADDR,
     W3_ADDR,
 };
 pub use teardown::{RUN_ROOT, is_mount_point, run_dir};
-pub use wiring::{BRIDGE, CLIENT_IFACE, NODE_UPLINK, POD_IFACE};
+pub use wiring::{BRIDGE, CLIENT_IFACE, FAR_IFACE, NODE_UPLINK, POD_IFACE};
 
 use crate::netns::Netns;
 use crate::process::Process;
@@ -78,6 +82,7 @@ pub struct Lab {
     client: Client,
     nodes: Vec<Node>,
     pods: Vec<Pod>,
+    routed: Option<wiring::RoutedClient>,
     servers: Vec<Process>,
     /// Last, so that the servers above are killed and reaped before it removes the rest.
     teardown: teardown::Guard,
@@ -172,12 +177,22 @@ impl Lab {
             .zip(&spec.nodes)
             .collect();
         wiring::pod_routes(&routed)?;
+        let routed = match &spec.routed_client {
+            Some(routed_spec) => {
+                let name = |role: &str| teardown::namespace(prefix, role);
+                let routed = wiring::routed_client(&segment, name, routed_spec)?;
+                wiring::far_routes(&nodes.iter().map(|n| &n.ns).collect::<Vec<_>>())?;
+                Some(routed)
+            }
+            None => None,
+        };
         Ok(Self {
             spec,
             segment,
             client,
             nodes,
             pods,
+            routed,
             servers,
             teardown,
         })
@@ -218,6 +233,26 @@ impl Lab {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The client behind the routers (`FAR_CLIENT`), when the spec has one.
+    pub fn far_client(&self) -> Option<&Netns> {
+        self.routed.as_ref().map(|r| &r.client)
+    }
+
+    /// The router on the segment in front of the far client, when the spec has one.
+    pub fn router(&self) -> Option<&Netns> {
+        self.routed.as_ref().map(|r| &r.router)
+    }
+
+    /// The far client's own router, when the spec has one.
+    pub fn far_router(&self) -> Option<&Netns> {
+        self.routed.as_ref().map(|r| &r.far_router)
+    }
+
+    /// Where the pods' `/files/` are served from: `run_dir/files`.
+    pub fn files_dir(&self) -> PathBuf {
+        self.run_dir().join("files")
     }
 
     pub fn nodes(&self) -> &[Node] {
@@ -407,6 +442,7 @@ fn serve_node(ns: &Netns, run_dir: &Path, node: &NodeSpec) -> Result<Process> {
         run_dir,
         &Site {
             name: &node.name,
+            files: None,
             listen: std::slice::from_ref(&listen),
             body: &format!("node={} client=$remote_addr", node.name),
             probes: &[format!("http://{listen}/")],
@@ -417,11 +453,14 @@ fn serve_node(ns: &Netns, run_dir: &Path, node: &NodeSpec) -> Result<Process> {
 /// The envoy-like backend: tells which pod answered and which client address it saw.
 fn serve_pod(ns: &Netns, run_dir: &Path, pod: &PodSpec) -> Result<Process> {
     let ports = [HTTP_PORT, HTTPS_PORT];
+    let files = run_dir.join("files");
+    fs::create_dir_all(&files).with_context(|| format!("creating {}", files.display()))?;
     nginx::serve(
         ns,
         run_dir,
         &Site {
             name: &pod.name,
+            files: Some(&files),
             listen: &ports.map(|p| p.to_string()),
             body: &format!(
                 "backend={} client=$remote_addr:$remote_port local=$server_addr:$server_port",

@@ -23,6 +23,8 @@ pub(crate) struct Site<'a> {
     pub listen: &'a [String],
     /// The body of every answer; may use nginx variables such as `$remote_addr`.
     pub body: &'a str,
+    /// A directory served under `/files/`.
+    pub files: Option<&'a Path>,
     /// URLs that answer, from inside the namespace, once the server is up.
     pub probes: &'a [String],
 }
@@ -65,6 +67,15 @@ fn config(dir: &Path, site: &Site) -> String {
         .map(|l| format!("        listen {l};\n"))
         .collect();
     let body = site.body.replace('\\', "\\\\").replace('"', "\\\"");
+    let files = site
+        .files
+        .map(|d| {
+            format!(
+                "        location /files/ {{\n            alias {}/;\n        }}\n",
+                d.display()
+            )
+        })
+        .unwrap_or_default();
     format!(
         r#"# Written by gateway-tests for the lab server {name}.
 daemon off;
@@ -89,7 +100,7 @@ http {{
 {listen}        location / {{
             return 200 "{body}\n";
         }}
-    }}
+{files}    }}
 }}
 "#,
         name = site.name,

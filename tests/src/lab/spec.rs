@@ -35,6 +35,18 @@ pub const SPARE_VIPS: [Ipv4Addr; 2] = [
     Ipv4Addr::new(192, 168, 10, 51),
     Ipv4Addr::new(192, 168, 10, 52),
 ];
+/// A router on the segment, in front of a client network elsewhere (see [`RoutedClientSpec`]).
+pub const ROUTER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 1);
+/// The client network behind the router, and the client on it.
+pub const FAR_NET: &str = "10.99.0.0/24";
+pub const FAR_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 10);
+/// The far router's address on the client network, the far client's gateway.
+pub const FAR_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+/// The link between the router and the far router (a /30).
+pub const TRANSIT_ROUTER: Ipv4Addr = Ipv4Addr::new(10, 99, 1, 1);
+pub const TRANSIT_FAR: Ipv4Addr = Ipv4Addr::new(10, 99, 1, 2);
+pub const TRANSIT_PREFIX_LEN: u8 = 30;
+
 /// The pod network, and the envoy-like pods: two on w1, one on w2.
 pub const POD_CIDR: &str = "10.244.0.0/16";
 pub const ENVOY_W1A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
@@ -78,6 +90,20 @@ pub struct LabSpec {
     /// shows them: agents on several nodes then form a cluster (failover). Off, every
     /// agent is alone and announces as the score elects, whatever runs elsewhere.
     pub internal_ips: bool,
+    /// A client on another network, behind a router on the segment.
+    pub routed_client: Option<RoutedClientSpec>,
+}
+
+/// A client that reaches the segment through two routers, the way a client on the internet
+/// reaches a data centre: `{p}-far` (the client, [`FAR_CLIENT`]) - `{p}-farrt` (its
+/// router) - a transit link of `transit_mtu` bytes - `{p}-router` ([`ROUTER_ADDR`] on the
+/// segment). The client's own link and the segment have 1500 bytes, so the client's TCP
+/// announces an MSS of 1460 and only path-MTU discovery (a "fragmentation needed" from
+/// `{p}-router`) can tell a server that its packets are too big for the transit link. Every
+/// node routes [`FAR_NET`] via the router.
+#[derive(Clone, Copy, Debug)]
+pub struct RoutedClientSpec {
+    pub transit_mtu: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -223,6 +249,7 @@ impl LabSpec {
             ],
             teardown_agent: None,
             internal_ips: false,
+            routed_client: None,
         }
     }
 
@@ -245,6 +272,13 @@ impl LabSpec {
         )];
         spec.internal_ips = true;
         spec
+    }
+
+    /// Adds a client behind a router, whose path to the segment crosses a link of
+    /// `transit_mtu` bytes (see [`RoutedClientSpec`]).
+    pub fn with_routed_client(mut self, transit_mtu: u32) -> Self {
+        self.routed_client = Some(RoutedClientSpec { transit_mtu });
+        self
     }
 
     /// Adds a secondary client address, so tests can connect from several client IPs.
@@ -315,8 +349,11 @@ impl LabSpec {
         ensure!(!self.client_addrs.is_empty(), "the client needs an address");
 
         // Namespace names are `{prefix}-{role}`: roles must not collide.
-        let mut roles = BTreeSet::from(["seg", "client"]);
+        let mut roles = BTreeSet::from(["seg", "client", "router", "farrt", "far"]);
         let mut segment_addrs = BTreeSet::new();
+        if self.routed_client.is_some() {
+            segment_addrs.insert(ROUTER_ADDR);
+        }
         let mut pod_addrs = BTreeSet::new();
         for &addr in &self.client_addrs {
             ensure_on_segment("client", addr)?;

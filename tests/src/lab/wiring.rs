@@ -5,7 +5,10 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
 
-use super::spec::{NodeSpec, PodSpec, SEGMENT_PREFIX_LEN};
+use super::spec::{
+    FAR_CLIENT, FAR_GATEWAY, FAR_NET, NodeSpec, PodSpec, ROUTER_ADDR, RoutedClientSpec,
+    SEGMENT_PREFIX_LEN, TRANSIT_FAR, TRANSIT_PREFIX_LEN, TRANSIT_ROUTER,
+};
 use crate::netns::Netns;
 
 /// The bridge that is the flat L2 segment, in the segment namespace.
@@ -126,6 +129,125 @@ pub(crate) fn pod_routes(nodes: &[(&Netns, &NodeSpec)]) -> Result<()> {
                     })?;
             }
         }
+    }
+    Ok(())
+}
+
+/// The MAC of the router's interface on the segment.
+const ROUTER_MAC: &str = "02:00:00:00:00:01";
+/// The far client's interface.
+pub const FAR_IFACE: &str = "far0";
+
+/// Routers forward, and answer what they cannot forward with ICMP errors.
+const ROUTER_SYSCTLS: [(&str, &str); 3] = NODE_SYSCTLS;
+
+/// The namespaces of a routed client: the router on the segment, the far router, the far
+/// client.
+pub(crate) struct RoutedClient {
+    pub router: Netns,
+    pub far_router: Netns,
+    pub client: Netns,
+}
+
+/// Builds the routed client of `spec` (see [`RoutedClientSpec`]): namespaces named by
+/// `name(role)`.
+pub(crate) fn routed_client(
+    seg: &Netns,
+    name: impl Fn(&str) -> String,
+    spec: &RoutedClientSpec,
+) -> Result<RoutedClient> {
+    let sysctls = [NO_IPV6.as_slice(), ROUTER_SYSCTLS.as_slice()].concat();
+    let router = Netns::add(&name("router"), false)?;
+    router.sysctl(&sysctls)?;
+    plug(
+        seg,
+        "p-router",
+        &router,
+        "ens18",
+        ROUTER_MAC,
+        &[ROUTER_ADDR],
+    )
+    .context("wiring the router")?;
+    let far_router = Netns::add(&name("farrt"), false)?;
+    far_router.sysctl(&sysctls)?;
+    let client = Netns::add(&name("far"), false)?;
+    client.sysctl(&NO_IPV6)?;
+
+    let mtu = spec.transit_mtu.to_string();
+    router.ip(&[
+        "link",
+        "add",
+        "transit",
+        "mtu",
+        &mtu,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "transit",
+        "mtu",
+        &mtu,
+        "netns",
+        far_router.name(),
+    ])?;
+    let transit = |ns: &Netns, addr: std::net::Ipv4Addr| -> Result<()> {
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{addr}/{TRANSIT_PREFIX_LEN}"),
+            "dev",
+            "transit",
+        ])?;
+        ns.ip(&["link", "set", "transit", "up"])?;
+        Ok(())
+    };
+    transit(&router, TRANSIT_ROUTER)?;
+    transit(&far_router, TRANSIT_FAR)?;
+    router.ip(&["route", "add", FAR_NET, "via", &TRANSIT_FAR.to_string()])?;
+    far_router.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        &TRANSIT_ROUTER.to_string(),
+    ])?;
+
+    far_router.ip(&[
+        "link",
+        "add",
+        "lan",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        FAR_IFACE,
+        "netns",
+        client.name(),
+    ])?;
+    far_router.ip(&["addr", "add", &format!("{FAR_GATEWAY}/24"), "dev", "lan"])?;
+    far_router.ip(&["link", "set", "lan", "up"])?;
+    client.ip(&["addr", "add", &format!("{FAR_CLIENT}/24"), "dev", FAR_IFACE])?;
+    client.ip(&["link", "set", FAR_IFACE, "up"])?;
+    client.ip(&["route", "add", "default", "via", &FAR_GATEWAY.to_string()])?;
+    Ok(RoutedClient {
+        router,
+        far_router,
+        client,
+    })
+}
+
+/// Every node routes the far client's network via the router.
+pub(crate) fn far_routes(nodes: &[&Netns]) -> Result<()> {
+    for ns in nodes {
+        ns.ip(&[
+            "route",
+            "add",
+            FAR_NET,
+            "via",
+            &ROUTER_ADDR.to_string(),
+            "dev",
+            NODE_UPLINK,
+        ])?;
     }
     Ok(())
 }
