@@ -20,6 +20,20 @@
 //! - egress rewrites exactly the well-formed replies from a local backend on a flow the
 //!   ingress side balanced to it (source back to the VIP port); everything else passes
 //!   unchanged;
+//! - ICMP (README, "ICMP"): ingress answers an echo request to a VIP (code 0, no IP
+//!   options, to a unicast MAC) with the exact reply, and drops any other ICMP to a VIP
+//!   (`drop_icmp`); it translates an error to a VIP whose quote (a 20-byte IPv4 header, not
+//!   a later fragment, TCP or UDP, 8 bytes of it at least) is a tracked flow's reply as it
+//!   left from the VIP, to the flow's backend (a SNATed one from the node's address, sent
+//!   on to the other node), and drops every other error to a VIP (`drop_icmp_error`); it
+//!   translates an error to the node about a packet it SNATed (to the client, from the VIP,
+//!   sent on as the flow's replies). Egress translates an error about a client's packet to
+//!   a local backend on a tracked flow (from the VIP). Errors not to a VIP that name a
+//!   backend but no tracked flow are passed and counted (`icmp_error_passed`). A
+//!   translation changes only the addresses and ports named, the checksums over them (the
+//!   quoted TCP one only with the whole header quoted, a UDP one of zero never) and the MACs
+//!   of a frame sent on, and keeps every checksum's verdict, the quoted TCP/UDP one over the
+//!   bytes quoted;
 //! - a rewrite changes only the addresses, the ports, the two checksums and (for a frame
 //!   sent on) the MACs, and keeps each checksum's verdict: a packet whose checksums verify
 //!   comes out with checksums that verify, one whose checksums do not stays as wrong as it
@@ -185,9 +199,22 @@ enum Class {
     NotIpv4,
     Malformed,
     Fragment,
-    /// Neither TCP nor UDP: this protocol.
+    /// Neither TCP, UDP nor ICMP: this protocol.
     OtherProtocol(u8),
     Flow(Flow),
+    /// An ICMP message whose header lies within the total length.
+    Icmp(Icmp),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Icmp {
+    src: [u8; 4],
+    dst: [u8; 4],
+    /// Offset of the ICMP header; bytes from it to the end of the IPv4 packet.
+    at: usize,
+    len: usize,
+    kind: u8,
+    code: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,12 +250,27 @@ fn classify(frame: &[u8]) -> (Option<[u8; 4]>, Class) {
         return (Some(dst), Class::Fragment);
     }
     let protocol = ip[9];
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if protocol == proto::ICMP {
+        if total < ihl + 8 || 14 + total > frame.len() {
+            return (Some(dst), Class::Malformed);
+        }
+        let at = 14 + ihl;
+        let icmp = Icmp {
+            src: ip[12..16].try_into().unwrap(),
+            dst,
+            at,
+            len: total - ihl,
+            kind: frame[at],
+            code: frame[at + 1],
+        };
+        return (Some(dst), Class::Icmp(icmp));
+    }
     let l4_min = match protocol {
         proto::TCP => 20,
         proto::UDP => 8,
         _ => return (Some(dst), Class::OtherProtocol(protocol)),
     };
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     if total < ihl + l4_min || 14 + total > frame.len() {
         return (Some(dst), Class::Malformed);
     }
@@ -297,6 +339,12 @@ enum Expect {
     },
     /// Source rewritten to one of these frontends.
     RevNat(Vec<Endpoint>),
+    /// Passed on unchanged, the counter moved by one.
+    PassCounted(Counter),
+    /// Turned into the echo reply and sent back out.
+    EchoReply,
+    /// An ICMP error translated.
+    IcmpNat(Translated),
 }
 
 impl Expect {
@@ -309,6 +357,9 @@ impl Expect {
             Expect::Snat(_) => "snat".into(),
             Expect::SnatReply { .. } => "snat_reply".into(),
             Expect::RevNat(_) => "rev_nat".into(),
+            Expect::PassCounted(c) => c.name().into(),
+            Expect::EchoReply => "icmp_echo_reply".into(),
+            Expect::IcmpNat(_) => "icmp_error_nat".into(),
         }
     }
 }
@@ -319,13 +370,13 @@ fn expect_ingress(world: &World, tracked: &Tracked, frame: &[u8]) -> Expect {
     }
     let (dst, class) = classify(frame);
     let Some(dst) = dst.filter(|d| world.vips.contains(d)) else {
-        return expect_snat_reply(world, tracked, class);
+        return expect_snat_reply(world, tracked, frame, class);
     };
     match class {
         Class::NotIpv4 => Expect::Pass,
         Class::Malformed => Expect::Drop(Counter::DropMalformed),
         Class::Fragment => Expect::Drop(Counter::DropFragment),
-        Class::OtherProtocol(proto::ICMP) => Expect::Drop(Counter::DropIcmp),
+        Class::Icmp(icmp) => expect_icmp_to_vip(tracked, frame, &icmp),
         Class::OtherProtocol(_) => Expect::Drop(Counter::DropUnknownPort),
         Class::Flow(flow) => match world.services.get(&(dst, flow.dport, flow.protocol)) {
             None => Expect::Drop(Counter::DropUnknownPort),
@@ -340,7 +391,10 @@ fn expect_ingress(world: &World, tracked: &Tracked, frame: &[u8]) -> Expect {
 
 /// A packet to something else than a VIP: the reply of a SNATed flow when it comes from the
 /// flow's backend to the very address and port the flow holds; passed otherwise.
-fn expect_snat_reply(world: &World, tracked: &Tracked, class: Class) -> Expect {
+fn expect_snat_reply(world: &World, tracked: &Tracked, frame: &[u8], class: Class) -> Expect {
+    if let Class::Icmp(icmp) = class {
+        return expect_icmp_to_node(tracked, frame, &icmp);
+    }
     let Class::Flow(flow) = class else {
         return Expect::Pass;
     };
@@ -360,17 +414,198 @@ fn expect_snat_reply(world: &World, tracked: &Tracked, class: Class) -> Expect {
     let (client, client_port, _, vip, vip_port) = key;
     // The test namespace routes only the segment (not to its broadcast address nor to the
     // node itself), and knows the MACs of CLIENT and of the other node only.
-    if client[..3] != [192, 168, 10] || client[3] == 255 || client == NODE {
+    let Some(macs) = route_to_client(client) else {
         return Expect::Drop(Counter::DropNoRoute);
-    }
+    };
     Expect::SnatReply {
         frontend: (vip, vip_port),
         client: (client, client_port),
-        macs: match client {
-            CLIENT => Some((CLIENT_MAC, NODE_MAC)),
-            REMOTE_NODE => Some((REMOTE_NODE_MAC, NODE_MAC)),
-            _ => None,
+        macs,
+    }
+}
+
+/// How the test namespace routes a frame to a client: `None` when it has no route (it
+/// routes only the segment, not to its broadcast address nor to the node itself); else the
+/// MACs, when it knows them (CLIENT and the other node only; `None` is left to the kernel's
+/// neighbour resolution).
+fn route_to_client(client: [u8; 4]) -> Option<Option<([u8; 6], [u8; 6])>> {
+    if client[..3] != [192, 168, 10] || client[3] == 255 || client == NODE {
+        return None;
+    }
+    Some(match client {
+        CLIENT => Some((CLIENT_MAC, NODE_MAC)),
+        REMOTE_NODE => Some((REMOTE_NODE_MAC, NODE_MAC)),
+        _ => None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The oracle for ICMP (README, "ICMP"): echo requests to a VIP answered; errors whose
+// quoted packet is exactly a tracked flow's translated; nothing else rewritten.
+
+/// The packet an error quotes, as the README says it must be to be translated: an IPv4
+/// header of 20 bytes, not a later fragment, TCP or UDP, with at least 8 bytes of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Quote {
+    /// Offset of the quoted IPv4 header.
+    at: usize,
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    protocol: u8,
+    /// Offset of the quoted L4 header, and how many of its bytes are quoted.
+    l4: usize,
+    l4_len: usize,
+    /// Offset of its TCP/UDP checksum, when translated (TCP: only with the whole header).
+    csum: Option<usize>,
+}
+
+fn is_error(icmp: &Icmp) -> bool {
+    matches!(
+        icmp.kind,
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+    )
+}
+
+fn quote_of(frame: &[u8], icmp: &Icmp) -> Option<Quote> {
+    let quoted = icmp.len - 8;
+    let at = icmp.at + 8;
+    if quoted < 28 {
+        return None;
+    }
+    let q = &frame[at..];
+    let later_fragment = u16::from_be_bytes([q[6], q[7]]) & 0x1fff != 0;
+    if q[0] != 0x45 || later_fragment || !matches!(q[9], proto::TCP | proto::UDP) {
+        return None;
+    }
+    let l4 = at + 20;
+    let csum = match q[9] {
+        proto::TCP => (quoted >= 40).then_some(l4 + 16),
+        _ => Some(l4 + 6),
+    };
+    let port = |i: usize| u16::from_be_bytes([frame[i], frame[i + 1]]);
+    Some(Quote {
+        at,
+        src: q[12..16].try_into().unwrap(),
+        dst: q[16..20].try_into().unwrap(),
+        sport: port(l4),
+        dport: port(l4 + 2),
+        protocol: q[9],
+        l4,
+        l4_len: quoted - 20,
+        csum,
+    })
+}
+
+/// A translated ICMP error: the new outer addresses and quoted ends, where they change.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+struct Translated {
+    outer_src: Option<[u8; 4]>,
+    outer_dst: Option<[u8; 4]>,
+    inner_src: Option<Endpoint>,
+    inner_dst: Option<Endpoint>,
+    /// Sent on by the datapath with these MACs (`Some(None)`: MACs left to the kernel);
+    /// `None`: handed to the stack.
+    routed: Option<Option<([u8; 6], [u8; 6])>>,
+    /// The flow's conntrack key: when its entry was evicted, nothing is translated.
+    flow: Option<FlowKey>,
+}
+
+fn expect_icmp_to_vip(tracked: &Tracked, frame: &[u8], icmp: &Icmp) -> Expect {
+    if icmp.kind == ICMP_ECHO_REQUEST && icmp.code == 0 {
+        let unicast = frame[0] & 1 == 0;
+        return if icmp.at == 14 + 20 && unicast {
+            Expect::EchoReply
+        } else {
+            Expect::Drop(Counter::DropIcmp)
+        };
+    }
+    if !is_error(icmp) {
+        return Expect::Drop(Counter::DropIcmp);
+    }
+    // About a reply that left as the VIP: VIP:port -> client.
+    let Some(q) = quote_of(frame, icmp).filter(|q| q.src == icmp.dst) else {
+        return Expect::Drop(Counter::DropIcmpError);
+    };
+    let key = (q.dst, q.dport, q.protocol, q.src, q.sport);
+    let Some(&(backend, snat)) = tracked.flows.get(&key) else {
+        return Expect::Drop(Counter::DropIcmpError);
+    };
+    Expect::IcmpNat(match snat {
+        None => Translated {
+            outer_dst: Some(backend.0),
+            inner_src: Some(backend),
+            flow: Some(key),
+            ..Default::default()
         },
+        Some(port) => Translated {
+            outer_src: Some(NODE),
+            outer_dst: Some(backend.0),
+            inner_src: Some(backend),
+            inner_dst: Some((NODE, port)),
+            routed: Some(Some((REMOTE_NODE_MAC, NODE_MAC))),
+            flow: Some(key),
+        },
+    })
+}
+
+fn expect_icmp_to_node(tracked: &Tracked, frame: &[u8], icmp: &Icmp) -> Expect {
+    if !is_error(icmp) {
+        return Expect::Pass;
+    }
+    // About a packet SNATed to a backend on another node: node:port -> backend.
+    let remote_bit = gateway_common::vip_filter_bit(POD_REMOTE);
+    let Some(q) = quote_of(frame, icmp)
+        .filter(|q| q.src == icmp.dst && gateway_common::vip_filter_bit(q.dst) == remote_bit)
+    else {
+        return Expect::Pass;
+    };
+    let tuple = ((q.dst, q.dport), q.sport, q.protocol);
+    let owner = tracked.snat_owner.get(&tuple).copied().filter(|key| {
+        q.src == NODE && tracked.flows.get(key) == Some(&((q.dst, q.dport), Some(q.sport)))
+    });
+    let Some(key) = owner else {
+        return Expect::PassCounted(Counter::IcmpErrorPassed);
+    };
+    let (client, client_port, _, vip, vip_port) = key;
+    let Some(macs) = route_to_client(client) else {
+        return Expect::Drop(Counter::DropNoRoute);
+    };
+    Expect::IcmpNat(Translated {
+        outer_src: Some(vip),
+        outer_dst: Some(client),
+        inner_src: Some((client, client_port)),
+        inner_dst: Some((vip, vip_port)),
+        routed: Some(macs),
+        flow: None,
+    })
+}
+
+/// At egress: an error about a client's packet to a local backend (client -> backend).
+fn expect_icmp_from_backend(world: &World, tracked: &Tracked, frame: &[u8], icmp: &Icmp) -> Expect {
+    if !is_error(icmp) {
+        return Expect::Pass;
+    }
+    let Some(q) = quote_of(frame, icmp).filter(|q| q.src == icmp.dst) else {
+        return Expect::Pass;
+    };
+    let backend = (q.dst, q.dport);
+    let Some(frontends) = world.frontends_of.get(&(q.dst, q.dport, q.protocol)) else {
+        return Expect::Pass;
+    };
+    let flow = frontends.iter().find_map(|&(vip, port)| {
+        let key = (q.src, q.sport, q.protocol, vip, port);
+        (tracked.flows.get(&key) == Some(&(backend, None))).then_some((key, (vip, port)))
+    });
+    match flow {
+        Some((key, frontend)) => Expect::IcmpNat(Translated {
+            outer_src: Some(frontend.0),
+            inner_dst: Some(frontend),
+            flow: Some(key),
+            ..Default::default()
+        }),
+        None => Expect::PassCounted(Counter::IcmpErrorPassed),
     }
 }
 
@@ -421,8 +656,10 @@ struct Tracked {
 }
 
 fn expect_egress(world: &World, tracked: &Tracked, frame: &[u8]) -> Expect {
-    let Class::Flow(flow) = classify(frame).1 else {
-        return Expect::Pass;
+    let flow = match classify(frame).1 {
+        Class::Flow(flow) => flow,
+        Class::Icmp(icmp) => return expect_icmp_from_backend(world, tracked, frame, &icmp),
+        _ => return Expect::Pass,
     };
     let backend = (flow.src, flow.sport);
     let frontends: Vec<Endpoint> = world
@@ -448,7 +685,11 @@ fn expect_egress(world: &World, tracked: &Tracked, frame: &[u8]) -> Expect {
 // Running frames and judging the results.
 
 /// The counters whose every move the oracle predicts.
-const PREDICTED: [Counter; 13] = [
+const PREDICTED: [Counter; 17] = [
+    Counter::IcmpEchoReply,
+    Counter::IcmpErrorNat,
+    Counter::DropIcmpError,
+    Counter::IcmpErrorPassed,
     Counter::ArpReply,
     Counter::RevNat,
     Counter::DropUnknownPort,
@@ -564,6 +805,21 @@ impl Fuzzer {
             self.evicted += 1;
             expect = Expect::Pass;
         }
+        if let Expect::IcmpNat(Translated {
+            flow: Some(key), ..
+        }) = &expect
+            && out == frame
+            && verdict != OK
+            && verdict != REDIRECT
+            && self.h.dp.maps.conntrack.get(&ct_key(key), 0).is_err()
+        {
+            // The LRU table made room: the flow the error is about is no longer tracked.
+            self.evicted += 1;
+            expect = match dir {
+                Direction::Ingress => Expect::Drop(Counter::DropIcmpError),
+                Direction::Egress => Expect::PassCounted(Counter::IcmpErrorPassed),
+            };
+        }
         if let Err(why) = self.judge(&expect, frame, verdict, &out) {
             let why = format!(
                 "expected {expect:?}, got verdict {verdict:#x}: {why}\noutput: {}",
@@ -578,6 +834,9 @@ impl Fuzzer {
             Expect::Drop(c) => Some(*c),
             Expect::ArpReply(_) => Some(Counter::ArpReply),
             Expect::RevNat(_) | Expect::SnatReply { .. } => Some(Counter::RevNat),
+            Expect::PassCounted(c) => Some(*c),
+            Expect::EchoReply => Some(Counter::IcmpEchoReply),
+            Expect::IcmpNat(_) => Some(Counter::IcmpErrorNat),
             Expect::Pass | Expect::Dnat(_) | Expect::Snat(_) => None,
         };
         if let Some(c) = moved {
@@ -636,8 +895,10 @@ impl Fuzzer {
             (flow.src, flow.sport, flow.protocol, flow.dst, flow.dport)
         };
         match expect {
-            Expect::Pass => unchanged(PASS),
+            Expect::Pass | Expect::PassCounted(_) => unchanged(PASS),
             Expect::Drop(_) => unchanged(SHOT),
+            Expect::EchoReply => echo_replied(frame, out, verdict),
+            Expect::IcmpNat(t) => icmp_translated(frame, out, verdict, t),
             Expect::ArpReply(reply) => {
                 if verdict != REDIRECT || out != reply.as_slice() {
                     return Err(format!("expected the reply {}", hex(reply)));
@@ -831,6 +1092,156 @@ fn rewritten(
         src: end(26, flow.l4),
         dst: end(30, flow.l4 + 2),
     })
+}
+
+fn ct_key(&(client, client_port, protocol, vip, vip_port): &FlowKey) -> CtKey {
+    CtKey {
+        client_addr: client,
+        vip,
+        client_port,
+        vip_port,
+        proto: protocol,
+        _pad: [0; 3],
+    }
+}
+
+/// The bytes of `frame` and `out` that differ outside `may_change`.
+fn changed_outside(
+    frame: &[u8],
+    out: &[u8],
+    may_change: impl Fn(usize) -> bool,
+) -> Result<(), String> {
+    if out.len() != frame.len() {
+        return Err("the length changed".into());
+    }
+    match (0..frame.len()).find(|&i| frame[i] != out[i] && !may_change(i)) {
+        Some(i) => Err(format!("byte {i} changed")),
+        None => Ok(()),
+    }
+}
+
+/// The residues of a checksummed range before and after (0xffff: verifies) must agree.
+fn same_residue(what: &str, before: u16, after: u16) -> Result<(), String> {
+    if before != after {
+        return Err(format!(
+            "{what} checksum residue {before:#x} became {after:#x}"
+        ));
+    }
+    Ok(())
+}
+
+fn echo_replied(frame: &[u8], out: &[u8], verdict: u32) -> Result<(), String> {
+    if verdict != REDIRECT {
+        return Err(format!("verdict {verdict:#x}, expected a redirect"));
+    }
+    let icmp = 14 + 20;
+    changed_outside(frame, out, |i| {
+        i < 12 || i == 22 || (24..34).contains(&i) || i == icmp || (icmp + 2..icmp + 4).contains(&i)
+    })?;
+    if out[..6] != frame[6..12] || out[6..12] != frame[..6] {
+        return Err("MACs not swapped".into());
+    }
+    if out[26..30] != frame[30..34] || out[30..34] != frame[26..30] {
+        return Err("addresses not swapped".into());
+    }
+    if out[22] != 64 || out[icmp] != ICMP_ECHO_REPLY {
+        return Err("not an echo reply with TTL 64".into());
+    }
+    let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    same_residue("IPv4", residue(&frame[14..34], 0), residue(&out[14..34], 0))?;
+    same_residue(
+        "ICMP",
+        residue(&frame[icmp..14 + total], 0),
+        residue(&out[icmp..14 + total], 0),
+    )
+}
+
+/// Checks a translated ICMP error: the verdict, that only what `t` names (and the
+/// checksums over it) changed, to exactly what it says, and that every checksum keeps its
+/// verdict: the outer IPv4 header's, the ICMP message's, the quoted IPv4 header's, and the
+/// quoted TCP/UDP checksum's over the bytes quoted (the same partial sum before and after,
+/// since only the pseudo-header's addresses, the ports and the checksum itself change).
+fn icmp_translated(frame: &[u8], out: &[u8], verdict: u32, t: &Translated) -> Result<(), String> {
+    let want = if t.routed.is_some() { REDIRECT } else { OK };
+    if verdict != want {
+        return Err(format!("verdict {verdict:#x}, expected {want:#x}"));
+    }
+    let Class::Icmp(icmp) = classify(frame).1 else {
+        unreachable!("only ICMP errors are translated")
+    };
+    let q = quote_of(frame, &icmp).expect("only quotes of flows are translated");
+    let macs = matches!(t.routed, Some(Some(_)));
+    let within = |i: usize, at: usize, len: usize| (at..at + len).contains(&i);
+    changed_outside(frame, out, |i| {
+        (macs && i < 12)
+            || within(i, 24, 2)
+            || (t.outer_src.is_some() && within(i, 26, 4))
+            || (t.outer_dst.is_some() && within(i, 30, 4))
+            || within(i, icmp.at + 2, 2)
+            || within(i, q.at + 10, 2)
+            || (t.inner_src.is_some() && (within(i, q.at + 12, 4) || within(i, q.l4, 2)))
+            || (t.inner_dst.is_some() && (within(i, q.at + 16, 4) || within(i, q.l4 + 2, 2)))
+            || q.csum.is_some_and(|at| within(i, at, 2))
+    })?;
+    if let Some(Some((dmac, smac))) = t.routed
+        && (out[..6] != dmac || out[6..12] != smac)
+    {
+        return Err(format!(
+            "MACs {}, expected {dmac:02x?} {smac:02x?}",
+            hex(&out[..12])
+        ));
+    }
+    let addr = |f: &[u8], at: usize| <[u8; 4]>::try_from(&f[at..at + 4]).unwrap();
+    let port = |f: &[u8], at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+    let ends = [
+        (t.outer_src.map(|a| (a, 0)), (addr(out, 26), 0)),
+        (t.outer_dst.map(|a| (a, 0)), (addr(out, 30), 0)),
+        (t.inner_src, (addr(out, q.at + 12), port(out, q.l4))),
+        (t.inner_dst, (addr(out, q.at + 16), port(out, q.l4 + 2))),
+    ];
+    for (want, got) in ends {
+        if let Some(want) = want
+            && want != got
+        {
+            return Err(format!("translated to {got:?}, expected {want:?}"));
+        }
+    }
+    same_residue(
+        "outer IPv4",
+        residue(&frame[14..icmp.at], 0),
+        residue(&out[14..icmp.at], 0),
+    )?;
+    let message = icmp.at..icmp.at + icmp.len;
+    same_residue(
+        "ICMP",
+        residue(&frame[message.clone()], 0),
+        residue(&out[message], 0),
+    )?;
+    let inner = q.at..q.at + 20;
+    same_residue(
+        "quoted IPv4",
+        residue(&frame[inner.clone()], 0),
+        residue(&out[inner], 0),
+    )?;
+    if let Some(at) = q.csum {
+        if q.protocol == proto::UDP && frame[at..at + 2] == [0, 0] {
+            if out[at..at + 2] != [0, 0] {
+                return Err("a quoted UDP checksum of zero (none) was changed".into());
+            }
+        } else {
+            let partial = |f: &[u8]| {
+                let pseudo = pseudo_header(
+                    &f[q.at + 12..q.at + 16],
+                    &f[q.at + 16..q.at + 20],
+                    q.protocol,
+                    q.l4_len,
+                );
+                residue(&f[q.l4..q.l4 + q.l4_len], pseudo)
+            };
+            same_residue("quoted L4", partial(frame), partial(out))?;
+        }
+    }
+    Ok(())
 }
 
 /// BPF_PROG_TEST_RUN makes an skb of the frame and refuses an IPv4 or IPv6 frame too short
@@ -1243,6 +1654,78 @@ impl Fuzzer {
         frame
     }
 
+    /// An ICMP error about a flow balanced so far (often a recent one), quoting the packet
+    /// the README says it may be about: the flow's reply as it left from the VIP (to the
+    /// VIP), the client's packet as it reached a local backend (from the backend or the
+    /// node, to the client), or a SNATed packet as it left for the other node (to the node);
+    /// cut at any length, and now and then a lie in the quote or another type.
+    fn icmp_error(&mut self) -> Vec<u8> {
+        if self.tracked.keys.is_empty() {
+            return self.icmp();
+        }
+        let n = self.tracked.keys.len();
+        let i = if self.rng.percent(50) {
+            n - 1 - self.rng.below(n.min(256))
+        } else {
+            self.rng.below(n)
+        };
+        let key = self.tracked.keys[i];
+        let (client, client_port, protocol, vip, vip_port) = key;
+        let (backend, snat) = self.tracked.flows[&key];
+        let router = [192, 168, 10, self.rng.u8()];
+        let (mut p, src, dst) = match (self.rng.below(3), snat) {
+            (1, None) => {
+                let from = self.rng.pick(&[backend.0, NODE]);
+                (
+                    Packet::new((client, client_port), backend, protocol),
+                    from,
+                    client,
+                )
+            }
+            (1 | 2, Some(port)) => {
+                let from = self.rng.pick(&[REMOTE_NODE, backend.0, router]);
+                (Packet::new((NODE, port), backend, protocol), from, NODE)
+            }
+            _ => {
+                let from = self.rng.pick(&[router, client]);
+                (
+                    Packet::new((vip, vip_port), (client, client_port), protocol),
+                    from,
+                    vip,
+                )
+            }
+        };
+        self.dress(&mut p);
+        p.trailer.clear();
+        let packet = p.frame();
+        let len = self
+            .rng
+            .pick(&[27, 28, 30, 38, 39, 40, 41, 60, 200, 548, 2000]);
+        let mut quoted = quote(&packet, len);
+        match self.rng.below(10) {
+            // A lie anywhere in what names the flow.
+            0..=1 => {
+                let at = self.rng.below(quoted.len().min(28));
+                quoted[at] ^= 1 + self.rng.below(255) as u8;
+            }
+            // Another port of the same ends: a flow that is not tracked.
+            2 if quoted.len() >= 24 => {
+                let at = 20 + 2 * self.rng.below(2);
+                let port = u16::from_be_bytes([quoted[at], quoted[at + 1]]).wrapping_add(1);
+                quoted[at..at + 2].copy_from_slice(&port.to_be_bytes());
+            }
+            _ => {}
+        }
+        let kind = match self.rng.below(10) {
+            0..=4 => (ICMP_DEST_UNREACH, self.rng.below(16) as u8),
+            5..=6 => (ICMP_TIME_EXCEEDED, self.rng.below(2) as u8),
+            7 => (ICMP_PARAMETER_PROBLEM, 0),
+            _ => (self.rng.u8(), self.rng.u8()),
+        };
+        let rest = self.rng.bytes(4).try_into().unwrap();
+        icmp_error(src, dst, kind, rest, &quoted)
+    }
+
     fn random_bytes(&mut self) -> Vec<u8> {
         let len = 14 + self.rng.below(300);
         let mut frame = self.rng.bytes(len);
@@ -1305,9 +1788,14 @@ impl Fuzzer {
             69..=73 => ("truncated", self.truncated()),
             74..=77 => ("vlan", self.vlan()),
             78..=80 => ("ipv6", self.ipv6()),
-            81..=88 => ("arp", self.arp()),
-            89..=90 => ("random bytes", self.random_bytes()),
-            91..=92 => ("icmp", self.icmp()),
+            81..=86 => ("arp", self.arp()),
+            87..=89 => ("icmp error", self.icmp_error()),
+            90 => {
+                let frame = self.icmp_error();
+                ("icmp error, one byte changed", self.one_byte_changed(frame))
+            }
+            91 => ("random bytes", self.random_bytes()),
+            92..=93 => ("icmp", self.icmp()),
             _ => {
                 let frame = self.non_vip_packet().frame();
                 if self.rng.percent(30) {
@@ -1422,5 +1910,16 @@ fn random_and_mutated_frames_are_rewritten_only_when_valid() {
     ] {
         let count = f.outcomes.get(outcome).copied().unwrap_or(0);
         assert!(count >= 500, "only {count} times {outcome}");
+    }
+    for outcome in [
+        "ingress icmp_echo_reply",
+        "ingress icmp_error_nat",
+        "ingress drop_icmp_error",
+        "ingress icmp_error_passed",
+        "egress icmp_error_nat",
+        "egress icmp_error_passed",
+    ] {
+        let count = f.outcomes.get(outcome).copied().unwrap_or(0);
+        assert!(count >= 50, "only {count} times {outcome}");
     }
 }
