@@ -52,6 +52,8 @@ const CLIENT_MISS_WARM: [u8; 4] = [100, 100, 0, 0];
 /// node, reached through SNAT; the established SNATed flow's client port.
 const VIP_CLUSTER: [u8; 4] = VIP_RANDOM;
 const SNAT_PORT: u16 = 60001;
+/// A router on the segment, the source of ICMP errors about flows.
+const ROUTER: [u8; 4] = [192, 168, 10, 1];
 /// The clients of the new SNATed flows, single-shot and warm (a new source port per run or
 /// pass, which SNAT keeps: each is a new tuple at the backend; the port ranges of the two
 /// and of the established flow do not meet, as SNAT ports are per backend, not per client).
@@ -268,6 +270,31 @@ fn snat_reply(v: u32, input: &[u8], out: &[u8]) -> Result<String> {
     Ok("redirected, src 192.168.10.50:80 dst the client, checksums valid".into())
 }
 
+/// An echo request to the VIP turned into its reply, sent back out.
+fn echo_answered(v: u32, input: &[u8], out: &[u8]) -> Result<String> {
+    ensure!(v == REDIRECT, "verdict {v}");
+    ensure!(out[L4] == ICMP_ECHO_REPLY, "ICMP type {}", out[L4]);
+    ensure!(
+        out[IP_SRC..IP_SRC + 4] == input[IP_DST..IP_DST + 4]
+            && out[IP_DST..IP_DST + 4] == input[IP_SRC..IP_SRC + 4],
+        "addresses swapped"
+    );
+    assert_icmp_checksums(out);
+    Ok("redirected, echo reply from the VIP, checksums valid".into())
+}
+
+/// A fragmentation needed about the established flow's reply, translated to its backend.
+fn icmp_error_to(backend: ([u8; 4], u16)) -> Box<Check> {
+    Box::new(move |v, _, out| {
+        ensure!(v == OK, "verdict {v}");
+        ensure!(out[IP_DST..IP_DST + 4] == backend.0, "outer destination");
+        let quoted = IP + 20 + 8;
+        ensure!(out[quoted + 12..quoted + 16] == backend.0, "quoted source");
+        assert_icmp_checksums(out);
+        Ok("to the flow's backend, quoted source the backend, checksums valid".into())
+    })
+}
+
 /// DNAT to `backend` in particular (the flow's, or the client's affinity backend).
 fn dnat_to(backend: ([u8; 4], u16), what: &'static str) -> Box<Check> {
     Box::new(move |v, input, out| {
@@ -293,6 +320,26 @@ fn cases(backend_of_flow: ([u8; 4], u16), warm_backend: ([u8; 4], u16)) -> Vec<C
         (CLIENT, CLIENT_PORT),
         Tcp::Ack,
         b"HTTP/1.1 200 OK",
+    );
+    let echo = {
+        let mut p = Packet::new((CLIENT, 0x1234), (VIP_AFFINITY, 1), proto::ICMP);
+        p.payload = (0..56).collect();
+        p.frame()
+    };
+    // What a router quotes of the established flow's reply as it left from the VIP: the
+    // headers and some payload, within the wrapper's frame.
+    let left = tcp_frame(
+        (VIP_AFFINITY, 80),
+        (CLIENT, CLIENT_PORT),
+        Tcp::Ack,
+        b"HTTP/1.1 200 OK",
+    );
+    let frag_needed = icmp_error(
+        ROUTER,
+        VIP_AFFINITY,
+        (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED),
+        mtu(1280),
+        &quote(&left, 60),
     );
     let snat_established = tcp_frame(
         (CLIENT, SNAT_PORT),
@@ -412,6 +459,38 @@ fn cases(backend_of_flow: ([u8; 4], u16), warm_backend: ([u8; 4], u16)) -> Vec<C
                 vary: Vary::Nothing,
                 per_pass: &[Counter::RevNat],
                 check: Box::new(reverse_natted),
+            },
+        },
+        Case {
+            name: "ICMP echo request answered",
+            program: program_names::INGRESS,
+            uplink: false,
+            frame: Box::new({
+                let f = echo.clone();
+                move |_| f.clone()
+            }),
+            check: Box::new(echo_answered),
+            warm: Warm {
+                frame: echo,
+                vary: Vary::Nothing,
+                per_pass: &[Counter::IcmpEchoReply],
+                check: Box::new(echo_answered),
+            },
+        },
+        Case {
+            name: "ICMP error translated",
+            program: program_names::INGRESS,
+            uplink: false,
+            frame: Box::new({
+                let f = frag_needed.clone();
+                move |_| f.clone()
+            }),
+            check: icmp_error_to(backend_of_flow),
+            warm: Warm {
+                frame: frag_needed,
+                vary: Vary::Nothing,
+                per_pass: &[Counter::IcmpErrorNat],
+                check: icmp_error_to(backend_of_flow),
             },
         },
         Case {
