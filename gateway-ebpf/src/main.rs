@@ -42,12 +42,17 @@ use crate::packet::Packet;
 /// Not ours: let the next program (tcx) or the stack have it, untouched.
 pub const PASS: i32 = aya_ebpf::bindings::TC_ACT_UNSPEC;
 
+// `#[classifier]` wraps these in the program's entry point; inlined always, so that LLVM's
+// size heuristics never leave the whole datapath a function call away from it (a call and
+// a stack frame of its own: ~8 ns per packet measured when the ICMP code tipped it over).
 #[classifier]
+#[inline(always)]
 pub fn gw_ingress(ctx: TcContext) -> i32 {
     ingress::run(&mut Packet::new(&ctx))
 }
 
 #[classifier]
+#[inline(always)]
 pub fn gw_egress(ctx: TcContext) -> i32 {
     egress::run(&mut Packet::new(&ctx))
 }
