@@ -404,7 +404,7 @@ fn cases(backend_of_flow: ([u8; 4], u16), warm_backend: ([u8; 4], u16)) -> Vec<C
                     b"",
                 ),
                 vary: Vary::ClientAddress,
-                per_pass: &[Counter::CtCreated],
+                per_pass: &[Counter::CtCreated, Counter::AffinityCreated],
                 check: Box::new(dnat_to_backend),
             },
         },

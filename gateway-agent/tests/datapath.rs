@@ -3,7 +3,7 @@
 //! frames. Asserts verdicts, exact output bytes, checksums and map contents.
 //! Needs root (CAP_BPF); touches no interface.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use gateway_agent::{
@@ -723,6 +723,71 @@ fn conntrack_evictions_of_a_full_table_can_be_counted() {
         evicted,
         300 - present,
         "every flow beyond the table's size pushed one out"
+    );
+}
+
+#[test]
+fn affinity_evictions_of_a_full_table_can_be_counted() {
+    let capacity = gateway_agent::capacity::Capacity {
+        affinity: 64,
+        ..Default::default()
+    };
+    let mut h = Harness::with(&reference_state(), capacity);
+    let client = |i: u16| [100, 64, (i >> 8) as u8, i as u8];
+    let mut backend_of = BTreeMap::new();
+    for i in 0..300u16 {
+        let (v, out) = h.ingress(&tcp_frame(
+            (client(i), 46000),
+            (VIP_AFFINITY, 80),
+            Tcp::Syn,
+            b"",
+        ));
+        assert_eq!(v, OK);
+        backend_of.insert(client(i), ip_dst(&out).0);
+    }
+    // A second flow of a client still remembered is a hit, not a new entry.
+    let remembered =
+        h.dp.maps
+            .affinity
+            .keys()
+            .next()
+            .unwrap()
+            .unwrap()
+            .client_addr;
+    h.ingress(&tcp_frame(
+        (remembered, 46001),
+        (VIP_AFFINITY, 80),
+        Tcp::Syn,
+        b"",
+    ));
+    assert_eq!(h.counter(Counter::AffinityHit), 1);
+    assert_eq!(h.counter(Counter::AffinityCreated), 300);
+    let present = h.dp.maps.affinity.keys().count() as u64;
+    assert!(present <= 64, "{present}");
+
+    // POD_B leaves the service: the agent removes its clients' entries and counts them, so
+    // the estimate of evictions does not grow.
+    let on_b =
+        h.dp.maps
+            .affinity
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(k, _)| backend_of[&k.client_addr] == POD_B)
+            .count() as u64;
+    assert!(on_b > 0, "some remembered client is on POD_B");
+    let mut desired = reference_state();
+    desired.frontends[0]
+        .backends
+        .retain(|b| b.addr.octets() != POD_B);
+    h.program(&desired);
+    assert_eq!(h.counter(Counter::AffinityRemoved), on_b);
+    let left = h.dp.maps.affinity.keys().count() as u64;
+    assert_eq!(left, present - on_b);
+    let evicted = h.counter(Counter::AffinityCreated) - h.counter(Counter::AffinityRemoved) - left;
+    assert_eq!(
+        evicted,
+        300 - present,
+        "every client beyond the table's size pushed one out, and only those"
     );
 }
 

@@ -759,10 +759,17 @@ pub enum Counter {
     /// ICMP errors not to a VIP whose inner header names a backend (a local one at egress,
     /// one on another node at ingress) but no live tracked flow: passed on untouched.
     IcmpErrorPassed,
+    /// ClientIP affinity entries created (a client's first new flow to a service, or its
+    /// first since its entry was evicted or removed).
+    AffinityCreated,
+    /// ClientIP affinity entries the agent removed (their backend left the service). The
+    /// agent, not the datapath, counts these, so that `affinity_created` minus this minus
+    /// the entries present is what LRU evicted.
+    AffinityRemoved,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::IcmpErrorPassed as u32 + 1;
+    pub const COUNT: u32 = Counter::AffinityRemoved as u32 + 1;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::ArpReply,
         Counter::CtCreated,
@@ -787,6 +794,8 @@ impl Counter {
         Counter::IcmpErrorNat,
         Counter::DropIcmpError,
         Counter::IcmpErrorPassed,
+        Counter::AffinityCreated,
+        Counter::AffinityRemoved,
     ];
 
     /// Stable, human and JSON name.
@@ -815,6 +824,8 @@ impl Counter {
             Counter::IcmpErrorNat => "icmp_error_nat",
             Counter::DropIcmpError => "drop_icmp_error",
             Counter::IcmpErrorPassed => "icmp_error_passed",
+            Counter::AffinityCreated => "affinity_created",
+            Counter::AffinityRemoved => "affinity_removed",
         }
     }
 }

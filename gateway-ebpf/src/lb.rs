@@ -1,6 +1,10 @@
 //! Service lookup, `loadBalancerSourceRanges`, and backend selection with ClientIP affinity.
 
-use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_get_prandom_u32};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    btf_maps::lpm_trie::Key,
+    helpers::bpf_get_prandom_u32,
+};
 use gateway_common::{
     Affinity, AffinityKey, BACKEND_F_ACTIVE, Backend, Counter, Ipv4, SERVICE_F_AFFINITY,
     SERVICE_F_SOURCE_RANGES, ServiceKey, SlotKey, SourceRange,
@@ -54,7 +58,8 @@ pub fn select(flow: &Flow, now: u64) -> Result<Selection, Counter> {
         client_addr: flow.saddr,
         service_id: service.id,
     };
-    if let Some(entry) = AFFINITY.get_ptr_mut(affinity_key) {
+    let existing = AFFINITY.get_ptr_mut(affinity_key);
+    if let Some(entry) = existing {
         // SAFETY: as for `service` above.
         let affinity = unsafe { &mut *entry };
         // An entry pointing at a removed backend is ignored and replaced below.
@@ -72,7 +77,7 @@ pub fn select(flow: &Flow, now: u64) -> Result<Selection, Counter> {
         }
     }
     let selection = pick(service.id, service.backend_count)?;
-    remember(&affinity_key, selection.backend_id, now);
+    remember(&affinity_key, selection.backend_id, now, existing.is_some());
     Ok(selection)
 }
 
@@ -108,15 +113,19 @@ fn pick(service_id: u32, backend_count: u16) -> Result<Selection, Counter> {
 }
 
 /// Affinity lives from the client's last new flow, as with kube-proxy's `recent` match.
+/// A new key is inserted with `BPF_NOEXIST` and counted only when this CPU created it, so
+/// that `affinity_created` counts entries, not attempts, and the agent can tell how many
+/// LRU eviction took (created, minus removed, minus present).
 #[inline(always)]
-fn remember(key: &AffinityKey, backend_id: u32, now: u64) {
-    let _ = AFFINITY.insert(
-        key,
-        Affinity {
-            last_used_ns: now,
-            backend_id,
-            _pad: 0,
-        },
-        0,
-    );
+fn remember(key: &AffinityKey, backend_id: u32, now: u64, replacing: bool) {
+    let entry = Affinity {
+        last_used_ns: now,
+        backend_id,
+        _pad: 0,
+    };
+    if replacing {
+        let _ = AFFINITY.insert(key, entry, BPF_ANY as u64);
+    } else if AFFINITY.insert(key, entry, BPF_NOEXIST as u64).is_ok() {
+        count(Counter::AffinityCreated);
+    }
 }

@@ -173,6 +173,13 @@ fn prometheus_scrapes_what_traffic_drops_and_a_refused_reload_moved() -> Result<
     assert!(value("gateway_conntrack_entries")? >= 3.0);
     assert_eq!(value("gateway_conntrack_entries_limit")?, 262_144.0);
     assert_eq!(value("gateway_conntrack_evictions_total")?, 0.0);
+    // The external gateway keeps ClientIP affinity: the client's entry, created once (its
+    // later connections are hits), nothing removed or evicted.
+    assert_eq!(value("gateway_affinity_entries")?, 1.0);
+    assert_eq!(value("gateway_affinity_created_total")?, 1.0);
+    assert_eq!(value("gateway_affinity_hits_total")?, 2.0);
+    assert_eq!(value("gateway_affinity_removed_total")?, 0.0);
+    assert_eq!(value("gateway_affinity_evictions_total")?, 0.0);
 
     // Both VIPs announced on ens18 at start, answered and made known by gratuitous ARP.
     assert_eq!(value("gateway_announcements")?, 2.0);

@@ -438,19 +438,25 @@ pub struct Fill {
     pub conntrack_evicted: u64,
     pub affinities: usize,
     pub affinity_max: u32,
+    /// Affinity entries LRU eviction took out of a full table (created, minus removed by
+    /// the agent, minus present).
+    pub affinity_evicted: u64,
 }
 
 /// Conntrack and affinity fill, from the maps and the datapath's `counters`.
 pub fn fill(maps: &Maps, counters: &BTreeMap<Counter, u64>) -> Result<Fill> {
     let counter = |c| counters.get(&c).copied().unwrap_or(0);
     let conntrack_entries = maps.conntrack.keys().count();
+    let affinities = maps.affinity.keys().count();
     Ok(Fill {
         conntrack_entries,
         conntrack_max: maps.conntrack.map().info()?.max_entries(),
         conntrack_evicted: counter(Counter::CtCreated)
             .saturating_sub(counter(Counter::CtReplaced) + conntrack_entries as u64),
-        affinities: maps.affinity.keys().count(),
+        affinities,
         affinity_max: maps.affinity.map().info()?.max_entries(),
+        affinity_evicted: counter(Counter::AffinityCreated)
+            .saturating_sub(counter(Counter::AffinityRemoved) + affinities as u64),
     })
 }
 
@@ -583,6 +589,9 @@ pub struct StatusView {
     /// minus present).
     pub conntrack_evicted: u64,
     pub affinities: usize,
+    /// Affinity entries LRU eviction took out of a full table (created, minus removed by
+    /// the agent, minus present).
+    pub affinity_evicted: u64,
     pub counters: BTreeMap<&'static str, u64>,
     pub services: Vec<ServiceView>,
     pub cluster: super::cluster::ClusterStatus,
@@ -674,6 +683,7 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Result<StatusView> {
         conntrack_max: fill.conntrack_max,
         conntrack_evicted: fill.conntrack_evicted,
         affinities: fill.affinities,
+        affinity_evicted: fill.affinity_evicted,
         counters: counters.into_iter().map(|(c, v)| (c.name(), v)).collect(),
         services: services(bpffs, maps)?,
         cluster: super::cluster::status(maps)?,
@@ -771,9 +781,9 @@ pub fn render_status(s: &StatusView) -> String {
     }
     out.push_str(&format!(
         "\n{} VIPs, {} frontends, {} backends, {} announcements, {} tracked flows, {} affinity entries\n\
-         conntrack: {} of {} entries, {} flows evicted when full\n\n",
+         conntrack: {} of {} entries, {} flows evicted when full; {} affinity entries evicted when full\n\n",
         s.vips, s.frontends, s.backends, s.announcements, s.flows, s.affinities,
-        s.conntrack_entries, s.conntrack_max, s.conntrack_evicted
+        s.conntrack_entries, s.conntrack_max, s.conntrack_evicted, s.affinity_evicted
     ));
     let mut t = Table::new(vec!["COUNTER", "VALUE"]);
     for (name, value) in &s.counters {

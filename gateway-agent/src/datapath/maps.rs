@@ -250,10 +250,32 @@ impl Maps {
             })
             .map(|(k, _)| k)
             .collect();
-        for k in stale {
-            remove(&mut self.affinity, &k, "gw_affinity")?;
+        for k in &stale {
+            remove(&mut self.affinity, k, "gw_affinity")?;
         }
-        Ok(())
+        self.count(Counter::AffinityRemoved, stale.len() as u64)
+    }
+
+    /// Adds `n` to a counter only the agent writes (the datapath never touches its slot,
+    /// so reading and writing it back races with nothing).
+    fn count(&mut self, counter: Counter, n: u64) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let mut values: Vec<u64> = self
+            .counters
+            .get(&(counter as u32), 0)
+            .context("reading gw_counters")?
+            .iter()
+            .copied()
+            .collect();
+        if let Some(first) = values.first_mut() {
+            *first += n;
+        }
+        let values = PerCpuValues::try_from(values).context("building per-CPU counters")?;
+        self.counters
+            .set(counter as u32, values, 0)
+            .context("writing gw_counters")
     }
 
     /// Marks the tracked flows of these services from clients outside their new ranges:

@@ -88,6 +88,16 @@ const fn place(counter: Counter) -> Place {
             "Connections and datagrams from this node's processes and pods to a VIP it \
              announces, sent straight to a backend by the hairpin socket hooks.",
         ),
+        Counter::AffinityCreated => Place::Own(
+            "gateway_affinity_created",
+            "ClientIP affinity entries created (a client's first new flow to a service, or its \
+             first since its entry went).",
+        ),
+        Counter::AffinityRemoved => Place::Own(
+            "gateway_affinity_removed",
+            "ClientIP affinity entries the agent removed because their backend left the \
+             service.",
+        ),
     }
 }
 
@@ -121,16 +131,27 @@ impl Snapshot {
         })
     }
 
-    /// What LRU eviction took out of conntrack, as counted so far.
-    pub fn conntrack_evicted(&self) -> u64 {
-        self.fill.conntrack_evicted
+    /// What LRU eviction took out of conntrack and affinity, as estimated so far.
+    pub fn evictions(&self) -> Evictions {
+        Evictions {
+            conntrack: self.fill.conntrack_evicted,
+            affinity: self.fill.affinity_evicted,
+        }
     }
 
-    /// The estimate of evictions is a difference of two reads that race with the datapath:
-    /// a scrape may see it lower than the one before. A counter never goes down.
-    pub fn evicted_at_least(&mut self, floor: u64) {
-        self.fill.conntrack_evicted = self.fill.conntrack_evicted.max(floor);
+    /// The estimates of evictions are differences of reads that race with the datapath: a
+    /// scrape may see one lower than the one before. A counter never goes down.
+    pub fn evicted_at_least(&mut self, floor: Evictions) {
+        self.fill.conntrack_evicted = self.fill.conntrack_evicted.max(floor.conntrack);
+        self.fill.affinity_evicted = self.fill.affinity_evicted.max(floor.affinity);
     }
+}
+
+/// Entries LRU eviction took out of a full table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evictions {
+    pub conntrack: u64,
+    pub affinity: u64,
 }
 
 /// `namespace/name:port` as the agent names a frontend's service in `gw_svc_names`, split.
@@ -351,6 +372,13 @@ impl Snapshot {
             "gateway_affinity_entries_limit",
             "ClientIP affinity entries the table holds (--affinity-max).",
             single(u64::from(f.affinity_max)),
+        )?;
+        counter(
+            encoder,
+            "gateway_affinity_evictions",
+            "ClientIP affinity entries evicted from a full table (their clients' next flows \
+             may get another backend).",
+            single(f.affinity_evicted),
         )
     }
 

@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 pub use agent::AgentMetrics;
-use datapath::Snapshot;
+use datapath::{Evictions, Snapshot};
 
 use crate::datapath::Maps;
 
@@ -31,9 +31,9 @@ pub struct Exporter {
     bpffs: PathBuf,
     maps: Maps,
     agent: AgentMetrics,
-    /// The highest eviction count shown so far. Held for the whole scrape, so scrapes run
+    /// The highest eviction counts shown so far. Held for the whole scrape, so scrapes run
     /// one at a time.
-    evicted: Mutex<u64>,
+    evicted: Mutex<Evictions>,
 }
 
 impl Exporter {
@@ -43,7 +43,7 @@ impl Exporter {
             bpffs: bpffs.to_owned(),
             maps: Maps::open_pinned(bpffs).context("metrics")?,
             agent,
-            evicted: Mutex::new(0),
+            evicted: Mutex::new(Evictions::default()),
         })
     }
 
@@ -58,9 +58,9 @@ impl Exporter {
 
 /// Derived counters never go down from one scrape to the next (Prometheus would take a
 /// dip for a restart from zero).
-fn never_lower(snapshot: &mut Snapshot, evicted: &mut u64) {
+fn never_lower(snapshot: &mut Snapshot, evicted: &mut Evictions) {
     snapshot.evicted_at_least(*evicted);
-    *evicted = snapshot.conntrack_evicted();
+    *evicted = snapshot.evictions();
 }
 
 fn encode(agent: &AgentMetrics, snapshot: Snapshot) -> Result<String, std::fmt::Error> {

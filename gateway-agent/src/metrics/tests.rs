@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gateway_common::Counter;
 
-use super::datapath::Snapshot;
+use super::datapath::{Evictions, Snapshot};
 use super::*;
 use crate::cli::inspect::{AnnouncementView, AttachmentView, BackendView, Fill, ServiceView};
 use crate::cluster::{membership::Liveness, node::MemberView};
@@ -45,17 +45,18 @@ fn frontend(frontend: &str, service: &str, backends: Vec<BackendView>) -> Servic
     }
 }
 
-fn fill(evicted: u64) -> Fill {
+fn fill(evicted: Evictions) -> Fill {
     Fill {
         conntrack_entries: 3,
         conntrack_max: 262_144,
-        conntrack_evicted: evicted,
+        conntrack_evicted: evicted.conntrack,
         affinities: 2,
         affinity_max: 65_536,
+        affinity_evicted: evicted.affinity,
     }
 }
 
-fn snapshot(services: Vec<ServiceView>, evicted: u64) -> Snapshot {
+fn snapshot(services: Vec<ServiceView>, evicted: Evictions) -> Snapshot {
     Snapshot::fixture(
         Counter::ALL.iter().map(|&c| (c, 10 + c as u64)).collect(),
         services,
@@ -119,7 +120,10 @@ fn value(text: &str, series: &str) -> f64 {
 
 #[test]
 fn every_family_has_help_and_type_and_every_sample_belongs_to_one() {
-    let text = text(&AgentMetrics::default(), snapshot(reference(), 0));
+    let text = text(
+        &AgentMetrics::default(),
+        snapshot(reference(), Evictions::default()),
+    );
     let mut families: BTreeMap<String, String> = BTreeMap::new();
     let mut helped = Vec::new();
     let mut last_family = None;
@@ -191,7 +195,10 @@ fn every_family_has_help_and_type_and_every_sample_belongs_to_one() {
 
 #[test]
 fn per_cpu_sums_show_per_frontend_and_once_per_backend() {
-    let text = text(&AgentMetrics::default(), snapshot(reference(), 0));
+    let text = text(
+        &AgentMetrics::default(),
+        snapshot(reference(), Evictions::default()),
+    );
     let http = r#"{service="gateway/cilium-gateway-gateway-external",port="http",frontend="192.168.10.50:80/TCP",direction="request"}"#;
     assert_eq!(
         value(&text, &format!("gateway_service_packets_total{http}")),
@@ -221,7 +228,10 @@ fn per_cpu_sums_show_per_frontend_and_once_per_backend() {
 
 #[test]
 fn every_drop_reason_is_a_reason_label_and_other_counters_have_names() {
-    let text = text(&AgentMetrics::default(), snapshot(vec![], 0));
+    let text = text(
+        &AgentMetrics::default(),
+        snapshot(vec![], Evictions::default()),
+    );
     let drops: Vec<&str> = Counter::ALL
         .iter()
         .map(|c| c.name())
@@ -266,7 +276,7 @@ fn label_values_are_escaped() {
             "ns/we\"ird\\name:po\nrt",
             vec![],
         )],
-        0,
+        Evictions::default(),
     );
     let text = text(&AgentMetrics::default(), s);
     assert!(
@@ -280,25 +290,32 @@ fn label_values_are_escaped() {
 
 #[test]
 fn derived_counters_never_go_down_between_scrapes() {
-    let mut shown = 0;
-    let mut scrape = |estimate: u64| {
-        let mut s = snapshot(vec![], estimate);
+    let mut shown = Evictions::default();
+    let mut scrape = |conntrack: u64, affinity: u64| {
+        let mut s = snapshot(
+            vec![],
+            Evictions {
+                conntrack,
+                affinity,
+            },
+        );
         never_lower(&mut s, &mut shown);
-        value(
-            &text(&AgentMetrics::default(), s),
-            "gateway_conntrack_evictions_total",
+        let text = text(&AgentMetrics::default(), s);
+        (
+            value(&text, "gateway_conntrack_evictions_total"),
+            value(&text, "gateway_affinity_evictions_total"),
         )
     };
-    assert_eq!(scrape(5), 5.0);
-    // A read that raced with new flows estimates lower: the counter holds.
-    assert_eq!(scrape(3), 5.0);
-    assert_eq!(scrape(8), 8.0);
+    assert_eq!(scrape(5, 2), (5.0, 2.0));
+    // A read that raced with new flows estimates lower: each counter holds on its own.
+    assert_eq!(scrape(3, 4), (5.0, 4.0));
+    assert_eq!(scrape(8, 1), (8.0, 4.0));
 }
 
 #[test]
 fn reloads_count_by_result_with_their_duration() {
     let agent = AgentMetrics::default();
-    let scrape = |agent: &AgentMetrics| text(agent, snapshot(vec![], 0));
+    let scrape = |agent: &AgentMetrics| text(agent, snapshot(vec![], Evictions::default()));
     let before = scrape(&agent);
     assert_eq!(
         value(&before, r#"gateway_reloads_total{result="refused"}"#),
@@ -352,7 +369,7 @@ fn announcements_gained_and_lost_add_up() {
     let agent = AgentMetrics::default();
     agent.announcements(3, 0);
     agent.announcements(1, 2);
-    let text = text(&agent, snapshot(vec![], 0));
+    let text = text(&agent, snapshot(vec![], Evictions::default()));
     assert_eq!(value(&text, "gateway_announcements_gained_total"), 4.0);
     assert_eq!(value(&text, "gateway_announcements_lost_total"), 2.0);
 }
@@ -360,7 +377,7 @@ fn announcements_gained_and_lost_add_up() {
 #[test]
 fn the_membership_shows_only_once_the_cluster_reports_it() {
     let agent = AgentMetrics::default();
-    let before = text(&agent, snapshot(vec![], 0));
+    let before = text(&agent, snapshot(vec![], Evictions::default()));
     assert!(!before.contains("gateway_cluster_members"), "{before}");
     let member = |name: &str, liveness| MemberView {
         name: name.into(),
@@ -379,7 +396,7 @@ fn the_membership_shows_only_once_the_cluster_reports_it() {
         member("w3", Some(Liveness::Suspect)),
         member("cp1", None),
     ]);
-    let after = text(&agent, snapshot(vec![], 0));
+    let after = text(&agent, snapshot(vec![], Evictions::default()));
     assert_eq!(
         value(&after, r#"gateway_cluster_members{state="alive"}"#),
         2.0

@@ -96,7 +96,11 @@ pub fn check_datapath(
         status.conntrack_evicted,
     ));
     let affinity_max = u64::from(maps.affinity.map().info()?.max_entries());
-    findings.push(affinity_fill(status.affinities as u64, affinity_max));
+    findings.push(affinity_fill(
+        status.affinities as u64,
+        affinity_max,
+        status.affinity_evicted,
+    ));
 
     let config = maps.read_config()?;
     findings.extend(TIMEOUTS.iter().map(|t| timeout(t, &config)));
@@ -305,8 +309,21 @@ fn conntrack_fill(entries: u64, max: u64, evicted: u64) -> Finding {
     Finding::new(level, "conntrack", subject, "no flow evicted", fix)
 }
 
-/// ClientIP affinity entries: above 90% of the table, clients are about to lose theirs.
-fn affinity_fill(entries: u64, max: u64) -> Finding {
+/// ClientIP affinity entries: above 90% of the table, clients are about to lose theirs;
+/// once evicting, some have.
+fn affinity_fill(entries: u64, max: u64, evicted: u64) -> Finding {
+    if evicted > 0 {
+        return Finding::new(
+            Severity::Warning,
+            "affinity",
+            format!("{entries} of {max} entries"),
+            format!(
+                "{evicted} ClientIP affinity entries were evicted to make room: those clients' \
+                 next flows may land on another backend"
+            ),
+            "raise --affinity-max",
+        );
+    }
     let level = fill_level(entries, max);
     let fix = if level == Severity::Ok {
         ""
@@ -576,12 +593,13 @@ mod tests {
             ]
         );
         assert_eq!(conntrack_fill(10, 100, 3).subject, "10 of 100 entries");
-        assert_eq!(affinity_fill(90, 100).severity, Severity::Ok);
-        let full = affinity_fill(100, 100);
-        assert_eq!(
-            (full.severity, full.fix.as_str()),
-            (Severity::Warning, "raise --affinity-max")
-        );
+        assert_eq!(affinity_fill(90, 100, 0).severity, Severity::Ok);
+        for full in [affinity_fill(100, 100, 0), affinity_fill(10, 100, 2)] {
+            assert_eq!(
+                (full.severity, full.fix.as_str()),
+                (Severity::Warning, "raise --affinity-max")
+            );
+        }
     }
 
     #[test]
