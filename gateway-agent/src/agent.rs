@@ -21,7 +21,6 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 use gateway_common::{AGENT_F_CHECKSUMS_IN_PLACE, AgentState, DatapathConfig, L2Key, write_text};
-use inotify::{EventStream, Inotify, WatchMask};
 use log::{error, info, warn};
 use regex::Regex;
 use tokio::{
@@ -32,6 +31,7 @@ use tokio::{
 
 mod cluster;
 mod hairpin;
+mod watch;
 
 pub use cluster::ClusterOptions;
 
@@ -50,9 +50,6 @@ use crate::{
     source::file::{self, Documents, FileSource},
     store::{Store, Undo},
 };
-
-/// Editors write a file in several steps: act once it has been quiet this long.
-const SETTLE: Duration = Duration::from_millis(200);
 
 pub struct RunOptions {
     pub config: PathBuf,
@@ -91,29 +88,6 @@ fn selected_interfaces(options: &RunOptions) -> Result<Vec<Interface>> {
         );
     }
     Ok(interfaces)
-}
-
-/// The file's documents, to tell a real change from an unrelated event in its directory.
-fn digest(path: &Path) -> Option<u64> {
-    Some(file::digest(&std::fs::read_to_string(path).ok()?))
-}
-
-/// Watches the file's directory: editors replace the file, Kubernetes swaps a symlink to
-/// a new ConfigMap revision; both show there.
-fn watch(path: &Path) -> Result<EventStream<Vec<u8>>> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let inotify = Inotify::init().context("inotify")?;
-    inotify
-        .watches()
-        .add(
-            dir,
-            WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::DELETE,
-        )
-        .with_context(|| format!("watching {}", dir.display()))?;
-    Ok(inotify.into_event_stream(vec![0; 4096])?)
 }
 
 /// Announcements named in a log line; more are counted (a line naming 10,000 is unreadable).
@@ -205,10 +179,19 @@ impl Objects {
         }
     }
 
-    /// What this node must serve, from the file. A read the source refuses changes neither
-    /// the source nor the store; one object's trouble is in the state's findings.
-    fn propose(&mut self, node_name: &str, interfaces: &[Interface]) -> Result<Proposal> {
-        let update = self.source.read()?;
+    /// What this node must serve, from the file (`text`, its content as the watch read it
+    /// once it had settled, or else read now). A read the source refuses changes neither the
+    /// source nor the store; one object's trouble is in the state's findings.
+    fn propose(
+        &mut self,
+        node_name: &str,
+        interfaces: &[Interface],
+        text: Option<&str>,
+    ) -> Result<Proposal> {
+        let update = match text {
+            Some(text) => self.source.read_text(text)?,
+            None => self.source.read()?,
+        };
         let undo = self.store.apply(update.batch);
         let names: Vec<String> = interfaces.iter().map(|i| i.name.clone()).collect();
         let config = self.store.config();
@@ -246,16 +229,18 @@ impl Agent {
         let limits = &self.options.capacity;
         let (mut writes, mut announced, mut gained, mut lost) = (0, Vec::new(), 0, 0);
         let maps = &mut self.datapath.maps;
-        let l2 = &self.state.l2;
+        let held = &self.state;
         let mut write = |op| {
             maps.apply(&op)?;
             writes += 1;
             match op {
                 Op::PutL2(key, mac) => {
-                    gained += usize::from(!l2.contains_key(&key));
+                    gained += usize::from(!held.l2.contains_key(&key));
                     announced.push((key, mac));
                 }
                 Op::DeleteL2(_) => lost += 1,
+                // Flows are cut: say whose.
+                Op::EndMemberships(ended) => info!("{}", plan::ended_label(held, &ended)),
                 _ => {}
             }
             anyhow::Ok(())
@@ -300,7 +285,7 @@ impl Agent {
         // even pin anything next to) what a previous run left serving.
         let interfaces = selected_interfaces(&options)?;
         let mut objects = Objects::new(&options.config, options.classes.clone());
-        let proposal = objects.propose(&options.node_name, &interfaces)?;
+        let proposal = objects.propose(&options.node_name, &interfaces, None)?;
         bpffs::prepare(&options.bpffs)?;
         let datapath = Datapath::load(&LoadOptions {
             capacity: options.capacity,
@@ -434,8 +419,9 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Re-reads the file and applies the difference; an invalid file changes nothing.
-    fn reload(&mut self, why: &str) {
+    /// Re-reads the file (or takes `text`, its content as the watch read it once it had
+    /// settled) and applies the difference; an invalid file changes nothing.
+    fn reload(&mut self, why: &str, text: Option<String>) {
         let started = Instant::now();
         let result = (|| -> Result<(String, Option<DesiredState>)> {
             let interfaces = selected_interfaces(&self.options)?;
@@ -443,7 +429,9 @@ impl Agent {
                 mut desired,
                 undo,
                 documents,
-            } = self.objects.propose(&self.options.node_name, &interfaces)?;
+            } = self
+                .objects
+                .propose(&self.options.node_name, &interfaces, text.as_deref())?;
             self.cluster.restrict(&mut desired, &self.state);
             let summary = summary(&desired);
             let findings = desired.findings.clone();
@@ -566,7 +554,7 @@ impl Agent {
             Some(l) => Some(unsafe { AsyncFd::register(l) }.map_err(|e| e.into_parts().1)?),
             None => None,
         };
-        let mut events = match watch(&self.options.config) {
+        let mut events = match watch::watch(&self.options.config) {
             Ok(events) => Some(events),
             Err(e) => {
                 warn!("not watching for changes (SIGHUP still reloads): {e:#}");
@@ -605,14 +593,25 @@ impl Agent {
                         self.metrics.members(&members);
                     }
                 }
-                _ = hangup.recv() => self.reload("SIGHUP"),
+                _ = hangup.recv() => self.reload("SIGHUP", None),
                 Some(_) = async { events.as_mut()?.next().await }, if events.is_some() => {
-                    settled = Some(tokio::time::Instant::now() + SETTLE);
+                    settled = Some(tokio::time::Instant::now() + watch::SETTLE);
                 }
                 _ = async { sleep_until(settled.unwrap_or_else(tokio::time::Instant::now)).await }, if settled.is_some() => {
                     settled = None;
-                    if digest(&self.options.config) != self.applied {
-                        self.reload("file changed");
+                    match watch::read_settled(&self.options.config) {
+                        // Still being written: a half-written file must never be served.
+                        Ok(watch::Read::Unsettled(wait)) => {
+                            settled = Some(tokio::time::Instant::now() + wait);
+                        }
+                        // Unrelated events in the directory change nothing.
+                        Ok(watch::Read::Settled(text)) => {
+                            if Some(file::digest(&text)) != self.applied {
+                                self.reload("file changed", Some(text));
+                            }
+                        }
+                        // The reload says why it cannot read the file.
+                        Err(_) => self.reload("file changed", None),
                     }
                 }
                 _ = async { sleep_until(garp_due.unwrap_or_else(tokio::time::Instant::now)).await }, if garp_due.is_some() => {

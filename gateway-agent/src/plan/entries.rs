@@ -11,7 +11,7 @@ use gateway_common::{
     SERVICE_F_SOURCE_RANGES, Service, ServiceKey, SlotKey, VipKey, capacity, proto, timeouts,
 };
 
-use super::{Interface, MapState, PlanError};
+use super::{Interface, MapState, Membership, PlanError};
 use crate::config::Ipv4Net;
 use crate::model::{Announcement, BackendAddr, DesiredState, Frontend, Protocol};
 
@@ -278,9 +278,81 @@ pub fn backend_label(b: &Backend) -> String {
     format!("{}:{}", Ipv4Addr::from(b.addr), b.port)
 }
 
+/// Memberships named in a log line; more are counted.
+const NAMED_MEMBERSHIPS: usize = 8;
+
+/// What the agent logs when memberships end (their flows are cut), naming each service and
+/// backend as `state` (the maps before the change) holds them, e.g. `ended 1 membership
+/// (its flows are dropped): gateway/gw:http (service 3) <- 10.244.1.10:8080 (backend 1)`.
+pub fn ended_label(state: &MapState, ended: &BTreeSet<Membership>) -> String {
+    let mut named: Vec<String> = ended
+        .iter()
+        .take(NAMED_MEMBERSHIPS)
+        .map(|m| {
+            let service = state.names.get(&m.service_id).map_or("?", String::as_str);
+            let backend = state
+                .backends
+                .get(&m.backend_id)
+                .map_or("?".into(), backend_label);
+            format!(
+                "{service} (service {}) <- {backend} (backend {})",
+                m.service_id, m.backend_id
+            )
+        })
+        .collect();
+    if ended.len() > NAMED_MEMBERSHIPS {
+        named.push(format!("and {} more", ended.len() - NAMED_MEMBERSHIPS));
+    }
+    let (count, whose) = match ended.len() {
+        1 => ("1 membership".to_owned(), "its"),
+        n => (format!("{n} memberships"), "their"),
+    };
+    format!(
+        "ended {count} ({whose} flows are dropped): {}",
+        named.join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ended_memberships_are_named_by_service_and_backend_and_many_are_counted() {
+        let mut state = MapState::default();
+        state.names.insert(3, "gateway/gw:http".into());
+        state.backends.insert(
+            1,
+            BackendKey::of_entry(&Backend {
+                addr: [10, 244, 1, 10],
+                port: 8080,
+                proto: 6,
+                flags: 0,
+            })
+            .entry(false),
+        );
+        let one = BTreeSet::from([Membership {
+            service_id: 3,
+            backend_id: 1,
+        }]);
+        assert_eq!(
+            ended_label(&state, &one),
+            "ended 1 membership (its flows are dropped): gateway/gw:http (service 3) <- \
+             10.244.1.10:8080 (backend 1)"
+        );
+        let many: BTreeSet<Membership> = (1..=10)
+            .map(|backend_id| Membership {
+                service_id: 3,
+                backend_id,
+            })
+            .collect();
+        let line = ended_label(&state, &many);
+        assert!(
+            line.starts_with("ended 10 memberships (their flows are dropped): "),
+            "{line}"
+        );
+        assert!(line.ends_with("(backend 8), and 2 more"), "{line}");
+    }
 
     #[test]
     fn hairpin_takes_every_announced_vip_once_with_its_lowest_interfaces_address() {

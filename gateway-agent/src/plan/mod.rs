@@ -29,7 +29,7 @@ mod fixtures;
 
 pub use change::change;
 pub use diff::{diff, diff_each};
-pub use entries::{backend_label, frontend_label, hairpin_entries, l2_entries};
+pub use entries::{backend_label, ended_label, frontend_label, hairpin_entries, l2_entries};
 pub use error::PlanError;
 pub use state::{Change, MapState, Membership, Op};
 pub use target::target;
