@@ -108,7 +108,7 @@ pub fn pinned_links(bpffs: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Unpins a link: the last reference goes and the kernel detaches the program.
-fn detach(pin: &Path) -> Result<()> {
+pub(super) fn detach(pin: &Path) -> Result<()> {
     match PinnedLink::from_pin(pin) {
         Ok(link) => drop(
             link.unpin()

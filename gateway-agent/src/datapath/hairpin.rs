@@ -9,14 +9,11 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use aya::programs::{
-    CgroupAttachMode, CgroupSockAddr,
-    links::{FdLink, PinnedLink},
-};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink};
 use gateway_common::program_names;
 use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
 
-use crate::datapath::Datapath;
+use crate::datapath::{Datapath, attach::detach};
 
 fn links_dir(bpffs: &Path) -> PathBuf {
     bpffs.join("hairpin")
@@ -73,18 +70,6 @@ pub fn attached(bpffs: &Path) -> Vec<&'static str> {
         .into_iter()
         .filter(|name| link_pin(bpffs, name).exists())
         .collect()
-}
-
-/// Unpins a link: the last reference goes and the kernel detaches the program.
-fn detach(pin: &Path) -> Result<()> {
-    match PinnedLink::from_pin(pin) {
-        Ok(link) => drop(
-            link.unpin()
-                .with_context(|| format!("unpinning {}", pin.display()))?,
-        ),
-        Err(_) => fs::remove_file(pin).with_context(|| format!("removing {}", pin.display()))?,
-    }
-    Ok(())
 }
 
 /// Detaches every hairpin link pinned under `bpffs`; returns a line per link removed.

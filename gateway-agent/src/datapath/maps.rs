@@ -292,9 +292,18 @@ impl Maps {
                 })
             })
             .collect();
-        for (k, mut v) in denied {
-            v.flags |= CT_F_DENIED;
-            // BPF_EXIST: a flow that ended meanwhile is not brought back.
+        self.rewrite_flows(denied, |v| v.flags |= CT_F_DENIED)
+    }
+
+    /// Rewrites these tracked flows' entries with `change`, keeping the flows that ended
+    /// meanwhile ended (BPF_EXIST: an entry the datapath or LRU removed is not brought back).
+    fn rewrite_flows(
+        &mut self,
+        flows: Vec<(CtKey, CtEntry)>,
+        change: impl Fn(&mut CtEntry),
+    ) -> Result<()> {
+        for (k, mut v) in flows {
+            change(&mut v);
             match self.conntrack.insert(k, v, 2) {
                 Ok(()) => {}
                 Err(MapError::SyscallError(e))
@@ -320,18 +329,10 @@ impl Maps {
                 })
             })
             .collect();
-        for (k, mut v) in flows {
+        self.rewrite_flows(flows, |v| {
             v.backend_addr = [0; 4];
             v.backend_port = 0;
-            // BPF_EXIST: a flow that ended meanwhile is not brought back.
-            match self.conntrack.insert(k, v, 2) {
-                Ok(()) => {}
-                Err(MapError::SyscallError(e))
-                    if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).context("writing gw_ct"),
-            }
-        }
-        Ok(())
+        })
     }
 
     pub fn read_agent(&self) -> Result<AgentState> {
