@@ -11,7 +11,7 @@
 //! | `model` | the desired state of this node from the store's objects: VIP allocation, election, frontends, announcements, and the status a writer puts on the objects (pure; it refuses nothing) |
 //! | `plan` | the difference between the desired state and the pinned maps, as ordered writes (pure) |
 //! | `datapath` | loads, pins and attaches the programs, writes the maps, sends gratuitous ARP |
-//! | `agent` | the run loop: source -> store -> model -> plan -> datapath, on start and on every change; `agent/cluster.rs`: who announces (alone, the model; with other agents, the cluster) and the gate |
+//! | `agent` | the run loop: source -> store -> model -> plan -> datapath, on start and on every change, one file per input; `agent/cluster.rs`: who announces (alone, the model; with other agents, the cluster) and the gate |
 //! | `cli` | the commands and their output: `check` and `doctor` read the objects as the agent does; `check` and `run` share one exit status rule |
 //! | `metrics` | `run --metrics-address`: what the pinned maps and the run loop count, for Prometheus |
 //! | `cluster` | failover between nodes: the `gateway-cluster` state machine (membership, claims, leases) and its UDP transport |

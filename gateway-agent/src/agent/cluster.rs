@@ -32,7 +32,7 @@ use gateway_common::{
     },
     write_text,
 };
-use log::{info, warn};
+use log::{error, info, warn};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
@@ -711,6 +711,57 @@ fn incarnation() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(1, |d| d.as_micros() as u64)
+}
+
+/// The cluster's two inputs to the run loop: a datagram from another agent, and a timer.
+impl super::Agent {
+    /// A datagram from another agent.
+    pub(super) fn cluster_received(&mut self, datagram: &[u8]) {
+        self.cluster.received(datagram);
+        self.cluster_changed();
+    }
+
+    /// The cluster's timers, and the drain request.
+    pub(super) fn cluster_woke(&mut self) {
+        if let Err(e) = self.cluster.wake(&self.datapath.maps) {
+            warn!("cluster: {e:#}");
+        }
+        self.cluster_changed();
+        let members = self.cluster.members();
+        if !members.is_empty() {
+            self.metrics.members(&members);
+        }
+    }
+
+    /// After an input of the cluster: the maps follow what it lets this node answer, the
+    /// announcements that started get gratuitous ARP (a takeover is announced at once).
+    fn cluster_changed(&mut self) {
+        match self
+            .cluster
+            .settle(&mut self.datapath.maps, &mut self.state)
+        {
+            Ok(settled) => {
+                self.metrics
+                    .announcements(settled.started.len(), settled.ended);
+                if let Err(e) = self
+                    .hairpin
+                    .sync(&mut self.datapath.maps, &self.state.l2, false)
+                {
+                    error!("hairpin: bringing the announced VIPs to gw_hairpin: {e:#}");
+                }
+                let now = std::time::Instant::now();
+                for (key, mac) in settled.started {
+                    info!(
+                        "cluster: answering for {} on ifindex {}",
+                        Ipv4Addr::from(key.vip),
+                        key.ifindex
+                    );
+                    self.garp.announce(key, mac, now);
+                }
+            }
+            Err(e) => error!("cluster: bringing the announcements to the maps: {e:#}"),
+        }
+    }
 }
 
 #[cfg(test)]

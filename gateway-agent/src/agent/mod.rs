@@ -8,19 +8,38 @@
 //!
 //! Every read goes source -> store -> model -> plan -> datapath: the file source turns the
 //! file into a batch of events, the store applies it, the model computes this node's state
-//! from the store, and the plan's writes bring the maps there. A read refused on the way (by the source, or by the maps'
-//! sizes and writes) leaves the store and the source as they were.
+//! from the store, and the plan's writes bring the maps there. A read refused on the way (by
+//! the source, or by the maps' sizes and writes) leaves the store and the source as they
+//! were.
 //!
-//! Who announces is `cluster.rs`'s: alone, what the model elects; with other agents, what
-//! the cluster gives this node (its socket and timers are two more arms of the loop).
+//! | file | holds |
+//! | --- | --- |
+//! | `mod.rs` | the agent: start, reload, and the loop that waits on every input |
+//! | `objects.rs` | the source, the store it feeds and the model's cache: a read proposed, then kept or taken back |
+//! | `file.rs` | the file source's input: its directory watched, a change acted on once settled |
+//! | `watch.rs` | the watch of the file's directory, and when a change has settled enough to be read (its modification time) |
+//! | `apply.rs` | a desired state written to the maps through the plan |
+//! | `garp.rs` | gratuitous ARP for the announcements that started |
+//! | `hairpin.rs` | `gw_hairpin` following the VIPs this node answers ARP for, and the hairpin programs on `--cgroup` |
+//! | `cluster.rs` | who announces: alone, what the model elects; with other agents, what the cluster gives this node (its socket and timers are two arms of the loop) |
+//!
+//! An input of the loop (a source, a timer, a socket) lives in its own file and adds one
+//! arm to [`Agent::serve`]'s `select!`, or a task spawned before it (the metrics endpoint).
+
+mod apply;
+mod cluster;
+mod file;
+mod garp;
+mod hairpin;
+mod objects;
+mod watch;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use futures_util::StreamExt;
-use gateway_common::{AGENT_F_CHECKSUMS_IN_PLACE, AgentState, DatapathConfig, L2Key, write_text};
+use gateway_common::{AGENT_F_CHECKSUMS_IN_PLACE, AgentState, DatapathConfig, write_text};
 use log::{error, info, warn};
 use regex::Regex;
 use tokio::{
@@ -29,27 +48,20 @@ use tokio::{
     time::sleep_until,
 };
 
-mod cluster;
-mod hairpin;
-mod watch;
-
 pub use cluster::ClusterOptions;
-
-use cluster::Announced;
-
-use crate::cluster::transport::{self, Datagram};
 
 use crate::{
     capacity::Capacity,
     cli::inspect,
-    config::{Finding, LoadBalancerClasses, Severity},
-    datapath::{Datapath, LoadOptions, attach, bpffs, garp, interfaces},
+    cluster::transport::{self, Datagram},
+    config::LoadBalancerClasses,
+    datapath::{self, Datapath, LoadOptions, attach, bpffs, interfaces},
     metrics::{AgentMetrics, Endpoint},
-    model::{self, DesiredState, ModelCache},
-    plan::{self, Interface, MapState, Op},
-    source::file::{self, Documents, FileSource},
-    store::{Store, Undo},
+    model::DesiredState,
+    plan::{Interface, MapState},
 };
+use apply::summary;
+use objects::{Objects, Proposal};
 
 pub struct RunOptions {
     pub config: PathBuf,
@@ -90,44 +102,6 @@ fn selected_interfaces(options: &RunOptions) -> Result<Vec<Interface>> {
     Ok(interfaces)
 }
 
-/// Announcements named in a log line; more are counted (a line naming 10,000 is unreadable).
-const NAMED_ANNOUNCEMENTS: usize = 8;
-
-fn summary(desired: &DesiredState) -> String {
-    let backends: usize = desired.frontends.iter().map(|f| f.backends.len()).sum();
-    let announcements = &desired.announcements;
-    let mut announced: Vec<String> = announcements
-        .iter()
-        .take(NAMED_ANNOUNCEMENTS)
-        .map(|a| format!("{} on {}", a.vip, a.interface))
-        .collect();
-    if announcements.len() > NAMED_ANNOUNCEMENTS {
-        announced.push(format!(
-            "and {} more",
-            announcements.len() - NAMED_ANNOUNCEMENTS
-        ));
-    }
-    format!(
-        "{} frontends, {} backend slots; announcing {}",
-        desired.frontends.len(),
-        backends,
-        if announced.is_empty() {
-            "nothing".into()
-        } else {
-            announced.join(", ")
-        }
-    )
-}
-
-/// What [`Agent::apply`] did: the number of writes, the announcements that started, and
-/// the state planned before, handed back so that freeing it (10,000 services' worth) can
-/// wait until the change is reported.
-struct Applied {
-    writes: usize,
-    announced: Vec<Announced>,
-    previous: Option<DesiredState>,
-}
-
 struct Agent {
     options: RunOptions,
     datapath: Datapath,
@@ -138,10 +112,8 @@ struct Agent {
     objects: Objects,
     /// What `status` shows about this agent, pinned in `gw_agent`.
     record: AgentState,
-    /// The digest of the documents last applied.
-    applied: Option<u64>,
-    garp: garp::Schedule,
-    garp_sender: garp::Sender,
+    garp: datapath::garp::Schedule,
+    garp_sender: datapath::garp::Sender,
     metrics: AgentMetrics,
     /// Who announces: alone, the model; with other agents, the cluster.
     cluster: cluster::Cluster,
@@ -149,143 +121,14 @@ struct Agent {
     hairpin: hairpin::Hairpin,
 }
 
-/// Where the objects come from and what the model made of them last: the file source, the
-/// store it feeds, the model's per-service results, and the findings of the state served.
-struct Objects {
-    source: FileSource,
-    store: Store,
-    model: ModelCache,
-    /// Logged when they appear, not on every reload.
-    findings: Vec<Finding>,
-}
-
-/// A read of the file that the store and the model took, not served yet: what it asks of
-/// the maps, and what keeps or drops it once the maps are written or refused it.
-struct Proposal {
-    desired: DesiredState,
-    undo: Undo,
-    documents: Documents,
-}
-
-impl Objects {
-    fn new(path: &Path, classes: LoadBalancerClasses) -> Self {
-        let source = FileSource::new(path, classes);
-        let store = Store::new(source.name());
-        Self {
-            source,
-            store,
-            model: ModelCache::default(),
-            findings: Vec::new(),
-        }
-    }
-
-    /// What this node must serve, from the file (`text`, its content as the watch read it
-    /// once it had settled, or else read now). A read the source refuses changes neither the
-    /// source nor the store; one object's trouble is in the state's findings.
-    fn propose(
-        &mut self,
-        node_name: &str,
-        interfaces: &[Interface],
-        text: Option<&str>,
-    ) -> Result<Proposal> {
-        let update = match text {
-            Some(text) => self.source.read_text(text)?,
-            None => self.source.read()?,
-        };
-        let undo = self.store.apply(update.batch);
-        let names: Vec<String> = interfaces.iter().map(|i| i.name.clone()).collect();
-        let config = self.store.config();
-        let desired = model::desired_state_cached(config, node_name, &names, &mut self.model);
-        Ok(Proposal {
-            desired,
-            undo,
-            documents: update.documents,
-        })
-    }
-
-    /// The proposal's state, with these findings, is served: the next read is compared with
-    /// its file, and the findings not logged before are.
-    fn keep(&mut self, documents: Documents, findings: Vec<Finding>) {
-        self.source.accept(documents);
-        let before: std::collections::BTreeSet<&Finding> = self.findings.iter().collect();
-        for f in findings.iter().filter(|f| !before.contains(f)) {
-            match f.severity {
-                Severity::Info => info!("{f} ({})", f.reason),
-                Severity::Warning | Severity::Error => warn!("{f} ({})", f.reason),
-            }
-        }
-        self.findings = findings;
-    }
-
-    /// The proposal's state was refused: the store goes back to what serves.
-    fn take_back(&mut self, undo: Undo) {
-        self.store.undo(undo);
-    }
-}
-
 impl Agent {
-    /// Brings the maps to `desired`, make-before-break.
-    fn apply(&mut self, desired: DesiredState, interfaces: &[Interface]) -> Result<Applied> {
-        let limits = &self.options.capacity;
-        let (mut writes, mut announced, mut gained, mut lost) = (0, Vec::new(), 0, 0);
-        let maps = &mut self.datapath.maps;
-        let held = &self.state;
-        let mut write = |op| {
-            maps.apply(&op)?;
-            writes += 1;
-            match op {
-                Op::PutL2(key, mac) => {
-                    gained += usize::from(!held.l2.contains_key(&key));
-                    announced.push((key, mac));
-                }
-                Op::DeleteL2(_) => lost += 1,
-                // Flows are cut: say whose.
-                Op::EndMemberships(ended) => info!("{}", plan::ended_label(held, &ended)),
-                _ => {}
-            }
-            anyhow::Ok(())
-        };
-        let result = match &self.planned {
-            Some(previous) => {
-                let change = plan::change(&self.state, previous, &desired, interfaces, limits)?;
-                let result = plan::diff_each(&change.before, &change.after, &mut write);
-                if result.is_ok() {
-                    self.state.apply(change);
-                }
-                result
-            }
-            None => {
-                let target = plan::target(&desired, interfaces, &self.state, limits)?;
-                let result = plan::diff_each(&self.state, &target, &mut write);
-                if result.is_ok() {
-                    self.state = target;
-                }
-                result
-            }
-        };
-        self.metrics.announcements(gained, lost);
-        match result {
-            Ok(()) => Ok(Applied {
-                writes,
-                announced,
-                previous: self.planned.replace(desired),
-            }),
-            // Some writes made it: what the maps hold now is the truth.
-            Err(e) => {
-                self.planned = None;
-                self.state = self.datapath.maps.read_state()?;
-                Err(e)
-            }
-        }
-    }
-
     fn start(options: RunOptions) -> Result<Self> {
         let started = Instant::now();
         // Validate everything before touching the kernel: a bad file must not replace (or
         // even pin anything next to) what a previous run left serving.
         let interfaces = selected_interfaces(&options)?;
-        let mut objects = Objects::new(&options.config, options.classes.clone());
-        let proposal = objects.propose(&options.node_name, &interfaces, None)?;
+        let mut objects = Objects::file(&options.config, options.classes.clone());
+        let proposal = objects.propose(&options.node_name, &interfaces)?;
         bpffs::prepare(&options.bpffs)?;
         let datapath = Datapath::load(&LoadOptions {
             capacity: options.capacity,
@@ -333,9 +176,8 @@ impl Agent {
             planned: None,
             objects,
             record,
-            applied: None,
-            garp: garp::Schedule::default(),
-            garp_sender: garp::Sender::new()?,
+            garp: datapath::garp::Schedule::default(),
+            garp_sender: datapath::garp::Sender::new()?,
             metrics: AgentMetrics::default(),
             cluster,
             hairpin,
@@ -357,7 +199,7 @@ impl Agent {
         // datapath answers and its gate; the drain request outlives restarts.
         agent.cluster.read_drain(&agent.datapath.maps)?;
         agent.cluster.accept(
-            agent.objects.store.config(),
+            agent.objects.config(),
             &proposal.desired,
             &interfaces,
             &agent.state,
@@ -368,10 +210,10 @@ impl Agent {
         let summary = summary(&desired);
         let findings = desired.findings.clone();
         let writes = agent.apply(desired, &interfaces)?.writes;
-        agent.objects.keep(proposal.documents, findings);
-        inspect::record_findings(&mut agent.record, &agent.objects.findings);
+        agent.objects.keep(proposal.read, findings);
+        inspect::record_findings(&mut agent.record, agent.objects.findings());
         agent.cluster.accept(
-            agent.objects.store.config(),
+            agent.objects.config(),
             agent.planned.as_ref().context("applied")?,
             &interfaces,
             &agent.state,
@@ -396,7 +238,7 @@ impl Agent {
         for (key, mac) in &agent.state.l2 {
             agent.garp.announce(*key, *mac, now);
         }
-        agent.applied = Some(agent.objects.source.digest());
+        agent.objects.served();
         agent.record.last_applied_unix = unix_now();
         agent.datapath.maps.write_agent(&agent.record)?;
         info!(
@@ -419,19 +261,16 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Re-reads the file (or takes `text`, its content as the watch read it once it had
-    /// settled) and applies the difference; an invalid file changes nothing.
-    fn reload(&mut self, why: &str, text: Option<String>) {
+    /// Re-reads the source and applies the difference; a read refused changes nothing.
+    fn reload(&mut self, why: &str) {
         let started = Instant::now();
         let result = (|| -> Result<(String, Option<DesiredState>)> {
             let interfaces = selected_interfaces(&self.options)?;
             let Proposal {
                 mut desired,
                 undo,
-                documents,
-            } = self
-                .objects
-                .propose(&self.options.node_name, &interfaces, text.as_deref())?;
+                read,
+            } = self.objects.propose(&self.options.node_name, &interfaces)?;
             self.cluster.restrict(&mut desired, &self.state);
             let summary = summary(&desired);
             let findings = desired.findings.clone();
@@ -442,10 +281,10 @@ impl Agent {
                     return Err(e);
                 }
             };
-            self.objects.keep(documents, findings);
-            inspect::record_findings(&mut self.record, &self.objects.findings);
+            self.objects.keep(read, findings);
+            inspect::record_findings(&mut self.record, self.objects.findings());
             self.cluster.accept(
-                self.objects.store.config(),
+                self.objects.config(),
                 self.planned.as_ref().context("applied")?,
                 &interfaces,
                 &self.state,
@@ -468,7 +307,7 @@ impl Agent {
             let line = format!("{summary} ({} map writes)", applied.writes);
             Ok((line, applied.previous))
         })();
-        let file = self.options.config.display();
+        let file = self.objects.name().to_owned();
         match result {
             Ok((line, previous)) => {
                 info!(
@@ -478,7 +317,7 @@ impl Agent {
                 // Applied and reported: only now free what was planned before.
                 drop(previous);
                 self.metrics.reload_applied(started.elapsed());
-                self.applied = Some(self.objects.source.digest());
+                self.objects.served();
                 self.record.reloads += 1;
                 self.record.last_applied_unix = unix_now();
                 self.record.refused = 0;
@@ -496,52 +335,6 @@ impl Agent {
         }
     }
 
-    fn send_garp(&mut self) {
-        for (key, mac) in self.garp.due(Instant::now(), garp::BATCH) {
-            let L2Key { ifindex, vip } = key;
-            let mut sent = 0;
-            for frame in garp::frames(mac, vip) {
-                match self.garp_sender.send(ifindex, &frame) {
-                    Ok(()) => sent += 1,
-                    Err(e) => warn!("{e:#}"),
-                }
-            }
-            if let Err(e) = self.datapath.maps.count_garp(&key, sent) {
-                warn!("counting gratuitous ARP: {e:#}");
-            }
-        }
-    }
-
-    /// After an input of the cluster: the maps follow what it lets this node answer, the
-    /// announcements that started get gratuitous ARP (a takeover is announced at once).
-    fn cluster_changed(&mut self) {
-        match self
-            .cluster
-            .settle(&mut self.datapath.maps, &mut self.state)
-        {
-            Ok(settled) => {
-                self.metrics
-                    .announcements(settled.started.len(), settled.ended);
-                if let Err(e) = self
-                    .hairpin
-                    .sync(&mut self.datapath.maps, &self.state.l2, false)
-                {
-                    error!("hairpin: bringing the announced VIPs to gw_hairpin: {e:#}");
-                }
-                let now = Instant::now();
-                for (key, mac) in settled.started {
-                    info!(
-                        "cluster: answering for {} on ifindex {}",
-                        std::net::Ipv4Addr::from(key.vip),
-                        key.ifindex
-                    );
-                    self.garp.announce(key, mac, now);
-                }
-            }
-            Err(e) => error!("cluster: bringing the announcements to the maps: {e:#}"),
-        }
-    }
-
     async fn serve(mut self, signals: Signals) -> Result<()> {
         let Signals {
             mut terminate,
@@ -554,66 +347,22 @@ impl Agent {
             Some(l) => Some(unsafe { AsyncFd::register(l) }.map_err(|e| e.into_parts().1)?),
             None => None,
         };
-        let mut events = match watch::watch(&self.options.config) {
-            Ok(events) => Some(events),
-            Err(e) => {
-                warn!("not watching for changes (SIGHUP still reloads): {e:#}");
-                None
-            }
-        };
-        // When a change in the file's directory has settled.
-        let mut settled: Option<tokio::time::Instant> = None;
         let mut datagram = Datagram::new();
         loop {
-            let garp_due = self.garp.next_due().map(tokio::time::Instant::from_std);
+            let garp_due = self.garp_due();
             let socket = self.cluster.socket();
             let cluster_wake = self.cluster.next_wake();
             tokio::select! {
-                _ = terminate.recv() => {
-                    self.cluster.stop();
-                    break;
-                }
-                _ = interrupt.recv() => {
-                    self.cluster.stop();
-                    break;
-                }
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
                 received = async { transport::receive(socket.as_deref()?, &mut datagram).await.ok() }, if socket.is_some() => {
                     if let Some(Some(bytes)) = received {
-                        self.cluster.received(bytes);
-                        self.cluster_changed();
+                        self.cluster_received(bytes);
                     }
                 }
-                _ = sleep_until(cluster_wake) => {
-                    if let Err(e) = self.cluster.wake(&self.datapath.maps) {
-                        warn!("cluster: {e:#}");
-                    }
-                    self.cluster_changed();
-                    let members = self.cluster.members();
-                    if !members.is_empty() {
-                        self.metrics.members(&members);
-                    }
-                }
-                _ = hangup.recv() => self.reload("SIGHUP", None),
-                Some(_) = async { events.as_mut()?.next().await }, if events.is_some() => {
-                    settled = Some(tokio::time::Instant::now() + watch::SETTLE);
-                }
-                _ = async { sleep_until(settled.unwrap_or_else(tokio::time::Instant::now)).await }, if settled.is_some() => {
-                    settled = None;
-                    match watch::read_settled(&self.options.config) {
-                        // Still being written: a half-written file must never be served.
-                        Ok(watch::Read::Unsettled(wait)) => {
-                            settled = Some(tokio::time::Instant::now() + wait);
-                        }
-                        // Unrelated events in the directory change nothing.
-                        Ok(watch::Read::Settled(text)) => {
-                            if Some(file::digest(&text)) != self.applied {
-                                self.reload("file changed", Some(text));
-                            }
-                        }
-                        // The reload says why it cannot read the file.
-                        Err(_) => self.reload("file changed", None),
-                    }
-                }
+                _ = sleep_until(cluster_wake) => self.cluster_woke(),
+                _ = hangup.recv() => self.reload("SIGHUP"),
+                why = self.objects.changed() => self.reload(why),
                 _ = async { sleep_until(garp_due.unwrap_or_else(tokio::time::Instant::now)).await }, if garp_due.is_some() => {
                     self.send_garp();
                     // More may still be due: let the runtime look at signals and file
@@ -627,6 +376,7 @@ impl Agent {
                 }
             }
         }
+        self.cluster.stop();
         info!(
             "stopping; the datapath stays attached and keeps serving (`gateway-agent teardown --bpffs {}` removes it)",
             self.options.bpffs.display()
