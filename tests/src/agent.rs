@@ -70,6 +70,21 @@ impl Agent {
         Self::launch(lab, node, config, &binary()?, &bpffs, extra)
     }
 
+    /// Starts the agent built beside this binary on `node`, reading the cluster through
+    /// `kubeconfig` (see [`crate::kube_api`]), and waits until it serves.
+    pub fn start_in_cluster(lab: &Lab, node: &str, kubeconfig: &Path) -> Result<Self> {
+        let bpffs = lab.bpffs_dir(node).to_owned();
+        let kubeconfig = kubeconfig.display().to_string();
+        Self::launch_reading(
+            lab,
+            node,
+            &["--kubeconfig", &kubeconfig],
+            &binary()?,
+            &bpffs,
+            &[],
+        )
+    }
+
     /// Starts `binary run` on `node` with `config`, pins under `bpffs`, with `extra` flags,
     /// and waits until it serves.
     pub fn launch(
@@ -80,12 +95,25 @@ impl Agent {
         bpffs: &Path,
         extra: &[&str],
     ) -> Result<Self> {
+        let config = config.display().to_string();
+        Self::launch_reading(lab, node, &["--config", &config], binary, bpffs, extra)
+    }
+
+    /// Starts `binary run` on `node` reading the objects as `objects` says (`--config FILE`
+    /// or `--kubeconfig FILE`), pins under `bpffs`, with `extra` flags, and waits until it
+    /// serves.
+    pub fn launch_reading(
+        lab: &Lab,
+        node: &str,
+        objects: &[&str],
+        binary: &Path,
+        bpffs: &Path,
+        extra: &[&str],
+    ) -> Result<Self> {
         let n: &Node = lab.node(node);
-        let mut args: Vec<String> = vec![
-            binary.display().to_string(),
-            "run".into(),
-            "--config".into(),
-            config.display().to_string(),
+        let mut args: Vec<String> = vec![binary.display().to_string(), "run".into()];
+        args.extend(objects.iter().map(|a| a.to_string()));
+        args.extend([
             "--node-name".into(),
             node.into(),
             "--bpffs".into(),
@@ -93,7 +121,7 @@ impl Agent {
             // Never the default, the machine's own root cgroup.
             "--cgroup".into(),
             n.cgroup().display().to_string(),
-        ];
+        ]);
         args.extend(extra.iter().map(|a| a.to_string()));
         let name = format!("agent-{node}");
         let log_before =

@@ -12,6 +12,8 @@
 //! - [`prometheus`]: a real Prometheus server in a lab namespace, queried through its API.
 //! - [`probe`]: a client that sends an ARP request and a request to a VIP every 50 ms, and
 //!   tells who answered (failover tests and benchmark).
+//! - [`kube_api`]: a real Kubernetes API server (etcd and kube-apiserver from
+//!   `$KUBEBUILDER_ASSETS`) in a namespace, stopped and removed on drop.
 //! - [`lab`]: the reference topology (client, L2 segment, nodes, envoy-like pods) and the
 //!   Kubernetes-shaped objects that describe it.
 
@@ -19,6 +21,7 @@ pub mod agent;
 pub mod container;
 pub mod debian_root;
 pub mod http;
+pub mod kube_api;
 pub mod lab;
 pub mod netns;
 pub mod probe;

@@ -1,21 +1,22 @@
 //! `gateway-agent run`: read the objects, program the maps, attach, then serve until told
-//! to stop. SIGHUP or a change of the file re-reads it; a file that does not parse changes
-//! nothing (the error is logged and kept for `status`), and an object that cannot be served
-//! changes only itself (its findings are logged when they appear and kept for `status`).
-//! Refused at start, the agent exits with `check`'s status for a refused file, 2. Stopping
-//! leaves the datapath attached and its maps pinned, so traffic keeps flowing and the next
-//! start adopts conntrack and affinity as they are.
+//! to stop. The objects come from a file (`--config`) or from the cluster (watched through
+//! the API server). A change of the file, a change in the cluster, or SIGHUP is applied; a
+//! file that does not parse changes nothing (the error is logged and kept for `status`),
+//! and an object that cannot be served changes only itself (its findings are logged when
+//! they appear and kept for `status`). Refused at start, the agent exits with `check`'s
+//! status for a refused file, 2. Stopping leaves the datapath attached and its maps pinned,
+//! so traffic keeps flowing and the next start adopts conntrack and affinity as they are.
 //!
-//! Every read goes source -> store -> model -> plan -> datapath: the file source turns the
-//! file into a batch of events, the store applies it, the model computes this node's state
-//! from the store, and the plan's writes bring the maps there. A read refused on the way (by
-//! the source, or by the maps' sizes and writes) leaves the store and the source as they
-//! were.
+//! Every read goes source -> store -> model -> plan -> datapath: the source turns the file,
+//! or what the watches delivered, into a batch of events, the store applies it, the model
+//! computes this node's state from the store, and the plan's writes bring the maps there. A
+//! read refused on the way (by the source, or by the maps' sizes and writes) leaves the
+//! store as it was and the source ready to offer it again.
 //!
 //! | file | holds |
 //! | --- | --- |
 //! | `mod.rs` | the agent: start, reload, and the loop that waits on every input |
-//! | `objects.rs` | the source, the store it feeds and the model's cache: a read proposed, then kept or taken back |
+//! | `objects.rs` | the source (file or cluster), the store it feeds and the model's cache: a read proposed, then kept or taken back |
 //! | `file.rs` | the file source's input: its directory watched, a change acted on once settled |
 //! | `watch.rs` | the watch of the file's directory, and when a change has settled enough to be read (its modification time) |
 //! | `apply.rs` | a desired state written to the maps through the plan |
@@ -59,12 +60,13 @@ use crate::{
     metrics::{AgentMetrics, Endpoint},
     model::DesiredState,
     plan::{Interface, MapState},
+    source::{Origin, kube},
 };
 use apply::summary;
 use objects::{Objects, Proposal};
 
 pub struct RunOptions {
-    pub config: PathBuf,
+    pub origin: Origin,
     pub node_name: String,
     pub devices: Regex,
     pub bpffs: PathBuf,
@@ -122,13 +124,22 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(options: RunOptions) -> Result<Self> {
+    async fn start(options: RunOptions) -> Result<Self> {
         let started = Instant::now();
         // Validate everything before touching the kernel: a bad file must not replace (or
         // even pin anything next to) what a previous run left serving.
         let interfaces = selected_interfaces(&options)?;
-        let mut objects = Objects::file(&options.config, options.classes.clone());
-        let proposal = objects.propose(&options.node_name, &interfaces)?;
+        let mut objects = match &options.origin {
+            Origin::File(path) => Objects::file(path, options.classes.clone()),
+            Origin::Cluster { kubeconfig } => {
+                let cluster = kube::connect(kubeconfig.as_deref()).await?;
+                info!("reading the objects from {}", cluster.name);
+                Objects::cluster(&cluster, options.classes.clone())
+            }
+        };
+        let proposal = objects
+            .first_proposal(&options.node_name, &interfaces)
+            .await?;
         bpffs::prepare(&options.bpffs)?;
         let datapath = Datapath::load(&LoadOptions {
             capacity: options.capacity,
@@ -162,7 +173,7 @@ impl Agent {
             ..Default::default()
         };
         write_text(&mut record.node_name, &options.node_name);
-        write_text(&mut record.config, &options.config.display().to_string());
+        write_text(&mut record.config, objects.name());
         let cluster = cluster::Cluster::new(
             options.cluster.clone(),
             &options.node_name,
@@ -277,7 +288,7 @@ impl Agent {
             let applied = match self.apply(desired, &interfaces) {
                 Ok(applied) => applied,
                 Err(e) => {
-                    self.objects.take_back(undo);
+                    self.objects.take_back(undo, read);
                     return Err(e);
                 }
             };
@@ -403,7 +414,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         Some(address) => Some(Endpoint::bind(address).await?),
         None => None,
     };
-    let agent = Agent::start(options)?;
+    let agent = Agent::start(options).await?;
     if let Some(endpoint) = endpoint {
         endpoint.serve(&agent.options.bpffs, agent.metrics.clone())?;
     }

@@ -1,7 +1,8 @@
 //! Where the run loop's objects come from and what the model made of them last: the
-//! source, the store it feeds, the model's per-service results, and the findings of the
-//! state served. A read goes source -> store -> model; it is kept once the maps serve it,
-//! or taken back.
+//! source (the file, or the cluster's watches), the store it feeds, the model's
+//! per-service results, and the findings of the state served. A read goes source -> store
+//! -> model; it is kept once the maps serve it, or taken back: the file is read again whole
+//! next time, the cluster's batch goes back to be taken again with what comes after it.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -14,7 +15,8 @@ use crate::config::{Config, Finding, LoadBalancerClasses, Severity};
 use crate::model::{self, DesiredState, ModelCache};
 use crate::plan::Interface;
 use crate::source::file::{Documents, FileSource};
-use crate::store::{Store, Undo};
+use crate::source::kube::{Cluster, ClusterSource};
+use crate::store::{Batch, Store, Undo};
 
 pub(super) struct Objects {
     source: Source,
@@ -35,12 +37,15 @@ enum Source {
         /// The file's text as the watch read it once it had settled, for the next read.
         settled: Option<String>,
     },
+    /// The cluster, watched: batches of what changed.
+    Cluster(ClusterSource),
 }
 
-/// What a source needs to know once the store's change is served: the file's documents,
-/// compared with the next read.
+/// What a source needs to know once the store's change is served or refused: the file's
+/// documents, compared with the next read; the cluster's batch, taken again if refused.
 pub(super) enum Read {
     File(Documents),
+    Cluster(Batch),
 }
 
 /// A read that the store and the model took, not served yet: what it asks of the maps,
@@ -55,15 +60,27 @@ impl Objects {
     /// The objects of the file at `path`, watched for changes.
     pub(super) fn file(path: &Path, classes: LoadBalancerClasses) -> Self {
         let source = FileSource::new(path, classes);
-        let store = Store::new(source.name());
+        Self::new(Source::File {
+            watch: FileWatch::new(path),
+            applied: None,
+            settled: None,
+            source,
+        })
+    }
+
+    /// The cluster's objects, as its watches deliver them.
+    pub(super) fn cluster(cluster: &Cluster, classes: LoadBalancerClasses) -> Self {
+        Self::new(Source::Cluster(ClusterSource::watch(cluster, classes)))
+    }
+
+    fn new(source: Source) -> Self {
+        let name = match &source {
+            Source::File { source, .. } => source.name(),
+            Source::Cluster(source) => source.name(),
+        };
         Self {
-            source: Source::File {
-                source,
-                watch: FileWatch::new(path),
-                applied: None,
-                settled: None,
-            },
-            store,
+            store: Store::new(name),
+            source,
             model: ModelCache::default(),
             findings: Vec::new(),
         }
@@ -96,7 +113,23 @@ impl Objects {
                 *settled = watch.changed(*applied).await;
                 "file changed"
             }
+            Source::Cluster(source) => {
+                source.changed().await;
+                "cluster changed"
+            }
         }
+    }
+
+    /// The first proposal: the file's as it is; the cluster's once every kind is listed.
+    pub(super) async fn first_proposal(
+        &mut self,
+        node_name: &str,
+        interfaces: &[Interface],
+    ) -> Result<Proposal> {
+        if let Source::Cluster(source) = &mut self.source {
+            source.changed().await;
+        }
+        self.propose(node_name, interfaces)
     }
 
     /// What this node must serve, from the source. A read the source refuses changes
@@ -117,6 +150,10 @@ impl Objects {
                 };
                 (update.batch, Read::File(update.documents))
             }
+            Source::Cluster(source) => {
+                let batch = source.take();
+                (batch.clone(), Read::Cluster(batch))
+            }
         };
         let undo = self.store.apply(batch);
         let names: Vec<String> = interfaces.iter().map(|i| i.name.clone()).collect();
@@ -132,8 +169,8 @@ impl Objects {
     /// The proposal's state, with these findings, is served: the next read is compared with
     /// it, and the findings not logged before are.
     pub(super) fn keep(&mut self, read: Read, findings: Vec<Finding>) {
-        match (&mut self.source, read) {
-            (Source::File { source, .. }, Read::File(documents)) => source.accept(documents),
+        if let (Source::File { source, .. }, Read::File(documents)) = (&mut self.source, read) {
+            source.accept(documents);
         }
         let before: BTreeSet<&Finding> = self.findings.iter().collect();
         for f in findings.iter().filter(|f| !before.contains(f)) {
@@ -145,18 +182,23 @@ impl Objects {
         self.findings = findings;
     }
 
-    /// The proposal's state was refused: the store goes back to what serves.
-    pub(super) fn take_back(&mut self, undo: Undo) {
+    /// The proposal's state was refused (by the maps): the store goes back to what serves,
+    /// and the cluster's batch is pending again (the file is read whole next time anyway).
+    pub(super) fn take_back(&mut self, undo: Undo, read: Read) {
         self.store.undo(undo);
+        if let (Source::Cluster(source), Read::Cluster(batch)) = (&mut self.source, read) {
+            source.put_back(batch);
+        }
     }
 
     /// Everything kept so far serves, attachments included: a change of the source is
     /// measured from here.
     pub(super) fn served(&mut self) {
-        match &mut self.source {
-            Source::File {
-                source, applied, ..
-            } => *applied = Some(source.digest()),
+        if let Source::File {
+            source, applied, ..
+        } = &mut self.source
+        {
+            *applied = Some(source.digest());
         }
     }
 }

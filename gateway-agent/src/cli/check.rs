@@ -1,8 +1,9 @@
-//! `gateway-agent check`: judges the file as `run` would, without touching the kernel, and
-//! shows what every Service and pool gets (identical on every node).
+//! `gateway-agent check`: judges the objects (the cluster's, or a file's) as `run` would,
+//! without touching the kernel, and shows what every Service and pool gets (identical on
+//! every node).
 //!
-//! The same path as `run`: the file source (with the same `--load-balancer-class`es) into a
-//! store, the model for each node (the one named, or every Node object of the file), and
+//! The same path as `run`: the source (with the same `--load-balancer-class`es) into a
+//! store, the model for each node (the one named, or every Node object of the objects), and
 //! the plan's full target for that node's state at the same map sizes, which is where `run`
 //! refuses a state that does not fit its maps. So whatever `run` would refuse or skip,
 //! `check` reports, and both follow one exit status rule ([`Verdict`]):
@@ -11,10 +12,9 @@
 //! | --- | --- | --- |
 //! | 0 | valid | everything is served (info findings at most) |
 //! | 1 | served in part | some objects, or parts of them, are not served: each warning or error finding says which and why |
-//! | 2 | refused | the file does not parse, or its state does not fit the maps: nothing of it is served (`run` keeps what it served before, or does not start) |
+//! | 2 | refused | the file does not parse (or the cluster cannot be read), or the state does not fit the maps: nothing of it is served (`run` keeps what it served before, or does not start) |
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -26,7 +26,7 @@ use crate::{
     config::{Config, ConfigErrors, Finding, LoadBalancerClasses, Severity},
     model::{self, ClusterState, Frontend, PoolStatus, ServiceStatus},
     plan::{self, MapState, PlanError},
-    source::file,
+    source::Origin,
 };
 
 /// What `check` and `run` make of a read, and the exit status it gives.
@@ -68,7 +68,7 @@ impl Verdict {
 
 /// What `check` was told.
 pub struct Check<'a> {
-    pub path: &'a Path,
+    pub origin: &'a Origin,
     pub node: Option<&'a str>,
     pub classes: LoadBalancerClasses,
     pub capacity: Capacity,
@@ -91,8 +91,12 @@ struct Report<'a> {
 }
 
 pub fn run(check: &Check<'_>) -> Result<ExitCode> {
-    let file = check.path.display().to_string();
-    let judged = file::load(check.path, check.classes.clone())
+    let loaded = check.origin.load(check.classes.clone());
+    let file = match &loaded {
+        Ok(config) => config.source.clone(),
+        Err(errors) => errors.0.first().map(|e| e.file.clone()).unwrap_or_default(),
+    };
+    let judged = loaded
         .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())
         .and_then(|config| judge(&config, check).map_err(|e| vec![format!("{file}: {e}")]));
     let report = match judged {

@@ -23,6 +23,7 @@ use crate::{
     config::LoadBalancerClasses,
     config::Selector,
     datapath::{self, Maps},
+    source::Origin,
 };
 
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf/gateway";
@@ -40,14 +41,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Program the datapath from the objects in FILE and keep serving (SIGHUP re-reads it).
+    /// Program the datapath from the cluster's objects (or FILE's) and keep serving, following
+    /// every change.
     Run(RunArgs),
-    /// Judge FILE as `run` would, without touching the kernel; print what every Service and
-    /// pool gets. Exit status: 0 valid, 1 served in part (findings say what is not served),
-    /// 2 refused.
+    /// Judge the objects (the cluster's, or FILE's) as `run` would, without touching the
+    /// kernel; print what every Service and pool gets. Exit status: 0 valid, 1 served in part
+    /// (findings say what is not served), 2 refused.
     Check {
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        objects: ObjectsArgs,
         /// Judge only this node, and show what it would serve (default: every Node object).
         #[arg(long, env = "NODE_NAME")]
         node_name: Option<String>,
@@ -96,9 +98,14 @@ enum Command {
     },
     /// Walk the reference's troubleshooting tree over the objects and the live datapath.
     Doctor {
-        /// The objects to check (default: the file the running agent uses).
+        /// The objects to check (default: the file the running agent uses; without one, the
+        /// cluster's).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// The cluster to read when there is no file (default: $KUBECONFIG, ~/.kube/config,
+        /// or the pod's service account).
+        #[arg(long, value_name = "FILE", conflicts_with = "config")]
+        kubeconfig: Option<PathBuf>,
         /// This node's name (default: the running agent's, or $NODE_NAME).
         #[arg(long, env = "NODE_NAME")]
         node_name: Option<String>,
@@ -125,12 +132,34 @@ enum ListCommand {
     List(ViewArgs),
 }
 
+/// Where the objects come from: the cluster, unless a file is given.
+#[derive(Args)]
+struct ObjectsArgs {
+    /// Read the objects from this multi-document YAML file (Service, EndpointSlice, Node,
+    /// CiliumLoadBalancerIPPool and CiliumL2AnnouncementPolicy) instead of the cluster.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The cluster to read (default: $KUBECONFIG, ~/.kube/config, or the pod's service
+    /// account).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    kubeconfig: Option<PathBuf>,
+}
+
+impl ObjectsArgs {
+    fn origin(self) -> Origin {
+        match self.config {
+            Some(path) => Origin::File(path),
+            None => Origin::Cluster {
+                kubeconfig: self.kubeconfig,
+            },
+        }
+    }
+}
+
 #[derive(Args)]
 struct RunArgs {
-    /// Multi-document YAML with Service, EndpointSlice, Node, CiliumLoadBalancerIPPool and
-    /// CiliumL2AnnouncementPolicy objects.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    #[command(flatten)]
+    objects: ObjectsArgs,
     /// This node's name, as in its Node object and the endpoints' nodeName.
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
@@ -318,7 +347,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 .build()
                 .context("starting the runtime")?;
             runtime.block_on(agent::run(RunOptions {
-                config: args.config,
+                origin: args.objects.origin(),
                 node_name: args.node_name,
                 devices: args.devices,
                 bpffs: args.bpffs,
@@ -335,13 +364,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check {
-            config,
+            objects,
             node_name,
             classes,
             capacity,
             output,
         } => check::run(&check::Check {
-            path: &config,
+            origin: &objects.origin(),
             node: node_name.as_deref(),
             classes: classes.classes(),
             capacity: capacity.capacity(),
@@ -374,6 +403,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         ),
         Command::Doctor {
             config,
+            kubeconfig,
             node_name,
             bpffs,
             devices,
@@ -382,6 +412,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => doctor::run(
             &doctor::Patient {
                 config,
+                kubeconfig,
                 node_name,
                 bpffs: &bpffs,
                 devices: &devices,

@@ -62,6 +62,11 @@ reasons! {
     ApiVersionNotRead,
     /// A Service whose `spec.loadBalancerClass` belongs to another controller.
     LoadBalancerClassNotServed,
+    /// An object the API server returned that does not deserialize into its kind's shape
+    /// (in a file, this refuses the file): the object is skipped, the others serve.
+    ObjectNotRead,
+    /// The API server does not serve a kind (no CRD for a Cilium kind): it reads as empty.
+    KindNotServed,
 
     // A Service's own fields.
     /// A port of another protocol than TCP or UDP (SCTP): the port is skipped.

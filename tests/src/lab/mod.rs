@@ -44,15 +44,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::{Context, Result, ensure};
 
 pub use client::Client;
-pub use objects::config_yaml;
+pub use objects::{config_json, config_yaml, objects};
 pub use spec::{
     CLIENT, CLIENT_2, CONTROL_PLANE_LABEL, CP1_ADDR, ENVOY_W1A, ENVOY_W1B, ENVOY_W2A, ENVOY_W3A,
-    FAR_CLIENT, FAR_GATEWAY, FAR_NET, HOSTNAME_LABEL, HTTP_PORT, HTTPS_PORT, L2PolicySpec, LabSpec,
-    LabelSelector, NodeSpec, OWNING_GATEWAY_LABEL, Operator, POD_CIDR, POOL_CIDR, PodSpec,
-    PoolSpec, PortSpec, Protocol, ROUTER_ADDR, Requirement, RoutedClientSpec, SEGMENT,
-    SEGMENT_PREFIX_LEN, SPARE_POD_W1, SPARE_VIPS, ServiceSpec, SessionAffinity, TRANSIT_FAR,
-    TRANSIT_ROUTER, TrafficPolicy, UNUSED_ADDR, VIP_EXTERNAL, VIP_INTERNAL, W1_ADDR, W2_ADDR,
-    W3_ADDR,
+    FAR_CLIENT, FAR_GATEWAY, FAR_NET, HOSTNAME_LABEL, HTTP_PORT, HTTPS_PORT, KUBE_API_ADDR,
+    L2PolicySpec, LabSpec, LabelSelector, NodeSpec, OWNING_GATEWAY_LABEL, Operator, POD_CIDR,
+    POOL_CIDR, PodSpec, PoolSpec, PortSpec, Protocol, ROUTER_ADDR, Requirement, RoutedClientSpec,
+    SEGMENT, SEGMENT_PREFIX_LEN, SPARE_POD_W1, SPARE_VIPS, ServiceSpec, SessionAffinity,
+    TRANSIT_FAR, TRANSIT_ROUTER, TrafficPolicy, UNUSED_ADDR, VIP_EXTERNAL, VIP_INTERNAL, W1_ADDR,
+    W2_ADDR, W3_ADDR,
 };
 pub use teardown::{RUN_ROOT, is_mount_point, run_dir};
 pub use wiring::{BRIDGE, CLIENT_IFACE, FAR_IFACE, NODE_UPLINK, POD_IFACE};

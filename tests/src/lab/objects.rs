@@ -16,8 +16,8 @@ const CILIUM_API: &str = "cilium.io/v2alpha1";
 const LB_IPAM_IPS_ANNOTATION: &str = "lbipam.cilium.io/ips";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// Renders every object of `spec`, nodes first, each service followed by its EndpointSlice.
-pub fn config_yaml(spec: &LabSpec) -> Result<String> {
+/// Every object of `spec`, nodes first, each service followed by its EndpointSlice.
+pub fn objects(spec: &LabSpec) -> Result<Vec<Value>> {
     spec.validate()?;
     let mut docs: Vec<Value> = Vec::new();
     docs.extend(spec.nodes.iter().map(|n| node(n, spec.internal_ips)));
@@ -27,6 +27,19 @@ pub fn config_yaml(spec: &LabSpec) -> Result<String> {
         docs.push(service(svc));
         docs.push(endpoint_slice(spec, svc));
     }
+    Ok(docs)
+}
+
+/// The objects of `spec` as one JSON `v1 List`, which `kubectl apply -f` reads as the
+/// agent does (its YAML 1.1 parser would read the unquoted `No` of [`config_yaml`] as a
+/// boolean).
+pub fn config_json(spec: &LabSpec) -> Result<String> {
+    Ok(json!({ "apiVersion": "v1", "kind": "List", "items": objects(spec)? }).to_string())
+}
+
+/// Renders every object of `spec` (see [`objects`]) as one multi-document YAML string.
+pub fn config_yaml(spec: &LabSpec) -> Result<String> {
+    let docs = objects(spec)?;
     let mut yaml = String::new();
     for doc in &docs {
         yaml.push_str("---\n");

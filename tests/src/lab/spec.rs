@@ -24,6 +24,9 @@ pub const CP1_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 110);
 pub const W1_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 111);
 pub const W2_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 112);
 pub const W3_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 113);
+/// Where a lab test's Kubernetes API server listens: on the segment's bridge, so every
+/// node reaches it (see `kube_api::KubeApi::in_lab`).
+pub const KUBE_API_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 5);
 /// A segment address that nobody holds and no pool contains.
 pub const UNUSED_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 200);
 /// The pool's one block, and the VIPs the reference's two gateways request from it.

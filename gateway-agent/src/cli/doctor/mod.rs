@@ -26,11 +26,12 @@ use regex::Regex;
 
 use crate::config::LoadBalancerClasses;
 use crate::datapath::Maps;
-use crate::source::file;
+use crate::source::{Origin, kube};
 
 /// What the doctor looks at.
 pub struct Patient<'a> {
     pub config: Option<PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
     pub node_name: Option<String>,
     pub bpffs: &'a Path,
     pub devices: &'a Regex,
@@ -42,27 +43,29 @@ pub fn run(p: &Patient<'_>, json: bool) -> Result<ExitCode> {
     let mut findings = Vec::new();
     let maps = Maps::open_pinned(p.bpffs);
     let agent = maps.as_ref().ok().and_then(|m| m.read_agent().ok());
-    // The file and node the agent runs with, unless told otherwise.
+    // The file and node the agent runs with, unless told otherwise; without a file, the
+    // cluster.
     let config_path = p.config.clone().or_else(|| {
         agent
-            .map(|a| PathBuf::from(read_text(&a.config)))
-            .filter(|c| !c.as_os_str().is_empty())
+            .map(|a| read_text(&a.config).to_owned())
+            .filter(|c| !c.is_empty() && !c.starts_with(kube::SOURCE_PREFIX))
+            .map(PathBuf::from)
     });
+    let origin = match config_path {
+        Some(path) => Origin::File(path),
+        None => Origin::Cluster {
+            kubeconfig: p.kubeconfig.clone(),
+        },
+    };
     let node = p.node_name.clone().or_else(|| {
         agent
             .map(|a| read_text(&a.node_name).to_owned())
             .filter(|n| !n.is_empty())
     });
-    let config = match &config_path {
-        Some(path) => match file::load(path, p.classes.clone()) {
-            Ok(config) => Some(config),
-            Err(errors) => {
-                findings.extend(objects::invalid_file(path, &errors));
-                None
-            }
-        },
-        None => {
-            findings.push(objects::not_checked());
+    let config = match origin.load(p.classes.clone()) {
+        Ok(config) => Some(config),
+        Err(errors) => {
+            findings.extend(objects::unreadable(&errors));
             None
         }
     };

@@ -4,7 +4,6 @@
 //! its fix.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use gateway_common::timeouts;
 
@@ -63,6 +62,12 @@ fn fix(reason: Reason) -> &'static str {
     match reason {
         Reason::KindNotRead | Reason::LoadBalancerClassNotServed | Reason::Satisfied => "",
         Reason::ApiVersionNotRead => "write the object in an apiVersion the agent reads",
+        Reason::ObjectNotRead => {
+            "fix the field named (the API server stored it; a webhook or an old CRD may have let it through)"
+        }
+        Reason::KindNotServed => {
+            "install the Cilium CRDs (deploy/crds.yaml where Cilium is not installed)"
+        }
         Reason::UnsupportedProtocol => {
             "serve the port over TCP or UDP, or leave it to another load balancer"
         }
@@ -208,8 +213,9 @@ fn session_affinity(service: &str, timeout_secs: Option<u32>) -> Finding {
     }
 }
 
-/// The file does not validate: every error, as an error naming the field.
-pub fn invalid_file(path: &Path, errors: &ConfigErrors) -> Vec<Finding> {
+/// The objects could not be read (a file that does not parse, a cluster that cannot be
+/// reached): every error, naming its source.
+pub fn unreadable(errors: &ConfigErrors) -> Vec<Finding> {
     errors
         .0
         .iter()
@@ -217,23 +223,12 @@ pub fn invalid_file(path: &Path, errors: &ConfigErrors) -> Vec<Finding> {
             Finding::new(
                 Severity::Error,
                 "objects",
-                path.display().to_string(),
+                e.file.clone(),
                 e.to_string(),
-                "fix the field named",
+                "fix the field named, or say where to read the objects (--config, --kubeconfig)",
             )
         })
         .collect()
-}
-
-/// Neither a file given nor an agent to ask which one it runs with.
-pub fn not_checked() -> Finding {
-    Finding::new(
-        Severity::Info,
-        "objects",
-        "-",
-        "no file given and no agent to ask: the objects were not checked",
-        "pass --config FILE",
-    )
 }
 
 #[cfg(test)]

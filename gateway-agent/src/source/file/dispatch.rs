@@ -1,25 +1,21 @@
 //! One document of the file, parsed on its own. It is read untyped (a syntax error stops
 //! here, naming the line), then dispatched on `apiVersion`/`kind`: a kind the agent reads
-//! is deserialized into its API shape and converted by that kind's conversion in `config`,
+//! is converted by `source::convert` (its API shape, then its kind's conversion in `config`),
 //! so a type error names the field path and the other documents still get checked; a
 //! `v1 List` is read item by item; anything else is skipped with a finding. What refuses
 //! the file and what stays with an object follows the rule in `config::error`.
 
 use std::fmt;
-use std::sync::Arc;
 
-use k8s_openapi::api::core::v1 as core;
-use k8s_openapi::api::discovery::v1 as discovery;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::documents::Document;
 use crate::config::{
-    CiliumL2AnnouncementPolicy, CiliumLoadBalancerIpPool, ConfigError, ConfigErrors, Diagnostics,
-    Finding, Kind, LoadBalancerClasses, Object, ObjectDiagnostics, ObjectRef, Reason, Severity,
-    endpoint_slice, is_load_balancer, l2_policy, node, pool, service,
+    ConfigError, ConfigErrors, Diagnostics, Finding, Kind, LoadBalancerClasses, ObjectRef, Reason,
+    Severity,
 };
+use crate::source::convert::convert;
 use crate::store::Entry;
 
 /// What `kubectl get -o yaml` prints for more than one object.
@@ -279,59 +275,6 @@ impl Reader<'_> {
             }
         }
     }
-}
-
-/// The object `document` (of kind `kind`, named `object`) makes: `None` when it does not
-/// deserialize (a fatal error) or is not one the agent serves (a Service of another type or
-/// class, a slice that is not IPv4, a policy that cannot be read...).
-fn convert(
-    kind: Kind,
-    document: Value,
-    object: &ObjectRef,
-    classes: &LoadBalancerClasses,
-    findings: &mut ObjectDiagnostics<'_>,
-) -> Option<Object> {
-    let name = || object.name.to_string();
-    match kind {
-        Kind::Service => {
-            let raw = typed::<core::Service>(document, findings).filter(is_load_balancer)?;
-            let service = service(&raw, object.clone(), classes, findings)?;
-            Some(Object::Service(Arc::new(service)))
-        }
-        Kind::EndpointSlice => {
-            let raw = typed::<discovery::EndpointSlice>(document, findings)?;
-            let slice = endpoint_slice(&raw, object.clone(), findings)?;
-            Some(Object::EndpointSlice(Arc::new(slice)))
-        }
-        Kind::Node => {
-            let raw = typed::<core::Node>(document, findings)?;
-            Some(Object::Node(Arc::new(node(&raw, name()))))
-        }
-        Kind::IpPool => {
-            let raw = typed::<CiliumLoadBalancerIpPool>(document, findings)?;
-            Some(Object::IpPool(Arc::new(pool(&raw, name(), findings))))
-        }
-        Kind::L2Policy => {
-            let raw = typed::<CiliumL2AnnouncementPolicy>(document, findings)?;
-            Some(Object::L2Policy(Arc::new(l2_policy(
-                &raw,
-                name(),
-                findings,
-            )?)))
-        }
-    }
-}
-
-/// Deserializes `document` into its typed shape; a type error (naming the field path)
-/// refuses the file.
-fn typed<T: DeserializeOwned>(document: Value, findings: &mut ObjectDiagnostics<'_>) -> Option<T> {
-    serde_path_to_error::deserialize(document)
-        .map_err(|error| {
-            let path = error.path().to_string();
-            let field = if path == "." { String::new() } else { path };
-            findings.fatal(field, error.into_inner().to_string());
-        })
-        .ok()
 }
 
 #[cfg(test)]

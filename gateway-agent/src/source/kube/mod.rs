@@ -1,0 +1,118 @@
+//! The Kubernetes source: Services, EndpointSlices, Nodes, CiliumLoadBalancerIPPools and
+//! CiliumL2AnnouncementPolicies, watched (never polled) through the API server.
+//!
+//! Each kind has its own watch (`watch`), which judges every object as the file source
+//! judges it (`object`: the same conversions, through `source::convert`); an object that
+//! does not deserialize or convert is rejected with what was found, logged and kept as a
+//! finding about it (the status write-back shows it on the object), and the others serve.
+//! What the watches deliver is coalesced (`pending`): one entry per object, a relist
+//! replacing its kind whole, so a burst (10,000 objects at start) makes one batch for the
+//! store and one plan. Nothing reaches the store before every kind has been listed once.
+//!
+//! | file | holds |
+//! | --- | --- |
+//! | `client.rs` | connecting: `--kubeconfig`, `$KUBECONFIG`, the pod's service account |
+//! | `resources.rs` | where each kind is read from; which Cilium versions the server serves |
+//! | `object.rs` | one object from the API server into an entry, or rejected with why |
+//! | `watch.rs` | one kind's watch, resumed and relisted as kube-rs's watcher does |
+//! | `pending.rs` | what the watches delivered and the store has not taken, coalesced |
+//! | `list.rs` | every kind listed once, for `check` and `doctor` |
+
+use std::time::Duration;
+
+use tokio::sync::mpsc::{self, UnboundedReceiver};
+use tokio::time::{Instant, sleep_until};
+
+use crate::config::{Kind, LoadBalancerClasses};
+use crate::store::Batch;
+use pending::Pending;
+
+mod client;
+mod list;
+mod object;
+mod pending;
+mod resources;
+mod watch;
+
+pub use client::{Cluster, SOURCE_PREFIX, connect};
+pub use list::load;
+
+/// Updates arriving closer together than this are one burst, taken as one batch...
+const BURST_GAP: Duration = Duration::from_millis(20);
+/// ... unless the burst lasts longer than this: then what came so far is taken.
+const BURST_LONGEST: Duration = Duration::from_millis(200);
+
+/// The cluster's objects as the watches deliver them, for the run loop.
+pub struct ClusterSource {
+    name: String,
+    updates: UnboundedReceiver<watch::Update>,
+    pending: Pending,
+}
+
+impl ClusterSource {
+    /// Starts one watch per kind on the current runtime, serving Services of `classes`.
+    /// They run until this is dropped.
+    pub fn watch(cluster: &Cluster, classes: LoadBalancerClasses) -> Self {
+        let name = cluster.name.clone();
+        let (sender, updates) = mpsc::unbounded_channel();
+        for kind in Kind::ALL {
+            tokio::spawn(watch::watch(
+                cluster.client.clone(),
+                kind,
+                name.clone(),
+                classes.clone(),
+                sender.clone(),
+            ));
+        }
+        Self {
+            name,
+            updates,
+            pending: Pending::default(),
+        }
+    }
+
+    /// The API server, as findings and the log name it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Waits until every kind has been listed and something is pending, taking in the rest
+    /// of a burst first. Cancel-safe: what arrived is kept.
+    pub async fn changed(&mut self) {
+        loop {
+            let Some(update) = self.updates.recv().await else {
+                // Every watch has ended: nothing will come any more.
+                return std::future::pending().await;
+            };
+            self.pending.absorb(update);
+            let longest = Instant::now() + BURST_LONGEST;
+            loop {
+                let gap = (Instant::now() + BURST_GAP).min(longest);
+                tokio::select! {
+                    update = self.updates.recv() => match update {
+                        Some(update) => self.pending.absorb(update),
+                        None => break,
+                    },
+                    _ = sleep_until(gap) => break,
+                }
+            }
+            if self.pending.listed() && !self.pending.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// What arrived since the last batch, as one batch (empty before every kind is listed).
+    pub fn take(&mut self) -> Batch {
+        if self.pending.listed() {
+            self.pending.take()
+        } else {
+            Batch::default()
+        }
+    }
+
+    /// The store refused `batch`, the last one taken: it is pending again.
+    pub fn put_back(&mut self, batch: Batch) {
+        self.pending.put_back(batch);
+    }
+}

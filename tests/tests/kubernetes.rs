@@ -1,0 +1,278 @@
+//! The agent reading a real cluster: etcd and kube-apiserver from `$KUBEBUILDER_ASSETS`
+//! (see `gateway_tests::kube_api`), started on the lab's segment so every node's agent
+//! reaches it through a kubeconfig, objects applied with kubectl as an operator would.
+//! Without `KUBEBUILDER_ASSETS` every test here says it was skipped, and passes.
+//! Needs root, like every lab test.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use gateway_tests::agent::{self, Agent};
+use gateway_tests::eventually;
+use gateway_tests::http::Answer;
+use gateway_tests::kube_api::{self, KubeApi};
+use gateway_tests::lab::{
+    self, CLIENT, ENVOY_W1A, ENVOY_W1B, Lab, LabSpec, SPARE_VIPS, VIP_EXTERNAL, VIP_INTERNAL,
+};
+
+/// How long a change in the cluster may take to show (measured in the bench: well under
+/// a second; this only bounds a failing test).
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A lab whose nodes' agents read the cluster of an API server on the segment. Agents stop
+/// first, then the API server, then the lab.
+struct Cluster {
+    agents: BTreeMap<String, Agent>,
+    api: KubeApi,
+    kubeconfig: PathBuf,
+    spec: LabSpec,
+    lab: Lab,
+}
+
+impl Cluster {
+    /// The lab of `spec` with an API server holding its nodes, pool and policy (services
+    /// too, unless `without_services`), and agents on `nodes`; `None` (after saying why)
+    /// without `KUBEBUILDER_ASSETS`.
+    fn up(
+        test: &str,
+        spec: LabSpec,
+        nodes: &[&str],
+        without_services: bool,
+    ) -> Result<Option<Self>> {
+        let Some(assets) = kube_api::assets_or_skip(test) else {
+            return Ok(None);
+        };
+        let lab = Lab::up(spec.clone().with_teardown_agent(agent::binary()?))?;
+        let api = KubeApi::in_lab(&assets, &lab)?;
+        let mut applied = spec.clone();
+        if without_services {
+            applied.services.clear();
+        }
+        api.apply_lab(&applied)?;
+        let kubeconfig = api.kubeconfig().to_owned();
+        let mut cluster = Self {
+            agents: BTreeMap::new(),
+            api,
+            kubeconfig,
+            spec,
+            lab,
+        };
+        for node in nodes {
+            let agent = Agent::start_in_cluster(&cluster.lab, node, &cluster.kubeconfig)?;
+            cluster.agents.insert((*node).into(), agent);
+        }
+        Ok(Some(cluster))
+    }
+
+    fn agent(&self, node: &str) -> &Agent {
+        &self.agents[node]
+    }
+
+    /// The services of the lab's spec, applied with kubectl.
+    fn apply_services(&self) -> Result<()> {
+        self.api.apply_lab(&self.spec)
+    }
+
+    /// The node whose agent announces `vip`, once exactly one does.
+    fn announcer(&self, vip: Ipv4Addr) -> Result<String> {
+        let announcers = eventually(
+            WAIT,
+            || {
+                let mut announcers = Vec::new();
+                for (node, agent) in &self.agents {
+                    if agent.announced()?.contains(&vip) {
+                        announcers.push(node.clone());
+                    }
+                }
+                Ok(announcers)
+            },
+            |announcers| announcers.len() == 1,
+        )?;
+        match announcers.as_slice() {
+            [one] => Ok(one.clone()),
+            _ => bail!("{vip} is announced by {announcers:?}, not by exactly one node"),
+        }
+    }
+
+    fn get(&self, url: &str) -> Result<Answer> {
+        Answer::parse(&self.lab.client().curl(url, None)?)
+    }
+}
+
+#[test]
+fn a_service_applied_with_kubectl_is_served_to_the_client_with_its_address_kept() -> Result<()> {
+    let Some(c) = Cluster::up(
+        "a_service_applied_with_kubectl_is_served",
+        LabSpec::reference(&lab::unique_prefix("kba")),
+        &["w1", "w2"],
+        true,
+    )?
+    else {
+        return Ok(());
+    };
+    // Nothing is served before the services exist.
+    assert!(
+        c.agent("w1")
+            .json(&["lb", "list"])?
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    c.apply_services()?;
+    for vip in [VIP_INTERNAL, VIP_EXTERNAL] {
+        let announcer = c.announcer(vip)?;
+        let client = c.lab.client();
+        client.flush_neigh()?;
+        assert_eq!(
+            client.arping(vip)?,
+            vec![c.lab.node(&announcer).mac().to_owned()],
+            "ARP for {vip}"
+        );
+        let a = c.get(&format!("http://{vip}:80/"))?;
+        let pods: BTreeSet<String> = c
+            .lab
+            .pods()
+            .iter()
+            .filter(|p| p.node() == announcer)
+            .map(|p| p.name().to_owned())
+            .collect();
+        assert!(pods.contains(&a.backend), "{a:?} not on {announcer}");
+        assert_eq!(a.client.ip(), CLIENT, "no SNAT: the pod sees the client");
+    }
+    // The agents read the cluster and say so.
+    let log = c.agent("w1").log();
+    assert!(
+        log.contains("reading the objects from kubernetes https://"),
+        "{log}"
+    );
+    Ok(())
+}
+
+#[test]
+fn endpoint_changes_follow_into_the_maps() -> Result<()> {
+    let Some(c) = Cluster::up(
+        "endpoint_changes_follow_into_the_maps",
+        LabSpec::reference(&lab::unique_prefix("kbb")),
+        &["w1"],
+        false,
+    )?
+    else {
+        return Ok(());
+    };
+    let frontend = format!("{VIP_EXTERNAL}:80/TCP");
+    let both: BTreeSet<String> = [ENVOY_W1A, ENVOY_W1B]
+        .iter()
+        .map(|a| format!("{a}:8080"))
+        .collect();
+    let w1 = c.agent("w1");
+    let seen = eventually(WAIT, || w1.backends(&frontend), |b| *b == both)?;
+    assert_eq!(seen, both);
+
+    // envoy-w1b stops being ready: only envoy-w1a serves.
+    let mut spec = c.spec.clone();
+    spec.pod_mut("envoy-w1b").ready = false;
+    c.api.apply_lab(&spec)?;
+    let only_a: BTreeSet<String> = [format!("{ENVOY_W1A}:8080")].into();
+    let seen = eventually(WAIT, || w1.backends(&frontend), |b| *b == only_a)?;
+    assert_eq!(seen, only_a);
+
+    // Ready again: both.
+    c.api.apply_lab(&c.spec)?;
+    let seen = eventually(WAIT, || w1.backends(&frontend), |b| *b == both)?;
+    assert_eq!(seen, both);
+    Ok(())
+}
+
+#[test]
+fn an_object_that_cannot_be_served_is_reported_and_the_others_serve() -> Result<()> {
+    let Some(c) = Cluster::up(
+        "an_object_that_cannot_be_served_is_reported",
+        LabSpec::reference(&lab::unique_prefix("kbc")),
+        &["w1", "w2"],
+        false,
+    )?
+    else {
+        return Ok(());
+    };
+    c.announcer(VIP_EXTERNAL)?;
+    // The API server takes this Service; the agent cannot read its VIP request.
+    let broken = "apiVersion: v1\nkind: Service\nmetadata:\n  name: broken\n  namespace: gateway\n  \
+                  annotations:\n    lbipam.cilium.io/ips: not-an-address\nspec:\n  type: LoadBalancer\n  \
+                  ports:\n  - port: 80\n";
+    c.api.apply(broken, &[])?;
+    // Another service applied after it is served all the same.
+    let mut spec = c.spec.clone();
+    let mut added = spec.services[0].clone();
+    added.name = "added".into();
+    added.requested_ip = Some(SPARE_VIPS[0]);
+    spec.services.push(added);
+    c.api.apply_lab(&spec)?;
+    c.announcer(SPARE_VIPS[0])?;
+    let w1 = c.agent("w1");
+    let logged = eventually(
+        WAIT,
+        || Ok(w1.log()),
+        |log| log.contains("Service/gateway/broken"),
+    )?;
+    let line = logged
+        .lines()
+        .find(|l| l.contains("Service/gateway/broken"))
+        .context("no line about the broken service")?;
+    assert!(line.contains("not served"), "{line}");
+    // Still serving what it served.
+    c.announcer(VIP_EXTERNAL)?;
+    Ok(())
+}
+
+#[test]
+fn check_and_doctor_read_the_cluster_without_a_file() -> Result<()> {
+    let Some(assets) = kube_api::assets_or_skip("check_and_doctor_read_the_cluster") else {
+        return Ok(());
+    };
+    let api = KubeApi::own(&assets)?;
+    api.apply_lab(&LabSpec::reference("kbd"))?;
+    let binary = agent::binary()?.display().to_string();
+    let kubeconfig = api.kubeconfig().display().to_string();
+    let out = api.in_ns(&[
+        &binary,
+        "check",
+        "--kubeconfig",
+        &kubeconfig,
+        "--output",
+        "json",
+    ])?;
+    let report: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(report["valid"], true, "{report:#}");
+    assert_eq!(report["file"], format!("kubernetes {}", api.url()));
+    let vips: BTreeSet<&str> = report["allocations"]
+        .as_array()
+        .context("allocations")?
+        .iter()
+        .filter_map(|a| a["vip"].as_str())
+        .collect();
+    assert_eq!(
+        vips,
+        [VIP_INTERNAL.to_string(), VIP_EXTERNAL.to_string()]
+            .iter()
+            .map(String::as_str)
+            .collect()
+    );
+    // `doctor` with no file and no agent reads the cluster too: its object findings name it.
+    let bpffs = api.dir().join("no-bpffs").display().to_string();
+    let doctor = std::process::Command::new("ip")
+        .args(["netns", "exec", api.ns(), &binary, "doctor", "--kubeconfig"])
+        .args([&kubeconfig, "--bpffs", &bpffs, "--output", "json"])
+        .output()?;
+    let findings: serde_json::Value = serde_json::from_slice(&doctor.stdout)
+        .with_context(|| String::from_utf8_lossy(&doctor.stderr).into_owned())?;
+    let text = findings.to_string();
+    assert!(!text.contains("cannot read the objects"), "{findings:#}");
+    assert!(
+        text.contains("cilium-gateway-gateway-external"),
+        "{findings:#}"
+    );
+    Ok(())
+}
