@@ -267,6 +267,8 @@ impl KubeApi {
             format!("--cert-dir={}", pki.display()),
             format!("--token-auth-file={}", p("tokens.csv")),
             "--authorization-mode=RBAC".into(),
+            // As kubeadm's clusters: the DaemonSet's init container is privileged.
+            "--allow-privileged=true".into(),
             "--service-account-issuer=https://kubernetes.default.svc".into(),
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),

@@ -3,7 +3,8 @@
 //! real systemd (a container on a lab node), it does what an operator expects of start,
 //! reload, an edit, restart, a crash and stop; the agent serves with exactly the unit's
 //! capabilities and fails without any one of them; both bpffs guards mount once; the
-//! DaemonSet has what a node agent needs and its example objects validate; the Dockerfile
+//! DaemonSet has what a node agent needs, grants exactly what the agent uses, and applies to a
+//! real API server whose answers to its account match that (with `$KUBEBUILDER_ASSETS`); the Dockerfile
 //! builds the way `cargo xtask setup` installs. The lab, systemd and bpffs tests need root,
 //! and those that run the agent need it built (`cargo build -p gateway-agent`), like the lab
 //! tests; the systemd test boots the Debian root `cargo xtask test` caches under target/
@@ -24,6 +25,7 @@ use gateway_tests::container::{Bind, Container, ContainerSpec};
 use gateway_tests::debian_root;
 use gateway_tests::eventually;
 use gateway_tests::http::{Answer, request};
+use gateway_tests::kube_api::{self, KubeApi};
 use gateway_tests::lab::{self, CLIENT, Lab, LabSpec, PortSpec, SPARE_VIPS, VIP_EXTERNAL};
 use gateway_tests::process::checked;
 use serde::Deserialize;
@@ -34,8 +36,11 @@ const DAEMONSET: &str = "deploy/daemonset.yaml";
 const DOCKERFILE: &str = "deploy/Dockerfile";
 const SETUP: &str = "xtask/src/setup.rs";
 const INSTALLED_AGENT: &str = "/usr/local/bin/gateway-agent";
-/// What the unit, the image and the DaemonSet all run.
+/// What the unit runs: a node without API access reads its objects from a file.
 const RUN_ARGS: [&str; 3] = ["run", "--config", "/etc/gateway/objects.yaml"];
+/// What the image and the DaemonSet run: the cluster, as the pod's service account.
+const POD_RUN_ARGS: [&str; 1] = ["run"];
+const CRDS: &str = "deploy/crds.yaml";
 const NODE: &str = "w1";
 /// The unit as systemd knows it once installed.
 const SERVICE: &str = "gateway-agent";
@@ -786,7 +791,11 @@ fn daemonset_runs_the_agent_on_every_node_in_the_node_network() -> Result<()> {
         .context("Namespace name")?;
     let ds = only(&docs, "DaemonSet")?;
     let account = only(&docs, "ServiceAccount")?;
-    for doc in docs.iter().filter(|d| d["kind"] != "Namespace") {
+    let cluster_scoped = ["Namespace", "ClusterRole", "ClusterRoleBinding"];
+    for doc in docs
+        .iter()
+        .filter(|d| !cluster_scoped.iter().any(|k| d["kind"] == *k))
+    {
         assert_eq!(doc["metadata"]["namespace"], namespace, "{doc}");
     }
     let spec = &ds["spec"];
@@ -811,9 +820,9 @@ fn daemonset_runs_the_agent_on_every_node_in_the_node_network() -> Result<()> {
     let agent = named(&pod["containers"], "agent")?;
     // Metrics on, at the port the pod names `metrics` and its annotations point scrapers at.
     let args = strings(&agent["args"]);
-    assert_eq!(args[..RUN_ARGS.len()], RUN_ARGS);
+    assert_eq!(args[..POD_RUN_ARGS.len()], POD_RUN_ARGS);
     assert_eq!(
-        args[RUN_ARGS.len()..],
+        args[POD_RUN_ARGS.len()..],
         [
             "--metrics-address",
             "0.0.0.0:9655",
@@ -862,6 +871,13 @@ fn daemonset_runs_the_agent_on_every_node_in_the_node_network() -> Result<()> {
         json!({"fieldRef": {"fieldPath": "spec.nodeName"}})
     );
     assert_eq!(
+        named(&agent["env"], "POD_NAMESPACE")?["valueFrom"],
+        json!({"fieldRef": {"fieldPath": "metadata.namespace"}})
+    );
+    // The account's token is mounted: the agent reads the cluster with it.
+    assert_ne!(account["automountServiceAccountToken"], false);
+    assert_ne!(pod["automountServiceAccountToken"], false);
+    assert_eq!(
         strings(&agent["readinessProbe"]["exec"]["command"]),
         ["gateway-agent", "status", "--bpffs", "/sys/fs/bpf/gateway"]
     );
@@ -882,7 +898,7 @@ fn daemonset_runs_the_agent_on_every_node_in_the_node_network() -> Result<()> {
     }
 
     // The node's bpffs, which the privileged init container mounts (Bidirectional, so it
-    // outlives the pod) and the agent sees; the objects file from the ConfigMap.
+    // outlives the pod) and the agent sees; nothing else.
     let bpffs = named(&pod["volumes"], "bpffs")?;
     assert_eq!(
         bpffs["hostPath"],
@@ -900,37 +916,199 @@ fn daemonset_runs_the_agent_on_every_node_in_the_node_network() -> Result<()> {
         &json!({"name": "bpffs", "mountPath": "/sys/fs/bpf", "mountPropagation": "HostToContainer"})
     );
     assert_eq!(
-        named(&agent["volumeMounts"], "config")?,
-        &json!({"name": "config", "mountPath": "/etc/gateway", "readOnly": true})
+        strings(
+            &pod["volumes"]
+                .as_array()
+                .map(|v| v.iter().map(|v| v["name"].clone()).collect())
+                .unwrap_or(Value::Null)
+        ),
+        ["bpffs"]
     );
-    let config_map = only(&docs, "ConfigMap")?;
-    assert_eq!(
-        named(&pod["volumes"], "config")?["configMap"]["name"],
-        config_map["metadata"]["name"]
+    assert!(
+        docs.iter().all(|d| d["kind"] != "ConfigMap"),
+        "no objects file any more"
     );
-    assert!(config_map["data"]["objects.yaml"].is_string());
     Ok(())
 }
 
+/// The rules of the one `kind` (ClusterRole or Role) as (group, resource, verb) triples.
+fn rules(docs: &[Value], kind: &str) -> Result<BTreeSet<(String, String, String)>> {
+    let mut triples = BTreeSet::new();
+    for rule in only(docs, kind)?["rules"].as_array().context("rules")? {
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                for verb in strings(&rule["verbs"]) {
+                    triples.insert((group.to_owned(), resource.to_owned(), verb.to_owned()));
+                }
+            }
+        }
+    }
+    Ok(triples)
+}
+
+fn triples(list: &[(&str, &str, &str)]) -> BTreeSet<(String, String, String)> {
+    list.iter()
+        .map(|(g, r, v)| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// What the agent does with the API, and nothing more: it watches what it serves from,
+/// patches the status of Services and pools, records Events, and holds a Lease in its own
+/// namespace.
+const CLUSTER_RULES: [(&str, &str, &str); 19] = [
+    ("", "services", "get"),
+    ("", "services", "list"),
+    ("", "services", "watch"),
+    ("", "nodes", "get"),
+    ("", "nodes", "list"),
+    ("", "nodes", "watch"),
+    ("discovery.k8s.io", "endpointslices", "get"),
+    ("discovery.k8s.io", "endpointslices", "list"),
+    ("discovery.k8s.io", "endpointslices", "watch"),
+    ("cilium.io", "ciliumloadbalancerippools", "get"),
+    ("cilium.io", "ciliumloadbalancerippools", "list"),
+    ("cilium.io", "ciliumloadbalancerippools", "watch"),
+    ("cilium.io", "ciliuml2announcementpolicies", "get"),
+    ("cilium.io", "ciliuml2announcementpolicies", "list"),
+    ("cilium.io", "ciliuml2announcementpolicies", "watch"),
+    ("", "services/status", "patch"),
+    ("cilium.io", "ciliumloadbalancerippools/status", "patch"),
+    ("events.k8s.io", "events", "create"),
+    ("events.k8s.io", "events", "patch"),
+];
+const LEASE_RULES: [(&str, &str, &str); 3] = [
+    ("coordination.k8s.io", "leases", "get"),
+    ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "update"),
+];
+
 #[test]
-fn daemonset_example_objects_pass_check() -> Result<()> {
+fn daemonset_grants_exactly_what_the_agent_uses() -> Result<()> {
     let docs = manifests()?;
-    let objects = only(&docs, "ConfigMap")?["data"]["objects.yaml"]
-        .as_str()
-        .context("ConfigMap has no objects.yaml")?;
-    let dir = TempDir::new("deploy-objects")?;
-    let file = dir.0.join("objects.yaml");
-    fs::write(&file, objects)?;
-    let out = checked(
-        Command::new(agent::binary()?)
-            .args(["check", "--config"])
-            .arg(&file),
-    )?;
-    let verdict = format!("{}: valid", file.display());
-    assert_eq!(
-        out.lines().next(),
-        Some(verdict.as_str()),
-        "check said: {out}"
+    assert_eq!(rules(&docs, "ClusterRole")?, triples(&CLUSTER_RULES));
+    assert_eq!(rules(&docs, "Role")?, triples(&LEASE_RULES));
+    let account = &only(&docs, "ServiceAccount")?["metadata"];
+    let namespace = &account["namespace"];
+    for (binding, role) in [
+        ("ClusterRoleBinding", "ClusterRole"),
+        ("RoleBinding", "Role"),
+    ] {
+        let binding = only(&docs, binding)?;
+        assert_eq!(
+            binding["roleRef"],
+            json!({"apiGroup": "rbac.authorization.k8s.io", "kind": role,
+                   "name": only(&docs, role)?["metadata"]["name"]})
+        );
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": account["name"], "namespace": namespace}])
+        );
+    }
+    Ok(())
+}
+
+/// `kubectl auth can-i VERB RESOURCE[/SUBRESOURCE]` as `kubeconfig`'s user, in `namespace`.
+fn can_i(
+    api: &KubeApi,
+    kubeconfig: &str,
+    verb: &str,
+    resource: &str,
+    namespace: &str,
+) -> Result<bool> {
+    let what = match resource.split_once('/') {
+        Some((resource, sub)) => format!("{resource} --subresource={sub}"),
+        None => resource.to_owned(),
+    };
+    // `can-i` exits 1 for "no".
+    let out = api.in_ns(&[
+        "sh",
+        "-c",
+        &format!(
+            "kubectl --kubeconfig {kubeconfig} auth can-i {verb} {what} -n {namespace} || true"
+        ),
+    ])?;
+    match out.trim() {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        other => bail!("kubectl auth can-i {verb} {what}: {other}"),
+    }
+}
+
+#[test]
+fn deployment_applies_to_a_real_api_server_and_its_account_can_do_what_the_agent_does_only()
+-> Result<()> {
+    let Some(assets) = kube_api::assets_or_skip("deployment_applies_to_a_real_api_server") else {
+        return Ok(());
+    };
+    let api = KubeApi::own(&assets)?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // A dry run cannot create the namespace its other objects go to.
+    api.ensure_namespace("gateway-system")?;
+    for file in [CRDS, DAEMONSET] {
+        let path = root.join(file).display().to_string();
+        // Checked by the server (schemas, RBAC objects, the DaemonSet's pod) before anything
+        // is stored, then stored.
+        api.kubectl(&["apply", "--dry-run=server", "-f", &path])?;
+        api.kubectl(&["apply", "-f", &path])?;
+        if file == CRDS {
+            api.install_crds()?;
+        }
+    }
+    // The agent's own token, as the kubelet would mount it.
+    let token = api.kubectl(&["create", "token", "gateway-agent", "-n", "gateway-system"])?;
+    let kubeconfig = api.dir().join("agent.kubeconfig");
+    api.write_kubeconfig(&kubeconfig, token.trim())?;
+    let kubeconfig = kubeconfig.display().to_string();
+    for (group, resource, verb) in CLUSTER_RULES {
+        let resource = if group.is_empty() {
+            resource.to_owned()
+        } else {
+            match resource.split_once('/') {
+                Some((plural, sub)) => format!("{plural}.{group}/{sub}"),
+                None => format!("{resource}.{group}"),
+            }
+        };
+        assert!(
+            can_i(&api, &kubeconfig, verb, &resource, "default")?,
+            "{verb} {resource}"
+        );
+    }
+    for (_, resource, verb) in LEASE_RULES {
+        let resource = format!("{resource}.coordination.k8s.io");
+        assert!(
+            can_i(&api, &kubeconfig, verb, &resource, "gateway-system")?,
+            "{verb} {resource}"
+        );
+        assert!(
+            !can_i(&api, &kubeconfig, verb, &resource, "default")?,
+            "{verb} {resource} elsewhere"
+        );
+    }
+    for (verb, resource) in [
+        ("update", "services"),
+        ("patch", "services"),
+        ("delete", "services"),
+        ("create", "services"),
+        ("update", "services/status"),
+        ("patch", "nodes"),
+        ("list", "secrets"),
+        ("list", "pods"),
+        ("patch", "ciliuml2announcementpolicies.cilium.io/status"),
+        ("delete", "ciliumloadbalancerippools.cilium.io"),
+        ("create", "events"),
+        ("delete", "leases.coordination.k8s.io"),
+    ] {
+        assert!(
+            !can_i(&api, &kubeconfig, verb, resource, "gateway-system")?,
+            "{verb} {resource} is not used"
+        );
+    }
+    // With only that, the agent reads the cluster (every kind, discovery included).
+    let binary = agent::binary()?.display().to_string();
+    let out = api.in_ns(&[&binary, "check", "--kubeconfig", &kubeconfig])?;
+    assert!(
+        out.starts_with(&format!("kubernetes {}: valid", api.url())),
+        "{out}"
     );
     Ok(())
 }
@@ -976,7 +1154,10 @@ fn dockerfile_builds_as_xtask_setup_installs() -> Result<()> {
         "COPY --from=builder /src/target/release/gateway-agent {INSTALLED_AGENT}"
     )));
     assert!(has(r#"ENTRYPOINT ["gateway-agent"]"#));
-    let cmd = format!("CMD [{}]", RUN_ARGS.map(|a| format!("\"{a}\"")).join(", "));
+    let cmd = format!(
+        "CMD [{}]",
+        POD_RUN_ARGS.map(|a| format!("\"{a}\"")).join(", ")
+    );
     assert!(has(&cmd), "{DOCKERFILE} lacks `{cmd}`");
     Ok(())
 }
