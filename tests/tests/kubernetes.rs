@@ -276,3 +276,148 @@ fn check_and_doctor_read_the_cluster_without_a_file() -> Result<()> {
     );
     Ok(())
 }
+
+/// Every frontend a node serves with its backends, and the VIPs it answers ARP for.
+type Served = (BTreeMap<String, BTreeSet<String>>, Vec<Ipv4Addr>);
+
+/// What a node serves, as its maps hold it.
+fn served(agent: &Agent) -> Result<Served> {
+    let mut frontends = BTreeMap::new();
+    for frontend in agent.json(&["lb", "list"])?.as_array().context("lb list")? {
+        let name = frontend["frontend"]
+            .as_str()
+            .context("frontend")?
+            .to_owned();
+        frontends.insert(name.clone(), agent.backends(&name)?);
+    }
+    Ok((frontends, agent.announced()?))
+}
+
+/// A Service the lab's spec does not have, requesting `vip`, with the backends of the
+/// external gateway.
+fn added_service(spec: &LabSpec, name: &str, vip: Ipv4Addr) -> LabSpec {
+    let mut spec = spec.clone();
+    let mut added = spec.services[0].clone();
+    added.name = name.into();
+    added.requested_ip = Some(vip);
+    spec.services.push(added);
+    spec
+}
+
+#[test]
+fn the_api_server_going_away_changes_nothing_served_and_the_watches_catch_up() -> Result<()> {
+    let Some(mut c) = Cluster::up(
+        "the_api_server_going_away_changes_nothing_served",
+        LabSpec::reference(&lab::unique_prefix("kbf")),
+        &["w1", "w2"],
+        false,
+    )?
+    else {
+        return Ok(());
+    };
+    let announcer = c.announcer(VIP_EXTERNAL)?;
+    let before: Vec<_> = ["w1", "w2"]
+        .iter()
+        .map(|n| served(c.agent(n)))
+        .collect::<Result<_>>()?;
+
+    // The API server stops (a restart, an upgrade): the agents lose their watches.
+    c.api.stop_apiserver();
+    for (node, agent) in &mut c.agents {
+        agent
+            .wait_for_log("retrying", WAIT)
+            .with_context(|| node.clone())?;
+    }
+    let during: Vec<_> = ["w1", "w2"]
+        .iter()
+        .map(|n| served(c.agent(n)))
+        .collect::<Result<_>>()?;
+    assert_eq!(
+        during, before,
+        "the datapath changed while the API server was away"
+    );
+    let a = c.get(&format!("http://{VIP_EXTERNAL}:80/"))?;
+    assert_eq!(a.client.ip(), CLIENT);
+    c.lab.client().flush_neigh()?;
+    assert_eq!(
+        c.lab.client().arping(VIP_EXTERNAL)?,
+        vec![c.lab.node(&announcer).mac().to_owned()]
+    );
+
+    // Back: a Service created at once is served once the watches have caught up, and
+    // nothing that served before was dropped on the way.
+    c.api.start_apiserver()?;
+    c.api
+        .apply_lab(&added_service(&c.spec, "after-restart", SPARE_VIPS[0]))?;
+    c.announcer(SPARE_VIPS[0])?;
+    // The restarted server's watch cache starts afresh: the watches expired (410 Gone) and
+    // listed again, and what served before still does.
+    for (node, agent) in &c.agents {
+        let log = agent.log();
+        assert!(
+            log.contains("expired (410 Gone): listing again"),
+            "{node}: {log}"
+        );
+    }
+    for (node, before) in ["w1", "w2"].iter().zip(&before) {
+        let (frontends, _) = served(c.agent(node))?;
+        for (frontend, backends) in &before.0 {
+            assert_eq!(
+                frontends.get(frontend),
+                Some(backends),
+                "{node}: {frontend}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_lost_connection_is_noticed_and_what_changed_meanwhile_is_caught_up() -> Result<()> {
+    let Some(mut c) = Cluster::up(
+        "a_lost_connection_is_noticed",
+        LabSpec::reference(&lab::unique_prefix("kbg")),
+        &["w1"],
+        false,
+    )?
+    else {
+        return Ok(());
+    };
+    let w1 = c.agent("w1");
+    let frontend = format!("{VIP_EXTERNAL}:80/TCP");
+    let before = eventually(WAIT, || w1.backends(&frontend), |b| b.len() == 2)?;
+    // The connection to the API server is lost: nothing more arrives from it, attempts to
+    // reconnect are refused, and the open connections are closed under the agent.
+    let ns = c.lab.node("w1").ns();
+    let api = c.api.addr().to_string();
+    let rules = [
+        ["INPUT", "-s", &api, "-j", "DROP"],
+        ["OUTPUT", "-d", &api, "-j", "REJECT"],
+    ];
+    for rule in &rules {
+        ns.run(["iptables", "-A"].iter().chain(rule))?;
+    }
+    ns.run(["ss", "-K", "dst", &api])?;
+    let w1 = c.agents.get_mut("w1").context("w1")?;
+    w1.wait_for_log("retrying until it answers", WAIT)?;
+    let w1 = &*w1;
+    // Meanwhile the cluster changes: a Service is added and an endpoint stops being ready.
+    let mut spec = added_service(&c.spec, "meanwhile", SPARE_VIPS[1]);
+    spec.pod_mut("envoy-w1b").ready = false;
+    c.api.apply_lab(&spec)?;
+    assert_eq!(
+        w1.backends(&frontend)?,
+        before,
+        "w1 cannot have seen the change yet"
+    );
+    for rule in &rules {
+        ns.run(["iptables", "-D"].iter().chain(rule))?;
+    }
+    let only_a: BTreeSet<String> = [format!("{ENVOY_W1A}:8080")].into();
+    let seen = eventually(WAIT, || w1.backends(&frontend), |b| *b == only_a)?;
+    assert_eq!(seen, only_a);
+    let added = format!("{}:80/TCP", SPARE_VIPS[1]);
+    let seen = eventually(WAIT, || w1.backends(&added), |b| !b.is_empty())?;
+    assert_eq!(seen, only_a);
+    Ok(())
+}

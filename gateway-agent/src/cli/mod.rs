@@ -441,7 +441,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
 /// Parses the command line, runs the command, and turns errors into a message and an exit
 /// status: 2 when the objects are refused (`check`'s rule), 1 for any other failure.
 pub fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // kube-rs logs each failed request itself; the agent says once what failed and why.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,kube_client=off"),
+    )
+    .init();
     match dispatch(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

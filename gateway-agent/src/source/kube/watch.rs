@@ -16,7 +16,7 @@ use kube::api::{Api, DynamicObject};
 use kube::core::ApiResource;
 use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
-use log::{info, warn};
+use log::{debug, info, warn};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::object::{judge, object_ref};
@@ -124,7 +124,12 @@ async fn watch_resource(
     let mut events = watcher(api, config).backoff(Retry::default()).boxed();
     let mut relist: Option<Vec<Outcome>> = None;
     let what = format!("{} ({})", kind.name(), resource.api_version);
+    // Retries are logged once per outage, not once per attempt.
+    let mut failing = false;
     while let Some(event) = events.next().await {
+        if event.is_ok() && std::mem::take(&mut failing) {
+            info!("watching {what} again");
+        }
         let update = match event {
             Ok(watcher::Event::Init) => {
                 relist = Some(Vec::new());
@@ -148,7 +153,15 @@ async fn watch_resource(
                     warn!("{what} is no longer served: {error}");
                     return true;
                 }
-                warn!("watching {what}: {error}; retrying");
+                if is_expired(&error) {
+                    // The watcher lists again; the store keeps every object until the new
+                    // list replaces the kind whole.
+                    info!("the watch of {what} expired (410 Gone): listing again");
+                } else if !std::mem::replace(&mut failing, true) {
+                    warn!("watching {what}: {error}; retrying until it answers");
+                } else {
+                    debug!("watching {what}: {error}; retrying");
+                }
                 continue;
             }
         };
@@ -157,6 +170,12 @@ async fn watch_resource(
         }
     }
     true
+}
+
+/// The server no longer has the resource version the watch resumes from (410 Gone): the
+/// watcher starts over with a list.
+fn is_expired(error: &watcher::Error) -> bool {
+    matches!(error, watcher::Error::WatchError(status) if status.code == 410)
 }
 
 /// The resource itself is gone (its CRD was removed, or the version no longer served).
