@@ -15,6 +15,7 @@
 //! | `cli` | the commands and their output: `check` and `doctor` read the objects as the agent does; `check` and `run` share one exit status rule |
 //! | `metrics` | `run --metrics-address`: what the pinned maps and the run loop count, for Prometheus |
 //! | `cluster` | failover between nodes: the `gateway-cluster` state machine (membership, claims, leases) and its UDP transport |
+//! | `writeback` | the VIPs and the reasons written to the objects' status, by the one agent holding a Lease |
 //! | `capacity` | map sizes from the capacity flags |
 
 pub mod agent;
@@ -28,3 +29,4 @@ pub mod model;
 pub mod plan;
 pub mod source;
 pub mod store;
+pub mod writeback;

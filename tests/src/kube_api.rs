@@ -23,6 +23,11 @@ use crate::process::{self, Process};
 
 /// The two Cilium kinds' definitions, as an operator applies them.
 pub const CRDS: &str = include_str!("../../deploy/crds.yaml");
+/// The DaemonSet with its namespace, ServiceAccount and RBAC, as an operator applies it.
+pub const DEPLOYMENT: &str = include_str!("../../deploy/daemonset.yaml");
+/// The agent's namespace and ServiceAccount in [`DEPLOYMENT`].
+pub const AGENT_NAMESPACE: &str = "gateway-system";
+pub const AGENT_ACCOUNT: &str = "gateway-agent";
 
 /// The variable naming the directory with `kube-apiserver` and `etcd`.
 pub const ASSETS_VAR: &str = "KUBEBUILDER_ASSETS";
@@ -372,6 +377,17 @@ impl KubeApi {
         }
         self.apply(&lab::config_json(spec)?, &[])?;
         Ok(())
+    }
+
+    /// Applies [`DEPLOYMENT`] (nothing runs its DaemonSet: there is no controller-manager)
+    /// and writes a kubeconfig with a token of the agent's ServiceAccount, as the kubelet
+    /// would mount it; returns its path.
+    pub fn agent_kubeconfig(&self) -> Result<PathBuf> {
+        self.apply(DEPLOYMENT, &[])?;
+        let token = self.kubectl(&["create", "token", AGENT_ACCOUNT, "-n", AGENT_NAMESPACE])?;
+        let path = self.dir.join("agent.kubeconfig");
+        self.write_kubeconfig(&path, token.trim())?;
+        Ok(path)
     }
 
     /// Creates `namespace` unless it exists.

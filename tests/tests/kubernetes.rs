@@ -20,7 +20,7 @@ use gateway_tests::lab::{
 
 /// How long a change in the cluster may take to show (measured in the bench: well under
 /// a second; this only bounds a failing test).
-const WAIT: Duration = Duration::from_secs(20);
+const WAIT: Duration = Duration::from_secs(30);
 
 /// A lab whose nodes' agents read the cluster of an API server on the segment. Agents stop
 /// first, then the API server, then the lab.
@@ -42,6 +42,18 @@ impl Cluster {
         nodes: &[&str],
         without_services: bool,
     ) -> Result<Option<Self>> {
+        Self::up_as(test, spec, nodes, without_services, false)
+    }
+
+    /// [`Cluster::up`]; with `as_agent_account`, the agents read and write as the
+    /// DaemonSet's ServiceAccount, with exactly its RBAC.
+    fn up_as(
+        test: &str,
+        spec: LabSpec,
+        nodes: &[&str],
+        without_services: bool,
+        as_agent_account: bool,
+    ) -> Result<Option<Self>> {
         let Some(assets) = kube_api::assets_or_skip(test) else {
             return Ok(None);
         };
@@ -52,7 +64,11 @@ impl Cluster {
             applied.services.clear();
         }
         api.apply_lab(&applied)?;
-        let kubeconfig = api.kubeconfig().to_owned();
+        let kubeconfig = if as_agent_account {
+            api.agent_kubeconfig()?
+        } else {
+            api.kubeconfig().to_owned()
+        };
         let mut cluster = Self {
             agents: BTreeMap::new(),
             api,
@@ -100,7 +116,59 @@ impl Cluster {
     fn get(&self, url: &str) -> Result<Answer> {
         Answer::parse(&self.lab.client().curl(url, None)?)
     }
+
+    fn start(&mut self, node: &str) -> Result<()> {
+        let agent = Agent::start_in_cluster(&self.lab, node, &self.kubeconfig)?;
+        self.agents.insert(node.into(), agent);
+        Ok(())
+    }
+
+    /// `kubectl get -o jsonpath=PATH` of `object` (`svc/NAME -n NS`, ...).
+    fn jsonpath(&self, object: &[&str], path: &str) -> Result<String> {
+        let mut args = vec!["get"];
+        args.extend_from_slice(object);
+        let path = format!("-o=jsonpath={path}");
+        args.push(&path);
+        self.api.kubectl(&args)
+    }
+
+    /// The EXTERNAL-IP of Service `gateway/NAME` once it has one (empty if it never does).
+    fn external_ip(&self, name: &str) -> Result<String> {
+        eventually(
+            WAIT,
+            || {
+                self.jsonpath(
+                    &["svc", name, "-n", "gateway"],
+                    "{.status.loadBalancer.ingress[*].ip}",
+                )
+            },
+            |ip| !ip.is_empty(),
+        )
+    }
+
+    /// Who holds the status Lease, once someone does.
+    fn lease_holder(&self) -> Result<String> {
+        eventually(
+            WAIT,
+            || {
+                self.jsonpath(
+                    &[
+                        "lease",
+                        "gateway-agent-status",
+                        "-n",
+                        kube_api::AGENT_NAMESPACE,
+                    ],
+                    "{.spec.holderIdentity}",
+                )
+                .or_else(|_| Ok(String::new()))
+            },
+            |holder| !holder.is_empty(),
+        )
+    }
 }
+
+/// What the agent logs when it starts or stops writing status.
+const LEADS: &str = "holds the Lease";
 
 #[test]
 fn a_service_applied_with_kubectl_is_served_to_the_client_with_its_address_kept() -> Result<()> {
@@ -210,7 +278,8 @@ fn an_object_that_cannot_be_served_is_reported_and_the_others_serve() -> Result<
     added.requested_ip = Some(SPARE_VIPS[0]);
     spec.services.push(added);
     c.api.apply_lab(&spec)?;
-    c.announcer(SPARE_VIPS[0])?;
+    c.announcer(SPARE_VIPS[0])
+        .with_context(|| c.agent("w1").log())?;
     let w1 = c.agent("w1");
     let logged = eventually(
         WAIT,
@@ -419,5 +488,118 @@ fn a_lost_connection_is_noticed_and_what_changed_meanwhile_is_caught_up() -> Res
     let added = format!("{}:80/TCP", SPARE_VIPS[1]);
     let seen = eventually(WAIT, || w1.backends(&added), |b| !b.is_empty())?;
     assert_eq!(seen, only_a);
+    Ok(())
+}
+
+#[test]
+fn one_of_two_agents_writes_status_and_hands_over_when_it_stops() -> Result<()> {
+    let mut spec = LabSpec::reference(&lab::unique_prefix("kbh"));
+    // Two services without a requested VIP, taken in creation order: the first gets the
+    // pool's lowest free address, the second the next one.
+    for name in ["first-dynamic", "second-dynamic"] {
+        let mut service = spec.services[0].clone();
+        service.name = name.into();
+        service.requested_ip = None;
+        spec.services.push(service);
+    }
+    let Some(mut c) = Cluster::up_as(
+        "one_of_two_agents_writes_status",
+        spec,
+        &["w1", "w2"],
+        false,
+        true,
+    )?
+    else {
+        return Ok(());
+    };
+    let holder = c.lease_holder()?;
+    assert!(["w1", "w2"].contains(&holder.as_str()), "{holder}");
+    let other = if holder == "w1" { "w2" } else { "w1" };
+    let first = c.external_ip("first-dynamic")?;
+    let second = c.external_ip("second-dynamic")?;
+    assert_ne!(first, second);
+    // Only the holder wrote; the other computed the same and wrote nothing.
+    c.agents
+        .get_mut(holder.as_str())
+        .context("holder")?
+        .wait_for_log("wrote the status", WAIT)?;
+    assert!(c.agent(&holder).log().contains(LEADS));
+    assert!(
+        !c.agent(other).log().contains(LEADS),
+        "{}",
+        c.agent(other).log()
+    );
+    assert!(!c.agent(other).log().contains("wrote the status"));
+    // Pools show their counts, as `kubectl get ippools` with Cilium; Services have Events.
+    let used = eventually(
+        WAIT,
+        || {
+            c.jsonpath(
+                &["ippools", "first-pool"],
+                "{.status.conditions[?(@.type==\"cilium.io/IPsUsed\")].message}",
+            )
+        },
+        |used| used == "4",
+    )?;
+    assert_eq!(used, "4");
+    let events = eventually(
+        WAIT,
+        || {
+            c.api
+                .kubectl(&["get", "events.events.k8s.io", "-n", "gateway", "-o", "name"])
+        },
+        |events| !events.is_empty(),
+    )?;
+    assert!(!events.is_empty());
+    let reasons = c.api.kubectl(&[
+        "get",
+        "events.events.k8s.io",
+        "-n",
+        "gateway",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ])?;
+    assert!(reasons.contains("Satisfied"), "{reasons}");
+
+    // The holder stops: it gives the Lease up, the other takes over at its next read.
+    c.agents.remove(holder.as_str()).context("holder")?.stop();
+    let taken = eventually(WAIT, || c.lease_holder(), |h| h.as_str() == other)?;
+    assert_eq!(taken, other);
+    c.agents
+        .get_mut(other)
+        .context("other")?
+        .wait_for_log(LEADS, WAIT)?;
+    // The new writer writes: a Service added now gets its VIP in status.
+    let mut spec = c.spec.clone();
+    let mut added = spec.services[0].clone();
+    added.name = "after-handover".into();
+    added.requested_ip = Some(SPARE_VIPS[0]);
+    // No endpoints: a backend serves at most four frontends, and the lab's already do.
+    added.backends.clear();
+    spec.services.push(added);
+    c.api.apply_lab(&spec)?;
+    assert_eq!(c.external_ip("after-handover")?, SPARE_VIPS[0].to_string());
+
+    // Allocations are read back from status: with the first dynamic service gone and every
+    // agent restarted, the second keeps its VIP (the lowest free address would be the
+    // first's).
+    c.api
+        .kubectl(&["delete", "svc", "first-dynamic", "-n", "gateway"])?;
+    let names: Vec<String> = c.agents.keys().cloned().collect();
+    for node in names {
+        c.agents.remove(&node).context("agent")?.stop();
+    }
+    c.start("w1")?;
+    c.start("w2")?;
+    c.lease_holder()?;
+    let w1 = c.agent("w1");
+    let kept = eventually(
+        WAIT,
+        || Ok(w1.json(&["lb", "list"])?.to_string()),
+        |lb| lb.contains(&format!("{second}:80/TCP")),
+    )?;
+    assert!(kept.contains(&format!("{second}:80/TCP")), "{kept}");
+    assert!(!kept.contains(&format!("{first}:80/TCP")), "{kept}");
+    assert_eq!(c.external_ip("second-dynamic")?, second);
     Ok(())
 }

@@ -23,6 +23,7 @@
 //! | `garp.rs` | gratuitous ARP for the announcements that started |
 //! | `hairpin.rs` | `gw_hairpin` following the VIPs this node answers ARP for, and the hairpin programs on `--cgroup` |
 //! | `cluster.rs` | who announces: alone, what the model elects; with other agents, what the cluster gives this node (its socket and timers are two arms of the loop) |
+//! | `writeback.rs` | the status every read calls for, handed to the write-back (cluster mode) |
 //!
 //! An input of the loop (a source, a timer, a socket) lives in its own file and adds one
 //! arm to [`Agent::serve`]'s `select!`, or a task spawned before it (the metrics endpoint).
@@ -34,6 +35,7 @@ mod garp;
 mod hairpin;
 mod objects;
 mod watch;
+mod writeback;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,12 +63,15 @@ use crate::{
     model::DesiredState,
     plan::{Interface, MapState},
     source::{Origin, kube},
+    writeback::{Observed, StatusWriter},
 };
 use apply::summary;
 use objects::{Objects, Proposal};
 
 pub struct RunOptions {
     pub origin: Origin,
+    /// Where the Lease that chooses the status writer lives (cluster mode).
+    pub lease_namespace: String,
     pub node_name: String,
     pub devices: Regex,
     pub bpffs: PathBuf,
@@ -121,6 +126,8 @@ struct Agent {
     cluster: cluster::Cluster,
     /// This node's own connections to the VIPs it announces.
     hairpin: hairpin::Hairpin,
+    /// Cluster mode: the write-back of VIPs and reasons to the objects' status.
+    status: Option<StatusWriter>,
 }
 
 impl Agent {
@@ -129,12 +136,20 @@ impl Agent {
         // Validate everything before touching the kernel: a bad file must not replace (or
         // even pin anything next to) what a previous run left serving.
         let interfaces = selected_interfaces(&options)?;
-        let mut objects = match &options.origin {
-            Origin::File(path) => Objects::file(path, options.classes.clone()),
+        let (mut objects, status) = match &options.origin {
+            Origin::File(path) => (Objects::file(path, options.classes.clone()), None),
             Origin::Cluster { kubeconfig } => {
                 let cluster = kube::connect(kubeconfig.as_deref()).await?;
                 info!("reading the objects from {}", cluster.name);
-                Objects::cluster(&cluster, options.classes.clone())
+                let observed = Observed::default();
+                let status = StatusWriter::start(
+                    &cluster,
+                    &options.lease_namespace,
+                    &options.node_name,
+                    observed.clone(),
+                );
+                let objects = Objects::cluster(&cluster, options.classes.clone(), observed);
+                (objects, Some(status))
             }
         };
         let proposal = objects
@@ -192,6 +207,7 @@ impl Agent {
             metrics: AgentMetrics::default(),
             cluster,
             hairpin,
+            status,
         };
 
         let maps = &mut agent.datapath.maps;
@@ -250,6 +266,7 @@ impl Agent {
             agent.garp.announce(*key, *mac, now);
         }
         agent.objects.served();
+        agent.publish_status();
         agent.record.last_applied_unix = unix_now();
         agent.datapath.maps.write_agent(&agent.record)?;
         info!(
@@ -329,6 +346,7 @@ impl Agent {
                 drop(previous);
                 self.metrics.reload_applied(started.elapsed());
                 self.objects.served();
+                self.publish_status();
                 self.record.reloads += 1;
                 self.record.last_applied_unix = unix_now();
                 self.record.refused = 0;
@@ -392,6 +410,10 @@ impl Agent {
             "stopping; the datapath stays attached and keeps serving (`gateway-agent teardown --bpffs {}` removes it)",
             self.options.bpffs.display()
         );
+        // Another agent takes the writing over at once.
+        if let Some(status) = self.status.take() {
+            status.stop().await;
+        }
         Ok(())
     }
 }

@@ -17,6 +17,7 @@ use crate::plan::Interface;
 use crate::source::file::{Documents, FileSource};
 use crate::source::kube::{Cluster, ClusterSource};
 use crate::store::{Batch, Store, Undo};
+use crate::writeback::Observed;
 
 pub(super) struct Objects {
     source: Source,
@@ -68,9 +69,18 @@ impl Objects {
         })
     }
 
-    /// The cluster's objects, as its watches deliver them.
-    pub(super) fn cluster(cluster: &Cluster, classes: LoadBalancerClasses) -> Self {
-        Self::new(Source::Cluster(ClusterSource::watch(cluster, classes)))
+    /// The cluster's objects, as its watches deliver them; `observed` follows the status of
+    /// the objects the agent writes back.
+    pub(super) fn cluster(
+        cluster: &Cluster,
+        classes: LoadBalancerClasses,
+        observed: Observed,
+    ) -> Self {
+        Self::new(Source::Cluster(ClusterSource::watch(
+            cluster,
+            classes,
+            Some(observed),
+        )))
     }
 
     fn new(source: Source) -> Self {

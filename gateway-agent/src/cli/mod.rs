@@ -163,6 +163,10 @@ struct RunArgs {
     /// This node's name, as in its Node object and the endpoints' nodeName.
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
+    /// Reading the cluster: the namespace of the Lease that chooses the one agent writing
+    /// VIPs and reasons to the objects' status.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "gateway-system")]
+    lease_namespace: String,
     /// Interfaces that get the TC programs (regex).
     #[arg(long, default_value = "^e")]
     devices: Regex,
@@ -348,6 +352,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 .context("starting the runtime")?;
             runtime.block_on(agent::run(RunOptions {
                 origin: args.objects.origin(),
+                lease_namespace: args.lease_namespace,
                 node_name: args.node_name,
                 devices: args.devices,
                 bpffs: args.bpffs,

@@ -78,7 +78,7 @@ fn parse_duration_ms(text: &str) -> Option<f64> {
 }
 
 /// The duration the agent logged after `marker` (e.g. "serving after ").
-fn logged_ms(line: &str, marker: &str) -> Result<f64> {
+pub(super) fn logged_ms(line: &str, marker: &str) -> Result<f64> {
     let rest = &line[line
         .find(marker)
         .with_context(|| format!("no {marker:?} in {line}"))?
@@ -87,7 +87,7 @@ fn logged_ms(line: &str, marker: &str) -> Result<f64> {
     parse_duration_ms(token).with_context(|| format!("no duration after {marker:?} in {line}"))
 }
 
-fn peak_rss_mib(pid: u32) -> Result<f64> {
+pub(super) fn peak_rss_mib(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: f64 = status
         .lines()

@@ -1,7 +1,8 @@
 //! `cargo xtask bench [--quick]`: the datapath's cost per packet against an empty program,
 //! end-to-end throughput against kube-proxy-shaped iptables and no load balancer at all, the
-//! control plane at scale, failover between nodes, and what hairpin's socket hooks cost
-//! the node's other connections, in one run on this machine. Writes target/bench/report.md,
+//! control plane at scale, failover between nodes, what hairpin's socket hooks cost the
+//! node's other connections, and the agent reading a real cluster (with `$KUBEBUILDER_ASSETS`),
+//! in one run on this machine. Writes target/bench/report.md,
 //! report.json and chart.svg. `--quick` is the small smoke version the test suite runs so the
 //! harness cannot rot; its figures are not figures.
 
@@ -9,6 +10,7 @@ mod control;
 mod e2e;
 mod failover;
 mod hairpin;
+mod kubernetes;
 mod objects;
 mod report;
 
@@ -16,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
+use gateway_tests::kube_api;
 use gateway_tests::lab::Lab;
 
 use crate::{cmd, setup};
@@ -63,6 +66,27 @@ pub enum Part {
     Remote,
     /// What hairpin's socket hooks cost the node's other connect()s
     Hairpin,
+    /// The agent reading a real API server ($KUBEBUILDER_ASSETS): cold start, a Service
+    /// applied with kubectl, endpoint changes, requests while idle
+    Kubernetes,
+}
+
+/// The kubernetes part, or `None` after saying why it was skipped.
+fn kubernetes_part(
+    binary: &Path,
+    quick: bool,
+    services: usize,
+    per_service: usize,
+) -> Result<Option<kubernetes::Kubernetes>> {
+    let Some(assets) = kube_api::assets_or_skip("the kubernetes part of the benchmark") else {
+        return Ok(None);
+    };
+    let settings = kubernetes::Settings {
+        services,
+        per_service,
+        idle: std::time::Duration::from_secs(if quick { 3 } else { 30 }),
+    };
+    kubernetes::run(&assets, binary, &settings).map(Some)
 }
 
 /// Where cargo builds, as cargo itself decides it.
@@ -180,6 +204,16 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
             println!("{md}");
             return Ok(());
         }
+        Some(Part::Kubernetes) => {
+            if let Some(figures) = kubernetes_part(&binary, quick, services, per_service)? {
+                println!("{}", serde_json::to_string_pretty(&figures)?);
+                for (what, value, target, pass) in kubernetes::checks(&figures) {
+                    let verdict = if pass { "met" } else { "NOT MET" };
+                    println!("{what}: {value} (target {target}): {verdict}");
+                }
+            }
+            return Ok(());
+        }
         None => {}
     }
 
@@ -210,6 +244,8 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
     // The control plane's run left its own objects: the hooks' VIPs are the lab's again.
     let hairpin = hairpin::run(&lab, &binary, &hairpin_client, rounds, seconds)?;
     drop(lab);
+    eprintln!("== the agent reading a real cluster");
+    let kubernetes = kubernetes_part(&binary, quick, services, per_service)?;
 
     eprintln!("== failover, in the failover lab");
     let failover = failover::run(&binary, kills, restarts)?;
@@ -221,6 +257,14 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
     );
     checks.extend(failover::checks(&failover));
     checks.push(report::hairpin_check(&hairpin));
+    checks.extend(kubernetes.iter().flat_map(kubernetes::checks).map(
+        |(what, value, target, pass)| report::Check {
+            what,
+            value,
+            target,
+            pass,
+        },
+    ));
     let report = report::Report {
         date: today(),
         machine: machine(),
@@ -234,6 +278,7 @@ pub fn run(workspace: &Path, quick: bool, only: Option<Part>) -> Result<()> {
         control_plane,
         failover,
         hairpin,
+        kubernetes,
         checks,
     };
     std::fs::write(

@@ -12,6 +12,7 @@ use super::control::ControlPlane;
 use super::e2e::{DatapathTime, Metric, Path3, Throughput};
 use super::failover::{self, FailoverRun};
 use super::hairpin::HairpinCost;
+use super::kubernetes::Kubernetes;
 
 /// One datapath case as the datapath benchmark writes it.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -63,6 +64,8 @@ pub struct Report {
     pub control_plane: ControlPlane,
     pub failover: FailoverRun,
     pub hairpin: HairpinCost,
+    /// `None` without `$KUBEBUILDER_ASSETS`.
+    pub kubernetes: Option<Kubernetes>,
     pub checks: Vec<Check>,
 }
 
@@ -437,6 +440,63 @@ pub fn markdown(r: &Report) -> String {
         "| a metrics scrape over all of it ({:.0} KiB; peak RSS {:.1} MiB after it) | | {:.0} ms |",
         c.scrape_kib, c.scrape_peak_rss_mib, c.scrape_ms
     );
+    match &r.kubernetes {
+        Some(k) => {
+            let _ = writeln!(
+                md,
+                "\n## Reading a real cluster\n\nkube-apiserver and etcd from `$KUBEBUILDER_ASSETS` on the \
+                 lab's segment; {} services x {} endpoints in the cluster; times from starting kubectl.\n",
+                k.services, k.backends_per_service
+            );
+            let _ = writeln!(md, "| | measured |\n|---|---|");
+            for (what, value) in [
+                (
+                    "programmed from a cold start (agent's own figure)",
+                    format!("{:.0} ms", k.program_ms),
+                ),
+                (
+                    "the same from outside",
+                    format!("{:.0} ms", k.program_wall_ms),
+                ),
+                ("peak RSS", format!("{:.1} MiB", k.peak_rss_mib)),
+                (
+                    "kubectl apply of one Service and its EndpointSlice",
+                    format!("{:.0} ms", k.apply_kubectl_ms),
+                ),
+                (
+                    "its VIP announced in the node's maps",
+                    format!("{:.0} ms", k.apply_announced_ms),
+                ),
+                (
+                    "ARP answered and a request reaching the pod",
+                    format!("{:.0} ms", k.apply_served_ms),
+                ),
+                (
+                    "an endpoint becoming ready, in the maps",
+                    format!("{:.0} ms", k.endpoint_ready_ms),
+                ),
+                (
+                    "an endpoint going away, out of the maps",
+                    format!("{:.0} ms", k.endpoint_gone_ms),
+                ),
+                (
+                    "LIST / WATCH requests while idle",
+                    format!(
+                        "{} / {} in {:.0} s",
+                        k.idle_lists, k.idle_watches, k.idle_window_s
+                    ),
+                ),
+            ] {
+                let _ = writeln!(md, "| {what} | {value} |");
+            }
+        }
+        None => {
+            let _ = writeln!(
+                md,
+                "\n## Reading a real cluster\n\nNot measured: `KUBEBUILDER_ASSETS` was not set."
+            );
+        }
+    }
     md.push_str(&failover::markdown(&r.failover));
     let _ = writeln!(md, "\n![scaling](chart.svg)");
     md

@@ -25,13 +25,14 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::config::{Kind, LoadBalancerClasses};
 use crate::store::Batch;
+use crate::writeback::Observed;
 use pending::Pending;
 
 mod client;
 mod list;
 mod object;
 mod pending;
-mod resources;
+pub(crate) mod resources;
 mod watch;
 
 pub use client::{Cluster, SOURCE_PREFIX, connect};
@@ -51,8 +52,13 @@ pub struct ClusterSource {
 
 impl ClusterSource {
     /// Starts one watch per kind on the current runtime, serving Services of `classes`.
-    /// They run until this is dropped.
-    pub fn watch(cluster: &Cluster, classes: LoadBalancerClasses) -> Self {
+    /// They run until this is dropped. `observed`, when given, is kept up to date with the
+    /// status of the objects whose status the agent writes.
+    pub fn watch(
+        cluster: &Cluster,
+        classes: LoadBalancerClasses,
+        observed: Option<Observed>,
+    ) -> Self {
         let name = cluster.name.clone();
         let (sender, updates) = mpsc::unbounded_channel();
         for kind in Kind::ALL {
@@ -62,6 +68,7 @@ impl ClusterSource {
                 name.clone(),
                 classes.clone(),
                 sender.clone(),
+                observed.clone(),
             ));
         }
         Self {

@@ -23,6 +23,8 @@ use super::object::{judge, object_ref};
 use super::resources;
 use crate::config::{Finding, Kind, LoadBalancerClasses, ObjectRef, Reason, Severity};
 use crate::store::Entry;
+use crate::writeback::Observed;
+use crate::writeback::observed::Seen;
 
 /// What the agent makes of one object.
 #[derive(Debug)]
@@ -64,7 +66,10 @@ pub(crate) async fn watch(
     source: String,
     classes: LoadBalancerClasses,
     updates: UnboundedSender<Update>,
+    observed: Option<Observed>,
 ) {
+    // Only the kinds whose status the agent writes are observed.
+    let observed = observed.filter(|_| Observed::covers(kind));
     let mut reported_missing = false;
     loop {
         let resource = match resources::built_in(kind) {
@@ -104,7 +109,16 @@ pub(crate) async fn watch(
             },
         };
         reported_missing = false;
-        if !watch_resource(&client, kind, &resource, (&source, &classes), &updates).await {
+        if !watch_resource(
+            &client,
+            kind,
+            &resource,
+            (&source, &classes),
+            &updates,
+            observed.as_ref(),
+        )
+        .await
+        {
             return;
         }
     }
@@ -118,11 +132,13 @@ async fn watch_resource(
     resource: &ApiResource,
     (source, classes): (&str, &LoadBalancerClasses),
     updates: &UnboundedSender<Update>,
+    observed: Option<&Observed>,
 ) -> bool {
     let api: Api<DynamicObject> = Api::all_with(client.clone(), resource);
     let config = watcher::Config::default().timeout(WATCH_TIMEOUT_SECS);
     let mut events = watcher(api, config).backoff(Retry::default()).boxed();
     let mut relist: Option<Vec<Outcome>> = None;
+    let mut relisted_statuses: Vec<(ObjectRef, Seen)> = Vec::new();
     let what = format!("{} ({})", kind.name(), resource.api_version);
     // Retries are logged once per outage, not once per attempt.
     let mut failing = false;
@@ -133,9 +149,14 @@ async fn watch_resource(
         let update = match event {
             Ok(watcher::Event::Init) => {
                 relist = Some(Vec::new());
+                relisted_statuses.clear();
                 continue;
             }
             Ok(watcher::Event::InitApply(raw)) => {
+                if observed.is_some() {
+                    let object = object_ref(kind, &raw.metadata);
+                    relisted_statuses.push((object, Observed::seen(&raw)));
+                }
                 relist
                     .get_or_insert_with(Vec::new)
                     .push(judge(kind, raw, source, classes));
@@ -144,10 +165,24 @@ async fn watch_resource(
             Ok(watcher::Event::InitDone) => {
                 let outcomes = relist.take().unwrap_or_default();
                 info!("listed {what}: {} objects", outcomes.len());
+                if let Some(observed) = observed {
+                    observed.replace(kind, std::mem::take(&mut relisted_statuses));
+                }
                 Update::Relist(kind, outcomes)
             }
-            Ok(watcher::Event::Apply(raw)) => Update::Changed(judge(kind, raw, source, classes)),
-            Ok(watcher::Event::Delete(raw)) => Update::Deleted(object_ref(kind, &raw.metadata)),
+            Ok(watcher::Event::Apply(raw)) => {
+                if let Some(observed) = observed {
+                    observed.record(kind, &object_ref(kind, &raw.metadata), &raw);
+                }
+                Update::Changed(judge(kind, raw, source, classes))
+            }
+            Ok(watcher::Event::Delete(raw)) => {
+                let object = object_ref(kind, &raw.metadata);
+                if let Some(observed) = observed {
+                    observed.forget(kind, &object);
+                }
+                Update::Deleted(object)
+            }
             Err(error) => {
                 if is_not_found(&error) {
                     warn!("{what} is no longer served: {error}");
