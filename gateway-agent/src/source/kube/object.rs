@@ -4,6 +4,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
+use serde_json::{Map, Value};
 
 use super::watch::Outcome;
 use crate::config::{Diagnostics, Finding, Kind, LoadBalancerClasses, ObjectRef, Reason, Severity};
@@ -33,15 +34,21 @@ pub(crate) fn judge(
     classes: &LoadBalancerClasses,
 ) -> Outcome {
     let object = object_ref(kind, &raw.metadata);
-    let document = match serde_json::to_value(raw) {
-        Ok(document) => document,
+    // The object as the API server sent it; only the metadata is serialized again.
+    let mut document = match raw.data {
+        Value::Object(fields) => fields,
+        _ => Map::new(),
+    };
+    match serde_json::to_value(&raw.metadata) {
+        Ok(metadata) => document.insert("metadata".into(), metadata),
         Err(error) => {
             return Outcome::Rejected(
                 object.clone(),
-                vec![rejection(source, &object, "", &error.to_string())],
+                vec![rejection(source, &object, "metadata", &error.to_string())],
             );
         }
     };
+    let document = Value::Object(document);
     let mut diagnostics = Diagnostics::new(source);
     let converted = convert(
         kind,

@@ -8,7 +8,7 @@
 //! server does not serve (no CRD) is reported missing, so the others serve, and looked for
 //! again now and then until it appears.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use kube::Client;
@@ -139,6 +139,7 @@ async fn watch_resource(
     let mut events = watcher(api, config).backoff(Retry::default()).boxed();
     let mut relist: Option<Vec<Outcome>> = None;
     let mut relisted_statuses: Vec<(ObjectRef, Seen)> = Vec::new();
+    let mut list_started = Instant::now();
     let what = format!("{} ({})", kind.name(), resource.api_version);
     // Retries are logged once per outage, not once per attempt.
     let mut failing = false;
@@ -149,6 +150,7 @@ async fn watch_resource(
         let update = match event {
             Ok(watcher::Event::Init) => {
                 relist = Some(Vec::new());
+                list_started = Instant::now();
                 relisted_statuses.clear();
                 continue;
             }
@@ -164,7 +166,11 @@ async fn watch_resource(
             }
             Ok(watcher::Event::InitDone) => {
                 let outcomes = relist.take().unwrap_or_default();
-                info!("listed {what}: {} objects", outcomes.len());
+                info!(
+                    "listed {what}: {} objects in {:.1?}",
+                    outcomes.len(),
+                    list_started.elapsed()
+                );
                 if let Some(observed) = observed {
                     observed.replace(kind, std::mem::take(&mut relisted_statuses));
                 }
