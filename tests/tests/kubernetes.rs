@@ -530,7 +530,7 @@ fn one_of_two_agents_writes_status_and_hands_over_when_it_stops() -> Result<()> 
         c.agent(other).log()
     );
     assert!(!c.agent(other).log().contains("wrote the status"));
-    // Pools show their counts, as `kubectl get ippools` with Cilium; Services have Events.
+    // Pools show their counts, as `kubectl get ippools` with Cilium.
     let used = eventually(
         WAIT,
         || {
@@ -542,24 +542,31 @@ fn one_of_two_agents_writes_status_and_hands_over_when_it_stops() -> Result<()> 
         |used| used == "4",
     )?;
     assert_eq!(used, "4");
+    // A Service the agent cannot serve says why, in its condition and in an Event.
+    let broken = "apiVersion: v1\nkind: Service\nmetadata:\n  name: broken\n  namespace: gateway\n  \
+                  annotations:\n    lbipam.cilium.io/ips: not-an-address\nspec:\n  type: LoadBalancer\n  \
+                  ports:\n  - port: 80\n";
+    c.api.apply(broken, &[])?;
+    let condition = "{.status.conditions[?(@.type==\"cilium.io/IPAMRequestSatisfied\")].reason}";
+    let reason = eventually(
+        WAIT,
+        || c.jsonpath(&["svc", "broken", "-n", "gateway"], condition),
+        |reason| !reason.is_empty(),
+    )?;
+    assert_eq!(reason, "InvalidRequestedIP");
+    let list = "jsonpath={range .items[*]}{.regarding.name} {.reason} {.type};{end}";
     let events = eventually(
         WAIT,
         || {
             c.api
-                .kubectl(&["get", "events.events.k8s.io", "-n", "gateway", "-o", "name"])
+                .kubectl(&["get", "events.events.k8s.io", "-n", "gateway", "-o", list])
         },
-        |events| !events.is_empty(),
+        |events| events.contains("broken InvalidRequestedIP Warning"),
     )?;
-    assert!(!events.is_empty());
-    let reasons = c.api.kubectl(&[
-        "get",
-        "events.events.k8s.io",
-        "-n",
-        "gateway",
-        "-o",
-        "jsonpath={.items[*].reason}",
-    ])?;
-    assert!(reasons.contains("Satisfied"), "{reasons}");
+    assert!(
+        events.contains("broken InvalidRequestedIP Warning"),
+        "{events}"
+    );
 
     // The holder stops: it gives the Lease up, the other takes over at its next read.
     c.agents.remove(holder.as_str()).context("holder")?.stop();

@@ -13,6 +13,7 @@
 //! the holder's renewal last succeeded, and keeps reporting leadership across failed
 //! renewals, so a writer could not stop in time; the rules above are a few lines.
 
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -20,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
+use log::{info, warn};
 
 /// The Lease's name in the agent's namespace.
 pub const LEASE_NAME: &str = "gateway-agent-status";
@@ -157,11 +159,53 @@ fn lease(step: &Step, identity: &str, now: Timestamp) -> Option<Lease> {
     })
 }
 
+/// The election, shared by the campaign (which reads and writes the Lease) and the writer
+/// (which asks whether it may write).
+pub type Shared = Arc<Mutex<Election>>;
+
+fn lock(election: &Shared) -> MutexGuard<'_, Election> {
+    // A panic elsewhere left the election as it was: still the best knowledge there is.
+    election.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether this agent may write status now.
+pub fn leading(election: &Shared) -> bool {
+    lock(election).leading(Instant::now())
+}
+
+/// Takes part in the election until dropped: a round every [`RETRY`], whatever the writer
+/// is doing meanwhile.
+pub async fn campaign(api: Api<Lease>, election: Shared) {
+    // An error is logged when it is new, not every round it persists.
+    let mut last_error = None;
+    loop {
+        match round(&api, &election).await {
+            Ok(()) => {
+                if last_error.take().is_some() {
+                    info!("the status Lease {LEASE_NAME} answers again");
+                }
+            }
+            Err(e) => {
+                let error = e.to_string();
+                if last_error.as_ref() != Some(&error) {
+                    warn!("the status Lease {LEASE_NAME}: {error}; trying again every {RETRY:?}");
+                }
+                last_error = Some(error);
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
 /// One round: read the Lease, write it if this agent holds it or may take it over.
-pub async fn round(api: &Api<Lease>, election: &mut Election) -> kube::Result<()> {
+async fn round(api: &Api<Lease>, election: &Shared) -> kube::Result<()> {
     let current = api.get_opt(LEASE_NAME).await?;
-    let step = election.observe(Instant::now(), current.as_ref().map(Record::of));
-    let Some(mut lease) = lease(&step, election.identity(), Timestamp::now()) else {
+    let (step, identity) = {
+        let mut election = lock(election);
+        let step = election.observe(Instant::now(), current.as_ref().map(Record::of));
+        (step, election.identity().to_owned())
+    };
+    let Some(mut lease) = lease(&step, &identity, Timestamp::now()) else {
         return Ok(());
     };
     // A renewal keeps what was there (an acquire time the holder set, say).
@@ -172,6 +216,8 @@ pub async fn round(api: &Api<Lease>, election: &mut Election) -> kube::Result<()
         spec.lease_duration_seconds = written.lease_duration_seconds;
         lease.spec = Some(spec);
     }
+    // Leadership counts from when the write was sent, not from when it was answered.
+    let sent = Instant::now();
     let result = match step {
         Step::Create => api.create(&PostParams::default(), &lease).await,
         _ => {
@@ -181,12 +227,12 @@ pub async fn round(api: &Api<Lease>, election: &mut Election) -> kube::Result<()
     };
     match result {
         Ok(written) => {
-            election.written(Instant::now(), Record::of(&written));
+            lock(election).written(sent, Record::of(&written));
             Ok(())
         }
         // Someone else wrote it first.
         Err(kube::Error::Api(status)) if status.code == 409 => {
-            election.lost();
+            lock(election).lost();
             Ok(())
         }
         Err(error) => Err(error),
@@ -194,14 +240,15 @@ pub async fn round(api: &Api<Lease>, election: &mut Election) -> kube::Result<()
 }
 
 /// Gives the Lease up, if this agent holds it, so another takes over at its next read.
-pub async fn release(api: &Api<Lease>, election: &mut Election) -> kube::Result<()> {
-    if !election.leading(Instant::now()) {
+pub async fn release(api: &Api<Lease>, election: &Shared) -> kube::Result<()> {
+    if !leading(election) {
         return Ok(());
     }
+    let identity = lock(election).identity().to_owned();
     let Some(mut current) = api.get_opt(LEASE_NAME).await? else {
         return Ok(());
     };
-    if Record::of(&current).holder != election.identity() {
+    if Record::of(&current).holder != identity {
         return Ok(());
     }
     if let Some(spec) = current.spec.as_mut() {
@@ -209,9 +256,9 @@ pub async fn release(api: &Api<Lease>, election: &mut Election) -> kube::Result<
         spec.acquire_time = None;
         spec.renew_time = Some(MicroTime(Timestamp::now()));
     }
+    lock(election).lost();
     api.replace(LEASE_NAME, &PostParams::default(), &current)
         .await?;
-    election.lost();
     Ok(())
 }
 

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures_util::{StreamExt, stream};
 use k8s_openapi::Resource as _;
@@ -19,7 +18,6 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use log::{info, warn};
 use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
-use tokio::time::sleep_until;
 
 use super::desired::{Condition, Desired, PoolStatus, SERVICE_CONDITION, ServiceStatus};
 use super::lease::{self, Election, RETRY};
@@ -143,12 +141,15 @@ pub fn writes(
         if service_matches(seen, status) {
             continue;
         }
-        let news = seen
-            .and_then(|s| s.condition(SERVICE_CONDITION))
-            .is_none_or(|c| {
+        // Worth an Event: a request not met, or a change of whether it is (a first VIP
+        // is no news: 10,000 of them at a cold start would be noise).
+        let news = match seen.and_then(|s| s.condition(SERVICE_CONDITION)) {
+            Some(c) => {
                 c.condition.status != status.condition.status
                     || c.condition.reason != status.condition.reason
-            });
+            }
+            None => !status.condition.is_true(),
+        };
         let write = Write::Service {
             object: object.clone(),
             status: status.clone(),
@@ -273,8 +274,19 @@ impl Writer {
         }
     }
 
-    /// Makes every write that is due; failed ones are tried again at the next round.
-    async fn reconcile(&mut self, desired: &Desired, observed: &Observed) {
+    /// Makes every write that is due, a few at a time and only while this agent leads;
+    /// failed ones are tried again at the next round.
+    async fn reconcile(
+        &mut self,
+        desired: &Desired,
+        observed: &Observed,
+        election: &lease::Shared,
+    ) {
+        // What is gone is not remembered.
+        self.written.0.retain(|_, (write, _)| match write {
+            Write::Service { object, .. } => desired.services.contains_key(object),
+            Write::Pool { name, .. } => desired.pools.contains_key(name),
+        });
         if self.pools.is_none() && !desired.pools.is_empty() {
             self.pools = resources::served(&self.client, Kind::IpPool)
                 .await
@@ -298,30 +310,36 @@ impl Writer {
         if due.is_empty() {
             return;
         }
-        let count = due.len();
-        let this = &*self;
-        let results: Vec<_> = stream::iter(due)
-            .map(|(write, seen)| async move {
-                let result = this.write(&write).await;
-                (write, seen, result)
-            })
-            .buffer_unordered(CONCURRENT_WRITES)
-            .collect()
-            .await;
-        let mut failed = 0;
-        for (write, seen, result) in results {
-            match result {
-                Ok(()) => {
-                    self.written.0.insert(key(&write), (write, seen));
-                }
-                Err(e) => {
-                    failed += 1;
-                    warn!("writing the status of {}: {e}", key(&write));
+        let (mut wrote, mut failed) = (0, 0);
+        let mut due = due.into_iter().peekable();
+        // Each chunk only while the Lease is still this agent's: a long cold start must not
+        // write on past it.
+        while due.peek().is_some() && lease::leading(election) {
+            let chunk: Vec<_> = due.by_ref().take(CONCURRENT_WRITES).collect();
+            let this = &*self;
+            let results: Vec<_> = stream::iter(chunk)
+                .map(|(write, seen)| async move {
+                    let result = this.write(&write).await;
+                    (write, seen, result)
+                })
+                .buffer_unordered(CONCURRENT_WRITES)
+                .collect()
+                .await;
+            for (write, seen, result) in results {
+                match result {
+                    Ok(()) => {
+                        wrote += 1;
+                        self.written.0.insert(key(&write), (write, seen));
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        warn!("writing the status of {}: {e}", key(&write));
+                    }
                 }
             }
         }
-        if failed == 0 {
-            info!("wrote the status of {count} objects");
+        if wrote > 0 {
+            info!("wrote the status of {wrote} objects ({failed} failed, tried again later)");
         }
     }
 }
@@ -337,7 +355,8 @@ pub async fn run(
     mut stop: oneshot::Receiver<()>,
 ) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
-    let mut election = Election::new(&identity);
+    let election: lease::Shared = Arc::new(std::sync::Mutex::new(Election::new(&identity)));
+    let campaign = tokio::spawn(lease::campaign(leases.clone(), Arc::clone(&election)));
     let mut writer = Writer {
         recorder: Recorder::new(
             client.clone(),
@@ -350,21 +369,16 @@ pub async fn run(
         pools: None,
         written: Written::default(),
     };
-    let mut next_round = tokio::time::Instant::now();
     let mut was_leading = false;
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            _ = sleep_until(next_round) => {
-                next_round = tokio::time::Instant::now() + RETRY;
-                if let Err(e) = lease::round(&leases, &mut election).await {
-                    warn!("the status Lease {namespace}/{}: {e}", lease::LEASE_NAME);
-                }
-            }
+            // Leadership changes with the campaign's rounds: looked at as often.
+            _ = tokio::time::sleep(RETRY) => {}
             changed = desired.changed() => if changed.is_err() { break },
             _ = observed.changed() => {}
         }
-        let leading = election.leading(Instant::now());
+        let leading = lease::leading(&election);
         if leading != was_leading {
             if leading {
                 info!(
@@ -383,10 +397,11 @@ pub async fn run(
         }
         if leading {
             let target = desired.borrow().clone();
-            writer.reconcile(&target, &observed).await;
+            writer.reconcile(&target, &observed, &election).await;
         }
     }
-    if let Err(e) = lease::release(&leases, &mut election).await {
+    campaign.abort();
+    if let Err(e) = lease::release(&leases, &election).await {
         warn!("giving the status Lease up: {e}");
     }
 }
@@ -466,7 +481,7 @@ mod tests {
         };
         assert_eq!(object.name, "new");
         assert_eq!(since, "T1");
-        assert!(news);
+        assert!(!news, "a first VIP is no news");
         written.0.insert(key(&due[0]), (due[0].clone(), None));
         assert!(writes(&desired, &observed.snapshot(), &written, "T2").is_empty());
         // Someone changed it back meanwhile: written again.
