@@ -39,6 +39,8 @@ pub const PORT: u16 = 6443;
 const ADMIN_TOKEN: &str = "gateway-test-admin-token";
 /// The range Services' cluster IPs come from.
 const SERVICE_RANGE: &str = "10.96.0.0/16";
+/// The range node ports come from.
+const NODE_PORTS: &str = "30000-60000";
 /// Startup stretches with the machine's load: 3-6 s here, much more under a parallel build.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -269,6 +271,9 @@ impl KubeApi {
             // The `kubernetes` Service cannot have a loopback endpoint.
             "--endpoint-reconciler-type=none".into(),
             format!("--service-cluster-ip-range={SERVICE_RANGE}"),
+            // Room for the bench's 10,000 Local LoadBalancer Services: each holds a health
+            // check node port (2,768 in the default range).
+            format!("--service-node-port-range={NODE_PORTS}"),
             format!("--cert-dir={}", pki.display()),
             format!("--token-auth-file={}", p("tokens.csv")),
             "--authorization-mode=RBAC".into(),
@@ -344,6 +349,21 @@ impl KubeApi {
                 .args(["netns", "exec", &self.ns])
                 .args(args),
         )
+    }
+
+    /// `GET PATH` as the administrator, straight from the API server (cheaper than kubectl,
+    /// for polling).
+    pub fn get_raw(&self, path: &str) -> Result<String> {
+        self.in_ns(&[
+            "curl",
+            "-sk",
+            "--fail",
+            "--max-time",
+            "5",
+            "-H",
+            &format!("Authorization: Bearer {ADMIN_TOKEN}"),
+            &format!("{}{path}", self.url()),
+        ])
     }
 
     /// `kubectl ARGS` as the administrator, in the server's namespace.
