@@ -3,9 +3,12 @@
 //! node, sends real requests from the client to the VIPs and shows what happened: who
 //! answered ARP, which backend served, the source address the backend saw, and affinity
 //! holding; then an externalTrafficPolicy Cluster service served by a pod on the worker
-//! that does not announce it. Then failover: three workers whose agents form a cluster, the
-//! announcer killed (agent and uplink), and the VIP answered by another node within a second,
-//! never by two. Everything is torn down at the end, also on failure.
+//! that does not announce it. Where an API server is at hand (`$KUBEBUILDER_ASSETS`), the
+//! agents then read the cluster instead of the file, and a Service applied with kubectl gets
+//! its VIP in its status and is served; otherwise the demo says it skipped that part. Then
+//! failover: three workers whose agents form a cluster, the announcer killed (agent and
+//! uplink), and the VIP answered by another node within a second, never by two. Everything
+//! is torn down at the end, also on failure.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use gateway_tests::agent::{self, Agent};
+use gateway_tests::kube_api::{self, KubeApi};
 use gateway_tests::lab::{self, Lab, LabSpec, ServiceSpec, TrafficPolicy};
 use gateway_tests::probe::Probe;
 
@@ -187,7 +191,23 @@ pub fn run(workspace: &Path) -> Result<()> {
         }
     }
 
+    let mut api = None;
+    match kube_api::assets() {
+        Ok(assets) => {
+            drop(agents);
+            let (cluster_agents, server) = reading_the_cluster(&lab, &assets, &mut findings)?;
+            agents = cluster_agents;
+            api = Some(server);
+        }
+        Err(why) => {
+            section("reading a Kubernetes API server: skipped");
+            println!("skipped: {why}");
+        }
+    }
+
+    // The agents first, then the API server they read, then the lab.
     drop(agents);
+    drop(api);
     drop(lab);
     failover(&binary, &mut findings)?;
 
@@ -376,4 +396,85 @@ fn cluster_service(
         agents[&announcer].counter("snat_created")?
     );
     Ok(())
+}
+
+/// The same nodes reading a real API server: the agents restart in cluster mode (adopting
+/// what the file's agents pinned), and a Service applied with kubectl is served.
+fn reading_the_cluster(
+    lab: &Lab,
+    assets: &Path,
+    findings: &mut Findings,
+) -> Result<(BTreeMap<String, Agent>, KubeApi)> {
+    section("a Kubernetes API server on the segment; the agents read it instead of the file");
+    let api = KubeApi::in_lab(assets, lab)?;
+    api.apply_lab(lab.spec())?;
+    println!("kube-apiserver at {}; the lab's objects applied", api.url());
+    let mut agents = BTreeMap::new();
+    for node in lab.nodes() {
+        let agent = Agent::start_in_cluster(lab, node.name(), api.kubeconfig())?;
+        println!("{:<4} agent reads the cluster", node.name());
+        agents.insert(node.name().to_owned(), agent);
+    }
+
+    let vip = lab::SPARE_VIPS[0];
+    let mut spec = lab.spec().clone();
+    let mut web = spec.services[0].clone();
+    web.name = "demo-web".into();
+    web.requested_ip = Some(vip);
+    spec.services = vec![web];
+    let manifest = lab::config_json(&spec)?;
+    section(
+        "kubectl apply -f demo-web.json (a LoadBalancer Service asking for a VIP, and its EndpointSlice)",
+    );
+    print!("{}", api.apply(&manifest, &[])?);
+    let external_ip = gateway_tests::eventually(
+        std::time::Duration::from_secs(30),
+        || {
+            api.kubectl(&[
+                "get",
+                "svc",
+                "demo-web",
+                "-n",
+                "gateway",
+                "-o",
+                "jsonpath={.status.loadBalancer.ingress[*].ip}",
+            ])
+        },
+        |ip| !ip.is_empty(),
+    )?;
+    section("kubectl get svc -n gateway");
+    print!("{}", api.kubectl(&["get", "svc", "-n", "gateway"])?);
+    findings.check(
+        external_ip == vip.to_string(),
+        format!("kubectl shows demo-web's EXTERNAL-IP {external_ip}, written back by the agents"),
+    );
+    let body = gateway_tests::eventually(
+        std::time::Duration::from_secs(30),
+        || {
+            Ok(lab
+                .client()
+                .curl(&format!("http://{vip}/"), None)
+                .unwrap_or_default())
+        },
+        |body| !body.is_empty(),
+    )?;
+    println!("client -> http://{vip}/: {}", body.trim());
+    findings.check(
+        body.contains(&format!("client={}:", lab.client().addr())),
+        format!("demo-web at {vip} is served to the client, its address kept"),
+    );
+    let holder = api.kubectl(&[
+        "get",
+        "lease",
+        "gateway-agent-status",
+        "-n",
+        kube_api::AGENT_NAMESPACE,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    println!(
+        "status written by the agent on {} (the Lease's holder)",
+        holder.unwrap_or_default()
+    );
+    Ok((agents, api))
 }

@@ -18,8 +18,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// What the lab, the demo and the benchmarks run; systemd for `systemd-analyze verify` of
 /// deploy/gateway-agent.service (a Debian 12 container image has no systemd); debootstrap
 /// and systemd-container (systemd-nspawn) to boot a Debian with systemd as PID 1, where the
-/// deploy test runs the unit as an operator would.
-const DEBIAN_PACKAGES: [&str; 15] = [
+/// deploy test runs the unit as an operator would; openssl for the service-account keys of
+/// the tests' own API server (with `$KUBEBUILDER_ASSETS`).
+const DEBIAN_PACKAGES: [&str; 16] = [
     "bpftool",
     "iproute2",
     "arping",
@@ -35,6 +36,7 @@ const DEBIAN_PACKAGES: [&str; 15] = [
     "systemd",
     "debootstrap",
     "systemd-container",
+    "openssl",
 ];
 /// The metrics test's Prometheus server and `promtool`, without the node exporter Debian
 /// recommends with it (a daemon nothing here uses).
