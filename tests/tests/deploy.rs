@@ -898,7 +898,8 @@ fn daemonset_runs_the_agent_on_every_node_in_the_node_network() -> Result<()> {
     }
 
     // The node's bpffs, which the privileged init container mounts (Bidirectional, so it
-    // outlives the pod) and the agent sees; nothing else.
+    // outlives the pod) and the agent sees, the node's root cgroup (hairpin) and the cluster's
+    // key; nothing else (the objects come from the API server, not a ConfigMap).
     let bpffs = named(&pod["volumes"], "bpffs")?;
     assert_eq!(
         bpffs["hostPath"],
@@ -922,7 +923,7 @@ fn daemonset_runs_the_agent_on_every_node_in_the_node_network() -> Result<()> {
                 .map(|v| v.iter().map(|v| v["name"].clone()).collect())
                 .unwrap_or(Value::Null)
         ),
-        ["bpffs"]
+        ["cgroup", "bpffs", "cluster-key"]
     );
     assert!(
         docs.iter().all(|d| d["kind"] != "ConfigMap"),
