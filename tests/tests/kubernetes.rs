@@ -502,7 +502,7 @@ fn a_lost_connection_is_noticed_and_what_changed_meanwhile_is_caught_up() -> Res
     }
     let only_a: BTreeSet<String> = [format!("{ENVOY_W1A}:8080")].into();
     let seen = eventually(WAIT, || w1.backends(&frontend), |b| *b == only_a)?;
-    assert_eq!(seen, only_a);
+    assert_eq!(seen, only_a, "{}", w1.log());
     let added = format!("{}:80/TCP", SPARE_VIPS[1]);
     let seen = eventually(WAIT, || w1.backends(&added), |b| !b.is_empty())?;
     assert_eq!(seen, only_a);

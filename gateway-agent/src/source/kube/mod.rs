@@ -48,6 +48,8 @@ pub struct ClusterSource {
     name: String,
     updates: UnboundedReceiver<watch::Update>,
     pending: Pending,
+    /// While updates come in a burst: when it is taken at the latest.
+    burst: Option<Instant>,
 }
 
 impl ClusterSource {
@@ -75,6 +77,7 @@ impl ClusterSource {
             name,
             updates,
             pending: Pending::default(),
+            burst: None,
         }
     }
 
@@ -84,26 +87,28 @@ impl ClusterSource {
     }
 
     /// Waits until every kind has been listed and something is pending, taking in the rest
-    /// of a burst first. Cancel-safe: what arrived is kept.
+    /// of a burst first. Cancel-safe: what arrived is kept, and so is a burst under way (the
+    /// run loop's other inputs, such as the cluster's timers, cut waits short all the time).
     pub async fn changed(&mut self) {
         loop {
-            let Some(update) = self.updates.recv().await else {
-                // Every watch has ended: nothing will come any more.
-                return std::future::pending().await;
+            let Some(burst) = self.burst else {
+                let Some(update) = self.updates.recv().await else {
+                    // Every watch has ended: nothing will come any more.
+                    return std::future::pending().await;
+                };
+                self.pending.absorb(update);
+                self.burst = Some(Instant::now() + BURST_LONGEST);
+                continue;
             };
-            self.pending.absorb(update);
-            let longest = Instant::now() + BURST_LONGEST;
-            loop {
-                let gap = (Instant::now() + BURST_GAP).min(longest);
-                tokio::select! {
-                    update = self.updates.recv() => match update {
-                        Some(update) => self.pending.absorb(update),
-                        None => break,
-                    },
-                    _ = sleep_until(gap) => break,
-                }
+            let gap = (Instant::now() + BURST_GAP).min(burst);
+            tokio::select! {
+                update = self.updates.recv() => match update {
+                    Some(update) => self.pending.absorb(update),
+                    None => self.burst = None,
+                },
+                _ = sleep_until(gap) => self.burst = None,
             }
-            if self.pending.listed() && !self.pending.is_empty() {
+            if self.burst.is_none() && self.pending.listed() && !self.pending.is_empty() {
                 return;
             }
         }
@@ -121,5 +126,51 @@ impl ClusterSource {
     /// The store refused `batch`, the last one taken: it is pending again.
     pub fn put_back(&mut self, batch: Batch) {
         self.pending.put_back(batch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::ObjectRef;
+
+    #[test]
+    fn a_burst_cut_short_by_another_input_is_still_taken() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (sender, updates) = mpsc::unbounded_channel();
+            let mut source = ClusterSource {
+                name: "api".into(),
+                updates,
+                pending: Pending::default(),
+                burst: None,
+            };
+            for kind in Kind::ALL {
+                sender
+                    .send(watch::Update::Relist(kind, Vec::new()))
+                    .unwrap();
+            }
+            source.changed().await;
+            source.take();
+            let gone = ObjectRef {
+                kind: Kind::Service.name().into(),
+                namespace: "shop".into(),
+                name: "web".into(),
+            };
+            sender.send(watch::Update::Deleted(gone)).unwrap();
+            // The run loop's select! drops the wait while the burst is still open...
+            let cut = tokio::time::timeout(BURST_GAP / 4, source.changed()).await;
+            assert!(cut.is_err(), "the burst was still open");
+            // ... and the next wait takes what came, with nothing more arriving.
+            tokio::time::timeout(Duration::from_secs(5), source.changed())
+                .await
+                .expect("the update that came before the cut is taken");
+            assert!(!source.take().events.is_empty());
+        });
     }
 }
