@@ -326,7 +326,8 @@ pub fn run(assets: &Path, binary: &Path, settings: &Settings) -> Result<Kubernet
 
     // One more Service with its endpoints, applied as an operator does.
     let name = "bench-applied";
-    let vip = SPARE_VIPS[0];
+    // The first spare VIP is the bench lab's Cluster service (on the other worker).
+    let vip = SPARE_VIPS[1];
     let pod = lab.pod(POD).addr();
     let applied = |endpoints: Vec<Value>| list(vec![service(name, vip), slice(name, endpoints)]);
     let started = Instant::now();
