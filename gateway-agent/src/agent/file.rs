@@ -9,7 +9,7 @@ use inotify::EventStream;
 use log::warn;
 use tokio::time::{Instant, sleep_until};
 
-use super::watch::{self, Read};
+use super::watch::{self, FileText};
 use crate::source::file;
 
 /// Changes of the file, as the run loop waits for them.
@@ -65,11 +65,11 @@ impl FileWatch {
                             match watch::read_settled(&self.path) {
                                 // Still being written: a half-written file must never be
                                 // served.
-                                Ok(Read::Unsettled(wait)) => {
+                                Ok(FileText::Unsettled(wait)) => {
                                     self.settled = Some(Instant::now() + wait);
                                 }
                                 // Unrelated events in the directory change nothing.
-                                Ok(Read::Settled(text)) => {
+                                Ok(FileText::Settled(text)) => {
                                     if Some(file::digest(&text)) != applied {
                                         return Some(text);
                                     }

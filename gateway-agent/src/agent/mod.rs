@@ -237,7 +237,7 @@ impl Agent {
         let summary = summary(&desired);
         let findings = desired.findings.clone();
         let writes = agent.apply(desired, &interfaces)?.writes;
-        agent.objects.keep(proposal.read, findings);
+        agent.objects.keep(proposal.delivery, findings);
         inspect::record_findings(&mut agent.record, agent.objects.findings());
         agent.cluster.accept(
             agent.objects.config(),
@@ -297,7 +297,7 @@ impl Agent {
             let Proposal {
                 mut desired,
                 undo,
-                read,
+                delivery,
             } = self.objects.propose(&self.options.node_name, &interfaces)?;
             self.cluster.restrict(&mut desired, &self.state);
             let summary = summary(&desired);
@@ -305,11 +305,11 @@ impl Agent {
             let applied = match self.apply(desired, &interfaces) {
                 Ok(applied) => applied,
                 Err(e) => {
-                    self.objects.take_back(undo, read);
+                    self.objects.take_back(undo, delivery);
                     return Err(e);
                 }
             };
-            self.objects.keep(read, findings);
+            self.objects.keep(delivery, findings);
             inspect::record_findings(&mut self.record, self.objects.findings());
             self.cluster.accept(
                 self.objects.config(),

@@ -44,7 +44,7 @@ enum Source {
 
 /// What a source needs to know once the store's change is served or refused: the file's
 /// documents, compared with the next read; the cluster's batch, taken again if refused.
-pub(super) enum Read {
+pub(super) enum Delivery {
     File(Documents),
     Cluster(Batch),
 }
@@ -54,7 +54,7 @@ pub(super) enum Read {
 pub(super) struct Proposal {
     pub desired: DesiredState,
     pub undo: Undo,
-    pub read: Read,
+    pub delivery: Delivery,
 }
 
 impl Objects {
@@ -149,7 +149,7 @@ impl Objects {
         node_name: &str,
         interfaces: &[Interface],
     ) -> Result<Proposal> {
-        let (batch, read) = match &mut self.source {
+        let (batch, delivery) = match &mut self.source {
             Source::File {
                 source, settled, ..
             } => {
@@ -158,11 +158,11 @@ impl Objects {
                     Some(text) => source.read_text(&text)?,
                     None => source.read()?,
                 };
-                (update.batch, Read::File(update.documents))
+                (update.batch, Delivery::File(update.documents))
             }
             Source::Cluster(source) => {
                 let batch = source.take();
-                (batch.clone(), Read::Cluster(batch))
+                (batch.clone(), Delivery::Cluster(batch))
             }
         };
         let undo = self.store.apply(batch);
@@ -172,14 +172,16 @@ impl Objects {
         Ok(Proposal {
             desired,
             undo,
-            read,
+            delivery,
         })
     }
 
     /// The proposal's state, with these findings, is served: the next read is compared with
     /// it, and the findings not logged before are.
-    pub(super) fn keep(&mut self, read: Read, findings: Vec<Finding>) {
-        if let (Source::File { source, .. }, Read::File(documents)) = (&mut self.source, read) {
+    pub(super) fn keep(&mut self, delivery: Delivery, findings: Vec<Finding>) {
+        if let (Source::File { source, .. }, Delivery::File(documents)) =
+            (&mut self.source, delivery)
+        {
             source.accept(documents);
         }
         let before: BTreeSet<&Finding> = self.findings.iter().collect();
@@ -194,9 +196,9 @@ impl Objects {
 
     /// The proposal's state was refused (by the maps): the store goes back to what serves,
     /// and the cluster's batch is pending again (the file is read whole next time anyway).
-    pub(super) fn take_back(&mut self, undo: Undo, read: Read) {
+    pub(super) fn take_back(&mut self, undo: Undo, delivery: Delivery) {
         self.store.undo(undo);
-        if let (Source::Cluster(source), Read::Cluster(batch)) = (&mut self.source, read) {
+        if let (Source::Cluster(source), Delivery::Cluster(batch)) = (&mut self.source, delivery) {
             source.put_back(batch);
         }
     }

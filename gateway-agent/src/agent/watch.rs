@@ -38,7 +38,7 @@ pub fn watch(path: &Path) -> Result<EventStream<Vec<u8>>> {
 
 /// The file, read once it has settled.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Read {
+pub enum FileText {
     /// Not modified for [`SETTLE`] up to after it was read: its text.
     Settled(String),
     /// Modified this recently: read again after this long.
@@ -47,7 +47,7 @@ pub enum Read {
 
 /// Reads the file at `path` (following symlinks, as Kubernetes' ConfigMap volumes have
 /// them) if it has settled.
-pub fn read_settled(path: &Path) -> Result<Read> {
+pub fn read_settled(path: &Path) -> Result<FileText> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     // After the read: a write that began before it or during it shows here.
@@ -55,8 +55,8 @@ pub fn read_settled(path: &Path) -> Result<Read> {
         .and_then(|m| m.modified())
         .with_context(|| format!("reading the modification time of {}", path.display()))?;
     Ok(match unsettled_for(modified, SystemTime::now()) {
-        Some(wait) => Read::Unsettled(wait),
-        None => Read::Settled(text),
+        Some(wait) => FileText::Unsettled(wait),
+        None => FileText::Settled(text),
     })
 }
 
@@ -116,12 +116,12 @@ mod tests {
         set_modified(&path, SystemTime::now() - Duration::from_secs(10));
         assert_eq!(
             read_settled(&path).unwrap(),
-            Read::Settled("kind: Node\n".into())
+            FileText::Settled("kind: Node\n".into())
         );
         // An in-place rewrite has begun: truncated, the new text not written yet. Empty is
         // valid YAML (no objects at all): it must not be taken for the file.
         File::create(&path).unwrap();
-        let Read::Unsettled(wait) = read_settled(&path).unwrap() else {
+        let FileText::Unsettled(wait) = read_settled(&path).unwrap() else {
             panic!("a file truncated just now was read")
         };
         assert!(wait <= SETTLE, "{wait:?}");
@@ -144,7 +144,7 @@ mod tests {
         std::os::unix::fs::symlink("..data/objects.yaml", &path).unwrap();
         assert_eq!(
             read_settled(&path).unwrap(),
-            Read::Settled("kind: Node\n".into())
+            FileText::Settled("kind: Node\n".into())
         );
     }
 }
