@@ -64,7 +64,7 @@ impl Agent {
             match op {
                 Op::PutL2(key, mac) => {
                     gained += usize::from(!held.l2.contains_key(&key));
-                    announced.push((key, mac));
+                    announced.push(Announced { key, mac });
                 }
                 Op::DeleteL2(_) => lost += 1,
                 // Flows are cut: say whose.

@@ -68,7 +68,11 @@ pub struct ClusterOptions {
 }
 
 /// An announcement that started: where, and the MAC it is answered from.
-pub type Announced = (L2Key, [u8; 6]);
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Announced {
+    pub key: L2Key,
+    pub mac: [u8; 6],
+}
 
 /// What [`Cluster::settle`] changed.
 #[derive(Default)]
@@ -421,7 +425,7 @@ impl Cluster {
                 if state.l2.get(&key) != Some(&mac) {
                     maps.apply(&Op::PutL2(key, mac))?;
                     state.l2.insert(key, mac);
-                    settled.started.push((key, mac));
+                    settled.started.push(Announced { key, mac });
                 }
             }
         } else {
@@ -750,7 +754,7 @@ impl super::Agent {
                     error!("hairpin: bringing the announced VIPs to gw_hairpin: {e:#}");
                 }
                 let now = std::time::Instant::now();
-                for (key, mac) in settled.started {
+                for Announced { key, mac } in settled.started {
                     info!(
                         "cluster: answering for {} on ifindex {}",
                         Ipv4Addr::from(key.vip),

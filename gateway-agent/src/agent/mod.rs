@@ -51,6 +51,7 @@ use tokio::{
     time::sleep_until,
 };
 
+use cluster::Announced;
 pub use cluster::ClusterOptions;
 
 use crate::{
@@ -329,7 +330,7 @@ impl Agent {
             announced.extend(settled.started);
             attach::attach_all(&mut self.datapath, &self.options.bpffs, &interfaces)?;
             let now = Instant::now();
-            for (key, mac) in announced {
+            for Announced { key, mac } in announced {
                 self.garp.announce(key, mac, now);
             }
             let line = format!("{summary} ({} map writes)", applied.writes);
