@@ -39,6 +39,14 @@ pub(crate) fn parse_reasons(text: &str) -> Vec<(Severity, Reason, String)> {
         .collect()
 }
 
+/// The source's findings about `text` as (severity, reason).
+pub(crate) fn parse_severities(text: &str) -> Vec<(Severity, Reason)> {
+    parse_reasons(text)
+        .into_iter()
+        .map(|(s, r, _)| (s, r))
+        .collect()
+}
+
 /// Findings one line each.
 pub(crate) fn lines(findings: &[Finding]) -> Vec<String> {
     findings.iter().map(ToString::to_string).collect()

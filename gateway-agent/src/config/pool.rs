@@ -495,10 +495,7 @@ mod tests {
                 "spec.serviceSelector.matchExpressions[0].operator: unknown operator \"Equals\" (expected In, NotIn, Exists or DoesNotExist)"
             )
         );
-        let reasons: Vec<(Severity, Reason)> = parse_reasons(&text)
-            .into_iter()
-            .map(|(s, r, _)| (s, r))
-            .collect();
+        let reasons = parse_severities(&text);
         assert_eq!(
             reasons,
             [

@@ -938,10 +938,7 @@ mod tests {
                 field: "spec.externalIPs[0]".into(),
             }]
         );
-        let reasons: Vec<(Severity, Reason)> = parse_reasons(&text)
-            .into_iter()
-            .map(|(s, r, _)| (s, r))
-            .collect();
+        let reasons = parse_severities(&text);
         assert_eq!(
             reasons,
             [

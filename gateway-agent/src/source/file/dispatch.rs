@@ -353,10 +353,7 @@ mod tests {
              ---\napiVersion: example.com/v1\nkind: Thing\n",
         );
         let warnings = parse_findings(&text);
-        let reasons: Vec<(Severity, Reason)> = parse_reasons(&text)
-            .into_iter()
-            .map(|(s, r, _)| (s, r))
-            .collect();
+        let reasons = parse_severities(&text);
         assert_eq!(
             reasons,
             [
