@@ -836,6 +836,100 @@ fn a_flow_whose_backend_left_its_service_is_dropped_even_if_the_backend_serves_a
     );
 }
 
+/// A reload's last steps end the flows and affinity its writes took away. An agent killed
+/// before them leaves flows on a backend that left the service (it still serves another,
+/// so nothing else stops them), affinity to it, and flows from clients outside new source
+/// ranges; the next agent finds them from the flows themselves when it adopts the maps.
+#[test]
+fn flows_a_killed_reload_left_behind_are_settled_when_the_next_agent_adopts_the_maps() {
+    use gateway_agent::config::Ipv4Net;
+    let mut h = Harness::new();
+    // A flow and an affinity entry on POD_A for the internal service (POD_A:8080 also
+    // serves the external one), and a flow of CLIENT_2 to the external service.
+    let client = (1u8..)
+        .map(|i| [192, 168, 10, 100 + i])
+        .find(|&c| {
+            let (_, out) = h.ingress(&tcp_frame((c, 40000), (VIP_AFFINITY, 80), Tcp::Syn, b""));
+            ip_dst(&out).0 == POD_A
+        })
+        .unwrap();
+    let (verdict, _) = h.ingress(&tcp_frame(
+        (CLIENT_2, 40000),
+        (VIP_RANDOM, 80),
+        Tcp::Syn,
+        b"",
+    ));
+    assert_eq!(verdict, OK);
+
+    // The reload: POD_A leaves the internal service, the external one admits CLIENT only.
+    let mut desired = reference_state();
+    desired.frontends[0]
+        .backends
+        .retain(|b| b.addr != Ipv4Addr::from(POD_A));
+    desired.frontends[2].source_ranges = Some(vec!["192.168.10.10/32".parse::<Ipv4Net>().unwrap()]);
+    h.program_but(&desired, |op| {
+        matches!(op, plan::Op::EndMemberships(_) | plan::Op::DenyOutside(_))
+    });
+    let flow = tcp_frame((client, 40000), (VIP_AFFINITY, 80), Tcp::Ack, b"more");
+    let outside = tcp_frame((CLIENT_2, 40000), (VIP_RANDOM, 80), Tcp::Ack, b"more");
+    // What the killed agent left: both flows go on, the client's next flow goes to POD_A.
+    assert_eq!(ip_dst(&h.ingress(&flow).1).0, POD_A);
+    assert_eq!(h.ingress(&outside).0, OK);
+    let (_, out) = h.ingress(&tcp_frame(
+        (client, 40001),
+        (VIP_AFFINITY, 80),
+        Tcp::Syn,
+        b"",
+    ));
+    assert_eq!(
+        ip_dst(&out).0,
+        POD_A,
+        "affinity still points at the backend that left"
+    );
+
+    let rules = h.state.flow_rules();
+    let settled = h.dp.maps.settle_flows(&rules).unwrap();
+    assert_eq!(
+        (
+            settled.flows_ended,
+            settled.flows_denied,
+            settled.affinity_ended
+        ),
+        (2, 1, 1),
+        "two flows of the client on POD_A, CLIENT_2's flow, the client's affinity"
+    );
+    let gone = h.counter(Counter::DropBackendGone);
+    assert_eq!(h.ingress(&flow), (SHOT, flow.clone()));
+    assert_eq!(h.counter(Counter::DropBackendGone), gone + 1);
+    let denied = h.counter(Counter::DropSourceRange);
+    assert_eq!(h.ingress(&outside), (SHOT, outside.clone()));
+    assert_eq!(h.counter(Counter::DropSourceRange), denied + 1);
+    let (verdict, out) = h.ingress(&tcp_frame(
+        (client, 40002),
+        (VIP_AFFINITY, 80),
+        Tcp::Syn,
+        b"",
+    ));
+    assert_eq!(
+        (verdict, ip_dst(&out).0),
+        (OK, POD_B),
+        "a new flow finds POD_B"
+    );
+
+    // Settled flows stay settled; a consistent state has nothing to settle.
+    assert!(h.dp.maps.settle_flows(&rules).unwrap().is_empty());
+    let mut fresh = Harness::new();
+    fresh.ingress(&tcp_frame(
+        (CLIENT, 40000),
+        (VIP_AFFINITY, 80),
+        Tcp::Syn,
+        b"",
+    ));
+    fresh.program(&desired);
+    let rules = fresh.state.flow_rules();
+    assert!(fresh.dp.maps.settle_flows(&rules).unwrap().is_empty());
+}
+
 /// One backend address may serve any number of frontends (five gateways in front of one
 /// envoy): 64 services on POD_A:8080, each flow's reply carries its own VIP. The first
 /// four are found through the backend's reverse NAT entry, the others through the

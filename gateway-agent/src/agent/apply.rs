@@ -2,7 +2,7 @@
 //! the one-line summary of a state that the log shows.
 
 use anyhow::Result;
-use log::info;
+use log::{info, warn};
 
 use super::Agent;
 use super::cluster::Announced;
@@ -98,12 +98,31 @@ impl Agent {
                 announced,
                 previous: self.planned.replace(desired),
             }),
-            // Some writes made it: what the maps hold now is the truth.
+            // Some writes made it: what the maps hold now is the truth, and the flows follow
+            // it (the reload's last steps did not run).
             Err(e) => {
                 self.planned = None;
                 self.state = self.datapath.maps.read_state()?;
+                self.settle_flows("a reload that failed")?;
                 Err(e)
             }
         }
+    }
+
+    /// Ends what the flows still hold against the maps' state (see
+    /// [`crate::datapath::Maps::settle_flows`]): after a reload that failed half-way, and
+    /// when adopting the maps of an agent that may have been killed in the middle of one.
+    pub(super) fn settle_flows(&mut self, after: &str) -> Result<()> {
+        let rules = self.state.flow_rules();
+        let settled = self.datapath.maps.settle_flows(&rules)?;
+        if !settled.is_empty() {
+            warn!(
+                "after {after}: ended {} tracked flows on backends that had left their \
+                 service, denied {} from clients outside their service's source ranges, \
+                 removed {} affinity entries to backends that take no new flows",
+                settled.flows_ended, settled.flows_denied, settled.affinity_ended
+            );
+        }
+        Ok(())
     }
 }

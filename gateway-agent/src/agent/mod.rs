@@ -258,6 +258,11 @@ impl Agent {
             .sync(&mut agent.datapath.maps, &agent.state.l2, true)?;
         // Attach only once the maps hold the full state: the first packet sees all of it.
         attach::attach_all(&mut agent.datapath, &agent.options.bpffs, &interfaces)?;
+        // The previous agent may have been killed between a reload's writes: its flows are
+        // brought in line with what the maps hold now (serving meanwhile).
+        if adopted {
+            agent.settle_flows("adopting the pinned maps")?;
+        }
         agent
             .hairpin
             .attach(&mut agent.datapath, &agent.options.bpffs, &mut agent.record)?;

@@ -21,7 +21,7 @@ use gateway_common::{
 };
 
 use crate::config::Ipv4Net;
-use crate::plan::{MapState, Membership, Op};
+use crate::plan::{FlowRules, MapState, Membership, Op};
 
 /// The `gw_src_ranges` key of prefix `net` of service `service_id`.
 fn range_key(service_id: u32, net: &Ipv4Net) -> lpm_trie::Key<SourceRange> {
@@ -32,6 +32,27 @@ fn range_key(service_id: u32, net: &Ipv4Net) -> lpm_trie::Key<SourceRange> {
             addr: net.addr.octets(),
         },
     )
+}
+
+/// Ends a tracked flow: the datapath keeps a flow only while its backend's address matches
+/// the entry's, so clearing the entry's copy ends it the way a removed backend does.
+fn end_flow(entry: &mut CtEntry) {
+    entry.backend_addr = [0; 4];
+    entry.backend_port = 0;
+}
+
+/// What [`Maps::settle_flows`] found to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settled {
+    pub flows_ended: usize,
+    pub flows_denied: usize,
+    pub affinity_ended: usize,
+}
+
+impl Settled {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// aya's handle on a map of the table's `kind`.
@@ -238,12 +259,17 @@ impl Maps {
 
     /// Removes the affinity entries of these memberships.
     fn end_affinity(&mut self, ended: &BTreeSet<Membership>) -> Result<()> {
+        self.end_affinity_where(|m| ended.contains(m)).map(drop)
+    }
+
+    /// Removes the affinity entries whose membership `ends`; returns how many.
+    fn end_affinity_where(&mut self, ends: impl Fn(&Membership) -> bool) -> Result<usize> {
         let stale: Vec<AffinityKey> = self
             .affinity
             .iter()
             .filter_map(|e| e.ok())
             .filter(|(k, v)| {
-                ended.contains(&Membership {
+                ends(&Membership {
                     service_id: k.service_id,
                     backend_id: v.backend_id,
                 })
@@ -253,7 +279,8 @@ impl Maps {
         for k in &stale {
             remove(&mut self.affinity, k, "gw_affinity")?;
         }
-        self.count(Counter::AffinityRemoved, stale.len() as u64)
+        self.count(Counter::AffinityRemoved, stale.len() as u64)?;
+        Ok(stale.len())
     }
 
     /// Adds `n` to a counter only the agent writes (the datapath never touches its slot,
@@ -316,8 +343,6 @@ impl Maps {
 
     fn end_memberships(&mut self, ended: &BTreeSet<Membership>) -> Result<()> {
         self.end_affinity(ended)?;
-        // The datapath keeps a flow only while its backend's address matches the entry's:
-        // clearing the entry's copy ends the flow the way a removed backend does.
         let flows: Vec<(CtKey, CtEntry)> = self
             .conntrack
             .iter()
@@ -329,10 +354,37 @@ impl Maps {
                 })
             })
             .collect();
-        self.rewrite_flows(flows, |v| {
-            v.backend_addr = [0; 4];
-            v.backend_port = 0;
-        })
+        self.rewrite_flows(flows, end_flow)
+    }
+
+    /// Brings the tracked flows and affinity in line with `rules` wherever a reload's last
+    /// steps did not run (the agent killed between its writes, or a write that failed):
+    /// flows of a backend that left its service end, flows from clients outside their
+    /// service's source ranges are denied, and affinity to a backend that takes no new
+    /// flows goes. What each step would have done, found from the flows themselves.
+    pub fn settle_flows(&mut self, rules: &FlowRules) -> Result<Settled> {
+        let (mut ended, mut denied) = (Vec::new(), Vec::new());
+        for (k, v) in self.conntrack.iter().filter_map(|e| e.ok()) {
+            let membership = Membership {
+                service_id: v.service_id,
+                backend_id: v.backend_id,
+            };
+            if v.backend_addr != [0; 4] && !rules.listed.contains(&membership) {
+                ended.push((k, v));
+            } else if v.flags & CT_F_DENIED == 0
+                && !rules.admits(v.service_id, k.client_addr.into())
+            {
+                denied.push((k, v));
+            }
+        }
+        let settled = Settled {
+            flows_ended: ended.len(),
+            flows_denied: denied.len(),
+            affinity_ended: self.end_affinity_where(|m| !rules.taking.contains(m))?,
+        };
+        self.rewrite_flows(ended, end_flow)?;
+        self.rewrite_flows(denied, |v| v.flags |= CT_F_DENIED)?;
+        Ok(settled)
     }
 
     pub fn read_agent(&self) -> Result<AgentState> {

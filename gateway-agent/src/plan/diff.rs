@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use gateway_common::{SERVICE_F_SOURCE_RANGES, SlotKey};
 
-use super::entries::{slots_of, source_ranges_of};
+use super::entries::slots_of;
 use super::{MapState, Membership, Op};
 use crate::config::Ipv4Net;
 
@@ -204,11 +204,8 @@ pub fn diff_each<E>(
     let restricted: BTreeMap<u32, Vec<Ipv4Net>> = target
         .services
         .values()
-        .filter(|s| reranged.contains(&s.id) && s.flags & SERVICE_F_SOURCE_RANGES != 0)
-        .map(|s| {
-            let ranges = target.source_ranges.range(source_ranges_of(s.id));
-            (s.id, ranges.map(|&(_, net)| net).collect())
-        })
+        .filter(|s| reranged.contains(&s.id))
+        .filter_map(|s| Some((s.id, target.source_ranges_of(s)?)))
         .collect();
     if !restricted.is_empty() {
         emit(Op::DenyOutside(restricted))?;
@@ -522,6 +519,70 @@ mod tests {
             }]))),
             "{ops:?}"
         );
+    }
+
+    #[test]
+    fn flow_rules_end_what_the_last_steps_of_a_reload_end() {
+        let net = |t: &str| t.parse::<crate::config::Ipv4Net>().unwrap();
+        let d1 = desired(vec![
+            frontend("a", [192, 168, 10, 49], 80, &[POD_A, POD_B, POD_C]),
+            frontend("b", [192, 168, 10, 50], 80, &[POD_A]),
+        ]);
+        let (_, s1) = step(&MapState::default(), &d1);
+        // POD_A leaves "a" (still serving "b"), POD_B drains, "b" admits 10/8 only.
+        let mut d2 = d1.clone();
+        d2.frontends[0].backends.remove(0);
+        let b = d2.frontends[0].backends.remove(0);
+        d2.frontends[0].draining.push(b);
+        d2.frontends[1].source_ranges = Some(vec![net("10.0.0.0/8")]);
+        let (ops, s2) = step(&s1, &d2);
+        let rules = s2.flow_rules();
+        let mut checked = 0;
+        for op in &ops {
+            match op {
+                Op::EndMemberships(ended) => {
+                    assert!(ended.iter().all(|m| !rules.listed.contains(m)), "{ops:?}");
+                    checked += ended.len();
+                }
+                Op::EndAffinity(drained) => {
+                    assert!(drained.iter().all(|m| rules.listed.contains(m)));
+                    assert!(drained.iter().all(|m| !rules.taking.contains(m)));
+                    checked += drained.len();
+                }
+                Op::DenyOutside(denied) => {
+                    for (&id, nets) in denied {
+                        assert_eq!(rules.ranges.get(&id), Some(nets));
+                        assert!(!rules.admits(id, [192, 168, 10, 10].into()));
+                        assert!(rules.admits(id, [10, 1, 2, 3].into()));
+                        checked += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(
+            checked, 3,
+            "POD_A's membership, POD_B's affinity, b's ranges: {ops:?}"
+        );
+        // The memberships that stay: what the rules list, and nothing else.
+        let id = |vip: [u8; 4]| {
+            let (_, service) = s2.services.iter().find(|(k, _)| k.vip == vip).unwrap();
+            service.id
+        };
+        let (a, b) = (id([192, 168, 10, 49]), id([192, 168, 10, 50]));
+        let listed: Vec<u32> = rules.listed.iter().map(|m| m.service_id).collect();
+        assert_eq!(
+            listed.iter().filter(|&&id| id == a).count(),
+            2,
+            "POD_C and POD_B"
+        );
+        assert_eq!(listed.iter().filter(|&&id| id == b).count(), 1, "POD_A");
+        assert_eq!(rules.taking.len(), 2, "POD_C for a, POD_A for b");
+        // Ranges of IPv6 prefixes only: nobody is admitted.
+        d2.frontends[1].source_ranges = Some(Vec::new());
+        let (_, s3) = step(&s2, &d2);
+        assert!(!s3.flow_rules().admits(b, [10, 1, 2, 3].into()));
+        assert!(s3.flow_rules().admits(a, [10, 1, 2, 3].into()));
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub use change::change;
 pub use diff::{diff, diff_each};
 pub use entries::{backend_label, ended_label, frontend_label, hairpin_entries, l2_entries};
 pub use error::PlanError;
-pub use state::{Change, MapState, Membership, Op};
+pub use state::{Change, FlowRules, MapState, Membership, Op};
 pub use target::target;
 
 /// A network interface of this node, as the datapath sees it.

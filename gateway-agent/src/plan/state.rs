@@ -4,9 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use gateway_common::{
-    Backend, IfaceInfo, L2Key, RevNat, RevNatKey, Service, ServiceKey, SlotKey, VipInfo, VipKey,
+    Backend, IfaceInfo, L2Key, RevNat, RevNatKey, SERVICE_F_SOURCE_RANGES, Service, ServiceKey,
+    SlotKey, VipInfo, VipKey,
 };
 
+use super::entries::{slots_of, source_ranges_of};
 use crate::config::Ipv4Net;
 
 /// The agent-managed content of the maps. Conntrack, affinity and counters belong to the
@@ -98,7 +100,62 @@ pub struct Change {
     pub after: MapState,
 }
 
+/// What the datapath-owned entries of the flows (conntrack, affinity) must agree with, as
+/// a state lists it: whichever writes a reload made, its last steps (ending memberships,
+/// denying clients outside new source ranges, ending affinity to a draining backend) bring
+/// the flows in line with this.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowRules {
+    /// Every backend a service lists: the ones taking its new flows and the ones draining
+    /// theirs. A flow of any other pair has lost its backend.
+    pub listed: BTreeSet<Membership>,
+    /// The backends taking new flows: affinity may point only at these.
+    pub taking: BTreeSet<Membership>,
+    /// The source ranges of every service that has them (empty: nobody is admitted).
+    pub ranges: BTreeMap<u32, Vec<Ipv4Net>>,
+}
+
+impl FlowRules {
+    /// Whether a flow of `service_id` from `client` may go on.
+    pub fn admits(&self, service_id: u32, client: std::net::Ipv4Addr) -> bool {
+        self.ranges
+            .get(&service_id)
+            .is_none_or(|nets| nets.iter().any(|net| net.contains(client)))
+    }
+}
+
 impl MapState {
+    /// The rules the flows of this state's services follow.
+    pub fn flow_rules(&self) -> FlowRules {
+        let mut rules = FlowRules::default();
+        for service in self.services.values() {
+            for (slot, &backend_id) in self.slots.range(slots_of(service.id)) {
+                let membership = Membership {
+                    service_id: service.id,
+                    backend_id,
+                };
+                rules.listed.insert(membership);
+                if slot.slot <= u32::from(service.backend_count) {
+                    rules.taking.insert(membership);
+                }
+            }
+            if let Some(nets) = self.source_ranges_of(service) {
+                rules.ranges.insert(service.id, nets);
+            }
+        }
+        rules
+    }
+
+    /// The ranges `service` admits clients from, if it has `loadBalancerSourceRanges`.
+    pub fn source_ranges_of(&self, service: &Service) -> Option<Vec<Ipv4Net>> {
+        (service.flags & SERVICE_F_SOURCE_RANGES != 0).then(|| {
+            self.source_ranges
+                .range(source_ranges_of(service.id))
+                .map(|&(_, net)| net)
+                .collect()
+        })
+    }
+
     /// Brings the state along with a [`Change`] whose writes reached the maps.
     pub fn apply(&mut self, change: Change) {
         fn update<K: Ord, V>(

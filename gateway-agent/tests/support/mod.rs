@@ -193,6 +193,13 @@ impl Harness {
     }
 
     pub fn program(&mut self, desired: &DesiredState) {
+        self.program_but(desired, |_| false);
+    }
+
+    /// Like [`Harness::program`], leaving out the writes `skipped` picks: a reload whose
+    /// agent was killed before making them. The state is then read back from the maps, as
+    /// the next agent adopts it.
+    pub fn program_but(&mut self, desired: &DesiredState, skipped: impl Fn(&plan::Op) -> bool) {
         // The announcements' interface, and the uplink flows to other nodes leave by.
         let interfaces = [
             Interface {
@@ -209,10 +216,19 @@ impl Harness {
             },
         ];
         let target = plan::target(desired, &interfaces, &self.state, &self.capacity).unwrap();
+        let mut interrupted = false;
         for op in plan::diff(&self.state, &target) {
-            self.dp.maps.apply(&op).unwrap();
+            if skipped(&op) {
+                interrupted = true;
+            } else {
+                self.dp.maps.apply(&op).unwrap();
+            }
         }
-        self.state = target;
+        self.state = if interrupted {
+            self.dp.maps.read_state().unwrap()
+        } else {
+            target
+        };
     }
 
     /// Runs `frame` through a program once; returns the verdict and the output frame.
