@@ -16,8 +16,9 @@
 //!
 //! Either way a figure can never come from the wrong path.
 //!
-//! `cargo bench -p gateway-agent --bench datapath -- [--quick] [--out FILE]` (root); writes
-//! JSON for `cargo xtask bench`.
+//! `cargo bench -p gateway-agent --bench datapath -- [--quick] [--out FILE] [--case TEXT]`
+//! (root); writes JSON for `cargo xtask bench`. `--case` measures only the cases whose name
+//! contains TEXT (to profile one path: under `perf record -a -g`).
 
 use std::net::Ipv4Addr;
 use std::time::Instant;
@@ -717,6 +718,10 @@ fn main() -> Result<()> {
         .windows(2)
         .find(|w| w[0] == "--out")
         .map(|w| w[1].clone());
+    let only = args
+        .windows(2)
+        .find(|w| w[0] == "--case")
+        .map(|w| w[1].clone());
     let (runs, sizes, prefill): (usize, &[usize], usize) = if quick {
         (300, &[1, 100], 10_000)
     } else {
@@ -782,7 +787,10 @@ fn main() -> Result<()> {
             },
         )?;
         let floor = percentile(&floor_times, 50);
-        for case in cases(backend, warm_backend) {
+        let cases = cases(backend, warm_backend)
+            .into_iter()
+            .filter(|c| only.as_ref().is_none_or(|text| c.name.contains(text.as_str())));
+        for case in cases {
             let ifindex = if case.uplink { h.uplink } else { TEST_IFINDEX };
             // The floor of the warm figure: the same wrapper work, into the empty program.
             let floor_run = Warm {
