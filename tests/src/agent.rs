@@ -73,6 +73,16 @@ impl Agent {
     /// Starts the agent built beside this binary on `node`, reading the cluster through
     /// `kubeconfig` (see [`crate::kube_api`]), and waits until it serves.
     pub fn start_in_cluster(lab: &Lab, node: &str, kubeconfig: &Path) -> Result<Self> {
+        Self::start_in_cluster_with(lab, node, kubeconfig, &[])
+    }
+
+    /// [`Agent::start_in_cluster`] with `extra` flags (`--load-balancer-class`, ...).
+    pub fn start_in_cluster_with(
+        lab: &Lab,
+        node: &str,
+        kubeconfig: &Path,
+        extra: &[&str],
+    ) -> Result<Self> {
         let bpffs = lab.bpffs_dir(node).to_owned();
         let kubeconfig = kubeconfig.display().to_string();
         Self::launch_reading(
@@ -81,7 +91,7 @@ impl Agent {
             &["--kubeconfig", &kubeconfig],
             &binary()?,
             &bpffs,
-            &[],
+            extra,
         )
     }
 

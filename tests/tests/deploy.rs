@@ -956,7 +956,7 @@ fn triples(list: &[(&str, &str, &str)]) -> BTreeSet<(String, String, String)> {
 /// What the agent does with the API, and nothing more: it watches what it serves from,
 /// patches the status of Services and pools, records Events, and holds a Lease in its own
 /// namespace.
-const CLUSTER_RULES: [(&str, &str, &str); 19] = [
+const CLUSTER_RULES: [(&str, &str, &str); 18] = [
     ("", "services", "get"),
     ("", "services", "list"),
     ("", "services", "watch"),
@@ -975,7 +975,6 @@ const CLUSTER_RULES: [(&str, &str, &str); 19] = [
     ("", "services/status", "patch"),
     ("cilium.io", "ciliumloadbalancerippools/status", "patch"),
     ("events.k8s.io", "events", "create"),
-    ("events.k8s.io", "events", "patch"),
 ];
 const LEASE_RULES: [(&str, &str, &str); 3] = [
     ("coordination.k8s.io", "leases", "get"),
@@ -1097,6 +1096,7 @@ fn deployment_applies_to_a_real_api_server_and_its_account_can_do_what_the_agent
         ("patch", "ciliuml2announcementpolicies.cilium.io/status"),
         ("delete", "ciliumloadbalancerippools.cilium.io"),
         ("create", "events"),
+        ("patch", "events.events.k8s.io"),
         ("delete", "leases.coordination.k8s.io"),
     ] {
         assert!(

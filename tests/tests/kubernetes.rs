@@ -129,7 +129,12 @@ impl Cluster {
     }
 
     fn start(&mut self, node: &str) -> Result<()> {
-        let agent = Agent::start_in_cluster(&self.lab, node, &self.kubeconfig)?;
+        self.start_with(node, &[])
+    }
+
+    /// Starts the agent on `node` with `extra` flags.
+    fn start_with(&mut self, node: &str, extra: &[&str]) -> Result<()> {
+        let agent = Agent::start_in_cluster_with(&self.lab, node, &self.kubeconfig, extra)?;
         self.agents.insert(node.into(), agent);
         Ok(())
     }
@@ -155,6 +160,54 @@ impl Cluster {
             },
             |ip| !ip.is_empty(),
         )
+    }
+
+    /// What Service `gateway/NAME`'s status says: its ingress addresses and the agent's
+    /// condition as `STATUS REASON` (empty when it has none).
+    fn service_status(&self, name: &str) -> Result<(String, String)> {
+        let status = self.jsonpath(
+            &["svc", name, "-n", "gateway"],
+            "{.status.loadBalancer.ingress[*].ip};{.status.conditions[?(@.type==\"cilium.io/IPAMRequestSatisfied\")]['status','reason']}",
+        )?;
+        let (ingress, condition) = status.split_once(';').unwrap_or((&status, ""));
+        Ok((ingress.to_owned(), condition.to_owned()))
+    }
+
+    /// The first pool's `cilium.io/IPsUsed`, once it is `expected`.
+    fn pool_used(&self, expected: &str) -> Result<String> {
+        eventually(
+            WAIT,
+            || {
+                self.jsonpath(
+                    &["ippools", "first-pool"],
+                    "{.status.conditions[?(@.type==\"cilium.io/IPsUsed\")].message}",
+                )
+            },
+            |used| used == expected,
+        )
+    }
+
+    /// The Events the agent recorded on Service `gateway/NAME`, as (type, reason, note),
+    /// sorted.
+    fn events_of(&self, name: &str) -> Result<Vec<(String, String, String)>> {
+        let list =
+            self.api
+                .kubectl(&["get", "events.events.k8s.io", "-n", "gateway", "-o", "json"])?;
+        let list: serde_json::Value = serde_json::from_str(&list)?;
+        let text = |event: &serde_json::Value, field: &str| {
+            event[field].as_str().unwrap_or_default().to_owned()
+        };
+        let mut events: Vec<_> = list["items"]
+            .as_array()
+            .context("events")?
+            .iter()
+            .filter(|e| {
+                e["regarding"]["name"] == name && e["reportingController"] == "gateway-agent"
+            })
+            .map(|e| (text(e, "type"), text(e, "reason"), text(e, "note")))
+            .collect();
+        events.sort();
+        Ok(events)
     }
 
     /// Who holds the status Lease, once someone does.
@@ -629,5 +682,246 @@ fn one_of_two_agents_writes_status_and_hands_over_when_it_stops() -> Result<()> 
     assert!(kept.contains(&format!("{second}:80/TCP")), "{kept}");
     assert!(!kept.contains(&format!("{first}:80/TCP")), "{kept}");
     assert_eq!(c.external_ip("second-dynamic")?, second);
+    Ok(())
+}
+
+/// A LoadBalancer Service `gateway/NAME` without node ports or endpoints (a backend serves
+/// at most four frontends, and the lab's already do); `class` its loadBalancerClass.
+fn bare_service(name: &str, class: Option<&str>) -> String {
+    let class = class.map_or(String::new(), |c| format!("  loadBalancerClass: {c}\n"));
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: gateway\nspec:\n  \
+         type: LoadBalancer\n  allocateLoadBalancerNodePorts: false\n{class}  ports:\n  - port: 80\n"
+    )
+}
+
+#[test]
+fn a_service_no_longer_served_here_loses_the_agents_status_and_frees_its_vip() -> Result<()> {
+    let _server = one_server_at_a_time();
+    let Some(mut c) = Cluster::up_as(
+        "a_service_no_longer_served_here_loses_the_agents_status",
+        LabSpec::reference(&lab::unique_prefix("kbi")),
+        &[],
+        false,
+        true,
+    )?
+    else {
+        return Ok(());
+    };
+    // The agent serves one more class, as an operator would ask it to.
+    const CLASS: &str = "example.io/lb";
+    c.start_with("w1", &["--load-balancer-class", CLASS])?;
+    for (name, class) in [
+        ("leaving", None),
+        ("flagged", Some(CLASS)),
+        ("recreated", None),
+    ] {
+        c.api.apply(&bare_service(name, class), &[])?;
+    }
+    let mut vips = BTreeMap::new();
+    for name in ["leaving", "flagged", "recreated"] {
+        let vip: Ipv4Addr = c.external_ip(name)?.parse()?;
+        vips.insert(name, vip);
+        assert_eq!(c.service_status(name)?.1, "True Satisfied", "{name}");
+    }
+    // The reference's two gateways and these three.
+    c.pool_used("5")?;
+    let w1 = c.agent("w1");
+    eventually(WAIT, || w1.announced(), |a| a.contains(&vips["leaving"]))?;
+
+    // Stops being a LoadBalancer: the API server empties its ingress and leaves the
+    // condition; the agent removes that, and no longer answers for the VIP.
+    c.api.kubectl(&[
+        "patch",
+        "svc",
+        "leaving",
+        "-n",
+        "gateway",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"type":"ClusterIP","allocateLoadBalancerNodePorts":null}}"#,
+    ])?;
+    let status = eventually(
+        WAIT,
+        || c.service_status("leaving"),
+        |(_, condition)| condition.is_empty(),
+    )?;
+    let log = c.agent("w1").log();
+    assert_eq!(status, (String::new(), String::new()), "{log}");
+    assert_eq!(c.pool_used("4")?, "4");
+    let w1 = c.agent("w1");
+    let announced = eventually(WAIT, || w1.announced(), |a| !a.contains(&vips["leaving"]))?;
+    assert!(!announced.contains(&vips["leaving"]), "{announced:?}");
+
+    // Deleted and created again for another controller: its VIP is free, and the agent
+    // writes nothing on it.
+    c.api
+        .kubectl(&["delete", "svc", "recreated", "-n", "gateway"])?;
+    c.api
+        .apply(&bare_service("recreated", Some("other.io/lb")), &[])?;
+    assert_eq!(c.pool_used("3")?, "3");
+    assert_eq!(
+        c.service_status("recreated")?,
+        (String::new(), String::new())
+    );
+
+    // The class the agent served is no longer given to it: restarted without the flag, it
+    // finds its VIP and condition on another controller's Service (what it wrote is in the
+    // Service's managedFields) and removes both.
+    c.agents.remove("w1").context("w1")?.stop();
+    c.start("w1")?;
+    let status = eventually(
+        WAIT,
+        || c.service_status("flagged"),
+        |(ingress, condition)| ingress.is_empty() && condition.is_empty(),
+    )?;
+    let log = c.agent("w1").log();
+    assert_eq!(status, (String::new(), String::new()), "{log}");
+    assert_eq!(c.pool_used("2")?, "2");
+    assert!(
+        log.contains("Service/gateway/flagged is no longer served here"),
+        "{log}"
+    );
+    // A Service the agent answers for again gets a VIP again.
+    c.api.kubectl(&[
+        "patch",
+        "svc",
+        "leaving",
+        "-n",
+        "gateway",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"type":"LoadBalancer","allocateLoadBalancerNodePorts":false}}"#,
+    ])?;
+    c.external_ip("leaving")?;
+    assert_eq!(c.service_status("leaving")?.1, "True Satisfied");
+    assert_eq!(c.pool_used("3")?, "3");
+    Ok(())
+}
+
+#[test]
+fn every_finding_about_a_service_is_an_event_once() -> Result<()> {
+    let _server = one_server_at_a_time();
+    let Some(mut c) = Cluster::up_as(
+        "every_finding_about_a_service_is_an_event_once",
+        LabSpec::reference(&lab::unique_prefix("kbj")),
+        &["w1"],
+        false,
+        true,
+    )?
+    else {
+        return Ok(());
+    };
+    // Two SCTP ports (a warning each, with the same reason), and an IPv6 address requested
+    // beside the IPv4 one (worth knowing).
+    let ports = |sctp: &[u16]| {
+        let mut yaml = String::from("  ports:\n  - {port: 80, protocol: TCP, name: http}\n");
+        for port in sctp {
+            yaml.push_str(&format!(
+                "  - {{port: {port}, protocol: SCTP, name: p{port}}}\n"
+            ));
+        }
+        yaml
+    };
+    let mixed = |sctp: &[u16]| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: mixed\n  namespace: gateway\n  \
+             annotations:\n    lbipam.cilium.io/ips: \"{},2001:db8::1\"\nspec:\n  type: LoadBalancer\n  \
+             allocateLoadBalancerNodePorts: false\n{}",
+            SPARE_VIPS[0],
+            ports(sctp)
+        )
+    };
+    c.api.apply(&mixed(&[81, 82]), &[])?;
+    let shape = |events: &[(String, String, String)]| -> Vec<(String, String)> {
+        events
+            .iter()
+            .map(|(t, r, _)| (t.clone(), r.clone()))
+            .collect()
+    };
+    let expected: Vec<(String, String)> = [
+        ("Normal", "IPv6NotServed"),
+        ("Warning", "UnsupportedProtocol"),
+        ("Warning", "UnsupportedProtocol"),
+    ]
+    .iter()
+    .map(|(t, r)| (t.to_string(), r.to_string()))
+    .collect();
+    let events = eventually(WAIT, || c.events_of("mixed"), |e| shape(e) == expected)?;
+    assert_eq!(shape(&events), expected, "{}", c.agent("w1").log());
+    // Each names its own port.
+    assert!(
+        events[1].2.starts_with("spec.ports[1].protocol:"),
+        "{events:?}"
+    );
+    assert!(
+        events[2].2.starts_with("spec.ports[2].protocol:"),
+        "{events:?}"
+    );
+    assert!(events[0].2.contains("IPv6 is not served yet"), "{events:?}");
+    // `kubectl describe` finds them (they name the Service's uid).
+    let described = c
+        .api
+        .kubectl(&["describe", "svc", "mixed", "-n", "gateway"])?;
+    assert!(described.contains("UnsupportedProtocol"), "{described}");
+
+    // Unrelated changes (a label on it, another Service served after it) tell nothing new.
+    c.api
+        .kubectl(&["label", "svc", "mixed", "-n", "gateway", "team=shop"])?;
+    c.api.apply(&bare_service("unrelated", None), &[])?;
+    c.external_ip("unrelated")?;
+    assert_eq!(c.events_of("mixed")?, events);
+    assert!(c.events_of("unrelated")?.is_empty());
+
+    // One finding goes away: nothing is told; it comes back: it is told again. (The
+    // writer has seen it gone once a Service added after it has its VIP.)
+    c.api.apply(&mixed(&[81]), &[])?;
+    c.api.apply(&bare_service("after-fix", None), &[])?;
+    c.external_ip("after-fix")?;
+    assert_eq!(c.events_of("mixed")?, events);
+    c.api.apply(&mixed(&[81, 82]), &[])?;
+    let again = eventually(WAIT, || c.events_of("mixed"), |e| e.len() == 4)?;
+    let port_2: Vec<_> = again
+        .iter()
+        .filter(|(_, _, note)| note.starts_with("spec.ports[2]"))
+        .collect();
+    assert_eq!(port_2.len(), 2, "{again:?}");
+
+    // A request not met is a finding; met again, a Normal Event says so.
+    let outside = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: moving\n  namespace: gateway\n  \
+         annotations:\n    lbipam.cilium.io/ips: \"{UNUSED}\"\nspec:\n  type: LoadBalancer\n  \
+         allocateLoadBalancerNodePorts: false\n  ports:\n  - port: 80\n",
+        UNUSED = lab::UNUSED_ADDR
+    );
+    c.api.apply(&outside, &[])?;
+    let failing = eventually(WAIT, || c.events_of("moving"), |e| !e.is_empty())?;
+    assert_eq!(
+        shape(&failing),
+        [("Warning".to_owned(), "RequestedIPNotInPool".to_owned())]
+    );
+    c.api.apply(
+        &outside.replace(&lab::UNUSED_ADDR.to_string(), &SPARE_VIPS[1].to_string()),
+        &[],
+    )?;
+    let met = eventually(WAIT, || c.events_of("moving"), |e| e.len() == 2)?;
+    assert!(
+        met.contains(&(
+            "Normal".to_owned(),
+            "Satisfied".to_owned(),
+            format!("the request is met: {}", SPARE_VIPS[1])
+        )),
+        "{met:?}"
+    );
+
+    // A new writer (the agent restarted) tells what stands once more, once.
+    c.agents.remove("w1").context("w1")?.stop();
+    c.start("w1")?;
+    let retold = eventually(WAIT, || c.events_of("mixed"), |e| e.len() >= 7)?;
+    c.api.apply(&bare_service("later", None), &[])?;
+    c.external_ip("later")?;
+    let after = c.events_of("mixed")?;
+    assert_eq!(after.len(), 7, "{after:?}");
+    assert_eq!(after, retold);
     Ok(())
 }

@@ -6,9 +6,9 @@
 //! What a status writer does with it:
 //!
 //! - [`ServiceStatus`], one per LoadBalancer Service of a class this agent serves (a
-//!   Service of another class is absent: leave it alone; one that carries this agent's
-//!   condition from before it changed class gets its ingress and condition removed, as
-//!   Cilium does):
+//!   Service of another class or type is absent: leave it alone; one that still carries
+//!   this agent's condition or VIPs, as its `managedFields` tell, from before it changed
+//!   class or type gets them removed, as Cilium does):
 //!   - `status.loadBalancer.ingress` = one `{ip}` per [`ServiceVip`], in this order (sorted
 //!     by address; IPv6 entries a dual-stack Service holds from another controller are not
 //!     this agent's to write);
@@ -16,7 +16,8 @@
 //!     `reason` and `message` as they are;
 //!   - an Event per [`crate::config::Finding`] about the Service (`reason`, `message`;
 //!     type `Warning` for warning and error severities, `Normal` for info), when it first
-//!     appears.
+//!     appears (told again by a new writer once, and when it comes back after it went
+//!     away), and a `Normal` one when its request is met again after it was not.
 //! - [`PoolStatus`], one per `CiliumLoadBalancerIPPool`: the condition
 //!   [`POOL_CONFLICT_CONDITION`] (`True` with reason `PoolConflict` and the message when
 //!   `conflict` is set, else `False` with reason `Resolved`), and the counts as Cilium

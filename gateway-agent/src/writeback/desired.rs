@@ -1,13 +1,13 @@
 //! What the objects' status should say, from the model's answer (pure): each LoadBalancer
 //! Service's VIPs in `status.loadBalancer.ingress` and Cilium's condition saying whether its
-//! request is met and why not; each pool's counts of addresses and whether it conflicts, as
-//! `model::status` lays them out. The condition types are Cilium LB-IPAM's, so what
+//! request is met and why not, and the findings about it that its Events tell; each pool's
+//! counts of addresses and whether it conflicts, as `model::status` lays them out. The condition types are Cilium LB-IPAM's, so what
 //! operators and their tools read from Cilium reads the same here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use crate::config::{Finding, ObjectRef, Reason, Service};
+use crate::config::{Finding, ObjectRef, Reason, Service, Severity};
 use crate::model::{
     self, POOL_CONFLICT_CONDITION, POOL_IPS_AVAILABLE_CONDITION, POOL_IPS_TOTAL_CONDITION,
     POOL_IPS_USED_CONDITION,
@@ -68,12 +68,24 @@ pub struct PoolStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// One finding about a Service, as an Event on it tells it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Notice {
+    pub reason: Reason,
+    /// The field, then what was found.
+    pub message: String,
+    /// A warning or an error (`Warning` Event), or worth knowing (`Normal`).
+    pub warning: bool,
+}
+
 /// The status of every object the agent answers for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub services: BTreeMap<ObjectRef, ServiceStatus>,
     /// By pool name.
     pub pools: BTreeMap<String, PoolStatus>,
+    /// The findings about each Service of `services` (those without any are absent).
+    pub notices: BTreeMap<ObjectRef, BTreeSet<Notice>>,
 }
 
 /// The status that the model's answer calls for: `services` and `pools` as the model
@@ -124,6 +136,25 @@ pub fn desired(
         desired
             .pools
             .insert(pool.pool.to_string(), pool_status(pool));
+    }
+    // Only the Services the agent answers for: another controller's are left alone.
+    for finding in findings {
+        let Some(object) = &finding.object else {
+            continue;
+        };
+        if object.kind != Service::KIND || !desired.services.contains_key(object) {
+            continue;
+        }
+        let notice = Notice {
+            reason: finding.reason,
+            message: message(&finding.field, &finding.message),
+            warning: finding.severity != Severity::Info,
+        };
+        desired
+            .notices
+            .entry(object.clone())
+            .or_default()
+            .insert(notice);
     }
     desired
 }
@@ -215,6 +246,95 @@ mod tests {
         assert!(!external.condition.is_true());
         assert_eq!(external.condition.reason, "RequestedIPNotInPool");
         assert!(!external.condition.message.is_empty());
+    }
+
+    #[test]
+    fn every_finding_about_a_served_service_is_a_notice_warnings_and_errors_as_warnings() {
+        let service = |name: &str| ObjectRef {
+            kind: "Service".into(),
+            namespace: "shop".into(),
+            name: name.into(),
+        };
+        let finding = |object: ObjectRef, field: &str, reason, severity| Finding {
+            file: FILE.into(),
+            object: Some(object),
+            field: field.into(),
+            message: format!("{reason:?} found"),
+            reason,
+            severity,
+        };
+        let mut config = reference();
+        config.pools = Default::default();
+        let cluster = model::cluster_state(&config);
+        let external = cluster
+            .services
+            .iter()
+            .find(|s| s.service.name == "cilium-gateway-gateway-external")
+            .expect("the reference's external gateway")
+            .service
+            .clone();
+        let findings = [
+            finding(
+                external.clone(),
+                "spec.ports[1].protocol",
+                Reason::UnsupportedProtocol,
+                Severity::Warning,
+            ),
+            finding(
+                external.clone(),
+                "spec.ports[2].protocol",
+                Reason::UnsupportedProtocol,
+                Severity::Warning,
+            ),
+            finding(external.clone(), "", Reason::IPv6NotServed, Severity::Info),
+            // Another controller's Service, and a pool: no Event of the agent's.
+            finding(
+                service("elsewhere"),
+                "spec.loadBalancerClass",
+                Reason::LoadBalancerClassNotServed,
+                Severity::Info,
+            ),
+            Finding {
+                object: Some(ObjectRef::cluster_scoped("CiliumLoadBalancerIPPool", "p")),
+                ..finding(
+                    external.clone(),
+                    "",
+                    Reason::PoolConflict,
+                    Severity::Warning,
+                )
+            },
+        ];
+        let told = desired(&cluster.services, &cluster.pools, &findings);
+        assert_eq!(told.notices.len(), 1, "{:?}", told.notices);
+        let notices: Vec<(&str, &str, bool)> = told.notices[&external]
+            .iter()
+            .map(|n| (n.reason.as_str(), n.message.as_str(), n.warning))
+            .collect();
+        assert_eq!(
+            notices,
+            [
+                (
+                    "UnsupportedProtocol",
+                    "spec.ports[1].protocol: UnsupportedProtocol found",
+                    true
+                ),
+                (
+                    "UnsupportedProtocol",
+                    "spec.ports[2].protocol: UnsupportedProtocol found",
+                    true
+                ),
+                ("IPv6NotServed", "IPv6NotServed found", false),
+            ]
+        );
+        // The model's own finding of the Service without a pool is one of them, too.
+        let model = desired(&cluster.services, &cluster.pools, &cluster.findings);
+        assert!(
+            model.notices[&external]
+                .iter()
+                .any(|n| n.reason == Reason::RequestedIPNotInPool && n.warning),
+            "{:?}",
+            model.notices
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! | `desired.rs` | what the status should say, from the store's objects and the model (pure) |
 //! | `observed.rs` | what the status says now, as the watches see it |
 //! | `lease.rs` | which agent writes: the Lease, renewed and taken over as client-go does |
-//! | `writer.rs` | the writes where the two differ, and an Event when a Service's condition changes |
+//! | `writer.rs` | the writes where the two differ, and what a Service no longer served still carries removed |
+//! | `events.rs` | the Events on Services: each finding once, when it appears |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use tokio::task::JoinHandle;
 use crate::source::kube::Cluster;
 
 mod desired;
+mod events;
 mod lease;
 pub(crate) mod observed;
 mod writer;
@@ -29,12 +31,17 @@ mod writer;
 pub use desired::{Desired, desired};
 pub use observed::Observed;
 
+/// The field manager of the status writes (what the agent wrote is known by it) and the
+/// Events' reporting controller.
+pub const MANAGER: &str = "gateway-agent";
+
 /// How long stopping may wait to give the Lease up.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The writer task, fed the status every change calls for.
 pub struct StatusWriter {
-    desired: watch::Sender<Arc<Desired>>,
+    /// `None` until the run loop first publishes: nothing is written before.
+    desired: watch::Sender<Option<Arc<Desired>>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -43,7 +50,7 @@ impl StatusWriter {
     /// Starts taking part in the election for the Lease in `namespace` as `identity` (the
     /// node's name), writing while it holds it. `observed` is filled by the source's watches.
     pub fn start(cluster: &Cluster, namespace: &str, identity: &str, observed: Observed) -> Self {
-        let (desired, updates) = watch::channel(Arc::new(Desired::default()));
+        let (desired, updates) = watch::channel(None);
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(writer::run(
             cluster.client.clone(),
@@ -63,9 +70,9 @@ impl StatusWriter {
     /// What the status should say now.
     pub fn publish(&self, desired: Desired) {
         self.desired.send_if_modified(|held| {
-            let changed = **held != desired;
+            let changed = held.as_deref() != Some(&desired);
             if changed {
-                *held = Arc::new(desired);
+                *held = Some(Arc::new(desired));
             }
             changed
         });

@@ -1,33 +1,39 @@
 //! The writer: while this agent holds the Lease, it brings every object's status to what
-//! it should say, writing only where what the watches show differs, and records an Event
-//! on a Service whose condition changes. Agents that do not hold the Lease compute the same
-//! answer and write nothing.
+//! it should say, writing only where what the watches show differs, and tells what it
+//! found about each Service in Events (`events`). A Service it no longer answers for (it
+//! stopped being a LoadBalancer, or came back with another controller's class) that still
+//! carries what the agent wrote gets its ingress and condition removed, as Cilium's LB-IPAM
+//! does, so the next controller starts from a clean status; its VIP is already free in the
+//! pools' counts (the model only counts what it serves). Agents that do not hold the Lease
+//! compute the same answer and write nothing.
+//!
+//! Nothing is written before the run loop published what the status should say: until
+//! every kind was listed, every Service would look like one the agent no longer answers for.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::{StreamExt, stream};
-use k8s_openapi::Resource as _;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use log::{info, warn};
 use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 
+use super::MANAGER;
 use super::desired::{Condition, Desired, PoolStatus, SERVICE_CONDITION, ServiceStatus};
+use super::events::{self, Telling, Told};
 use super::lease::{self, Election, RETRY};
 use super::observed::{Observed, Seen, Snapshot};
 use crate::config::{Kind, ObjectRef};
 use crate::source::kube::resources;
 
-/// The field manager and the Events' reporting controller.
-pub const MANAGER: &str = "gateway-agent";
-/// Status writes in flight at once (a cold start writes every Service).
+/// Status writes (and Events) in flight at once (a cold start writes every Service).
 const CONCURRENT_WRITES: usize = 16;
 
 /// One status write.
@@ -38,8 +44,18 @@ pub enum Write {
         status: ServiceStatus,
         /// The condition's transition time: kept while its status stays.
         since: String,
-        /// The condition changed: worth an Event.
+        /// The request is met again after it was not: worth an Event (no finding says so).
         news: bool,
+    },
+    /// A Service the agent no longer answers for, which still carries what it wrote: that
+    /// is removed, unless the Service changed since it was seen (`version`).
+    Release {
+        object: ObjectRef,
+        /// Its condition is the agent's.
+        condition: bool,
+        /// Its ingress holds the agent's VIPs.
+        ingress: bool,
+        version: String,
     },
     Pool {
         name: String,
@@ -77,6 +93,7 @@ impl Write {
                     name: b, status: y, ..
                 },
             ) => a == b && x == y,
+            (a @ Write::Release { .. }, b @ Write::Release { .. }) => a == b,
             _ => false,
         }
     }
@@ -84,7 +101,7 @@ impl Write {
 
 fn key(write: &Write) -> String {
     match write {
-        Write::Service { object, .. } => object.to_string(),
+        Write::Service { object, .. } | Write::Release { object, .. } => object.to_string(),
         Write::Pool { name, .. } => format!("pool/{name}"),
     }
 }
@@ -141,15 +158,12 @@ pub fn writes(
         if service_matches(seen, status) {
             continue;
         }
-        // Worth an Event: a request not met, or a change of whether it is (a first VIP
-        // is no news: 10,000 of them at a cold start would be noise).
-        let news = match seen.and_then(|s| s.condition(SERVICE_CONDITION)) {
-            Some(c) => {
-                c.condition.status != status.condition.status
-                    || c.condition.reason != status.condition.reason
-            }
-            None => !status.condition.is_true(),
-        };
+        // Worth an Event: a request met again (a first VIP is no news: 10,000 of them at a
+        // cold start would be noise; a request not met is a finding, told as such).
+        let news = status.condition.is_true()
+            && seen
+                .and_then(|s| s.condition(SERVICE_CONDITION))
+                .is_some_and(|c| c.condition.status == "False");
         let write = Write::Service {
             object: object.clone(),
             status: status.clone(),
@@ -157,6 +171,18 @@ pub fn writes(
             news,
         };
         push(write, seen);
+    }
+    for (object, seen) in observed.services() {
+        if desired.services.contains_key(object) || !seen.carries_own() {
+            continue;
+        }
+        let write = Write::Release {
+            object: object.clone(),
+            condition: seen.owned.condition,
+            ingress: seen.owned.ingress && !seen.ingress.is_empty(),
+            version: seen.version.clone(),
+        };
+        push(write, Some(seen));
     }
     for (name, status) in &desired.pools {
         let seen = observed.pool(name);
@@ -202,6 +228,26 @@ pub fn patch(write: &Write) -> Value {
                 "conditions": [condition_json(&status.condition, since)],
             }})
         }
+        Write::Release {
+            condition,
+            ingress,
+            version,
+            ..
+        } => {
+            let mut status = serde_json::Map::new();
+            if *condition {
+                // Strategic: only that condition goes, others' stay.
+                status.insert(
+                    "conditions".into(),
+                    json!([{"type": SERVICE_CONDITION, "$patch": "delete"}]),
+                );
+            }
+            if *ingress {
+                status.insert("loadBalancer".into(), json!({"ingress": Value::Null}));
+            }
+            // A precondition: refused (409) if another controller wrote since.
+            json!({"metadata": {"resourceVersion": version}, "status": status})
+        }
         Write::Pool { status, since, .. } => json!({"status": {
             "conditions": status.conditions.iter().zip(since).map(|(c, s)| condition_json(c, s)).collect::<Vec<_>>(),
         }}),
@@ -211,15 +257,21 @@ pub fn patch(write: &Write) -> Value {
 /// The writer's connection to the cluster.
 struct Writer {
     client: Client,
+    /// This agent, as its Events name it.
+    identity: String,
     /// Where pools are written, once the API server is found to serve them.
     pools: Option<ApiResource>,
-    recorder: Recorder,
     written: Written,
+    told: Told,
 }
 
 impl Writer {
-    async fn write(&self, write: &Write) -> kube::Result<()> {
-        let params = PatchParams::default();
+    async fn write(&self, write: &Write, uid: &str) -> kube::Result<()> {
+        // The agent's own field manager: what it wrote is known by it (`Owned`).
+        let params = PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..PatchParams::default()
+        };
         match write {
             Write::Service {
                 object,
@@ -232,8 +284,21 @@ impl Writer {
                 api.patch_status(&object.name, &params, &Patch::Strategic(patch(write)))
                     .await?;
                 if *news {
-                    self.record(object, status).await;
+                    let vips: Vec<String> = status.ingress.iter().map(|v| v.to_string()).collect();
+                    let telling = Telling {
+                        warning: false,
+                        reason: status.condition.reason.clone(),
+                        note: format!("the request is met: {}", vips.join(", ")),
+                        action: "Allocate",
+                    };
+                    self.tell(object, uid, &telling).await;
                 }
+            }
+            Write::Release { object, .. } => {
+                let api: Api<Service> = Api::namespaced(self.client.clone(), &object.namespace);
+                api.patch_status(&object.name, &params, &Patch::Strategic(patch(write)))
+                    .await?;
+                info!("{object} is no longer served here: its VIP and condition removed");
             }
             Write::Pool { name, .. } => {
                 let Some(pools) = &self.pools else {
@@ -247,30 +312,13 @@ impl Writer {
         Ok(())
     }
 
-    async fn record(&self, object: &ObjectRef, status: &ServiceStatus) {
-        // The condition's reason is the Event's: Cilium's LB-IPAM reasons in CamelCase.
-        let condition = &status.condition;
-        let type_ = if condition.is_true() {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        };
-        let reference = ObjectReference {
-            api_version: Some(Service::API_VERSION.into()),
-            kind: Some(Service::KIND.into()),
-            namespace: Some(object.namespace.to_string()),
-            name: Some(object.name.to_string()),
-            ..ObjectReference::default()
-        };
-        let event = Event {
-            type_,
-            reason: condition.reason.clone(),
-            note: Some(condition.message.clone()),
-            action: "Allocate".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &reference).await {
-            warn!("recording an Event on {object}: {e}");
+    /// Records an Event on Service `object`. Best effort, as Events are: one that fails is
+    /// logged, not tried again.
+    async fn tell(&self, object: &ObjectRef, uid: &str, telling: &Telling) {
+        let event = events::event(object, uid, telling, &self.identity, Timestamp::now());
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &object.namespace);
+        if let Err(e) = api.create(&PostParams::default(), &event).await {
+            warn!("recording the Event {} on {object}: {e}", telling.reason);
         }
     }
 
@@ -283,10 +331,16 @@ impl Writer {
         election: &lease::Shared,
     ) {
         // What is gone is not remembered.
-        self.written.0.retain(|_, (write, _)| match write {
-            Write::Service { object, .. } => desired.services.contains_key(object),
-            Write::Pool { name, .. } => desired.pools.contains_key(name),
-        });
+        {
+            let snapshot = observed.snapshot();
+            self.written.0.retain(|_, (write, _)| match write {
+                Write::Service { object, .. } => desired.services.contains_key(object),
+                Write::Release { object, .. } => {
+                    snapshot.service(object).is_some_and(Seen::carries_own)
+                }
+                Write::Pool { name, .. } => desired.pools.contains_key(name),
+            });
+        }
         if self.pools.is_none() && !desired.pools.is_empty() {
             self.pools = resources::served(&self.client, Kind::IpPool)
                 .await
@@ -294,19 +348,32 @@ impl Writer {
                 .flatten();
         }
         let now = Timestamp::now().to_string();
-        let due: Vec<(Write, Option<Seen>)> = {
+        let (due, tellings) = {
             let snapshot = observed.snapshot();
-            writes(desired, &snapshot, &self.written, &now)
+            let due: Vec<(Write, Option<Seen>)> = writes(desired, &snapshot, &self.written, &now)
                 .into_iter()
                 .map(|write| {
                     let seen = match &write {
-                        Write::Service { object, .. } => snapshot.service(object).cloned(),
+                        Write::Service { object, .. } | Write::Release { object, .. } => {
+                            snapshot.service(object).cloned()
+                        }
                         Write::Pool { name, .. } => snapshot.pool(name).cloned(),
                     };
                     (write, seen)
                 })
-                .collect()
+                .collect();
+            let tellings: Vec<(ObjectRef, _, String)> = self
+                .told
+                .due(&desired.notices)
+                .into_iter()
+                .map(|(object, notice)| {
+                    let uid = snapshot.service(object).map(|s| s.uid.clone());
+                    (object.clone(), notice.clone(), uid.unwrap_or_default())
+                })
+                .collect();
+            (due, tellings)
         };
+        self.tell_findings(tellings, election).await;
         if due.is_empty() {
             return;
         }
@@ -319,7 +386,8 @@ impl Writer {
             let this = &*self;
             let results: Vec<_> = stream::iter(chunk)
                 .map(|(write, seen)| async move {
-                    let result = this.write(&write).await;
+                    let uid = seen.as_ref().map_or("", |s| s.uid.as_str());
+                    let result = this.write(&write, uid).await;
                     (write, seen, result)
                 })
                 .buffer_unordered(CONCURRENT_WRITES)
@@ -342,6 +410,28 @@ impl Writer {
             info!("wrote the status of {wrote} objects ({failed} failed, tried again later)");
         }
     }
+
+    /// Records an Event for each finding not told yet, a few at a time and only while this
+    /// agent leads.
+    async fn tell_findings(
+        &mut self,
+        tellings: Vec<(ObjectRef, super::desired::Notice, String)>,
+        election: &lease::Shared,
+    ) {
+        let mut tellings = tellings.into_iter().peekable();
+        while tellings.peek().is_some() && lease::leading(election) {
+            let chunk: Vec<_> = tellings.by_ref().take(CONCURRENT_WRITES).collect();
+            let this = &*self;
+            stream::iter(&chunk)
+                .for_each_concurrent(CONCURRENT_WRITES, |(object, notice, uid)| async move {
+                    this.tell(object, uid, &Telling::of(notice)).await;
+                })
+                .await;
+            for (object, notice, _) in chunk {
+                self.told.told(&object, notice);
+            }
+        }
+    }
 }
 
 /// Runs the election and, while this agent leads, the writes, until `stop` fires (then
@@ -351,23 +441,18 @@ pub async fn run(
     namespace: String,
     identity: String,
     observed: Observed,
-    mut desired: watch::Receiver<Arc<Desired>>,
+    mut desired: watch::Receiver<Option<Arc<Desired>>>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
     let election: lease::Shared = Arc::new(std::sync::Mutex::new(Election::new(&identity)));
     let campaign = tokio::spawn(lease::campaign(leases.clone(), Arc::clone(&election)));
     let mut writer = Writer {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: Some(identity.clone()),
-            },
-        ),
         client,
+        identity,
         pools: None,
         written: Written::default(),
+        told: Told::default(),
     };
     let mut was_leading = false;
     loop {
@@ -395,8 +480,13 @@ pub async fn run(
             }
             was_leading = leading;
         }
+        let Some(target) = desired.borrow().clone() else {
+            continue;
+        };
+        // Whether this agent writes or not: a finding that went away is told again when it
+        // comes back, whoever writes then.
+        writer.told.forget_gone(&target.notices);
         if leading {
-            let target = desired.borrow().clone();
             writer.reconcile(&target, &observed, &election).await;
         }
     }
@@ -434,13 +524,36 @@ mod tests {
     }
 
     fn seen_as(observed: &Observed, name: &str, status: Value) {
+        seen_with(observed, name, status, json!([]));
+    }
+
+    /// As the watch delivers it, with `managed_fields`.
+    fn seen_with(observed: &Observed, name: &str, status: Value, managed_fields: Value) {
         let raw: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": "shop"},
+            "metadata": {"name": name, "namespace": "shop", "resourceVersion": "7",
+                         "managedFields": managed_fields},
             "status": status,
         }))
         .unwrap();
         observed.record(crate::config::Kind::Service, &service(name), &raw);
+    }
+
+    /// What the API server records of the agent's status patch: the condition and ingress
+    /// are the agent's.
+    fn written_by_agent() -> Value {
+        json!([{"manager": MANAGER, "operation": "Update", "subresource": "status",
+                "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {
+                    "f:conditions": {".": {}, "k:{\"type\":\"cilium.io/IPAMRequestSatisfied\"}": {
+                        ".": {}, "f:type": {}, "f:status": {}, "f:reason": {}, "f:message": {},
+                        "f:lastTransitionTime": {}}},
+                    "f:loadBalancer": {"f:ingress": {}}}}}])
+    }
+
+    fn satisfied_status(vip: &str) -> Value {
+        json!({"loadBalancer": {"ingress": [{"ip": vip}]}, "conditions": [
+            {"type": SERVICE_CONDITION, "status": "True", "reason": "satisfied",
+             "message": format!("{vip} allocated"), "lastTransitionTime": "T0"}]})
     }
 
     fn desired_of(services: &[(&str, ServiceStatus)]) -> Desired {
@@ -450,6 +563,7 @@ mod tests {
                 .map(|(n, s)| (service(n), s.clone()))
                 .collect(),
             pools: Default::default(),
+            notices: Default::default(),
         }
     }
 
@@ -509,6 +623,137 @@ mod tests {
         };
         assert_eq!(since, "T0");
         assert!(!news, "the same status and reason is no news");
+    }
+
+    #[test]
+    fn a_request_met_again_is_news_a_request_failing_is_told_by_its_finding() {
+        let observed = Observed::default();
+        seen_as(
+            &observed,
+            "web",
+            json!({"conditions": [{"type": SERVICE_CONDITION, "status": "False",
+                                   "reason": "NoPool", "message": "", "lastTransitionTime": "T0"}]}),
+        );
+        let desired = desired_of(&[("web", satisfied("192.0.2.1"))]);
+        let due = writes(&desired, &observed.snapshot(), &Written::default(), "T1");
+        let Write::Service { since, news, .. } = &due[0] else {
+            panic!()
+        };
+        assert_eq!(since, "T1");
+        assert!(news, "met again");
+        let mut failing = satisfied("192.0.2.1");
+        failing.ingress.clear();
+        failing.condition.status = "False".into();
+        failing.condition.reason = "OutOfIPs".into();
+        let desired = desired_of(&[("web", failing)]);
+        let due = writes(&desired, &observed.snapshot(), &Written::default(), "T1");
+        let Write::Service { news, .. } = &due[0] else {
+            panic!()
+        };
+        assert!(
+            !news,
+            "another reason to fail is a finding's Event, not this one"
+        );
+    }
+
+    #[test]
+    fn a_service_no_longer_served_that_carries_the_agents_status_is_released_once() {
+        let observed = Observed::default();
+        // Once served: the agent's VIP and condition. Now of another class (or type): not
+        // in what the model answers for.
+        seen_with(
+            &observed,
+            "moved",
+            satisfied_status("192.0.2.1"),
+            written_by_agent(),
+        );
+        // A LoadBalancer of another class whose status another controller wrote.
+        seen_as(&observed, "theirs", satisfied_status("198.51.100.1"));
+        // Turned into a ClusterIP Service: the API server emptied its ingress, the
+        // condition stays.
+        let condition_only = json!({"conditions": [
+            {"type": SERVICE_CONDITION, "status": "True", "reason": "satisfied",
+             "message": "", "lastTransitionTime": "T0"}], "loadBalancer": {}});
+        seen_with(&observed, "cluster-ip", condition_only, written_by_agent());
+        let desired = desired_of(&[("kept", satisfied("192.0.2.2"))]);
+        let mut written = Written::default();
+        let due = writes(&desired, &observed.snapshot(), &written, "T1");
+        let mut releases: Vec<_> = due
+            .iter()
+            .filter_map(|w| match w {
+                Write::Release {
+                    object,
+                    condition,
+                    ingress,
+                    version,
+                } => Some((
+                    object.name.to_string(),
+                    *condition,
+                    *ingress,
+                    version.clone(),
+                )),
+                _ => None,
+            })
+            .collect();
+        releases.sort();
+        assert_eq!(
+            releases,
+            [
+                ("cluster-ip".into(), true, false, "7".into()),
+                ("moved".into(), true, true, "7".into()),
+            ]
+        );
+        // The patch removes the condition and the ingress, if the Service did not change.
+        let moved = due
+            .iter()
+            .find(|w| matches!(w, Write::Release { object, .. } if object.name == "moved"))
+            .unwrap();
+        assert_eq!(
+            patch(moved),
+            json!({"metadata": {"resourceVersion": "7"}, "status": {
+                "conditions": [{"type": SERVICE_CONDITION, "$patch": "delete"}],
+                "loadBalancer": {"ingress": null},
+            }})
+        );
+        let cluster_ip = due
+            .iter()
+            .find(|w| matches!(w, Write::Release { object, .. } if object.name == "cluster-ip"))
+            .unwrap();
+        assert_eq!(
+            patch(cluster_ip)["status"],
+            json!({"conditions": [{"type": SERVICE_CONDITION, "$patch": "delete"}]})
+        );
+        // Made: not again until the watch shows something new.
+        for write in &due {
+            let seen = match write {
+                Write::Release { object, .. } | Write::Service { object, .. } => {
+                    observed.snapshot().service(object).cloned()
+                }
+                Write::Pool { .. } => None,
+            };
+            written.0.insert(key(write), (write.clone(), seen));
+        }
+        let again = writes(&desired, &observed.snapshot(), &written, "T2");
+        assert!(
+            !again.iter().any(|w| matches!(w, Write::Release { .. })),
+            "{again:?}"
+        );
+        // The watch shows it released: nothing more to do.
+        seen_with(
+            &observed,
+            "moved",
+            json!({"loadBalancer": {}}),
+            json!([{"manager": MANAGER, "operation": "Update", "subresource": "status",
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:status": {"f:loadBalancer": {"f:ingress": {}}}}}]),
+        );
+        let after = writes(&desired, &observed.snapshot(), &Written::default(), "T3");
+        assert!(
+            !after
+                .iter()
+                .any(|w| matches!(w, Write::Release { object, .. } if object.name == "moved")),
+            "{after:?}"
+        );
     }
 
     #[test]
