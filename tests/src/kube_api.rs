@@ -6,6 +6,11 @@
 //! Where the variable is unset, [`assets`] says so and the callers skip what needs a server,
 //! saying why ([`skip`]). The server has no controller-manager: nothing creates service
 //! accounts' tokens, EndpointSlices or garbage-collects; the tests create what they need.
+//!
+//! The server keeps an audit log of who asked what ([`KubeApi::audited`]): every request but
+//! the administrator's writes (the bench's 20,000 objects), at the `Metadata` level. The
+//! bench counts the agent's own requests there; the API server's request metrics count
+//! every client's, the server's own included.
 
 use std::fs;
 use std::io::Write;
@@ -35,8 +40,13 @@ pub const ASSETS_VAR: &str = "KUBEBUILDER_ASSETS";
 const DEBIAN_ETCD: &str = "/usr/bin/etcd";
 /// The API server's port, on the address it binds in its namespace.
 pub const PORT: u16 = 6443;
-/// The token of the administrator (group `system:masters`).
+/// The token of the administrator (group `system:masters`), and its user name.
 const ADMIN_TOKEN: &str = "gateway-test-admin-token";
+const ADMIN_USER: &str = "gateway-test-admin";
+/// What the audit log keeps: see the module's documentation.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\n\
+rules:\n- level: None\n  users: [gateway-test-admin]\n  verbs: [create, update, patch, delete, deletecollection]\n\
+- level: Metadata\n";
 /// The range Services' cluster IPs come from.
 const SERVICE_RANGE: &str = "10.96.0.0/16";
 /// The range node ports come from.
@@ -88,6 +98,45 @@ pub enum Place<'a> {
     /// `ns` (e.g. a lab's segment), bound to `addr`, which must already be on one of its
     /// interfaces; etcd listens on the namespace's loopback.
     In(&'a Netns, Ipv4Addr),
+}
+
+/// One request as the audit log has it.
+#[derive(Clone, Debug)]
+pub struct Audited {
+    /// When the server received it, in seconds since the epoch.
+    pub received_unix: f64,
+    /// `system:serviceaccount:NAMESPACE:NAME` for a ServiceAccount's token, `system:apiserver`
+    /// for the server's own loopback client.
+    pub user: String,
+    /// The API's verb: `list`, `watch`, `get`, `update`, `patch`, `create`...
+    pub verb: String,
+    /// Empty for a non-resource URL.
+    pub resource: String,
+    pub subresource: String,
+    pub uri: String,
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` (how the audit log writes times, in UTC) in seconds since
+/// the epoch.
+fn unix_seconds(time: &str) -> Option<f64> {
+    let (date, clock) = time.strip_suffix('Z')?.split_once('T')?;
+    let mut ymd = date.splitn(3, '-').map(str::parse::<i64>);
+    let (y, m, d) = (ymd.next()?.ok()?, ymd.next()?.ok()?, ymd.next()?.ok()?);
+    let mut hms = clock.splitn(3, ':');
+    let (h, min) = (
+        hms.next()?.parse::<f64>().ok()?,
+        hms.next()?.parse::<f64>().ok()?,
+    );
+    let sec = hms.next()?.parse::<f64>().ok()?;
+    // Days since 1970-01-01 of a date of the proleptic Gregorian calendar (H. Hinnant's
+    // days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86_400.0 + h * 3_600.0 + min * 60.0 + sec)
 }
 
 /// etcd and kube-apiserver running in one namespace.
@@ -176,6 +225,46 @@ impl KubeApi {
         &self.dir
     }
 
+    fn audit_log(&self) -> PathBuf {
+        self.dir.join("audit.log")
+    }
+
+    /// Every request the audit log holds so far, once each, in the order logged.
+    pub fn audited(&self) -> Result<Vec<Audited>> {
+        let path = self.audit_log();
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mut seen = std::collections::BTreeSet::new();
+        let mut requests = Vec::new();
+        // The last line may be half written.
+        for line in text.lines().filter(|l| l.ends_with('}')) {
+            let entry: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("{}: {line}", path.display()))?;
+            let text = |pointer: &str| {
+                entry
+                    .pointer(pointer)
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            // A watch is logged when it starts and when it ends.
+            if !seen.insert(text("/auditID")) {
+                continue;
+            }
+            let received = text("/requestReceivedTimestamp");
+            requests.push(Audited {
+                received_unix: unix_seconds(&received)
+                    .with_context(|| format!("{}: a timestamp {received:?}", path.display()))?,
+                user: text("/user/username"),
+                verb: text("/verb"),
+                resource: text("/objectRef/resource"),
+                subresource: text("/objectRef/subresource"),
+                uri: text("/requestURI"),
+            });
+        }
+        Ok(requests)
+    }
+
     /// The key pair for service accounts, a token file and the etcd data directory.
     fn prepare(&self) -> Result<()> {
         let pki = self.dir.join("pki");
@@ -197,9 +286,12 @@ impl KubeApi {
         let tokens = pki.join("tokens.csv");
         fs::write(
             &tokens,
-            format!("{ADMIN_TOKEN},gateway-test-admin,gateway-test-admin-uid,\"system:masters\"\n"),
+            format!("{ADMIN_TOKEN},{ADMIN_USER},{ADMIN_USER}-uid,\"system:masters\"\n"),
         )
         .with_context(|| format!("writing {}", tokens.display()))?;
+        let policy = pki.join("audit-policy.yaml");
+        fs::write(&policy, AUDIT_POLICY)
+            .with_context(|| format!("writing {}", policy.display()))?;
         self.write_kubeconfig(&self.kubeconfig, ADMIN_TOKEN)
     }
 
@@ -282,6 +374,8 @@ impl KubeApi {
             "--service-account-issuer=https://kubernetes.default.svc".into(),
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
+            format!("--audit-policy-file={}", p("audit-policy.yaml")),
+            format!("--audit-log-path={}", self.audit_log().display()),
         ];
         let process = self.spawn(&args, "kube-apiserver")?;
         self.apiserver = Some(process);
@@ -444,5 +538,19 @@ impl Drop for KubeApi {
         {
             eprintln!("warning: removing {}: {e}", self.dir.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_times_are_read_as_seconds_since_the_epoch() {
+        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0.0));
+        assert_eq!(unix_seconds("2000-03-01T00:00:01Z"), Some(951_868_801.0));
+        let t = unix_seconds("2026-11-30T16:12:47.386674Z").unwrap();
+        assert!((t - 1_796_055_167.386_674).abs() < 1e-5, "{t}");
+        assert_eq!(unix_seconds("2026-11-30 16:12:47Z"), None);
     }
 }

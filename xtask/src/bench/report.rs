@@ -480,7 +480,7 @@ pub fn markdown(r: &Report) -> String {
                     format!("{:.0} ms", k.endpoint_gone_ms),
                 ),
                 (
-                    "LIST / WATCH requests while idle",
+                    "LIST / WATCH requests by the agent while idle",
                     format!(
                         "{} / {} in {:.0} s",
                         k.idle_lists, k.idle_watches, k.idle_window_s
