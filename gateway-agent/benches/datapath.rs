@@ -787,9 +787,10 @@ fn main() -> Result<()> {
             },
         )?;
         let floor = percentile(&floor_times, 50);
-        let cases = cases(backend, warm_backend)
-            .into_iter()
-            .filter(|c| only.as_ref().is_none_or(|text| c.name.contains(text.as_str())));
+        let cases = cases(backend, warm_backend).into_iter().filter(|c| {
+            only.as_ref()
+                .is_none_or(|text| c.name.contains(text.as_str()))
+        });
         for case in cases {
             let ifindex = if case.uplink { h.uplink } else { TEST_IFINDEX };
             // The floor of the warm figure: the same wrapper work, into the empty program.

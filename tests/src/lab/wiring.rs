@@ -2,6 +2,7 @@
 //! into its target namespace, so no link ever exists in the machine's own namespace.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
@@ -37,10 +38,22 @@ const NODE_SYSCTLS: [(&str, &str); 3] = [
     ("net.ipv4.conf.default.rp_filter", "0"),
 ];
 
-/// The segment: a namespace holding only the bridge.
+/// With `br_netfilter` loaded (as on any Docker or Kubernetes host), a bridge passes every
+/// frame through iptables, which no switch does: a path that crosses the segment twice (a
+/// flow SNATed to another node) would pay it twice.
+const SWITCH_NOT_FIREWALL: [(&str, &str); 3] = [
+    ("net.bridge.bridge-nf-call-iptables", "0"),
+    ("net.bridge.bridge-nf-call-ip6tables", "0"),
+    ("net.bridge.bridge-nf-call-arptables", "0"),
+];
+
+/// The segment: a namespace holding only the bridge, which forwards like a switch.
 pub(crate) fn segment(name: &str) -> Result<Netns> {
     let seg = Netns::add(name, false)?;
     seg.sysctl(&NO_IPV6)?;
+    if Path::new("/proc/sys/net/bridge").exists() {
+        seg.sysctl(&SWITCH_NOT_FIREWALL)?;
+    }
     seg.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
     seg.ip(&["link", "set", BRIDGE, "up"])?;
     Ok(seg)
