@@ -170,6 +170,37 @@ impl Agent {
         }
     }
 
+    /// Waits until the agent has sent no gratuitous ARP for `quiet` (longer than the
+    /// interval between its rounds): at 10,000 VIPs, the announcements of a start are tens
+    /// of thousands of broadcast frames, which a measurement should not share the machine
+    /// with.
+    pub fn wait_announcements_sent(&self, quiet: Duration, timeout: Duration) -> Result<()> {
+        let sent = || -> Result<u64> {
+            let announcements = self.json(&["l2", "list"])?;
+            let list = announcements
+                .as_array()
+                .context("`l2 list` is not a list")?;
+            Ok(list.iter().filter_map(|a| a["garp_sent"].as_u64()).sum())
+        };
+        let deadline = Instant::now() + timeout;
+        let (mut last, mut since) = (sent()?, Instant::now());
+        loop {
+            thread::sleep(Duration::from_millis(100));
+            let now = sent()?;
+            if now != last {
+                (last, since) = (now, Instant::now());
+            } else if last > 0 && since.elapsed() >= quiet {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "agent on {}: gratuitous ARP still going after {timeout:?} ({last} frames)",
+                    self.node
+                );
+            }
+        }
+    }
+
     /// The agent's process id.
     pub fn pid(&self) -> u32 {
         self.process.pid()

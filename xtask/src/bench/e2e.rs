@@ -9,6 +9,7 @@ use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use gateway_tests::agent::{self, Agent};
@@ -264,6 +265,9 @@ fn prepare(lab: &Lab, path: Path3, config: &Path, rules: &str, binary: &Path) ->
                 &bpffs,
                 &["--backends-max", "131072"],
             )?;
+            // A fresh start announces every VIP (10,000 in the large runs) with gratuitous
+            // ARP over a few seconds: measured only once that is over.
+            agent.wait_announcements_sent(Duration::from_millis(1500), Duration::from_secs(60))?;
             let url = if path == Path3::Gateway {
                 vip_url
             } else {
