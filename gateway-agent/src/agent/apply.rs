@@ -103,7 +103,10 @@ impl Agent {
             Err(e) => {
                 self.planned = None;
                 self.state = self.datapath.maps.read_state()?;
-                self.settle_flows("a reload that failed")?;
+                // The reload's own error is the one to report.
+                if let Err(settling) = self.settle_flows("a reload that failed") {
+                    warn!("settling the flows after a reload that failed: {settling:#}");
+                }
                 Err(e)
             }
         }
