@@ -316,6 +316,22 @@ fn an_agent_restart_keeps_tracked_connections_and_traffic_flows_while_it_is_down
             .with_context(|| format!("flow from port {port} not tracked: {flows:#}"))
     };
     let before = flow_of(c.agent("w1"))?;
+    let garp_sent = |agent: &Agent| -> Result<Vec<u64>> {
+        let l2 = agent.json(&["l2", "list"])?;
+        Ok(l2
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["garp_sent"].as_u64().unwrap())
+            .collect())
+    };
+    c.agent("w1")
+        .wait_announcements_sent(Duration::from_millis(1500), WAIT)?;
+    let announced = garp_sent(c.agent("w1"))?;
+    assert!(
+        !announced.is_empty() && announced.iter().all(|&n| n > 0),
+        "{announced:?}"
+    );
 
     // Killed outright: the datapath keeps serving the connection and new ones.
     c.agents.remove("w1").unwrap().kill()?;
@@ -336,6 +352,10 @@ fn an_agent_restart_keeps_tracked_connections_and_traffic_flows_while_it_is_down
     assert_eq!(after["backend"], before["backend"]);
     assert_eq!(after["backend_id"], before["backend_id"]);
     assert_eq!(request(&mut conn, VIP_EXTERNAL)?.backend, first.backend);
+    // The datapath answered ARP throughout (one node: its gate never closes), so nothing
+    // is announced again: no broadcast burst on every restart.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(garp_sent(c.agent("w1"))?, announced);
     Ok(())
 }
 

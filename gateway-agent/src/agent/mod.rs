@@ -37,6 +37,7 @@ mod objects;
 mod watch;
 mod writeback;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -59,7 +60,7 @@ use crate::{
     cli::inspect,
     cluster::transport::{self, Datagram},
     config::LoadBalancerClasses,
-    datapath::{self, Datapath, LoadOptions, attach, bpffs, interfaces},
+    datapath::{self, Datapath, LoadOptions, attach, bpffs, interfaces, monotonic_ns},
     metrics::{AgentMetrics, Endpoint},
     model::DesiredState,
     plan::{Interface, MapState},
@@ -223,6 +224,13 @@ impl Agent {
         )?;
         agent.state = maps.read_state().context("adopting the pinned maps")?;
         let adopted = !agent.state.services.is_empty();
+        // Announcements the datapath kept answering while no agent ran (its gate never
+        // closed): no client's cache can have moved, and nobody else can have taken them.
+        let answered_throughout = if adopted && maps.read_gate()?.is_open(monotonic_ns()) {
+            agent.state.l2.clone()
+        } else {
+            BTreeMap::new()
+        };
         // Who announces: the cluster (when there are other agents) takes over what the
         // datapath answers and its gate; the drain request outlives restarts.
         agent.cluster.read_drain(&agent.datapath.maps)?;
@@ -266,10 +274,14 @@ impl Agent {
         agent
             .hairpin
             .attach(&mut agent.datapath, &agent.options.bpffs, &mut agent.record)?;
-        // Every announcement is news after a (re)start: a node may have taken over meanwhile.
+        // Every other announcement is news after a (re)start: a node may have taken over
+        // while this one did not answer (a start announcing 10,000 VIPs sends 60,000
+        // broadcast frames: not for nothing on every restart).
         let now = Instant::now();
         for (key, mac) in &agent.state.l2 {
-            agent.garp.announce(*key, *mac, now);
+            if answered_throughout.get(key) != Some(mac) {
+                agent.garp.announce(*key, *mac, now);
+            }
         }
         agent.objects.served();
         agent.publish_status();
