@@ -247,23 +247,7 @@ impl Agent {
         let findings = desired.findings.clone();
         let writes = agent.apply(desired, &interfaces)?.writes;
         agent.objects.keep(proposal.delivery, findings);
-        inspect::record_findings(&mut agent.record, agent.objects.findings());
-        agent.cluster.accept(
-            agent.objects.config(),
-            agent.planned.as_ref().context("applied")?,
-            &interfaces,
-            &agent.state,
-            &agent.datapath.maps,
-        )?;
-        let settled = agent
-            .cluster
-            .settle(&mut agent.datapath.maps, &mut agent.state)?;
-        agent
-            .metrics
-            .announcements(settled.started.len(), settled.ended);
-        agent
-            .hairpin
-            .sync(&mut agent.datapath.maps, &agent.state.l2, true)?;
+        agent.follow_applied(&interfaces)?;
         // Attach only once the maps hold the full state: the first packet sees all of it.
         attach::attach_all(&mut agent.datapath, &agent.options.bpffs, &interfaces)?;
         // The previous agent may have been killed between a reload's writes: its flows are
@@ -307,6 +291,27 @@ impl Agent {
         Ok(agent)
     }
 
+    /// What follows a state the maps took: the findings recorded, the cluster told what this
+    /// node may answer and the announcements settled with it, the hairpin hooks in step.
+    fn follow_applied(&mut self, interfaces: &[Interface]) -> Result<cluster::Settled> {
+        inspect::record_findings(&mut self.record, self.objects.findings());
+        self.cluster.accept(
+            self.objects.config(),
+            self.planned.as_ref().context("applied")?,
+            interfaces,
+            &self.state,
+            &self.datapath.maps,
+        )?;
+        let settled = self
+            .cluster
+            .settle(&mut self.datapath.maps, &mut self.state)?;
+        self.metrics
+            .announcements(settled.started.len(), settled.ended);
+        self.hairpin
+            .sync(&mut self.datapath.maps, &self.state.l2, true)?;
+        Ok(settled)
+    }
+
     /// Re-reads the source and applies the difference; a read refused changes nothing.
     fn reload(&mut self, why: &str) {
         let started = Instant::now();
@@ -328,21 +333,7 @@ impl Agent {
                 }
             };
             self.objects.keep(delivery, findings);
-            inspect::record_findings(&mut self.record, self.objects.findings());
-            self.cluster.accept(
-                self.objects.config(),
-                self.planned.as_ref().context("applied")?,
-                &interfaces,
-                &self.state,
-                &self.datapath.maps,
-            )?;
-            let settled = self
-                .cluster
-                .settle(&mut self.datapath.maps, &mut self.state)?;
-            self.metrics
-                .announcements(settled.started.len(), settled.ended);
-            self.hairpin
-                .sync(&mut self.datapath.maps, &self.state.l2, true)?;
+            let settled = self.follow_applied(&interfaces)?;
             let mut announced = applied.announced;
             announced.extend(settled.started);
             attach::attach_all(&mut self.datapath, &self.options.bpffs, &interfaces)?;
