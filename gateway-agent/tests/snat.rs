@@ -9,7 +9,7 @@ use gateway_agent::{
     capacity::Capacity,
     model::{DesiredState, Protocol},
 };
-use gateway_common::{CT_F_SNAT, Counter, CtKey, DatapathConfig, ReplyKey, proto};
+use gateway_common::{CT_F_SNAT, Counter, CtKey, DatapathConfig, proto, snat};
 
 mod support;
 use support::*;
@@ -66,15 +66,28 @@ fn ct_key(client: ([u8; 4], u16), vip: ([u8; 4], u16), protocol: u8) -> CtKey {
     }
 }
 
-fn reply_key(backend: ([u8; 4], u16), to: ([u8; 4], u16), protocol: u8) -> ReplyKey {
-    ReplyKey {
-        src_addr: backend.0,
-        dst_addr: to.0,
-        src_port: backend.1,
-        dst_port: to.1,
-        proto: protocol,
-        _pad: [0; 3],
-    }
+/// The flow holding SNAT port `to` (this node's address and port) for replies from
+/// `backend`, as its `gw_snat_ports` slot says; `None` when the slot was never claimed.
+fn holder(h: &Harness, backend: ([u8; 4], u16), to: ([u8; 4], u16), protocol: u8) -> Option<CtKey> {
+    let slot =
+        h.dp.maps
+            .snat_ports
+            .get(&snat::slot(to.0, backend, protocol, to.1), 0)
+            .unwrap();
+    (slot.generation != 0).then(|| {
+        assert_eq!(slot.generation % 2, 0, "no claim left half-done");
+        slot.holder(protocol)
+    })
+}
+
+/// The slots ever claimed: (index, generation, holder).
+fn claimed(h: &Harness) -> Vec<(u32, u32, CtKey)> {
+    (0..gateway_common::SNAT_SLOTS)
+        .filter_map(|i| {
+            let slot = h.dp.maps.snat_ports.get(&i, 0).unwrap();
+            (slot.generation != 0).then(|| (i, slot.generation, slot.holder(proto::TCP)))
+        })
+        .collect()
 }
 
 #[test]
@@ -109,8 +122,11 @@ fn a_flow_to_a_remote_backend_is_snated_to_the_node_and_routed_to_the_backends_n
     let entry = h.dp.maps.conntrack.get(&key, 0).expect("conntrack entry");
     assert_ne!(entry.flags & CT_F_SNAT, 0);
     assert_eq!((entry.snat_addr, entry.snat_port), (NODE, 40000));
-    let reply = reply_key((POD_REMOTE, 8080), (NODE, 40000), proto::TCP);
-    assert_eq!(h.dp.maps.ct_reply.get(&reply, 0).unwrap(), key);
+    assert_eq!(
+        holder(&h, (POD_REMOTE, 8080), (NODE, 40000), proto::TCP),
+        Some(key),
+        "the port's slot names the flow"
+    );
     assert_eq!(h.counter(Counter::CtCreated), 1);
     assert_eq!(h.counter(Counter::SnatCreated), 1);
 
@@ -124,7 +140,8 @@ fn a_flow_to_a_remote_backend_is_snated_to_the_node_and_routed_to_the_backends_n
     );
     assert_checksums(&out);
     assert_eq!(h.counter(Counter::CtCreated), 1);
-    assert_eq!(h.dp.maps.ct_reply.keys().count(), 1);
+    assert_eq!(claimed(&h).len(), 1, "one port claimed, once");
+    assert_eq!(h.dp.maps.ct_reply.keys().count(), 0, "no reply-side entry");
 }
 
 #[test]
@@ -244,16 +261,13 @@ fn snat_ports_running_out_drop_new_flows_and_never_take_a_held_port() {
         [50000, 50001],
         "outside the range: ports from the range"
     );
-    let held: Vec<_> = h.dp.maps.ct_reply.iter().map(|e| e.unwrap()).collect();
+    let held = claimed(&h);
+    assert_eq!(held.len(), 2);
     // Both ports are held by live flows: the third client's flow is dropped, counted.
     let syn = tcp_frame((clients[2], 40000), (VIP, 80), Tcp::Syn, b"");
     assert_eq!(h.uplink_ingress(&syn), (SHOT, syn.clone()));
     assert_eq!(h.counter(Counter::DropSnatExhausted), 1);
-    let mut after: Vec<_> = h.dp.maps.ct_reply.iter().map(|e| e.unwrap()).collect();
-    let mut before = held;
-    before.sort_by_key(|(k, _)| *k);
-    after.sort_by_key(|(k, _)| *k);
-    assert_eq!(after, before, "the held ports keep their flows");
+    assert_eq!(claimed(&h), held, "the held ports keep their flows");
     assert!(
         h.dp.maps
             .conntrack
@@ -262,6 +276,67 @@ fn snat_ports_running_out_drop_new_flows_and_never_take_a_held_port() {
         "no flow for the dropped packet"
     );
     assert_eq!(h.counter(Counter::SnatCreated), 2);
+}
+
+/// A port is held while its flow lives, whatever became of the flow's tuple elsewhere, and
+/// free again as soon as the flow is over: its entry expired or gone, or the flow moved to
+/// another port. (A port used to stay taken until the LRU evicted its reply-side entry:
+/// with one backend, a node stopped SNATing after 64,512 flows, live or not.)
+#[test]
+fn a_port_is_free_again_as_soon_as_its_flow_is_over() {
+    let mut h = Harness::with(&state(), Capacity::default());
+    let config = DatapathConfig::from_secs(21600, 3600, h.dp.clock).with_snat_ports(50000, 50000);
+    h.dp.maps.write_config(config).unwrap();
+    let backend = (POD_REMOTE, 8080);
+    let clients = [CLIENT, CLIENT_2, [192, 168, 10, 12], [192, 168, 10, 13]];
+    let syn = |client: [u8; 4]| tcp_frame((client, 40000), (VIP, 80), Tcp::Syn, b"");
+    let key = |client: [u8; 4]| ct_key((client, 40000), (VIP, 80), proto::TCP);
+    let expect_port = |h: &mut Harness, client: [u8; 4], why: &str| {
+        let (verdict, out) = h.uplink_ingress(&syn(client));
+        assert_eq!((verdict, ip_src(&out)), (REDIRECT, (NODE, 50000)), "{why}");
+        assert_eq!(
+            holder(h, backend, (NODE, 50000), proto::TCP),
+            Some(key(client))
+        );
+        let reply = tcp_frame(backend, (NODE, 50000), Tcp::SynAck, b"");
+        assert_eq!(
+            ip_dst(&h.uplink_ingress(&reply).1),
+            (client, 40000),
+            "{why}: replies"
+        );
+    };
+    let expect_held = |h: &mut Harness, client: [u8; 4], why: &str| {
+        let dropped = h.counter(Counter::DropSnatExhausted);
+        assert_eq!(h.uplink_ingress(&syn(client)).0, SHOT, "{why}");
+        assert_eq!(h.counter(Counter::DropSnatExhausted), dropped + 1, "{why}");
+    };
+
+    expect_port(&mut h, clients[0], "the only port, free");
+    expect_held(&mut h, clients[1], "held by a live flow");
+    // The holder's entry expires: its port is free for the next flow.
+    let mut entry = h.dp.maps.conntrack.get(&key(clients[0]), 0).unwrap();
+    entry.last_seen_ns -= config.ct_syn_ns + 1_000_000_000;
+    h.dp.maps
+        .conntrack
+        .insert(key(clients[0]), entry, 0)
+        .unwrap();
+    expect_port(&mut h, clients[1], "the holder expired");
+    // The holder's entry is gone (evicted, or ended by the agent).
+    h.dp.maps.conntrack.remove(&key(clients[1])).unwrap();
+    expect_port(&mut h, clients[2], "the holder's entry gone");
+    // A connection that closed keeps its port while it may linger at the backend
+    // (TIME_WAIT): the port is not handed to another client at once.
+    h.uplink_ingress(&tcp_frame((clients[2], 40000), (VIP, 80), Tcp::Rst, b""));
+    expect_held(&mut h, clients[3], "closing, not yet over");
+    // The holder moved to another port (its entry says so): its old slot is free.
+    let mut entry = h.dp.maps.conntrack.get(&key(clients[2]), 0).unwrap();
+    entry.snat_port = 50001;
+    h.dp.maps
+        .conntrack
+        .insert(key(clients[2]), entry, 0)
+        .unwrap();
+    expect_port(&mut h, clients[3], "the holder moved on");
+    assert_eq!(h.counter(Counter::SnatCreated), 3 + 1);
 }
 
 #[test]

@@ -308,7 +308,8 @@ pub struct CtEntry {
     /// `CT_F_*` bits.
     pub flags: u16,
     /// With [`CT_F_SNAT`]: the source the backend sees, this node's address on the interface
-    /// the flow arrived on and the port chosen for the flow (a `gw_ct_reply` entry holds it).
+    /// the flow arrived on and the port chosen for the flow (its `gw_snat_ports` slot names
+    /// the flow).
     pub snat_addr: Ipv4,
     pub snat_port: u16,
     pub _pad: u16,
@@ -363,11 +364,10 @@ impl CtEntry {
     }
 }
 
-/// `gw_ct_reply` key: a reply as it arrives, from the backend to the client (a DNAT-only flow
-/// on a backend with more frontends than `gw_revnat` lists) or to this node's SNAT address
-/// and port (a flow to a backend on another node). Value: the flow's [`CtKey`], whose entry
-/// says whether the reply still belongs to it. One tuple is one connection at the backend,
-/// so no two live flows ever share a key: SNAT ports are chosen that way.
+/// `gw_ct_reply` key: a reply as it arrives, from the backend to the client, of a DNAT-only
+/// flow on a backend with more frontends than `gw_revnat` lists. Value: the flow's
+/// [`CtKey`], whose entry says whether the reply still belongs to it. One tuple is one
+/// connection at the backend, so a newer flow on it takes the entry over.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReplyKey {
@@ -380,6 +380,41 @@ pub struct ReplyKey {
 }
 
 const _: () = assert!(size_of::<ReplyKey>() == 16);
+
+/// `gw_snat_ports` value: a SNAT port's slot (see [`snat::slot`]) and the flow that holds
+/// it. Claiming a port is an atomic compare-and-swap on `generation` in an array, instead of
+/// a hash-map insert on every new SNATed flow; a reply finds its flow from its slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatPort {
+    /// 0: never claimed; odd: being claimed (the claimer alone writes the fields below);
+    /// even: claimed by the flow below, which holds the port while its conntrack entry is
+    /// alive and says it does. Rises by one per claim and release, so a claim never mistakes
+    /// a slot's newer owner for the one it looked at.
+    pub generation: u32,
+    /// The holder's [`CtKey`] (its protocol is the slot's).
+    pub client_addr: Ipv4,
+    pub vip: Ipv4,
+    pub client_port: u16,
+    pub vip_port: u16,
+}
+
+const _: () = assert!(size_of::<SnatPort>() == 16);
+
+impl SnatPort {
+    /// The key of the flow that holds (or held) the slot, for a slot of protocol `proto`.
+    #[inline(always)]
+    pub fn holder(&self, proto: u8) -> CtKey {
+        CtKey {
+            client_addr: self.client_addr,
+            vip: self.vip,
+            client_port: self.client_port,
+            vip_port: self.vip_port,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+}
 
 /// `gw_src_ranges` key data (after the LPM trie's prefix length, which counts its bits): the
 /// 32 bits of a frontend's id, then a source prefix. A frontend with
@@ -557,6 +592,9 @@ impl DatapathConfig {
     }
 }
 
+/// `gw_snat_ports` entries (see [`snat::SLOTS`]).
+pub const SNAT_SLOTS: u32 = snat::SLOTS;
+
 /// Source NAT of flows to backends on other nodes (externalTrafficPolicy Cluster).
 pub mod snat {
     /// The default `--snat-ports`: every unprivileged port. A flow keeps the client's own
@@ -568,8 +606,60 @@ pub mod snat {
     pub const PORT_MIN: u16 = 1024;
     pub const PORT_MAX: u16 = 65535;
     /// Ports tried for a new flow before it is dropped as `drop_snat_exhausted`: a port is
-    /// taken while any flow holds it for that backend, live or not yet evicted.
+    /// taken while a live flow holds it in its slot.
     pub const TRIES: u32 = 16;
+
+    use crate::{Ipv4, proto};
+
+    /// Rows of `gw_snat_ports` per protocol: flows go to a row by a hash of (SNAT address,
+    /// backend), so flows to backends in different rows may share a port number, and a port
+    /// is unique within its row (a stricter rule than the tuple's: never two live flows on
+    /// one tuple). One backend's flows have all the ports of their row: 64,512 at once
+    /// with the default `--snat-ports`, as before; the node's SNATed flows together up to
+    /// `ROWS` times that, spread over backends.
+    pub const ROWS: u32 = 4;
+    /// Every slot: `ROWS` rows of 65,536 ports for TCP and for UDP (16 bytes each: 8 MiB).
+    pub const SLOTS: u32 = ROWS * 2 * 65536;
+
+    /// The `gw_snat_ports` slot of port `port` on `snat_addr` for flows of `protocol` (TCP or
+    /// UDP) to `backend`. A reply computes the same from its own tuple.
+    #[inline(always)]
+    pub const fn slot(snat_addr: Ipv4, backend: (Ipv4, u16), protocol: u8, port: u16) -> u32 {
+        let mixed = (u32::from_ne_bytes(snat_addr) ^ u32::from_ne_bytes(backend.0))
+            .wrapping_add(backend.1 as u32)
+            .wrapping_mul(0x9e37_79b1);
+        let row = mixed >> (32 - ROWS.trailing_zeros());
+        let udp = (protocol == proto::UDP) as u32;
+        ((row * 2 + udp) << 16) | port as u32
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_slot_is_the_port_within_a_row_of_its_protocol() {
+            let node = [192, 168, 10, 111];
+            let mut rows = [[0u32; 2]; ROWS as usize];
+            for i in 0..4096u32 {
+                let backend = ([10, 244, (i >> 8) as u8, i as u8], 8080 + (i % 3) as u16);
+                for (p, protocol) in [proto::TCP, proto::UDP].into_iter().enumerate() {
+                    let port = (i * 7919 % 65536) as u16;
+                    let s = slot(node, backend, protocol, port);
+                    assert!(s < SLOTS);
+                    assert_eq!(s & 0xffff, port as u32, "the port is the slot's low half");
+                    assert_eq!((s >> 16) % 2, p as u32, "TCP and UDP never share a slot");
+                    // The reply computes the same slot from its own tuple.
+                    assert_eq!(s, slot(node, backend, protocol, port));
+                    rows[(s >> 17) as usize][p] += 1;
+                }
+            }
+            // Backends spread over every row (each gets at least half its share).
+            for row in rows {
+                assert!(row.iter().all(|&n| n > 4096 / ROWS / 2), "{rows:?}");
+            }
+        }
+    }
 }
 
 /// The datapath's clock, which stamps conntrack and affinity entries: the kernel's jiffies

@@ -8,8 +8,8 @@ use core::mem::size_of;
 use crate::{
     Affinity, AffinityKey, AgentState, Backend, Counter, CtEntry, CtKey, DatapathConfig, Frontend,
     GarpCount, HairpinVip, IfaceInfo, L2Entry, L2Key, NEXTHOP_SLOTS, NextHop, REMOTE_FILTER_WORDS,
-    ReplyKey, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, SockRevNatKey,
-    SourceRange, Traffic, VIP_FILTER_WORDS, VipInfo, VipKey,
+    ReplyKey, RevNat, RevNatKey, SNAT_SLOTS, Service, ServiceKey, ServiceName, SlotKey, SnatPort,
+    SockRevNatKey, SourceRange, Traffic, VIP_FILTER_WORDS, VipInfo, VipKey,
     capacity::Capacity,
     cluster::{ClaimKey, ClaimRecord, ClusterRecord, Gate, MEMBERS_MAX, MemberRecord},
 };
@@ -47,10 +47,12 @@ macro_rules! map_table {
             REVNAT revnat "gw_revnat": Hash<RevNatKey => RevNat> = Backends,
             /// Conntrack: the flow as the client sent it -> backend, state, last seen, SNAT.
             CONNTRACK conntrack "gw_ct": LruHash<CtKey => CtEntry> = Conntrack,
-            /// Conntrack, reply side: a reply as it arrives -> its flow's `gw_ct` key. Only
-            /// for SNATed flows and flows on backends with more frontends than `gw_revnat`
-            /// lists.
+            /// Conntrack, reply side: a reply as it arrives -> its flow's `gw_ct` key, for
+            /// flows on backends with more frontends than `gw_revnat` lists.
             CT_REPLY ct_reply "gw_ct_reply": LruHash<ReplyKey => CtKey> = Conntrack,
+            /// SNAT ports: slot (`snat::slot`: row of SNAT address and backend, protocol,
+            /// port) -> the flow holding the port, found by replies to it.
+            SNAT_PORTS snat_ports "gw_snat_ports": Array<u32 => SnatPort> = Fixed(SNAT_SLOTS),
             /// A bitmap with the bit of every backend on another node set (see
             /// `REMOTE_FILTER_WORDS`): only packets from those may be replies to SNAT.
             REMOTE_FILTER remote_filter "gw_remote_filter": Array<u32 => u64> = Fixed(REMOTE_FILTER_WORDS),

@@ -26,6 +26,7 @@ pod!(
     CtKey,
     CtEntry,
     ReplyKey,
+    SnatPort,
     SourceRange,
     IfaceInfo,
     NextHop,

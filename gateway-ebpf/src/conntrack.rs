@@ -3,11 +3,11 @@
 //! connection that is over); expired entries are treated as absent, so no garbage collector
 //! is needed for correctness.
 //!
-//! Some flows also have a reply-side entry in `gw_ct_reply`, keyed by their replies as they
-//! arrive and pointing at the flow's key: flows SNATed to a backend on another node (their
-//! replies come back to this node's address), and flows on a backend that serves more
-//! frontends than `gw_revnat` lists. The flow's own entry stays the one truth: a reply-side
-//! entry whose flow no longer agrees with it is ignored.
+//! Some flows also have a reply-side record pointing at the flow's key: flows on a backend
+//! that serves more frontends than `gw_revnat` lists have an entry in `gw_ct_reply`, keyed
+//! by their replies as they arrive; flows SNATed to a backend on another node hold their
+//! port's slot in `gw_snat_ports` (see `snat`). The flow's own entry stays the one truth: a
+//! reply-side record whose flow no longer agrees with it is ignored.
 
 use gateway_common::{
     CT_F_ESTABLISHED, CT_F_FIN_BACKEND, CT_F_FIN_CLIENT, CT_F_RST, CT_F_TCP, CtEntry, CtKey, Ipv4,
@@ -37,18 +37,7 @@ pub fn key_of(client_addr: Ipv4, vip: Ipv4, client_port: u16, vip_port: u16, pro
     key
 }
 
-/// The reply-side key of a packet as it arrives (source: the backend).
-#[inline(always)]
-pub fn reply_key(flow: &Flow) -> ReplyKey {
-    reply_key_of(
-        (flow.saddr, flow.sport),
-        (flow.daddr, flow.dport),
-        flow.proto,
-    )
-}
-
-/// The reply-side key of replies from `backend` to `to` (the client, or the SNAT address and
-/// port).
+/// The `gw_ct_reply` key of replies from `backend` to the client `to`.
 #[inline(always)]
 pub fn reply_key_of(backend: (Ipv4, u16), to: (Ipv4, u16), proto: u8) -> ReplyKey {
     // As in `key_of`: from zero, not a padding literal.

@@ -42,7 +42,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use crate::{
     PASS, conntrack, drop,
     egress::{self, Lookup},
-    maps::{CONFIG, CONNTRACK, CT_REPLY},
+    maps::{CONFIG, CONNTRACK},
     nat::{Endpoint, NatFailed},
     now_ns,
     packet::{ETH_HLEN, IcmpHdr, Invalid, Packet, Ports, Quoted, TcpHdr},
@@ -389,20 +389,17 @@ pub fn to_node(pkt: &mut Packet) -> i32 {
     else {
         return PASS;
     };
-    let reply = conntrack::reply_key_of(
+    let Some(key) = snat::holder(
         (inner.daddr, inner.dport),
         (inner.saddr, inner.sport),
         inner.proto,
-    );
-    let Some(key) = CT_REPLY.get_ptr(reply) else {
+    ) else {
         return passed();
     };
-    // SAFETY: a value found in a hash map stays valid until the program returns.
-    let key = unsafe { *key };
     let Some(entry) = CONNTRACK.get_ptr(key) else {
         return passed();
     };
-    // SAFETY: as for `key`.
+    // SAFETY: a value found in a hash map stays valid until the program returns.
     let entry = unsafe { *entry };
     // The flow must still be the one that holds this port for this backend.
     if entry.flags & CT_F_SNAT == 0

@@ -119,12 +119,18 @@ fn ipv4(pkt: &mut Packet) -> i32 {
         // A new connection on a SNATed flow's tuple takes the flow's port again if it goes
         // to the same backend: the backend then sees the tuple reused as the client reuses
         // it.
-        // SAFETY: as above; the entry is only read, and has not been written since.
-        let again = existing.map(|e| unsafe { *e }).and_then(|e| {
-            (e.flags & CT_F_SNAT != 0 && (e.backend_addr, e.backend_port) == backend)
-                .then_some(e.snat_port)
-        });
-        let Some(port) = snat::claim(&key, backend, addr, again, config) else {
+        // 0 for none (never in `--snat-ports`): an `Option` here leaves LLVM spilling an
+        // undefined register, which the verifier refuses.
+        let again = match existing {
+            // SAFETY: as above; the entry is only read, and has not been written since.
+            Some(e) => unsafe {
+                let e = *e;
+                let same = e.flags & CT_F_SNAT != 0 && (e.backend_addr, e.backend_port) == backend;
+                if same { e.snat_port } else { 0 }
+            },
+            None => 0,
+        };
+        let Some(port) = snat::claim(&key, backend, addr, again, (config, now)) else {
             return drop(pkt, Counter::DropSnatExhausted);
         };
         entry.flags |= CT_F_SNAT;

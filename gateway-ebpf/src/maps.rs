@@ -9,8 +9,8 @@ use aya_ebpf::{
 use gateway_common::{
     Affinity, AffinityKey, AgentState, Backend, Counter, CtEntry, CtKey, DatapathConfig, Frontend,
     GarpCount, HairpinVip, IfaceInfo, L2Entry, L2Key, NEXTHOP_SLOTS, NextHop, REMOTE_FILTER_WORDS,
-    ReplyKey, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, SockRevNatKey,
-    SourceRange, Traffic, VIP_FILTER_WORDS, VipInfo, VipKey,
+    ReplyKey, RevNat, RevNatKey, SNAT_SLOTS, Service, ServiceKey, ServiceName, SlotKey, SnatPort,
+    SockRevNatKey, SourceRange, Traffic, VIP_FILTER_WORDS, VipInfo, VipKey,
     capacity::Capacity,
     cluster::{ClaimKey, ClaimRecord, ClusterRecord, Gate, MEMBERS_MAX, MemberRecord},
     maps::{IFACES_MAX, Kind, Size},

@@ -14,8 +14,8 @@ use aya::{
 use gateway_common::{
     Affinity, AffinityKey, AgentState, BACKEND_F_ACTIVE, Backend, CT_F_DENIED, Counter, CtEntry,
     CtKey, DatapathConfig, Frontend, GarpCount, HairpinVip, IfaceInfo, L2Entry, L2Key, NextHop,
-    ReplyKey, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, SockRevNatKey,
-    SourceRange, Traffic, VipInfo, VipKey,
+    ReplyKey, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, SnatPort,
+    SockRevNatKey, SourceRange, Traffic, VipInfo, VipKey,
     cluster::{ClaimKey, ClaimRecord, ClusterRecord, Gate, MemberRecord},
     map_names,
 };

@@ -152,16 +152,40 @@ fn load_object(options: &LoadOptions, kern_ctx: Option<KernCtx>) -> Result<Ebpf>
     };
     let mut ebpf = loader.load(object).context("loading the eBPF object")?;
     for name in [program_names::INGRESS, program_names::EGRESS] {
-        program(&mut ebpf, name)?
-            .load()
-            .with_context(|| format!("loading program {name} (verifier)"))?;
+        verified(name, || {
+            program(&mut ebpf, name)?.load().map_err(Into::into)
+        })?;
     }
     for name in program_names::HAIRPIN {
-        hairpin::program(&mut ebpf, name)?
-            .load()
-            .with_context(|| format!("loading program {name} (verifier)"))?;
+        verified(name, || {
+            hairpin::program(&mut ebpf, name)?
+                .load()
+                .map_err(Into::into)
+        })?;
     }
     Ok(ebpf)
+}
+
+/// Loads program `name` with `load`, again when the verifier gave up because a signal came
+/// (EAGAIN: it stops at a pending signal, a reload's SIGHUP for one), as libbpf does, up to
+/// five attempts.
+fn verified(name: &str, mut load: impl FnMut() -> Result<()>) -> Result<()> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(e) if attempt < ATTEMPTS && interrupted(&e) => attempt += 1,
+            done => return done.with_context(|| format!("loading program {name} (verifier)")),
+        }
+    }
+}
+
+fn interrupted(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<aya::programs::ProgramError>(),
+        Some(aya::programs::ProgramError::LoadError { io_error, .. })
+            if io_error.raw_os_error() == Some(nix::errno::Errno::EAGAIN as i32)
+    )
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
