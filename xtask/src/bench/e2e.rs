@@ -2,7 +2,8 @@
 //! worker w1, with wrk, through three paths measured in turn on the same topology:
 //! the gateway datapath, kube-proxy-shaped iptables DNAT, and the pod directly (the ceiling).
 //! And a Cluster service whose only endpoint is a pod behind worker w2: through the gateway
-//! on w1 (DNAT + SNAT, routed on to w2), against the client straight to that pod.
+//! on w1 (DNAT + SNAT, routed on to w2), through kube-proxy's rules on w1 (DNAT +
+//! MASQUERADE), and the client straight to that pod.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -16,7 +17,7 @@ use gateway_tests::agent::{self, Agent};
 use gateway_tests::lab::{self, Lab, LabSpec};
 use serde::Serialize;
 
-use super::objects::{self, ChainService};
+use super::objects::{self, ChainService, External};
 
 pub const NODE: &str = "w1";
 const POD: &str = "envoy-w1a";
@@ -40,6 +41,10 @@ pub enum Path3 {
     /// The gateway on w1 to the Cluster service's pod on w2 (DNAT + SNAT).
     #[serde(rename = "gateway_remote")]
     GatewayRemote,
+    /// kube-proxy's way on w1 to the same pod (iptables DNAT + MASQUERADE, the kernel
+    /// routing on to w2): the same path with another load balancer.
+    #[serde(rename = "iptables_remote")]
+    IptablesRemote,
     /// The client straight to the pod on w2 (routed via w2).
     #[serde(rename = "direct_remote")]
     DirectRemote,
@@ -49,7 +54,11 @@ impl Path3 {
     /// The paths to the local pod.
     pub const ALL: [Path3; 3] = [Path3::Gateway, Path3::Iptables, Path3::Direct];
     /// The paths to the pod on the other node.
-    pub const REMOTE: [Path3; 2] = [Path3::GatewayRemote, Path3::DirectRemote];
+    pub const REMOTE: [Path3; 3] = [
+        Path3::GatewayRemote,
+        Path3::IptablesRemote,
+        Path3::DirectRemote,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -57,6 +66,7 @@ impl Path3 {
             Path3::Iptables => "iptables",
             Path3::Direct => "direct",
             Path3::GatewayRemote => "gateway, remote backend",
+            Path3::IptablesRemote => "iptables, remote backend",
             Path3::DirectRemote => "direct to the remote pod",
         }
     }
@@ -278,17 +288,25 @@ fn prepare(lab: &Lab, path: Path3, config: &Path, rules: &str, binary: &Path) ->
                 url,
             })
         }
-        Path3::Iptables => {
-            iptables_restore(lab, rules)?;
+        Path3::Iptables | Path3::IptablesRemote => {
+            let (rules, url) = if path == Path3::Iptables {
+                (rules.to_owned(), vip_url)
+            } else {
+                let remote = ChainService {
+                    vip: VIP_REMOTE,
+                    port: 80,
+                    endpoints: vec![(lab.pod(REMOTE_POD).addr(), lab::HTTP_PORT)],
+                };
+                let rules = objects::kube_proxy_rules(&[remote], External::Cluster);
+                (rules, format!("http://{VIP_REMOTE}/"))
+            };
+            iptables_restore(lab, &rules)?;
             // Repeated connection-rate runs would otherwise fill the conntrack table with
             // TIME_WAIT entries and measure drops instead of the datapath.
             lab.node(NODE)
                 .ns()
                 .sysctl(&[("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1")])?;
-            Ok(Prepared {
-                agent: None,
-                url: vip_url,
-            })
+            Ok(Prepared { agent: None, url })
         }
         Path3::Direct => {
             let (addr, port) = pod_target(lab);
@@ -315,7 +333,7 @@ fn undo(lab: &Lab, path: Path3, prepared: Prepared, binary: &Path) -> Result<()>
         }
         // Deleting the table (iptables-nft's) also unhooks conntrack from the node's
         // namespace, so the next path does not pay for it.
-        Path3::Iptables => {
+        Path3::Iptables | Path3::IptablesRemote => {
             lab.node(NODE)
                 .ns()
                 .run(["nft", "delete", "table", "ip", "nat"])?;
@@ -395,7 +413,7 @@ fn objects_of(lab: &Lab, services: usize) -> Result<(PathBuf, String)> {
             endpoints: vec![(pod_addr, pod_port)],
         },
     );
-    Ok((config, objects::kube_proxy_rules(&chain)))
+    Ok((config, objects::kube_proxy_rules(&chain, External::Local)))
 }
 
 /// `settings.rounds` rounds over `paths` at `services` services, each path first, second...

@@ -102,18 +102,50 @@ pub struct ChainService {
     pub endpoints: Vec<(Ipv4Addr, u16)>,
 }
 
+/// How kube-proxy treats traffic from outside the cluster to a load balancer's address.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum External {
+    /// externalTrafficPolicy Local: DNAT only, the client's address kept.
+    Local,
+    /// externalTrafficPolicy Cluster: marked in KUBE-MARK-MASQ and masqueraded to the node's
+    /// address in KUBE-POSTROUTING (`--random-fully`, as kube-proxy does), so replies from an
+    /// endpoint on another node come back through this one.
+    Cluster,
+}
+
 /// The nat table kube-proxy's iptables mode builds for `services`, as iptables-restore input:
 /// a KUBE-SERVICES chain matching every service, a KUBE-SVC chain per service choosing an
 /// endpoint with `-m statistic --mode random`, and a KUBE-SEP chain per endpoint with the
-/// DNAT. Like kube-proxy's, the first packet of a connection walks KUBE-SERVICES in order.
-pub fn kube_proxy_rules(services: &[ChainService]) -> String {
+/// DNAT; with [`External::Cluster`], a KUBE-EXT chain per service marking the connection
+/// for masquerading first. Like kube-proxy's, the first packet of a connection walks
+/// KUBE-SERVICES in order.
+pub fn kube_proxy_rules(services: &[ChainService], external: External) -> String {
     let mut chains = String::from("*nat\n:KUBE-SERVICES - [0:0]\n");
     let mut rules = String::from("-A PREROUTING -j KUBE-SERVICES\n");
+    if external == External::Cluster {
+        chains.push_str(":KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n");
+        rules.push_str(
+            "-A POSTROUTING -j KUBE-POSTROUTING\n\
+             -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n\
+             -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+             -A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n\
+             -A KUBE-POSTROUTING -j MASQUERADE --random-fully\n",
+        );
+    }
     for (i, svc) in services.iter().enumerate() {
         let _ = writeln!(chains, ":KUBE-SVC-{i} - [0:0]");
+        let target = match external {
+            External::Local => format!("KUBE-SVC-{i}"),
+            External::Cluster => {
+                let _ = writeln!(chains, ":KUBE-EXT-{i} - [0:0]");
+                let _ = writeln!(rules, "-A KUBE-EXT-{i} -j KUBE-MARK-MASQ");
+                let _ = writeln!(rules, "-A KUBE-EXT-{i} -j KUBE-SVC-{i}");
+                format!("KUBE-EXT-{i}")
+            }
+        };
         let _ = writeln!(
             rules,
-            "-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport {} -j KUBE-SVC-{i}",
+            "-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport {} -j {target}",
             svc.vip, svc.port
         );
         let n = svc.endpoints.len();
@@ -157,11 +189,16 @@ mod tests {
 
     #[test]
     fn kube_proxy_chains_choose_endpoints_like_kube_proxy() {
-        let rules = kube_proxy_rules(&[ChainService {
+        let services = [ChainService {
             vip: VIP_INTERNAL,
             port: 80,
             endpoints: vec![(ENVOY_W1A, HTTP_PORT), (ENVOY_W1B, HTTP_PORT)],
-        }]);
+        }];
+        let rules = kube_proxy_rules(&services, External::Local);
+        assert!(
+            !rules.contains("MASQUERADE"),
+            "Local keeps the client's address"
+        );
         assert!(rules.starts_with("*nat\n:KUBE-SERVICES - [0:0]\n"));
         assert!(rules.contains(&format!(
             "-A KUBE-SERVICES -d {VIP_INTERNAL}/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-0\n"
@@ -173,6 +210,17 @@ mod tests {
         assert!(rules.contains(&format!(
             "-A KUBE-SEP-0-1 -p tcp -m tcp -j DNAT --to-destination {ENVOY_W1B}:{HTTP_PORT}\n"
         )));
+        assert!(rules.ends_with("COMMIT\n"));
+
+        // Cluster: the connection is marked on its way to the service's chain, and
+        // masqueraded on its way out.
+        let rules = kube_proxy_rules(&services, External::Cluster);
+        assert!(rules.contains(&format!(
+            "-A KUBE-SERVICES -d {VIP_INTERNAL}/32 -p tcp -m tcp --dport 80 -j KUBE-EXT-0\n"
+        )));
+        assert!(rules.contains("-A KUBE-EXT-0 -j KUBE-MARK-MASQ\n-A KUBE-EXT-0 -j KUBE-SVC-0\n"));
+        assert!(rules.contains("-A KUBE-POSTROUTING -j MASQUERADE --random-fully\n"));
+        assert!(rules.contains(":KUBE-EXT-0 - [0:0]\n"));
         assert!(rules.ends_with("COMMIT\n"));
     }
 
