@@ -3,7 +3,8 @@
 //! the gateway datapath, kube-proxy-shaped iptables DNAT, and the pod directly (the ceiling).
 //! And a Cluster service whose only endpoint is a pod behind worker w2: through the gateway
 //! on w1 (DNAT + SNAT, routed on to w2), through kube-proxy's rules on w1 (DNAT +
-//! MASQUERADE), and the client straight to that pod.
+//! MASQUERADE), through w1 as a plain router both ways (the same crossings, no load
+//! balancer), and the client straight to that pod.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -45,6 +46,10 @@ pub enum Path3 {
     /// routing on to w2): the same path with another load balancer.
     #[serde(rename = "iptables_remote")]
     IptablesRemote,
+    /// The client to the pod on w2 through w1 as a plain router, both ways: the crossings of
+    /// the gateway's path without any load balancer.
+    #[serde(rename = "routed_remote")]
+    RoutedRemote,
     /// The client straight to the pod on w2 (routed via w2).
     #[serde(rename = "direct_remote")]
     DirectRemote,
@@ -54,9 +59,10 @@ impl Path3 {
     /// The paths to the local pod.
     pub const ALL: [Path3; 3] = [Path3::Gateway, Path3::Iptables, Path3::Direct];
     /// The paths to the pod on the other node.
-    pub const REMOTE: [Path3; 3] = [
+    pub const REMOTE: [Path3; 4] = [
         Path3::GatewayRemote,
         Path3::IptablesRemote,
+        Path3::RoutedRemote,
         Path3::DirectRemote,
     ];
 
@@ -67,6 +73,7 @@ impl Path3 {
             Path3::Direct => "direct",
             Path3::GatewayRemote => "gateway, remote backend",
             Path3::IptablesRemote => "iptables, remote backend",
+            Path3::RoutedRemote => "routed through w1",
             Path3::DirectRemote => "direct to the remote pod",
         }
     }
@@ -260,6 +267,25 @@ fn iptables_restore(lab: &Lab, rules: &str) -> Result<()> {
 struct Prepared {
     agent: Option<Agent>,
     url: String,
+    /// Routed through w1: the datagrams w1 had forwarded before, so that the path can be
+    /// shown to have gone through it.
+    forwarded: Option<u64>,
+}
+
+/// Datagrams w1's kernel has forwarded (`Ip: ForwDatagrams` of its namespace).
+fn forwarded(lab: &Lab) -> Result<u64> {
+    let snmp = lab.node(NODE).ns().run(["cat", "/proc/net/snmp"])?;
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next(), ip.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        bail!("no Ip lines in w1's /proc/net/snmp:\n{snmp}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ForwDatagrams")
+        .and_then(|(_, value)| value.parse().ok())
+        .context("no ForwDatagrams in w1's /proc/net/snmp")
 }
 
 fn prepare(lab: &Lab, path: Path3, config: &Path, rules: &str, binary: &Path) -> Result<Prepared> {
@@ -286,6 +312,7 @@ fn prepare(lab: &Lab, path: Path3, config: &Path, rules: &str, binary: &Path) ->
             Ok(Prepared {
                 agent: Some(agent),
                 url,
+                forwarded: None,
             })
         }
         Path3::Iptables | Path3::IptablesRemote => {
@@ -306,20 +333,67 @@ fn prepare(lab: &Lab, path: Path3, config: &Path, rules: &str, binary: &Path) ->
             lab.node(NODE)
                 .ns()
                 .sysctl(&[("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1")])?;
-            Ok(Prepared { agent: None, url })
+            Ok(Prepared {
+                agent: None,
+                url,
+                forwarded: None,
+            })
         }
         Path3::Direct => {
             let (addr, port) = pod_target(lab);
             Ok(Prepared {
                 agent: None,
                 url: format!("http://{addr}:{port}/"),
+                forwarded: None,
+            })
+        }
+        Path3::RoutedRemote => {
+            through_w1(lab, true)?;
+            Ok(Prepared {
+                agent: None,
+                url: format!("http://{}:{}/", lab.pod(REMOTE_POD).addr(), lab::HTTP_PORT),
+                forwarded: Some(forwarded(lab)?),
             })
         }
         Path3::DirectRemote => Ok(Prepared {
             agent: None,
             url: format!("http://{}:{}/", lab.pod(REMOTE_POD).addr(), lab::HTTP_PORT),
+            forwarded: None,
         }),
     }
+}
+
+/// Routes the client's traffic to the pod on w2, and w2's replies to the client, through w1
+/// (`on`), or back the straight way. w1 then forwards frames out of the interface they came
+/// in on, so it must not send ICMP redirects, which would teach both ends to bypass it.
+fn through_w1(lab: &Lab, on: bool) -> Result<()> {
+    let (w1, w2) = (lab.node(NODE), lab.node(REMOTE_NODE));
+    let client = lab.client().addr().to_string();
+    let remote_pod = format!("{}/32", lab.pod(REMOTE_POD).addr());
+    let redirects = if on { "0" } else { "1" };
+    w1.ns().sysctl(&[
+        ("net.ipv4.conf.all.send_redirects", redirects),
+        (
+            &format!("net.ipv4.conf.{}.send_redirects", lab::NODE_UPLINK),
+            redirects,
+        ),
+    ])?;
+    let via = if on { w1.addr() } else { w2.addr() };
+    lab.client()
+        .ns()
+        .ip(&["route", "replace", &remote_pod, "via", &via.to_string()])?;
+    if on {
+        w2.ns().ip(&[
+            "route",
+            "replace",
+            &format!("{client}/32"),
+            "via",
+            &w1.addr().to_string(),
+        ])?;
+    } else {
+        w2.ns().ip(&["route", "del", &format!("{client}/32")])?;
+    }
+    Ok(())
 }
 
 fn undo(lab: &Lab, path: Path3, prepared: Prepared, binary: &Path) -> Result<()> {
@@ -337,6 +411,17 @@ fn undo(lab: &Lab, path: Path3, prepared: Prepared, binary: &Path) -> Result<()>
             lab.node(NODE)
                 .ns()
                 .run(["nft", "delete", "table", "ip", "nat"])?;
+        }
+        Path3::RoutedRemote => {
+            through_w1(lab, false)?;
+            // Tens of thousands of requests went by: nearly all their packets, both ways,
+            // must have been w1's to forward (not a path that learned to bypass it).
+            let before = prepared.forwarded.context("w1's count before")?;
+            let through = forwarded(lab)? - before;
+            anyhow::ensure!(
+                through >= 10_000,
+                "routed through w1: w1 forwarded only {through} datagrams"
+            );
         }
         Path3::Direct | Path3::DirectRemote => {}
     }

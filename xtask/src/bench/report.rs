@@ -375,18 +375,20 @@ pub fn markdown(r: &Report) -> String {
     {
         let _ = writeln!(
             md,
-            "\nA Cluster service whose only endpoint is a pod behind worker w2 (nginx, one worker): through the gateway on w1 (DNAT, SNAT to w1's address, routed on to w2 by the datapath; the replies back through w1), through kube-proxy's rules on w1 (iptables DNAT and MASQUERADE, the kernel routing on to w2: the same path, another load balancer), and the client straight to that pod (routed via w2: two crossings of the segment fewer per packet). {n} service(s), medians over the same rounds.\n\n\
-             | metric | gateway, remote backend | iptables, remote backend | direct to the remote pod | gateway/iptables | gateway/direct |\n|---|---|---|---|---|---|"
+            "\nA Cluster service whose only endpoint is a pod behind worker w2 (nginx, one worker): through the gateway on w1 (DNAT, SNAT to w1's address, routed on to w2 by the datapath; the replies back through w1), through kube-proxy's rules on w1 (iptables DNAT and MASQUERADE, the kernel routing on to w2: the same path, another load balancer), through w1 as a plain router both ways (the client's route to the pod and w2's route to the client via w1: the same crossings of the segment, no load balancer), and the client straight to that pod (routed via w2: two crossings of the segment fewer per packet). {n} service(s), medians over the same rounds.\n\n\
+             | metric | gateway, remote backend | iptables, remote backend | routed through w1 | direct to the remote pod | gateway/iptables | gateway/routed | gateway/direct |\n|---|---|---|---|---|---|---|---|"
         );
         for m in Metric::ALL {
             let g = rate(&r.end_to_end, n, Path3::GatewayRemote, m).unwrap_or(0.0);
             let i = rate(&r.end_to_end, n, Path3::IptablesRemote, m).unwrap_or(0.0);
+            let ro = rate(&r.end_to_end, n, Path3::RoutedRemote, m).unwrap_or(0.0);
             let d = rate(&r.end_to_end, n, Path3::DirectRemote, m).unwrap_or(0.0);
             let _ = writeln!(
                 md,
-                "| {} | {g:.0} | {i:.0} | {d:.0} | {:.2} | {:.2} |",
+                "| {} | {g:.0} | {i:.0} | {ro:.0} | {d:.0} | {:.2} | {:.2} | {:.2} |",
                 m.name(),
                 g / i.max(1.0),
+                g / ro.max(1.0),
                 g / d.max(1.0)
             );
         }
