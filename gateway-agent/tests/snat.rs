@@ -339,6 +339,101 @@ fn a_port_is_free_again_as_soon_as_its_flow_is_over() {
     assert_eq!(h.counter(Counter::SnatCreated), 3 + 1);
 }
 
+/// Two CPUs opening flows at once over a few ports whose flows live one tick of the
+/// datapath's clock (SYNs with a lifetime of 0), so that ports keep coming free and both
+/// CPUs keep racing for the same slots: a port is never given to a second flow while the
+/// first lives (a flow may take a port only once its holder's tick is over, so two flows on
+/// one slot stamped with the same tick would be two holders at once), no claim is left
+/// half-done, every flow given a port was counted, and every other one dropped and counted.
+#[test]
+fn cpus_racing_for_ports_never_give_one_to_two_live_flows() {
+    use std::sync::Barrier;
+
+    use nix::sched::{CpuSet, sched_setaffinity, setns};
+    use nix::unistd::Pid;
+
+    const PER_CPU: u32 = 20_000;
+    let mut h = Harness::with(&state(), Capacity::default());
+    let mut config =
+        DatapathConfig::from_secs(21600, 3600, h.dp.clock).with_snat_ports(50000, 50015);
+    config.ct_syn_ns = 0;
+    h.dp.maps.write_config(config).unwrap();
+    let uplink = h.uplink;
+    let netns = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
+    let cpus = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(2);
+    let start = Barrier::new(cpus);
+    let program: &aya::programs::SchedClassifier =
+        h.dp.program(gateway_common::program_names::INGRESS)
+            .unwrap();
+    let verdicts: Vec<(u32, u32)> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..cpus)
+            .map(|cpu| {
+                let (netns, start) = (&netns, &start);
+                scope.spawn(move || {
+                    setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                    let mut set = CpuSet::new();
+                    set.set(cpu).unwrap();
+                    sched_setaffinity(Pid::from_raw(0), &set).unwrap();
+                    let ctx = skb_ctx(uplink);
+                    let (mut redirected, mut shot) = (0, 0);
+                    start.wait();
+                    for i in 0..PER_CPU {
+                        let client = [172, 16 + cpu as u8, (i >> 8) as u8, i as u8];
+                        let syn = tcp_frame((client, 50000), (VIP, 80), Tcp::Syn, b"");
+                        let mut out = vec![0u8; syn.len() + 256];
+                        let run = aya::programs::TestRun::test_run(
+                            program,
+                            aya::programs::TestRunOptions {
+                                data_in: Some(&syn),
+                                data_out: Some(&mut out),
+                                ctx_in: Some(&ctx[..]),
+                                ..Default::default()
+                            },
+                        )
+                        .unwrap();
+                        match run.return_value {
+                            REDIRECT => redirected += 1,
+                            SHOT => shot += 1,
+                            other => panic!("verdict {other}"),
+                        }
+                    }
+                    (redirected, shot)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let (redirected, shot) = verdicts
+        .iter()
+        .fold((0, 0), |(r, s), (r1, s1)| (r + r1, s + s1));
+    assert_eq!(redirected + shot, PER_CPU * cpus as u32);
+    assert!(
+        redirected > 16,
+        "ports came free and were taken again: {redirected}"
+    );
+    assert_eq!(h.counter(Counter::SnatCreated), redirected as u64);
+    assert_eq!(h.counter(Counter::DropSnatExhausted), shot as u64);
+    // Every flow's entry, by (port, tick): never two.
+    let mut holders = std::collections::BTreeMap::new();
+    for entry in h.dp.maps.conntrack.iter() {
+        let (key, entry) = entry.unwrap();
+        if entry.flags & CT_F_SNAT == 0 {
+            continue;
+        }
+        if let Some(other) = holders.insert((entry.snat_port, entry.last_seen_ns), key) {
+            panic!(
+                "port {} given to {other:?} and {key:?} in the same tick",
+                entry.snat_port
+            );
+        }
+    }
+    for (_, generation, _) in claimed(&h) {
+        assert_eq!(generation % 2, 0, "a claim left half-done");
+    }
+}
+
 #[test]
 fn udp_to_a_remote_backend_keeps_a_zero_checksum_zero() {
     let mut h = Harness::with(&state(), Capacity::default());

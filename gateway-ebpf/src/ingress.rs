@@ -4,8 +4,8 @@
 
 use aya_ebpf::bindings::TC_ACT_OK;
 use gateway_common::{
-    BACKEND_F_REMOTE, BACKEND_F_REPLY_CT, CT_F_DENIED, CT_F_SNAT, Counter, CtEntry, Ipv4, VipKey,
-    proto, vip_filter_bit,
+    BACKEND_F_REMOTE, BACKEND_F_REPLY_CT, CT_F_DENIED, CT_F_SNAT, Counter, CtEntry, CtKey, Ipv4,
+    VipKey, proto, vip_filter_bit,
 };
 use network_types::ip::Ipv4Hdr;
 
@@ -130,27 +130,26 @@ fn ipv4(pkt: &mut Packet) -> i32 {
             },
             None => 0,
         };
-        let Some(port) = snat::claim(&key, backend, addr, again, (config, now)) else {
+        let Some(claim) = snat::claim(&key, backend, addr, again, (config, now)) else {
             return drop(pkt, Counter::DropSnatExhausted);
         };
         entry.flags |= CT_F_SNAT;
         entry.snat_addr = addr;
-        entry.snat_port = port;
+        entry.snat_port = claim.port;
         count(Counter::SnatCreated);
-    } else if selection.backend.flags & BACKEND_F_REPLY_CT != 0 {
-        // More frontends share this backend than `gw_revnat` lists: the reply finds its
-        // frontend here. A tuple is one connection at the backend, so a newer flow on it
-        // takes the entry over.
-        let reply = conntrack::reply_key_of(backend, (flow.saddr, flow.sport), flow.proto);
-        let _ = CT_REPLY.insert(reply, key, 0);
+        track(key, &entry, replacing);
+        // Only now that its entry is written may another CPU judge the port's holder.
+        claim.commit();
+    } else {
+        if selection.backend.flags & BACKEND_F_REPLY_CT != 0 {
+            // More frontends share this backend than `gw_revnat` lists: the reply finds its
+            // frontend here. A tuple is one connection at the backend, so a newer flow on it
+            // takes the entry over.
+            let reply = conntrack::reply_key_of(backend, (flow.saddr, flow.sport), flow.proto);
+            let _ = CT_REPLY.insert(reply, key, 0);
+        }
+        track(key, &entry, replacing);
     }
-    if replacing {
-        count(Counter::CtReplaced);
-    }
-    // If the insert fails the flow still goes through; its next packet is balanced again
-    // (and lands on the same backend when affinity is on).
-    let _ = CONNTRACK.insert(key, entry, 0);
-    count(Counter::CtCreated);
     log::debug!(
         pkt.ctx(),
         "new flow {:i}:{} -> {:i}:{} via backend {}",
@@ -161,6 +160,18 @@ fn ipv4(pkt: &mut Packet) -> i32 {
         selection.backend_id
     );
     forward(pkt, &flow, &entry, now)
+}
+
+/// Writes a new flow's conntrack entry (over the tuple's old one when `replacing`). If the
+/// insert fails the flow still goes through; its next packet is balanced again (and lands on
+/// the same backend when affinity is on).
+#[inline(always)]
+fn track(key: CtKey, entry: &CtEntry, replacing: bool) {
+    if replacing {
+        count(Counter::CtReplaced);
+    }
+    let _ = CONNTRACK.insert(key, *entry, 0);
+    count(Counter::CtCreated);
 }
 
 /// DNAT to the flow's backend: the client's source address is left as it is and the stack

@@ -9,8 +9,9 @@
 //! slot per (row of SNAT address and backend, protocol) in an array (`snat::slot`); a slot
 //! is free when no flow holds it, or when the flow that did is over: its conntrack entry
 //! gone, expired, or moved to another port or backend. A claim takes the slot with a
-//! compare-and-swap first and judges the holder after, so two CPUs never take one port, and
-//! a live flow's port is never taken. An array slot rather than a hash-map entry: a new
+//! compare-and-swap first and judges the holder after, and publishes the slot only once the
+//! new flow's entry is written, so two CPUs never take one port, and a live flow's port is
+//! never taken. An array slot rather than a hash-map entry: a new
 //! SNATed flow then costs one conntrack insert, not two (about 200 ns less), and a port
 //! whose flow ended is free again at once, not when an LRU gets round to it.
 
@@ -48,10 +49,31 @@ pub fn address(ifindex: u32) -> Option<Ipv4> {
     (info.addr != [0; 4]).then_some(info.addr)
 }
 
+/// A port taken by a new flow and not yet published: its slot reads as being claimed, so
+/// other CPUs pass it over, until [`Claim::commit`]. That comes once the flow's conntrack
+/// entry is written: a CPU that judged the slot's holder by its entry before the entry
+/// existed would take the port of a flow that has just begun.
+pub struct Claim {
+    pub port: u16,
+    generation: *mut u32,
+    next: u32,
+}
+
+impl Claim {
+    /// Publishes the claim: the slot names the flow from now on (whose entry is written, or
+    /// failed to be, in which case the port is free again at once).
+    #[inline(always)]
+    pub fn commit(self) {
+        // SAFETY: the generation of the slot `take` found in the array map, valid until the
+        // program returns, and odd since: only this CPU writes it now.
+        unsafe { atomic_xchg::<u32, { AtomicOrdering::SeqCst }>(self.generation, self.next) };
+    }
+}
+
 /// Claims a source port on `snat_addr` for the new flow `key` to `backend`, or `None` when
 /// every port tried is held. Tried first: `again` (the port an earlier connection on the
 /// same client tuple had to this backend; 0 for none), then the client's own port, then
-/// random ones.
+/// random ones. The caller writes the flow's entry, then commits the claim, on every path.
 #[inline(always)]
 pub fn claim(
     key: &CtKey,
@@ -59,7 +81,7 @@ pub fn claim(
     snat_addr: Ipv4,
     again: u16,
     (config, now): (&DatapathConfig, u64),
-) -> Option<u16> {
+) -> Option<Claim> {
     let (min, max) = (config.snat_port_min, config.snat_port_max);
     if min > max {
         return None;
@@ -71,24 +93,24 @@ pub fn claim(
         _ => random_port(min, span),
     };
     for _ in 0..TRIES {
-        if take(
-            slot(snat_addr, backend, key.proto, port),
-            key,
-            (config, now),
-        ) {
-            return Some(port);
+        let index = slot(snat_addr, backend, key.proto, port);
+        if let Some((generation, next)) = take(index, key, (config, now)) {
+            return Some(Claim {
+                port,
+                generation,
+                next,
+            });
         }
         port = random_port(min, span);
     }
     None
 }
 
-/// Takes slot `index` for the flow `key` unless another flow holds it.
+/// Takes slot `index` for the flow `key` unless another flow holds it: the slot names `key`
+/// and stays claimed (odd) until its generation becomes the returned value.
 #[inline(always)]
-fn take(index: u32, key: &CtKey, (config, now): (&DatapathConfig, u64)) -> bool {
-    let Some(slot) = SNAT_PORTS.get_ptr_mut(index) else {
-        return false;
-    };
+fn take(index: u32, key: &CtKey, (config, now): (&DatapathConfig, u64)) -> Option<(*mut u32, u32)> {
+    let slot = SNAT_PORTS.get_ptr_mut(index)?;
     // SAFETY: an element of an array map, valid while the program runs; other CPUs reach it
     // too, so its generation is only changed atomically, and its fields only written by the
     // CPU that made the generation odd.
@@ -96,7 +118,7 @@ fn take(index: u32, key: &CtKey, (config, now): (&DatapathConfig, u64)) -> bool 
         let generation = &raw mut (*slot).generation;
         let seen = core::ptr::read_volatile(generation);
         if seen & 1 != 0 {
-            return false;
+            return None;
         }
         let (_, won) = atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
             generation,
@@ -104,13 +126,13 @@ fn take(index: u32, key: &CtKey, (config, now): (&DatapathConfig, u64)) -> bool 
             seen + 1,
         );
         if !won {
-            return false;
+            return None;
         }
         // The slot is this CPU's until the generation is even again: the holder read now is
-        // the one that made it `seen`.
+        // the one that made it `seen`, with its entry written before that.
         if seen != 0 && holds(&*slot, index, key, (config, now)) {
             atomic_xchg::<u32, { AtomicOrdering::SeqCst }>(generation, seen);
-            return false;
+            return None;
         }
         (*slot).client_addr = key.client_addr;
         (*slot).vip = key.vip;
@@ -121,9 +143,8 @@ fn take(index: u32, key: &CtKey, (config, now): (&DatapathConfig, u64)) -> bool 
             0 => 2,
             n => n,
         };
-        atomic_xchg::<u32, { AtomicOrdering::SeqCst }>(generation, next);
+        Some((generation, next))
     }
-    true
 }
 
 /// Whether slot `index` is still held by its flow, another than `key`: that flow is alive
