@@ -1027,6 +1027,27 @@ fn a_cluster_service_is_served_through_an_endpoint_on_another_node() -> Result<(
     c.agents.remove(&announcer).unwrap().stop();
     c.start(&announcer)?;
     assert_eq!(request(&mut conn, vip)?.backend, remote_pod);
+    assert!(
+        !c.agent(&announcer).log().contains("SNATed flows adopted"),
+        "a restart of the same version has every port's slot"
+    );
+
+    // Upgraded from a version that kept SNAT ports in gw_ct_reply: it left no
+    // gw_snat_ports. The new agent gives the flows it adopts their ports' slots before its
+    // programs, which find replies by them, take over: the connection goes on.
+    c.agents.remove(&announcer).unwrap().stop();
+    std::fs::remove_file(c.lab.bpffs_dir(&announcer).join("gw_snat_ports"))?;
+    c.start(&announcer)?;
+    assert_eq!(
+        request(&mut conn, vip)?.backend,
+        remote_pod,
+        "after the upgrade"
+    );
+    let log = c.agent(&announcer).log();
+    assert!(
+        log.contains("SNATed flows adopted from an earlier version"),
+        "{log}"
+    );
     assert_eq!(
         c.agent(other).counter("rev_nat")?,
         0,

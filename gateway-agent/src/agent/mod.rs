@@ -43,7 +43,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use gateway_common::{AGENT_F_CHECKSUMS_IN_PLACE, AgentState, DatapathConfig, write_text};
+use gateway_common::{
+    AGENT_F_CHECKSUMS_IN_PLACE, AgentState, DatapathConfig, map_names, write_text,
+};
 use log::{error, info, warn};
 use regex::Regex;
 use tokio::{
@@ -248,6 +250,14 @@ impl Agent {
         let writes = agent.apply(desired, &interfaces)?.writes;
         agent.objects.keep(proposal.delivery, findings);
         agent.follow_applied(&interfaces)?;
+        // Upgraded from a version without `gw_snat_ports`: its SNATed flows get their ports'
+        // slots before this version's programs, which find replies by them, are attached.
+        if adopted && agent.datapath.fresh.contains(&map_names::SNAT_PORTS) {
+            let restored = agent.datapath.maps.restore_snat_ports()?;
+            info!(
+                "gave {restored} SNATed flows adopted from an earlier version their ports' slots"
+            );
+        }
         // Attach only once the maps hold the full state: the first packet sees all of it.
         attach::attach_all(&mut agent.datapath, &agent.options.bpffs, &interfaces)?;
         // The previous agent may have been killed between a reload's writes: its flows are

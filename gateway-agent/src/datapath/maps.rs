@@ -12,12 +12,12 @@ use aya::{
     util::nr_cpus,
 };
 use gateway_common::{
-    Affinity, AffinityKey, AgentState, BACKEND_F_ACTIVE, Backend, CT_F_DENIED, Counter, CtEntry,
-    CtKey, DatapathConfig, Frontend, GarpCount, HairpinVip, IfaceInfo, L2Entry, L2Key, NextHop,
-    ReplyKey, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, SnatPort,
+    Affinity, AffinityKey, AgentState, BACKEND_F_ACTIVE, Backend, CT_F_DENIED, CT_F_SNAT, Counter,
+    CtEntry, CtKey, DatapathConfig, Frontend, GarpCount, HairpinVip, IfaceInfo, L2Entry, L2Key,
+    NextHop, ReplyKey, RevNat, RevNatKey, Service, ServiceKey, ServiceName, SlotKey, SnatPort,
     SockRevNatKey, SourceRange, Traffic, VipInfo, VipKey,
     cluster::{ClaimKey, ClaimRecord, ClusterRecord, Gate, MemberRecord},
-    map_names,
+    map_names, snat,
 };
 
 use crate::config::Ipv4Net;
@@ -385,6 +385,45 @@ impl Maps {
         self.rewrite_flows(ended, end_flow)?;
         self.rewrite_flows(denied, |v| v.flags |= CT_F_DENIED)?;
         Ok(settled)
+    }
+
+    /// Gives every SNATed flow whose port's slot was never claimed the slot back, and
+    /// returns how many: after an upgrade from a version that kept SNAT ports elsewhere (in
+    /// `gw_ct_reply`), the replies of the flows it SNATed find their flow again. Slots
+    /// already claimed are left alone (a restart of this version finds every flow's slot
+    /// claimed). Only before the programs that claim slots are attached: a slot written
+    /// here must not be one a new flow is claiming.
+    pub fn restore_snat_ports(&mut self) -> Result<usize> {
+        let flows: Vec<(CtKey, CtEntry)> = self
+            .conntrack
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(_, v)| v.flags & CT_F_SNAT != 0 && v.backend_addr != [0; 4])
+            .collect();
+        let mut restored = 0;
+        for (k, v) in flows {
+            let backend = (v.backend_addr, v.backend_port);
+            let index = snat::slot(v.snat_addr, backend, k.proto, v.snat_port);
+            let slot = self
+                .snat_ports
+                .get(&index, 0)
+                .context("reading gw_snat_ports")?;
+            if slot.generation != 0 {
+                continue;
+            }
+            let claimed = SnatPort {
+                generation: 2,
+                client_addr: k.client_addr,
+                vip: k.vip,
+                client_port: k.client_port,
+                vip_port: k.vip_port,
+            };
+            self.snat_ports
+                .set(index, claimed, 0)
+                .context("writing gw_snat_ports")?;
+            restored += 1;
+        }
+        Ok(restored)
     }
 
     pub fn read_agent(&self) -> Result<AgentState> {

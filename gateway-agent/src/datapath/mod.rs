@@ -73,13 +73,17 @@ pub struct Datapath {
     /// How the loaded datapath reads `ip_summed` (`None`: it does not, and leaves L4
     /// checksums to the kernel's helpers).
     pub kern_ctx: Option<KernCtx>,
+    /// The maps this load made rather than adopted from a pin (all of them without pins):
+    /// with pins, the ones the previous version did not have, or had another layout of.
+    pub fresh: Vec<&'static str>,
 }
 
 impl Datapath {
     pub fn load(options: &LoadOptions) -> Result<Self> {
-        if let Some(dir) = options.pin_dir {
-            check_pinned_layouts(dir, &options.capacity)?;
-        }
+        let fresh = match options.pin_dir {
+            Some(dir) => check_pinned_layouts(dir, &options.capacity)?,
+            None => MAPS.iter().map(|m| m.name).collect(),
+        };
         let (mut ebpf, kern_ctx) = match load_object(options, options.kern_ctx) {
             Ok(ebpf) => (ebpf, options.kern_ctx),
             // A kernel whose verifier does not take the kfunc call or the read of ip_summed
@@ -107,6 +111,7 @@ impl Datapath {
             logger,
             clock,
             kern_ctx,
+            fresh,
         })
     }
 
@@ -201,12 +206,15 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier
 const REWRITTEN_AT_START: [&str; 2] = [map_names::CONFIG, map_names::AGENT];
 
 /// A pinned map from an agent with another layout must be refused, never reinterpreted.
-fn check_pinned_layouts(dir: &Path, capacity: &Capacity) -> Result<()> {
+/// Returns the maps the load will make: those without a pin, and those replaced.
+fn check_pinned_layouts(dir: &Path, capacity: &Capacity) -> Result<Vec<&'static str>> {
     let mut replace: Vec<PathBuf> = Vec::new();
+    let mut fresh = Vec::new();
     for map in MAPS {
         let (name, key, value) = (map.name, map.key_size, map.value_size);
         let path = dir.join(name);
         if !path.exists() {
+            fresh.push(name);
             continue;
         }
         let info = MapInfo::from_pin(&path)
@@ -221,6 +229,7 @@ fn check_pinned_layouts(dir: &Path, capacity: &Capacity) -> Result<()> {
                     info.value_size()
                 );
                 replace.push(path);
+                fresh.push(name);
                 continue;
             }
             bail!(
@@ -244,6 +253,7 @@ fn check_pinned_layouts(dir: &Path, capacity: &Capacity) -> Result<()> {
                 info.max_entries()
             );
             replace.push(path);
+            fresh.push(name);
             continue;
         }
         if info.max_entries() != wanted {
@@ -263,7 +273,7 @@ fn check_pinned_layouts(dir: &Path, capacity: &Capacity) -> Result<()> {
     for path in replace {
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     }
-    Ok(())
+    Ok(fresh)
 }
 
 /// Detaches every pinned link and removes every pin under `dir`; returns what it removed.
