@@ -598,7 +598,7 @@ pub const SNAT_SLOTS: u32 = snat::SLOTS;
 /// Source NAT of flows to backends on other nodes (externalTrafficPolicy Cluster).
 pub mod snat {
     /// The default `--snat-ports`: every unprivileged port. A flow keeps the client's own
-    /// source port when it is free for that backend (as netfilter's masquerading does), so
+    /// source port when it is free in its row (as netfilter's masquerading does), so
     /// the backend sees a client's reused ports as that client reuses them (its TIME_WAIT
     /// sockets then take the new SYNs as they would without the load balancer); other ports
     /// are tried at random. Narrow the range to one outside the node's

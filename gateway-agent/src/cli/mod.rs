@@ -180,8 +180,8 @@ struct RunArgs {
     #[arg(long, default_value_t = timeouts::CT_ANY)]
     ct_any_timeout: u64,
     /// Source ports of flows SNATed to a backend on another node (externalTrafficPolicy
-    /// Cluster), MIN-MAX. A flow keeps the client's port when it is in range and free for
-    /// that backend. Keep it outside net.ipv4.ip_local_port_range if the node itself opens
+    /// Cluster), MIN-MAX. A flow keeps the client's port when it is in range and no live
+    /// flow holds it in that backend's row of ports. Keep it outside net.ipv4.ip_local_port_range if the node itself opens
     /// connections to backend pods.
     #[arg(long, value_name = "MIN-MAX", value_parser = port_range, default_value = "1024-65535")]
     snat_ports: (u16, u16),

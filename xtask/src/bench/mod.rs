@@ -61,8 +61,9 @@ pub enum Part {
     Control,
     /// Failover between nodes: 20 node kills, 20 agent-only kills, 5 agent restarts
     Failover,
-    /// New connections and requests through a backend on another node (Cluster, SNAT)
-    /// against the client straight to that pod
+    /// New connections and requests through a backend on another node (Cluster, SNAT):
+    /// the gateway, kube-proxy's rules and plain routing on the announcing node, and the
+    /// client straight to that pod
     Remote,
     /// What hairpin's socket hooks cost the node's other connect()s
     Hairpin,
