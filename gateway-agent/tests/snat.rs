@@ -339,6 +339,49 @@ fn a_port_is_free_again_as_soon_as_its_flow_is_over() {
     assert_eq!(h.counter(Counter::SnatCreated), 3 + 1);
 }
 
+/// A flow the agent ended because its backend left (its entry's backend cleared, as a
+/// reload does) gives its port up at once, though its entry lives on until it expires.
+/// (POD_REMOTE:8081 and a cleared backend fall in the same row of ports: without that rule
+/// the ended flow would hold its port for hours.)
+#[test]
+fn a_flow_ended_by_a_reload_gives_its_port_up_at_once() {
+    let mut h = Harness::with(&state(), Capacity::default());
+    let config = DatapathConfig::from_secs(21600, 3600, h.dp.clock).with_snat_ports(50000, 50000);
+    h.dp.maps.write_config(config).unwrap();
+    let backend = (POD_REMOTE, 8081);
+    let ended_row = snat::slot(NODE, ([0; 4], 0), proto::TCP, 50000);
+    assert_eq!(
+        snat::slot(NODE, backend, proto::TCP, 50000),
+        ended_row,
+        "the case this test is for"
+    );
+    // Clients until one is balanced to the remote backend, given the only port.
+    let remote_flow = |h: &mut Harness, first: u8| -> (CtKey, u32) {
+        for last in first..=250 {
+            let client = [192, 168, 20, last];
+            let (verdict, out) =
+                h.uplink_ingress(&tcp_frame((client, 40000), (VIP, 81), Tcp::Syn, b""));
+            match verdict {
+                OK => continue,
+                REDIRECT => {
+                    assert_eq!((ip_src(&out), ip_dst(&out)), ((NODE, 50000), backend));
+                    return (ct_key((client, 40000), (VIP, 81), proto::TCP), last as u32);
+                }
+                other => panic!("client {last}: verdict {other}: the port is held"),
+            }
+        }
+        panic!("no client went to the remote backend")
+    };
+    let (first, at) = remote_flow(&mut h, 1);
+    // What the agent's end_flow writes.
+    let mut entry = h.dp.maps.conntrack.get(&first, 0).unwrap();
+    entry.backend_addr = [0; 4];
+    entry.backend_port = 0;
+    h.dp.maps.conntrack.insert(first, entry, 0).unwrap();
+    let (second, _) = remote_flow(&mut h, at as u8 + 1);
+    assert_eq!(holder(&h, backend, (NODE, 50000), proto::TCP), Some(second));
+}
+
 /// Two CPUs opening flows at once over a few ports whose flows live one tick of the
 /// datapath's clock (SYNs with a lifetime of 0), so that ports keep coming free and both
 /// CPUs keep racing for the same slots: a port is never given to a second flow while the

@@ -147,7 +147,8 @@ fn take(index: u32, key: &CtKey, (config, now): (&DatapathConfig, u64)) -> Optio
     }
 }
 
-/// Whether slot `index` is still held by its flow, another than `key`: that flow is alive
+/// Whether slot `index` is still held by its flow, another than `key`: that flow is alive,
+/// not ended (the agent ends a flow whose backend left by clearing its backend's address),
 /// and SNATed to this very slot (a flow that moved to another backend or port, or a new
 /// connection on its tuple that did, left it).
 #[inline(always)]
@@ -162,6 +163,7 @@ fn holds(slot: &SnatPort, index: u32, key: &CtKey, (config, now): (&DatapathConf
     // SAFETY: a value found in a hash map stays valid until the program returns.
     let entry: &CtEntry = unsafe { &*entry };
     entry.flags & CT_F_SNAT != 0
+        && entry.backend_addr != [0; 4]
         && entry.is_alive(now, config)
         && slot_of(entry, key.proto) == index
 }
