@@ -8,10 +8,10 @@
 //! reuses as the client reuses them), else random ones in `--snat-ports`. Each port has a
 //! slot per (row of SNAT address and backend, protocol) in an array (`snat::slot`); a slot
 //! is free when no flow holds it, or when the flow that did is over: its conntrack entry
-//! gone, expired, or moved to another port or backend. A claim takes the slot with a
-//! compare-and-swap first and judges the holder after, and publishes the slot only once the
-//! new flow's entry is written, so two CPUs never take one port, and a live flow's port is
-//! never taken. An array slot rather than a hash-map entry: a new
+//! gone, expired, ended by the agent, or moved to another port or backend. A claim takes
+//! the slot with a compare-and-swap first and judges the holder after, and publishes the
+//! slot only once the new flow's entry is written, so two CPUs never take one port, and a
+//! live flow's port is never taken. An array slot rather than a hash-map entry: a new
 //! SNATed flow then costs one conntrack insert, not two (about 200 ns less), and a port
 //! whose flow ended is free again at once, not when an LRU gets round to it.
 
