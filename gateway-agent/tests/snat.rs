@@ -50,6 +50,20 @@ fn state() -> DesiredState {
     }
 }
 
+/// The harness of [`state`] with SNAT ports `ports` only (lifetimes as the defaults, changed
+/// by `tune` first); returns the configuration written.
+fn with_ports(
+    ports: (u16, u16),
+    tune: impl FnOnce(&mut DatapathConfig),
+) -> (Harness, DatapathConfig) {
+    let mut h = Harness::with(&state(), Capacity::default());
+    let mut config =
+        DatapathConfig::from_secs(21600, 3600, h.dp.clock).with_snat_ports(ports.0, ports.1);
+    tune(&mut config);
+    h.dp.maps.write_config(config).unwrap();
+    (h, config)
+}
+
 fn eth(frame: &[u8]) -> ([u8; 6], [u8; 6]) {
     let mac = |at: usize| <[u8; 6]>::try_from(&frame[at..at + 6]).unwrap();
     (mac(0), mac(6))
@@ -244,9 +258,7 @@ fn clients_on_the_same_port_get_different_snat_ports_and_their_own_replies() {
 
 #[test]
 fn snat_ports_running_out_drop_new_flows_and_never_take_a_held_port() {
-    let mut h = Harness::with(&state(), Capacity::default());
-    let config = DatapathConfig::from_secs(21600, 3600, h.dp.clock).with_snat_ports(50000, 50001);
-    h.dp.maps.write_config(config).unwrap();
+    let (mut h, _) = with_ports((50000, 50001), |_| ());
     let clients = [CLIENT, CLIENT_2, [192, 168, 10, 12]];
     let mut ports = Vec::new();
     for client in &clients[..2] {
@@ -284,9 +296,7 @@ fn snat_ports_running_out_drop_new_flows_and_never_take_a_held_port() {
 /// with one backend, a node stopped SNATing after 64,512 flows, live or not.)
 #[test]
 fn a_port_is_free_again_as_soon_as_its_flow_is_over() {
-    let mut h = Harness::with(&state(), Capacity::default());
-    let config = DatapathConfig::from_secs(21600, 3600, h.dp.clock).with_snat_ports(50000, 50000);
-    h.dp.maps.write_config(config).unwrap();
+    let (mut h, config) = with_ports((50000, 50000), |_| ());
     let backend = (POD_REMOTE, 8080);
     let clients = [CLIENT, CLIENT_2, [192, 168, 10, 12], [192, 168, 10, 13]];
     let syn = |client: [u8; 4]| tcp_frame((client, 40000), (VIP, 80), Tcp::Syn, b"");
@@ -345,9 +355,7 @@ fn a_port_is_free_again_as_soon_as_its_flow_is_over() {
 /// the ended flow would hold its port for hours.)
 #[test]
 fn a_flow_ended_by_a_reload_gives_its_port_up_at_once() {
-    let mut h = Harness::with(&state(), Capacity::default());
-    let config = DatapathConfig::from_secs(21600, 3600, h.dp.clock).with_snat_ports(50000, 50000);
-    h.dp.maps.write_config(config).unwrap();
+    let (mut h, _) = with_ports((50000, 50000), |_| ());
     let backend = (POD_REMOTE, 8081);
     let ended_row = snat::slot(NODE, ([0; 4], 0), proto::TCP, 50000);
     assert_eq!(
@@ -396,11 +404,7 @@ fn cpus_racing_for_ports_never_give_one_to_two_live_flows() {
     use nix::unistd::Pid;
 
     const PER_CPU: u32 = 20_000;
-    let mut h = Harness::with(&state(), Capacity::default());
-    let mut config =
-        DatapathConfig::from_secs(21600, 3600, h.dp.clock).with_snat_ports(50000, 50015);
-    config.ct_syn_ns = 0;
-    h.dp.maps.write_config(config).unwrap();
+    let (mut h, _) = with_ports((50000, 50015), |c| c.ct_syn_ns = 0);
     let uplink = h.uplink;
     let netns = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
     let cpus = std::thread::available_parallelism()
