@@ -351,16 +351,21 @@ fn prepare(lab: &Lab, path: Path3, config: &Path, rules: &str, binary: &Path) ->
             through_w1(lab, true)?;
             Ok(Prepared {
                 agent: None,
-                url: format!("http://{}:{}/", lab.pod(REMOTE_POD).addr(), lab::HTTP_PORT),
+                url: remote_pod_url(lab),
                 forwarded: Some(forwarded(lab)?),
             })
         }
         Path3::DirectRemote => Ok(Prepared {
             agent: None,
-            url: format!("http://{}:{}/", lab.pod(REMOTE_POD).addr(), lab::HTTP_PORT),
+            url: remote_pod_url(lab),
             forwarded: None,
         }),
     }
+}
+
+/// The pod on w2 itself, by its own address.
+fn remote_pod_url(lab: &Lab) -> String {
+    format!("http://{}:{}/", lab.pod(REMOTE_POD).addr(), lab::HTTP_PORT)
 }
 
 /// Routes the client's traffic to the pod on w2, and w2's replies to the client, through w1
